@@ -1,0 +1,81 @@
+//! Shared by the build scripts of `registry-token` (the embedded default policy) and `test-support`
+//! (the hostile test guests): compile workspace crates to WebAssembly components.
+//!
+//! The nested cargo uses its own target directory under `OUT_DIR`, so it never waits on the lock
+//! of the outer build, and the workspace's `Cargo.lock`, so guests build from the same versions.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-wasip2";
+
+/// Builds each `(package, env)` for wasm32-wasip2 and exports its path as the compile-time
+/// environment variable `env`. `watch` lists crate directories, relative to the workspace root,
+/// whose changes trigger a rebuild (the SDK and the WIT are always watched).
+pub fn build(packages: &[(&str, &str)], watch: &[&str]) {
+    let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
+    let root = workspace_root(&manifest_dir);
+    let out_dir = PathBuf::from(env("OUT_DIR"));
+    let target_dir = out_dir.join("guests");
+
+    for dir in ["wit", "guest", "Cargo.lock"].iter().chain(watch) {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(&root)
+        .args(["build", "--release", "--locked", "--target", TARGET])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // Names stay for readable traps; DWARF would make each guest megabytes larger.
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
+        // Flags meant for the host build (instrumentation, target-cpu) must not reach the guest.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET");
+    for (package, _) in packages {
+        command.args(["--package", package]);
+    }
+
+    let status = match command.status() {
+        Ok(status) => status,
+        Err(e) => fail(&format!("could not run cargo to build the policy guests: {e}")),
+    };
+    if !status.success() {
+        fail(&format!(
+            "building the policy guests for {TARGET} failed (see above). If the target is missing, \
+             `rustup target add {TARGET}` installs it (rust-toolchain.toml lists it, so a rustup \
+             toolchain normally installs it by itself)."
+        ));
+    }
+
+    for (package, env_name) in packages {
+        let file = format!("{}.wasm", package.replace('-', "_"));
+        let built = target_dir.join(TARGET).join("release").join(&file);
+        let dest = out_dir.join(&file);
+        if let Err(e) = std::fs::copy(&built, &dest) {
+            fail(&format!("{} was not produced: {e}", built.display()));
+        }
+        println!("cargo:rustc-env={env_name}={}", dest.display());
+    }
+}
+
+fn workspace_root(manifest_dir: &Path) -> PathBuf {
+    manifest_dir
+        .ancestors()
+        .find(|dir| dir.join("rust-toolchain.toml").is_file())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| fail("cannot find the workspace root (rust-toolchain.toml) above the crate"))
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| fail(&format!("cargo did not set {name}")))
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(1)
+}

@@ -1,0 +1,246 @@
+//! The wasmtime side of the runtime: engine, pool, limits, the guest's (empty) world of WASI, and
+//! turning wasmtime errors into [`Fault`]s.
+
+use super::Fault;
+use super::bindings::PolicyPre;
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, SemaphorePermit};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
+};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+
+/// Component instances the pool holds, and so the evaluations that can run at once. Evaluations
+/// run on the server's worker threads (one per core) and only interleave when a slow guest yields
+/// at an epoch tick, so a few dozen slots are plenty; each slot reserves address space, not memory.
+const POOL_SLOTS: u32 = 64;
+/// A Rust guest built for wasm32-wasip2 is a handful of core instances (the program, the WASI
+/// adapter pieces); these bound what one component may use.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+const TABLES_PER_COMPONENT: u32 = 8;
+/// Guests that print more than this to stdout/stderr in one request trap (fail closed).
+const OUTPUT_CAPACITY: usize = 16 * 1024;
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// What one evaluation may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock time for one evaluation (instantiation and the call).
+    pub timeout: Duration,
+    /// Linear memory of one instance, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { timeout: Duration::from_millis(50), memory_bytes: 16 * 1024 * 1024 }
+    }
+}
+
+impl Limits {
+    /// `configure` parses settings and runs once per load: give it more time than a request.
+    pub fn configure_timeout(&self) -> Duration {
+        (self.timeout * 20).max(Duration::from_secs(2))
+    }
+
+    /// How often the epoch advances: a tenth of the deadline, between 1 and 10 ms, so a runaway
+    /// guest is stopped within about 10 % of its deadline and the ticker costs nothing measurable.
+    fn tick(&self) -> Duration {
+        (self.timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(10))
+    }
+}
+
+/// The memory cap was hit: raised from the limiter so it is told apart from other traps.
+#[derive(Debug)]
+struct MemoryCapReached;
+
+impl std::fmt::Display for MemoryCapReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("memory cap reached")
+    }
+}
+
+impl std::error::Error for MemoryCapReached {}
+
+/// Per-store data: the guest's WASI context (no capabilities) and its limits.
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    output: MemoryOutputPipe,
+    memory_cap: usize,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl wasmtime::ResourceLimiter for GuestState {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            return Err(MemoryCapReached.into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// The clock a guest sees: always the Unix epoch.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// One engine with its pool, linker, epoch ticker and evaluation slots.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    limits: Limits,
+    slots: Semaphore,
+}
+
+impl Runtime {
+    pub fn new(limits: Limits) -> wasmtime::Result<Runtime> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(POOL_SLOTS)
+            .total_core_instances(POOL_SLOTS * CORE_INSTANCES_PER_COMPONENT)
+            .total_memories(POOL_SLOTS * MEMORIES_PER_COMPONENT)
+            .total_tables(POOL_SLOTS * TABLES_PER_COMPONENT)
+            .total_stacks(POOL_SLOTS)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(TABLES_PER_COMPONENT)
+            .max_memory_size(limits.memory_bytes)
+            // Reset a returned slot by rewriting its dirty pages instead of unmapping them: the
+            // next instance starts without page faults (measured: docs/BENCHMARKS.md).
+            .linear_memory_keep_resident(limits.memory_bytes.min(16 * 1024 * 1024))
+            .table_keep_resident(256 * 1024)
+            .pagemap_scan(wasmtime::Enabled::Auto);
+
+        let mut config = wasmtime::Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+
+        // Without a ticker no deadline would ever fire: refuse to run instead.
+        spawn_ticker(&engine, limits.tick())?;
+        Ok(Runtime { engine, linker, limits, slots: Semaphore::new(POOL_SLOTS as usize) })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Type-checks a component against the world and resolves its imports, once.
+    pub fn pre(&self, component: &Component) -> Result<PolicyPre<GuestState>, String> {
+        let instance_pre = self.linker.instantiate_pre(component).map_err(|e| chain(&e))?;
+        PolicyPre::new(instance_pre).map_err(|e| chain(&e))
+    }
+
+    /// Waits for a pool slot: backpressure instead of a pool-exhausted error.
+    pub async fn slot(&self) -> Option<SemaphorePermit<'_>> {
+        self.slots.acquire().await.ok()
+    }
+
+    /// A fresh store with no capabilities, the memory cap, and a deadline `timeout` from now.
+    /// While the deadline is ahead, an epoch tick makes the guest yield to other requests.
+    pub fn store(&self, timeout: Duration) -> Store<GuestState> {
+        let output = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+        let wasi = WasiCtx::builder()
+            .stdout(output.clone())
+            .stderr(output.clone())
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .secure_random(wasmtime_wasi::Deterministic::new(vec![0x5a, 0xa5, 0x3c, 0xc3]))
+            .insecure_random(wasmtime_wasi::Deterministic::new(vec![0x96, 0x69]))
+            .insecure_random_seed(0)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = GuestState {
+            wasi,
+            table: ResourceTable::new(),
+            output,
+            memory_cap: self.limits.memory_bytes,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| state);
+        let deadline = Instant::now() + timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+
+    /// Names what went wrong in a store, with the guest's own output when it explains (a panic).
+    pub fn classify(&self, error: &wasmtime::Error, store: &Store<GuestState>) -> Fault {
+        if error.chain().any(|cause| cause.is::<MemoryCapReached>()) {
+            return Fault::Memory(self.limits.memory_bytes);
+        }
+        let output = String::from_utf8_lossy(&store.data().output.contents()).into_owned();
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => Fault::Deadline(self.limits.timeout),
+            Some(Trap::UnreachableCodeReached) if output.contains("panicked at") => {
+                let message = output.lines().skip_while(|l| !l.contains("panicked at")).take(3);
+                Fault::Panic(message.collect::<Vec<_>>().join(" ").trim().to_owned())
+            }
+            Some(trap) => Fault::Trap(trap.to_string()),
+            None => Fault::Trap(error.root_cause().to_string()),
+        }
+    }
+}
+
+/// Advances the engine's epoch every `tick` until the engine is dropped.
+fn spawn_ticker(engine: &Engine, tick: Duration) -> std::io::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new().name("policy-epoch".into()).spawn(move || {
+        while let Some(engine) = weak.upgrade() {
+            engine.increment_epoch();
+            drop(engine);
+            std::thread::sleep(tick);
+        }
+    })?;
+    Ok(())
+}
+
+/// An error with its causes, for load-time messages (never sent to clients).
+fn chain(error: &wasmtime::Error) -> String {
+    error.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")
+}

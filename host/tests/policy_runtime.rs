@@ -1,0 +1,173 @@
+//! The policy runtime against real guests built from source: the default plan catalogue and a
+//! hostile guest. Every fault must be typed, must not produce a grant, and must leave the runtime
+//! able to serve the next request.
+
+use registry_token::access::{Caller, Resource};
+use registry_token::policy::{BUILTIN_PLAN_CATALOGUE, Decision, Fault, Limits, LoadError, Policy};
+use std::time::{Duration, Instant};
+
+fn caller(plan: &str) -> Caller {
+    Caller {
+        subject: "alice".into(),
+        client_id: Some("ci".into()),
+        tenant: Some("acme".into()),
+        plan: Some(plan.into()),
+        license: Some("LIC-0001".into()),
+        scopes: vec!["registry.token.issue".into()],
+        claims_json: r#"{"sub":"alice"}"#.into(),
+    }
+}
+
+async fn hostile() -> Policy {
+    let module = std::fs::read(test_support::HOSTILE_GUEST_WASM).unwrap();
+    Policy::load(&module, "hostile", "{}", Limits::default()).await.unwrap()
+}
+
+fn granted(decision: &Decision) -> Vec<String> {
+    match decision {
+        Decision::Grant { resources, .. } => resources.iter().map(ToString::to_string).collect(),
+        Decision::Deny { reason, .. } => panic!("denied: {reason}"),
+    }
+}
+
+const PLANS: &str = r#"{"plans": {"team": [{"repositories": ["team/*"], "actions": ["pull", "push"]}]},
+                        "revoked_licenses": ["LIC-0002"]}"#;
+
+#[tokio::test]
+async fn the_builtin_catalogue_decides() {
+    let policy = Policy::load(BUILTIN_PLAN_CATALOGUE, "builtin", PLANS, Limits::default()).await.unwrap();
+    assert!(policy.digest().starts_with("sha256:"));
+    let asked = [Resource::new("repository", "team/app", &["pull", "push", "delete"])];
+    let decision = policy.evaluate(&caller("team"), "registry.local", &asked).await.unwrap();
+    assert_eq!(granted(&decision), ["repository:team/app:pull,push"]);
+
+    let mut revoked = caller("team");
+    revoked.license = Some("LIC-0002".into());
+    match policy.evaluate(&revoked, "registry.local", &asked).await.unwrap() {
+        Decision::Deny { reason, message } => {
+            assert_eq!(reason, "licence-revoked");
+            assert!(message.contains("LIC-0002"), "{message}");
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_settings_never_go_live() {
+    let error = Policy::load(BUILTIN_PLAN_CATALOGUE, "builtin", r#"{"plans": {"x": [{"repositories": ["a//b"], "actions": ["pull"]}]}}"#, Limits::default())
+        .await
+        .unwrap_err();
+    match error {
+        LoadError::Settings { reason, .. } => assert!(reason.contains("plans.x[0]"), "{reason}"),
+        other => panic!("expected a settings error, got {other}"),
+    }
+}
+
+/// Runs a hostile request, checks the fault, then proves the same runtime still serves.
+async fn fault_then_recover(policy: &Policy, name: &str) -> Fault {
+    let asked = [Resource::new("repository", name, &["pull"])];
+    let fault = policy.evaluate(&caller("team"), "registry.local", &asked).await.unwrap_err();
+    let good = [Resource::new("repository", "team/app", &["pull"])];
+    let next = policy.evaluate(&caller("team"), "registry.local", &good).await.unwrap();
+    assert_eq!(granted(&next), ["repository:team/app:pull"], "after {name}");
+    fault
+}
+
+#[tokio::test]
+async fn an_endless_loop_is_stopped_by_the_deadline() {
+    let policy = hostile().await;
+    let started = Instant::now();
+    let fault = fault_then_recover(&policy, "hostile/loop").await;
+    assert_eq!(fault, Fault::Deadline(Duration::from_millis(50)));
+    assert!(started.elapsed() < Duration::from_millis(100), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_memory_bomb_hits_the_cap() {
+    let policy = hostile().await;
+    assert_eq!(fault_then_recover(&policy, "hostile/bomb").await, Fault::Memory(16 * 1024 * 1024));
+}
+
+#[tokio::test]
+async fn a_panic_is_a_fault_with_its_message() {
+    let policy = hostile().await;
+    match fault_then_recover(&policy, "hostile/panic").await {
+        Fault::Panic(message) => assert!(message.contains("panicked on purpose"), "{message}"),
+        other => panic!("expected a panic, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn granting_more_than_requested_is_a_fault() {
+    let policy = hostile().await;
+    assert_eq!(
+        fault_then_recover(&policy, "hostile/overgrant").await,
+        Fault::Overgrant("repository:secret/app".into())
+    );
+    match fault_then_recover(&policy, "hostile/extra-action").await {
+        Fault::Overgrant(what) => assert!(what.contains("\"delete\""), "{what}"),
+        other => panic!("expected an overgrant, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn malformed_answers_are_faults() {
+    let policy = hostile().await;
+    for name in ["hostile/huge-message", "hostile/huge-grant", "hostile/bad-reason"] {
+        let fault = fault_then_recover(&policy, name).await;
+        assert_eq!(fault.kind(), "malformed", "{name}: {fault}");
+    }
+}
+
+#[tokio::test]
+async fn every_request_gets_a_fresh_instance() {
+    let policy = hostile().await;
+    let asked = [Resource::new("repository", "hostile/count", &["pull"])];
+    for _ in 0..3 {
+        match policy.evaluate(&caller("team"), "s", &asked).await.unwrap() {
+            Decision::Grant { note, .. } => assert_eq!(note.as_deref(), Some("evaluations=1")),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn guests_see_no_clock_environment_or_files() {
+    let policy = hostile().await;
+    let asked = [Resource::new("repository", "hostile/clock", &["pull"])];
+    match policy.evaluate(&caller("team"), "s", &asked).await.unwrap() {
+        Decision::Grant { note, .. } => assert_eq!(note.as_deref(), Some("now=0 env=0 file=false")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn hostile_configure_is_refused_at_load() {
+    let module = std::fs::read(test_support::HOSTILE_GUEST_WASM).unwrap();
+    let refused = Policy::load(&module, "h", r#"{"refuse": "bad settings here"}"#, Limits::default()).await;
+    assert!(matches!(refused, Err(LoadError::Settings { ref reason, .. }) if reason == "bad settings here"));
+
+    let limits = Limits { timeout: Duration::from_millis(10), ..Limits::default() };
+    match Policy::load(&module, "h", r#"{"configure": "loop"}"#, limits).await {
+        Err(LoadError::Configure { fault: Fault::Deadline(_), .. }) => {}
+        other => panic!("expected a configure deadline, got {other:?}"),
+    }
+    match Policy::load(&module, "h", r#"{"configure": "panic"}"#, limits).await {
+        Err(LoadError::Configure { fault: Fault::Panic(message), .. }) => {
+            assert!(message.contains("while configuring"), "{message}")
+        }
+        other => panic!("expected a configure panic, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_component_of_another_world_is_refused_at_load() {
+    let module = std::fs::read(test_support::WRONG_WORLD_GUEST_WASM).unwrap();
+    let error = Policy::load(&module, "wrong.wasm", "{}", Limits::default()).await.unwrap_err();
+    assert!(matches!(error, LoadError::World { .. } | LoadError::Compile { .. }), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("wrong.wasm"), "{message}");
+
+    let error = Policy::load(b"not wasm at all", "junk.wasm", "{}", Limits::default()).await.unwrap_err();
+    assert!(matches!(error, LoadError::Compile { .. }), "{error}");
+}

@@ -1,0 +1,88 @@
+//! A policy that misbehaves on demand, to test that the host fails closed and keeps serving.
+//!
+//! The first requested repository name picks the behaviour (`hostile/loop`, `hostile/bomb`, ...);
+//! any other request is granted in full. Settings `{"refuse": "why"}` make `configure` fail and
+//! `{"configure": "loop"}` / `{"configure": "panic"}` make it misbehave.
+
+use registry_policy::{Decision, Policy, Request, Resource};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Counts evaluations in this instance: with a fresh instance per request it is always 1.
+static EVALUATIONS: AtomicU32 = AtomicU32::new(0);
+
+pub struct Hostile;
+
+impl Policy for Hostile {
+    fn configure(settings: &str) -> Result<Self, String> {
+        let settings: serde_json::Value = serde_json::from_str(settings).map_err(|e| e.to_string())?;
+        if let Some(why) = settings.get("refuse").and_then(|v| v.as_str()) {
+            return Err(why.to_owned());
+        }
+        match settings.get("configure").and_then(|v| v.as_str()) {
+            Some("loop") => spin(),
+            Some("panic") => panic!("hostile guest panicked while configuring"),
+            _ => Ok(Hostile),
+        }
+    }
+
+    fn evaluate(&self, request: &Request) -> Decision {
+        let count = EVALUATIONS.fetch_add(1, Ordering::SeqCst) + 1;
+        let first = request.resources.first().map(|r| r.name.as_str()).unwrap_or_default();
+        match first {
+            "hostile/loop" => spin(),
+            "hostile/bomb" => bomb(),
+            "hostile/panic" => panic!("hostile guest panicked on purpose"),
+            "hostile/huge-message" => Decision::deny("huge", "x".repeat(1 << 20)),
+            "hostile/huge-grant" => {
+                let one = Resource::new("repository", "hostile/huge-grant", ["pull"]);
+                Decision::grant(vec![one; 5_000])
+            }
+            "hostile/overgrant" => {
+                let mut granted = request.resources.clone();
+                granted.push(Resource::new("repository", "secret/app", ["pull", "push"]));
+                Decision::grant(granted)
+            }
+            "hostile/extra-action" => {
+                let granted = request
+                    .resources
+                    .iter()
+                    .map(|r| {
+                        let mut actions = r.actions.clone();
+                        actions.push("delete".to_owned());
+                        r.with_actions(actions)
+                    })
+                    .collect();
+                Decision::grant(granted)
+            }
+            "hostile/bad-reason" => Decision::deny("Not Kebab Case", "nope"),
+            "hostile/count" => Decision::grant_with_note(request.resources.clone(), format!("evaluations={count}")),
+            "hostile/clock" => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(u64::MAX);
+                let env = std::env::vars().count();
+                let file = std::fs::read_to_string("/etc/hostname").is_ok();
+                Decision::grant_with_note(Vec::new(), format!("now={now} env={env} file={file}"))
+            }
+            _ => Decision::grant(request.resources.clone()),
+        }
+    }
+}
+
+fn spin() -> ! {
+    let mut n: u64 = 0;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+fn bomb() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(vec![0xa5; 1 << 20]);
+        std::hint::black_box(&hoard);
+    }
+}
+
+registry_policy::export_policy!(Hostile);
