@@ -1,7 +1,16 @@
-//! registry-token: issues short-lived Docker registry bearer tokens.
+//! registry-token: issues short-lived Docker registry bearer tokens; WebAssembly policies decide.
 //!
-//! See `docs/ARCHITECTURE.md` for the modules and the direction of their dependencies.
+//! Modules and their arrows (see `docs/ARCHITECTURE.md`): `cli` and `http` are the edges;
+//! `app` builds the live state from `config`; `http` → `authority`, `scope`, `policy`, `mint`,
+//! none of which knows about the others or about HTTP; all of them share `access`.
 
 pub mod access;
+pub mod app;
+pub mod authority;
+pub mod cli;
+pub mod config;
+pub mod dev_authority;
+pub mod http;
+pub mod mint;
 pub mod policy;
 pub mod scope;

@@ -1,0 +1,202 @@
+//! The composition root: turns a [`Config`] into the live service state — the Authority's keys,
+//! the signing key, the policy — and swaps in a new one on reload, completely validated first.
+
+use crate::authority::{KeySource, Requirements};
+use crate::config::Config;
+use crate::mint::{self, Minter, SigningKey};
+use crate::policy::{self, Limits, Policy};
+use arc_swap::ArcSwap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Seconds since the Unix epoch. Injected so tests control time.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default()
+    })
+}
+
+/// Everything a request needs, built from one configuration. Replaced as a whole on reload, so a
+/// request sees one consistent set from start to end.
+#[derive(Debug)]
+pub struct Live {
+    /// The configuration this was built from.
+    pub config: Config,
+    /// The Authority's keys.
+    pub keys: KeySource,
+    /// What caller tokens must satisfy.
+    pub requirements: Requirements,
+    /// The authorization policy.
+    pub policy: Policy,
+    /// The registry-token signer.
+    pub minter: Minter,
+}
+
+/// Why the service could not be (re)built. Names the file or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The Authority's JWKS could not be loaded.
+    #[error(transparent)]
+    Jwks(#[from] crate::authority::JwksError),
+    /// The signing key is unusable.
+    #[error(transparent)]
+    Key(#[from] mint::KeyError),
+    /// The certificate is unusable.
+    #[error(transparent)]
+    Cert(#[from] mint::CertError),
+    /// The policy could not be loaded.
+    #[error(transparent)]
+    Policy(#[from] policy::LoadError),
+    /// A policy or settings file could not be read or parsed.
+    #[error("{0}")]
+    File(String),
+}
+
+impl Live {
+    /// Loads everything `config` names. CPU-heavy (the policy is compiled): run it off the
+    /// request path.
+    pub async fn build(config: Config) -> Result<Live, BuildError> {
+        let keys = match (&config.authority.jwks_file, &config.authority.jwks_url) {
+            (Some(file), _) => KeySource::from_file(file)?,
+            (None, Some(url)) => {
+                KeySource::from_url(url, Duration::from_secs(config.authority.jwks_refresh_seconds)).await?
+            }
+            (None, None) => return Err(BuildError::File("authority: no JWKS configured".into())),
+        };
+        let requirements = Requirements {
+            issuer: config.authority.issuer.clone(),
+            audiences: config.authority.audiences.clone(),
+            required_scope: config.authority.required_scope.clone(),
+            leeway_seconds: config.authority.leeway_seconds,
+        };
+
+        let signing = &config.signing;
+        let key = SigningKey::from_file(&signing.key_file, signing.algorithm)?;
+        let chain = match &signing.cert_file {
+            Some(cert) => Some(mint::load_chain(cert, &key)?),
+            None => None,
+        };
+        let minter = Minter::new(
+            key,
+            &signing.issuer,
+            signing.lifetime_seconds,
+            signing.kid_format,
+            chain.as_deref(),
+        );
+
+        let policy = load_policy(&config.policy).await?;
+        Ok(Live { config, keys, requirements, policy, minter })
+    }
+
+    /// Whether the service can issue tokens (for `/readyz`).
+    pub fn is_ready(&self) -> bool {
+        self.keys.is_ready()
+    }
+}
+
+/// Loads the configured policy module with its settings file, under the configured limits.
+pub async fn load_policy(config: &crate::config::PolicyConfig) -> Result<Policy, BuildError> {
+    let settings = match &config.settings_file {
+        Some(path) => settings_json(path)?,
+        None => "{}".to_owned(),
+    };
+    load_policy_with(config, &settings).await
+}
+
+/// Loads the configured policy module with settings given as JSON (ignoring `settings_file`).
+pub async fn load_policy_with(
+    config: &crate::config::PolicyConfig,
+    settings_json: &str,
+) -> Result<Policy, BuildError> {
+    let module: std::borrow::Cow<'static, [u8]> = if config.module == policy::BUILTIN_NAME {
+        policy::BUILTIN_PLAN_CATALOGUE.into()
+    } else {
+        std::fs::read(&config.module)
+            .map_err(|e| BuildError::File(format!("cannot read policy.module {}: {e}", config.module)))?
+            .into()
+    };
+    let limits = Limits {
+        timeout: Duration::from_millis(config.timeout_ms),
+        memory_bytes: usize::try_from(config.memory_mib).unwrap_or(usize::MAX).saturating_mul(1024 * 1024),
+    };
+    Ok(Policy::load(&module, &config.module, settings_json, limits).await?)
+}
+
+/// Reads a YAML or JSON settings file and renders it as the JSON document guests receive.
+pub fn settings_json(path: &Path) -> Result<String, BuildError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BuildError::File(format!("cannot read the policy settings {}: {e}", path.display())))?;
+    yaml_to_json(&text).map_err(|e| BuildError::File(format!("the policy settings {}: {e}", path.display())))
+}
+
+/// YAML (a superset of JSON) to compact JSON.
+pub fn yaml_to_json(text: &str) -> Result<String, String> {
+    let value: serde_json::Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+    Ok(value.to_string())
+}
+
+/// The running service: the live state, swapped atomically on reload.
+pub struct Service {
+    live: ArcSwap<Live>,
+    config_path: Option<PathBuf>,
+    /// The clock requests use.
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("config_path", &self.config_path).finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// A service over already-built state. `config_path` is re-read on [`Service::reload`].
+    pub fn new(live: Live, config_path: Option<PathBuf>, clock: Clock) -> Service {
+        Service { live: ArcSwap::from_pointee(live), config_path, clock }
+    }
+
+    /// The state requests use now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Re-reads the configuration file and everything it names, and swaps it in only if all of
+    /// it loads. On error the previous state keeps serving.
+    pub async fn reload(&self) -> Result<(), BuildError> {
+        let Some(path) = self.config_path.clone() else {
+            return Err(BuildError::File("the service was not started from a configuration file".into()));
+        };
+        let config = Config::load(&path)?;
+        let current = self.live();
+        if config.listen != current.config.listen {
+            tracing::warn!(
+                old = %current.config.listen,
+                new = %config.listen,
+                "listen changed; it takes effect at the next restart"
+            );
+        }
+        // Compiling a policy takes a few hundred milliseconds of CPU: keep it off the workers.
+        let handle = tokio::runtime::Handle::current();
+        let built = tokio::task::spawn_blocking(move || handle.block_on(Live::build(config)))
+            .await
+            .map_err(|e| BuildError::File(format!("the reload task failed: {e}")))??;
+        tracing::info!(
+            policy = built.policy.source(),
+            digest = built.policy.digest(),
+            settings = built.policy.settings_version(),
+            "reloaded"
+        );
+        self.live.store(Arc::new(built));
+        Ok(())
+    }
+}

@@ -1,0 +1,287 @@
+//! The Authority's public keys: a JWKS from a file, or from a URL (cached, refreshed in the
+//! background, refetched once on an unknown `kid`, and bounded in size, time and rate).
+
+use super::AuthError;
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// A JWKS document larger than this is refused.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+/// Keys beyond this many are ignored (with a warning); Authorities publish a handful.
+const MAX_KEYS: usize = 64;
+/// An unknown `kid` triggers at most one refetch per this interval, so a flood of tokens with
+/// made-up key ids cannot turn into a flood of requests to the Authority.
+const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a JWKS could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    /// The file could not be read.
+    #[error("cannot read the JWKS file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The URL could not be fetched.
+    #[error("cannot fetch the JWKS from {url}: {reason}")]
+    Fetch {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The document is not a usable JWKS.
+    #[error("the JWKS from {origin} is invalid: {reason}")]
+    Invalid {
+        /// File or URL.
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// One verification key and the one algorithm it verifies.
+pub struct VerifyKey {
+    /// `kid`, when the JWKS names it.
+    pub kid: Option<String>,
+    /// The key's algorithm: from its `alg`, or the only sensible one for its type.
+    pub algorithm: Algorithm,
+    /// The key itself.
+    pub key: DecodingKey,
+}
+
+/// A parsed JWKS.
+#[derive(Default)]
+pub struct KeySet {
+    keys: Vec<Arc<VerifyKey>>,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kids: Vec<_> = self.keys.iter().map(|k| (k.kid.as_deref(), k.algorithm)).collect();
+        f.debug_struct("KeySet").field("keys", &kids).finish()
+    }
+}
+
+impl KeySet {
+    /// Parses a JWKS, keeping the signature keys this service can use. Symmetric (`oct`) keys are
+    /// never used: a caller token checked with a shared secret proves nothing about the Authority.
+    pub fn from_json(bytes: &[u8], origin: &str) -> Result<KeySet, JwksError> {
+        let invalid = |reason: String| JwksError::Invalid { origin: origin.to_owned(), reason };
+        let document: Value =
+            serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
+        let Some(entries) = document.get("keys").and_then(Value::as_array) else {
+            return Err(invalid("no \"keys\" array".to_owned()));
+        };
+        let mut keys = Vec::new();
+        for (index, entry) in entries.iter().enumerate() {
+            if keys.len() == MAX_KEYS {
+                tracing::warn!(%origin, "JWKS has more than {MAX_KEYS} keys; the rest are ignored");
+                break;
+            }
+            match verify_key(entry) {
+                Ok(key) => keys.push(Arc::new(key)),
+                Err(reason) => tracing::warn!(%origin, index, "JWKS key ignored: {reason}"),
+            }
+        }
+        if keys.is_empty() {
+            return Err(invalid("it holds no usable signature keys".to_owned()));
+        }
+        Ok(KeySet { keys })
+    }
+
+    /// The key for `kid`; a token without `kid` only matches a JWKS holding exactly one key.
+    fn find(&self, kid: Option<&str>) -> Option<Arc<VerifyKey>> {
+        match kid {
+            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)).cloned(),
+            None if self.keys.len() == 1 => self.keys.first().cloned(),
+            None => None,
+        }
+    }
+
+    /// How many keys are usable.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no key is usable (never true for a set that loaded).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+fn verify_key(entry: &Value) -> Result<VerifyKey, String> {
+    let jwk: Jwk = serde_json::from_value(entry.clone()).map_err(|e| format!("not a JWK: {e}"))?;
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return Err("an encryption key (use: enc)".to_owned());
+    }
+    let algorithm = match (&jwk.algorithm, jwk.common.key_algorithm) {
+        (AlgorithmParameters::OctetKey(_), _) => return Err("a symmetric (oct) key".to_owned()),
+        (AlgorithmParameters::RSA(_), None) => Algorithm::RS256,
+        (AlgorithmParameters::RSA(_), Some(alg)) => match alg {
+            KeyAlgorithm::RS256 => Algorithm::RS256,
+            KeyAlgorithm::RS384 => Algorithm::RS384,
+            KeyAlgorithm::RS512 => Algorithm::RS512,
+            KeyAlgorithm::PS256 => Algorithm::PS256,
+            KeyAlgorithm::PS384 => Algorithm::PS384,
+            KeyAlgorithm::PS512 => Algorithm::PS512,
+            other => return Err(format!("an RSA key for {other:?}")),
+        },
+        (AlgorithmParameters::EllipticCurve(params), alg) => match (params.curve.clone(), alg) {
+            (EllipticCurve::P256, None | Some(KeyAlgorithm::ES256)) => Algorithm::ES256,
+            (EllipticCurve::P384, None | Some(KeyAlgorithm::ES384)) => Algorithm::ES384,
+            (curve, alg) => return Err(format!("an EC key on {curve:?} for {alg:?}")),
+        },
+        (AlgorithmParameters::OctetKeyPair(params), alg) => match (params.curve.clone(), alg) {
+            (EllipticCurve::Ed25519, None | Some(KeyAlgorithm::EdDSA)) => Algorithm::EdDSA,
+            (curve, alg) => return Err(format!("an OKP key on {curve:?} for {alg:?}")),
+        },
+        _ => return Err("an unsupported key type".to_owned()),
+    };
+    let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("unusable key material: {e}"))?;
+    Ok(VerifyKey { kid: jwk.common.key_id.clone(), algorithm, key })
+}
+
+/// Where the keys come from.
+#[derive(Clone, Debug)]
+pub enum KeySource {
+    /// A JWKS file, read at start and at every reload.
+    File(Arc<KeySet>),
+    /// A JWKS URL, kept fresh by a background task.
+    Remote(Arc<RemoteJwks>),
+}
+
+impl KeySource {
+    /// Reads a JWKS file.
+    pub fn from_file(path: &Path) -> Result<KeySource, JwksError> {
+        let bytes = std::fs::read(path)
+            .map_err(|source| JwksError::Read { path: path.to_owned(), source })?;
+        Ok(KeySource::File(Arc::new(KeySet::from_json(&bytes, &path.display().to_string())?)))
+    }
+
+    /// A JWKS URL. The first fetch happens here; if it fails the error is logged and tokens are
+    /// refused as `KeysUnavailable` until a later fetch succeeds.
+    pub async fn from_url(url: &str, refresh_every: Duration) -> Result<KeySource, JwksError> {
+        let client = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()
+            .map_err(|e| JwksError::Fetch { url: url.to_owned(), reason: e.to_string() })?;
+        let remote = Arc::new(RemoteJwks {
+            url: url.to_owned(),
+            client,
+            keys: ArcSwap::from_pointee(KeySet::default()),
+            last_fetch: Mutex::new(None),
+            refetch: tokio::sync::Mutex::new(()),
+        });
+        if let Err(e) = remote.refresh().await {
+            tracing::error!("{e}; caller tokens are refused until the JWKS can be fetched");
+        }
+        RemoteJwks::spawn_refresher(Arc::downgrade(&remote), refresh_every);
+        Ok(KeySource::Remote(remote))
+    }
+
+    /// Whether keys are loaded (for `/readyz`).
+    pub fn is_ready(&self) -> bool {
+        match self {
+            KeySource::File(set) => !set.is_empty(),
+            KeySource::Remote(remote) => !remote.keys.load().is_empty(),
+        }
+    }
+
+    pub(super) async fn find(&self, kid: Option<&str>) -> Result<Arc<VerifyKey>, AuthError> {
+        let unknown = || AuthError::UnknownKey(format!("{:?}", kid.map(super::shorten)));
+        match self {
+            KeySource::File(set) => set.find(kid).ok_or_else(unknown),
+            KeySource::Remote(remote) => {
+                if let Some(key) = remote.keys.load().find(kid) {
+                    return Ok(key);
+                }
+                remote.refetch_for_unknown_kid().await;
+                let keys = remote.keys.load();
+                if keys.is_empty() {
+                    return Err(AuthError::KeysUnavailable);
+                }
+                keys.find(kid).ok_or_else(unknown)
+            }
+        }
+    }
+}
+
+/// A JWKS fetched over HTTP(S).
+pub struct RemoteJwks {
+    url: String,
+    client: reqwest::Client,
+    keys: ArcSwap<KeySet>,
+    last_fetch: Mutex<Option<Instant>>,
+    refetch: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for RemoteJwks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteJwks").field("url", &self.url).field("keys", &self.keys.load()).finish()
+    }
+}
+
+impl RemoteJwks {
+    async fn fetch(&self) -> Result<KeySet, JwksError> {
+        let error = |reason: String| JwksError::Fetch { url: self.url.clone(), reason };
+        let mut response = self.client.get(&self.url).send().await.map_err(|e| error(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(error(format!("HTTP {}", response.status())));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| error(e.to_string()))? {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(error(format!("the document is larger than {MAX_JWKS_BYTES} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        KeySet::from_json(&body, &self.url)
+    }
+
+    async fn refresh(&self) -> Result<(), JwksError> {
+        if let Ok(mut last) = self.last_fetch.lock() {
+            *last = Some(Instant::now());
+        }
+        let keys = self.fetch().await?;
+        tracing::info!(url = %self.url, keys = keys.len(), "fetched the Authority's JWKS");
+        self.keys.store(Arc::new(keys));
+        Ok(())
+    }
+
+    /// One refetch at a time, and none if the last fetch is recent: a new key is picked up within
+    /// seconds of its first use, and made-up `kid`s cost the Authority nothing.
+    async fn refetch_for_unknown_kid(&self) {
+        let _single_flight = self.refetch.lock().await;
+        let recent = self
+            .last_fetch
+            .lock()
+            .map(|last| last.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL))
+            .unwrap_or(true);
+        if !recent && let Err(e) = self.refresh().await {
+            tracing::warn!("{e}");
+        }
+    }
+
+    fn spawn_refresher(remote: Weak<RemoteJwks>, every: Duration) {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(remote) = remote.upgrade() else { break };
+                if let Err(e) = remote.refresh().await {
+                    tracing::warn!("{e}; keeping the keys fetched before");
+                }
+            }
+        });
+    }
+}

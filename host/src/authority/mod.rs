@@ -1,0 +1,247 @@
+//! Validating the caller's Authority token, in a fixed order:
+//!
+//! 1. size cap; 2. three base64url segments; 3. a strict JSON header; 4. the key, looked up by
+//! `kid` in the Authority's JWKS; 5. the header's `alg` must equal **the key's** algorithm (the
+//! header never chooses it, so `none` and HS256-with-the-public-key go nowhere); 6. the signature;
+//! 7. a strict JSON payload (duplicate claims refused); 8. `exp`/`nbf` with leeway, `iss`, `aud`;
+//! 9. `sub` and the required scope; 10. the claims the policy reads, type-checked.
+//!
+//! The clock is a parameter, so tests control time. Failures say which check failed, never a key.
+
+mod claims;
+mod jwks;
+
+pub use claims::caller_from_claims;
+pub use jwks::{JwksError, KeySet, KeySource};
+
+use crate::access::Caller;
+use claims::StrictObject;
+use data_encoding::BASE64URL_NOPAD;
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// What a caller's token must satisfy.
+#[derive(Clone, Debug)]
+pub struct Requirements {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// `aud` must contain one of these.
+    pub audiences: Vec<String>,
+    /// Must appear in `scope` (space-separated) or `scp` (array).
+    pub required_scope: String,
+    /// Seconds of clock skew tolerated on `exp` and `nbf`.
+    pub leeway_seconds: u64,
+}
+
+/// A caller whose token passed every check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Validated {
+    /// Who is asking, for the policy.
+    pub caller: Caller,
+    /// The token's `exp`: nothing derived from it may outlive this.
+    pub expires_at: u64,
+}
+
+/// Why a token was refused. The text is safe to show the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Over [`MAX_TOKEN_BYTES`].
+    #[error("the token is larger than {MAX_TOKEN_BYTES} bytes")]
+    TooLarge,
+    /// Not a JWS compact token with a JSON header and payload.
+    #[error("the token is malformed: {0}")]
+    Malformed(String),
+    /// `alg` is one this service never accepts (`none`, HMAC, ...).
+    #[error("the token's algorithm {0:?} is not accepted")]
+    UnsupportedAlgorithm(String),
+    /// No published key matches `kid`.
+    #[error("the token is signed with a key the Authority does not publish (kid {0})")]
+    UnknownKey(String),
+    /// The header names another algorithm than the key's.
+    #[error("the token's algorithm {header} does not match its key's {key}")]
+    AlgorithmMismatch {
+        /// From the token header.
+        header: String,
+        /// From the JWKS.
+        key: String,
+    },
+    /// The signature does not verify.
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    /// `exp` (plus leeway) is in the past.
+    #[error("the token has expired")]
+    Expired,
+    /// `nbf` (minus leeway) is in the future.
+    #[error("the token is not valid yet (nbf is in the future)")]
+    NotYetValid,
+    /// `iss` is not the configured Authority.
+    #[error("the token's issuer {0:?} is not the configured Authority")]
+    WrongIssuer(String),
+    /// No accepted audience in `aud`.
+    #[error("the token's audience {0} is not accepted by this service")]
+    WrongAudience(String),
+    /// The required scope is missing.
+    #[error("the token lacks the scope {0}")]
+    MissingScope(String),
+    /// A claim is absent or has the wrong JSON type.
+    #[error("the token's claims are invalid: {0}")]
+    Claim(String),
+    /// The Authority's keys could not be fetched.
+    #[error("the Authority's keys are unavailable")]
+    KeysUnavailable,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crit: Option<Value>,
+}
+
+/// Validates `token` at time `now` (Unix seconds) against `keys` and `requirements`.
+pub async fn validate(
+    token: &str,
+    now: u64,
+    keys: &KeySource,
+    requirements: &Requirements,
+) -> Result<Validated, AuthError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(AuthError::TooLarge);
+    }
+    let mut segments = token.split('.');
+    let (Some(header64), Some(payload64), Some(signature64), None) =
+        (segments.next(), segments.next(), segments.next(), segments.next())
+    else {
+        return Err(malformed("expected three dot-separated segments"));
+    };
+    if header64.is_empty() || payload64.is_empty() || signature64.is_empty() {
+        return Err(malformed("a segment is empty (unsigned tokens are not accepted)"));
+    }
+
+    let header_json = decode_segment(header64, "header")?;
+    let header: Header = serde_json::from_slice::<StrictObject>(&header_json)
+        .and_then(|object| serde_json::from_value(Value::Object(object.0)))
+        .map_err(|e| malformed(&format!("the header is not a valid JOSE header: {e}")))?;
+    if header.crit.is_some() {
+        return Err(malformed("the header has critical extensions (crit), none are supported"));
+    }
+    let algorithm = accepted_algorithm(&header.alg)?;
+
+    let key = keys.find(header.kid.as_deref()).await?;
+    if key.algorithm != algorithm {
+        return Err(AuthError::AlgorithmMismatch {
+            header: header.alg.clone(),
+            key: format!("{:?}", key.algorithm),
+        });
+    }
+    let signed = &token[..header64.len() + 1 + payload64.len()];
+    let verified = jsonwebtoken::crypto::verify(signature64, signed.as_bytes(), &key.key, algorithm)
+        .map_err(|_| AuthError::BadSignature)?;
+    if !verified {
+        return Err(AuthError::BadSignature);
+    }
+
+    let payload = decode_segment(payload64, "payload")?;
+    let claims = serde_json::from_slice::<StrictObject>(&payload)
+        .map_err(|e| malformed(&format!("the payload is not a JSON object: {e}")))?
+        .0;
+    let expires_at = check_registered_claims(&claims, now, requirements)?;
+    let caller = caller_from_claims(claims).map_err(AuthError::Claim)?;
+    if !caller.scopes.iter().any(|s| *s == requirements.required_scope) {
+        return Err(AuthError::MissingScope(requirements.required_scope.clone()));
+    }
+    Ok(Validated { caller, expires_at })
+}
+
+fn malformed(what: &str) -> AuthError {
+    AuthError::Malformed(what.to_owned())
+}
+
+fn decode_segment(segment: &str, name: &str) -> Result<Vec<u8>, AuthError> {
+    BASE64URL_NOPAD
+        .decode(segment.as_bytes())
+        .map_err(|_| malformed(&format!("the {name} is not unpadded base64url")))
+}
+
+/// Only asymmetric algorithms: a caller token verified with a shared secret would let anyone who
+/// holds the secret (or mistakes a public key for one) mint callers.
+fn accepted_algorithm(alg: &str) -> Result<Algorithm, AuthError> {
+    let algorithm = match alg {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        other => return Err(AuthError::UnsupportedAlgorithm(shorten(other))),
+    };
+    Ok(algorithm)
+}
+
+/// A value from a token, safe to echo in a message: at most 64 characters, escaped by `{:?}`.
+pub(crate) fn shorten(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+fn check_registered_claims(
+    claims: &Map<String, Value>,
+    now: u64,
+    requirements: &Requirements,
+) -> Result<u64, AuthError> {
+    let leeway = requirements.leeway_seconds as f64;
+    let now = now as f64;
+    let exp = match claims.get("exp") {
+        Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
+        Some(_) => return Err(AuthError::Claim("exp must be a number".into())),
+        None => return Err(AuthError::Claim("exp is missing".into())),
+    };
+    if !exp.is_finite() || exp + leeway <= now {
+        return Err(AuthError::Expired);
+    }
+    match claims.get("nbf") {
+        None => {}
+        Some(Value::Number(n)) => {
+            if n.as_f64().is_none_or(|nbf| nbf - leeway > now) {
+                return Err(AuthError::NotYetValid);
+            }
+        }
+        Some(_) => return Err(AuthError::Claim("nbf must be a number".into())),
+    }
+    match claims.get("iat") {
+        None | Some(Value::Number(_)) => {}
+        Some(_) => return Err(AuthError::Claim("iat must be a number".into())),
+    }
+    match claims.get("iss") {
+        Some(Value::String(iss)) if *iss == requirements.issuer => {}
+        Some(Value::String(iss)) => return Err(AuthError::WrongIssuer(shorten(iss))),
+        Some(_) => return Err(AuthError::Claim("iss must be a string".into())),
+        None => return Err(AuthError::Claim("iss is missing".into())),
+    }
+    let audiences: Vec<&str> = match claims.get("aud") {
+        Some(Value::String(aud)) => vec![aud.as_str()],
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|v| v.as_str().ok_or_else(|| AuthError::Claim("aud must hold strings".into())))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(AuthError::Claim("aud must be a string or an array of strings".into())),
+        None => return Err(AuthError::Claim("aud is missing".into())),
+    };
+    if !audiences.iter().any(|aud| requirements.audiences.iter().any(|a| a == aud)) {
+        let shown = format!("{:?}", audiences.iter().map(|a| shorten(a)).collect::<Vec<_>>());
+        return Err(AuthError::WrongAudience(shown));
+    }
+    // `exp` fits a u64 once it is known to be finite and in the future.
+    Ok(exp as u64)
+}

@@ -1,0 +1,181 @@
+//! `registry-token policy test`: case tables run through the same runtime as the server.
+//!
+//! ```yaml
+//! settings_file: plans.yaml          # relative to this file; or `settings:` inline; --settings wins
+//! service: registry.local            # default for every case
+//! cases:
+//!   - name: team members push to team repositories
+//!     claims: {sub: alice, "stellaops:plan": team, "stellaops:tenant": acme}
+//!     scope: repository:team/app:pull,push      # a string (space-separated) or a list
+//!     grant: [repository:team/app:pull,push]    # expected; or `deny: licence-revoked`, or `fault: deadline`
+//! ```
+
+use crate::access::{Resource, scope_string};
+use crate::app::yaml_to_json;
+use crate::authority::caller_from_claims;
+use crate::policy::{Decision, Policy};
+use crate::scope::parse_scopes;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// A case file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseFile {
+    /// Settings file, relative to the case file.
+    #[serde(default)]
+    pub settings_file: Option<PathBuf>,
+    /// Inline settings.
+    #[serde(default)]
+    pub settings: Option<Value>,
+    /// Default `service`.
+    #[serde(default = "default_service")]
+    pub service: String,
+    /// The cases.
+    pub cases: Vec<Case>,
+}
+
+fn default_service() -> String {
+    "registry.local".to_owned()
+}
+
+/// One case: a request and its expected outcome.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// Shown on failure.
+    pub name: String,
+    /// The caller's Authority claims (`sub`, `stellaops:plan`, ...).
+    pub claims: Map<String, Value>,
+    /// Overrides the file's `service`.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// The requested scopes.
+    #[serde(default)]
+    pub scope: Scopes,
+    /// Expected grant, in scope syntax.
+    #[serde(default)]
+    pub grant: Option<Scopes>,
+    /// Expected denial reason.
+    #[serde(default)]
+    pub deny: Option<String>,
+    /// Expected fault kind (`deadline`, `memory`, `panic`, `trap`, `malformed`, `overgrant`).
+    #[serde(default)]
+    pub fault: Option<String>,
+}
+
+/// One scope string or a list of them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(untagged)]
+pub enum Scopes {
+    /// None asked (`docker login`).
+    #[default]
+    None,
+    /// `repository:a/b:pull repository:c/d:push`.
+    One(String),
+    /// `[repository:a/b:pull, repository:c/d:push]`.
+    Many(Vec<String>),
+}
+
+impl Scopes {
+    fn values(&self) -> Vec<&str> {
+        match self {
+            Scopes::None => Vec::new(),
+            Scopes::One(one) => vec![one.as_str()],
+            Scopes::Many(many) => many.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// What happened to one case.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The case's name.
+    pub name: String,
+    /// `None` if it passed; otherwise expected vs actual.
+    pub failure: Option<String>,
+}
+
+/// Reads a case file and the settings it names (unless `settings_override` is given), as JSON.
+pub fn read(path: &Path, settings_override: Option<&Path>) -> Result<(CaseFile, String), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file: CaseFile = serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let settings = match (settings_override, &file.settings_file, &file.settings) {
+        (Some(override_path), _, _) => crate::app::settings_json(override_path).map_err(|e| e.to_string())?,
+        (None, Some(relative), _) => {
+            let base = path.parent().unwrap_or(Path::new("."));
+            crate::app::settings_json(&base.join(relative)).map_err(|e| e.to_string())?
+        }
+        (None, None, Some(inline)) => inline.to_string(),
+        (None, None, None) => {
+            return Err(format!(
+                "{}: no settings: add settings_file or settings, or pass --settings",
+                path.display()
+            ));
+        }
+    };
+    // Normalise through YAML->JSON so inline and file settings reach the guest the same way.
+    let settings = yaml_to_json(&settings)?;
+    Ok((file, settings))
+}
+
+/// Runs every case of `file` through `policy`.
+pub async fn run(policy: &Policy, file: &CaseFile) -> Vec<Outcome> {
+    let mut outcomes = Vec::with_capacity(file.cases.len());
+    for case in &file.cases {
+        let failure = run_case(policy, file, case).await.err();
+        outcomes.push(Outcome { name: case.name.clone(), failure });
+    }
+    outcomes
+}
+
+async fn run_case(policy: &Policy, file: &CaseFile, case: &Case) -> Result<(), String> {
+    let expectations = [case.grant.is_some(), case.deny.is_some(), case.fault.is_some()];
+    if expectations.iter().filter(|e| **e).count() > 1 {
+        return Err("state only one of grant, deny and fault".into());
+    }
+    let caller = caller_from_claims(case.claims.clone()).map_err(|e| format!("claims: {e}"))?;
+    let requested = parse_scopes(case.scope.values()).map_err(|e| format!("scope: {e}"))?;
+    let service = case.service.as_deref().unwrap_or(&file.service);
+    let actual = policy.evaluate(&caller, service, &requested).await;
+
+    let shown = match &actual {
+        Ok(Decision::Grant { resources, note }) => match note {
+            Some(note) => format!("grant [{}] (note: {note})", scope_string(resources)),
+            None => format!("grant [{}]", scope_string(resources)),
+        },
+        Ok(Decision::Deny { reason, message }) => format!("deny {reason} ({message})"),
+        Err(fault) => format!("fault {} ({fault})", fault.kind()),
+    };
+    let (expected, matched) = match (&case.grant, &case.deny, &case.fault) {
+        (Some(grant), _, _) => {
+            let expected = parse_scopes(grant.values()).map_err(|e| format!("grant: {e}"))?;
+            let matched = matches!(&actual, Ok(Decision::Grant { resources, .. }) if same_grant(resources, &expected));
+            (format!("grant [{}]", scope_string(&expected)), matched)
+        }
+        (_, Some(reason), _) => {
+            let matched = matches!(&actual, Ok(Decision::Deny { reason: r, .. }) if r == reason);
+            (format!("deny {reason}"), matched)
+        }
+        (None, None, Some(kind)) => (format!("fault {kind}"), matches!(&actual, Err(f) if f.kind() == kind)),
+        (None, None, None) => return Err("state one of grant, deny and fault".into()),
+    };
+    match matched {
+        true => Ok(()),
+        false => Err(format!("expected {expected}\n    actual   {shown}")),
+    }
+}
+
+/// Grants are compared as sets: which actions on which resources, whatever the order.
+fn same_grant(actual: &[Resource], expected: &[Resource]) -> bool {
+    let as_set = |resources: &[Resource]| -> BTreeMap<(String, String), BTreeSet<String>> {
+        resources
+            .iter()
+            .filter(|r| !r.actions.is_empty())
+            .map(|r| ((r.resource_type.clone(), r.name.clone()), r.actions.iter().cloned().collect()))
+            .collect()
+    };
+    as_set(actual) == as_set(expected)
+}

@@ -1,0 +1,295 @@
+//! The `registry-token` command line: `serve`, `keygen`, `dev-authority`, `policy test|eval`.
+
+pub mod cases;
+mod serve;
+
+use crate::app::{load_policy, load_policy_with, system_clock};
+use crate::authority::caller_from_claims;
+use crate::config::PolicyConfig;
+use crate::dev_authority;
+use crate::mint::{SigningAlgorithm, keygen};
+use crate::policy::{BUILTIN_NAME, Decision};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Map, Value, json};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "registry-token", version, about = "Issues short-lived Docker registry bearer tokens")]
+struct Cli {
+    /// Log filter (tracing's env-filter syntax).
+    #[arg(long, global = true, env = "REGISTRY_TOKEN_LOG", default_value = "info")]
+    log: String,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the token service.
+    Serve {
+        /// The configuration file.
+        #[arg(long, env = "REGISTRY_TOKEN_CONFIG", default_value = "etc/registry-token.yaml")]
+        config: PathBuf,
+    },
+    /// Generate a signing key (mode 0600) and a self-signed certificate for the registry.
+    Keygen {
+        /// Directory to write signing-key.pem and signing-cert.pem into.
+        #[arg(long)]
+        out: PathBuf,
+        /// RSA key size: 2048, 3072 or 4096.
+        #[arg(long, default_value_t = 2048)]
+        bits: u32,
+        /// RS256 (RSA) or ES256 (P-256).
+        #[arg(long, value_enum, default_value_t = Algorithm::Rs256)]
+        algorithm: Algorithm,
+    },
+    /// A development Authority for trials and tests (never used by `serve`).
+    #[command(subcommand)]
+    DevAuthority(DevAuthority),
+    /// Try a policy without a server.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Algorithm {
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "ES256")]
+    Es256,
+}
+
+#[derive(Debug, Subcommand)]
+enum DevAuthority {
+    /// Create a key pair, jwks.json and authority.json in DIR.
+    Init {
+        /// Where to create it.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The issuer (`iss`) of its tokens.
+        #[arg(long, default_value = "https://authority.local")]
+        issuer: String,
+    },
+    /// Print a signed access token.
+    Token {
+        /// The development Authority's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// `sub`.
+        #[arg(long)]
+        sub: String,
+        /// `stellaops:plan`.
+        #[arg(long)]
+        plan: Option<String>,
+        /// `stellaops:license`.
+        #[arg(long)]
+        license: Option<String>,
+        /// `stellaops:tenant`.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// `scope` (space-separated).
+        #[arg(long, default_value = "registry.token.issue")]
+        scope: String,
+        /// `aud`.
+        #[arg(long, default_value = "registry-token")]
+        aud: String,
+        /// `client_id`.
+        #[arg(long, default_value = "dev-cli")]
+        client_id: String,
+        /// Seconds until the token expires (negative: already expired).
+        #[arg(long, default_value_t = 600, allow_hyphen_values = true)]
+        ttl: i64,
+    },
+}
+
+#[derive(Debug, Args)]
+struct PolicySource {
+    /// A policy component; the built-in plan catalogue if omitted.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Settings (YAML or JSON); overrides what a case file names.
+    #[arg(long)]
+    settings: Option<PathBuf>,
+    /// Deadline of one evaluation, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    timeout_ms: u64,
+    /// Memory cap of one evaluation, in MiB.
+    #[arg(long, default_value_t = 16)]
+    memory_mib: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Run case files: prints each failure, then `N passed, N failed`; exits non-zero on failure.
+    Test {
+        #[command(flatten)]
+        source: PolicySource,
+        /// Case files (YAML).
+        #[arg(required = true)]
+        cases: Vec<PathBuf>,
+    },
+    /// Evaluate one request given as JSON: {"claims": {...}, "service": "...", "scope": "..."}.
+    Eval {
+        #[command(flatten)]
+        source: PolicySource,
+        /// The request file; standard input if omitted or `-`.
+        request: Option<PathBuf>,
+    },
+}
+
+/// Runs the command line; the binary's `main` is this.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log, cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { config } => serve::run(&config).await,
+            Command::Keygen { out, bits, algorithm } => keygen_command(&out, bits, algorithm),
+            Command::DevAuthority(command) => dev_authority_command(command),
+            Command::Policy(PolicyCommand::Test { source, cases }) => policy_test(&source, &cases).await,
+            Command::Policy(PolicyCommand::Eval { source, request }) => policy_eval(&source, request.as_deref()).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn keygen_command(out: &Path, bits: u32, algorithm: Algorithm) -> Result<ExitCode, String> {
+    let algorithm = match algorithm {
+        Algorithm::Rs256 => SigningAlgorithm::RS256,
+        Algorithm::Es256 => SigningAlgorithm::ES256,
+    };
+    let generated = keygen::generate(out, algorithm, bits).map_err(|e| e.to_string())?;
+    println!("wrote {} (mode 0600)", generated.key_file.display());
+    println!("wrote {} (give it to the registry as auth.token.rootcertbundle)", generated.cert_file.display());
+    println!("kid (libtrust, distribution 2.8): {}", generated.libtrust_kid);
+    println!("kid (thumbprint, RFC 7638):       {}", generated.thumbprint_kid);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dev_authority_command(command: DevAuthority) -> Result<ExitCode, String> {
+    match command {
+        DevAuthority::Init { dir, issuer } => {
+            let jwks = dev_authority::init(&dir, &issuer).map_err(|e| e.to_string())?;
+            println!("development Authority for issuer {issuer} created in {}", dir.display());
+            println!("point authority.jwks_file at {}", jwks.display());
+            println!("for trials and tests only: its private key sits next to it, unprotected by any process");
+        }
+        DevAuthority::Token { dir, sub, plan, license, tenant, scope, aud, client_id, ttl } => {
+            let request = dev_authority::TokenRequest {
+                subject: sub,
+                plan,
+                license,
+                tenant,
+                scope,
+                audience: aud,
+                client_id,
+                ttl_seconds: ttl,
+                extra: Map::new(),
+            };
+            let token = dev_authority::token(&dir, &request, system_clock()()).map_err(|e| e.to_string())?;
+            println!("{token}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn policy_config(source: &PolicySource) -> PolicyConfig {
+    PolicyConfig {
+        module: match &source.policy {
+            Some(path) => path.display().to_string(),
+            None => BUILTIN_NAME.to_owned(),
+        },
+        settings_file: source.settings.clone(),
+        timeout_ms: source.timeout_ms,
+        memory_mib: source.memory_mib,
+    }
+}
+
+async fn policy_test(source: &PolicySource, files: &[PathBuf]) -> Result<ExitCode, String> {
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for path in files {
+        let (file, settings) = cases::read(path, source.settings.as_deref())?;
+        let policy = load_policy_with(&policy_config(source), &settings).await.map_err(|e| e.to_string())?;
+        for outcome in cases::run(&policy, &file).await {
+            match outcome.failure {
+                None => passed += 1,
+                Some(failure) => {
+                    failed += 1;
+                    println!("FAIL {}: {}\n    {failure}", path.display(), outcome.name);
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn policy_eval(source: &PolicySource, request: Option<&Path>) -> Result<ExitCode, String> {
+    let text = match request {
+        None => read_stdin()?,
+        Some(path) if path == Path::new("-") => read_stdin()?,
+        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+    };
+    let request: Value = serde_json::from_str(&text).map_err(|e| format!("the request is not JSON: {e}"))?;
+    let claims = match request.get("claims") {
+        Some(Value::Object(claims)) => claims.clone(),
+        _ => return Err("the request needs \"claims\": an object of Authority claims".into()),
+    };
+    let service = request.get("service").and_then(Value::as_str).unwrap_or("registry.local");
+    let scopes: Vec<&str> = match request.get("scope") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(scope)) => vec![scope.as_str()],
+        Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
+        Some(_) => return Err("\"scope\" must be a string or a list of strings".into()),
+    };
+    let caller = caller_from_claims(claims).map_err(|e| format!("claims: {e}"))?;
+    let requested = crate::scope::parse_scopes(scopes).map_err(|e| e.to_string())?;
+    let policy = load_policy(&policy_config(source)).await.map_err(|e| e.to_string())?;
+    let answer = match policy.evaluate(&caller, service, &requested).await {
+        Ok(Decision::Grant { resources, note }) => json!({"decision": "grant", "access": resources, "note": note}),
+        Ok(Decision::Deny { reason, message }) => json!({"decision": "deny", "reason": reason, "message": message}),
+        Err(fault) => json!({"decision": "fault", "kind": fault.kind(), "detail": fault.to_string()}),
+    };
+    println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_stdin() -> Result<String, String> {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).map_err(|e| format!("cannot read standard input: {e}"))?;
+    Ok(text)
+}

@@ -1,0 +1,139 @@
+//! A development Authority, for trials and tests only: a key pair, its JWKS, and a command that
+//! prints signed access tokens. `serve` never uses it to validate anything beyond reading the JWKS
+//! file it writes, exactly as it would read a real Authority's.
+
+use crate::mint::keygen::{KeygenError, write_new};
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rsa::{KeyPair, KeySize};
+use aws_lc_rs::signature::KeyPair as _;
+use data_encoding::BASE64URL_NOPAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// The private key of the development Authority.
+pub const KEY_FILE: &str = "authority-key.pem";
+/// Its JWKS: point `authority.jwks_file` here.
+pub const JWKS_FILE: &str = "jwks.json";
+/// Its issuer and key id.
+pub const INFO_FILE: &str = "authority.json";
+
+/// Why the development Authority failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DevAuthorityError {
+    /// Files could not be written.
+    #[error(transparent)]
+    Write(#[from] KeygenError),
+    /// Files could not be read.
+    #[error("cannot read the development Authority in {dir}: {reason} (run `registry-token dev-authority init --dir {dir}` first)")]
+    Read {
+        /// Its directory.
+        dir: String,
+        /// What failed.
+        reason: String,
+    },
+    /// Crypto failed.
+    #[error("cannot generate or use the development Authority key: {0}")]
+    Crypto(String),
+}
+
+/// `authority.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Info {
+    /// `iss` of its tokens.
+    pub issuer: String,
+    /// `kid` of its key.
+    pub kid: String,
+}
+
+/// Creates a development Authority in `dir`: an RSA key, `jwks.json` and `authority.json`.
+pub fn init(dir: &Path, issuer: &str) -> Result<PathBuf, DevAuthorityError> {
+    std::fs::create_dir_all(dir).map_err(|source| KeygenError::Write { path: dir.to_owned(), source })?;
+    let crypto = |e: &dyn std::fmt::Display| DevAuthorityError::Crypto(e.to_string());
+    let pair = KeyPair::generate(KeySize::Rsa2048).map_err(|e| crypto(&e))?;
+    let pkcs8 = pair.as_der().map_err(|e| crypto(&e))?;
+    let pem = Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec())));
+
+    let public = pair.public_key();
+    let n = BASE64URL_NOPAD.encode(public.modulus().big_endian_without_leading_zero());
+    let e = BASE64URL_NOPAD.encode(public.exponent().big_endian_without_leading_zero());
+    let thumbprint = format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#);
+    let kid = BASE64URL_NOPAD.encode(&Sha256::digest(thumbprint.as_bytes()));
+    let jwks = json!({ "keys": [{ "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": n, "e": e }] });
+    let info = Info { issuer: issuer.to_owned(), kid };
+
+    write_new(&dir.join(KEY_FILE), pem.as_bytes(), 0o600)?;
+    write_new(&dir.join(JWKS_FILE), serde_json::to_string_pretty(&jwks).unwrap_or_default().as_bytes(), 0o644)?;
+    write_new(&dir.join(INFO_FILE), serde_json::to_string_pretty(&info).unwrap_or_default().as_bytes(), 0o644)?;
+    Ok(dir.join(JWKS_FILE))
+}
+
+/// What goes into a development token.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    /// `sub`.
+    pub subject: String,
+    /// `stellaops:plan`.
+    pub plan: Option<String>,
+    /// `stellaops:license`.
+    pub license: Option<String>,
+    /// `stellaops:tenant`.
+    pub tenant: Option<String>,
+    /// `scope`, space-separated.
+    pub scope: String,
+    /// `aud`.
+    pub audience: String,
+    /// `client_id`.
+    pub client_id: String,
+    /// Seconds until `exp` (negative makes an expired token, for tests).
+    pub ttl_seconds: i64,
+    /// Extra claims, merged last.
+    pub extra: Map<String, Value>,
+}
+
+/// Signs an access token with the development Authority in `dir`, issued at `now`.
+pub fn token(dir: &Path, request: &TokenRequest, now: u64) -> Result<String, DevAuthorityError> {
+    let read = |name: &str| {
+        std::fs::read(dir.join(name)).map_err(|e| DevAuthorityError::Read {
+            dir: dir.display().to_string(),
+            reason: format!("{name}: {e}"),
+        })
+    };
+    let info: Info = serde_json::from_slice(&read(INFO_FILE)?).map_err(|e| DevAuthorityError::Read {
+        dir: dir.display().to_string(),
+        reason: format!("{INFO_FILE}: {e}"),
+    })?;
+    let pem = Zeroizing::new(read(KEY_FILE)?);
+    let key = EncodingKey::from_rsa_pem(&pem).map_err(|e| DevAuthorityError::Crypto(e.to_string()))?;
+
+    let now = now as i64;
+    let mut claims = Map::new();
+    claims.insert("iss".into(), info.issuer.into());
+    claims.insert("sub".into(), request.subject.clone().into());
+    claims.insert("aud".into(), request.audience.clone().into());
+    claims.insert("iat".into(), now.into());
+    claims.insert("nbf".into(), now.into());
+    claims.insert("exp".into(), (now + request.ttl_seconds).into());
+    claims.insert("scope".into(), request.scope.clone().into());
+    claims.insert("client_id".into(), request.client_id.clone().into());
+    let mut jti = [0u8; 12];
+    aws_lc_rs::rand::fill(&mut jti).map_err(|e| DevAuthorityError::Crypto(e.to_string()))?;
+    claims.insert("jti".into(), BASE64URL_NOPAD.encode(&jti).into());
+    for (name, value) in [
+        ("stellaops:plan", &request.plan),
+        ("stellaops:license", &request.license),
+        ("stellaops:tenant", &request.tenant),
+    ] {
+        if let Some(value) = value {
+            claims.insert(name.into(), value.clone().into());
+        }
+    }
+    claims.extend(request.extra.clone());
+
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(info.kid);
+    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| DevAuthorityError::Crypto(e.to_string()))
+}
