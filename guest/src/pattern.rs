@@ -84,7 +84,10 @@ impl RepoPattern {
     /// Compiles a pattern, refusing empty segments, `**` inside a segment, characters that can
     /// never occur in a repository name, and unknown or unclosed placeholders.
     pub fn parse(pattern: &str) -> Result<Self, PatternError> {
-        let error = |problem: String| PatternError { pattern: pattern.to_owned(), problem };
+        let error = |problem: String| PatternError {
+            pattern: pattern.to_owned(),
+            problem,
+        };
         if pattern.is_empty() {
             return Err(error("is empty".to_owned()));
         }
@@ -92,7 +95,10 @@ impl RepoPattern {
             .split('/')
             .map(|segment| parse_segment(segment).map_err(&error))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(RepoPattern { source: pattern.to_owned(), segments })
+        Ok(RepoPattern {
+            source: pattern.to_owned(),
+            segments,
+        })
     }
 
     /// The pattern as written.
@@ -118,7 +124,9 @@ fn parse_segment(segment: &str) -> Result<Segment, String> {
         return Ok(Segment::AnyDepth);
     }
     if segment.contains("**") {
-        return Err(format!("`**` must be a whole path segment, not part of {segment:?}"));
+        return Err(format!(
+            "`**` must be a whole path segment, not part of {segment:?}"
+        ));
     }
     let mut tokens = Vec::new();
     let mut rest = segment;
@@ -128,7 +136,9 @@ fn parse_segment(segment: &str) -> Result<Segment, String> {
             rest = after;
         } else if let Some(after) = rest.strip_prefix('{') {
             let Some(end) = after.find('}') else {
-                return Err(format!("placeholder in {segment:?} is not closed with `}}`"));
+                return Err(format!(
+                    "placeholder in {segment:?} is not closed with `}}`"
+                ));
             };
             let name = &after[..end];
             if !PLACEHOLDERS.contains(&name) {
@@ -154,7 +164,10 @@ fn parse_segment(segment: &str) -> Result<Segment, String> {
 
 /// Characters of a repository name segment: path components and `host:port` prefixes.
 fn is_name_char(c: char) -> bool {
-    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | ':') || c.is_ascii_uppercase()
+    c.is_ascii_lowercase()
+        || c.is_ascii_digit()
+        || matches!(c, '.' | '_' | '-' | ':')
+        || c.is_ascii_uppercase()
 }
 
 /// Whether `value` is one repository path component: `[a-z0-9]+` joined by `.`, `_`, `__` or
@@ -275,8 +288,14 @@ mod tests {
 
         let star = Caller::new("x").with_tenant("*");
         let pattern = RepoPattern::parse("{tenant}/**").unwrap();
-        assert!(!pattern.matches("anything/app", &star), "a tenant of `*` is not a wildcard");
-        assert!(!pattern.matches("*/app", &star), "and not a valid component either");
+        assert!(
+            !pattern.matches("anything/app", &star),
+            "a tenant of `*` is not a wildcard"
+        );
+        assert!(
+            !pattern.matches("*/app", &star),
+            "and not a valid component either"
+        );
 
         let slash = Caller::new("x").with_tenant("acme/secret");
         assert!(!pattern.matches("acme/secret/app", &slash));
@@ -285,7 +304,11 @@ mod tests {
         assert!(!pattern.matches("acme/app", &none));
 
         let email = Caller::new("alice@example.com");
-        assert!(!RepoPattern::parse("users/{sub}").unwrap().matches("users/alice", &email));
+        assert!(
+            !RepoPattern::parse("users/{sub}")
+                .unwrap()
+                .matches("users/alice", &email)
+        );
     }
 
     #[test]
@@ -306,10 +329,14 @@ mod tests {
 
     #[test]
     fn path_components_follow_the_docker_grammar() {
-        for good in ["a", "acme", "a.b", "a_b", "a__b", "a-b", "a---b", "a1-2.3_4"] {
+        for good in [
+            "a", "acme", "a.b", "a_b", "a__b", "a-b", "a---b", "a1-2.3_4",
+        ] {
             assert!(is_path_component(good), "{good}");
         }
-        for bad in ["", "A", "-a", "a-", "a..b", "a___b", "a/b", "a*", "a b", "a._b"] {
+        for bad in [
+            "", "A", "-a", "a-", "a..b", "a___b", "a/b", "a*", "a b", "a._b",
+        ] {
             assert!(!is_path_component(bad), "{bad}");
         }
     }

@@ -69,7 +69,11 @@ impl Live {
         let keys = match (&config.authority.jwks_file, &config.authority.jwks_url) {
             (Some(file), _) => KeySource::from_file(file)?,
             (None, Some(url)) => {
-                KeySource::from_url(url, Duration::from_secs(config.authority.jwks_refresh_seconds)).await?
+                KeySource::from_url(
+                    url,
+                    Duration::from_secs(config.authority.jwks_refresh_seconds),
+                )
+                .await?
             }
             (None, None) => return Err(BuildError::File("authority: no JWKS configured".into())),
         };
@@ -95,7 +99,13 @@ impl Live {
         );
 
         let policy = load_policy(&config.policy).await?;
-        Ok(Live { config, keys, requirements, policy, minter })
+        Ok(Live {
+            config,
+            keys,
+            requirements,
+            policy,
+            minter,
+        })
     }
 
     /// Whether the service can issue tokens (for `/readyz`).
@@ -122,21 +132,30 @@ pub async fn load_policy_with(
         policy::BUILTIN_PLAN_CATALOGUE.into()
     } else {
         std::fs::read(&config.module)
-            .map_err(|e| BuildError::File(format!("cannot read policy.module {}: {e}", config.module)))?
+            .map_err(|e| {
+                BuildError::File(format!("cannot read policy.module {}: {e}", config.module))
+            })?
             .into()
     };
     let limits = Limits {
         timeout: Duration::from_millis(config.timeout_ms),
-        memory_bytes: usize::try_from(config.memory_mib).unwrap_or(usize::MAX).saturating_mul(1024 * 1024),
+        memory_bytes: usize::try_from(config.memory_mib)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(1024 * 1024),
     };
     Ok(Policy::load(&module, &config.module, settings_json, limits).await?)
 }
 
 /// Reads a YAML or JSON settings file and renders it as the JSON document guests receive.
 pub fn settings_json(path: &Path) -> Result<String, BuildError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| BuildError::File(format!("cannot read the policy settings {}: {e}", path.display())))?;
-    yaml_to_json(&text).map_err(|e| BuildError::File(format!("the policy settings {}: {e}", path.display())))
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        BuildError::File(format!(
+            "cannot read the policy settings {}: {e}",
+            path.display()
+        ))
+    })?;
+    yaml_to_json(&text)
+        .map_err(|e| BuildError::File(format!("the policy settings {}: {e}", path.display())))
 }
 
 /// YAML (a superset of JSON) to compact JSON.
@@ -155,14 +174,20 @@ pub struct Service {
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service").field("config_path", &self.config_path).finish_non_exhaustive()
+        f.debug_struct("Service")
+            .field("config_path", &self.config_path)
+            .finish_non_exhaustive()
     }
 }
 
 impl Service {
     /// A service over already-built state. `config_path` is re-read on [`Service::reload`].
     pub fn new(live: Live, config_path: Option<PathBuf>, clock: Clock) -> Service {
-        Service { live: ArcSwap::from_pointee(live), config_path, clock }
+        Service {
+            live: ArcSwap::from_pointee(live),
+            config_path,
+            clock,
+        }
     }
 
     /// The state requests use now.
@@ -174,7 +199,9 @@ impl Service {
     /// it loads. On error the previous state keeps serving.
     pub async fn reload(&self) -> Result<(), BuildError> {
         let Some(path) = self.config_path.clone() else {
-            return Err(BuildError::File("the service was not started from a configuration file".into()));
+            return Err(BuildError::File(
+                "the service was not started from a configuration file".into(),
+            ));
         };
         let config = Config::load(&path)?;
         let current = self.live();

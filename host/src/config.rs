@@ -142,7 +142,10 @@ impl Default for PolicyConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { max_body_bytes: default_max_body(), shutdown_grace_seconds: default_grace() }
+        HttpConfig {
+            max_body_bytes: default_max_body(),
+            shutdown_grace_seconds: default_grace(),
+        }
     }
 }
 
@@ -197,13 +200,22 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         if !path.is_file() {
-            return Err(ConfigError(format!("the configuration file {} does not exist", path.display())));
+            return Err(ConfigError(format!(
+                "the configuration file {} does not exist",
+                path.display()
+            )));
         }
-        let overrides: Vec<(String, String)> =
-            env.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)).collect();
-        let figment = Figment::new().merge(Yaml::file_exact(path)).merge(EnvOverrides(overrides));
+        let overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .collect();
+        let figment = Figment::new()
+            .merge(Yaml::file_exact(path))
+            .merge(EnvOverrides(overrides));
         let config: Config = figment.extract().map_err(|error| describe(error, path))?;
-        config.check().map_err(|problem| ConfigError(format!("{}: {problem}", path.display())))?;
+        config
+            .check()
+            .map_err(|problem| ConfigError(format!("{}: {problem}", path.display())))?;
         Ok(config)
     }
 
@@ -212,7 +224,11 @@ impl Config {
         if self.services.is_empty() {
             return Err("services: list at least one registry service name".into());
         }
-        if let Some(bad) = self.services.iter().find(|s| s.is_empty() || s.chars().any(char::is_whitespace)) {
+        if let Some(bad) = self
+            .services
+            .iter()
+            .find(|s| s.is_empty() || s.chars().any(char::is_whitespace))
+        {
             return Err(format!("services: {bad:?} is not a service name"));
         }
         if self.authority.issuer.is_empty() {
@@ -225,7 +241,9 @@ impl Config {
             return Err("authority.required_scope is empty".into());
         }
         match (&self.authority.jwks_file, &self.authority.jwks_url) {
-            (Some(_), Some(_)) => return Err("authority: set jwks_file or jwks_url, not both".into()),
+            (Some(_), Some(_)) => {
+                return Err("authority: set jwks_file or jwks_url, not both".into());
+            }
             (None, None) => return Err("authority: set jwks_file or jwks_url".into()),
             (None, Some(url)) if !(url.starts_with("https://") || url.starts_with("http://")) => {
                 return Err(format!("authority.jwks_url: {url:?} is not an http(s) URL"));
@@ -240,7 +258,9 @@ impl Config {
         }
         let signing = &self.signing;
         if signing.max_lifetime_seconds > LIFETIME_CEILING {
-            return Err(format!("signing.max_lifetime_seconds may be at most {LIFETIME_CEILING}"));
+            return Err(format!(
+                "signing.max_lifetime_seconds may be at most {LIFETIME_CEILING}"
+            ));
         }
         if signing.lifetime_seconds < 5 || signing.lifetime_seconds > signing.max_lifetime_seconds {
             return Err(format!(
@@ -254,7 +274,9 @@ impl Config {
         if !(1..=1024).contains(&self.policy.memory_mib) {
             return Err("policy.memory_mib must be between 1 and 1024".into());
         }
-        if self.policy.module != crate::policy::BUILTIN_NAME && !self.policy.module.ends_with(".wasm") {
+        if self.policy.module != crate::policy::BUILTIN_NAME
+            && !self.policy.module.ends_with(".wasm")
+        {
             return Err(format!(
                 "policy.module: {:?} is neither {} nor a path to a .wasm component",
                 self.policy.module,
@@ -277,17 +299,22 @@ impl figment::Provider for EnvOverrides {
         figment::Metadata::named("environment")
     }
 
-    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
         let mut dict = figment::value::Dict::new();
         for (name, value) in &self.0 {
-            let Some(key) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             let key = key.to_ascii_lowercase();
             // The CLI's own variables are not configuration keys.
             if key == "config" || key == "log" {
                 continue;
             }
             let path: Vec<&str> = key.split("__").collect();
-            let parsed: figment::value::Value = value.parse().unwrap_or_else(|_| value.clone().into());
+            let parsed: figment::value::Value =
+                value.parse().unwrap_or_else(|_| value.clone().into());
             insert(&mut dict, &path, parsed);
         }
         Ok(figment::Profile::Default.collect(dict))
@@ -322,8 +349,15 @@ fn describe(error: figment::Error, path: &Path) -> ConfigError {
             let key = e.path.join(".");
             let origin = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
                 Some(figment::Source::File(file)) => file.display().to_string(),
-                _ if e.metadata.as_ref().is_some_and(|m| m.name.contains("environment")) => {
-                    format!("environment variable {ENV_PREFIX}{}", key.to_ascii_uppercase().replace('.', "__"))
+                _ if e
+                    .metadata
+                    .as_ref()
+                    .is_some_and(|m| m.name.contains("environment")) =>
+                {
+                    format!(
+                        "environment variable {ENV_PREFIX}{}",
+                        key.to_ascii_uppercase().replace('.', "__")
+                    )
                 }
                 _ => path.display().to_string(),
             };

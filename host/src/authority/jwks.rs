@@ -67,7 +67,11 @@ pub struct KeySet {
 
 impl std::fmt::Debug for KeySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kids: Vec<_> = self.keys.iter().map(|k| (k.kid.as_deref(), k.algorithm)).collect();
+        let kids: Vec<_> = self
+            .keys
+            .iter()
+            .map(|k| (k.kid.as_deref(), k.algorithm))
+            .collect();
         f.debug_struct("KeySet").field("keys", &kids).finish()
     }
 }
@@ -76,7 +80,10 @@ impl KeySet {
     /// Parses a JWKS, keeping the signature keys this service can use. Symmetric (`oct`) keys are
     /// never used: a caller token checked with a shared secret proves nothing about the Authority.
     pub fn from_json(bytes: &[u8], origin: &str) -> Result<KeySet, JwksError> {
-        let invalid = |reason: String| JwksError::Invalid { origin: origin.to_owned(), reason };
+        let invalid = |reason: String| JwksError::Invalid {
+            origin: origin.to_owned(),
+            reason,
+        };
         let document: Value =
             serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
         let Some(entries) = document.get("keys").and_then(Value::as_array) else {
@@ -102,7 +109,11 @@ impl KeySet {
     /// The key for `kid`; a token without `kid` only matches a JWKS holding exactly one key.
     fn find(&self, kid: Option<&str>) -> Option<Arc<VerifyKey>> {
         match kid {
-            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)).cloned(),
+            Some(kid) => self
+                .keys
+                .iter()
+                .find(|k| k.kid.as_deref() == Some(kid))
+                .cloned(),
             None if self.keys.len() == 1 => self.keys.first().cloned(),
             None => None,
         }
@@ -148,7 +159,11 @@ fn verify_key(entry: &Value) -> Result<VerifyKey, String> {
         _ => return Err("an unsupported key type".to_owned()),
     };
     let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("unusable key material: {e}"))?;
-    Ok(VerifyKey { kid: jwk.common.key_id.clone(), algorithm, key })
+    Ok(VerifyKey {
+        kid: jwk.common.key_id.clone(),
+        algorithm,
+        key,
+    })
 }
 
 /// Where the keys come from.
@@ -163,9 +178,14 @@ pub enum KeySource {
 impl KeySource {
     /// Reads a JWKS file.
     pub fn from_file(path: &Path) -> Result<KeySource, JwksError> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| JwksError::Read { path: path.to_owned(), source })?;
-        Ok(KeySource::File(Arc::new(KeySet::from_json(&bytes, &path.display().to_string())?)))
+        let bytes = std::fs::read(path).map_err(|source| JwksError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(KeySource::File(Arc::new(KeySet::from_json(
+            &bytes,
+            &path.display().to_string(),
+        )?)))
     }
 
     /// A JWKS URL. The first fetch happens here; if it fails the error is logged and tokens are
@@ -175,7 +195,10 @@ impl KeySource {
             .timeout(FETCH_TIMEOUT)
             .redirect(reqwest::redirect::Policy::limited(3))
             .build()
-            .map_err(|e| JwksError::Fetch { url: url.to_owned(), reason: e.to_string() })?;
+            .map_err(|e| JwksError::Fetch {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
         let remote = Arc::new(RemoteJwks {
             url: url.to_owned(),
             client,
@@ -228,21 +251,34 @@ pub struct RemoteJwks {
 
 impl std::fmt::Debug for RemoteJwks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteJwks").field("url", &self.url).field("keys", &self.keys.load()).finish()
+        f.debug_struct("RemoteJwks")
+            .field("url", &self.url)
+            .field("keys", &self.keys.load())
+            .finish()
     }
 }
 
 impl RemoteJwks {
     async fn fetch(&self) -> Result<KeySet, JwksError> {
-        let error = |reason: String| JwksError::Fetch { url: self.url.clone(), reason };
-        let mut response = self.client.get(&self.url).send().await.map_err(|e| error(e.to_string()))?;
+        let error = |reason: String| JwksError::Fetch {
+            url: self.url.clone(),
+            reason,
+        };
+        let mut response = self
+            .client
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| error(e.to_string()))?;
         if !response.status().is_success() {
             return Err(error(format!("HTTP {}", response.status())));
         }
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|e| error(e.to_string()))? {
             if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(error(format!("the document is larger than {MAX_JWKS_BYTES} bytes")));
+                return Err(error(format!(
+                    "the document is larger than {MAX_JWKS_BYTES} bytes"
+                )));
             }
             body.extend_from_slice(&chunk);
         }
@@ -277,7 +313,9 @@ impl RemoteJwks {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let Some(remote) = remote.upgrade() else { break };
+                let Some(remote) = remote.upgrade() else {
+                    break;
+                };
                 if let Err(e) = remote.refresh().await {
                     tracing::warn!("{e}; keeping the keys fetched before");
                 }

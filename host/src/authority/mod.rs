@@ -1,10 +1,15 @@
 //! Validating the caller's Authority token, in a fixed order:
 //!
-//! 1. size cap; 2. three base64url segments; 3. a strict JSON header; 4. the key, looked up by
-//! `kid` in the Authority's JWKS; 5. the header's `alg` must equal **the key's** algorithm (the
-//! header never chooses it, so `none` and HS256-with-the-public-key go nowhere); 6. the signature;
-//! 7. a strict JSON payload (duplicate claims refused); 8. `exp`/`nbf` with leeway, `iss`, `aud`;
-//! 9. `sub` and the required scope; 10. the claims the policy reads, type-checked.
+//! 1. size cap;
+//! 2. three base64url segments;
+//! 3. a strict JSON header;
+//! 4. the key, looked up by `kid` in the Authority's JWKS;
+//! 5. the header's `alg` must equal **the key's** algorithm (the header never chooses it, so
+//!    `none` and HS256-with-the-public-key go nowhere);
+//! 6. the signature;
+//! 7. a strict JSON payload (duplicate claims refused);
+//! 8. `exp`/`nbf` with leeway, `iss`, `aud`;
+//! 9. `sub`, the claims the policy reads (type-checked), and the required scope.
 //!
 //! The clock is a parameter, so tests control time. Failures say which check failed, never a key.
 
@@ -115,13 +120,18 @@ pub async fn validate(
         return Err(AuthError::TooLarge);
     }
     let mut segments = token.split('.');
-    let (Some(header64), Some(payload64), Some(signature64), None) =
-        (segments.next(), segments.next(), segments.next(), segments.next())
-    else {
+    let (Some(header64), Some(payload64), Some(signature64), None) = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) else {
         return Err(malformed("expected three dot-separated segments"));
     };
     if header64.is_empty() || payload64.is_empty() || signature64.is_empty() {
-        return Err(malformed("a segment is empty (unsigned tokens are not accepted)"));
+        return Err(malformed(
+            "a segment is empty (unsigned tokens are not accepted)",
+        ));
     }
 
     let header_json = decode_segment(header64, "header")?;
@@ -129,7 +139,9 @@ pub async fn validate(
         .and_then(|object| serde_json::from_value(Value::Object(object.0)))
         .map_err(|e| malformed(&format!("the header is not a valid JOSE header: {e}")))?;
     if header.crit.is_some() {
-        return Err(malformed("the header has critical extensions (crit), none are supported"));
+        return Err(malformed(
+            "the header has critical extensions (crit), none are supported",
+        ));
     }
     let algorithm = accepted_algorithm(&header.alg)?;
 
@@ -141,8 +153,9 @@ pub async fn validate(
         });
     }
     let signed = &token[..header64.len() + 1 + payload64.len()];
-    let verified = jsonwebtoken::crypto::verify(signature64, signed.as_bytes(), &key.key, algorithm)
-        .map_err(|_| AuthError::BadSignature)?;
+    let verified =
+        jsonwebtoken::crypto::verify(signature64, signed.as_bytes(), &key.key, algorithm)
+            .map_err(|_| AuthError::BadSignature)?;
     if !verified {
         return Err(AuthError::BadSignature);
     }
@@ -153,7 +166,7 @@ pub async fn validate(
         .0;
     let expires_at = check_registered_claims(&claims, now, requirements)?;
     let caller = caller_from_claims(claims).map_err(AuthError::Claim)?;
-    if !caller.scopes.iter().any(|s| *s == requirements.required_scope) {
+    if !caller.scopes.contains(&requirements.required_scope) {
         return Err(AuthError::MissingScope(requirements.required_scope.clone()));
     }
     Ok(Validated { caller, expires_at })
@@ -212,11 +225,10 @@ fn check_registered_claims(
     }
     match claims.get("nbf") {
         None => {}
-        Some(Value::Number(n)) => {
-            if n.as_f64().is_none_or(|nbf| nbf - leeway > now) {
-                return Err(AuthError::NotYetValid);
-            }
+        Some(Value::Number(n)) if n.as_f64().is_none_or(|nbf| nbf - leeway > now) => {
+            return Err(AuthError::NotYetValid);
         }
+        Some(Value::Number(_)) => {}
         Some(_) => return Err(AuthError::Claim("nbf must be a number".into())),
     }
     match claims.get("iat") {
@@ -233,13 +245,26 @@ fn check_registered_claims(
         Some(Value::String(aud)) => vec![aud.as_str()],
         Some(Value::Array(list)) => list
             .iter()
-            .map(|v| v.as_str().ok_or_else(|| AuthError::Claim("aud must hold strings".into())))
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| AuthError::Claim("aud must hold strings".into()))
+            })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err(AuthError::Claim("aud must be a string or an array of strings".into())),
+        Some(_) => {
+            return Err(AuthError::Claim(
+                "aud must be a string or an array of strings".into(),
+            ));
+        }
         None => return Err(AuthError::Claim("aud is missing".into())),
     };
-    if !audiences.iter().any(|aud| requirements.audiences.iter().any(|a| a == aud)) {
-        let shown = format!("{:?}", audiences.iter().map(|a| shorten(a)).collect::<Vec<_>>());
+    if !audiences
+        .iter()
+        .any(|aud| requirements.audiences.iter().any(|a| a == aud))
+    {
+        let shown = format!(
+            "{:?}",
+            audiences.iter().map(|a| shorten(a)).collect::<Vec<_>>()
+        );
         return Err(AuthError::WrongAudience(shown));
     }
     // `exp` fits a u64 once it is known to be finite and in the future.

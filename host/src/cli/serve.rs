@@ -25,7 +25,11 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
         kid = live.minter.kid(),
         "loaded"
     );
-    let service = Arc::new(Service::new(live, Some(config_path.to_owned()), system_clock()));
+    let service = Arc::new(Service::new(
+        live,
+        Some(config_path.to_owned()),
+        system_clock(),
+    ));
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -98,7 +102,8 @@ fn bootstrap_development(config: &Config) -> Result<(), String> {
                 dir = dir.display(),
             ));
         }
-        let generated = mint::keygen::generate(dir, signing.algorithm, 2048).map_err(|e| e.to_string())?;
+        let generated =
+            mint::keygen::generate(dir, signing.algorithm, 2048).map_err(|e| e.to_string())?;
         tracing::warn!(
             key = %generated.key_file.display(),
             cert = %generated.cert_file.display(),

@@ -23,7 +23,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, oauth_error: &'static str, message: impl Into<String>) -> Self {
+    fn new(
+        status: StatusCode,
+        code: &'static str,
+        oauth_error: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
             code,
@@ -38,19 +43,34 @@ impl ApiError {
     /// 401: no credentials, or a caller token that failed a check. Tells the client to send
     /// Basic credentials (the Authority token as the password).
     pub fn unauthorized(realm: &str, message: impl Into<String>) -> Self {
-        let mut error = ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "invalid_grant", message);
+        let mut error = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "invalid_grant",
+            message,
+        );
         error.challenge = Some(format!("Basic realm=\"{}\"", realm.replace('"', "'")));
         error
     }
 
     /// 400: a malformed request.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "invalid_request", message)
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            "invalid_request",
+            message,
+        )
     }
 
     /// 400: a malformed scope.
     pub fn bad_scope(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "invalid_scope", message)
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            "invalid_scope",
+            message,
+        )
     }
 
     /// 400: an OAuth2 grant this service does not support.
@@ -71,7 +91,12 @@ impl ApiError {
     /// 503: no decision could be made (a policy fault, the Authority's keys unavailable). Nothing
     /// was issued; the cause is in the log.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "temporarily_unavailable", message)
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "temporarily_unavailable",
+            message,
+        )
     }
 
     /// 500: a bug or a crypto failure; the cause is in the log.
@@ -118,7 +143,12 @@ impl ApiError {
 
     /// 404.
     pub fn not_found() -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "invalid_request", "no such endpoint; tokens are issued at /token")
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "invalid_request",
+            "no such endpoint; tokens are issued at /token",
+        )
     }
 
     /// Adds the OAuth2 `error`/`error_description` members (for `POST /token`).
@@ -140,7 +170,9 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
         }
         if let Some(allow) = self.allow {
-            response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
         }
         response
     }

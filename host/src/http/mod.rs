@@ -28,7 +28,12 @@ pub type AppState = Arc<Service>;
 pub fn router(service: AppState) -> Router {
     let max_body = service.live().config.http.max_body_bytes;
     Router::new()
-        .route("/token", get(token::get_token).post(token::post_token).fallback(token_methods))
+        .route(
+            "/token",
+            get(token::get_token)
+                .post(token::post_token)
+                .fallback(token_methods),
+        )
         .route("/healthz", get(healthz).fallback(probe_methods))
         .route("/readyz", get(readyz).fallback(probe_methods))
         .fallback(not_found)
@@ -49,7 +54,11 @@ pub fn router(service: AppState) -> Router {
                 })
                 .on_request(())
                 .on_response(|response: &Response, latency: Duration, _span: &Span| {
-                    tracing::info!(status = response.status().as_u16(), latency_us = latency.as_micros() as u64, "served");
+                    tracing::info!(
+                        status = response.status().as_u16(),
+                        latency_us = latency.as_micros() as u64,
+                        "served"
+                    );
                 })
                 .on_failure(()),
         )
@@ -74,7 +83,11 @@ async fn readyz(State(service): State<AppState>) -> Response {
             "kid": live.minter.kid(),
         },
     });
-    let status = if live.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if live.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(body)).into_response()
 }
 

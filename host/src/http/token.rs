@@ -90,9 +90,15 @@ pub async fn post_token(
     let form_typed = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("application/x-www-form-urlencoded"));
+        .is_some_and(|v| {
+            v.trim_start()
+                .starts_with("application/x-www-form-urlencoded")
+        });
     if !form_typed {
-        return Err(ApiError::bad_request("POST /token takes an application/x-www-form-urlencoded form").oauth());
+        return Err(ApiError::bad_request(
+            "POST /token takes an application/x-www-form-urlencoded form",
+        )
+        .oauth());
     }
     let params = form_pairs(&body).map_err(ApiError::oauth)?;
     let (credential, return_refresh) = match first(&params, "grant_type") {
@@ -104,8 +110,11 @@ pub async fn post_token(
         }
         Some(other) => return Err(ApiError::unsupported_grant(other).oauth()),
     };
-    let exchange = exchange(&live, &params, scope_values(&params, "scope"), credential).map_err(ApiError::oauth)?;
-    let (minted, granted) = issue(&app, &live, &exchange).await.map_err(ApiError::oauth)?;
+    let exchange = exchange(&live, &params, scope_values(&params, "scope"), credential)
+        .map_err(ApiError::oauth)?;
+    let (minted, granted) = issue(&app, &live, &exchange)
+        .await
+        .map_err(ApiError::oauth)?;
     let body = PostResponse {
         access_token: &minted.token,
         scope: scope_string(&granted),
@@ -142,11 +151,19 @@ fn exchange<'a>(
     };
     let requested = scope::parse_scopes(scopes).map_err(|e| ApiError::bad_scope(e.to_string()))?;
     Span::current().record("service", service.as_str());
-    Ok(Exchange { credential, service, requested })
+    Ok(Exchange {
+        credential,
+        service,
+        requested,
+    })
 }
 
 /// Validate, decide, mint. Shared by both forms.
-async fn issue(app: &AppState, live: &Live, exchange: &Exchange<'_>) -> Result<(Minted, Vec<Resource>), ApiError> {
+async fn issue(
+    app: &AppState,
+    live: &Live,
+    exchange: &Exchange<'_>,
+) -> Result<(Minted, Vec<Resource>), ApiError> {
     let now = (app.clock)();
     let realm = &live.config.realm;
     let validated = authority::validate(exchange.credential, now, &live.keys, &live.requirements)
@@ -190,10 +207,13 @@ async fn issue(app: &AppState, live: &Live, exchange: &Exchange<'_>) -> Result<(
             resources
         }
     };
-    let minted = live.minter.mint(&caller.subject, &exchange.service, &granted, now).map_err(|_| {
-        tracing::error!("signing failed");
-        ApiError::internal()
-    })?;
+    let minted = live
+        .minter
+        .mint(&caller.subject, &exchange.service, &granted, now)
+        .map_err(|_| {
+            tracing::error!("signing failed");
+            ApiError::internal()
+        })?;
     Span::current().record("granted", scope_string(&granted).as_str());
     Ok((minted, granted))
 }
@@ -221,23 +241,41 @@ fn credential(headers: &HeaderMap, live: &Live) -> Result<String, ApiError> {
             .decode(rest.as_bytes())
             .ok()
             .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or_else(|| ApiError::unauthorized(realm, "the Basic credentials are not base64 of user:password"))?;
-        let password = decoded.split_once(':').map(|(_, password)| password).unwrap_or_default();
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    realm,
+                    "the Basic credentials are not base64 of user:password",
+                )
+            })?;
+        let password = decoded
+            .split_once(':')
+            .map(|(_, password)| password)
+            .unwrap_or_default();
         if password.is_empty() {
-            return Err(ApiError::unauthorized(realm, "the password must be an Authority access token"));
+            return Err(ApiError::unauthorized(
+                realm,
+                "the password must be an Authority access token",
+            ));
         }
         return Ok(password.to_owned());
     }
-    Err(ApiError::unauthorized(realm, "use Basic or Bearer authorization"))
+    Err(ApiError::unauthorized(
+        realm,
+        "use Basic or Bearer authorization",
+    ))
 }
 
 /// Decodes `application/x-www-form-urlencoded` strictly: invalid UTF-8 is an error, not a
 /// replacement character that could slip into a name.
 fn form_pairs(bytes: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
     let decode = |part: &[u8]| -> Result<String, ApiError> {
-        let spaced: Vec<u8> = part.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect();
+        let spaced: Vec<u8> = part
+            .iter()
+            .map(|b| if *b == b'+' { b' ' } else { *b })
+            .collect();
         let decoded: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
-        String::from_utf8(decoded).map_err(|_| ApiError::bad_request("the parameters are not valid UTF-8"))
+        String::from_utf8(decoded)
+            .map_err(|_| ApiError::bad_request("the parameters are not valid UTF-8"))
     };
     bytes
         .split(|b| *b == b'&')
@@ -253,11 +291,18 @@ fn form_pairs(bytes: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
 }
 
 fn first<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    params
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn scope_values<'a>(params: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    params.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
+    params
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
 }
 
 /// RFC 6749 §5.1: token responses must not be cached.

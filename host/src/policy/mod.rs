@@ -181,7 +181,10 @@ impl std::fmt::Debug for Policy {
 
 /// `sha256:<hex>` of some bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    format!("sha256:{}", data_encoding::HEXLOWER.encode(&Sha256::digest(bytes)))
+    format!(
+        "sha256:{}",
+        data_encoding::HEXLOWER.encode(&Sha256::digest(bytes))
+    )
 }
 
 impl Policy {
@@ -202,11 +205,18 @@ impl Policy {
             wizer.init_func("configure").keep_init_func(true);
             wizer
         };
-        let (context, instrumented) = wizer
-            .instrument_component(module)
-            .map_err(|e| LoadError::Compile { source_name: source.clone(), reason: root(&e) })?;
-        let component = Component::new(runtime.engine(), &instrumented)
-            .map_err(|e| LoadError::Compile { source_name: source.clone(), reason: root(&e) })?;
+        let (context, instrumented) =
+            wizer
+                .instrument_component(module)
+                .map_err(|e| LoadError::Compile {
+                    source_name: source.clone(),
+                    reason: root(&e),
+                })?;
+        let component =
+            Component::new(runtime.engine(), &instrumented).map_err(|e| LoadError::Compile {
+                source_name: source.clone(),
+                reason: root(&e),
+            })?;
         let pre = runtime.pre(&component).map_err(|reason| LoadError::World {
             source_name: source.clone(),
             reason,
@@ -223,25 +233,40 @@ impl Policy {
         let instance = match configured {
             Ok((instance, Ok(()))) => instance,
             Ok((_, Err(reason))) => {
-                return Err(LoadError::Settings { source_name: source, reason });
+                return Err(LoadError::Settings {
+                    source_name: source,
+                    reason,
+                });
             }
             Err(error) => {
                 let fault = runtime.classify(&error, &store);
-                return Err(LoadError::Configure { source_name: source, fault });
+                return Err(LoadError::Configure {
+                    source_name: source,
+                    fault,
+                });
             }
         };
 
         let snapshot = wizer
             .snapshot_component(
                 &context,
-                &mut wasmtime_wizer::WasmtimeWizerComponent { store: &mut store, instance },
+                &mut wasmtime_wizer::WasmtimeWizerComponent {
+                    store: &mut store,
+                    instance,
+                },
             )
             .await
-            .map_err(|e| LoadError::Snapshot { source_name: source.clone(), reason: root(&e) })?;
+            .map_err(|e| LoadError::Snapshot {
+                source_name: source.clone(),
+                reason: root(&e),
+            })?;
         drop(store);
 
-        let component = Component::new(runtime.engine(), &snapshot)
-            .map_err(|e| LoadError::Snapshot { source_name: source.clone(), reason: root(&e) })?;
+        let component =
+            Component::new(runtime.engine(), &snapshot).map_err(|e| LoadError::Snapshot {
+                source_name: source.clone(),
+                reason: root(&e),
+            })?;
         let pre = runtime.pre(&component).map_err(|reason| LoadError::World {
             source_name: source.clone(),
             reason,
@@ -257,10 +282,16 @@ impl Policy {
         };
         // One instantiation now, so a snapshot that cannot start under the limits (its memory is
         // already over the cap, say) is refused at load rather than on every request.
-        let mut store = policy.inner.runtime.store(policy.inner.runtime.limits().timeout);
+        let mut store = policy
+            .inner
+            .runtime
+            .store(policy.inner.runtime.limits().timeout);
         if let Err(error) = policy.inner.pre.instantiate_async(&mut store).await {
             let fault = policy.inner.runtime.classify(&error, &store);
-            return Err(LoadError::Configure { source_name: policy.inner.source.clone(), fault });
+            return Err(LoadError::Configure {
+                source_name: policy.inner.source.clone(),
+                fault,
+            });
         }
         Ok(policy)
     }
@@ -336,7 +367,10 @@ fn check_answer(answer: wit::Decision, requested: &[Resource]) -> Result<Decisio
         wit::Decision::Deny(denial) => {
             let reason_ok = !denial.reason.is_empty()
                 && denial.reason.len() <= MAX_REASON
-                && denial.reason.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                && denial
+                    .reason
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
             if !reason_ok {
                 return Err(Fault::Malformed(format!(
                     "a denial reason must be 1 to {MAX_REASON} characters of [a-z0-9-], got {:?}",
@@ -349,18 +383,30 @@ fn check_answer(answer: wit::Decision, requested: &[Resource]) -> Result<Decisio
                     denial.message.len()
                 )));
             }
-            Ok(Decision::Deny { reason: denial.reason, message: denial.message })
+            Ok(Decision::Deny {
+                reason: denial.reason,
+                message: denial.message,
+            })
         }
         wit::Decision::Grant(grant) => {
-            if grant.note.as_ref().is_some_and(|note| note.len() > MAX_NOTE) {
-                return Err(Fault::Malformed(format!("a note may have at most {MAX_NOTE} bytes")));
+            if grant
+                .note
+                .as_ref()
+                .is_some_and(|note| note.len() > MAX_NOTE)
+            {
+                return Err(Fault::Malformed(format!(
+                    "a note may have at most {MAX_NOTE} bytes"
+                )));
             }
             for granted in &grant.resources {
                 let asked = requested
                     .iter()
                     .find(|r| r.resource_type == granted.type_ && r.name == granted.name);
                 let Some(asked) = asked else {
-                    return Err(Fault::Overgrant(format!("{}:{}", granted.type_, granted.name)));
+                    return Err(Fault::Overgrant(format!(
+                        "{}:{}",
+                        granted.type_, granted.name
+                    )));
                 };
                 if let Some(extra) = granted.actions.iter().find(|a| !asked.actions.contains(a)) {
                     return Err(Fault::Overgrant(format!(
@@ -391,10 +437,16 @@ fn check_answer(answer: wit::Decision, requested: &[Resource]) -> Result<Decisio
                         })
                         .cloned()
                         .collect();
-                    (!actions.is_empty()).then(|| Resource { actions, ..asked.clone() })
+                    (!actions.is_empty()).then(|| Resource {
+                        actions,
+                        ..asked.clone()
+                    })
                 })
                 .collect();
-            Ok(Decision::Grant { resources, note: grant.note })
+            Ok(Decision::Grant {
+                resources,
+                note: grant.note,
+            })
         }
     }
 }

@@ -14,7 +14,8 @@ pub struct Hostile;
 
 impl Policy for Hostile {
     fn configure(settings: &str) -> Result<Self, String> {
-        let settings: serde_json::Value = serde_json::from_str(settings).map_err(|e| e.to_string())?;
+        let settings: serde_json::Value =
+            serde_json::from_str(settings).map_err(|e| e.to_string())?;
         if let Some(why) = settings.get("refuse").and_then(|v| v.as_str()) {
             return Err(why.to_owned());
         }
@@ -27,7 +28,11 @@ impl Policy for Hostile {
 
     fn evaluate(&self, request: &Request) -> Decision {
         let count = EVALUATIONS.fetch_add(1, Ordering::SeqCst) + 1;
-        let first = request.resources.first().map(|r| r.name.as_str()).unwrap_or_default();
+        let first = request
+            .resources
+            .first()
+            .map(|r| r.name.as_str())
+            .unwrap_or_default();
         match first {
             "hostile/loop" => spin(),
             "hostile/bomb" => bomb(),
@@ -55,7 +60,9 @@ impl Policy for Hostile {
                 Decision::grant(granted)
             }
             "hostile/bad-reason" => Decision::deny("Not Kebab Case", "nope"),
-            "hostile/count" => Decision::grant_with_note(request.resources.clone(), format!("evaluations={count}")),
+            "hostile/count" => {
+                Decision::grant_with_note(request.resources.clone(), format!("evaluations={count}"))
+            }
             "hostile/clock" => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

@@ -1,0 +1,404 @@
+//! The `registry-token` binary as operators run it: `policy test|eval`, `keygen`, `dev-authority`,
+//! and `serve` on a real socket (Connection: close, a chunked POST, configuration errors).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+use test_support::Process;
+
+const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
+
+fn workspace() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(workspace())
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn the_shipped_cases_pass_and_there_are_at_least_thirty() {
+    let output = run(&["policy", "test", "policies/plan-catalogue/cases.yaml"]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    let last = stdout.lines().last().unwrap();
+    let (passed, failed) = last.split_once(" passed, ").unwrap();
+    assert_eq!(failed, "0 failed", "{stdout}");
+    assert!(passed.parse::<usize>().unwrap() >= 30, "{last}");
+}
+
+#[test]
+fn a_failing_case_shows_expected_and_actual_and_fails_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.yaml");
+    std::fs::write(
+        &cases,
+        r#"
+settings: {plans: {team: [{repositories: ["team/*"], actions: [pull]}]}}
+cases:
+  - name: right
+    claims: {sub: a, "stellaops:plan": team}
+    scope: repository:team/app:pull,push
+    grant: repository:team/app:pull
+  - name: wrong on purpose
+    claims: {sub: a, "stellaops:plan": team}
+    scope: repository:team/app:pull,push
+    grant: repository:team/app:pull,push
+"#,
+    )
+    .unwrap();
+    let output = run(&["policy", "test", cases.to_str().unwrap()]);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL") && stdout.contains("wrong on purpose"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("expected grant [repository:team/app:pull,push]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("actual   grant [repository:team/app:pull]"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().last(), Some("1 passed, 1 failed"));
+}
+
+#[test]
+fn any_component_runs_through_policy_test_and_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("hostile.yaml");
+    std::fs::write(
+        &cases,
+        r#"
+settings: {}
+cases:
+  - {name: loop, claims: {sub: a}, scope: "repository:hostile/loop:pull", fault: deadline}
+  - {name: bomb, claims: {sub: a}, scope: "repository:hostile/bomb:pull", fault: memory}
+  - {name: panic, claims: {sub: a}, scope: "repository:hostile/panic:pull", fault: panic}
+  - {name: overgrant, claims: {sub: a}, scope: "repository:hostile/overgrant:pull", fault: overgrant}
+  - {name: fine, claims: {sub: a}, scope: "repository:x/y:pull", grant: "repository:x/y:pull"}
+"#,
+    )
+    .unwrap();
+    let output = run(&[
+        "policy",
+        "test",
+        "--policy",
+        test_support::HOSTILE_GUEST_WASM,
+        cases.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    assert_eq!(
+        text(&output.stdout).lines().last(),
+        Some("5 passed, 0 failed")
+    );
+
+    let mut eval = Command::new(BIN)
+        .args(["policy", "eval", "--settings", "etc/plans.yaml"])
+        .current_dir(workspace())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eval.stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"claims": {"sub": "alice", "stellaops:plan": "team"}, "scope": "repository:team/app:pull,delete"}"#)
+        .unwrap();
+    let output = eval.wait_with_output().unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["decision"], "grant");
+    assert_eq!(
+        answer["access"],
+        serde_json::json!([{"type": "repository", "name": "team/app", "actions": ["pull"]}])
+    );
+}
+
+#[test]
+fn keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("keys");
+    let output = run(&["keygen", "--out", out.to_str().unwrap(), "--bits", "3072"]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    let mode = std::fs::metadata(out.join("signing-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let key = registry_token::mint::SigningKey::from_file(
+        &out.join("signing-key.pem"),
+        registry_token::mint::SigningAlgorithm::RS256,
+    )
+    .unwrap();
+    assert!(
+        stdout.contains(&format!(
+            "kid (libtrust, distribution 2.8): {}",
+            key.libtrust_kid()
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&key.thumbprint_kid()), "{stdout}");
+    let cert = std::fs::read_to_string(out.join("signing-cert.pem")).unwrap();
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+
+    let before = std::fs::read(out.join("signing-key.pem")).unwrap();
+    let again = run(&["keygen", "--out", out.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already exists; keygen never overwrites"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(std::fs::read(out.join("signing-key.pem")).unwrap(), before);
+
+    let es = run(&[
+        "keygen",
+        "--out",
+        dir.path().join("es").to_str().unwrap(),
+        "--algorithm",
+        "ES256",
+    ]);
+    assert!(es.status.success(), "{}", text(&es.stderr));
+    let bad = run(&[
+        "keygen",
+        "--out",
+        dir.path().join("bad").to_str().unwrap(),
+        "--bits",
+        "1024",
+    ]);
+    assert!(
+        text(&bad.stderr).contains("use 2048, 3072 or 4096"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
+
+#[test]
+fn the_development_authority_mints_tokens_the_service_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = dir.path().join("authority");
+    let init = run(&[
+        "dev-authority",
+        "init",
+        "--dir",
+        authority.to_str().unwrap(),
+        "--issuer",
+        "https://a.test",
+    ]);
+    assert!(init.status.success(), "{}", text(&init.stderr));
+    let token = run(&[
+        "dev-authority",
+        "token",
+        "--dir",
+        authority.to_str().unwrap(),
+        "--sub",
+        "alice",
+        "--plan",
+        "team",
+        "--license",
+        "LIC-7",
+        "--tenant",
+        "acme",
+        "--ttl",
+        "120",
+    ]);
+    assert!(token.status.success(), "{}", text(&token.stderr));
+    let token = text(&token.stdout).trim().to_owned();
+    let (header, claims) = decode(&token);
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(claims["iss"], "https://a.test");
+    assert_eq!(claims["stellaops:plan"], "team");
+    assert_eq!(claims["stellaops:license"], "LIC-7");
+    assert_eq!(claims["scope"], "registry.token.issue");
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        120
+    );
+
+    let keys =
+        registry_token::authority::KeySource::from_file(&authority.join("jwks.json")).unwrap();
+    let requirements = registry_token::authority::Requirements {
+        issuer: "https://a.test".into(),
+        audiences: vec!["registry-token".into()],
+        required_scope: "registry.token.issue".into(),
+        leeway_seconds: 0,
+    };
+    let now = registry_token::app::system_clock()();
+    let validated = futures_lite_block_on(registry_token::authority::validate(
+        &token,
+        now,
+        &keys,
+        &requirements,
+    ))
+    .unwrap();
+    assert_eq!(validated.caller.subject, "alice");
+}
+
+fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+fn start_server(fixture: &Fixture) -> (Process, String) {
+    let mut command = Command::new(BIN);
+    command.args(["serve", "--config", fixture.config_path.to_str().unwrap()]);
+    let mut server = Process::start("registry-token", command);
+    let address = server.wait_for_stdout(
+        "registry-token listening on http://",
+        Duration::from_secs(30),
+    );
+    (server, address)
+}
+
+/// One raw HTTP/1.1 exchange; returns the whole response text.
+fn exchange(address: &str, request: &str) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn serve_answers_skopeo_style_get_and_a_chunked_post_on_a_real_socket() {
+    let fixture = Fixture::new();
+    let (_server, address) = start_server(&fixture);
+    let token = fixture.token(|_| {});
+    let basic = data_encoding::BASE64.encode(format!("alice:{token}").as_bytes());
+
+    // As skopeo sends it: account, Basic, Connection: close, gzip accepted.
+    let response = exchange(
+        &address,
+        &format!(
+            "GET /token?account=alice&scope=repository%3Ateam%2Fapp%3Apull%2Cpush&service={SERVICE} HTTP/1.1\r\n\
+             Host: {address}\r\nAuthorization: Basic {basic}\r\nConnection: close\r\nAccept-Encoding: gzip\r\n\r\n"
+        ),
+    );
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let body: serde_json::Value =
+        serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        access(body["token"].as_str().unwrap()),
+        ["repository:team/app:pull,push"]
+    );
+
+    // As skopeo sends the OAuth2 form when its auth file holds an identitytoken: chunked.
+    let form = form_urlencoded_pairs(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", &token),
+        ("service", SERVICE),
+        ("scope", "repository:team/app:pull"),
+        ("client_id", "containers/image"),
+    ]);
+    let (first, second) = form.split_at(form.len() / 2);
+    let response = exchange(
+        &address,
+        &format!(
+            "POST /token HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
+            first.len(),
+            second.len()
+        ),
+    );
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let body: serde_json::Value =
+        serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["scope"], "repository:team/app:pull");
+    assert_eq!(body["refresh_token"], token.as_str());
+}
+
+#[test]
+fn configuration_errors_name_the_key_and_where_it_came_from() {
+    let fixture = Fixture::with(|config| {
+        config["signing"]["lifetime_secs"] = 60.into();
+    });
+    let output = run(&["serve", "--config", fixture.config_path.to_str().unwrap()]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unknown field: found `lifetime_secs`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(fixture.config_path.to_str().unwrap()),
+        "{stderr}"
+    );
+
+    let fixture = Fixture::new();
+    let output = Command::new(BIN)
+        .args(["serve", "--config", fixture.config_path.to_str().unwrap()])
+        .env("REGISTRY_TOKEN_SIGNING__LIFETIME_SECONDS", "soon")
+        .output()
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("REGISTRY_TOKEN_SIGNING__LIFETIME_SECONDS"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("signing.lifetime_seconds"), "{stderr}");
+
+    let output = Command::new(BIN)
+        .args(["serve", "--config", fixture.config_path.to_str().unwrap()])
+        .env("REGISTRY_TOKEN_SIGNING__LIFETIME_SECONDS", "900")
+        .output()
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("signing.lifetime_seconds must be between 5 and signing.max_lifetime_seconds (300), got 900"), "{stderr}");
+
+    let output = run(&["serve", "--config", "/nonexistent/registry-token.yaml"]);
+    assert!(text(&output.stderr).contains("/nonexistent/registry-token.yaml does not exist"));
+}
+
+#[test]
+fn environment_overrides_reach_the_running_service() {
+    let fixture = Fixture::new();
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--config", fixture.config_path.to_str().unwrap()])
+        .env("REGISTRY_TOKEN_SIGNING__LIFETIME_SECONDS", "120")
+        .env("REGISTRY_TOKEN_SERVICES", "[env.test]");
+    let mut server = Process::start("registry-token", command);
+    let address = server.wait_for_stdout(
+        "registry-token listening on http://",
+        Duration::from_secs(30),
+    );
+    let token = fixture.token(|_| {});
+    let response = exchange(
+        &address,
+        &format!(
+            "GET /token?service=env.test HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"expires_in\":120"), "{response}");
+}

@@ -1,0 +1,252 @@
+//! Shared by the integration tests: a service built from a real configuration file, with a real
+//! signing key and a development Authority generated in a temporary directory.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use registry_token::app::{Live, Service, system_clock};
+use registry_token::config::Config;
+use registry_token::dev_authority::{self, TokenRequest};
+use registry_token::mint::{SigningAlgorithm, keygen};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tower::ServiceExt;
+
+pub const ISSUER: &str = "https://authority.test";
+pub const SERVICE: &str = "registry.test";
+
+/// The plans the tests rely on.
+pub const PLANS: &str = r#"
+plans:
+  team:
+    - repositories: ["team/*", "shared/**"]
+      actions: [pull, push]
+    - repositories: ["{tenant}/**"]
+      actions: [pull, push, delete]
+  readonly:
+    - repositories: ["team/*"]
+      actions: [pull]
+  admin:
+    - repositories: ["**"]
+      actions: ["*"]
+    - type: registry
+      repositories: [catalog]
+      actions: ["*"]
+revoked_licenses: [LIC-0002]
+"#;
+
+/// A temporary installation: keys, a development Authority, plans and a configuration file.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl Fixture {
+    /// A fixture with the default configuration.
+    pub fn new() -> Fixture {
+        Fixture::with(|_| {})
+    }
+
+    /// A fixture whose configuration YAML (a mapping) `edit` may change before it is written.
+    pub fn with(edit: impl FnOnce(&mut serde_norway::Value)) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        keygen::generate(&root.join("keys"), SigningAlgorithm::RS256, 2048).unwrap();
+        dev_authority::init(&root.join("authority"), ISSUER).unwrap();
+        std::fs::write(root.join("plans.yaml"), PLANS).unwrap();
+        let mut config: serde_norway::Value = serde_norway::from_str(&format!(
+            r#"
+listen: 127.0.0.1:0
+services: [{SERVICE}, other.test]
+authority:
+  issuer: {ISSUER}
+  audiences: [registry-token]
+  jwks_file: {root}/authority/jwks.json
+signing:
+  issuer: registry-token
+  key_file: {root}/keys/signing-key.pem
+  cert_file: {root}/keys/signing-cert.pem
+policy:
+  settings_file: {root}/plans.yaml
+"#,
+            root = root.display()
+        ))
+        .unwrap();
+        edit(&mut config);
+        let config_path = root.join("registry-token.yaml");
+        std::fs::write(&config_path, serde_norway::to_string(&config).unwrap()).unwrap();
+        Fixture { dir, config_path }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config(&self) -> Config {
+        Config::load_with_env(&self.config_path, Vec::new()).unwrap()
+    }
+
+    /// A caller token from the development Authority: team plan, tenant acme, unless `edit` says
+    /// otherwise.
+    pub fn token(&self, edit: impl FnOnce(&mut TokenRequest)) -> String {
+        let mut request = TokenRequest {
+            subject: "alice".into(),
+            plan: Some("team".into()),
+            license: Some("LIC-0001".into()),
+            tenant: Some("acme".into()),
+            scope: "registry.token.issue".into(),
+            audience: "registry-token".into(),
+            client_id: "tests".into(),
+            ttl_seconds: 600,
+            extra: Map::new(),
+        };
+        edit(&mut request);
+        dev_authority::token(&self.root().join("authority"), &request, system_clock()()).unwrap()
+    }
+
+    pub async fn service(&self) -> Arc<Service> {
+        let live = Live::build(self.config()).await.unwrap();
+        Arc::new(Service::new(
+            live,
+            Some(self.config_path.clone()),
+            system_clock(),
+        ))
+    }
+
+    pub async fn router(&self) -> Router {
+        registry_token::http::router(self.service().await)
+    }
+}
+
+/// A response as a test reads it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The Docker error message, or the whole body if there is none.
+    pub fn message(&self) -> String {
+        self.body["errors"][0]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| self.body.to_string())
+    }
+
+    pub fn code(&self) -> &str {
+        self.body["errors"][0]["code"].as_str().unwrap_or_default()
+    }
+}
+
+pub async fn send(router: &Router, request: Request<Body>) -> Reply {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `GET uri` with `Authorization: Basic` carrying `token` as the password.
+pub async fn get_basic(router: &Router, uri: &str, token: &str) -> Reply {
+    let credentials = data_encoding::BASE64.encode(format!("alice:{token}").as_bytes());
+    let request = Request::get(uri)
+        .header("authorization", format!("Basic {credentials}"))
+        .body(Body::empty())
+        .unwrap();
+    send(router, request).await
+}
+
+pub async fn get_bearer(router: &Router, uri: &str, token: &str) -> Reply {
+    let request = Request::get(uri)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    send(router, request).await
+}
+
+pub async fn post_form(router: &Router, form: &str) -> Reply {
+    let request = Request::post("/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(form.to_owned()))
+        .unwrap();
+    send(router, request).await
+}
+
+/// Header and claims of a JWT, unverified.
+pub fn decode(token: &str) -> (Value, Value) {
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "{token}");
+    let json = |part: &str| {
+        serde_json::from_slice(
+            &data_encoding::BASE64URL_NOPAD
+                .decode(part.as_bytes())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    (json(parts[0]), json(parts[1]))
+}
+
+/// The `access` claim in scope syntax.
+pub fn access(token: &str) -> Vec<String> {
+    let (_, claims) = decode(token);
+    claims["access"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let actions: Vec<&str> = a["actions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap())
+                .collect();
+            format!(
+                "{}:{}:{}",
+                a["type"].as_str().unwrap(),
+                a["name"].as_str().unwrap(),
+                actions.join(",")
+            )
+        })
+        .collect()
+}
+
+/// `scope=` parameters for a query.
+pub fn query(service: &str, scopes: &[&str]) -> String {
+    let mut query = form_urlencoded_pairs(&[("service", service)]);
+    for scope in scopes {
+        query.push('&');
+        query.push_str(&form_urlencoded_pairs(&[("scope", scope)]));
+    }
+    format!("/token?{query}")
+}
+
+pub fn form_urlencoded_pairs(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
