@@ -118,6 +118,10 @@ pub struct HttpConfig {
     /// How long in-flight requests may take to finish at shutdown.
     #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: u64,
+    /// Status of a policy denial (a revoked licence): 403, or 401 for clients built on
+    /// containers/image (skopeo, podman, buildah), which print the explanation only on a 401.
+    #[serde(default = "default_denial_status")]
+    pub denial_status: u16,
 }
 
 /// `development:`
@@ -145,6 +149,7 @@ impl Default for HttpConfig {
         HttpConfig {
             max_body_bytes: default_max_body(),
             shutdown_grace_seconds: default_grace(),
+            denial_status: default_denial_status(),
         }
     }
 }
@@ -181,6 +186,9 @@ fn default_max_body() -> usize {
 }
 fn default_grace() -> u64 {
     10
+}
+fn default_denial_status() -> u16 {
+    403
 }
 
 /// A configuration that cannot be used; the text names the key and its source.
@@ -281,6 +289,12 @@ impl Config {
                 "policy.module: {:?} is neither {} nor a path to a .wasm component",
                 self.policy.module,
                 crate::policy::BUILTIN_NAME
+            ));
+        }
+        if !matches!(self.http.denial_status, 401 | 403) {
+            return Err(format!(
+                "http.denial_status must be 401 or 403, got {}",
+                self.http.denial_status
             ));
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.http.max_body_bytes) {

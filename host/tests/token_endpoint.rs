@@ -345,6 +345,34 @@ async fn a_revoked_licence_is_403_with_the_policy_message() {
 }
 
 #[tokio::test]
+async fn denials_can_be_401_for_clients_that_only_print_401_bodies() {
+    let fixture = Fixture::with(|config| {
+        config["http"] = serde_norway::from_str("{denial_status: 401}").unwrap();
+    });
+    let router = fixture.router().await;
+    let token = fixture.token(|t| t.license = Some("LIC-0002".into()));
+    let reply = get_basic(
+        &router,
+        &query(SERVICE, &["repository:team/app:pull"]),
+        &token,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.code(), "DENIED");
+    assert_eq!(
+        reply.headers["www-authenticate"],
+        "Basic realm=\"registry-token\""
+    );
+    assert!(
+        reply
+            .message()
+            .contains("licence LIC-0002 has been revoked"),
+        "{}",
+        reply.message()
+    );
+}
+
+#[tokio::test]
 async fn post_refresh_token_grant_never_rotates() {
     let fixture = Fixture::new();
     let router = fixture.router().await;

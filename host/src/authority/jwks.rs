@@ -222,7 +222,12 @@ impl KeySource {
     }
 
     pub(super) async fn find(&self, kid: Option<&str>) -> Result<Arc<VerifyKey>, AuthError> {
-        let unknown = || AuthError::UnknownKey(format!("{:?}", kid.map(super::shorten)));
+        let unknown = || {
+            AuthError::UnknownKey(match kid {
+                Some(kid) => format!("{:?}", super::shorten(kid)),
+                None => "absent".to_owned(),
+            })
+        };
         match self {
             KeySource::File(set) => set.find(kid).ok_or_else(unknown),
             KeySource::Remote(remote) => {

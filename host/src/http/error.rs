@@ -83,9 +83,16 @@ impl ApiError {
         )
     }
 
-    /// 403: the policy refused the exchange.
-    pub fn denied(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::FORBIDDEN, "DENIED", "access_denied", message)
+    /// 403 (or 401, `http.denial_status`): the policy refused the exchange.
+    pub fn denied(realm: &str, status: u16, message: impl Into<String>) -> Self {
+        match status {
+            401 => ApiError {
+                code: "DENIED",
+                oauth_error: "access_denied",
+                ..ApiError::unauthorized(realm, message)
+            },
+            _ => ApiError::new(StatusCode::FORBIDDEN, "DENIED", "access_denied", message),
+        }
     }
 
     /// 503: no decision could be made (a policy fault, the Authority's keys unavailable). Nothing

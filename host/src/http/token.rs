@@ -198,7 +198,11 @@ async fn issue(
     let granted = match decision {
         Decision::Deny { reason, message } => {
             tracing::info!(%reason, "policy denied the exchange");
-            return Err(ApiError::denied(message));
+            return Err(ApiError::denied(
+                realm,
+                live.config.http.denial_status,
+                message,
+            ));
         }
         Decision::Grant { resources, note } => {
             if let Some(note) = note {

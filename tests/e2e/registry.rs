@@ -1,0 +1,649 @@
+//! End to end, for real: Debian's `docker-registry` (distribution 2.8) trusts registry-token's
+//! certificate, and `skopeo` pushes and pulls through it with Authority tokens from the development
+//! Authority. Each scenario asserts what a user sees: skopeo's exit status and message, digests.
+//!
+//! Both programs are required: when one is missing the tests fail and say what to install
+//! (`apt-get install -y docker-registry skopeo`); they never skip. Every process is stopped by PID
+//! when its test ends, passed or failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+use test_support::{Process, free_port, require_program};
+
+const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
+const SERVICE: &str = "registry.e2e";
+const ISSUER: &str = "https://authority.e2e";
+const INSTALL: &str = "install both with `apt-get install -y docker-registry skopeo` (Debian: docker-registry 2.8, skopeo 1.9)";
+
+const PLANS: &str = r#"
+plans:
+  team:
+    - repositories: ["team/*"]
+      actions: [pull, push]
+  readonly:
+    - repositories: ["team/*"]
+      actions: [pull]
+  elsewhere:
+    - repositories: ["other/**"]
+      actions: [pull, push]
+  admin:
+    - repositories: ["**"]
+      actions: ["*"]
+    - type: registry
+      repositories: [catalog]
+      actions: ["*"]
+revoked_licenses: [LIC-0002]
+"#;
+
+/// One registry-token and one docker-registry that trusts it, in a temporary directory.
+struct World {
+    dir: tempfile::TempDir,
+    token_service: Process,
+    registry: Process,
+    registry_address: String,
+    token_address: String,
+}
+
+struct Options {
+    kid_format: &'static str,
+    lifetime_seconds: u64,
+    denial_status: u16,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            kid_format: "libtrust",
+            lifetime_seconds: 300,
+            denial_status: 403,
+        }
+    }
+}
+
+impl World {
+    fn start(options: Options) -> World {
+        let registry_bin = require_program("docker-registry", INSTALL);
+        require_program("skopeo", INSTALL);
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        run_ok(
+            Command::new(BIN)
+                .args(["keygen", "--out"])
+                .arg(root.join("keys")),
+        );
+        run_ok(
+            Command::new(BIN)
+                .args(["dev-authority", "init", "--issuer", ISSUER, "--dir"])
+                .arg(root.join("authority")),
+        );
+        std::fs::write(root.join("plans.yaml"), PLANS).unwrap();
+        std::fs::write(
+            root.join("registry-token.yaml"),
+            format!(
+                "listen: 127.0.0.1:0\nservices: [{SERVICE}]\n\
+                 authority: {{issuer: '{ISSUER}', audiences: [registry-token], jwks_file: '{root}/authority/jwks.json'}}\n\
+                 signing: {{issuer: registry-token, key_file: '{root}/keys/signing-key.pem', \
+                 cert_file: '{root}/keys/signing-cert.pem', kid_format: {kid}, lifetime_seconds: {lifetime}}}\n\
+                 policy: {{settings_file: '{root}/plans.yaml'}}\nhttp: {{denial_status: {denial}}}\n",
+                root = root.display(),
+                kid = options.kid_format,
+                lifetime = options.lifetime_seconds,
+                denial = options.denial_status,
+            ),
+        )
+        .unwrap();
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--config"])
+            .arg(root.join("registry-token.yaml"));
+        let mut token_service = Process::start("registry-token", command);
+        let token_address = token_service.wait_for_stdout(
+            "registry-token listening on http://",
+            Duration::from_secs(60),
+        );
+
+        let registry_address = format!("127.0.0.1:{}", free_port());
+        std::fs::write(
+            root.join("registry.yml"),
+            format!(
+                "version: 0.1\nlog: {{level: info}}\n\
+                 storage: {{filesystem: {{rootdirectory: '{root}/storage'}}, delete: {{enabled: true}}}}\n\
+                 http: {{addr: '{registry_address}'}}\n\
+                 auth: {{token: {{realm: 'http://{token_address}/token', service: {SERVICE}, issuer: registry-token, \
+                 rootcertbundle: '{root}/keys/signing-cert.pem'}}}}\n",
+                root = root.display(),
+            ),
+        )
+        .unwrap();
+        let mut command = Command::new(registry_bin);
+        command.arg("serve").arg(root.join("registry.yml"));
+        // The registry reads every REGISTRY_* variable as a configuration override (our own
+        // REGISTRY_TOKEN_* included): it gets none of them.
+        for (name, _) in std::env::vars() {
+            if name.starts_with("REGISTRY_") {
+                command.env_remove(name);
+            }
+        }
+        let registry = Process::start("docker-registry", command);
+        let world = World {
+            dir,
+            token_service,
+            registry,
+            registry_address,
+            token_address,
+        };
+        world.wait_for_registry();
+        world
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn wait_for_registry(&self) {
+        for _ in 0..200 {
+            if let Ok(response) = http(&self.registry_address, "GET /v2/ HTTP/1.1", &[]) {
+                assert!(
+                    response.starts_with("HTTP/1.1 401"),
+                    "the registry should ask for a token: {response}"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "docker-registry did not start; its log:\n{}",
+            self.registry.stderr()
+        );
+    }
+
+    /// A caller token: plan `plan`, valid, unless `extra` says otherwise (`--ttl`, `--aud`, ...).
+    fn caller_token(&self, plan: &str, extra: &[&str]) -> String {
+        let output = run_ok(
+            Command::new(BIN)
+                .args([
+                    "dev-authority",
+                    "token",
+                    "--sub",
+                    "alice",
+                    "--plan",
+                    plan,
+                    "--dir",
+                ])
+                .arg(self.root().join("authority"))
+                .args(extra),
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
+    fn image_ref(&self, repository: &str) -> String {
+        format!("docker://{}/{repository}:1", self.registry_address)
+    }
+
+    /// `skopeo copy oci:IMAGE:1 docker://REGISTRY/REPO:1 --dest-creds alice:TOKEN`.
+    fn push(&self, image: &Path, repository: &str, token: &str) -> Output {
+        let digest_file = self.root().join("pushed.digest");
+        skopeo(self.root())
+            .args([
+                "copy",
+                "--insecure-policy",
+                "--dest-tls-verify=false",
+                "--digestfile",
+            ])
+            .arg(&digest_file)
+            .arg("--dest-creds")
+            .arg(format!("alice:{token}"))
+            .arg(format!("oci:{}:1", image.display()))
+            .arg(self.image_ref(repository))
+            .output()
+            .unwrap()
+    }
+
+    /// `skopeo copy docker://REGISTRY/REPO:1 oci:DEST:1 --src-creds alice:TOKEN`.
+    fn pull(&self, repository: &str, token: &str, dest: &Path) -> Output {
+        skopeo(self.root())
+            .args([
+                "copy",
+                "--insecure-policy",
+                "--src-tls-verify=false",
+                "--src-creds",
+            ])
+            .arg(format!("alice:{token}"))
+            .arg(self.image_ref(repository))
+            .arg(format!("oci:{}:1", dest.display()))
+            .output()
+            .unwrap()
+    }
+
+    fn registry_log(&self) -> String {
+        self.registry.stderr()
+    }
+
+    fn token_log(&self) -> String {
+        self.token_service.stderr()
+    }
+}
+
+fn skopeo(home: &Path) -> Command {
+    let mut command = Command::new("skopeo");
+    // Hermetic: no auth file or policy from the machine.
+    command
+        .env("HOME", home)
+        .env("XDG_RUNTIME_DIR", home)
+        .env("REGISTRY_AUTH_FILE", home.join("no-auth.json"));
+    command
+}
+
+fn run_ok(command: &mut Command) -> Output {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// One HTTP/1.1 request with `Connection: close`; the response as text.
+fn http(address: &str, request_line: &str, headers: &[(&str, &str)]) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut request = format!("{request_line}\r\nHost: {address}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+fn body(response: &str) -> Value {
+    serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap_or_default())
+        .unwrap_or(Value::Null)
+}
+
+/// Writes a one-layer OCI image layout (what `skopeo copy oci:DIR:1` reads): no container engine
+/// needed. Returns its manifest digest.
+fn build_image(dir: &Path) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> (String, usize) {
+        let digest = data_encoding::HEXLOWER.encode(&Sha256::digest(bytes));
+        std::fs::write(blobs.join(&digest), bytes).unwrap();
+        (format!("sha256:{digest}"), bytes.len())
+    };
+
+    let mut tar = tar::Builder::new(Vec::new());
+    let content = b"hello from registry-token's end-to-end suite\n";
+    let mut header = tar::Header::new_gnu();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_cksum();
+    tar.append_data(&mut header, "hello.txt", &content[..])
+        .unwrap();
+    let tar = tar.into_inner().unwrap();
+    let diff_id = format!(
+        "sha256:{}",
+        data_encoding::HEXLOWER.encode(&Sha256::digest(&tar))
+    );
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(&tar).unwrap();
+    let (layer, layer_size) = put(&gzip.finish().unwrap());
+
+    let config = json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    let (config, config_size) = put(config.to_string().as_bytes());
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": layer_size}],
+    });
+    let (manifest, manifest_size) = put(manifest.to_string().as_bytes());
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest, "size": manifest_size,
+            "annotations": {"org.opencontainers.image.ref.name": "1"},
+        }],
+    });
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    manifest
+}
+
+/// The manifest digest an OCI layout's index names for tag `1`.
+fn layout_digest(dir: &Path) -> String {
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    index["manifests"][0]["digest"].as_str().unwrap().to_owned()
+}
+
+fn image(world: &World) -> (PathBuf, String) {
+    let dir = world.root().join("image");
+    let digest = build_image(&dir);
+    (dir, digest)
+}
+
+/// Pushes the test image as an admin, for scenarios that pull.
+fn seed(world: &World, repository: &str) -> String {
+    let (image, digest) = image(world);
+    let output = world.push(&image, repository, &world.caller_token("admin", &[]));
+    assert!(
+        output.status.success(),
+        "seeding {repository} failed: {}\n{}",
+        stderr(&output),
+        world.token_log()
+    );
+    digest
+}
+
+#[test]
+fn push_then_pull_round_trips_the_same_manifest() {
+    let world = World::start(Options::default());
+    let (image, built) = image(&world);
+    let token = world.caller_token("team", &[]);
+
+    let pushed = world.push(&image, "team/app", &token);
+    assert!(
+        pushed.status.success(),
+        "push failed: {}\n{}",
+        stderr(&pushed),
+        world.token_log()
+    );
+    let pushed_digest = std::fs::read_to_string(world.root().join("pushed.digest")).unwrap();
+    assert_eq!(pushed_digest.trim(), built);
+
+    let dest = world.root().join("pulled");
+    let pulled = world.pull("team/app", &token, &dest);
+    assert!(pulled.status.success(), "pull failed: {}", stderr(&pulled));
+    assert_eq!(
+        layout_digest(&dest),
+        pushed_digest.trim(),
+        "the manifest pulled is the manifest pushed"
+    );
+}
+
+#[test]
+fn a_pull_only_plan_cannot_push_but_can_pull() {
+    let world = World::start(Options::default());
+    let digest = seed(&world, "team/app");
+    let token = world.caller_token("readonly", &[]);
+
+    let (image, _) = image(&world);
+    let pushed = world.push(&image, "team/app", &token);
+    assert!(!pushed.status.success(), "a pull-only plan pushed");
+    let message = stderr(&pushed);
+    assert!(
+        message.contains("authentication required")
+            || message.contains("denied")
+            || message.contains("unauthorized"),
+        "{message}"
+    );
+    eprintln!("pull-only push refused; skopeo said: {message}");
+
+    let dest = world.root().join("pulled");
+    let pulled = world.pull("team/app", &token, &dest);
+    assert!(pulled.status.success(), "pull failed: {}", stderr(&pulled));
+    assert_eq!(layout_digest(&dest), digest);
+}
+
+#[test]
+fn a_plan_without_the_repository_cannot_pull() {
+    let world = World::start(Options::default());
+    seed(&world, "team/app");
+    let pulled = world.pull(
+        "team/app",
+        &world.caller_token("elsewhere", &[]),
+        &world.root().join("pulled"),
+    );
+    assert!(
+        !pulled.status.success(),
+        "a plan without team/app pulled it"
+    );
+    let message = stderr(&pulled);
+    assert!(
+        message.contains("authentication required")
+            || message.contains("denied")
+            || message.contains("unauthorized"),
+        "{message}"
+    );
+    eprintln!(
+        "no-grant pull refused; skopeo said: {message}\nregistry logged: {}",
+        last_refusal(&world.registry_log())
+    );
+}
+
+/// containers/image (skopeo 1.9) prints a token endpoint's explanation only on a 401; on a 403 it
+/// says "invalid status code from registry 403 (Forbidden)". With `http.denial_status: 401` the
+/// user reads why; the default 403 refuses just as firmly.
+#[test]
+fn a_revoked_licence_fails_with_the_token_service_explanation() {
+    let world = World::start(Options {
+        denial_status: 401,
+        ..Options::default()
+    });
+    seed(&world, "team/app");
+    let token = world.caller_token("team", &["--license", "LIC-0002"]);
+    let pulled = world.pull("team/app", &token, &world.root().join("pulled"));
+    assert!(!pulled.status.success());
+    let message = stderr(&pulled);
+    assert!(
+        message.contains("licence LIC-0002 has been revoked"),
+        "{message}"
+    );
+    eprintln!("revoked licence (denial_status 401); skopeo said: {message}");
+
+    let world = World::start(Options::default());
+    seed(&world, "team/app");
+    let token = world.caller_token("team", &["--license", "LIC-0002"]);
+    let pulled = world.pull("team/app", &token, &world.root().join("pulled"));
+    assert!(!pulled.status.success(), "a revoked licence pulled");
+    let message = stderr(&pulled);
+    assert!(message.contains("403 (Forbidden)"), "{message}");
+    eprintln!("revoked licence (denial_status 403); skopeo said: {message}");
+}
+
+#[test]
+fn bad_authority_tokens_are_authentication_failures() {
+    let world = World::start(Options::default());
+    seed(&world, "team/app");
+    for (extra, why) in [
+        (vec!["--ttl", "-120"], "the token has expired"),
+        (vec!["--aud", "someone-else"], "audience"),
+        (
+            vec!["--scope", "openid profile"],
+            "lacks the scope registry.token.issue",
+        ),
+    ] {
+        let token = world.caller_token("team", &extra);
+        let pulled = world.pull("team/app", &token, &world.root().join("pulled"));
+        assert!(!pulled.status.success(), "{why}");
+        let message = stderr(&pulled);
+        assert!(
+            message.contains("invalid username/password"),
+            "skopeo reports an authentication failure: {message}"
+        );
+        assert!(message.contains(why), "{why}: {message}");
+        eprintln!("{why}: skopeo said: {message}");
+    }
+}
+
+#[test]
+fn a_registry_token_past_its_lifetime_is_refused_by_the_registry() {
+    let world = World::start(Options {
+        lifetime_seconds: 5,
+        ..Options::default()
+    });
+    seed(&world, "team/app");
+    let caller = world.caller_token("team", &[]);
+    let response = http(
+        &world.token_address,
+        &format!("GET /token?service={SERVICE}&scope=repository:team/app:pull HTTP/1.1"),
+        &[("Authorization", &format!("Bearer {caller}"))],
+    )
+    .unwrap();
+    let registry_token = body(&response)["token"].as_str().unwrap().to_owned();
+
+    let inspect = |token: &str| {
+        skopeo(world.root())
+            .args([
+                "inspect",
+                "--tls-verify=false",
+                "--raw",
+                "--registry-token",
+                token,
+            ])
+            .arg(world.image_ref("team/app"))
+            .output()
+            .unwrap()
+    };
+    let fresh = inspect(&registry_token);
+    assert!(
+        fresh.status.success(),
+        "a fresh token works: {}",
+        stderr(&fresh)
+    );
+    // exp is 5 s away and the registry allows 60 s of leeway.
+    std::thread::sleep(Duration::from_secs(5 + 60 + 2));
+    let stale = inspect(&registry_token);
+    assert!(
+        !stale.status.success(),
+        "the registry accepted an expired token"
+    );
+    let message = stderr(&stale);
+    assert!(
+        message.contains("unauthorized") || message.contains("authentication required"),
+        "{message}"
+    );
+    eprintln!(
+        "expired registry token; skopeo said: {message}\nregistry logged: {}",
+        last_refusal(&world.registry_log())
+    );
+}
+
+#[test]
+fn an_identity_token_makes_skopeo_use_the_oauth2_post() {
+    let world = World::start(Options::default());
+    let digest = seed(&world, "team/app");
+    let authfile = world.root().join("auth.json");
+    // containers/image keeps an identity token only beside an `auth` of the form `user:`.
+    let entry = json!({ "auths": { world.registry_address.clone(): {
+        "auth": data_encoding::BASE64.encode(b"alice:"),
+        "identitytoken": world.caller_token("team", &[]),
+    } } });
+    std::fs::write(&authfile, entry.to_string()).unwrap();
+
+    let dest = world.root().join("pulled");
+    let pulled = skopeo(world.root())
+        .args([
+            "copy",
+            "--insecure-policy",
+            "--src-tls-verify=false",
+            "--src-authfile",
+        ])
+        .arg(&authfile)
+        .arg(world.image_ref("team/app"))
+        .arg(format!("oci:{}:1", dest.display()))
+        .output()
+        .unwrap();
+    assert!(
+        pulled.status.success(),
+        "pull with an identity token failed: {}",
+        stderr(&pulled)
+    );
+    assert_eq!(layout_digest(&dest), digest);
+    let log = world.token_log();
+    assert!(
+        log.lines().any(|l| l.contains("method=POST")
+            && l.contains("path=/token")
+            && l.contains("status=200")),
+        "skopeo should have used POST /token:\n{log}"
+    );
+}
+
+#[test]
+fn thumbprint_kids_with_a_certificate_work_on_2_8_through_x5c() {
+    let world = World::start(Options {
+        kid_format: "thumbprint",
+        ..Options::default()
+    });
+    let (image, built) = image(&world);
+    let token = world.caller_token("team", &[]);
+    let pushed = world.push(&image, "team/app", &token);
+    assert!(
+        pushed.status.success(),
+        "push failed: {}\n{}",
+        stderr(&pushed),
+        world.registry_log()
+    );
+    let dest = world.root().join("pulled");
+    assert!(world.pull("team/app", &token, &dest).status.success());
+    assert_eq!(layout_digest(&dest), built);
+}
+
+#[test]
+fn the_catalog_needs_registry_catalog_star() {
+    let world = World::start(Options::default());
+    seed(&world, "team/app");
+    let catalog = |plan: &str| {
+        let caller = world.caller_token(plan, &[]);
+        let response = http(
+            &world.token_address,
+            &format!("GET /token?service={SERVICE}&scope=registry:catalog:* HTTP/1.1"),
+            &[("Authorization", &format!("Bearer {caller}"))],
+        )
+        .unwrap();
+        let token = body(&response)["token"].as_str().unwrap().to_owned();
+        http(
+            &world.registry_address,
+            "GET /v2/_catalog HTTP/1.1",
+            &[("Authorization", &format!("Bearer {token}"))],
+        )
+        .unwrap()
+    };
+    let admin = catalog("admin");
+    assert!(admin.starts_with("HTTP/1.1 200"), "{admin}");
+    assert_eq!(body(&admin)["repositories"], json!(["team/app"]));
+
+    let team = catalog("team");
+    assert!(team.starts_with("HTTP/1.1 401"), "{team}");
+    assert!(
+        team.contains("insufficient_scope") || team.contains("UNAUTHORIZED"),
+        "{team}"
+    );
+    eprintln!(
+        "catalog refused for team; registry logged: {}",
+        last_refusal(&world.registry_log())
+    );
+}
+
+/// The last line of the registry's log that records a refusal, for the scenario's report.
+fn last_refusal(log: &str) -> String {
+    log.lines()
+        .rev()
+        .find(|l| {
+            l.contains("error authorizing")
+                || l.contains("authentication")
+                || l.contains("unauthorized")
+                || l.contains("insufficient")
+        })
+        .unwrap_or("(no refusal logged)")
+        .to_owned()
+}
