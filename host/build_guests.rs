@@ -42,9 +42,7 @@ pub fn build(packages: &[(&str, &str)], watch: &[&str]) {
 
     let status = match command.status() {
         Ok(status) => status,
-        Err(e) => fail(&format!(
-            "could not run cargo to build the policy guests: {e}"
-        )),
+        Err(e) => fail(&format!("could not run cargo to build the policy guests: {e}")),
     };
     if !status.success() {
         fail(&format!(
@@ -70,9 +68,7 @@ fn workspace_root(manifest_dir: &Path) -> PathBuf {
         .ancestors()
         .find(|dir| dir.join("rust-toolchain.toml").is_file())
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| {
-            fail("cannot find the workspace root (rust-toolchain.toml) above the crate")
-        })
+        .unwrap_or_else(|| fail("cannot find the workspace root (rust-toolchain.toml) above the crate"))
 }
 
 fn env(name: &str) -> String {

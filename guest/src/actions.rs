@@ -55,11 +55,7 @@ impl ActionSet {
                 return Err(ActionError(action.to_owned()));
             }
         }
-        Ok(if any {
-            ActionSet::Any
-        } else {
-            ActionSet::Only(only)
-        })
+        Ok(if any { ActionSet::Any } else { ActionSet::Only(only) })
     }
 
     /// Whether the set allows `action` (a requested `*` only when the set is [`ActionSet::Any`]).
@@ -72,11 +68,7 @@ impl ActionSet {
 
     /// The requested actions this set allows, in the order asked.
     pub fn intersect(&self, requested: &[String]) -> Vec<String> {
-        requested
-            .iter()
-            .filter(|action| self.allows(action))
-            .cloned()
-            .collect()
+        requested.iter().filter(|action| self.allows(action)).cloned().collect()
     }
 }
 
@@ -101,10 +93,7 @@ mod tests {
         assert!(set.intersect(&asked(&["*"])).is_empty());
         let any = ActionSet::parse(["pull", "*"]).unwrap();
         assert_eq!(any, ActionSet::Any);
-        assert_eq!(
-            any.intersect(&asked(&["*", "pull", "custom"])),
-            ["*", "pull", "custom"]
-        );
+        assert_eq!(any.intersect(&asked(&["*", "pull", "custom"])), ["*", "pull", "custom"]);
     }
 
     #[test]

@@ -143,8 +143,7 @@ pub mod __private {
 
     pub fn configure<P: Policy>(slot: &OnceLock<P>, settings: &str) -> Result<(), String> {
         let policy = P::configure(settings)?;
-        slot.set(policy)
-            .map_err(|_| "the policy was already configured".to_owned())
+        slot.set(policy).map_err(|_| "the policy was already configured".to_owned())
     }
 
     pub fn evaluate<P: Policy>(slot: &OnceLock<P>, request: &Request) -> Decision {

@@ -84,10 +84,7 @@ impl RepoPattern {
     /// Compiles a pattern, refusing empty segments, `**` inside a segment, characters that can
     /// never occur in a repository name, and unknown or unclosed placeholders.
     pub fn parse(pattern: &str) -> Result<Self, PatternError> {
-        let error = |problem: String| PatternError {
-            pattern: pattern.to_owned(),
-            problem,
-        };
+        let error = |problem: String| PatternError { pattern: pattern.to_owned(), problem };
         if pattern.is_empty() {
             return Err(error("is empty".to_owned()));
         }
@@ -95,10 +92,7 @@ impl RepoPattern {
             .split('/')
             .map(|segment| parse_segment(segment).map_err(&error))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(RepoPattern {
-            source: pattern.to_owned(),
-            segments,
-        })
+        Ok(RepoPattern { source: pattern.to_owned(), segments })
     }
 
     /// The pattern as written.
@@ -124,9 +118,7 @@ fn parse_segment(segment: &str) -> Result<Segment, String> {
         return Ok(Segment::AnyDepth);
     }
     if segment.contains("**") {
-        return Err(format!(
-            "`**` must be a whole path segment, not part of {segment:?}"
-        ));
+        return Err(format!("`**` must be a whole path segment, not part of {segment:?}"));
     }
     let mut tokens = Vec::new();
     let mut rest = segment;
@@ -136,9 +128,7 @@ fn parse_segment(segment: &str) -> Result<Segment, String> {
             rest = after;
         } else if let Some(after) = rest.strip_prefix('{') {
             let Some(end) = after.find('}') else {
-                return Err(format!(
-                    "placeholder in {segment:?} is not closed with `}}`"
-                ));
+                return Err(format!("placeholder in {segment:?} is not closed with `}}`"));
             };
             let name = &after[..end];
             if !PLACEHOLDERS.contains(&name) {
@@ -207,9 +197,7 @@ fn match_segments(pattern: &[Segment], names: &[&str], caller: &Caller) -> bool 
             (min..=names.len()).any(|skip| match_segments(rest, &names[skip..], caller))
         }
         Some((Segment::Tokens(tokens), rest)) => match names.split_first() {
-            Some((name, names)) => {
-                match_tokens(tokens, name, caller) && match_segments(rest, names, caller)
-            }
+            Some((name, names)) => match_tokens(tokens, name, caller) && match_segments(rest, names, caller),
             None => false,
         },
     }
@@ -218,13 +206,13 @@ fn match_segments(pattern: &[Segment], names: &[&str], caller: &Caller) -> bool 
 fn match_tokens(tokens: &[Token], text: &str, caller: &Caller) -> bool {
     match tokens.split_first() {
         None => text.is_empty(),
-        Some((Token::Literal(literal), rest)) => text
-            .strip_prefix(literal.as_str())
-            .is_some_and(|text| match_tokens(rest, text, caller)),
+        Some((Token::Literal(literal), rest)) => {
+            text.strip_prefix(literal.as_str()).is_some_and(|text| match_tokens(rest, text, caller))
+        }
         Some((Token::Placeholder(name), rest)) => match caller.placeholder(name) {
-            Some(value) if is_path_component(value) => text
-                .strip_prefix(value)
-                .is_some_and(|text| match_tokens(rest, text, caller)),
+            Some(value) if is_path_component(value) => {
+                text.strip_prefix(value).is_some_and(|text| match_tokens(rest, text, caller))
+            }
             _ => false,
         },
         Some((Token::Star, rest)) => text
@@ -288,14 +276,8 @@ mod tests {
 
         let star = Caller::new("x").with_tenant("*");
         let pattern = RepoPattern::parse("{tenant}/**").unwrap();
-        assert!(
-            !pattern.matches("anything/app", &star),
-            "a tenant of `*` is not a wildcard"
-        );
-        assert!(
-            !pattern.matches("*/app", &star),
-            "and not a valid component either"
-        );
+        assert!(!pattern.matches("anything/app", &star), "a tenant of `*` is not a wildcard");
+        assert!(!pattern.matches("*/app", &star), "and not a valid component either");
 
         let slash = Caller::new("x").with_tenant("acme/secret");
         assert!(!pattern.matches("acme/secret/app", &slash));
@@ -304,11 +286,7 @@ mod tests {
         assert!(!pattern.matches("acme/app", &none));
 
         let email = Caller::new("alice@example.com");
-        assert!(
-            !RepoPattern::parse("users/{sub}")
-                .unwrap()
-                .matches("users/alice", &email)
-        );
+        assert!(!RepoPattern::parse("users/{sub}").unwrap().matches("users/alice", &email));
     }
 
     #[test]
@@ -329,14 +307,10 @@ mod tests {
 
     #[test]
     fn path_components_follow_the_docker_grammar() {
-        for good in [
-            "a", "acme", "a.b", "a_b", "a__b", "a-b", "a---b", "a1-2.3_4",
-        ] {
+        for good in ["a", "acme", "a.b", "a_b", "a__b", "a-b", "a---b", "a1-2.3_4"] {
             assert!(is_path_component(good), "{good}");
         }
-        for bad in [
-            "", "A", "-a", "a-", "a..b", "a___b", "a/b", "a*", "a b", "a._b",
-        ] {
+        for bad in ["", "A", "-a", "a-", "a..b", "a___b", "a/b", "a*", "a b", "a._b"] {
             assert!(!is_path_component(bad), "{bad}");
         }
     }

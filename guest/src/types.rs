@@ -82,11 +82,7 @@ impl Resource {
 
     /// The same resource with other actions: what a policy grants for a request.
     pub fn with_actions(&self, actions: Vec<String>) -> Self {
-        Resource {
-            type_: self.type_.clone(),
-            name: self.name.clone(),
-            actions,
-        }
+        Resource { type_: self.type_.clone(), name: self.name.clone(), actions }
     }
 }
 
@@ -100,37 +96,24 @@ impl std::fmt::Display for Resource {
 impl Request {
     /// A request, as the host would send it.
     pub fn new(caller: Caller, service: impl Into<String>, resources: Vec<Resource>) -> Self {
-        Request {
-            caller,
-            service: service.into(),
-            resources,
-        }
+        Request { caller, service: service.into(), resources }
     }
 }
 
 impl Decision {
     /// Grant these resources (each a subset of what was requested), with no note.
     pub fn grant(resources: Vec<Resource>) -> Self {
-        Decision::Grant(Grant {
-            resources,
-            note: None,
-        })
+        Decision::Grant(Grant { resources, note: None })
     }
 
     /// Grant these resources and tell the operator why not more.
     pub fn grant_with_note(resources: Vec<Resource>, note: impl Into<String>) -> Self {
-        Decision::Grant(Grant {
-            resources,
-            note: Some(note.into()),
-        })
+        Decision::Grant(Grant { resources, note: Some(note.into()) })
     }
 
     /// Refuse the whole exchange. `reason` is kebab-case and machine-readable
     /// (`licence-revoked`); `message` is shown to the caller.
     pub fn deny(reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Decision::Deny(Denial {
-            reason: reason.into(),
-            message: message.into(),
-        })
+        Decision::Deny(Denial { reason: reason.into(), message: message.into() })
     }
 }

@@ -53,21 +53,11 @@ impl Resource {
 impl fmt::Display for Resource {
     /// The scope syntax: `repository:team/app:pull,push`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}",
-            self.resource_type,
-            self.name,
-            self.actions.join(",")
-        )
+        write!(f, "{}:{}:{}", self.resource_type, self.name, self.actions.join(","))
     }
 }
 
 /// Resources in scope syntax, space-separated: the OAuth2 `scope` of a response.
 pub fn scope_string(resources: &[Resource]) -> String {
-    resources
-        .iter()
-        .map(Resource::to_string)
-        .collect::<Vec<_>>()
-        .join(" ")
+    resources.iter().map(Resource::to_string).collect::<Vec<_>>().join(" ")
 }

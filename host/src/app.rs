@@ -1,7 +1,7 @@
 //! The composition root: turns a [`Config`] into the live service state — the Authority's keys,
 //! the signing key, the policy — and swaps in a new one on reload, completely validated first.
 
-use crate::authority::{KeySource, Requirements};
+use crate::authority::{KeySource, Requirements, Validator};
 use crate::config::Config;
 use crate::mint::{self, Minter, SigningKey};
 use crate::policy::{self, Limits, Policy};
@@ -29,10 +29,8 @@ pub fn system_clock() -> Clock {
 pub struct Live {
     /// The configuration this was built from.
     pub config: Config,
-    /// The Authority's keys.
-    pub keys: KeySource,
-    /// What caller tokens must satisfy.
-    pub requirements: Requirements,
+    /// Validates caller tokens against the Authority's keys.
+    pub validator: Validator,
     /// The authorization policy.
     pub policy: Policy,
     /// The registry-token signer.
@@ -69,11 +67,7 @@ impl Live {
         let keys = match (&config.authority.jwks_file, &config.authority.jwks_url) {
             (Some(file), _) => KeySource::from_file(file)?,
             (None, Some(url)) => {
-                KeySource::from_url(
-                    url,
-                    Duration::from_secs(config.authority.jwks_refresh_seconds),
-                )
-                .await?
+                KeySource::from_url(url, Duration::from_secs(config.authority.jwks_refresh_seconds)).await?
             }
             (None, None) => return Err(BuildError::File("authority: no JWKS configured".into())),
         };
@@ -90,72 +84,58 @@ impl Live {
             Some(cert) => Some(mint::load_chain(cert, &key)?),
             None => None,
         };
-        let minter = Minter::new(
-            key,
-            &signing.issuer,
-            signing.lifetime_seconds,
-            signing.kid_format,
-            chain.as_deref(),
-        );
+        let minter =
+            Minter::new(key, &signing.issuer, signing.lifetime_seconds, signing.kid_format, chain.as_deref());
 
-        let policy = load_policy(&config.policy).await?;
-        Ok(Live {
-            config,
-            keys,
-            requirements,
-            policy,
-            minter,
-        })
+        let policy = load_policy(&config.policy, config.cache.decisions).await?;
+        let validator = Validator::new(keys, requirements, config.cache.caller_tokens);
+        Ok(Live { config, validator, policy, minter })
     }
 
     /// Whether the service can issue tokens (for `/readyz`).
     pub fn is_ready(&self) -> bool {
-        self.keys.is_ready()
+        self.validator.keys().is_ready()
     }
 }
 
-/// Loads the configured policy module with its settings file, under the configured limits.
-pub async fn load_policy(config: &crate::config::PolicyConfig) -> Result<Policy, BuildError> {
+/// Loads the configured policy module with its settings file, under the configured limits,
+/// remembering up to `decision_cache` decisions.
+pub async fn load_policy(
+    config: &crate::config::PolicyConfig,
+    decision_cache: usize,
+) -> Result<Policy, BuildError> {
     let settings = match &config.settings_file {
         Some(path) => settings_json(path)?,
         None => "{}".to_owned(),
     };
-    load_policy_with(config, &settings).await
+    load_policy_with(config, &settings, decision_cache).await
 }
 
 /// Loads the configured policy module with settings given as JSON (ignoring `settings_file`).
 pub async fn load_policy_with(
     config: &crate::config::PolicyConfig,
     settings_json: &str,
+    decision_cache: usize,
 ) -> Result<Policy, BuildError> {
     let module: std::borrow::Cow<'static, [u8]> = if config.module == policy::BUILTIN_NAME {
         policy::BUILTIN_PLAN_CATALOGUE.into()
     } else {
         std::fs::read(&config.module)
-            .map_err(|e| {
-                BuildError::File(format!("cannot read policy.module {}: {e}", config.module))
-            })?
+            .map_err(|e| BuildError::File(format!("cannot read policy.module {}: {e}", config.module)))?
             .into()
     };
     let limits = Limits {
         timeout: Duration::from_millis(config.timeout_ms),
-        memory_bytes: usize::try_from(config.memory_mib)
-            .unwrap_or(usize::MAX)
-            .saturating_mul(1024 * 1024),
+        memory_bytes: usize::try_from(config.memory_mib).unwrap_or(usize::MAX).saturating_mul(1024 * 1024),
     };
-    Ok(Policy::load(&module, &config.module, settings_json, limits).await?)
+    Ok(Policy::load(&module, &config.module, settings_json, limits, decision_cache).await?)
 }
 
 /// Reads a YAML or JSON settings file and renders it as the JSON document guests receive.
 pub fn settings_json(path: &Path) -> Result<String, BuildError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        BuildError::File(format!(
-            "cannot read the policy settings {}: {e}",
-            path.display()
-        ))
-    })?;
-    yaml_to_json(&text)
-        .map_err(|e| BuildError::File(format!("the policy settings {}: {e}", path.display())))
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BuildError::File(format!("cannot read the policy settings {}: {e}", path.display())))?;
+    yaml_to_json(&text).map_err(|e| BuildError::File(format!("the policy settings {}: {e}", path.display())))
 }
 
 /// YAML (a superset of JSON) to compact JSON.
@@ -174,20 +154,14 @@ pub struct Service {
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service")
-            .field("config_path", &self.config_path)
-            .finish_non_exhaustive()
+        f.debug_struct("Service").field("config_path", &self.config_path).finish_non_exhaustive()
     }
 }
 
 impl Service {
     /// A service over already-built state. `config_path` is re-read on [`Service::reload`].
     pub fn new(live: Live, config_path: Option<PathBuf>, clock: Clock) -> Service {
-        Service {
-            live: ArcSwap::from_pointee(live),
-            config_path,
-            clock,
-        }
+        Service { live: ArcSwap::from_pointee(live), config_path, clock }
     }
 
     /// The state requests use now.
@@ -199,9 +173,7 @@ impl Service {
     /// it loads. On error the previous state keeps serving.
     pub async fn reload(&self) -> Result<(), BuildError> {
         let Some(path) = self.config_path.clone() else {
-            return Err(BuildError::File(
-                "the service was not started from a configuration file".into(),
-            ));
+            return Err(BuildError::File("the service was not started from a configuration file".into()));
         };
         let config = Config::load(&path)?;
         let current = self.live();

@@ -39,6 +39,9 @@ pub struct Config {
     /// Request limits of the HTTP edge.
     #[serde(default)]
     pub http: HttpConfig,
+    /// Bounded caches of the hot path.
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// Trial conveniences; never for production.
     #[serde(default)]
     pub development: DevelopmentConfig,
@@ -122,6 +125,28 @@ pub struct HttpConfig {
     /// containers/image (skopeo, podman, buildah), which print the explanation only on a 401.
     #[serde(default = "default_denial_status")]
     pub denial_status: u16,
+}
+
+/// `cache:`
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Validated caller tokens remembered, each only until its `exp`; 0 disables.
+    #[serde(default = "default_cache_entries")]
+    pub caller_tokens: usize,
+    /// Policy decisions remembered per loaded policy and settings; 0 disables.
+    #[serde(default = "default_cache_entries")]
+    pub decisions: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { caller_tokens: default_cache_entries(), decisions: default_cache_entries() }
+    }
+}
+
+fn default_cache_entries() -> usize {
+    4096
 }
 
 /// `development:`
@@ -208,22 +233,13 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         if !path.is_file() {
-            return Err(ConfigError(format!(
-                "the configuration file {} does not exist",
-                path.display()
-            )));
+            return Err(ConfigError(format!("the configuration file {} does not exist", path.display())));
         }
-        let overrides: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
-            .collect();
-        let figment = Figment::new()
-            .merge(Yaml::file_exact(path))
-            .merge(EnvOverrides(overrides));
+        let overrides: Vec<(String, String)> =
+            env.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)).collect();
+        let figment = Figment::new().merge(Yaml::file_exact(path)).merge(EnvOverrides(overrides));
         let config: Config = figment.extract().map_err(|error| describe(error, path))?;
-        config
-            .check()
-            .map_err(|problem| ConfigError(format!("{}: {problem}", path.display())))?;
+        config.check().map_err(|problem| ConfigError(format!("{}: {problem}", path.display())))?;
         Ok(config)
     }
 
@@ -232,11 +248,7 @@ impl Config {
         if self.services.is_empty() {
             return Err("services: list at least one registry service name".into());
         }
-        if let Some(bad) = self
-            .services
-            .iter()
-            .find(|s| s.is_empty() || s.chars().any(char::is_whitespace))
-        {
+        if let Some(bad) = self.services.iter().find(|s| s.is_empty() || s.chars().any(char::is_whitespace)) {
             return Err(format!("services: {bad:?} is not a service name"));
         }
         if self.authority.issuer.is_empty() {
@@ -266,9 +278,7 @@ impl Config {
         }
         let signing = &self.signing;
         if signing.max_lifetime_seconds > LIFETIME_CEILING {
-            return Err(format!(
-                "signing.max_lifetime_seconds may be at most {LIFETIME_CEILING}"
-            ));
+            return Err(format!("signing.max_lifetime_seconds may be at most {LIFETIME_CEILING}"));
         }
         if signing.lifetime_seconds < 5 || signing.lifetime_seconds > signing.max_lifetime_seconds {
             return Err(format!(
@@ -282,20 +292,18 @@ impl Config {
         if !(1..=1024).contains(&self.policy.memory_mib) {
             return Err("policy.memory_mib must be between 1 and 1024".into());
         }
-        if self.policy.module != crate::policy::BUILTIN_NAME
-            && !self.policy.module.ends_with(".wasm")
-        {
+        if self.policy.module != crate::policy::BUILTIN_NAME && !self.policy.module.ends_with(".wasm") {
             return Err(format!(
                 "policy.module: {:?} is neither {} nor a path to a .wasm component",
                 self.policy.module,
                 crate::policy::BUILTIN_NAME
             ));
         }
+        if self.cache.caller_tokens > 1_000_000 || self.cache.decisions > 1_000_000 {
+            return Err("cache: at most 1000000 entries per cache".into());
+        }
         if !matches!(self.http.denial_status, 401 | 403) {
-            return Err(format!(
-                "http.denial_status must be 401 or 403, got {}",
-                self.http.denial_status
-            ));
+            return Err(format!("http.denial_status must be 401 or 403, got {}", self.http.denial_status));
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.http.max_body_bytes) {
             return Err("http.max_body_bytes must be between 1024 and 16777216".into());
@@ -313,9 +321,7 @@ impl figment::Provider for EnvOverrides {
         figment::Metadata::named("environment")
     }
 
-    fn data(
-        &self,
-    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
         let mut dict = figment::value::Dict::new();
         for (name, value) in &self.0 {
             let Some(key) = name.strip_prefix(ENV_PREFIX) else {
@@ -327,8 +333,7 @@ impl figment::Provider for EnvOverrides {
                 continue;
             }
             let path: Vec<&str> = key.split("__").collect();
-            let parsed: figment::value::Value =
-                value.parse().unwrap_or_else(|_| value.clone().into());
+            let parsed: figment::value::Value = value.parse().unwrap_or_else(|_| value.clone().into());
             insert(&mut dict, &path, parsed);
         }
         Ok(figment::Profile::Default.collect(dict))
@@ -363,11 +368,7 @@ fn describe(error: figment::Error, path: &Path) -> ConfigError {
             let key = e.path.join(".");
             let origin = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
                 Some(figment::Source::File(file)) => file.display().to_string(),
-                _ if e
-                    .metadata
-                    .as_ref()
-                    .is_some_and(|m| m.name.contains("environment")) =>
-                {
+                _ if e.metadata.as_ref().is_some_and(|m| m.name.contains("environment")) => {
                     format!(
                         "environment variable {ENV_PREFIX}{}",
                         key.to_ascii_uppercase().replace('.', "__")

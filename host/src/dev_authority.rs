@@ -53,42 +53,30 @@ pub struct Info {
 
 /// Creates a development Authority in `dir`: an RSA key, `jwks.json` and `authority.json`.
 pub fn init(dir: &Path, issuer: &str) -> Result<PathBuf, DevAuthorityError> {
-    std::fs::create_dir_all(dir).map_err(|source| KeygenError::Write {
-        path: dir.to_owned(),
-        source,
-    })?;
+    std::fs::create_dir_all(dir).map_err(|source| KeygenError::Write { path: dir.to_owned(), source })?;
     let crypto = |e: &dyn std::fmt::Display| DevAuthorityError::Crypto(e.to_string());
     let pair = KeyPair::generate(KeySize::Rsa2048).map_err(|e| crypto(&e))?;
     let pkcs8 = pair.as_der().map_err(|e| crypto(&e))?;
-    let pem = Zeroizing::new(pem::encode(&pem::Pem::new(
-        "PRIVATE KEY",
-        pkcs8.as_ref().to_vec(),
-    )));
+    let pem = Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec())));
 
     let public = pair.public_key();
     let n = BASE64URL_NOPAD.encode(public.modulus().big_endian_without_leading_zero());
     let e = BASE64URL_NOPAD.encode(public.exponent().big_endian_without_leading_zero());
     let thumbprint = format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#);
     let kid = BASE64URL_NOPAD.encode(&Sha256::digest(thumbprint.as_bytes()));
-    let jwks = json!({ "keys": [{ "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": n, "e": e }] });
-    let info = Info {
-        issuer: issuer.to_owned(),
-        kid,
-    };
+    let jwks =
+        json!({ "keys": [{ "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": n, "e": e }] });
+    let info = Info { issuer: issuer.to_owned(), kid };
 
     write_new(&dir.join(KEY_FILE), pem.as_bytes(), 0o600)?;
     write_new(
         &dir.join(JWKS_FILE),
-        serde_json::to_string_pretty(&jwks)
-            .unwrap_or_default()
-            .as_bytes(),
+        serde_json::to_string_pretty(&jwks).unwrap_or_default().as_bytes(),
         0o644,
     )?;
     write_new(
         &dir.join(INFO_FILE),
-        serde_json::to_string_pretty(&info)
-            .unwrap_or_default()
-            .as_bytes(),
+        serde_json::to_string_pretty(&info).unwrap_or_default().as_bytes(),
         0o644,
     )?;
     Ok(dir.join(JWKS_FILE))
@@ -125,14 +113,12 @@ pub fn token(dir: &Path, request: &TokenRequest, now: u64) -> Result<String, Dev
             reason: format!("{name}: {e}"),
         })
     };
-    let info: Info =
-        serde_json::from_slice(&read(INFO_FILE)?).map_err(|e| DevAuthorityError::Read {
-            dir: dir.display().to_string(),
-            reason: format!("{INFO_FILE}: {e}"),
-        })?;
+    let info: Info = serde_json::from_slice(&read(INFO_FILE)?).map_err(|e| DevAuthorityError::Read {
+        dir: dir.display().to_string(),
+        reason: format!("{INFO_FILE}: {e}"),
+    })?;
     let pem = Zeroizing::new(read(KEY_FILE)?);
-    let key =
-        EncodingKey::from_rsa_pem(&pem).map_err(|e| DevAuthorityError::Crypto(e.to_string()))?;
+    let key = EncodingKey::from_rsa_pem(&pem).map_err(|e| DevAuthorityError::Crypto(e.to_string()))?;
 
     let now = now as i64;
     let mut claims = Map::new();
@@ -160,6 +146,5 @@ pub fn token(dir: &Path, request: &TokenRequest, now: u64) -> Result<String, Dev
 
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some(info.kid);
-    jsonwebtoken::encode(&header, &claims, &key)
-        .map_err(|e| DevAuthorityError::Crypto(e.to_string()))
+    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| DevAuthorityError::Crypto(e.to_string()))
 }

@@ -41,9 +41,7 @@ pub enum ScopeError {
 
 /// Parses every `scope` value of a request (each may hold several space-separated scopes) into
 /// resources, merging repeated requests for the same type and name.
-pub fn parse_scopes<'a>(
-    values: impl IntoIterator<Item = &'a str>,
-) -> Result<Vec<Resource>, ScopeError> {
+pub fn parse_scopes<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<Vec<Resource>, ScopeError> {
     let mut resources: Vec<Resource> = Vec::new();
     for value in values {
         for scope in value.split(' ').filter(|s| !s.is_empty()) {
@@ -86,11 +84,7 @@ pub fn parse_one(scope: &str) -> Result<Resource, ScopeError> {
     let name = &scope[first + 1..last];
     check_name(name).map_err(|p| invalid(scope, p))?;
     let actions = parse_actions(&scope[last + 1..]).map_err(|p| invalid(scope, p))?;
-    Ok(Resource {
-        resource_type,
-        name: name.to_owned(),
-        actions,
-    })
+    Ok(Resource { resource_type, name: name.to_owned(), actions })
 }
 
 fn invalid(scope: &str, problem: String) -> ScopeError {
@@ -102,9 +96,7 @@ fn invalid(scope: &str, problem: String) -> ScopeError {
 }
 
 fn is_lower_alnum(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 fn parse_type(text: &str) -> Result<String, String> {
@@ -119,9 +111,7 @@ fn parse_type(text: &str) -> Result<String, String> {
         None => text,
     };
     if !is_lower_alnum(base) || base.len() > MAX_TYPE_LEN {
-        return Err(format!(
-            "resource type {text:?} must be lowercase letters and digits"
-        ));
+        return Err(format!("resource type {text:?} must be lowercase letters and digits"));
     }
     Ok(base.to_owned())
 }
@@ -131,9 +121,7 @@ fn check_name(name: &str) -> Result<(), String> {
         return Err("the resource name is empty".to_owned());
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "the resource name is longer than {MAX_NAME_LEN} characters"
-        ));
+        return Err(format!("the resource name is longer than {MAX_NAME_LEN} characters"));
     }
     let mut components = name.split('/');
     let first = components.next().unwrap_or_default();
@@ -142,15 +130,9 @@ fn check_name(name: &str) -> Result<(), String> {
     // and it looks like one (has a `.` or a `:port`, or is `localhost`); otherwise it is a path
     // component, and so lowercase.
     let looks_like_host = first.contains(['.', ':']) || first == "localhost";
-    let first_ok = if !rest.is_empty() && looks_like_host {
-        is_hostname(first)
-    } else {
-        is_component(first)
-    };
+    let first_ok = if !rest.is_empty() && looks_like_host { is_hostname(first) } else { is_component(first) };
     if !first_ok {
-        return Err(format!(
-            "{first:?} is neither a repository path component nor a hostname"
-        ));
+        return Err(format!("{first:?} is neither a repository path component nor a hostname"));
     }
     match rest.iter().find(|c| !is_component(c)) {
         Some(bad) => Err(format!(
@@ -190,15 +172,12 @@ fn is_hostname(text: &str) -> bool {
         Some((host, port)) => (host, Some(port)),
         None => (text, None),
     };
-    let port_ok =
-        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
     let label_ok = |label: &str| {
         let bytes = label.as_bytes();
         !bytes.is_empty()
             && bytes.len() <= 63
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
             && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
             && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
     };
@@ -239,14 +218,8 @@ mod tests {
 
     #[test]
     fn the_forms_real_clients_send() {
-        assert_eq!(
-            parse(&["repository:team/app:pull,push"]).unwrap(),
-            ["repository:team/app:pull,push"]
-        );
-        assert_eq!(
-            parse(&["repository:team/app:push,pull"]).unwrap(),
-            ["repository:team/app:push,pull"]
-        );
+        assert_eq!(parse(&["repository:team/app:pull,push"]).unwrap(), ["repository:team/app:pull,push"]);
+        assert_eq!(parse(&["repository:team/app:push,pull"]).unwrap(), ["repository:team/app:push,pull"]);
         // A blob mount: repeated parameters.
         assert_eq!(
             parse(&["repository:team/copy:pull,push", "repository:team/app:pull"]).unwrap(),
@@ -257,27 +230,18 @@ mod tests {
             parse(&["repository:a/b:pull repository:c/d:push"]).unwrap(),
             ["repository:a/b:pull", "repository:c/d:push"]
         );
-        assert_eq!(
-            parse(&["registry:catalog:*"]).unwrap(),
-            ["registry:catalog:*"]
-        );
+        assert_eq!(parse(&["registry:catalog:*"]).unwrap(), ["registry:catalog:*"]);
         assert_eq!(parse(&[]).unwrap(), Vec::<String>::new());
     }
 
     #[test]
     fn a_port_in_the_name_keeps_its_colon() {
         let r = parse_one("repository:localhost:5000/a/b:pull,push").unwrap();
-        assert_eq!(
-            (r.resource_type.as_str(), r.name.as_str()),
-            ("repository", "localhost:5000/a/b")
-        );
+        assert_eq!((r.resource_type.as_str(), r.name.as_str()), ("repository", "localhost:5000/a/b"));
         assert_eq!(r.actions, ["pull", "push"]);
         assert!(parse_one("repository:Registry.Example.com/a:pull").is_ok());
         assert!(parse_one("repository:localhost/a:pull").is_ok());
-        assert!(
-            parse_one("repository:Team/app:pull").is_err(),
-            "not a host: a path component"
-        );
+        assert!(parse_one("repository:Team/app:pull").is_err(), "not a host: a path component");
     }
 
     #[test]
@@ -291,12 +255,7 @@ mod tests {
     #[test]
     fn repeated_resources_merge_and_actions_dedupe() {
         assert_eq!(
-            parse(&[
-                "repository:a/b:pull",
-                "repository:a/b:push,pull",
-                "repository:a/b:pull,pull"
-            ])
-            .unwrap(),
+            parse(&["repository:a/b:pull", "repository:a/b:push,pull", "repository:a/b:pull,pull"]).unwrap(),
             ["repository:a/b:pull,push"]
         );
     }
@@ -309,10 +268,7 @@ mod tests {
             ("Repository:team/app:pull", "resource type"),
             (":team/app:pull", "resource type"),
             ("repository::pull", "name is empty"),
-            (
-                "repository:Team/app:pull",
-                "neither a repository path component",
-            ),
+            ("repository:Team/app:pull", "neither a repository path component"),
             ("repository:team/App:pull", "name component \"App\""),
             ("repository:team//app:pull", "name component \"\""),
             ("repository:team/app/:pull", "name component \"\""),
@@ -328,19 +284,12 @@ mod tests {
             assert!(error.contains(problem), "{scope:?}: {error}");
         }
         let long = format!("repository:{}:pull", "a".repeat(300));
-        assert!(
-            parse_one(&long)
-                .unwrap_err()
-                .to_string()
-                .contains("longer than 255")
-        );
+        assert!(parse_one(&long).unwrap_err().to_string().contains("longer than 255"));
     }
 
     #[test]
     fn too_many_resources_are_refused() {
-        let many: Vec<String> = (0..=MAX_RESOURCES)
-            .map(|i| format!("repository:r/{i}:pull"))
-            .collect();
+        let many: Vec<String> = (0..=MAX_RESOURCES).map(|i| format!("repository:r/{i}:pull")).collect();
         let error = parse_scopes(many.iter().map(String::as_str)).unwrap_err();
         assert_eq!(error, ScopeError::TooMany(MAX_RESOURCES + 1));
     }

@@ -20,11 +20,7 @@ fn workspace() -> &'static Path {
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(workspace())
-        .output()
-        .unwrap()
+    Command::new(BIN).args(args).current_dir(workspace()).output().unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -65,18 +61,9 @@ cases:
     let output = run(&["policy", "test", cases.to_str().unwrap()]);
     let stdout = text(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
-    assert!(
-        stdout.contains("FAIL") && stdout.contains("wrong on purpose"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("expected grant [repository:team/app:pull,push]"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("actual   grant [repository:team/app:pull]"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("FAIL") && stdout.contains("wrong on purpose"), "{stdout}");
+    assert!(stdout.contains("expected grant [repository:team/app:pull,push]"), "{stdout}");
+    assert!(stdout.contains("actual   grant [repository:team/app:pull]"), "{stdout}");
     assert_eq!(stdout.lines().last(), Some("1 passed, 1 failed"));
 }
 
@@ -97,23 +84,10 @@ cases:
 "#,
     )
     .unwrap();
-    let output = run(&[
-        "policy",
-        "test",
-        "--policy",
-        test_support::HOSTILE_GUEST_WASM,
-        cases.to_str().unwrap(),
-    ]);
-    assert!(
-        output.status.success(),
-        "{}{}",
-        text(&output.stdout),
-        text(&output.stderr)
-    );
-    assert_eq!(
-        text(&output.stdout).lines().last(),
-        Some("5 passed, 0 failed")
-    );
+    let output =
+        run(&["policy", "test", "--policy", test_support::HOSTILE_GUEST_WASM, cases.to_str().unwrap()]);
+    assert!(output.status.success(), "{}{}", text(&output.stdout), text(&output.stderr));
+    assert_eq!(text(&output.stdout).lines().last(), Some("5 passed, 0 failed"));
 
     let mut eval = Command::new(BIN)
         .args(["policy", "eval", "--settings", "etc/plans.yaml"])
@@ -143,11 +117,7 @@ fn keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites() {
     let output = run(&["keygen", "--out", out.to_str().unwrap(), "--bits", "3072"]);
     let stdout = text(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
-    let mode = std::fs::metadata(out.join("signing-key.pem"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = std::fs::metadata(out.join("signing-key.pem")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let key = registry_token::mint::SigningKey::from_file(
         &out.join("signing-key.pem"),
@@ -155,10 +125,7 @@ fn keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites() {
     )
     .unwrap();
     assert!(
-        stdout.contains(&format!(
-            "kid (libtrust, distribution 2.8): {}",
-            key.libtrust_kid()
-        )),
+        stdout.contains(&format!("kid (libtrust, distribution 2.8): {}", key.libtrust_kid())),
         "{stdout}"
     );
     assert!(stdout.contains(&key.thumbprint_kid()), "{stdout}");
@@ -175,40 +142,18 @@ fn keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites() {
     );
     assert_eq!(std::fs::read(out.join("signing-key.pem")).unwrap(), before);
 
-    let es = run(&[
-        "keygen",
-        "--out",
-        dir.path().join("es").to_str().unwrap(),
-        "--algorithm",
-        "ES256",
-    ]);
+    let es = run(&["keygen", "--out", dir.path().join("es").to_str().unwrap(), "--algorithm", "ES256"]);
     assert!(es.status.success(), "{}", text(&es.stderr));
-    let bad = run(&[
-        "keygen",
-        "--out",
-        dir.path().join("bad").to_str().unwrap(),
-        "--bits",
-        "1024",
-    ]);
-    assert!(
-        text(&bad.stderr).contains("use 2048, 3072 or 4096"),
-        "{}",
-        text(&bad.stderr)
-    );
+    let bad = run(&["keygen", "--out", dir.path().join("bad").to_str().unwrap(), "--bits", "1024"]);
+    assert!(text(&bad.stderr).contains("use 2048, 3072 or 4096"), "{}", text(&bad.stderr));
 }
 
 #[test]
 fn the_development_authority_mints_tokens_the_service_accepts() {
     let dir = tempfile::tempdir().unwrap();
     let authority = dir.path().join("authority");
-    let init = run(&[
-        "dev-authority",
-        "init",
-        "--dir",
-        authority.to_str().unwrap(),
-        "--issuer",
-        "https://a.test",
-    ]);
+    let init =
+        run(&["dev-authority", "init", "--dir", authority.to_str().unwrap(), "--issuer", "https://a.test"]);
     assert!(init.status.success(), "{}", text(&init.stderr));
     let token = run(&[
         "dev-authority",
@@ -234,13 +179,9 @@ fn the_development_authority_mints_tokens_the_service_accepts() {
     assert_eq!(claims["stellaops:plan"], "team");
     assert_eq!(claims["stellaops:license"], "LIC-7");
     assert_eq!(claims["scope"], "registry.token.issue");
-    assert_eq!(
-        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
-        120
-    );
+    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 120);
 
-    let keys =
-        registry_token::authority::KeySource::from_file(&authority.join("jwks.json")).unwrap();
+    let keys = registry_token::authority::KeySource::from_file(&authority.join("jwks.json")).unwrap();
     let requirements = registry_token::authority::Requirements {
         issuer: "https://a.test".into(),
         audiences: vec!["registry-token".into()],
@@ -248,40 +189,28 @@ fn the_development_authority_mints_tokens_the_service_accepts() {
         leeway_seconds: 0,
     };
     let now = registry_token::app::system_clock()();
-    let validated = futures_lite_block_on(registry_token::authority::validate(
-        &token,
-        now,
-        &keys,
-        &requirements,
-    ))
-    .unwrap();
+    let validated =
+        futures_lite_block_on(registry_token::authority::validate(&token, now, &keys, &requirements))
+            .unwrap();
     assert_eq!(validated.caller.subject, "alice");
 }
 
 fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
-        .block_on(future)
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
 }
 
 fn start_server(fixture: &Fixture) -> (Process, String) {
     let mut command = Command::new(BIN);
     command.args(["serve", "--config", fixture.config_path.to_str().unwrap()]);
     let mut server = Process::start("registry-token", command);
-    let address = server.wait_for_stdout(
-        "registry-token listening on http://",
-        Duration::from_secs(30),
-    );
+    let address = server.wait_for_stdout("registry-token listening on http://", Duration::from_secs(30));
     (server, address)
 }
 
 /// One raw HTTP/1.1 exchange; returns the whole response text.
 fn exchange(address: &str, request: &str) -> String {
     let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     stream.write_all(request.as_bytes()).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
@@ -304,12 +233,8 @@ fn serve_answers_skopeo_style_get_and_a_chunked_post_on_a_real_socket() {
         ),
     );
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let body: serde_json::Value =
-        serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-    assert_eq!(
-        access(body["token"].as_str().unwrap()),
-        ["repository:team/app:pull,push"]
-    );
+    let body: serde_json::Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(access(body["token"].as_str().unwrap()), ["repository:team/app:pull,push"]);
 
     // As skopeo sends the OAuth2 form when its auth file holds an identitytoken: chunked.
     let form = form_urlencoded_pairs(&[
@@ -330,8 +255,7 @@ fn serve_answers_skopeo_style_get_and_a_chunked_post_on_a_real_socket() {
         ),
     );
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let body: serde_json::Value =
-        serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let body: serde_json::Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert_eq!(body["scope"], "repository:team/app:pull");
     assert_eq!(body["refresh_token"], token.as_str());
 }
@@ -344,14 +268,8 @@ fn configuration_errors_name_the_key_and_where_it_came_from() {
     let output = run(&["serve", "--config", fixture.config_path.to_str().unwrap()]);
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("unknown field: found `lifetime_secs`"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains(fixture.config_path.to_str().unwrap()),
-        "{stderr}"
-    );
+    assert!(stderr.contains("unknown field: found `lifetime_secs`"), "{stderr}");
+    assert!(stderr.contains(fixture.config_path.to_str().unwrap()), "{stderr}");
 
     let fixture = Fixture::new();
     let output = Command::new(BIN)
@@ -361,10 +279,7 @@ fn configuration_errors_name_the_key_and_where_it_came_from() {
         .unwrap();
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("REGISTRY_TOKEN_SIGNING__LIFETIME_SECONDS"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("REGISTRY_TOKEN_SIGNING__LIFETIME_SECONDS"), "{stderr}");
     assert!(stderr.contains("signing.lifetime_seconds"), "{stderr}");
 
     let output = Command::new(BIN)
@@ -373,7 +288,12 @@ fn configuration_errors_name_the_key_and_where_it_came_from() {
         .output()
         .unwrap();
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("signing.lifetime_seconds must be between 5 and signing.max_lifetime_seconds (300), got 900"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "signing.lifetime_seconds must be between 5 and signing.max_lifetime_seconds (300), got 900"
+        ),
+        "{stderr}"
+    );
 
     let output = run(&["serve", "--config", "/nonexistent/registry-token.yaml"]);
     assert!(text(&output.stderr).contains("/nonexistent/registry-token.yaml does not exist"));
@@ -388,10 +308,7 @@ fn environment_overrides_reach_the_running_service() {
         .env("REGISTRY_TOKEN_SIGNING__LIFETIME_SECONDS", "120")
         .env("REGISTRY_TOKEN_SERVICES", "[env.test]");
     let mut server = Process::start("registry-token", command);
-    let address = server.wait_for_stdout(
-        "registry-token listening on http://",
-        Duration::from_secs(30),
-    );
+    let address = server.wait_for_stdout("registry-token listening on http://", Duration::from_secs(30));
     let token = fixture.token(|_| {});
     let response = exchange(
         &address,

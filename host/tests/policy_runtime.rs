@@ -21,9 +21,7 @@ fn caller(plan: &str) -> Caller {
 
 async fn hostile() -> Policy {
     let module = std::fs::read(test_support::HOSTILE_GUEST_WASM).unwrap();
-    Policy::load(&module, "hostile", "{}", Limits::default())
-        .await
-        .unwrap()
+    Policy::load(&module, "hostile", "{}", Limits::default(), 0).await.unwrap()
 }
 
 fn granted(decision: &Decision) -> Vec<String> {
@@ -38,28 +36,15 @@ const PLANS: &str = r#"{"plans": {"team": [{"repositories": ["team/*"], "actions
 
 #[tokio::test]
 async fn the_builtin_catalogue_decides() {
-    let policy = Policy::load(BUILTIN_PLAN_CATALOGUE, "builtin", PLANS, Limits::default())
-        .await
-        .unwrap();
+    let policy = Policy::load(BUILTIN_PLAN_CATALOGUE, "builtin", PLANS, Limits::default(), 0).await.unwrap();
     assert!(policy.digest().starts_with("sha256:"));
-    let asked = [Resource::new(
-        "repository",
-        "team/app",
-        &["pull", "push", "delete"],
-    )];
-    let decision = policy
-        .evaluate(&caller("team"), "registry.local", &asked)
-        .await
-        .unwrap();
+    let asked = [Resource::new("repository", "team/app", &["pull", "push", "delete"])];
+    let decision = policy.evaluate(&caller("team"), "registry.local", &asked).await.unwrap();
     assert_eq!(granted(&decision), ["repository:team/app:pull,push"]);
 
     let mut revoked = caller("team");
     revoked.license = Some("LIC-0002".into());
-    match policy
-        .evaluate(&revoked, "registry.local", &asked)
-        .await
-        .unwrap()
-    {
+    match policy.evaluate(&revoked, "registry.local", &asked).await.unwrap() {
         Decision::Deny { reason, message } => {
             assert_eq!(reason, "licence-revoked");
             assert!(message.contains("LIC-0002"), "{message}");
@@ -75,6 +60,7 @@ async fn invalid_settings_never_go_live() {
         "builtin",
         r#"{"plans": {"x": [{"repositories": ["a//b"], "actions": ["pull"]}]}}"#,
         Limits::default(),
+        0,
     )
     .await
     .unwrap_err();
@@ -87,15 +73,9 @@ async fn invalid_settings_never_go_live() {
 /// Runs a hostile request, checks the fault, then proves the same runtime still serves.
 async fn fault_then_recover(policy: &Policy, name: &str) -> Fault {
     let asked = [Resource::new("repository", name, &["pull"])];
-    let fault = policy
-        .evaluate(&caller("team"), "registry.local", &asked)
-        .await
-        .unwrap_err();
+    let fault = policy.evaluate(&caller("team"), "registry.local", &asked).await.unwrap_err();
     let good = [Resource::new("repository", "team/app", &["pull"])];
-    let next = policy
-        .evaluate(&caller("team"), "registry.local", &good)
-        .await
-        .unwrap();
+    let next = policy.evaluate(&caller("team"), "registry.local", &good).await.unwrap();
     assert_eq!(granted(&next), ["repository:team/app:pull"], "after {name}");
     fault
 }
@@ -106,20 +86,13 @@ async fn an_endless_loop_is_stopped_by_the_deadline() {
     let started = Instant::now();
     let fault = fault_then_recover(&policy, "hostile/loop").await;
     assert_eq!(fault, Fault::Deadline(Duration::from_millis(50)));
-    assert!(
-        started.elapsed() < Duration::from_millis(100),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_millis(100), "took {:?}", started.elapsed());
 }
 
 #[tokio::test]
 async fn a_memory_bomb_hits_the_cap() {
     let policy = hostile().await;
-    assert_eq!(
-        fault_then_recover(&policy, "hostile/bomb").await,
-        Fault::Memory(16 * 1024 * 1024)
-    );
+    assert_eq!(fault_then_recover(&policy, "hostile/bomb").await, Fault::Memory(16 * 1024 * 1024));
 }
 
 #[tokio::test]
@@ -147,11 +120,7 @@ async fn granting_more_than_requested_is_a_fault() {
 #[tokio::test]
 async fn malformed_answers_are_faults() {
     let policy = hostile().await;
-    for name in [
-        "hostile/huge-message",
-        "hostile/huge-grant",
-        "hostile/bad-reason",
-    ] {
+    for name in ["hostile/huge-message", "hostile/huge-grant", "hostile/bad-reason"] {
         let fault = fault_then_recover(&policy, name).await;
         assert_eq!(fault.kind(), "malformed", "{name}: {fault}");
     }
@@ -182,33 +151,17 @@ async fn guests_see_no_clock_environment_or_files() {
 #[tokio::test]
 async fn hostile_configure_is_refused_at_load() {
     let module = std::fs::read(test_support::HOSTILE_GUEST_WASM).unwrap();
-    let refused = Policy::load(
-        &module,
-        "h",
-        r#"{"refuse": "bad settings here"}"#,
-        Limits::default(),
-    )
-    .await;
-    assert!(
-        matches!(refused, Err(LoadError::Settings { ref reason, .. }) if reason == "bad settings here")
-    );
+    let refused =
+        Policy::load(&module, "h", r#"{"refuse": "bad settings here"}"#, Limits::default(), 0).await;
+    assert!(matches!(refused, Err(LoadError::Settings { ref reason, .. }) if reason == "bad settings here"));
 
-    let limits = Limits {
-        timeout: Duration::from_millis(10),
-        ..Limits::default()
-    };
-    match Policy::load(&module, "h", r#"{"configure": "loop"}"#, limits).await {
-        Err(LoadError::Configure {
-            fault: Fault::Deadline(_),
-            ..
-        }) => {}
+    let limits = Limits { timeout: Duration::from_millis(10), ..Limits::default() };
+    match Policy::load(&module, "h", r#"{"configure": "loop"}"#, limits, 0).await {
+        Err(LoadError::Configure { fault: Fault::Deadline(_), .. }) => {}
         other => panic!("expected a configure deadline, got {other:?}"),
     }
-    match Policy::load(&module, "h", r#"{"configure": "panic"}"#, limits).await {
-        Err(LoadError::Configure {
-            fault: Fault::Panic(message),
-            ..
-        }) => {
+    match Policy::load(&module, "h", r#"{"configure": "panic"}"#, limits, 0).await {
+        Err(LoadError::Configure { fault: Fault::Panic(message), .. }) => {
             assert!(message.contains("while configuring"), "{message}")
         }
         other => panic!("expected a configure panic, got {other:?}"),
@@ -218,18 +171,11 @@ async fn hostile_configure_is_refused_at_load() {
 #[tokio::test]
 async fn a_component_of_another_world_is_refused_at_load() {
     let module = std::fs::read(test_support::WRONG_WORLD_GUEST_WASM).unwrap();
-    let error = Policy::load(&module, "wrong.wasm", "{}", Limits::default())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, LoadError::World { .. } | LoadError::Compile { .. }),
-        "{error}"
-    );
+    let error = Policy::load(&module, "wrong.wasm", "{}", Limits::default(), 0).await.unwrap_err();
+    assert!(matches!(error, LoadError::World { .. } | LoadError::Compile { .. }), "{error}");
     let message = error.to_string();
     assert!(message.contains("wrong.wasm"), "{message}");
 
-    let error = Policy::load(b"not wasm at all", "junk.wasm", "{}", Limits::default())
-        .await
-        .unwrap_err();
+    let error = Policy::load(b"not wasm at all", "junk.wasm", "{}", Limits::default(), 0).await.unwrap_err();
     assert!(matches!(error, LoadError::Compile { .. }), "{error}");
 }

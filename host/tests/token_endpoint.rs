@@ -15,10 +15,7 @@ async fn basic_and_bearer_both_carry_the_authority_token() {
     let router = fixture.router().await;
     let token = fixture.token(|_| {});
     let uri = query(SERVICE, &["repository:team/app:pull,push"]);
-    for reply in [
-        get_basic(&router, &uri, &token).await,
-        get_bearer(&router, &uri, &token).await,
-    ] {
+    for reply in [get_basic(&router, &uri, &token).await, get_bearer(&router, &uri, &token).await] {
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
         let minted = reply.body["token"].as_str().unwrap();
         assert_eq!(reply.body["access_token"], reply.body["token"]);
@@ -32,65 +29,32 @@ async fn basic_and_bearer_both_carry_the_authority_token() {
 async fn minted_tokens_have_the_claims_and_types_the_registry_checks() {
     let fixture = Fixture::new();
     let router = fixture.router().await;
-    let reply = get_basic(
-        &router,
-        &query(SERVICE, &["repository:team/app:pull"]),
-        &fixture.token(|_| {}),
-    )
-    .await;
+    let reply =
+        get_basic(&router, &query(SERVICE, &["repository:team/app:pull"]), &fixture.token(|_| {})).await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert!(
-        reply.body["expires_in"].is_u64(),
-        "an integer, not 300.0: {}",
-        reply.body
-    );
+    assert!(reply.body["expires_in"].is_u64(), "an integer, not 300.0: {}", reply.body);
     assert_eq!(reply.body["expires_in"], 300);
     let issued_at = reply.body["issued_at"].as_str().unwrap();
-    assert!(
-        issued_at.ends_with('Z') && issued_at.contains('T') && issued_at.len() == 20,
-        "{issued_at}"
-    );
+    assert!(issued_at.ends_with('Z') && issued_at.contains('T') && issued_at.len() == 20, "{issued_at}");
 
     let minted = reply.body["token"].as_str().unwrap();
     let (header, claims) = decode(minted);
     assert_eq!(header["typ"], "JWT");
     assert_eq!(header["alg"], "RS256");
-    let key = SigningKey::from_file(
-        &fixture.root().join("keys/signing-key.pem"),
-        SigningAlgorithm::RS256,
-    )
-    .unwrap();
+    let key =
+        SigningKey::from_file(&fixture.root().join("keys/signing-key.pem"), SigningAlgorithm::RS256).unwrap();
     assert_eq!(header["kid"], key.libtrust_kid());
-    assert_eq!(
-        header["x5c"].as_array().unwrap().len(),
-        1,
-        "the configured certificate"
-    );
+    assert_eq!(header["x5c"].as_array().unwrap().len(), 1, "the configured certificate");
 
     assert_eq!(claims["iss"], "registry-token");
     assert_eq!(claims["sub"], "alice");
-    assert!(
-        claims["aud"].is_string(),
-        "2.8.2 refuses an array: {}",
-        claims["aud"]
-    );
+    assert!(claims["aud"].is_string(), "2.8.2 refuses an array: {}", claims["aud"]);
     assert_eq!(claims["aud"], SERVICE);
     for name in ["exp", "nbf", "iat"] {
-        assert!(
-            claims[name].is_u64(),
-            "{name} must be an integer: {}",
-            claims[name]
-        );
+        assert!(claims[name].is_u64(), "{name} must be an integer: {}", claims[name]);
     }
-    assert_eq!(
-        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
-        300
-    );
-    assert_eq!(
-        claims["jti"].as_str().unwrap().len(),
-        22,
-        "16 random bytes, base64url"
-    );
+    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 300);
+    assert_eq!(claims["jti"].as_str().unwrap().len(), 22, "16 random bytes, base64url");
 
     // The signature verifies with the public key of the certificate's key.
     let public = pem::encode(&pem::Pem::new("PUBLIC KEY", key.spki_der().to_vec()));
@@ -101,12 +65,8 @@ async fn minted_tokens_have_the_claims_and_types_the_registry_checks() {
     jsonwebtoken::decode::<serde_json::Value>(minted, &decoding, &validation).unwrap();
 
     // Two tokens never share a jti.
-    let again = get_basic(
-        &router,
-        &query(SERVICE, &["repository:team/app:pull"]),
-        &fixture.token(|_| {}),
-    )
-    .await;
+    let again =
+        get_basic(&router, &query(SERVICE, &["repository:team/app:pull"]), &fixture.token(|_| {})).await;
     let (_, again) = decode(again.body["token"].as_str().unwrap());
     assert_ne!(again["jti"], claims["jti"]);
 }
@@ -117,42 +77,24 @@ async fn no_credentials_is_a_401_that_asks_for_basic() {
     let router = fixture.router().await;
     let reply = send(
         &router,
-        Request::get(query(SERVICE, &["repository:team/app:pull"]))
-            .body(Body::empty())
-            .unwrap(),
+        Request::get(query(SERVICE, &["repository:team/app:pull"])).body(Body::empty()).unwrap(),
     )
     .await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        reply.headers["www-authenticate"],
-        "Basic realm=\"registry-token\""
-    );
+    assert_eq!(reply.headers["www-authenticate"], "Basic realm=\"registry-token\"");
     assert_eq!(reply.code(), "UNAUTHORIZED");
-    assert!(
-        reply.message().contains("authentication required"),
-        "{}",
-        reply.message()
-    );
+    assert!(reply.message().contains("authentication required"), "{}", reply.message());
 
     for (header, message) in [
         ("Basic !!!", "not base64"),
-        (
-            "Basic YWxpY2U6",
-            "password must be an Authority access token",
-        ),
+        ("Basic YWxpY2U6", "password must be an Authority access token"),
         ("Digest abc", "use Basic or Bearer"),
     ] {
-        let request = Request::get(query(SERVICE, &[]))
-            .header("authorization", header)
-            .body(Body::empty())
-            .unwrap();
+        let request =
+            Request::get(query(SERVICE, &[])).header("authorization", header).body(Body::empty()).unwrap();
         let reply = send(&router, request).await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{header}");
-        assert!(
-            reply.message().contains(message),
-            "{header}: {}",
-            reply.message()
-        );
+        assert!(reply.message().contains(message), "{header}: {}", reply.message());
     }
 }
 
@@ -166,10 +108,7 @@ async fn bad_caller_tokens_are_401_saying_which_check_failed() {
             fixture.token(|t| t.audience = "someone-else".into()),
             "audience [\"someone-else\"] is not accepted",
         ),
-        (
-            fixture.token(|t| t.scope = "openid profile".into()),
-            "lacks the scope registry.token.issue",
-        ),
+        (fixture.token(|t| t.scope = "openid profile".into()), "lacks the scope registry.token.issue"),
         (
             fixture.token(|t| {
                 t.extra.insert("iss".into(), "https://evil.test".into());
@@ -179,19 +118,10 @@ async fn bad_caller_tokens_are_401_saying_which_check_failed() {
         ("not-a-jwt".to_owned(), "malformed"),
     ];
     for (token, message) in cases {
-        let reply = get_basic(
-            &router,
-            &query(SERVICE, &["repository:team/app:pull"]),
-            &token,
-        )
-        .await;
+        let reply = get_basic(&router, &query(SERVICE, &["repository:team/app:pull"]), &token).await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{message}");
         assert_eq!(reply.code(), "UNAUTHORIZED");
-        assert!(
-            reply.message().contains(message),
-            "expected {message:?} in {:?}",
-            reply.message()
-        );
+        assert!(reply.message().contains(message), "expected {message:?} in {:?}", reply.message());
         assert!(reply.body.get("token").is_none());
     }
 }
@@ -203,13 +133,7 @@ async fn the_service_must_be_a_configured_one() {
     let token = fixture.token(|_| {});
     let reply = get_basic(&router, &query("registry.elsewhere", &[]), &token).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-    assert!(
-        reply
-            .message()
-            .contains("\"registry.elsewhere\" is not one"),
-        "{}",
-        reply.message()
-    );
+    assert!(reply.message().contains("\"registry.elsewhere\" is not one"), "{}", reply.message());
     let reply = get_basic(&router, "/token?scope=repository:team/app:pull", &token).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert!(reply.message().contains("service is required"));
@@ -232,11 +156,7 @@ async fn malformed_scopes_are_400_naming_the_scope() {
     ] {
         let reply = get_basic(&router, &query(SERVICE, &[scope]), &token).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{scope}");
-        assert!(
-            reply.message().contains(problem),
-            "{scope}: {}",
-            reply.message()
-        );
+        assert!(reply.message().contains(problem), "{scope}: {}", reply.message());
     }
 }
 
@@ -257,11 +177,7 @@ async fn repeated_and_space_separated_scopes_are_merged() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(
         access(reply.body["token"].as_str().unwrap()),
-        [
-            "repository:team/copy:pull,push",
-            "repository:team/app:pull,push",
-            "repository:acme/x:delete"
-        ]
+        ["repository:team/copy:pull,push", "repository:team/app:pull,push", "repository:acme/x:delete"]
     );
 }
 
@@ -270,17 +186,10 @@ async fn names_with_a_registry_port_keep_it() {
     let fixture = Fixture::new();
     let router = fixture.router().await;
     let token = fixture.token(|t| t.plan = Some("admin".into()));
-    let reply = get_basic(
-        &router,
-        &query(SERVICE, &["repository:localhost:5000/a/b:pull,push"]),
-        &token,
-    )
-    .await;
+    let reply =
+        get_basic(&router, &query(SERVICE, &["repository:localhost:5000/a/b:pull,push"]), &token).await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(
-        access(reply.body["token"].as_str().unwrap()),
-        ["repository:localhost:5000/a/b:pull,push"]
-    );
+    assert_eq!(access(reply.body["token"].as_str().unwrap()), ["repository:localhost:5000/a/b:pull,push"]);
 }
 
 #[tokio::test]
@@ -288,10 +197,7 @@ async fn login_without_scope_gets_a_token_with_empty_access() {
     let fixture = Fixture::new();
     let router = fixture.router().await;
     let token = fixture.token(|_| {});
-    let uri = format!(
-        "{}&client_id=docker&offline_token=true&account=alice",
-        query(SERVICE, &[])
-    );
+    let uri = format!("{}&client_id=docker&offline_token=true&account=alice", query(SERVICE, &[]));
     let reply = get_basic(&router, &uri, &token).await;
     assert_eq!(reply.status, StatusCode::OK);
     let (_, claims) = decode(reply.body["token"].as_str().unwrap());
@@ -307,18 +213,12 @@ async fn a_partial_grant_is_not_an_error() {
     let token = fixture.token(|t| t.plan = Some("readonly".into()));
     let reply = get_basic(
         &router,
-        &query(
-            SERVICE,
-            &["repository:team/app:pull,push", "repository:x/y:pull"],
-        ),
+        &query(SERVICE, &["repository:team/app:pull,push", "repository:x/y:pull"]),
         &token,
     )
     .await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(
-        access(reply.body["token"].as_str().unwrap()),
-        ["repository:team/app:pull"]
-    );
+    assert_eq!(access(reply.body["token"].as_str().unwrap()), ["repository:team/app:pull"]);
 }
 
 #[tokio::test]
@@ -326,21 +226,10 @@ async fn a_revoked_licence_is_403_with_the_policy_message() {
     let fixture = Fixture::new();
     let router = fixture.router().await;
     let token = fixture.token(|t| t.license = Some("LIC-0002".into()));
-    let reply = get_basic(
-        &router,
-        &query(SERVICE, &["repository:team/app:pull"]),
-        &token,
-    )
-    .await;
+    let reply = get_basic(&router, &query(SERVICE, &["repository:team/app:pull"]), &token).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     assert_eq!(reply.code(), "DENIED");
-    assert!(
-        reply
-            .message()
-            .contains("licence LIC-0002 has been revoked"),
-        "{}",
-        reply.message()
-    );
+    assert!(reply.message().contains("licence LIC-0002 has been revoked"), "{}", reply.message());
     assert!(reply.body.get("token").is_none());
 }
 
@@ -351,25 +240,11 @@ async fn denials_can_be_401_for_clients_that_only_print_401_bodies() {
     });
     let router = fixture.router().await;
     let token = fixture.token(|t| t.license = Some("LIC-0002".into()));
-    let reply = get_basic(
-        &router,
-        &query(SERVICE, &["repository:team/app:pull"]),
-        &token,
-    )
-    .await;
+    let reply = get_basic(&router, &query(SERVICE, &["repository:team/app:pull"]), &token).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     assert_eq!(reply.code(), "DENIED");
-    assert_eq!(
-        reply.headers["www-authenticate"],
-        "Basic realm=\"registry-token\""
-    );
-    assert!(
-        reply
-            .message()
-            .contains("licence LIC-0002 has been revoked"),
-        "{}",
-        reply.message()
-    );
+    assert_eq!(reply.headers["www-authenticate"], "Basic realm=\"registry-token\"");
+    assert!(reply.message().contains("licence LIC-0002 has been revoked"), "{}", reply.message());
 }
 
 #[tokio::test]
@@ -381,10 +256,7 @@ async fn post_refresh_token_grant_never_rotates() {
         ("grant_type", "refresh_token"),
         ("refresh_token", &token),
         ("service", SERVICE),
-        (
-            "scope",
-            "repository:team/app:pull,push repository:other/x:pull",
-        ),
+        ("scope", "repository:team/app:pull,push repository:other/x:pull"),
         ("client_id", "docker"),
     ]);
     let reply = post_form(&router, &form).await;
@@ -393,10 +265,7 @@ async fn post_refresh_token_grant_never_rotates() {
     assert_eq!(reply.body["refresh_token"], token.as_str());
     assert!(reply.body["expires_in"].is_u64());
     assert!(reply.body["issued_at"].is_string());
-    assert_eq!(
-        access(reply.body["access_token"].as_str().unwrap()),
-        ["repository:team/app:pull,push"]
-    );
+    assert_eq!(access(reply.body["access_token"].as_str().unwrap()), ["repository:team/app:pull,push"]);
 }
 
 #[tokio::test]
@@ -408,40 +277,24 @@ async fn post_password_grant_as_containerd_sends_it() {
         ("grant_type", "password"),
         ("username", "alice"),
         ("password", &token),
-        (
-            "scope",
-            "repository:team/a:pull repository:team/b:pull,push",
-        ),
+        ("scope", "repository:team/a:pull repository:team/b:pull,push"),
         ("service", SERVICE),
         ("client_id", "containerd-client"),
     ]);
     let reply = post_form(&router, &form).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    assert_eq!(
-        reply.body["scope"],
-        "repository:team/a:pull repository:team/b:pull,push"
-    );
-    assert!(
-        reply.body.get("refresh_token").is_none(),
-        "no access_type=offline"
-    );
+    assert_eq!(reply.body["scope"], "repository:team/a:pull repository:team/b:pull,push");
+    assert!(reply.body.get("refresh_token").is_none(), "no access_type=offline");
 
     let offline = format!("{form}&access_type=offline");
-    assert_eq!(
-        post_form(&router, &offline).await.body["refresh_token"],
-        token.as_str()
-    );
+    assert_eq!(post_form(&router, &offline).await.body["refresh_token"], token.as_str());
 }
 
 #[tokio::test]
 async fn post_errors_speak_oauth2_too() {
     let fixture = Fixture::new();
     let router = fixture.router().await;
-    let reply = post_form(
-        &router,
-        "grant_type=client_credentials&service=registry.test",
-    )
-    .await;
+    let reply = post_form(&router, "grant_type=client_credentials&service=registry.test").await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert_eq!(reply.body["error"], "unsupported_grant_type");
     assert_eq!(reply.code(), "UNSUPPORTED");
@@ -452,18 +305,12 @@ async fn post_errors_speak_oauth2_too() {
         (StatusCode::BAD_REQUEST, Some("invalid_request"))
     );
 
-    let reply = post_form(
-        &router,
-        "grant_type=refresh_token&refresh_token=junk&service=registry.test",
-    )
-    .await;
+    let reply = post_form(&router, "grant_type=refresh_token&refresh_token=junk&service=registry.test").await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     assert_eq!(reply.body["error"], "invalid_grant");
 
-    let request = Request::post("/token")
-        .header("content-type", "application/json")
-        .body(Body::from("{}"))
-        .unwrap();
+    let request =
+        Request::post("/token").header("content-type", "application/json").body(Body::from("{}")).unwrap();
     assert_eq!(send(&router, request).await.status, StatusCode::BAD_REQUEST);
 }
 
@@ -475,33 +322,15 @@ async fn a_policy_fault_is_503_and_never_a_token() {
     });
     let router = fixture.router().await;
     let token = fixture.token(|_| {});
-    for name in [
-        "hostile/panic",
-        "hostile/loop",
-        "hostile/bomb",
-        "hostile/overgrant",
-        "hostile/huge-message",
-    ] {
-        let reply = get_basic(
-            &router,
-            &query(SERVICE, &[&format!("repository:{name}:pull")]),
-            &token,
-        )
-        .await;
+    for name in ["hostile/panic", "hostile/loop", "hostile/bomb", "hostile/overgrant", "hostile/huge-message"]
+    {
+        let reply = get_basic(&router, &query(SERVICE, &[&format!("repository:{name}:pull")]), &token).await;
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{name}");
         assert_eq!(reply.code(), "UNAVAILABLE");
-        assert_eq!(
-            reply.message(),
-            "the authorization policy failed; no token was issued"
-        );
+        assert_eq!(reply.message(), "the authorization policy failed; no token was issued");
         assert!(reply.body.get("token").is_none() && reply.body.get("access_token").is_none());
         // And the next, well-behaved request is served.
-        let ok = get_basic(
-            &router,
-            &query(SERVICE, &["repository:team/app:pull"]),
-            &token,
-        )
-        .await;
+        let ok = get_basic(&router, &query(SERVICE, &["repository:team/app:pull"]), &token).await;
         assert_eq!(ok.status, StatusCode::OK, "after {name}");
     }
 }
@@ -510,25 +339,12 @@ async fn a_policy_fault_is_503_and_never_a_token() {
 async fn health_probes_and_unknown_routes() {
     let fixture = Fixture::new();
     let router = fixture.router().await;
-    let reply = send(
-        &router,
-        Request::get("/healthz").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let reply = send(&router, Request::get("/healthz").body(Body::empty()).unwrap()).await;
     assert_eq!(reply.status, StatusCode::OK);
-    let reply = send(
-        &router,
-        Request::get("/readyz").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let reply = send(&router, Request::get("/readyz").body(Body::empty()).unwrap()).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body["ready"], true);
-    assert!(
-        reply.body["policy"]["digest"]
-            .as_str()
-            .unwrap()
-            .starts_with("sha256:")
-    );
+    assert!(reply.body["policy"]["digest"].as_str().unwrap().starts_with("sha256:"));
     assert_eq!(reply.body["policy"]["module"], "builtin:plan-catalogue");
 
     let reply = send(&router, Request::put("/token").body(Body::empty()).unwrap()).await;
@@ -570,12 +386,8 @@ fn kid_vectors() {
         assert_eq!(key.thumbprint_kid(), thumbprint, "{file}");
     }
     // The wrong algorithm for a key is refused with a reason.
-    let error = SigningKey::from_pem(
-        &read("test-signing-key-p256.pem"),
-        SigningAlgorithm::RS256,
-        "p256",
-    )
-    .unwrap_err();
+    let error = SigningKey::from_pem(&read("test-signing-key-p256.pem"), SigningAlgorithm::RS256, "p256")
+        .unwrap_err();
     assert!(error.to_string().contains("not an RSA key"), "{error}");
 }
 
@@ -587,11 +399,8 @@ async fn thumbprint_kids_and_es256_are_configurable() {
     let router = fixture.router().await;
     let reply = get_basic(&router, &query(SERVICE, &[]), &fixture.token(|_| {})).await;
     let (header, _) = decode(reply.body["token"].as_str().unwrap());
-    let key = SigningKey::from_file(
-        &fixture.root().join("keys/signing-key.pem"),
-        SigningAlgorithm::RS256,
-    )
-    .unwrap();
+    let key =
+        SigningKey::from_file(&fixture.root().join("keys/signing-key.pem"), SigningAlgorithm::RS256).unwrap();
     assert_eq!(header["kid"], key.thumbprint_kid());
 
     let fixture = Fixture::with(|config| {
@@ -602,18 +411,11 @@ async fn thumbprint_kids_and_es256_are_configurable() {
     let es_dir = fixture.root().join("es256");
     registry_token::mint::keygen::generate(&es_dir, SigningAlgorithm::ES256, 2048).unwrap();
     let text = std::fs::read_to_string(&fixture.config_path).unwrap();
-    let text = text.replace(
-        "ES256-KEY",
-        &es_dir.join("signing-key.pem").display().to_string(),
-    );
+    let text = text.replace("ES256-KEY", &es_dir.join("signing-key.pem").display().to_string());
     std::fs::write(&fixture.config_path, text).unwrap();
     let router = fixture.router().await;
-    let reply = get_basic(
-        &router,
-        &query(SERVICE, &["repository:team/app:pull"]),
-        &fixture.token(|_| {}),
-    )
-    .await;
+    let reply =
+        get_basic(&router, &query(SERVICE, &["repository:team/app:pull"]), &fixture.token(|_| {})).await;
     assert_eq!(reply.status, StatusCode::OK);
     let (header, _) = decode(reply.body["token"].as_str().unwrap());
     assert_eq!(header["alg"], "ES256");

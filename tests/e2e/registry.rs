@@ -19,7 +19,8 @@ use test_support::{Process, free_port, require_program};
 const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
 const SERVICE: &str = "registry.e2e";
 const ISSUER: &str = "https://authority.e2e";
-const INSTALL: &str = "install both with `apt-get install -y docker-registry skopeo` (Debian: docker-registry 2.8, skopeo 1.9)";
+const INSTALL: &str =
+    "install both with `apt-get install -y docker-registry skopeo` (Debian: docker-registry 2.8, skopeo 1.9)";
 
 const PLANS: &str = r#"
 plans:
@@ -58,11 +59,7 @@ struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            kid_format: "libtrust",
-            lifetime_seconds: 300,
-            denial_status: 403,
-        }
+        Options { kid_format: "libtrust", lifetime_seconds: 300, denial_status: 403 }
     }
 }
 
@@ -72,11 +69,7 @@ impl World {
         require_program("skopeo", INSTALL);
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        run_ok(
-            Command::new(BIN)
-                .args(["keygen", "--out"])
-                .arg(root.join("keys")),
-        );
+        run_ok(Command::new(BIN).args(["keygen", "--out"]).arg(root.join("keys")));
         run_ok(
             Command::new(BIN)
                 .args(["dev-authority", "init", "--issuer", ISSUER, "--dir"])
@@ -99,14 +92,10 @@ impl World {
         )
         .unwrap();
         let mut command = Command::new(BIN);
-        command
-            .args(["serve", "--config"])
-            .arg(root.join("registry-token.yaml"));
+        command.args(["serve", "--config"]).arg(root.join("registry-token.yaml"));
         let mut token_service = Process::start("registry-token", command);
-        let token_address = token_service.wait_for_stdout(
-            "registry-token listening on http://",
-            Duration::from_secs(60),
-        );
+        let token_address =
+            token_service.wait_for_stdout("registry-token listening on http://", Duration::from_secs(60));
 
         let registry_address = format!("127.0.0.1:{}", free_port());
         std::fs::write(
@@ -131,13 +120,7 @@ impl World {
             }
         }
         let registry = Process::start("docker-registry", command);
-        let world = World {
-            dir,
-            token_service,
-            registry,
-            registry_address,
-            token_address,
-        };
+        let world = World { dir, token_service, registry, registry_address, token_address };
         world.wait_for_registry();
         world
     }
@@ -157,25 +140,14 @@ impl World {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "docker-registry did not start; its log:\n{}",
-            self.registry.stderr()
-        );
+        panic!("docker-registry did not start; its log:\n{}", self.registry.stderr());
     }
 
     /// A caller token: plan `plan`, valid, unless `extra` says otherwise (`--ttl`, `--aud`, ...).
     fn caller_token(&self, plan: &str, extra: &[&str]) -> String {
         let output = run_ok(
             Command::new(BIN)
-                .args([
-                    "dev-authority",
-                    "token",
-                    "--sub",
-                    "alice",
-                    "--plan",
-                    plan,
-                    "--dir",
-                ])
+                .args(["dev-authority", "token", "--sub", "alice", "--plan", plan, "--dir"])
                 .arg(self.root().join("authority"))
                 .args(extra),
         );
@@ -190,12 +162,7 @@ impl World {
     fn push(&self, image: &Path, repository: &str, token: &str) -> Output {
         let digest_file = self.root().join("pushed.digest");
         skopeo(self.root())
-            .args([
-                "copy",
-                "--insecure-policy",
-                "--dest-tls-verify=false",
-                "--digestfile",
-            ])
+            .args(["copy", "--insecure-policy", "--dest-tls-verify=false", "--digestfile"])
             .arg(&digest_file)
             .arg("--dest-creds")
             .arg(format!("alice:{token}"))
@@ -208,12 +175,7 @@ impl World {
     /// `skopeo copy docker://REGISTRY/REPO:1 oci:DEST:1 --src-creds alice:TOKEN`.
     fn pull(&self, repository: &str, token: &str, dest: &Path) -> Output {
         skopeo(self.root())
-            .args([
-                "copy",
-                "--insecure-policy",
-                "--src-tls-verify=false",
-                "--src-creds",
-            ])
+            .args(["copy", "--insecure-policy", "--src-tls-verify=false", "--src-creds"])
             .arg(format!("alice:{token}"))
             .arg(self.image_ref(repository))
             .arg(format!("oci:{}:1", dest.display()))
@@ -242,11 +204,7 @@ fn skopeo(home: &Path) -> Command {
 
 fn run_ok(command: &mut Command) -> Output {
     let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     output
 }
 
@@ -270,8 +228,7 @@ fn http(address: &str, request_line: &str, headers: &[(&str, &str)]) -> std::io:
 }
 
 fn body(response: &str) -> Value {
-    serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap_or_default())
-        .unwrap_or(Value::Null)
+    serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap_or(Value::Null)
 }
 
 /// Writes a one-layer OCI image layout (what `skopeo copy oci:DIR:1` reads): no container engine
@@ -292,13 +249,9 @@ fn build_image(dir: &Path) -> String {
     header.set_mode(0o644);
     header.set_mtime(0);
     header.set_cksum();
-    tar.append_data(&mut header, "hello.txt", &content[..])
-        .unwrap();
+    tar.append_data(&mut header, "hello.txt", &content[..]).unwrap();
     let tar = tar.into_inner().unwrap();
-    let diff_id = format!(
-        "sha256:{}",
-        data_encoding::HEXLOWER.encode(&Sha256::digest(&tar))
-    );
+    let diff_id = format!("sha256:{}", data_encoding::HEXLOWER.encode(&Sha256::digest(&tar)));
     let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gzip.write_all(&tar).unwrap();
     let (layer, layer_size) = put(&gzip.finish().unwrap());
@@ -330,8 +283,7 @@ fn build_image(dir: &Path) -> String {
 
 /// The manifest digest an OCI layout's index names for tag `1`.
 fn layout_digest(dir: &Path) -> String {
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
     index["manifests"][0]["digest"].as_str().unwrap().to_owned()
 }
 
@@ -361,23 +313,14 @@ fn push_then_pull_round_trips_the_same_manifest() {
     let token = world.caller_token("team", &[]);
 
     let pushed = world.push(&image, "team/app", &token);
-    assert!(
-        pushed.status.success(),
-        "push failed: {}\n{}",
-        stderr(&pushed),
-        world.token_log()
-    );
+    assert!(pushed.status.success(), "push failed: {}\n{}", stderr(&pushed), world.token_log());
     let pushed_digest = std::fs::read_to_string(world.root().join("pushed.digest")).unwrap();
     assert_eq!(pushed_digest.trim(), built);
 
     let dest = world.root().join("pulled");
     let pulled = world.pull("team/app", &token, &dest);
     assert!(pulled.status.success(), "pull failed: {}", stderr(&pulled));
-    assert_eq!(
-        layout_digest(&dest),
-        pushed_digest.trim(),
-        "the manifest pulled is the manifest pushed"
-    );
+    assert_eq!(layout_digest(&dest), pushed_digest.trim(), "the manifest pulled is the manifest pushed");
 }
 
 #[test]
@@ -408,15 +351,8 @@ fn a_pull_only_plan_cannot_push_but_can_pull() {
 fn a_plan_without_the_repository_cannot_pull() {
     let world = World::start(Options::default());
     seed(&world, "team/app");
-    let pulled = world.pull(
-        "team/app",
-        &world.caller_token("elsewhere", &[]),
-        &world.root().join("pulled"),
-    );
-    assert!(
-        !pulled.status.success(),
-        "a plan without team/app pulled it"
-    );
+    let pulled = world.pull("team/app", &world.caller_token("elsewhere", &[]), &world.root().join("pulled"));
+    assert!(!pulled.status.success(), "a plan without team/app pulled it");
     let message = stderr(&pulled);
     assert!(
         message.contains("authentication required")
@@ -435,19 +371,13 @@ fn a_plan_without_the_repository_cannot_pull() {
 /// user reads why; the default 403 refuses just as firmly.
 #[test]
 fn a_revoked_licence_fails_with_the_token_service_explanation() {
-    let world = World::start(Options {
-        denial_status: 401,
-        ..Options::default()
-    });
+    let world = World::start(Options { denial_status: 401, ..Options::default() });
     seed(&world, "team/app");
     let token = world.caller_token("team", &["--license", "LIC-0002"]);
     let pulled = world.pull("team/app", &token, &world.root().join("pulled"));
     assert!(!pulled.status.success());
     let message = stderr(&pulled);
-    assert!(
-        message.contains("licence LIC-0002 has been revoked"),
-        "{message}"
-    );
+    assert!(message.contains("licence LIC-0002 has been revoked"), "{message}");
     eprintln!("revoked licence (denial_status 401); skopeo said: {message}");
 
     let world = World::start(Options::default());
@@ -467,10 +397,7 @@ fn bad_authority_tokens_are_authentication_failures() {
     for (extra, why) in [
         (vec!["--ttl", "-120"], "the token has expired"),
         (vec!["--aud", "someone-else"], "audience"),
-        (
-            vec!["--scope", "openid profile"],
-            "lacks the scope registry.token.issue",
-        ),
+        (vec!["--scope", "openid profile"], "lacks the scope registry.token.issue"),
     ] {
         let token = world.caller_token("team", &extra);
         let pulled = world.pull("team/app", &token, &world.root().join("pulled"));
@@ -487,10 +414,7 @@ fn bad_authority_tokens_are_authentication_failures() {
 
 #[test]
 fn a_registry_token_past_its_lifetime_is_refused_by_the_registry() {
-    let world = World::start(Options {
-        lifetime_seconds: 5,
-        ..Options::default()
-    });
+    let world = World::start(Options { lifetime_seconds: 5, ..Options::default() });
     seed(&world, "team/app");
     let caller = world.caller_token("team", &[]);
     let response = http(
@@ -503,35 +427,19 @@ fn a_registry_token_past_its_lifetime_is_refused_by_the_registry() {
 
     let inspect = |token: &str| {
         skopeo(world.root())
-            .args([
-                "inspect",
-                "--tls-verify=false",
-                "--raw",
-                "--registry-token",
-                token,
-            ])
+            .args(["inspect", "--tls-verify=false", "--raw", "--registry-token", token])
             .arg(world.image_ref("team/app"))
             .output()
             .unwrap()
     };
     let fresh = inspect(&registry_token);
-    assert!(
-        fresh.status.success(),
-        "a fresh token works: {}",
-        stderr(&fresh)
-    );
+    assert!(fresh.status.success(), "a fresh token works: {}", stderr(&fresh));
     // exp is 5 s away and the registry allows 60 s of leeway.
     std::thread::sleep(Duration::from_secs(5 + 60 + 2));
     let stale = inspect(&registry_token);
-    assert!(
-        !stale.status.success(),
-        "the registry accepted an expired token"
-    );
+    assert!(!stale.status.success(), "the registry accepted an expired token");
     let message = stderr(&stale);
-    assert!(
-        message.contains("unauthorized") || message.contains("authentication required"),
-        "{message}"
-    );
+    assert!(message.contains("unauthorized") || message.contains("authentication required"), "{message}");
     eprintln!(
         "expired registry token; skopeo said: {message}\nregistry logged: {}",
         last_refusal(&world.registry_log())
@@ -552,47 +460,29 @@ fn an_identity_token_makes_skopeo_use_the_oauth2_post() {
 
     let dest = world.root().join("pulled");
     let pulled = skopeo(world.root())
-        .args([
-            "copy",
-            "--insecure-policy",
-            "--src-tls-verify=false",
-            "--src-authfile",
-        ])
+        .args(["copy", "--insecure-policy", "--src-tls-verify=false", "--src-authfile"])
         .arg(&authfile)
         .arg(world.image_ref("team/app"))
         .arg(format!("oci:{}:1", dest.display()))
         .output()
         .unwrap();
-    assert!(
-        pulled.status.success(),
-        "pull with an identity token failed: {}",
-        stderr(&pulled)
-    );
+    assert!(pulled.status.success(), "pull with an identity token failed: {}", stderr(&pulled));
     assert_eq!(layout_digest(&dest), digest);
     let log = world.token_log();
     assert!(
-        log.lines().any(|l| l.contains("method=POST")
-            && l.contains("path=/token")
-            && l.contains("status=200")),
+        log.lines()
+            .any(|l| l.contains("method=POST") && l.contains("path=\"/token\"") && l.contains("status=200")),
         "skopeo should have used POST /token:\n{log}"
     );
 }
 
 #[test]
 fn thumbprint_kids_with_a_certificate_work_on_2_8_through_x5c() {
-    let world = World::start(Options {
-        kid_format: "thumbprint",
-        ..Options::default()
-    });
+    let world = World::start(Options { kid_format: "thumbprint", ..Options::default() });
     let (image, built) = image(&world);
     let token = world.caller_token("team", &[]);
     let pushed = world.push(&image, "team/app", &token);
-    assert!(
-        pushed.status.success(),
-        "push failed: {}\n{}",
-        stderr(&pushed),
-        world.registry_log()
-    );
+    assert!(pushed.status.success(), "push failed: {}\n{}", stderr(&pushed), world.registry_log());
     let dest = world.root().join("pulled");
     assert!(world.pull("team/app", &token, &dest).status.success());
     assert_eq!(layout_digest(&dest), built);
@@ -624,14 +514,8 @@ fn the_catalog_needs_registry_catalog_star() {
 
     let team = catalog("team");
     assert!(team.starts_with("HTTP/1.1 401"), "{team}");
-    assert!(
-        team.contains("insufficient_scope") || team.contains("UNAUTHORIZED"),
-        "{team}"
-    );
-    eprintln!(
-        "catalog refused for team; registry logged: {}",
-        last_refusal(&world.registry_log())
-    );
+    assert!(team.contains("insufficient_scope") || team.contains("UNAUTHORIZED"), "{team}");
+    eprintln!("catalog refused for team; registry logged: {}", last_refusal(&world.registry_log()));
 }
 
 /// The last line of the registry's log that records a refusal, for the scenario's report.

@@ -5,10 +5,7 @@ mod build_guests;
 
 fn main() {
     build_guests::build(
-        &[
-            ("hostile-guest", "HOSTILE_GUEST_WASM"),
-            ("wrong-world-guest", "WRONG_WORLD_GUEST_WASM"),
-        ],
+        &[("hostile-guest", "HOSTILE_GUEST_WASM"), ("wrong-world-guest", "WRONG_WORLD_GUEST_WASM")],
         &["tests/guests"],
     );
 }

@@ -52,21 +52,17 @@ pub fn caller_from_claims(claims: Map<String, Value>) -> Result<Caller, String> 
         None => return Err("sub is missing".into()),
     };
     let scopes = match (claims.get("scope"), claims.get("scp")) {
-        (Some(Value::String(scope)), _) => scope
-            .split(' ')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        (Some(Value::String(scope)), _) => {
+            scope.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+        }
         (Some(_), _) => return Err("scope must be a space-separated string".into()),
         (None, Some(Value::Array(list))) => list
             .iter()
             .map(|v| v.as_str().map(str::to_owned).ok_or("scp must hold strings"))
             .collect::<Result<Vec<_>, _>>()?,
-        (None, Some(Value::String(scp))) => scp
-            .split(' ')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        (None, Some(Value::String(scp))) => {
+            scp.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+        }
         (None, Some(_)) => return Err("scp must be an array of strings".into()),
         (None, None) => Vec::new(),
     };
@@ -103,13 +99,8 @@ mod tests {
 
     #[test]
     fn duplicate_names_are_refused() {
-        let error = serde_json::from_str::<StrictObject>(r#"{"sub":"a","sub":"b"}"#)
-            .err()
-            .unwrap();
-        assert!(
-            error.to_string().contains("\"sub\" appears more than once"),
-            "{error}"
-        );
+        let error = serde_json::from_str::<StrictObject>(r#"{"sub":"a","sub":"b"}"#).err().unwrap();
+        assert!(error.to_string().contains("\"sub\" appears more than once"), "{error}");
         assert!(serde_json::from_str::<StrictObject>(r#"{"a":{"x":1},"b":[1]}"#).is_ok());
         assert!(serde_json::from_str::<StrictObject>("[1]").is_err());
     }
@@ -139,14 +130,8 @@ mod tests {
             (json!({"sub": ""}), "sub is empty"),
             (json!({"sub": "a", "scope": 3}), "scope must be"),
             (json!({"sub": "a", "scp": [1]}), "scp must hold strings"),
-            (
-                json!({"sub": "a", "stellaops:plan": ["team"]}),
-                "stellaops:plan must be a string",
-            ),
-            (
-                json!({"sub": "a", "stellaops:license": 2}),
-                "stellaops:license must be a string",
-            ),
+            (json!({"sub": "a", "stellaops:plan": ["team"]}), "stellaops:plan must be a string"),
+            (json!({"sub": "a", "stellaops:license": 2}), "stellaops:license must be a string"),
         ] {
             let actual = caller_from_claims(object(claims)).unwrap_err();
             assert!(actual.starts_with(error), "{actual}");

@@ -3,8 +3,10 @@
 
 use super::AuthError;
 use arc_swap::ArcSwap;
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey, VerificationAlgorithm};
+use data_encoding::BASE64URL_NOPAD;
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -55,8 +57,11 @@ pub struct VerifyKey {
     pub kid: Option<String>,
     /// The key's algorithm: from its `alg`, or the only sensible one for its type.
     pub algorithm: Algorithm,
-    /// The key itself.
-    pub key: DecodingKey,
+    /// The key, parsed once (aws-lc keeps its Montgomery form): verifying a signature then costs
+    /// only the signature check.
+    pub key: ParsedPublicKey,
+    /// The JWK's key parameters as published, to tell sets apart.
+    material: String,
 }
 
 /// A parsed JWKS.
@@ -67,11 +72,7 @@ pub struct KeySet {
 
 impl std::fmt::Debug for KeySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kids: Vec<_> = self
-            .keys
-            .iter()
-            .map(|k| (k.kid.as_deref(), k.algorithm))
-            .collect();
+        let kids: Vec<_> = self.keys.iter().map(|k| (k.kid.as_deref(), k.algorithm)).collect();
         f.debug_struct("KeySet").field("keys", &kids).finish()
     }
 }
@@ -80,12 +81,8 @@ impl KeySet {
     /// Parses a JWKS, keeping the signature keys this service can use. Symmetric (`oct`) keys are
     /// never used: a caller token checked with a shared secret proves nothing about the Authority.
     pub fn from_json(bytes: &[u8], origin: &str) -> Result<KeySet, JwksError> {
-        let invalid = |reason: String| JwksError::Invalid {
-            origin: origin.to_owned(),
-            reason,
-        };
-        let document: Value =
-            serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
+        let invalid = |reason: String| JwksError::Invalid { origin: origin.to_owned(), reason };
+        let document: Value = serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
         let Some(entries) = document.get("keys").and_then(Value::as_array) else {
             return Err(invalid("no \"keys\" array".to_owned()));
         };
@@ -109,14 +106,15 @@ impl KeySet {
     /// The key for `kid`; a token without `kid` only matches a JWKS holding exactly one key.
     fn find(&self, kid: Option<&str>) -> Option<Arc<VerifyKey>> {
         match kid {
-            Some(kid) => self
-                .keys
-                .iter()
-                .find(|k| k.kid.as_deref() == Some(kid))
-                .cloned(),
+            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)).cloned(),
             None if self.keys.len() == 1 => self.keys.first().cloned(),
             None => None,
         }
+    }
+
+    /// What identifies the set: each key's id, algorithm and material.
+    fn fingerprint(&self) -> Vec<(Option<String>, Algorithm, String)> {
+        self.keys.iter().map(|k| (k.kid.clone(), k.algorithm, k.material.clone())).collect()
     }
 
     /// How many keys are usable.
@@ -158,12 +156,47 @@ fn verify_key(entry: &Value) -> Result<VerifyKey, String> {
         },
         _ => return Err("an unsupported key type".to_owned()),
     };
-    let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("unusable key material: {e}"))?;
-    Ok(VerifyKey {
-        kid: jwk.common.key_id.clone(),
-        algorithm,
-        key,
-    })
+    let key = parse_key(&jwk.algorithm, algorithm).map_err(|e| format!("unusable key material: {e}"))?;
+    let material = serde_json::to_string(&jwk.algorithm).unwrap_or_default();
+    Ok(VerifyKey { kid: jwk.common.key_id.clone(), algorithm, key, material })
+}
+
+/// The public key of a JWK, parsed for the one algorithm it verifies.
+fn parse_key(params: &AlgorithmParameters, algorithm: Algorithm) -> Result<ParsedPublicKey, String> {
+    let decode = |field: &str, value: &str| {
+        BASE64URL_NOPAD.decode(value.as_bytes()).map_err(|_| format!("{field} is not unpadded base64url"))
+    };
+    let verification: &'static dyn VerificationAlgorithm = match algorithm {
+        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        Algorithm::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
+        Algorithm::EdDSA => &sig::ED25519,
+        other => return Err(format!("{other:?} is not verified here")),
+    };
+    let bytes = match params {
+        AlgorithmParameters::RSA(rsa) => {
+            let components =
+                aws_lc_rs::rsa::PublicKeyComponents { n: decode("n", &rsa.n)?, e: decode("e", &rsa.e)? };
+            let der: aws_lc_rs::encoding::PublicKeyX509Der<'static> =
+                aws_lc_rs::encoding::AsDer::as_der(&components)
+                    .map_err(|_| "not an RSA public key".to_owned())?;
+            der.as_ref().to_vec()
+        }
+        AlgorithmParameters::EllipticCurve(ec) => {
+            let mut point = vec![0x04];
+            point.extend(decode("x", &ec.x)?);
+            point.extend(decode("y", &ec.y)?);
+            point
+        }
+        AlgorithmParameters::OctetKeyPair(okp) => decode("x", &okp.x)?,
+        _ => return Err("an unsupported key type".to_owned()),
+    };
+    ParsedPublicKey::new(verification, bytes).map_err(|e| e.to_string())
 }
 
 /// Where the keys come from.
@@ -178,14 +211,9 @@ pub enum KeySource {
 impl KeySource {
     /// Reads a JWKS file.
     pub fn from_file(path: &Path) -> Result<KeySource, JwksError> {
-        let bytes = std::fs::read(path).map_err(|source| JwksError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(KeySource::File(Arc::new(KeySet::from_json(
-            &bytes,
-            &path.display().to_string(),
-        )?)))
+        let bytes =
+            std::fs::read(path).map_err(|source| JwksError::Read { path: path.to_owned(), source })?;
+        Ok(KeySource::File(Arc::new(KeySet::from_json(&bytes, &path.display().to_string())?)))
     }
 
     /// A JWKS URL. The first fetch happens here; if it fails the error is logged and tokens are
@@ -195,14 +223,12 @@ impl KeySource {
             .timeout(FETCH_TIMEOUT)
             .redirect(reqwest::redirect::Policy::limited(3))
             .build()
-            .map_err(|e| JwksError::Fetch {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| JwksError::Fetch { url: url.to_owned(), reason: e.to_string() })?;
         let remote = Arc::new(RemoteJwks {
             url: url.to_owned(),
             client,
             keys: ArcSwap::from_pointee(KeySet::default()),
+            generation: std::sync::atomic::AtomicU64::new(0),
             last_fetch: Mutex::new(None),
             refetch: tokio::sync::Mutex::new(()),
         });
@@ -211,6 +237,15 @@ impl KeySource {
         }
         RemoteJwks::spawn_refresher(Arc::downgrade(&remote), refresh_every);
         Ok(KeySource::Remote(remote))
+    }
+
+    /// Changes whenever the set of keys changes, so anything derived from the old set (cached
+    /// validations) can tell it is stale.
+    pub fn generation(&self) -> u64 {
+        match self {
+            KeySource::File(_) => 0,
+            KeySource::Remote(remote) => remote.generation.load(std::sync::atomic::Ordering::Acquire),
+        }
     }
 
     /// Whether keys are loaded (for `/readyz`).
@@ -250,40 +285,28 @@ pub struct RemoteJwks {
     url: String,
     client: reqwest::Client,
     keys: ArcSwap<KeySet>,
+    generation: std::sync::atomic::AtomicU64,
     last_fetch: Mutex<Option<Instant>>,
     refetch: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for RemoteJwks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteJwks")
-            .field("url", &self.url)
-            .field("keys", &self.keys.load())
-            .finish()
+        f.debug_struct("RemoteJwks").field("url", &self.url).field("keys", &self.keys.load()).finish()
     }
 }
 
 impl RemoteJwks {
     async fn fetch(&self) -> Result<KeySet, JwksError> {
-        let error = |reason: String| JwksError::Fetch {
-            url: self.url.clone(),
-            reason,
-        };
-        let mut response = self
-            .client
-            .get(&self.url)
-            .send()
-            .await
-            .map_err(|e| error(e.to_string()))?;
+        let error = |reason: String| JwksError::Fetch { url: self.url.clone(), reason };
+        let mut response = self.client.get(&self.url).send().await.map_err(|e| error(e.to_string()))?;
         if !response.status().is_success() {
             return Err(error(format!("HTTP {}", response.status())));
         }
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|e| error(e.to_string()))? {
             if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(error(format!(
-                    "the document is larger than {MAX_JWKS_BYTES} bytes"
-                )));
+                return Err(error(format!("the document is larger than {MAX_JWKS_BYTES} bytes")));
             }
             body.extend_from_slice(&chunk);
         }
@@ -295,8 +318,11 @@ impl RemoteJwks {
             *last = Some(Instant::now());
         }
         let keys = self.fetch().await?;
-        tracing::info!(url = %self.url, keys = keys.len(), "fetched the Authority's JWKS");
-        self.keys.store(Arc::new(keys));
+        if keys.fingerprint() != self.keys.load().fingerprint() {
+            tracing::info!(url = %self.url, keys = keys.len(), "the Authority's JWKS changed");
+            self.keys.store(Arc::new(keys));
+            self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         Ok(())
     }
 

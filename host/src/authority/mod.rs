@@ -6,7 +6,7 @@
 //! 4. the key, looked up by `kid` in the Authority's JWKS;
 //! 5. the header's `alg` must equal **the key's** algorithm (the header never chooses it, so
 //!    `none` and HS256-with-the-public-key go nowhere);
-//! 6. the signature;
+//! 6. the signature (aws-lc, with the key parsed once when the JWKS was read);
 //! 7. a strict JSON payload (duplicate claims refused);
 //! 8. `exp`/`nbf` with leeway, `iss`, `aud`;
 //! 9. `sub`, the claims the policy reads (type-checked), and the required scope.
@@ -25,6 +25,65 @@ use data_encoding::BASE64URL_NOPAD;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// Validates caller tokens against one key source and one set of requirements, remembering each
+/// valid token until its `exp` (never longer), so a client repeating its token (a CI job pulling
+/// many images) is not re-verified on every request. The cache is bounded, keyed by the whole
+/// token, forgets an entry when the Authority's key set changes, and is dropped with the validator
+/// on reload.
+pub struct Validator {
+    keys: KeySource,
+    requirements: Requirements,
+    cache: Option<quick_cache::sync::Cache<Arc<str>, Arc<CachedValidation>>>,
+}
+
+struct CachedValidation {
+    validated: Arc<Validated>,
+    keys_generation: u64,
+}
+
+impl std::fmt::Debug for Validator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Validator")
+            .field("keys", &self.keys)
+            .field("requirements", &self.requirements)
+            .field("cache_entries", &self.cache.as_ref().map(quick_cache::sync::Cache::len))
+            .finish()
+    }
+}
+
+impl Validator {
+    /// A validator remembering up to `cache_entries` valid tokens (0: none).
+    pub fn new(keys: KeySource, requirements: Requirements, cache_entries: usize) -> Validator {
+        let cache = (cache_entries > 0).then(|| quick_cache::sync::Cache::new(cache_entries));
+        Validator { keys, requirements, cache }
+    }
+
+    /// Where the keys come from.
+    pub fn keys(&self) -> &KeySource {
+        &self.keys
+    }
+
+    /// [`validate`], answered from the cache while the token is unexpired and the keys unchanged.
+    pub async fn validate(&self, token: &str, now: u64) -> Result<Arc<Validated>, AuthError> {
+        let generation = self.keys.generation();
+        if let Some(cache) = &self.cache
+            && let Some(hit) = cache.get(token)
+        {
+            if now < hit.validated.expires_at && hit.keys_generation == generation {
+                return Ok(Arc::clone(&hit.validated));
+            }
+            cache.remove(token);
+        }
+        let validated = Arc::new(validate(token, now, &self.keys, &self.requirements).await?);
+        if let Some(cache) = &self.cache {
+            let entry = CachedValidation { validated: Arc::clone(&validated), keys_generation: generation };
+            cache.insert(Arc::from(token), Arc::new(entry));
+        }
+        Ok(validated)
+    }
+}
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -120,18 +179,13 @@ pub async fn validate(
         return Err(AuthError::TooLarge);
     }
     let mut segments = token.split('.');
-    let (Some(header64), Some(payload64), Some(signature64), None) = (
-        segments.next(),
-        segments.next(),
-        segments.next(),
-        segments.next(),
-    ) else {
+    let (Some(header64), Some(payload64), Some(signature64), None) =
+        (segments.next(), segments.next(), segments.next(), segments.next())
+    else {
         return Err(malformed("expected three dot-separated segments"));
     };
     if header64.is_empty() || payload64.is_empty() || signature64.is_empty() {
-        return Err(malformed(
-            "a segment is empty (unsigned tokens are not accepted)",
-        ));
+        return Err(malformed("a segment is empty (unsigned tokens are not accepted)"));
     }
 
     let header_json = decode_segment(header64, "header")?;
@@ -139,9 +193,7 @@ pub async fn validate(
         .and_then(|object| serde_json::from_value(Value::Object(object.0)))
         .map_err(|e| malformed(&format!("the header is not a valid JOSE header: {e}")))?;
     if header.crit.is_some() {
-        return Err(malformed(
-            "the header has critical extensions (crit), none are supported",
-        ));
+        return Err(malformed("the header has critical extensions (crit), none are supported"));
     }
     let algorithm = accepted_algorithm(&header.alg)?;
 
@@ -153,15 +205,20 @@ pub async fn validate(
         });
     }
     let signed = &token[..header64.len() + 1 + payload64.len()];
-    let verified =
-        jsonwebtoken::crypto::verify(signature64, signed.as_bytes(), &key.key, algorithm)
-            .map_err(|_| AuthError::BadSignature)?;
-    if !verified {
-        return Err(AuthError::BadSignature);
-    }
+    let signature = BASE64URL_NOPAD.decode(signature64.as_bytes()).map_err(|_| AuthError::BadSignature)?;
+    key.key.verify_sig(signed.as_bytes(), &signature).map_err(|_| AuthError::BadSignature)?;
 
-    let payload = decode_segment(payload64, "payload")?;
-    let claims = serde_json::from_slice::<StrictObject>(&payload)
+    validate_payload(&decode_segment(payload64, "payload")?, now, requirements)
+}
+
+/// Steps 7 to 9 on a payload whose signature already verified: a strict JSON object, the
+/// registered claims, the caller's claims, the required scope.
+pub fn validate_payload(
+    payload: &[u8],
+    now: u64,
+    requirements: &Requirements,
+) -> Result<Validated, AuthError> {
+    let claims = serde_json::from_slice::<StrictObject>(payload)
         .map_err(|e| malformed(&format!("the payload is not a JSON object: {e}")))?
         .0;
     let expires_at = check_registered_claims(&claims, now, requirements)?;
@@ -245,26 +302,15 @@ fn check_registered_claims(
         Some(Value::String(aud)) => vec![aud.as_str()],
         Some(Value::Array(list)) => list
             .iter()
-            .map(|v| {
-                v.as_str()
-                    .ok_or_else(|| AuthError::Claim("aud must hold strings".into()))
-            })
+            .map(|v| v.as_str().ok_or_else(|| AuthError::Claim("aud must hold strings".into())))
             .collect::<Result<_, _>>()?,
         Some(_) => {
-            return Err(AuthError::Claim(
-                "aud must be a string or an array of strings".into(),
-            ));
+            return Err(AuthError::Claim("aud must be a string or an array of strings".into()));
         }
         None => return Err(AuthError::Claim("aud is missing".into())),
     };
-    if !audiences
-        .iter()
-        .any(|aud| requirements.audiences.iter().any(|a| a == aud))
-    {
-        let shown = format!(
-            "{:?}",
-            audiences.iter().map(|a| shorten(a)).collect::<Vec<_>>()
-        );
+    if !audiences.iter().any(|aud| requirements.audiences.iter().any(|a| a == aud)) {
+        let shown = format!("{:?}", audiences.iter().map(|a| shorten(a)).collect::<Vec<_>>());
         return Err(AuthError::WrongAudience(shown));
     }
     // `exp` fits a u64 once it is known to be finite and in the future.

@@ -100,14 +100,10 @@ pub struct Outcome {
 
 /// Reads a case file and the settings it names (unless `settings_override` is given), as JSON.
 pub fn read(path: &Path, settings_override: Option<&Path>) -> Result<(CaseFile, String), String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let file: CaseFile =
-        serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file: CaseFile = serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let settings = match (settings_override, &file.settings_file, &file.settings) {
-        (Some(override_path), _, _) => {
-            crate::app::settings_json(override_path).map_err(|e| e.to_string())?
-        }
+        (Some(override_path), _, _) => crate::app::settings_json(override_path).map_err(|e| e.to_string())?,
         (None, Some(relative), _) => {
             let base = path.parent().unwrap_or(Path::new("."));
             crate::app::settings_json(&base.join(relative)).map_err(|e| e.to_string())?
@@ -130,20 +126,13 @@ pub async fn run(policy: &Policy, file: &CaseFile) -> Vec<Outcome> {
     let mut outcomes = Vec::with_capacity(file.cases.len());
     for case in &file.cases {
         let failure = run_case(policy, file, case).await.err();
-        outcomes.push(Outcome {
-            name: case.name.clone(),
-            failure,
-        });
+        outcomes.push(Outcome { name: case.name.clone(), failure });
     }
     outcomes
 }
 
 async fn run_case(policy: &Policy, file: &CaseFile, case: &Case) -> Result<(), String> {
-    let expectations = [
-        case.grant.is_some(),
-        case.deny.is_some(),
-        case.fault.is_some(),
-    ];
+    let expectations = [case.grant.is_some(), case.deny.is_some(), case.fault.is_some()];
     if expectations.iter().filter(|e| **e).count() > 1 {
         return Err("state only one of grant, deny and fault".into());
     }
@@ -163,17 +152,15 @@ async fn run_case(policy: &Policy, file: &CaseFile, case: &Case) -> Result<(), S
     let (expected, matched) = match (&case.grant, &case.deny, &case.fault) {
         (Some(grant), _, _) => {
             let expected = parse_scopes(grant.values()).map_err(|e| format!("grant: {e}"))?;
-            let matched = matches!(&actual, Ok(Decision::Grant { resources, .. }) if same_grant(resources, &expected));
+            let matched =
+                matches!(&actual, Ok(Decision::Grant { resources, .. }) if same_grant(resources, &expected));
             (format!("grant [{}]", scope_string(&expected)), matched)
         }
         (_, Some(reason), _) => {
             let matched = matches!(&actual, Ok(Decision::Deny { reason: r, .. }) if r == reason);
             (format!("deny {reason}"), matched)
         }
-        (None, None, Some(kind)) => (
-            format!("fault {kind}"),
-            matches!(&actual, Err(f) if f.kind() == kind),
-        ),
+        (None, None, Some(kind)) => (format!("fault {kind}"), matches!(&actual, Err(f) if f.kind() == kind)),
         (None, None, None) => return Err("state one of grant, deny and fault".into()),
     };
     match matched {
@@ -188,12 +175,7 @@ fn same_grant(actual: &[Resource], expected: &[Resource]) -> bool {
         resources
             .iter()
             .filter(|r| !r.actions.is_empty())
-            .map(|r| {
-                (
-                    (r.resource_type.clone(), r.name.clone()),
-                    r.actions.iter().cloned().collect(),
-                )
-            })
+            .map(|r| ((r.resource_type.clone(), r.name.clone()), r.actions.iter().cloned().collect()))
             .collect()
     };
     as_set(actual) == as_set(expected)

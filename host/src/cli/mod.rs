@@ -16,19 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "registry-token",
-    version,
-    about = "Issues short-lived Docker registry bearer tokens"
-)]
+#[command(name = "registry-token", version, about = "Issues short-lived Docker registry bearer tokens")]
 struct Cli {
     /// Log filter (tracing's env-filter syntax).
-    #[arg(
-        long,
-        global = true,
-        env = "REGISTRY_TOKEN_LOG",
-        default_value = "info"
-    )]
+    #[arg(long, global = true, env = "REGISTRY_TOKEN_LOG", default_value = "info")]
     log: String,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -48,11 +39,7 @@ enum Command {
     /// Run the token service.
     Serve {
         /// The configuration file.
-        #[arg(
-            long,
-            env = "REGISTRY_TOKEN_CONFIG",
-            default_value = "etc/registry-token.yaml"
-        )]
+        #[arg(long, env = "REGISTRY_TOKEN_CONFIG", default_value = "etc/registry-token.yaml")]
         config: PathBuf,
     },
     /// Generate a signing key (mode 0600) and a self-signed certificate for the registry.
@@ -165,10 +152,7 @@ enum PolicyCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log, cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -178,15 +162,9 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve { config } => serve::run(&config).await,
-            Command::Keygen {
-                out,
-                bits,
-                algorithm,
-            } => keygen_command(&out, bits, algorithm),
+            Command::Keygen { out, bits, algorithm } => keygen_command(&out, bits, algorithm),
             Command::DevAuthority(command) => dev_authority_command(command),
-            Command::Policy(PolicyCommand::Test { source, cases }) => {
-                policy_test(&source, &cases).await
-            }
+            Command::Policy(PolicyCommand::Test { source, cases }) => policy_test(&source, &cases).await,
             Command::Policy(PolicyCommand::Eval { source, request }) => {
                 policy_eval(&source, request.as_deref()).await
             }
@@ -206,10 +184,8 @@ fn init_tracing(filter: &str, format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only for a person at a terminal; log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -227,14 +203,8 @@ fn keygen_command(out: &Path, bits: u32, algorithm: Algorithm) -> Result<ExitCod
         "wrote {} (give it to the registry as auth.token.rootcertbundle)",
         generated.cert_file.display()
     );
-    println!(
-        "kid (libtrust, distribution 2.8): {}",
-        generated.libtrust_kid
-    );
-    println!(
-        "kid (thumbprint, RFC 7638):       {}",
-        generated.thumbprint_kid
-    );
+    println!("kid (libtrust, distribution 2.8): {}", generated.libtrust_kid);
+    println!("kid (thumbprint, RFC 7638):       {}", generated.thumbprint_kid);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -242,26 +212,13 @@ fn dev_authority_command(command: DevAuthority) -> Result<ExitCode, String> {
     match command {
         DevAuthority::Init { dir, issuer } => {
             let jwks = dev_authority::init(&dir, &issuer).map_err(|e| e.to_string())?;
-            println!(
-                "development Authority for issuer {issuer} created in {}",
-                dir.display()
-            );
+            println!("development Authority for issuer {issuer} created in {}", dir.display());
             println!("point authority.jwks_file at {}", jwks.display());
             println!(
                 "for trials and tests only: its private key sits next to it, unprotected by any process"
             );
         }
-        DevAuthority::Token {
-            dir,
-            sub,
-            plan,
-            license,
-            tenant,
-            scope,
-            aud,
-            client_id,
-            ttl,
-        } => {
+        DevAuthority::Token { dir, sub, plan, license, tenant, scope, aud, client_id, ttl } => {
             let request = dev_authority::TokenRequest {
                 subject: sub,
                 plan,
@@ -273,8 +230,7 @@ fn dev_authority_command(command: DevAuthority) -> Result<ExitCode, String> {
                 ttl_seconds: ttl,
                 extra: Map::new(),
             };
-            let token = dev_authority::token(&dir, &request, system_clock()())
-                .map_err(|e| e.to_string())?;
+            let token = dev_authority::token(&dir, &request, system_clock()()).map_err(|e| e.to_string())?;
             println!("{token}");
         }
     }
@@ -297,9 +253,8 @@ async fn policy_test(source: &PolicySource, files: &[PathBuf]) -> Result<ExitCod
     let (mut passed, mut failed) = (0usize, 0usize);
     for path in files {
         let (file, settings) = cases::read(path, source.settings.as_deref())?;
-        let policy = load_policy_with(&policy_config(source), &settings)
-            .await
-            .map_err(|e| e.to_string())?;
+        let policy =
+            load_policy_with(&policy_config(source), &settings, 0).await.map_err(|e| e.to_string())?;
         for outcome in cases::run(&policy, &file).await {
             match outcome.failure {
                 None => passed += 1,
@@ -311,30 +266,23 @@ async fn policy_test(source: &PolicySource, files: &[PathBuf]) -> Result<ExitCod
         }
     }
     println!("{passed} passed, {failed} failed");
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 async fn policy_eval(source: &PolicySource, request: Option<&Path>) -> Result<ExitCode, String> {
     let text = match request {
         None => read_stdin()?,
         Some(path) if path == Path::new("-") => read_stdin()?,
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        }
     };
-    let request: Value =
-        serde_json::from_str(&text).map_err(|e| format!("the request is not JSON: {e}"))?;
+    let request: Value = serde_json::from_str(&text).map_err(|e| format!("the request is not JSON: {e}"))?;
     let claims = match request.get("claims") {
         Some(Value::Object(claims)) => claims.clone(),
         _ => return Err("the request needs \"claims\": an object of Authority claims".into()),
     };
-    let service = request
-        .get("service")
-        .and_then(Value::as_str)
-        .unwrap_or("registry.local");
+    let service = request.get("service").and_then(Value::as_str).unwrap_or("registry.local");
     let scopes: Vec<&str> = match request.get("scope") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(scope)) => vec![scope.as_str()],
@@ -343,9 +291,7 @@ async fn policy_eval(source: &PolicySource, request: Option<&Path>) -> Result<Ex
     };
     let caller = caller_from_claims(claims).map_err(|e| format!("claims: {e}"))?;
     let requested = crate::scope::parse_scopes(scopes).map_err(|e| e.to_string())?;
-    let policy = load_policy(&policy_config(source))
-        .await
-        .map_err(|e| e.to_string())?;
+    let policy = load_policy(&policy_config(source), 0).await.map_err(|e| e.to_string())?;
     let answer = match policy.evaluate(&caller, service, &requested).await {
         Ok(Decision::Grant { resources, note }) => {
             json!({"decision": "grant", "access": resources, "note": note})
@@ -357,17 +303,12 @@ async fn policy_eval(source: &PolicySource, request: Option<&Path>) -> Result<Ex
             json!({"decision": "fault", "kind": fault.kind(), "detail": fault.to_string()})
         }
     };
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&answer).unwrap_or_default()
-    );
+    println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
     Ok(ExitCode::SUCCESS)
 }
 
 fn read_stdin() -> Result<String, String> {
     let mut text = String::new();
-    std::io::stdin()
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read standard input: {e}"))?;
+    std::io::stdin().read_to_string(&mut text).map_err(|e| format!("cannot read standard input: {e}"))?;
     Ok(text)
 }

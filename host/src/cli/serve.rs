@@ -25,15 +25,10 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
         kid = live.minter.kid(),
         "loaded"
     );
-    let service = Arc::new(Service::new(
-        live,
-        Some(config_path.to_owned()),
-        system_clock(),
-    ));
+    let service = Arc::new(Service::new(live, Some(config_path.to_owned()), system_clock()));
 
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     // On standard output, for scripts and tests that started us on port 0.
     println!("registry-token listening on http://{address}");
@@ -102,8 +97,7 @@ fn bootstrap_development(config: &Config) -> Result<(), String> {
                 dir = dir.display(),
             ));
         }
-        let generated =
-            mint::keygen::generate(dir, signing.algorithm, 2048).map_err(|e| e.to_string())?;
+        let generated = mint::keygen::generate(dir, signing.algorithm, 2048).map_err(|e| e.to_string())?;
         tracing::warn!(
             key = %generated.key_file.display(),
             cert = %generated.cert_file.display(),

@@ -43,34 +43,19 @@ impl ApiError {
     /// 401: no credentials, or a caller token that failed a check. Tells the client to send
     /// Basic credentials (the Authority token as the password).
     pub fn unauthorized(realm: &str, message: impl Into<String>) -> Self {
-        let mut error = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            "invalid_grant",
-            message,
-        );
+        let mut error = ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "invalid_grant", message);
         error.challenge = Some(format!("Basic realm=\"{}\"", realm.replace('"', "'")));
         error
     }
 
     /// 400: a malformed request.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "INVALID_REQUEST",
-            "invalid_request",
-            message,
-        )
+        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "invalid_request", message)
     }
 
     /// 400: a malformed scope.
     pub fn bad_scope(message: impl Into<String>) -> Self {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "INVALID_REQUEST",
-            "invalid_scope",
-            message,
-        )
+        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "invalid_scope", message)
     }
 
     /// 400: an OAuth2 grant this service does not support.
@@ -98,12 +83,7 @@ impl ApiError {
     /// 503: no decision could be made (a policy fault, the Authority's keys unavailable). Nothing
     /// was issued; the cause is in the log.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "UNAVAILABLE",
-            "temporarily_unavailable",
-            message,
-        )
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "temporarily_unavailable", message)
     }
 
     /// 500: a bug or a crypto failure; the cause is in the log.
@@ -177,9 +157,7 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
         }
         if let Some(allow) = self.allow {
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(allow));
+            response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
         }
         response
     }

@@ -9,60 +9,67 @@ mod error;
 mod token;
 
 pub use error::ApiError;
+pub use token::get_response_body;
 
 use crate::app::Service;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{Method, Request, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::sync::Arc;
-use std::time::Duration;
-use tower_http::trace::TraceLayer;
-use tracing::{Span, field};
+use std::time::Instant;
 
 /// Shared by every handler.
 pub type AppState = Arc<Service>;
 
-/// The router, with request tracing and the body limit of the live configuration.
+/// What a handler learned about a request, for its log line (attached to the response).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Outcome {
+    pub sub: Option<String>,
+    pub service: Option<String>,
+    pub granted: Option<String>,
+    /// The policy's explanation of a partial grant.
+    pub note: Option<String>,
+    /// Why the request was refused (a 4xx), safe to log.
+    pub refused: Option<String>,
+}
+
+/// The router, with one log line per request and the body limit of the live configuration.
 pub fn router(service: AppState) -> Router {
     let max_body = service.live().config.http.max_body_bytes;
     Router::new()
-        .route(
-            "/token",
-            get(token::get_token)
-                .post(token::post_token)
-                .fallback(token_methods),
-        )
+        .route("/token", get(token::get_token).post(token::post_token).fallback(token_methods))
         .route("/healthz", get(healthz).fallback(probe_methods))
         .route("/readyz", get(readyz).fallback(probe_methods))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request<_>| {
-                    // The path only: the query holds nothing secret, but it is long and the
-                    // parsed scopes are recorded below once they are known to be valid.
-                    tracing::info_span!(
-                        "request",
-                        method = %request.method(),
-                        path = %request.uri().path(),
-                        sub = field::Empty,
-                        service = field::Empty,
-                        granted = field::Empty,
-                    )
-                })
-                .on_request(())
-                .on_response(|response: &Response, latency: Duration, _span: &Span| {
-                    tracing::info!(
-                        status = response.status().as_u16(),
-                        latency_us = latency.as_micros() as u64,
-                        "served"
-                    );
-                })
-                .on_failure(()),
-        )
+        .layer(axum::middleware::from_fn(log_request))
         .with_state(service)
+}
+
+/// One event per request: method, path (never the query, which is long), status, latency, and
+/// what the handler learned (subject, service, granted scopes, why it refused). Never tokens.
+async fn log_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let outcome = response.extensions().get::<Outcome>();
+    tracing::info!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        latency_us = started.elapsed().as_micros() as u64,
+        sub = outcome.and_then(|o| o.sub.as_deref()),
+        service = outcome.and_then(|o| o.service.as_deref()),
+        granted = outcome.and_then(|o| o.granted.as_deref()),
+        note = outcome.and_then(|o| o.note.as_deref()),
+        refused = outcome.and_then(|o| o.refused.as_deref()),
+        "served"
+    );
+    response
 }
 
 async fn healthz() -> &'static str {
@@ -83,11 +90,7 @@ async fn readyz(State(service): State<AppState>) -> Response {
             "kid": live.minter.kid(),
         },
     });
-    let status = if live.is_ready() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if live.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()
 }
 

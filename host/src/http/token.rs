@@ -1,5 +1,6 @@
 //! `GET /token` (the Docker token exchange) and `POST /token` (its OAuth2 form).
 
+use super::Outcome;
 use super::{ApiError, AppState};
 use crate::access::{Resource, scope_string};
 use crate::app::Live;
@@ -15,7 +16,6 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use data_encoding::BASE64;
 use serde::Serialize;
-use tracing::Span;
 
 /// Longest accepted query string. A blob mount's two scopes take a few hundred bytes.
 pub const MAX_QUERY_BYTES: usize = 64 * 1024;
@@ -56,6 +56,17 @@ pub async fn get_token(
     State(app): State<AppState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
+) -> Response {
+    let mut outcome = Outcome::default();
+    let result = get_token_inner(&app, &headers, query, &mut outcome).await;
+    respond(result, outcome)
+}
+
+async fn get_token_inner(
+    app: &AppState,
+    headers: &HeaderMap,
+    query: Option<String>,
+    outcome: &mut Outcome,
 ) -> Result<Response, ApiError> {
     let live = app.live();
     let query = query.unwrap_or_default();
@@ -63,19 +74,40 @@ pub async fn get_token(
         return Err(ApiError::uri_too_long(MAX_QUERY_BYTES));
     }
     let params = form_pairs(query.as_bytes())?;
-    let credential = credential(&headers, &live)?;
-    let exchange = exchange(&live, &params, scope_values(&params, "scope"), &credential)?;
+    let credential = credential(headers, &live)?;
+    let exchange = exchange(&live, &params, scope_values(&params, "scope"), &credential, outcome)?;
     let offline = first(&params, "offline_token").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let (minted, _granted) = issue(&app, &live, &exchange).await?;
+    let (minted, _granted) = issue(app, &live, &exchange, outcome).await?;
+    // The caller's own Authority token: no new long-lived secret is created.
+    let body = get_response_body(&minted, offline.then_some(exchange.credential));
+    Ok(no_store(([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()))
+}
+
+/// The response, carrying what the log line should say.
+fn respond(result: Result<Response, ApiError>, mut outcome: Outcome) -> Response {
+    let mut response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            if error.status.is_client_error() && outcome.refused.is_none() {
+                outcome.refused = Some(error.message.clone());
+            }
+            error.into_response()
+        }
+    };
+    response.extensions_mut().insert(outcome);
+    response
+}
+
+/// The JSON body of a successful `GET /token`.
+pub fn get_response_body(minted: &Minted, refresh_token: Option<&str>) -> Vec<u8> {
     let body = GetResponse {
         token: &minted.token,
         access_token: &minted.token,
         expires_in: minted.expires_in,
         issued_at: &minted.issued_at,
-        // The caller's own Authority token: no new long-lived secret is created.
-        refresh_token: offline.then_some(exchange.credential),
+        refresh_token,
     };
-    Ok(no_store(axum::Json(body).into_response()))
+    serde_json::to_vec(&body).unwrap_or_default()
 }
 
 /// `POST /token`, form-encoded (chunked or not): `grant_type=refresh_token` (the Authority token as
@@ -84,37 +116,39 @@ pub async fn post_token(
     State(app): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut outcome = Outcome::default();
+    let result = post_token_inner(&app, &headers, body, &mut outcome).await.map_err(ApiError::oauth);
+    respond(result, outcome)
+}
+
+async fn post_token_inner(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    outcome: &mut Outcome,
 ) -> Result<Response, ApiError> {
     let live = app.live();
-    let body = body.map_err(|_| ApiError::too_large(live.config.http.max_body_bytes).oauth())?;
+    let body = body.map_err(|_| ApiError::too_large(live.config.http.max_body_bytes))?;
     let form_typed = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .starts_with("application/x-www-form-urlencoded")
-        });
+        .is_some_and(|v| v.trim_start().starts_with("application/x-www-form-urlencoded"));
     if !form_typed {
-        return Err(ApiError::bad_request(
-            "POST /token takes an application/x-www-form-urlencoded form",
-        )
-        .oauth());
+        return Err(ApiError::bad_request("POST /token takes an application/x-www-form-urlencoded form"));
     }
-    let params = form_pairs(&body).map_err(ApiError::oauth)?;
+    let params = form_pairs(&body)?;
     let (credential, return_refresh) = match first(&params, "grant_type") {
-        None => return Err(ApiError::bad_request("grant_type is required").oauth()),
+        None => return Err(ApiError::bad_request("grant_type is required")),
         Some("refresh_token") => (required(&params, "refresh_token")?, true),
         Some("password") => {
             let offline = first(&params, "access_type") == Some("offline");
             (required(&params, "password")?, offline)
         }
-        Some(other) => return Err(ApiError::unsupported_grant(other).oauth()),
+        Some(other) => return Err(ApiError::unsupported_grant(other)),
     };
-    let exchange = exchange(&live, &params, scope_values(&params, "scope"), credential)
-        .map_err(ApiError::oauth)?;
-    let (minted, granted) = issue(&app, &live, &exchange)
-        .await
-        .map_err(ApiError::oauth)?;
+    let exchange = exchange(&live, &params, scope_values(&params, "scope"), credential, outcome)?;
+    let (minted, granted) = issue(app, &live, &exchange, outcome).await?;
     let body = PostResponse {
         access_token: &minted.token,
         scope: scope_string(&granted),
@@ -129,7 +163,7 @@ pub async fn post_token(
 fn required<'a>(params: &'a [(String, String)], name: &str) -> Result<&'a str, ApiError> {
     match first(params, name) {
         Some(value) if !value.is_empty() => Ok(value),
-        _ => Err(ApiError::bad_request(format!("{name} is required")).oauth()),
+        _ => Err(ApiError::bad_request(format!("{name} is required"))),
     }
 }
 
@@ -138,6 +172,7 @@ fn exchange<'a>(
     params: &[(String, String)],
     scopes: Vec<&str>,
     credential: &'a str,
+    outcome: &mut Outcome,
 ) -> Result<Exchange<'a>, ApiError> {
     let service = match first(params, "service") {
         None | Some("") => return Err(ApiError::bad_request("service is required")),
@@ -150,12 +185,8 @@ fn exchange<'a>(
         }
     };
     let requested = scope::parse_scopes(scopes).map_err(|e| ApiError::bad_scope(e.to_string()))?;
-    Span::current().record("service", service.as_str());
-    Ok(Exchange {
-        credential,
-        service,
-        requested,
-    })
+    outcome.service = Some(service.clone());
+    Ok(Exchange { credential, service, requested })
 }
 
 /// Validate, decide, mint. Shared by both forms.
@@ -163,29 +194,22 @@ async fn issue(
     app: &AppState,
     live: &Live,
     exchange: &Exchange<'_>,
+    outcome: &mut Outcome,
 ) -> Result<(Minted, Vec<Resource>), ApiError> {
     let now = (app.clock)();
     let realm = &live.config.realm;
-    let validated = authority::validate(exchange.credential, now, &live.keys, &live.requirements)
-        .await
-        .map_err(|error| match error {
-            AuthError::KeysUnavailable => {
-                tracing::error!("cannot validate callers: the Authority's keys are unavailable");
-                ApiError::unavailable("the Authority's keys are unavailable; try again later")
-            }
-            error => {
-                tracing::info!(%error, "caller token refused");
-                ApiError::unauthorized(realm, error.to_string())
-            }
-        })?;
-    let caller = validated.caller;
-    Span::current().record("sub", caller.subject.as_str());
+    let validated = live.validator.validate(exchange.credential, now).await.map_err(|error| match error {
+        AuthError::KeysUnavailable => {
+            tracing::error!("cannot validate callers: the Authority's keys are unavailable");
+            ApiError::unavailable("the Authority's keys are unavailable; try again later")
+        }
+        error => ApiError::unauthorized(realm, error.to_string()),
+    })?;
+    let caller = &validated.caller;
+    outcome.sub = Some(caller.subject.clone());
 
-    let decision = live
-        .policy
-        .evaluate(&caller, &exchange.service, &exchange.requested)
-        .await
-        .map_err(|fault| {
+    let decision =
+        live.policy.evaluate(caller, &exchange.service, &exchange.requested).await.map_err(|fault| {
             tracing::error!(
                 fault = fault.kind(),
                 detail = %fault,
@@ -197,28 +221,20 @@ async fn issue(
         })?;
     let granted = match decision {
         Decision::Deny { reason, message } => {
-            tracing::info!(%reason, "policy denied the exchange");
-            return Err(ApiError::denied(
-                realm,
-                live.config.http.denial_status,
-                message,
-            ));
+            outcome.refused = Some(format!("policy denied: {reason}"));
+            return Err(ApiError::denied(realm, live.config.http.denial_status, message));
         }
         Decision::Grant { resources, note } => {
-            if let Some(note) = note {
-                tracing::info!(%note, "partial grant");
-            }
+            // Why less than asked was granted: for the operator's log line.
+            outcome.note = note;
             resources
         }
     };
-    let minted = live
-        .minter
-        .mint(&caller.subject, &exchange.service, &granted, now)
-        .map_err(|_| {
-            tracing::error!("signing failed");
-            ApiError::internal()
-        })?;
-    Span::current().record("granted", scope_string(&granted).as_str());
+    let minted = live.minter.mint(&caller.subject, &exchange.service, &granted, now).map_err(|_| {
+        tracing::error!("signing failed");
+        ApiError::internal()
+    })?;
+    outcome.granted = Some(scope_string(&granted));
     Ok((minted, granted))
 }
 
@@ -232,54 +248,34 @@ fn credential(headers: &HeaderMap, live: &Live) -> Result<String, ApiError> {
             "authentication required: send an Authority access token as the password (Basic) or as a Bearer token",
         ));
     };
-    let value = value
-        .to_str()
-        .map_err(|_| ApiError::unauthorized(realm, "the Authorization header is not ASCII"))?;
+    let value =
+        value.to_str().map_err(|_| ApiError::unauthorized(realm, "the Authorization header is not ASCII"))?;
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
         return Ok(rest.to_owned());
     }
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = BASE64
-            .decode(rest.as_bytes())
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    realm,
-                    "the Basic credentials are not base64 of user:password",
-                )
-            })?;
-        let password = decoded
-            .split_once(':')
-            .map(|(_, password)| password)
-            .unwrap_or_default();
+        let decoded =
+            BASE64.decode(rest.as_bytes()).ok().and_then(|bytes| String::from_utf8(bytes).ok()).ok_or_else(
+                || ApiError::unauthorized(realm, "the Basic credentials are not base64 of user:password"),
+            )?;
+        let password = decoded.split_once(':').map(|(_, password)| password).unwrap_or_default();
         if password.is_empty() {
-            return Err(ApiError::unauthorized(
-                realm,
-                "the password must be an Authority access token",
-            ));
+            return Err(ApiError::unauthorized(realm, "the password must be an Authority access token"));
         }
         return Ok(password.to_owned());
     }
-    Err(ApiError::unauthorized(
-        realm,
-        "use Basic or Bearer authorization",
-    ))
+    Err(ApiError::unauthorized(realm, "use Basic or Bearer authorization"))
 }
 
 /// Decodes `application/x-www-form-urlencoded` strictly: invalid UTF-8 is an error, not a
 /// replacement character that could slip into a name.
 fn form_pairs(bytes: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
     let decode = |part: &[u8]| -> Result<String, ApiError> {
-        let spaced: Vec<u8> = part
-            .iter()
-            .map(|b| if *b == b'+' { b' ' } else { *b })
-            .collect();
+        let spaced: Vec<u8> = part.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect();
         let decoded: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
-        String::from_utf8(decoded)
-            .map_err(|_| ApiError::bad_request("the parameters are not valid UTF-8"))
+        String::from_utf8(decoded).map_err(|_| ApiError::bad_request("the parameters are not valid UTF-8"))
     };
     bytes
         .split(|b| *b == b'&')
@@ -295,18 +291,11 @@ fn form_pairs(bytes: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
 }
 
 fn first<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
+    params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
 }
 
 fn scope_values<'a>(params: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    params
-        .iter()
-        .filter(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-        .collect()
+    params.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
 }
 
 /// RFC 6749 §5.1: token responses must not be cached.

@@ -94,74 +94,52 @@ impl SigningKey {
     /// (`EC PRIVATE KEY`). Refuses a file that group or others can read.
     pub fn from_file(path: &Path, algorithm: SigningAlgorithm) -> Result<SigningKey, KeyError> {
         let shown = path.display().to_string();
-        let metadata = std::fs::metadata(path).map_err(|source| KeyError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let metadata =
+            std::fs::metadata(path).map_err(|source| KeyError::Read { path: shown.clone(), source })?;
         let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o777;
         if mode & 0o077 != 0 {
             return Err(KeyError::Exposed { path: shown, mode });
         }
-        let pem = Zeroizing::new(std::fs::read(path).map_err(|source| KeyError::Read {
-            path: shown.clone(),
-            source,
-        })?);
+        let pem = Zeroizing::new(
+            std::fs::read(path).map_err(|source| KeyError::Read { path: shown.clone(), source })?,
+        );
         SigningKey::from_pem(&pem, algorithm, &shown)
     }
 
     /// Parses a PEM private key for `algorithm`.
-    pub fn from_pem(
-        pem: &[u8],
-        algorithm: SigningAlgorithm,
-        origin: &str,
-    ) -> Result<SigningKey, KeyError> {
-        let unusable = |reason: &str| KeyError::Unusable {
-            origin: origin.to_owned(),
-            reason: reason.to_owned(),
-        };
+    pub fn from_pem(pem: &[u8], algorithm: SigningAlgorithm, origin: &str) -> Result<SigningKey, KeyError> {
+        let unusable =
+            |reason: &str| KeyError::Unusable { origin: origin.to_owned(), reason: reason.to_owned() };
         let blocks = pem::parse_many(pem).map_err(|_| unusable("not PEM"))?;
         let mut found = None;
         for block in blocks {
             let tag = block.tag().to_owned();
             let der = Zeroizing::new(block.into_contents());
-            if matches!(
-                tag.as_str(),
-                "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY"
-            ) {
+            if matches!(tag.as_str(), "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY") {
                 found = Some((tag, der));
                 break;
             }
         }
         let Some((tag, der)) = found else {
-            return Err(unusable(
-                "no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block",
-            ));
+            return Err(unusable("no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block"));
         };
         let pair = match (algorithm, tag.as_str()) {
             (SigningAlgorithm::RS256, "PRIVATE KEY") => Pair::Rsa(
-                RsaKeyPair::from_pkcs8(&der)
-                    .map_err(|e| unusable(&format!("not an RSA key: {e}")))?,
+                RsaKeyPair::from_pkcs8(&der).map_err(|e| unusable(&format!("not an RSA key: {e}")))?,
             ),
-            (SigningAlgorithm::RS256, "RSA PRIVATE KEY") => Pair::Rsa(
-                RsaKeyPair::from_der(&der)
-                    .map_err(|e| unusable(&format!("not an RSA key: {e}")))?,
-            ),
+            (SigningAlgorithm::RS256, "RSA PRIVATE KEY") => {
+                Pair::Rsa(RsaKeyPair::from_der(&der).map_err(|e| unusable(&format!("not an RSA key: {e}")))?)
+            }
             (SigningAlgorithm::ES256, "PRIVATE KEY") => Pair::Ec(
                 EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &der)
                     .map_err(|e| unusable(&format!("not a P-256 key: {e}")))?,
             ),
             (SigningAlgorithm::ES256, "EC PRIVATE KEY") => Pair::Ec(
-                EcdsaKeyPair::from_private_key_der(
-                    &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-                    &der,
-                )
-                .map_err(|e| unusable(&format!("not a P-256 key: {e}")))?,
+                EcdsaKeyPair::from_private_key_der(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+                    .map_err(|e| unusable(&format!("not a P-256 key: {e}")))?,
             ),
             (algorithm, tag) => {
-                return Err(unusable(&format!(
-                    "a {tag} block cannot sign {}",
-                    algorithm.name()
-                )));
+                return Err(unusable(&format!("a {tag} block cannot sign {}", algorithm.name())));
             }
         };
         let spki_der = match &pair {
@@ -176,12 +154,7 @@ impl SigningKey {
             }
             Pair::Ec(ec) => spki(ec.public_key().as_der()).map_err(|r| unusable(&r))?,
         };
-        Ok(SigningKey {
-            algorithm,
-            pair,
-            spki_der,
-            rng: SystemRandom::new(),
-        })
+        Ok(SigningKey { algorithm, pair, spki_der, rng: SystemRandom::new() })
     }
 
     /// The algorithm this key signs with.
@@ -199,10 +172,7 @@ impl SigningKey {
     pub fn libtrust_kid(&self) -> String {
         let digest = Sha256::digest(&self.spki_der);
         let encoded = BASE32_NOPAD.encode(&digest[..30]);
-        let groups: Vec<&str> = (0..encoded.len())
-            .step_by(4)
-            .map(|i| &encoded[i..i + 4])
-            .collect();
+        let groups: Vec<&str> = (0..encoded.len()).step_by(4).map(|i| &encoded[i..i + 4]).collect();
         groups.join(":")
     }
 
@@ -235,12 +205,7 @@ impl SigningKey {
         match &self.pair {
             Pair::Rsa(rsa) => {
                 let mut signature = vec![0; rsa.public_modulus_len()];
-                rsa.sign(
-                    &signature::RSA_PKCS1_SHA256,
-                    &self.rng,
-                    message,
-                    &mut signature,
-                )?;
+                rsa.sign(&signature::RSA_PKCS1_SHA256, &self.rng, message, &mut signature)?;
                 Ok(signature)
             }
             Pair::Ec(ec) => Ok(ec.sign(&self.rng, message)?.as_ref().to_vec()),
@@ -248,9 +213,6 @@ impl SigningKey {
     }
 }
 
-fn spki(
-    der: Result<PublicKeyX509Der<'static>, aws_lc_rs::error::Unspecified>,
-) -> Result<Vec<u8>, String> {
-    der.map(|d| d.as_ref().to_vec())
-        .map_err(|_| "cannot encode its public key".to_owned())
+fn spki(der: Result<PublicKeyX509Der<'static>, aws_lc_rs::error::Unspecified>) -> Result<Vec<u8>, String> {
+    der.map(|d| d.as_ref().to_vec()).map_err(|_| "cannot encode its public key".to_owned())
 }

@@ -50,11 +50,7 @@ pub struct Generated {
 
 /// Generates a key for `algorithm` (`bits` is the RSA size: 2048, 3072 or 4096) and a
 /// self-signed certificate valid for ten years, into `dir`.
-pub fn generate(
-    dir: &Path,
-    algorithm: SigningAlgorithm,
-    bits: u32,
-) -> Result<Generated, KeygenError> {
+pub fn generate(dir: &Path, algorithm: SigningAlgorithm, bits: u32) -> Result<Generated, KeygenError> {
     let key_file = dir.join(KEY_FILE);
     let cert_file = dir.join(CERT_FILE);
     for path in [&key_file, &cert_file] {
@@ -62,10 +58,7 @@ pub fn generate(
             return Err(KeygenError::Exists(path.clone()));
         }
     }
-    std::fs::create_dir_all(dir).map_err(|source| KeygenError::Write {
-        path: dir.to_owned(),
-        source,
-    })?;
+    std::fs::create_dir_all(dir).map_err(|source| KeygenError::Write { path: dir.to_owned(), source })?;
 
     let generate_error = |e: &dyn std::fmt::Display| KeygenError::Generate(e.to_string());
     let (pkcs8, sign_algorithm) = match algorithm {
@@ -75,44 +68,31 @@ pub fn generate(
                 3072 => KeySize::Rsa3072,
                 4096 => KeySize::Rsa4096,
                 other => {
-                    return Err(KeygenError::Generate(format!(
-                        "{other} bits: use 2048, 3072 or 4096"
-                    )));
+                    return Err(KeygenError::Generate(format!("{other} bits: use 2048, 3072 or 4096")));
                 }
             };
             let pair = RsaKeyPair::generate(size).map_err(|e| generate_error(&e))?;
             let der: Pkcs8V1Der<'static> = pair.as_der().map_err(|e| generate_error(&e))?;
-            (
-                Zeroizing::new(der.as_ref().to_vec()),
-                &rcgen::PKCS_RSA_SHA256,
-            )
+            (Zeroizing::new(der.as_ref().to_vec()), &rcgen::PKCS_RSA_SHA256)
         }
         SigningAlgorithm::ES256 => {
-            let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
-                .map_err(|e| generate_error(&e))?;
+            let pair =
+                EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).map_err(|e| generate_error(&e))?;
             let der = pair.to_pkcs8v1().map_err(|e| generate_error(&e))?;
-            (
-                Zeroizing::new(der.as_ref().to_vec()),
-                &rcgen::PKCS_ECDSA_P256_SHA256,
-            )
+            (Zeroizing::new(der.as_ref().to_vec()), &rcgen::PKCS_ECDSA_P256_SHA256)
         }
     };
     let key_pem = Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.to_vec())));
 
-    let rcgen_key =
-        rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8.to_vec().into(), sign_algorithm)
-            .map_err(|e| generate_error(&e))?;
-    let mut params = rcgen::CertificateParams::new(vec!["registry-token".to_owned()])
+    let rcgen_key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8.to_vec().into(), sign_algorithm)
         .map_err(|e| generate_error(&e))?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "registry-token signing key");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["registry-token".to_owned()]).map_err(|e| generate_error(&e))?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, "registry-token signing key");
     let now = std::time::SystemTime::now();
     params.not_before = (now - std::time::Duration::from_secs(3600)).into();
     params.not_after = (now + std::time::Duration::from_secs(10 * 365 * 24 * 3600)).into();
-    let cert = params
-        .self_signed(&rcgen_key)
-        .map_err(|e| generate_error(&e))?;
+    let cert = params.self_signed(&rcgen_key).map_err(|e| generate_error(&e))?;
 
     write_new(&key_file, key_pem.as_bytes(), 0o600)?;
     write_new(&cert_file, cert.pem().as_bytes(), 0o644)?;
@@ -129,22 +109,14 @@ pub fn generate(
 
 /// Creates `path` with `mode`, failing if it exists (no race between the check and the write).
 pub fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeygenError> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|source| match source.kind() {
-            std::io::ErrorKind::AlreadyExists => KeygenError::Exists(path.to_owned()),
-            _ => KeygenError::Write {
-                path: path.to_owned(),
-                source,
-            },
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|source| {
+            match source.kind() {
+                std::io::ErrorKind::AlreadyExists => KeygenError::Exists(path.to_owned()),
+                _ => KeygenError::Write { path: path.to_owned(), source },
+            }
         })?;
     file.write_all(contents)
         .and_then(|()| file.sync_all())
-        .map_err(|source| KeygenError::Write {
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(|source| KeygenError::Write { path: path.to_owned(), source })
 }

@@ -50,14 +50,8 @@ pub enum CertError {
 /// Reads a PEM certificate chain (leaf first) and checks that the leaf certifies `key`.
 pub fn load_chain(path: &Path, key: &SigningKey) -> Result<Vec<Vec<u8>>, CertError> {
     let shown = path.display().to_string();
-    let text = std::fs::read(path).map_err(|source| CertError::Read {
-        path: shown.clone(),
-        source,
-    })?;
-    let unusable = |reason: &str| CertError::Unusable {
-        path: shown.clone(),
-        reason: reason.to_owned(),
-    };
+    let text = std::fs::read(path).map_err(|source| CertError::Read { path: shown.clone(), source })?;
+    let unusable = |reason: &str| CertError::Unusable { path: shown.clone(), reason: reason.to_owned() };
     let chain: Vec<Vec<u8>> = pem::parse_many(&text)
         .map_err(|_| unusable("not PEM"))?
         .into_iter()
@@ -68,9 +62,7 @@ pub fn load_chain(path: &Path, key: &SigningKey) -> Result<Vec<Vec<u8>>, CertErr
         return Err(unusable("no CERTIFICATE block"));
     };
     // A certificate embeds its subject's SubjectPublicKeyInfo verbatim, in DER.
-    let certifies_key = leaf
-        .windows(key.spki_der().len())
-        .any(|w| w == key.spki_der());
+    let certifies_key = leaf.windows(key.spki_der().len()).any(|w| w == key.spki_der());
     if !certifies_key {
         return Err(unusable("its first certificate is not for the signing key"));
     }
@@ -140,13 +132,7 @@ impl Minter {
             x5c: chain.map(|chain| chain.iter().map(|der| BASE64.encode(der)).collect()),
         };
         let header = BASE64URL_NOPAD.encode(&serde_json::to_vec(&header).unwrap_or_default());
-        Minter {
-            key,
-            issuer: issuer.to_owned(),
-            lifetime_seconds,
-            kid,
-            header,
-        }
+        Minter { key, issuer: issuer.to_owned(), lifetime_seconds, kid, header }
     }
 
     /// The `kid` minted tokens carry.
@@ -186,26 +172,19 @@ impl Minter {
             access,
         };
         let claims = serde_json::to_vec(&claims).map_err(|_| aws_lc_rs::error::Unspecified)?;
-        let mut token =
-            String::with_capacity(self.header.len() + claims.len() * 4 / 3 + 8 + 512 * 4 / 3);
+        let mut token = String::with_capacity(self.header.len() + claims.len() * 4 / 3 + 8 + 512 * 4 / 3);
         token.push_str(&self.header);
         token.push('.');
         BASE64URL_NOPAD.encode_append(&claims, &mut token);
         let signature = self.key.sign(token.as_bytes())?;
         token.push('.');
         BASE64URL_NOPAD.encode_append(&signature, &mut token);
-        Ok(Minted {
-            token,
-            expires_in: self.lifetime_seconds,
-            issued_at: rfc3339(now),
-        })
+        Ok(Minted { token, expires_in: self.lifetime_seconds, issued_at: rfc3339(now) })
     }
 }
 
 /// `2026-11-28T15:34:47Z`: RFC 3339, UTC, with a `T` (a space breaks skopeo).
 pub fn rfc3339(unix_seconds: u64) -> String {
-    humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds),
-    )
-    .to_string()
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds))
+        .to_string()
 }

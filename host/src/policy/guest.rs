@@ -6,9 +6,7 @@ use super::bindings::PolicyPre;
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
-};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
@@ -36,10 +34,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            timeout: Duration::from_millis(50),
-            memory_bytes: 16 * 1024 * 1024,
-        }
+        Limits { timeout: Duration::from_millis(50), memory_bytes: 16 * 1024 * 1024 }
     }
 }
 
@@ -78,10 +73,7 @@ pub struct GuestState {
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -167,12 +159,7 @@ impl Runtime {
 
         // Without a ticker no deadline would ever fire: refuse to run instead.
         spawn_ticker(&engine, limits.tick())?;
-        Ok(Runtime {
-            engine,
-            linker,
-            limits,
-            slots: Semaphore::new(POOL_SLOTS as usize),
-        })
+        Ok(Runtime { engine, linker, limits, slots: Semaphore::new(POOL_SLOTS as usize) })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -185,10 +172,7 @@ impl Runtime {
 
     /// Type-checks a component against the world and resolves its imports, once.
     pub fn pre(&self, component: &Component) -> Result<PolicyPre<GuestState>, String> {
-        let instance_pre = self
-            .linker
-            .instantiate_pre(component)
-            .map_err(|e| chain(&e))?;
+        let instance_pre = self.linker.instantiate_pre(component).map_err(|e| chain(&e))?;
         PolicyPre::new(instance_pre).map_err(|e| chain(&e))
     }
 
@@ -206,21 +190,15 @@ impl Runtime {
             .stderr(output.clone())
             .wall_clock(FrozenClock)
             .monotonic_clock(FrozenClock)
-            .secure_random(wasmtime_wasi::Deterministic::new(vec![
-                0x5a, 0xa5, 0x3c, 0xc3,
-            ]))
+            .secure_random(wasmtime_wasi::Deterministic::new(vec![0x5a, 0xa5, 0x3c, 0xc3]))
             .insecure_random(wasmtime_wasi::Deterministic::new(vec![0x96, 0x69]))
             .insecure_random_seed(0)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let state = GuestState {
-            wasi,
-            table: ResourceTable::new(),
-            output,
-            memory_cap: self.limits.memory_bytes,
-        };
+        let state =
+            GuestState { wasi, table: ResourceTable::new(), output, memory_cap: self.limits.memory_bytes };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state);
         let deadline = Instant::now() + timeout;
@@ -244,10 +222,7 @@ impl Runtime {
         match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => Fault::Deadline(self.limits.timeout),
             Some(Trap::UnreachableCodeReached) if output.contains("panicked at") => {
-                let message = output
-                    .lines()
-                    .skip_while(|l| !l.contains("panicked at"))
-                    .take(3);
+                let message = output.lines().skip_while(|l| !l.contains("panicked at")).take(3);
                 Fault::Panic(message.collect::<Vec<_>>().join(" ").trim().to_owned())
             }
             Some(trap) => Fault::Trap(trap.to_string()),
@@ -259,23 +234,17 @@ impl Runtime {
 /// Advances the engine's epoch every `tick` until the engine is dropped.
 fn spawn_ticker(engine: &Engine, tick: Duration) -> std::io::Result<()> {
     let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("policy-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(tick);
-            }
-        })?;
+    std::thread::Builder::new().name("policy-epoch".into()).spawn(move || {
+        while let Some(engine) = weak.upgrade() {
+            engine.increment_epoch();
+            drop(engine);
+            std::thread::sleep(tick);
+        }
+    })?;
     Ok(())
 }
 
 /// An error with its causes, for load-time messages (never sent to clients).
 fn chain(error: &wasmtime::Error) -> String {
-    error
-        .chain()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
+    error.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")
 }

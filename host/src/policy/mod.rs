@@ -120,9 +120,7 @@ pub enum LoadError {
         reason: String,
     },
     /// The component does not implement the contract, or imports what the host does not offer.
-    #[error(
-        "{source_name} does not implement the world stellaops:registry-policy/policy@0.1.0: {reason}"
-    )]
+    #[error("{source_name} does not implement the world stellaops:registry-policy/policy@0.1.0: {reason}")]
     World {
         /// Where the module came from.
         source_name: String,
@@ -167,6 +165,41 @@ struct Loaded {
     source: String,
     digest: String,
     settings_version: String,
+    /// Decisions of this module with these settings. A guest is a pure function of settings and
+    /// request (no clock, no randomness, fresh instance), so a decision can be reused for the exact
+    /// same request; the cache belongs to one (digest, settings version) pair and is dropped with it.
+    decisions: Option<quick_cache::sync::Cache<DecisionKey, Decision>>,
+}
+
+/// The exact input of an evaluation.
+#[derive(Hash, PartialEq, Eq)]
+struct DecisionKey {
+    caller: Caller,
+    service: String,
+    resources: Vec<Resource>,
+}
+
+/// A [`DecisionKey`] by reference, so a cache hit allocates nothing. Hashes as the owned key does.
+struct DecisionQuery<'a> {
+    caller: &'a Caller,
+    service: &'a str,
+    resources: &'a [Resource],
+}
+
+impl std::hash::Hash for DecisionQuery<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.caller.hash(state);
+        self.service.hash(state);
+        self.resources.hash(state);
+    }
+}
+
+impl quick_cache::Equivalent<DecisionKey> for DecisionQuery<'_> {
+    fn equivalent(&self, key: &DecisionKey) -> bool {
+        *self.caller == key.caller
+            && self.service == key.service
+            && self.resources == key.resources.as_slice()
+    }
 }
 
 impl std::fmt::Debug for Policy {
@@ -181,20 +214,19 @@ impl std::fmt::Debug for Policy {
 
 /// `sha256:<hex>` of some bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    format!(
-        "sha256:{}",
-        data_encoding::HEXLOWER.encode(&Sha256::digest(bytes))
-    )
+    format!("sha256:{}", data_encoding::HEXLOWER.encode(&Sha256::digest(bytes)))
 }
 
 impl Policy {
     /// Compiles `module`, checks it against the world, runs `configure(settings_json)` and snapshots
-    /// the result. CPU-heavy (two compilations): call it off the request path.
+    /// the result. CPU-heavy (two compilations): call it off the request path. Remembers up to
+    /// `decision_cache` decisions (0: none).
     pub async fn load(
         module: &[u8],
         source_name: &str,
         settings_json: &str,
         limits: Limits,
+        decision_cache: usize,
     ) -> Result<Policy, LoadError> {
         let runtime = Runtime::new(limits).map_err(|e| LoadError::Runtime(e.to_string()))?;
         let source = source_name.to_owned();
@@ -205,22 +237,14 @@ impl Policy {
             wizer.init_func("configure").keep_init_func(true);
             wizer
         };
-        let (context, instrumented) =
-            wizer
-                .instrument_component(module)
-                .map_err(|e| LoadError::Compile {
-                    source_name: source.clone(),
-                    reason: root(&e),
-                })?;
-        let component =
-            Component::new(runtime.engine(), &instrumented).map_err(|e| LoadError::Compile {
-                source_name: source.clone(),
-                reason: root(&e),
-            })?;
-        let pre = runtime.pre(&component).map_err(|reason| LoadError::World {
-            source_name: source.clone(),
-            reason,
-        })?;
+        let (context, instrumented) = wizer
+            .instrument_component(module)
+            .map_err(|e| LoadError::Compile { source_name: source.clone(), reason: root(&e) })?;
+        let component = Component::new(runtime.engine(), &instrumented)
+            .map_err(|e| LoadError::Compile { source_name: source.clone(), reason: root(&e) })?;
+        let pre = runtime
+            .pre(&component)
+            .map_err(|reason| LoadError::World { source_name: source.clone(), reason })?;
 
         let mut store = runtime.store(runtime.limits().configure_timeout());
         let configured = async {
@@ -233,44 +257,28 @@ impl Policy {
         let instance = match configured {
             Ok((instance, Ok(()))) => instance,
             Ok((_, Err(reason))) => {
-                return Err(LoadError::Settings {
-                    source_name: source,
-                    reason,
-                });
+                return Err(LoadError::Settings { source_name: source, reason });
             }
             Err(error) => {
                 let fault = runtime.classify(&error, &store);
-                return Err(LoadError::Configure {
-                    source_name: source,
-                    fault,
-                });
+                return Err(LoadError::Configure { source_name: source, fault });
             }
         };
 
         let snapshot = wizer
             .snapshot_component(
                 &context,
-                &mut wasmtime_wizer::WasmtimeWizerComponent {
-                    store: &mut store,
-                    instance,
-                },
+                &mut wasmtime_wizer::WasmtimeWizerComponent { store: &mut store, instance },
             )
             .await
-            .map_err(|e| LoadError::Snapshot {
-                source_name: source.clone(),
-                reason: root(&e),
-            })?;
+            .map_err(|e| LoadError::Snapshot { source_name: source.clone(), reason: root(&e) })?;
         drop(store);
 
-        let component =
-            Component::new(runtime.engine(), &snapshot).map_err(|e| LoadError::Snapshot {
-                source_name: source.clone(),
-                reason: root(&e),
-            })?;
-        let pre = runtime.pre(&component).map_err(|reason| LoadError::World {
-            source_name: source.clone(),
-            reason,
-        })?;
+        let component = Component::new(runtime.engine(), &snapshot)
+            .map_err(|e| LoadError::Snapshot { source_name: source.clone(), reason: root(&e) })?;
+        let pre = runtime
+            .pre(&component)
+            .map_err(|reason| LoadError::World { source_name: source.clone(), reason })?;
         let policy = Policy {
             inner: Arc::new(Loaded {
                 runtime,
@@ -278,20 +286,15 @@ impl Policy {
                 source,
                 digest: sha256_hex(module),
                 settings_version: sha256_hex(settings_json.as_bytes()),
+                decisions: (decision_cache > 0).then(|| quick_cache::sync::Cache::new(decision_cache)),
             }),
         };
         // One instantiation now, so a snapshot that cannot start under the limits (its memory is
         // already over the cap, say) is refused at load rather than on every request.
-        let mut store = policy
-            .inner
-            .runtime
-            .store(policy.inner.runtime.limits().timeout);
+        let mut store = policy.inner.runtime.store(policy.inner.runtime.limits().timeout);
         if let Err(error) = policy.inner.pre.instantiate_async(&mut store).await {
             let fault = policy.inner.runtime.classify(&error, &store);
-            return Err(LoadError::Configure {
-                source_name: policy.inner.source.clone(),
-                fault,
-            });
+            return Err(LoadError::Configure { source_name: policy.inner.source.clone(), fault });
         }
         Ok(policy)
     }
@@ -316,8 +319,33 @@ impl Policy {
         self.inner.runtime.limits()
     }
 
-    /// Decides one request in a fresh instance. A [`Fault`] means: issue no token.
+    /// Decides one request: from the decision cache, or in a fresh instance. A [`Fault`] means:
+    /// issue no token (faults are never cached).
     pub async fn evaluate(
+        &self,
+        caller: &Caller,
+        service: &str,
+        requested: &[Resource],
+    ) -> Result<Decision, Fault> {
+        let Some(cache) = &self.inner.decisions else {
+            return self.evaluate_uncached(caller, service, requested).await;
+        };
+        let query = DecisionQuery { caller, service, resources: requested };
+        if let Some(decision) = cache.get(&query) {
+            return Ok(decision);
+        }
+        let decision = self.evaluate_uncached(caller, service, requested).await?;
+        let key = DecisionKey {
+            caller: caller.clone(),
+            service: service.to_owned(),
+            resources: requested.to_vec(),
+        };
+        cache.insert(key, decision.clone());
+        Ok(decision)
+    }
+
+    /// Decides one request in a fresh instance of the guest, bypassing the decision cache.
+    pub async fn evaluate_uncached(
         &self,
         caller: &Caller,
         service: &str,
@@ -367,10 +395,7 @@ fn check_answer(answer: wit::Decision, requested: &[Resource]) -> Result<Decisio
         wit::Decision::Deny(denial) => {
             let reason_ok = !denial.reason.is_empty()
                 && denial.reason.len() <= MAX_REASON
-                && denial
-                    .reason
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                && denial.reason.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
             if !reason_ok {
                 return Err(Fault::Malformed(format!(
                     "a denial reason must be 1 to {MAX_REASON} characters of [a-z0-9-], got {:?}",
@@ -383,30 +408,17 @@ fn check_answer(answer: wit::Decision, requested: &[Resource]) -> Result<Decisio
                     denial.message.len()
                 )));
             }
-            Ok(Decision::Deny {
-                reason: denial.reason,
-                message: denial.message,
-            })
+            Ok(Decision::Deny { reason: denial.reason, message: denial.message })
         }
         wit::Decision::Grant(grant) => {
-            if grant
-                .note
-                .as_ref()
-                .is_some_and(|note| note.len() > MAX_NOTE)
-            {
-                return Err(Fault::Malformed(format!(
-                    "a note may have at most {MAX_NOTE} bytes"
-                )));
+            if grant.note.as_ref().is_some_and(|note| note.len() > MAX_NOTE) {
+                return Err(Fault::Malformed(format!("a note may have at most {MAX_NOTE} bytes")));
             }
             for granted in &grant.resources {
-                let asked = requested
-                    .iter()
-                    .find(|r| r.resource_type == granted.type_ && r.name == granted.name);
+                let asked =
+                    requested.iter().find(|r| r.resource_type == granted.type_ && r.name == granted.name);
                 let Some(asked) = asked else {
-                    return Err(Fault::Overgrant(format!(
-                        "{}:{}",
-                        granted.type_, granted.name
-                    )));
+                    return Err(Fault::Overgrant(format!("{}:{}", granted.type_, granted.name)));
                 };
                 if let Some(extra) = granted.actions.iter().find(|a| !asked.actions.contains(a)) {
                     return Err(Fault::Overgrant(format!(
@@ -437,16 +449,10 @@ fn check_answer(answer: wit::Decision, requested: &[Resource]) -> Result<Decisio
                         })
                         .cloned()
                         .collect();
-                    (!actions.is_empty()).then(|| Resource {
-                        actions,
-                        ..asked.clone()
-                    })
+                    (!actions.is_empty()).then(|| Resource { actions, ..asked.clone() })
                 })
                 .collect();
-            Ok(Decision::Grant {
-                resources,
-                note: grant.note,
-            })
+            Ok(Decision::Grant { resources, note: grant.note })
         }
     }
 }

@@ -109,11 +109,7 @@ policy:
 
     pub async fn service(&self) -> Arc<Service> {
         let live = Live::build(self.config()).await.unwrap();
-        Arc::new(Service::new(
-            live,
-            Some(self.config_path.clone()),
-            system_clock(),
-        ))
+        Arc::new(Service::new(live, Some(self.config_path.clone()), system_clock()))
     }
 
     pub async fn router(&self) -> Router {
@@ -132,10 +128,7 @@ pub struct Reply {
 impl Reply {
     /// The Docker error message, or the whole body if there is none.
     pub fn message(&self) -> String {
-        self.body["errors"][0]["message"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| self.body.to_string())
+        self.body["errors"][0]["message"].as_str().map(str::to_owned).unwrap_or_else(|| self.body.to_string())
     }
 
     pub fn code(&self) -> &str {
@@ -150,11 +143,7 @@ pub async fn send(router: &Router, request: Request<Body>) -> Reply {
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     let body = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    Reply { status, headers, body }
 }
 
 /// `GET uri` with `Authorization: Basic` carrying `token` as the password.
@@ -168,10 +157,8 @@ pub async fn get_basic(router: &Router, uri: &str, token: &str) -> Reply {
 }
 
 pub async fn get_bearer(router: &Router, uri: &str, token: &str) -> Reply {
-    let request = Request::get(uri)
-        .header("authorization", format!("Bearer {token}"))
-        .body(Body::empty())
-        .unwrap();
+    let request =
+        Request::get(uri).header("authorization", format!("Bearer {token}")).body(Body::empty()).unwrap();
     send(router, request).await
 }
 
@@ -188,12 +175,7 @@ pub fn decode(token: &str) -> (Value, Value) {
     let parts: Vec<&str> = token.split('.').collect();
     assert_eq!(parts.len(), 3, "{token}");
     let json = |part: &str| {
-        serde_json::from_slice(
-            &data_encoding::BASE64URL_NOPAD
-                .decode(part.as_bytes())
-                .unwrap(),
-        )
-        .unwrap()
+        serde_json::from_slice(&data_encoding::BASE64URL_NOPAD.decode(part.as_bytes()).unwrap()).unwrap()
     };
     (json(parts[0]), json(parts[1]))
 }
@@ -206,18 +188,9 @@ pub fn access(token: &str) -> Vec<String> {
         .unwrap()
         .iter()
         .map(|a| {
-            let actions: Vec<&str> = a["actions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_str().unwrap())
-                .collect();
-            format!(
-                "{}:{}:{}",
-                a["type"].as_str().unwrap(),
-                a["name"].as_str().unwrap(),
-                actions.join(",")
-            )
+            let actions: Vec<&str> =
+                a["actions"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+            format!("{}:{}:{}", a["type"].as_str().unwrap(), a["name"].as_str().unwrap(), actions.join(","))
         })
         .collect()
 }
@@ -233,19 +206,13 @@ pub fn query(service: &str, scopes: &[&str]) -> String {
 }
 
 pub fn form_urlencoded_pairs(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
+    pairs.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&")
 }
 
 fn encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -69,11 +69,7 @@ impl Policy for PlanCatalogue {
         let settings: Settings = serde_path_to_error::deserialize(&mut json).map_err(|e| {
             let path = e.path().to_string();
             let error = e.into_inner();
-            if path == "." {
-                error.to_string()
-            } else {
-                format!("{path}: {error}")
-            }
+            if path == "." { error.to_string() } else { format!("{path}: {error}") }
         })?;
 
         let mut plans = BTreeMap::new();
@@ -88,10 +84,7 @@ impl Policy for PlanCatalogue {
             plans.insert(plan, rules);
         }
         let revoked_licenses = settings.revoked_licenses.into_iter().collect();
-        Ok(PlanCatalogue {
-            plans,
-            revoked_licenses,
-        })
+        Ok(PlanCatalogue { plans, revoked_licenses })
     }
 
     fn evaluate(&self, request: &Request) -> Decision {
@@ -110,10 +103,7 @@ impl Policy for PlanCatalogue {
             Some(plan) => match self.plans.get(plan) {
                 Some(rules) => rules,
                 None => {
-                    return nothing_granted(
-                        request,
-                        &format!("plan {plan:?} is not in the catalogue"),
-                    );
+                    return nothing_granted(request, &format!("plan {plan:?} is not in the catalogue"));
                 }
             },
         };
@@ -125,10 +115,7 @@ impl Policy for PlanCatalogue {
                 .iter()
                 .filter(|rule| {
                     rule.resource_type == resource.type_
-                        && rule
-                            .repositories
-                            .iter()
-                            .any(|p| p.matches(&resource.name, caller))
+                        && rule.repositories.iter().any(|p| p.matches(&resource.name, caller))
                 })
                 .collect();
             let actions: Vec<String> = resource
@@ -161,15 +148,9 @@ impl Policy for PlanCatalogue {
 
 fn compile_rule(rule: RuleSettings) -> Result<Rule, String> {
     let type_ok = !rule.resource_type.is_empty()
-        && rule
-            .resource_type
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        && rule.resource_type.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if !type_ok {
-        return Err(format!(
-            "type {:?} is not lowercase letters and digits",
-            rule.resource_type
-        ));
+        return Err(format!("type {:?} is not lowercase letters and digits", rule.resource_type));
     }
     if rule.repositories.is_empty() {
         return Err("repositories is empty".to_owned());
@@ -183,11 +164,7 @@ fn compile_rule(rule: RuleSettings) -> Result<Rule, String> {
         .map(|p| RepoPattern::parse(p).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     let actions = ActionSet::parse(&rule.actions).map_err(|e| e.to_string())?;
-    Ok(Rule {
-        resource_type: rule.resource_type,
-        repositories,
-        actions,
-    })
+    Ok(Rule { resource_type: rule.resource_type, repositories, actions })
 }
 
 fn nothing_granted(request: &Request, why: &str) -> Decision {
@@ -195,10 +172,7 @@ fn nothing_granted(request: &Request, why: &str) -> Decision {
         return Decision::grant(Vec::new());
     }
     let asked: Vec<String> = request.resources.iter().map(Resource::to_string).collect();
-    Decision::grant_with_note(
-        Vec::new(),
-        format!("{why}; nothing granted of: {}", asked.join(" ")),
-    )
+    Decision::grant_with_note(Vec::new(), format!("{why}; nothing granted of: {}", asked.join(" ")))
 }
 
 registry_policy::export_policy!(PlanCatalogue);

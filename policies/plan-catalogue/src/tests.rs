@@ -29,9 +29,7 @@ fn decide(caller: Caller, resources: &[(&str, &str, &[&str])]) -> Decision {
 
 fn granted(decision: Decision) -> Vec<String> {
     match decision {
-        Decision::Grant(Grant { resources, .. }) => {
-            resources.iter().map(|r| r.to_string()).collect()
-        }
+        Decision::Grant(Grant { resources, .. }) => resources.iter().map(|r| r.to_string()).collect(),
         Decision::Deny(denial) => panic!("denied: {denial:?}"),
     }
 }
@@ -47,20 +45,12 @@ fn team_plan_grants_the_intersection() {
             ("repository", "other/app", &["pull"]),
         ],
     );
-    assert_eq!(
-        granted(decision),
-        [
-            "repository:team/app:pull,push",
-            "repository:acme/deep/app:delete"
-        ]
-    );
+    assert_eq!(granted(decision), ["repository:team/app:pull,push", "repository:acme/deep/app:delete"]);
 }
 
 #[test]
 fn revoked_licence_denies_everything() {
-    let caller = Caller::new("mallory")
-        .with_plan("admin")
-        .with_license("LIC-0002");
+    let caller = Caller::new("mallory").with_plan("admin").with_license("LIC-0002");
     match decide(caller, &[]) {
         Decision::Deny(denial) => {
             assert_eq!(denial.reason, "licence-revoked");
@@ -73,10 +63,7 @@ fn revoked_licence_denies_everything() {
 #[test]
 fn unknown_or_missing_plan_grants_nothing_and_says_why() {
     for (caller, why) in [
-        (
-            Caller::new("a").with_plan("gold"),
-            "plan \"gold\" is not in the catalogue",
-        ),
+        (Caller::new("a").with_plan("gold"), "plan \"gold\" is not in the catalogue"),
         (Caller::new("a"), "no stellaops:plan claim"),
     ] {
         match decide(caller, &[("repository", "team/app", &["pull"])]) {
@@ -92,10 +79,7 @@ fn unknown_or_missing_plan_grants_nothing_and_says_why() {
 #[test]
 fn catalog_star_needs_a_star_rule() {
     let admin = Caller::new("root").with_plan("admin");
-    assert_eq!(
-        granted(decide(admin, &[("registry", "catalog", &["*"])])),
-        ["registry:catalog:*"]
-    );
+    assert_eq!(granted(decide(admin, &[("registry", "catalog", &["*"])])), ["registry:catalog:*"]);
     let team = Caller::new("alice").with_plan("team");
     assert!(granted(decide(team, &[("registry", "catalog", &["*"])])).is_empty());
 }
@@ -104,22 +88,10 @@ fn catalog_star_needs_a_star_rule() {
 fn settings_errors_name_the_key() {
     for (settings, expected) in [
         (r#"{"plan": {}}"#, "unknown field `plan`"),
-        (
-            r#"{"plans": {"team": [{"repositories": ["a"], "actions": ["Pull"]}]}}"#,
-            "plans.team[0]",
-        ),
-        (
-            r#"{"plans": {"team": [{"repositories": ["a//b"], "actions": ["pull"]}]}}"#,
-            "empty path segment",
-        ),
-        (
-            r#"{"plans": {"team": [{"repositories": [], "actions": ["pull"]}]}}"#,
-            "repositories is empty",
-        ),
-        (
-            r#"{"plans": {"team": [{"repositories": ["a"], "actions": 3}]}}"#,
-            "plans.team[0].actions",
-        ),
+        (r#"{"plans": {"team": [{"repositories": ["a"], "actions": ["Pull"]}]}}"#, "plans.team[0]"),
+        (r#"{"plans": {"team": [{"repositories": ["a//b"], "actions": ["pull"]}]}}"#, "empty path segment"),
+        (r#"{"plans": {"team": [{"repositories": [], "actions": ["pull"]}]}}"#, "repositories is empty"),
+        (r#"{"plans": {"team": [{"repositories": ["a"], "actions": 3}]}}"#, "plans.team[0].actions"),
         ("not json", "expected"),
     ] {
         let error = PlanCatalogue::configure(settings).unwrap_err();

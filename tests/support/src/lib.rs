@@ -15,11 +15,7 @@ pub const WRONG_WORLD_GUEST_WASM: &str = env!("WRONG_WORLD_GUEST_WASM");
 
 /// A free TCP port on 127.0.0.1 (for programs that cannot listen on port 0 and report it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A child process that is killed (by its PID) and reaped when dropped, so a failing test never
@@ -34,13 +30,8 @@ pub struct Process {
 impl Process {
     /// Starts `command` with piped stdout/stderr.
     pub fn start(name: &str, mut command: Command) -> Process {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let stdout = child.stdout.take().unwrap();
         let (tx, stdout_lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -59,17 +50,10 @@ impl Process {
                 if n == 0 {
                     break;
                 }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
             }
         });
-        Process {
-            name: name.to_owned(),
-            child,
-            stdout_lines,
-            stderr,
-        }
+        Process { name: name.to_owned(), child, stdout_lines, stderr }
     }
 
     /// The process id.
@@ -105,11 +89,8 @@ impl Process {
 
     /// Sends `signal` (e.g. `"TERM"`, `"HUP"`) to the process by PID.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()
-            .unwrap();
+        let status =
+            Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap();
         assert!(status.success(), "kill -{signal} {} failed", self.pid());
     }
 
@@ -121,11 +102,7 @@ impl Process {
                 return status;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "{} did not exit within {timeout:?}; stderr:\n{}",
-                    self.name,
-                    self.stderr()
-                );
+                panic!("{} did not exit within {timeout:?}; stderr:\n{}", self.name, self.stderr());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -144,11 +121,7 @@ impl Drop for Process {
 /// Where a command comes from, for the message when it is missing.
 pub fn require_program(program: &str, install_hint: &str) -> String {
     let found = std::env::var_os("PATH")
-        .map(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(program))
-                .find(|p| p.is_file())
-        })
+        .map(|paths| std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|p| p.is_file()))
         .unwrap_or(None);
     match found {
         Some(path) => path.display().to_string(),

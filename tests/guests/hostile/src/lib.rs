@@ -1,6 +1,7 @@
 //! A policy that misbehaves on demand, to test that the host fails closed and keeps serving.
 //!
-//! The first requested repository name picks the behaviour (`hostile/loop`, `hostile/bomb`, ...);
+//! The first requested repository name picks the behaviour (`hostile/loop`, `hostile/bomb`,
+//! `hostile/slow`, ...);
 //! any other request is granted in full. Settings `{"refuse": "why"}` make `configure` fail and
 //! `{"configure": "loop"}` / `{"configure": "panic"}` make it misbehave.
 
@@ -10,31 +11,38 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Counts evaluations in this instance: with a fresh instance per request it is always 1.
 static EVALUATIONS: AtomicU32 = AtomicU32::new(0);
 
-pub struct Hostile;
+pub struct Hostile {
+    /// How long `hostile/slow` works before granting (it has no clock to look at).
+    slow_iterations: u64,
+}
 
 impl Policy for Hostile {
     fn configure(settings: &str) -> Result<Self, String> {
-        let settings: serde_json::Value =
-            serde_json::from_str(settings).map_err(|e| e.to_string())?;
+        let settings: serde_json::Value = serde_json::from_str(settings).map_err(|e| e.to_string())?;
         if let Some(why) = settings.get("refuse").and_then(|v| v.as_str()) {
             return Err(why.to_owned());
         }
+        let slow_iterations =
+            settings.get("slow_iterations").and_then(|v| v.as_u64()).unwrap_or(1_000_000_000);
         match settings.get("configure").and_then(|v| v.as_str()) {
             Some("loop") => spin(),
             Some("panic") => panic!("hostile guest panicked while configuring"),
-            _ => Ok(Hostile),
+            _ => Ok(Hostile { slow_iterations }),
         }
     }
 
     fn evaluate(&self, request: &Request) -> Decision {
         let count = EVALUATIONS.fetch_add(1, Ordering::SeqCst) + 1;
-        let first = request
-            .resources
-            .first()
-            .map(|r| r.name.as_str())
-            .unwrap_or_default();
+        let first = request.resources.first().map(|r| r.name.as_str()).unwrap_or_default();
         match first {
             "hostile/loop" => spin(),
+            "hostile/slow" => {
+                let mut n: u64 = 0;
+                while n < self.slow_iterations {
+                    n = std::hint::black_box(n + 1);
+                }
+                Decision::grant(request.resources.clone())
+            }
             "hostile/bomb" => bomb(),
             "hostile/panic" => panic!("hostile guest panicked on purpose"),
             "hostile/huge-message" => Decision::deny("huge", "x".repeat(1 << 20)),

@@ -1,0 +1,556 @@
+//! The performance harness: one run, one machine, one table.
+//!
+//! ```sh
+//! cargo bench -p registry-token --bench tokens            # full run, about two minutes
+//! cargo bench -p registry-token --bench tokens -- --quick # shorter load phases
+//! ```
+//!
+//! 1. The raw sign rate of the project's own signer on 1 and 2 threads (RS256 and ES256): the floor.
+//! 2. Each stage of a request, alone: caller-token validation, scope parsing, policy evaluation on a
+//!    fresh instance (no decision cache), signing, response encoding.
+//! 3. The release server, started with a realistic configuration (the plan catalogue with 50
+//!    plans), driven over loopback by a hyper client at 16 and 64 connections in two mixes: *hot*
+//!    (one caller repeating) and *cold* (every request a distinct Authority token and scope).
+//!    Tokens/s, p50/p99/p999 latency, tokens/s ÷ the 2-thread sign rate, server CPU per token, and
+//!    the server's peak RSS.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use data_encoding::BASE64URL_NOPAD;
+use registry_token::access::{Caller, Resource};
+use registry_token::app::system_clock;
+use registry_token::authority::{self, KeySource, Requirements};
+use registry_token::mint::{KidFormat, Minter, SigningAlgorithm, SigningKey, keygen};
+use registry_token::policy::{BUILTIN_PLAN_CATALOGUE, Limits, Policy};
+use registry_token::{dev_authority, scope};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
+const ISSUER: &str = "https://authority.bench";
+const SERVICE: &str = "registry.bench";
+const PLANS: usize = 50;
+
+struct Settings {
+    load_seconds: f64,
+    cold_tokens: usize,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let settings = if quick {
+        Settings { load_seconds: 3.0, cold_tokens: 30_000 }
+    } else {
+        Settings { load_seconds: 8.0, cold_tokens: 90_000 }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let root = root.as_path();
+    prepare(root);
+    if std::env::args().any(|a| a == "--prepare-only") {
+        cold_requests(root, 40_000);
+        println!("prepared {} (kept)", dir.keep().display());
+        return;
+    }
+
+    println!("registry-token benchmark — {} cores, {}", cores(), cpu_model());
+    println!();
+
+    // 1. The floor.
+    let rs = SigningKey::from_file(&root.join("rs/signing-key.pem"), SigningAlgorithm::RS256).unwrap();
+    let es = SigningKey::from_file(&root.join("es/signing-key.pem"), SigningAlgorithm::ES256).unwrap();
+    let rs = Arc::new(rs);
+    let es = Arc::new(es);
+    let rs1 = sign_rate(&rs, 1);
+    let rs2 = sign_rate(&rs, 2);
+    let es1 = sign_rate(&es, 1);
+    let es2 = sign_rate(&es, 2);
+    println!("## Raw signing (the project's signer, aws-lc, key parsed once)");
+    println!("| algorithm | 1 thread | 2 threads |");
+    println!("|---|---:|---:|");
+    println!("| RS256 (2048) | {rs1:.0}/s | {rs2:.0}/s |");
+    println!("| ES256 (P-256) | {es1:.0}/s | {es2:.0}/s |");
+    println!();
+
+    // 2. Stages.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    println!("## Stages, one at a time (median and p99 of batches, per operation)");
+    println!("| stage | median | p99 |");
+    println!("|---|---:|---:|");
+    runtime.block_on(stages(root));
+    println!();
+
+    // 3. Load.
+    println!(
+        "## The release server over loopback (wrk, one client thread, keep-alive, {:.0} s per row)",
+        settings.load_seconds
+    );
+    let cold = cold_requests(root, settings.cold_tokens);
+    println!(
+        "| signing | mix | connections | tokens/s | sign rate, 2 threads, just before | ratio | p50 | p99 | p999 | server CPU/token | peak RSS | errors |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (algorithm, key) in [("RS256", &rs), ("ES256", &es)] {
+        for (mix, connections) in [("hot", 16), ("hot", 64), ("cold", 16), ("cold", 64)] {
+            if algorithm == "ES256" && connections == 64 {
+                continue;
+            }
+            // The machine's speed drifts (it is shared); the floor is re-measured next to each row.
+            let rate = sign_rate(key, 2);
+            let row = load(root, algorithm, mix, connections, &settings, &cold);
+            println!(
+                "| {algorithm} | {mix} | {connections} | {:.0} | {rate:.0}/s | **{:.2}** | {} | {} | {} | {:.0} µs | {:.1} MiB | {} |",
+                row.rate,
+                row.rate / rate,
+                micros(row.p50),
+                micros(row.p99),
+                micros(row.p999),
+                row.cpu_per_token_us,
+                row.peak_rss_kib as f64 / 1024.0,
+                row.errors
+            );
+        }
+    }
+}
+
+fn micros(us: u64) -> String {
+    if us >= 1000 { format!("{:.2} ms", us as f64 / 1000.0) } else { format!("{us} µs") }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned())
+}
+
+/// Keys, a development Authority, a 50-plan catalogue and server configurations.
+fn prepare(root: &Path) {
+    keygen::generate(&root.join("rs"), SigningAlgorithm::RS256, 2048).unwrap();
+    keygen::generate(&root.join("es"), SigningAlgorithm::ES256, 2048).unwrap();
+    dev_authority::init(&root.join("authority"), ISSUER).unwrap();
+    std::fs::write(root.join("plans.json"), plans_json()).unwrap();
+    for (algorithm, dir) in [("RS256", "rs"), ("ES256", "es")] {
+        std::fs::write(
+            root.join(format!("{algorithm}.yaml")),
+            format!(
+                "listen: 127.0.0.1:0\nservices: [{SERVICE}]\n\
+                 authority: {{issuer: '{ISSUER}', audiences: [registry-token], jwks_file: '{root}/authority/jwks.json'}}\n\
+                 signing: {{issuer: registry-token, algorithm: {algorithm}, key_file: '{root}/{dir}/signing-key.pem', \
+                 cert_file: '{root}/{dir}/signing-cert.pem'}}\n\
+                 policy: {{settings_file: '{root}/plans.json'}}\n",
+                root = root.display()
+            ),
+        )
+        .unwrap();
+    }
+}
+
+/// A catalogue of 50 plans with four rules each (about 18 KB of JSON).
+fn plans_json() -> String {
+    let mut plans = serde_json::Map::new();
+    for i in 0..PLANS {
+        plans.insert(
+            format!("plan-{i:02}"),
+            serde_json::json!([
+                {"repositories": [format!("team-{i:02}/*"), format!("shared-{i:02}/**")], "actions": ["pull", "push"]},
+                {"repositories": ["{tenant}/**"], "actions": ["pull", "push", "delete"]},
+                {"repositories": [format!("public-{i:02}/**"), "mirror/library/*"], "actions": ["pull"]},
+                {"type": "registry", "repositories": ["catalog"], "actions": [if i % 10 == 0 { "*" } else { "none" }]},
+            ]),
+        );
+    }
+    let revoked: Vec<String> = (0..200).map(|i| format!("LIC-R{i:04}")).collect();
+    serde_json::json!({"plans": plans, "revoked_licenses": revoked}).to_string()
+}
+
+fn sign_rate(key: &Arc<SigningKey>, threads: usize) -> f64 {
+    let message = vec![b'x'; 600];
+    let run = Duration::from_secs(2);
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let key = Arc::clone(key);
+            let message = message.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let mut count = 0u64;
+                while started.elapsed() < run {
+                    std::hint::black_box(key.sign(&message).unwrap());
+                    count += 1;
+                }
+                count as f64 / started.elapsed().as_secs_f64()
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).sum()
+}
+
+/// Median and p99 per operation of batches of `batch` calls, over about a second.
+fn measure<F: FnMut()>(mut op: F, batch: u32) -> (f64, f64) {
+    let mut samples = Vec::new();
+    for round in 0.. {
+        let t = Instant::now();
+        for _ in 0..batch {
+            op();
+        }
+        if round > 0 {
+            samples.push(t.elapsed().as_secs_f64() * 1e6 / f64::from(batch));
+        }
+        if samples.len() >= 20 && samples.iter().sum::<f64>() * f64::from(batch) > 1e6 {
+            break;
+        }
+    }
+    percentiles(samples)
+}
+
+/// [`measure`] for an async operation, awaited in place (no runtime entry per call).
+async fn measure_async<F: FnMut() -> Fut, Fut: std::future::Future>(mut op: F, batch: u32) -> (f64, f64) {
+    let mut samples = Vec::new();
+    for round in 0.. {
+        let t = Instant::now();
+        for _ in 0..batch {
+            op().await;
+        }
+        if round > 0 {
+            samples.push(t.elapsed().as_secs_f64() * 1e6 / f64::from(batch));
+        }
+        if samples.len() >= 20 && samples.iter().sum::<f64>() * f64::from(batch) > 1e6 {
+            break;
+        }
+    }
+    percentiles(samples)
+}
+
+fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    (samples[samples.len() / 2], samples[samples.len() * 99 / 100])
+}
+
+fn row(stage: &str, (median, p99): (f64, f64)) {
+    println!("| {stage} | {median:.1} µs | {p99:.1} µs |");
+}
+
+fn caller() -> Caller {
+    Caller {
+        subject: "alice".into(),
+        client_id: Some("ci".into()),
+        tenant: Some("acme".into()),
+        plan: Some("plan-25".into()),
+        license: Some("LIC-0001".into()),
+        scopes: vec!["registry.token.issue".into()],
+        claims_json:
+            r#"{"sub":"alice","client_id":"ci","stellaops:plan":"plan-25","stellaops:tenant":"acme"}"#.into(),
+    }
+}
+
+async fn stages(root: &Path) {
+    let token = authority_token(root, "alice", 600);
+    let keys = KeySource::from_file(&root.join("authority/jwks.json")).unwrap();
+    let requirements = Requirements {
+        issuer: ISSUER.into(),
+        audiences: vec!["registry-token".into()],
+        required_scope: "registry.token.issue".into(),
+        leeway_seconds: 30,
+    };
+    let now = system_clock()();
+    row(
+        "caller-token validation (RS256 verify, claims)",
+        measure_async(|| async { authority::validate(&token, now, &keys, &requirements).await.unwrap() }, 50)
+            .await,
+    );
+
+    let scopes = [
+        "repository:team-25/app:pull,push",
+        "repository:acme/tools/ci:pull repository:mirror/library/alpine:pull",
+    ];
+    row(
+        "scope parsing (3 resources)",
+        measure(
+            || {
+                std::hint::black_box(scope::parse_scopes(scopes).unwrap());
+            },
+            1000,
+        ),
+    );
+
+    let settings = std::fs::read_to_string(root.join("plans.json")).unwrap();
+    let policy =
+        Policy::load(BUILTIN_PLAN_CATALOGUE, "builtin", &settings, Limits::default(), 0).await.unwrap();
+    let policy_cached =
+        Policy::load(BUILTIN_PLAN_CATALOGUE, "builtin", &settings, Limits::default(), 4096).await.unwrap();
+    let requested = scope::parse_scopes(scopes).unwrap();
+    let caller = caller();
+    row(
+        "policy evaluation, fresh instance (50 plans, 3 resources)",
+        measure_async(|| async { policy.evaluate_uncached(&caller, SERVICE, &requested).await.unwrap() }, 50)
+            .await,
+    );
+    row(
+        "policy evaluation, decision cache hit",
+        measure_async(|| async { policy_cached.evaluate(&caller, SERVICE, &requested).await.unwrap() }, 1000)
+            .await,
+    );
+
+    for (name, dir, algorithm) in
+        [("RS256", "rs", SigningAlgorithm::RS256), ("ES256", "es", SigningAlgorithm::ES256)]
+    {
+        let key = SigningKey::from_file(&root.join(format!("{dir}/signing-key.pem")), algorithm).unwrap();
+        let chain =
+            registry_token::mint::load_chain(&root.join(format!("{dir}/signing-cert.pem")), &key).unwrap();
+        let minter = Minter::new(key, "registry-token", 300, KidFormat::Libtrust, Some(&chain));
+        let granted: Vec<Resource> = requested.clone();
+        row(
+            &format!("minting and signing ({name})"),
+            measure(
+                || {
+                    std::hint::black_box(minter.mint("alice", SERVICE, &granted, now).unwrap());
+                },
+                if name == "RS256" { 20 } else { 200 },
+            ),
+        );
+        if name == "RS256" {
+            let minted = minter.mint("alice", SERVICE, &granted, now).unwrap();
+            row(
+                "response encoding (JSON body)",
+                measure(
+                    || {
+                        std::hint::black_box(registry_token::http::get_response_body(&minted, None));
+                    },
+                    1000,
+                ),
+            );
+        }
+    }
+}
+
+/// An Authority token signed with the development Authority's key (parsed once, aws-lc).
+fn authority_token(root: &Path, subject: &str, ttl: u64) -> String {
+    let signer = AuthoritySigner::new(root);
+    signer.token(subject, 0, ttl)
+}
+
+struct AuthoritySigner {
+    key: SigningKey,
+    header: String,
+    now: u64,
+}
+
+impl AuthoritySigner {
+    fn new(root: &Path) -> Self {
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.join("authority/authority.json")).unwrap()).unwrap();
+        let key = SigningKey::from_file(&root.join("authority/authority-key.pem"), SigningAlgorithm::RS256)
+            .unwrap();
+        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": info["kid"]}).to_string();
+        AuthoritySigner { key, header: BASE64URL_NOPAD.encode(header.as_bytes()), now: system_clock()() }
+    }
+
+    fn token(&self, subject: &str, n: usize, ttl: u64) -> String {
+        let claims = serde_json::json!({
+            "iss": ISSUER, "sub": subject, "aud": "registry-token", "client_id": "bench",
+            "iat": self.now, "nbf": self.now, "exp": self.now + ttl, "jti": format!("j{n}"),
+            "scope": "registry.token.issue openid",
+            "stellaops:plan": format!("plan-{:02}", n % PLANS), "stellaops:tenant": format!("tenant{}", n % 97),
+            "stellaops:license": format!("LIC-{n:06}"),
+        });
+        let mut token = format!("{}.{}", self.header, BASE64URL_NOPAD.encode(claims.to_string().as_bytes()));
+        let signature = self.key.sign(token.as_bytes()).unwrap();
+        token.push('.');
+        token.push_str(&BASE64URL_NOPAD.encode(&signature));
+        token
+    }
+}
+
+/// A file of `n` distinct `path<TAB>token` lines (a distinct caller and scope each), signed on
+/// every core.
+fn cold_requests(root: &Path, n: usize) -> std::path::PathBuf {
+    let threads = cores();
+    let per = n.div_ceil(threads);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let root = root.to_owned();
+            std::thread::spawn(move || {
+                let signer = AuthoritySigner::new(&root);
+                let mut text = String::new();
+                for i in t * per..((t + 1) * per).min(n) {
+                    let path = format!(
+                        "/token?service={SERVICE}&scope=repository%3Ateam-{:02}%2Fapp-{i}%3Apull%2Cpush",
+                        i % PLANS
+                    );
+                    text.push_str(&format!("{path}\t{}\n", signer.token(&format!("user-{i}"), i, 3600)));
+                }
+                text
+            })
+        })
+        .collect();
+    let file = root.join("cold.requests");
+    let text: String = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+struct Row {
+    rate: f64,
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    cpu_per_token_us: f64,
+    peak_rss_kib: u64,
+    errors: u64,
+}
+
+/// The server, on a free port, logging at info to a file (as it would in production).
+fn start_server(root: &Path, algorithm: &str) -> (std::process::Child, String) {
+    let log = std::fs::File::create(root.join(format!("server-{algorithm}.log"))).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(root.join(format!("{algorithm}.yaml")))
+        .env("REGISTRY_TOKEN_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
+        .unwrap();
+    let address = line.trim().strip_prefix("registry-token listening on http://").unwrap_or_else(|| {
+        panic!(
+            "the server did not start: {line:?}; see {}",
+            root.join(format!("server-{algorithm}.log")).display()
+        )
+    });
+    (child, address.to_owned())
+}
+
+/// utime + stime of a process, in microseconds.
+fn cpu_micros(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks * 1_000_000 / clock_ticks()
+}
+
+fn clock_ticks() -> u64 {
+    let output = Command::new("getconf").arg("CLK_TCK").stderr(Stdio::null()).output();
+    output
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// wrk's script: requests from a file of `path<TAB>token` lines, in order (cold), or one request
+/// repeated (hot, a one-line file); reports what the table needs as one JSON line.
+const WRK_SCRIPT: &str = r#"
+local lines = {}
+local next_line = 0
+local wrapped = false
+function init(args)
+  for line in io.lines(args[1]) do
+    local path, token = line:match("([^\t]+)\t(.+)")
+    lines[#lines + 1] = wrk.format("GET", path, { ["Authorization"] = "Bearer " .. token })
+  end
+end
+function request()
+  next_line = next_line + 1
+  if next_line > #lines then next_line = 1; if #lines > 1 then wrapped = true end end
+  return lines[next_line]
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests":%d,"duration_us":%d,"errors":%d,"p50":%d,"p99":%d,"p999":%d}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+"#;
+
+/// Runs wrk (one client thread, `connections` keep-alive connections) for `seconds`.
+fn wrk(
+    root: &Path,
+    address: &str,
+    connections: usize,
+    seconds: f64,
+    requests_file: &Path,
+) -> serde_json::Value {
+    let script = root.join("tokens.lua");
+    std::fs::write(&script, WRK_SCRIPT).unwrap();
+    let output = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{}s", seconds.ceil() as u64),
+            "--timeout",
+            "10s",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(format!("http://{address}/"))
+        .arg("--")
+        .arg(requests_file)
+        .output()
+        .unwrap_or_else(|e| panic!("wrk is needed for the load phase (apt-get install -y wrk): {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("wrk said: {stdout}{}", String::from_utf8_lossy(&output.stderr)));
+    serde_json::from_str(line).unwrap()
+}
+
+fn load(
+    root: &Path,
+    algorithm: &str,
+    mix: &str,
+    connections: usize,
+    settings: &Settings,
+    cold: &Path,
+) -> Row {
+    let (mut server, address) = start_server(root, algorithm);
+    let pid = server.id();
+    let hot = root.join("hot.requests");
+    let hot_path = format!(
+        "/token?service={SERVICE}&scope=repository%3Ateam-25%2Fapp%3Apull%2Cpush&scope=repository%3Amirror%2Flibrary%2Falpine%3Apull"
+    );
+    std::fs::write(&hot, format!("{hot_path}\t{}\n", authority_token(root, "alice", 3600))).unwrap();
+
+    // Warm-up: connections, code paths, and for the hot mix the caches it is about.
+    wrk(root, &address, connections, 1.0, &hot);
+    let requests = if mix == "hot" { &hot } else { cold };
+    let cpu_before = cpu_micros(pid);
+    let result = wrk(root, &address, connections, settings.load_seconds, requests);
+    let cpu = cpu_micros(pid) - cpu_before;
+    let ok = result["requests"].as_u64().unwrap() - result["errors"].as_u64().unwrap();
+    let row = Row {
+        rate: ok as f64 / (result["duration_us"].as_f64().unwrap() / 1e6),
+        p50: result["p50"].as_u64().unwrap(),
+        p99: result["p99"].as_u64().unwrap(),
+        p999: result["p999"].as_u64().unwrap(),
+        cpu_per_token_us: cpu as f64 / ok.max(1) as f64,
+        peak_rss_kib: peak_rss_kib(pid),
+        errors: result["errors"].as_u64().unwrap(),
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    row
+}

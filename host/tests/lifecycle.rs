@@ -1,0 +1,223 @@
+//! The running binary's life: reloading on SIGHUP under load (no failed request, a revoked licence
+//! refused within a second, caches dropped, a bad set refused while the old one serves), refusing
+//! to start on an exposed key or a wrong policy, and draining in-flight requests on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use test_support::Process;
+
+const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
+
+fn start(fixture: &Fixture) -> (Process, String) {
+    let mut command = Command::new(BIN);
+    command.args(["serve", "--config"]).arg(&fixture.config_path);
+    let mut server = Process::start("registry-token", command);
+    let address = server.wait_for_stdout("registry-token listening on http://", Duration::from_secs(60));
+    (server, address)
+}
+
+/// `GET path` with a Bearer token over a fresh connection; (status, body).
+fn get(address: &str, path: &str, token: &str) -> std::io::Result<(u16, Value)> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body =
+        response.split("\r\n\r\n").nth(1).and_then(|b| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+fn settings_version(address: &str) -> String {
+    let (_, body) = get(address, "/readyz", "-").unwrap();
+    body["policy"]["settings_version"].as_str().unwrap().to_owned()
+}
+
+fn plans(revoked: &[&str]) -> String {
+    PLANS.replace("revoked_licenses: [LIC-0002]", &format!("revoked_licenses: [{}]", revoked.join(", ")))
+}
+
+#[test]
+fn reloading_a_hundred_times_under_load_fails_no_request() {
+    let fixture = Fixture::new();
+    let plans_file = fixture.root().join("plans.yaml");
+    let (server, address) = start(&fixture);
+    let steady = fixture.token(|t| t.license = Some("LIC-0001".into()));
+    let doomed = fixture.token(|t| t.license = Some("LIC-0003".into()));
+    let pull = query(SERVICE, &["repository:team/app:pull"]);
+
+    // The licence to be revoked is served, and its decision cached, before the reload.
+    assert_eq!(get(&address, &pull, &doomed).unwrap().0, 200);
+    assert_eq!(get(&address, &pull, &doomed).unwrap().0, 200);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load: Vec<_> = (0..4)
+        .map(|worker| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            let (address, token) = (address.clone(), steady.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    // Hot (cached) and distinct (uncached) requests alike.
+                    let scope = if n % 2 == 0 {
+                        "repository:team/app:pull".to_owned()
+                    } else {
+                        format!("repository:team/w{worker}-{n}:pull,push")
+                    };
+                    match get(&address, &query(SERVICE, &[&scope]), &token) {
+                        Ok((200, body)) if body["token"].is_string() => ok.fetch_add(1, Ordering::Relaxed),
+                        other => {
+                            eprintln!("failed request during reloads: {other:?}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+
+    let mut slowest = Duration::ZERO;
+    let mut refusal_delay = Duration::ZERO;
+    for i in 0..100 {
+        let revoke = i % 2 == 0;
+        let revoked: &[&str] = if revoke { &["LIC-0002", "LIC-0003"] } else { &["LIC-0002"] };
+        let before = settings_version(&address);
+        std::fs::write(&plans_file, plans(revoked)).unwrap();
+        let sent = Instant::now();
+        server.signal("HUP");
+        while settings_version(&address) == before {
+            assert!(
+                sent.elapsed() < Duration::from_secs(30),
+                "reload {i} did not happen:\n{}",
+                server.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        slowest = slowest.max(sent.elapsed());
+        let (status, _) = get(&address, &pull, &doomed).unwrap();
+        if revoke {
+            assert_eq!(
+                status, 403,
+                "reload {i}: LIC-0003 is revoked, and no cached decision may say otherwise"
+            );
+            refusal_delay = refusal_delay.max(sent.elapsed());
+        } else {
+            assert_eq!(status, 200, "reload {i}: LIC-0003 is allowed again");
+        }
+    }
+
+    // A set that does not load is refused, and the old one keeps serving.
+    let before = settings_version(&address);
+    std::fs::write(&plans_file, "plans: {team: [{repositories: ['a//b'], actions: [pull]}]}").unwrap();
+    server.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.stderr().contains("reload refused") {
+        assert!(Instant::now() < deadline, "no refusal logged:\n{}", server.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(server.stderr().contains("empty path segment"), "the log says why");
+    assert_eq!(settings_version(&address), before);
+
+    stop.store(true, Ordering::Relaxed);
+    for worker in load {
+        worker.join().unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!(
+        "100 reloads under load: {ok} requests served, {failed} failed; slowest reload {slowest:?}; \
+         revoked licence refused at most {refusal_delay:?} after SIGHUP"
+    );
+    assert_eq!(failed, 0);
+    assert!(ok > 100, "the load ran ({ok} requests)");
+    assert!(refusal_delay < Duration::from_secs(1), "{refusal_delay:?}");
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
+    let fixture = Fixture::with(|config| {
+        config["policy"]["module"] = test_support::HOSTILE_GUEST_WASM.into();
+        config["policy"]["timeout_ms"] = 10_000.into();
+        config["policy"]["settings_file"] = serde_norway::Value::Null;
+    });
+    let (mut server, address) = start(&fixture);
+    let token = fixture.token(|_| {});
+    let slow = query(SERVICE, &["repository:hostile/slow:pull"]);
+    let in_flight = {
+        let (address, token) = (address.clone(), token.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            (get(&address, &slow, &token), started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    server.signal("TERM");
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(TcpStream::connect(&address).is_err(), "no new connections after SIGTERM");
+    let (response, took) = in_flight.join().unwrap();
+    let (status, body) = response.unwrap();
+    assert_eq!(status, 200, "the in-flight request completes: {body}");
+    assert!(body["token"].is_string());
+    assert!(took > Duration::from_millis(150), "it really was in flight ({took:?})");
+    assert!(server.wait(Duration::from_secs(20)).success(), "exit status 0:\n{}", server.stderr());
+    assert!(server.stderr().contains("SIGTERM: draining in-flight requests"));
+}
+
+#[test]
+fn an_exposed_signing_key_is_refused_with_the_fix() {
+    let fixture = Fixture::new();
+    let key = fixture.root().join("keys/signing-key.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = Command::new(BIN).args(["serve", "--config"]).arg(&fixture.config_path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("readable by group or others (mode 644)"), "{stderr}");
+    assert!(stderr.contains(&format!("chmod 600 {}", key.display())), "{stderr}");
+    assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
+}
+
+#[test]
+fn a_component_of_another_world_never_starts_serving() {
+    let fixture = Fixture::with(|config| {
+        config["policy"]["module"] = test_support::WRONG_WORLD_GUEST_WASM.into();
+    });
+    let output = Command::new(BIN).args(["serve", "--config"]).arg(&fixture.config_path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("does not implement the world stellaops:registry-policy/policy@0.1.0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(test_support::WRONG_WORLD_GUEST_WASM), "names the file: {stderr}");
+}
+
+#[test]
+fn private_key_material_never_reaches_debug_output() {
+    let fixture = Fixture::new();
+    let key_file = fixture.root().join("keys/signing-key.pem");
+    let pem = std::fs::read_to_string(&key_file).unwrap();
+    let key =
+        registry_token::mint::SigningKey::from_file(&key_file, registry_token::mint::SigningAlgorithm::RS256)
+            .unwrap();
+    let shown =
+        format!("{key:?} {:?}", registry_token::mint::Minter::new(key, "i", 60, Default::default(), None));
+    assert!(shown.contains("<redacted>"), "{shown}");
+    for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!shown.contains(&line[..16]), "key material in Debug output");
+    }
+}
