@@ -64,6 +64,11 @@ impl Live {
     /// Loads everything `config` names. CPU-heavy (the policy is compiled): run it off the
     /// request path.
     pub async fn build(config: Config) -> Result<Live, BuildError> {
+        Live::build_after(config, None).await
+    }
+
+    /// [`Live::build`] for a reload of `previous`: the policy engine is reused when it can be.
+    pub async fn build_after(config: Config, previous: Option<&Live>) -> Result<Live, BuildError> {
         let keys = match (&config.authority.jwks_file, &config.authority.jwks_url) {
             (Some(file), _) => KeySource::from_file(file)?,
             (None, Some(url)) => {
@@ -87,7 +92,7 @@ impl Live {
         let minter =
             Minter::new(key, &signing.issuer, signing.lifetime_seconds, signing.kid_format, chain.as_deref());
 
-        let policy = load_policy(&config.policy, config.cache.decisions).await?;
+        let policy = load_policy(&config.policy, config.cache.decisions, previous.map(|p| &p.policy)).await?;
         let validator = Validator::new(keys, requirements, config.cache.caller_tokens);
         Ok(Live { config, validator, policy, minter })
     }
@@ -103,19 +108,22 @@ impl Live {
 pub async fn load_policy(
     config: &crate::config::PolicyConfig,
     decision_cache: usize,
+    previous: Option<&Policy>,
 ) -> Result<Policy, BuildError> {
     let settings = match &config.settings_file {
         Some(path) => settings_json(path)?,
         None => "{}".to_owned(),
     };
-    load_policy_with(config, &settings, decision_cache).await
+    load_policy_with(config, &settings, decision_cache, previous).await
 }
 
 /// Loads the configured policy module with settings given as JSON (ignoring `settings_file`).
+/// With a `previous` policy, reuses its engine where it can (see [`Policy::reload`]).
 pub async fn load_policy_with(
     config: &crate::config::PolicyConfig,
     settings_json: &str,
     decision_cache: usize,
+    previous: Option<&Policy>,
 ) -> Result<Policy, BuildError> {
     let module: std::borrow::Cow<'static, [u8]> = if config.module == policy::BUILTIN_NAME {
         policy::BUILTIN_PLAN_CATALOGUE.into()
@@ -128,7 +136,12 @@ pub async fn load_policy_with(
         timeout: Duration::from_millis(config.timeout_ms),
         memory_bytes: usize::try_from(config.memory_mib).unwrap_or(usize::MAX).saturating_mul(1024 * 1024),
     };
-    Ok(Policy::load(&module, &config.module, settings_json, limits, decision_cache).await?)
+    Ok(match previous {
+        Some(previous) => {
+            previous.reload(&module, &config.module, settings_json, limits, decision_cache).await?
+        }
+        None => Policy::load(&module, &config.module, settings_json, limits, decision_cache).await?,
+    })
 }
 
 /// Reads a YAML or JSON settings file and renders it as the JSON document guests receive.
@@ -185,14 +198,17 @@ impl Service {
             );
         }
         // Compiling a policy takes a few hundred milliseconds of CPU: keep it off the workers.
+        let started = std::time::Instant::now();
         let handle = tokio::runtime::Handle::current();
-        let built = tokio::task::spawn_blocking(move || handle.block_on(Live::build(config)))
-            .await
-            .map_err(|e| BuildError::File(format!("the reload task failed: {e}")))??;
+        let built =
+            tokio::task::spawn_blocking(move || handle.block_on(Live::build_after(config, Some(&current))))
+                .await
+                .map_err(|e| BuildError::File(format!("the reload task failed: {e}")))??;
         tracing::info!(
             policy = built.policy.source(),
             digest = built.policy.digest(),
             settings = built.policy.settings_version(),
+            took_ms = started.elapsed().as_millis() as u64,
             "reloaded"
         );
         self.live.store(Arc::new(built));

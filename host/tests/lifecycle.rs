@@ -214,10 +214,25 @@ fn private_key_material_never_reaches_debug_output() {
     let key =
         registry_token::mint::SigningKey::from_file(&key_file, registry_token::mint::SigningAlgorithm::RS256)
             .unwrap();
-    let shown =
-        format!("{key:?} {:?}", registry_token::mint::Minter::new(key, "i", 60, Default::default(), None));
+    let key_shown = format!("{key:?}");
+    let minter = registry_token::mint::Minter::new(key, "i", 60, Default::default(), None);
+    let shown = format!("{key_shown} {minter:?}");
     assert!(shown.contains("<redacted>"), "{shown}");
     for line in pem.lines().filter(|l| !l.starts_with("-----")) {
         assert!(!shown.contains(&line[..16]), "key material in Debug output");
     }
+}
+
+#[test]
+fn a_100_kib_query_is_refused_and_the_server_keeps_serving() {
+    let fixture = Fixture::new();
+    let (_server, address) = start(&fixture);
+    let token = fixture.token(|_| {});
+    let long = format!("/token?service={SERVICE}&account={}", "a".repeat(100 * 1024));
+    let (status, _) = get(&address, &long, &token).unwrap();
+    // hyper refuses a URI over 64 KiB before routing (414, no body); shorter ones over 16 KiB get
+    // the Docker error body from the handler (tests/hostile.rs).
+    assert_eq!(status, 414);
+    let (status, body) = get(&address, &query(SERVICE, &["repository:team/app:pull"]), &token).unwrap();
+    assert_eq!((status, body["token"].is_string()), (200, true));
 }

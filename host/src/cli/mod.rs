@@ -254,7 +254,7 @@ async fn policy_test(source: &PolicySource, files: &[PathBuf]) -> Result<ExitCod
     for path in files {
         let (file, settings) = cases::read(path, source.settings.as_deref())?;
         let policy =
-            load_policy_with(&policy_config(source), &settings, 0).await.map_err(|e| e.to_string())?;
+            load_policy_with(&policy_config(source), &settings, 0, None).await.map_err(|e| e.to_string())?;
         for outcome in cases::run(&policy, &file).await {
             match outcome.failure {
                 None => passed += 1,
@@ -291,7 +291,7 @@ async fn policy_eval(source: &PolicySource, request: Option<&Path>) -> Result<Ex
     };
     let caller = caller_from_claims(claims).map_err(|e| format!("claims: {e}"))?;
     let requested = crate::scope::parse_scopes(scopes).map_err(|e| e.to_string())?;
-    let policy = load_policy(&policy_config(source), 0).await.map_err(|e| e.to_string())?;
+    let policy = load_policy(&policy_config(source), 0, None).await.map_err(|e| e.to_string())?;
     let answer = match policy.evaluate(&caller, service, &requested).await {
         Ok(Decision::Grant { resources, note }) => {
             json!({"decision": "grant", "access": resources, "note": note})

@@ -17,8 +17,9 @@ use axum::response::{IntoResponse, Response};
 use data_encoding::BASE64;
 use serde::Serialize;
 
-/// Longest accepted query string. A blob mount's two scopes take a few hundred bytes.
-pub const MAX_QUERY_BYTES: usize = 64 * 1024;
+/// Longest accepted query string: a blob mount's two scopes take a few hundred bytes, and
+/// `scope::MAX_RESOURCES` scopes fit. (URIs over 64 KiB never get here: hyper answers 414 itself.)
+pub const MAX_QUERY_BYTES: usize = 16 * 1024;
 
 #[derive(Serialize)]
 struct GetResponse<'a> {

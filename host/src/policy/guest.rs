@@ -127,6 +127,9 @@ pub struct Runtime {
     linker: Linker<GuestState>,
     limits: Limits,
     slots: Semaphore,
+    /// The last module compiled for configuring, by digest: a reload that changes only settings
+    /// does not compile it again.
+    compiled: std::sync::Mutex<Option<(String, Component)>>,
 }
 
 impl Runtime {
@@ -159,11 +162,33 @@ impl Runtime {
 
         // Without a ticker no deadline would ever fire: refuse to run instead.
         spawn_ticker(&engine, limits.tick())?;
-        Ok(Runtime { engine, linker, limits, slots: Semaphore::new(POOL_SLOTS as usize) })
+        Ok(Runtime {
+            engine,
+            linker,
+            limits,
+            slots: Semaphore::new(POOL_SLOTS as usize),
+            compiled: std::sync::Mutex::new(None),
+        })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Compiles `wasm`, or returns the component compiled from the same bytes last time.
+    pub fn compile_cached(&self, wasm: &[u8]) -> wasmtime::Result<Component> {
+        let digest = super::sha256_hex(wasm);
+        if let Ok(compiled) = self.compiled.lock()
+            && let Some((cached, component)) = compiled.as_ref()
+            && *cached == digest
+        {
+            return Ok(component.clone());
+        }
+        let component = Component::new(&self.engine, wasm)?;
+        if let Ok(mut compiled) = self.compiled.lock() {
+            *compiled = Some((digest, component.clone()));
+        }
+        Ok(component)
     }
 
     pub fn limits(&self) -> Limits {

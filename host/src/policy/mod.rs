@@ -160,7 +160,7 @@ pub struct Policy {
 }
 
 struct Loaded {
-    runtime: Runtime,
+    runtime: Arc<Runtime>,
     pre: bindings::PolicyPre<GuestState>,
     source: String,
     digest: String,
@@ -228,7 +228,35 @@ impl Policy {
         limits: Limits,
         decision_cache: usize,
     ) -> Result<Policy, LoadError> {
-        let runtime = Runtime::new(limits).map_err(|e| LoadError::Runtime(e.to_string()))?;
+        let runtime = Arc::new(Runtime::new(limits).map_err(|e| LoadError::Runtime(e.to_string()))?);
+        Policy::load_in(runtime, module, source_name, settings_json, decision_cache).await
+    }
+
+    /// [`Policy::load`] for a reload: when the limits are unchanged the new policy shares this one's
+    /// engine and pool, and a module already compiled there is not compiled again (only the
+    /// snapshot of the new settings is), which keeps reloads under load short.
+    pub async fn reload(
+        &self,
+        module: &[u8],
+        source_name: &str,
+        settings_json: &str,
+        limits: Limits,
+        decision_cache: usize,
+    ) -> Result<Policy, LoadError> {
+        if limits != self.limits() {
+            return Policy::load(module, source_name, settings_json, limits, decision_cache).await;
+        }
+        let runtime = Arc::clone(&self.inner.runtime);
+        Policy::load_in(runtime, module, source_name, settings_json, decision_cache).await
+    }
+
+    async fn load_in(
+        runtime: Arc<Runtime>,
+        module: &[u8],
+        source_name: &str,
+        settings_json: &str,
+        decision_cache: usize,
+    ) -> Result<Policy, LoadError> {
         let source = source_name.to_owned();
 
         // wizer instruments the component so its state can be read back after `configure`.
@@ -240,7 +268,8 @@ impl Policy {
         let (context, instrumented) = wizer
             .instrument_component(module)
             .map_err(|e| LoadError::Compile { source_name: source.clone(), reason: root(&e) })?;
-        let component = Component::new(runtime.engine(), &instrumented)
+        let component = runtime
+            .compile_cached(&instrumented)
             .map_err(|e| LoadError::Compile { source_name: source.clone(), reason: root(&e) })?;
         let pre = runtime
             .pre(&component)
