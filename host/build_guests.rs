@@ -22,8 +22,18 @@ pub fn build(packages: &[(&str, &str)], watch: &[&str]) {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
 
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    // Guests build with the workspace's pinned toolchain (rust-toolchain.toml, which brings the
+    // wasm32-wasip2 target) even when the host is built with another (`cargo +nightly fuzz`):
+    // through rustup's `cargo` when rustup is there, with the outer toolchain's choices removed.
+    let rustup = std::env::var_os("RUSTUP_HOME").is_some() || std::env::var_os("RUSTUP_TOOLCHAIN").is_some();
+    let cargo = match rustup {
+        true => "cargo".to_owned(),
+        false => std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()),
+    };
     let mut command = Command::new(cargo);
+    if rustup {
+        command.env_remove("RUSTUP_TOOLCHAIN").env_remove("RUSTC").env_remove("RUSTDOC");
+    }
     command
         .current_dir(&root)
         .args(["build", "--release", "--locked", "--target", TARGET])

@@ -72,7 +72,12 @@ impl Live {
         let keys = match (&config.authority.jwks_file, &config.authority.jwks_url) {
             (Some(file), _) => KeySource::from_file(file)?,
             (None, Some(url)) => {
-                KeySource::from_url(url, Duration::from_secs(config.authority.jwks_refresh_seconds)).await?
+                KeySource::from_url(
+                    url,
+                    Duration::from_secs(config.authority.jwks_refresh_seconds),
+                    Duration::from_secs(config.authority.jwks_min_refetch_seconds),
+                )
+                .await?
             }
             (None, None) => return Err(BuildError::File("authority: no JWKS configured".into())),
         };

@@ -42,6 +42,10 @@ pub struct Config {
     /// Bounded caches of the hot path.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Reload when a file the configuration names (or the configuration itself) changes, as on
+    /// SIGHUP.
+    #[serde(default)]
+    pub watch: bool,
     /// Trial conveniences; never for production.
     #[serde(default)]
     pub development: DevelopmentConfig,
@@ -65,6 +69,9 @@ pub struct AuthorityConfig {
     /// How often a `jwks_url` is refetched.
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh_seconds: u64,
+    /// An unknown `kid` refetches a `jwks_url` at most once per this many seconds.
+    #[serde(default = "default_jwks_min_refetch")]
+    pub jwks_min_refetch_seconds: u64,
     /// Clock skew tolerated on `exp`/`nbf`.
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
@@ -190,6 +197,9 @@ fn default_required_scope() -> String {
 }
 fn default_jwks_refresh() -> u64 {
     300
+}
+fn default_jwks_min_refetch() -> u64 {
+    30
 }
 fn default_leeway() -> u64 {
     30

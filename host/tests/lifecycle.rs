@@ -236,3 +236,33 @@ fn a_100_kib_query_is_refused_and_the_server_keeps_serving() {
     let (status, body) = get(&address, &query(SERVICE, &["repository:team/app:pull"]), &token).unwrap();
     assert_eq!((status, body["token"].is_string()), (200, true));
 }
+
+#[test]
+fn with_watch_on_a_changed_settings_file_reloads_by_itself() {
+    let fixture = Fixture::with(|config| {
+        config["watch"] = true.into();
+    });
+    let plans_file = fixture.root().join("plans.yaml");
+    let (server, address) = start(&fixture);
+    let token = fixture.token(|t| t.license = Some("LIC-0003".into()));
+    let pull = query(SERVICE, &["repository:team/app:pull"]);
+    assert_eq!(get(&address, &pull, &token).unwrap().0, 200);
+
+    // Replaced the way editors and deployment tools do: a new file renamed over the old one.
+    let before = settings_version(&address);
+    let staged = fixture.root().join(".plans.yaml.new");
+    std::fs::write(&staged, plans(&["LIC-0002", "LIC-0003"])).unwrap();
+    std::fs::rename(&staged, &plans_file).unwrap();
+    let changed = Instant::now();
+    while settings_version(&address) == before {
+        assert!(
+            changed.elapsed() < Duration::from_secs(10),
+            "no reload after the change:\n{}",
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(&address, &pull, &token).unwrap().0, 403);
+    assert!(server.stderr().contains("a watched file changed: reloading"));
+    eprintln!("watch: reloaded {:?} after the file changed", changed.elapsed());
+}

@@ -179,3 +179,44 @@ async fn a_component_of_another_world_is_refused_at_load() {
     let error = Policy::load(b"not wasm at all", "junk.wasm", "{}", Limits::default(), 0).await.unwrap_err();
     assert!(matches!(error, LoadError::Compile { .. }), "{error}");
 }
+
+#[tokio::test]
+async fn the_decision_cache_answers_only_the_exact_same_request() {
+    let policy = Policy::load(BUILTIN_PLAN_CATALOGUE, "builtin", PLANS, Limits::default(), 64).await.unwrap();
+    let asked = [Resource::new("repository", "team/app", &["pull", "push"])];
+    let team = caller("team");
+    assert_eq!(
+        granted(&policy.evaluate(&team, "registry.local", &asked).await.unwrap()),
+        ["repository:team/app:pull,push"]
+    );
+    // Same subject, another plan: not the cached answer.
+    assert!(granted(&policy.evaluate(&caller("gold"), "registry.local", &asked).await.unwrap()).is_empty());
+    // Same plan, another claim the guest can read (the licence): not the cached answer either.
+    let mut revoked = caller("team");
+    revoked.license = Some("LIC-0002".into());
+    assert!(matches!(
+        policy.evaluate(&revoked, "registry.local", &asked).await.unwrap(),
+        Decision::Deny { .. }
+    ));
+    // Another resource, another service: evaluated, not looked up.
+    let other = [Resource::new("repository", "team/other", &["pull"])];
+    assert_eq!(
+        granted(&policy.evaluate(&team, "registry.local", &other).await.unwrap()),
+        ["repository:team/other:pull"]
+    );
+    assert_eq!(
+        granted(&policy.evaluate(&team, "registry.local", &asked).await.unwrap()),
+        ["repository:team/app:pull,push"]
+    );
+}
+
+#[tokio::test]
+async fn faults_are_never_cached() {
+    let module = std::fs::read(test_support::HOSTILE_GUEST_WASM).unwrap();
+    let policy = Policy::load(&module, "hostile", "{}", Limits::default(), 64).await.unwrap();
+    let asked = [Resource::new("repository", "hostile/panic", &["pull"])];
+    for _ in 0..2 {
+        let fault = policy.evaluate(&caller("team"), "s", &asked).await.unwrap_err();
+        assert_eq!(fault.kind(), "panic");
+    }
+}

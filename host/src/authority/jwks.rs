@@ -16,9 +16,6 @@ use std::time::{Duration, Instant};
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// Keys beyond this many are ignored (with a warning); Authorities publish a handful.
 const MAX_KEYS: usize = 64;
-/// An unknown `kid` triggers at most one refetch per this interval, so a flood of tokens with
-/// made-up key ids cannot turn into a flood of requests to the Authority.
-const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a JWKS could not be loaded.
@@ -216,9 +213,15 @@ impl KeySource {
         Ok(KeySource::File(Arc::new(KeySet::from_json(&bytes, &path.display().to_string())?)))
     }
 
-    /// A JWKS URL. The first fetch happens here; if it fails the error is logged and tokens are
+    /// A JWKS URL, refetched every `refresh_every`, and on an unknown `kid` at most once per
+    /// `min_refetch` (so a flood of tokens with made-up key ids cannot become a flood of requests to
+    /// the Authority). The first fetch happens here; if it fails the error is logged and tokens are
     /// refused as `KeysUnavailable` until a later fetch succeeds.
-    pub async fn from_url(url: &str, refresh_every: Duration) -> Result<KeySource, JwksError> {
+    pub async fn from_url(
+        url: &str,
+        refresh_every: Duration,
+        min_refetch: Duration,
+    ) -> Result<KeySource, JwksError> {
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .redirect(reqwest::redirect::Policy::limited(3))
@@ -230,6 +233,7 @@ impl KeySource {
             keys: ArcSwap::from_pointee(KeySet::default()),
             generation: std::sync::atomic::AtomicU64::new(0),
             last_fetch: Mutex::new(None),
+            min_refetch,
             refetch: tokio::sync::Mutex::new(()),
         });
         if let Err(e) = remote.refresh().await {
@@ -287,6 +291,7 @@ pub struct RemoteJwks {
     keys: ArcSwap<KeySet>,
     generation: std::sync::atomic::AtomicU64,
     last_fetch: Mutex<Option<Instant>>,
+    min_refetch: Duration,
     refetch: tokio::sync::Mutex<()>,
 }
 
@@ -333,7 +338,7 @@ impl RemoteJwks {
         let recent = self
             .last_fetch
             .lock()
-            .map(|last| last.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL))
+            .map(|last| last.is_some_and(|at| at.elapsed() < self.min_refetch))
             .unwrap_or(true);
         if !recent && let Err(e) = self.refresh().await {
             tracing::warn!("{e}");

@@ -3,7 +3,7 @@
 use crate::app::{Live, Service, system_clock};
 use crate::config::Config;
 use crate::{dev_authority, http, mint};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +34,7 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
     println!("registry-token listening on http://{address}");
     tracing::info!(%address, "listening");
 
-    spawn_reloader(Arc::clone(&service))?;
+    spawn_reloader(Arc::clone(&service), config_path)?;
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -62,19 +62,107 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGHUP: re-read the configuration and everything it names; keep serving the old set if the
-/// new one does not load.
-fn spawn_reloader(service: Arc<Service>) -> Result<(), String> {
+/// SIGHUP, and with `watch: true` a change to any file the configuration names: re-read the
+/// configuration and everything it names; keep serving the old set if the new one does not load.
+/// Reloads run one at a time; triggers that arrive meanwhile are coalesced into the next one.
+fn spawn_reloader(service: Arc<Service>, config_path: &Path) -> Result<(), String> {
     let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let watching = service.live().config.watch;
+    let mut watcher = match watching {
+        true => Some(FileWatcher::new(changed_tx)?),
+        false => None,
+    };
+    let config_path = config_path.to_owned();
     tokio::spawn(async move {
-        while hangup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading");
+        loop {
+            if let Some(watcher) = watcher.as_mut() {
+                watcher.watch(&watched_files(&config_path, &service.live().config));
+            }
+            tokio::select! {
+                Some(()) = hangup.recv() => tracing::info!("SIGHUP: reloading"),
+                Some(()) = changed.recv() => {
+                    // Editors and deployment tools write in several steps: let them finish.
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    while changed.try_recv().is_ok() {}
+                    tracing::info!("a watched file changed: reloading");
+                }
+                else => break,
+            }
             if let Err(error) = service.reload().await {
                 tracing::error!(%error, "reload refused; the previous configuration keeps serving");
             }
         }
     });
     Ok(())
+}
+
+/// Every file a configuration names, and the configuration itself.
+fn watched_files(config_path: &Path, config: &Config) -> Vec<PathBuf> {
+    let mut files = vec![config_path.to_owned(), config.signing.key_file.clone()];
+    files.extend(config.signing.cert_file.clone());
+    files.extend(config.authority.jwks_file.clone());
+    files.extend(config.policy.settings_file.clone());
+    if config.policy.module != crate::policy::BUILTIN_NAME {
+        files.push(PathBuf::from(&config.policy.module));
+    }
+    files
+}
+
+/// Watches the directories of a set of files (editors replace files by renaming, which a watch on
+/// the file itself would miss) and reports changes to those files.
+struct FileWatcher {
+    watcher: notify::RecommendedWatcher,
+    files: Arc<std::sync::Mutex<Vec<PathBuf>>>,
+    directories: Vec<PathBuf>,
+}
+
+impl FileWatcher {
+    fn new(changed: tokio::sync::mpsc::UnboundedSender<()>) -> Result<FileWatcher, String> {
+        let files: Arc<std::sync::Mutex<Vec<PathBuf>>> = Arc::default();
+        let wanted = Arc::clone(&files);
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if event.kind.is_access() {
+                return;
+            }
+            let ours = wanted.lock().is_ok_and(|files| {
+                event
+                    .paths
+                    .iter()
+                    .any(|p| files.iter().any(|f| p.file_name() == f.file_name() && p.parent() == f.parent()))
+            });
+            if ours {
+                let _ = changed.send(());
+            }
+        })
+        .map_err(|e| format!("cannot watch files: {e}"))?;
+        Ok(FileWatcher { watcher, files, directories: Vec::new() })
+    }
+
+    fn watch(&mut self, files: &[PathBuf]) {
+        use notify::Watcher as _;
+        let absolute: Vec<PathBuf> = files.iter().filter_map(|f| std::path::absolute(f).ok()).collect();
+        let mut directories: Vec<PathBuf> =
+            absolute.iter().filter_map(|f| f.parent().map(Path::to_owned)).collect();
+        directories.sort();
+        directories.dedup();
+        if let Ok(mut wanted) = self.files.lock() {
+            *wanted = absolute;
+        }
+        if directories == self.directories {
+            return;
+        }
+        for directory in self.directories.drain(..) {
+            let _ = self.watcher.unwatch(&directory);
+        }
+        for directory in directories {
+            match self.watcher.watch(&directory, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => self.directories.push(directory),
+                Err(error) => tracing::warn!(directory = %directory.display(), %error, "cannot watch"),
+            }
+        }
+    }
 }
 
 /// `development.create_missing_keys`: make a missing signing key (and certificate) and a missing

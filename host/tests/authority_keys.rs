@@ -1,0 +1,157 @@
+//! The Authority's keys from a URL (cached, refreshed, refetched once on an unknown `kid`, bounded)
+//! and the validated-token cache (never past a token's `exp`, dropped when the keys change).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use axum::Router;
+use axum::routing::get;
+use registry_token::authority::{AuthError, KeySource, Requirements, Validator};
+use registry_token::dev_authority::{self, TokenRequest};
+use serde_json::Map;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+const ISSUER: &str = "https://authority.keys";
+
+fn requirements() -> Requirements {
+    Requirements {
+        issuer: ISSUER.into(),
+        audiences: vec!["registry-token".into()],
+        required_scope: "registry.token.issue".into(),
+        leeway_seconds: 0,
+    }
+}
+
+fn token(authority: &Path, ttl: i64, now: u64) -> String {
+    let request = TokenRequest {
+        subject: "alice".into(),
+        plan: Some("team".into()),
+        license: None,
+        tenant: None,
+        scope: "registry.token.issue".into(),
+        audience: "registry-token".into(),
+        client_id: "tests".into(),
+        ttl_seconds: ttl,
+        extra: Map::new(),
+    };
+    dev_authority::token(authority, &request, now).unwrap()
+}
+
+/// A JWKS endpoint on 127.0.0.1 serving whatever `document` holds, counting its requests.
+struct JwksServer {
+    url: String,
+    document: Arc<std::sync::Mutex<String>>,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn jwks_server(initial: String) -> JwksServer {
+    let document = Arc::new(std::sync::Mutex::new(initial));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (served, counted) = (document.clone(), hits.clone());
+    let app = Router::new().route(
+        "/jwks.json",
+        get(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let body = served.lock().unwrap().clone();
+            async move { body }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    JwksServer { url, document, hits }
+}
+
+#[tokio::test]
+async fn a_jwks_url_is_fetched_and_a_rotated_key_is_picked_up_on_its_first_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    dev_authority::init(&first, ISSUER).unwrap();
+    dev_authority::init(&second, ISSUER).unwrap();
+    let read = |d: &Path| std::fs::read_to_string(d.join("jwks.json")).unwrap();
+    let server = jwks_server(read(&first)).await;
+
+    let keys = KeySource::from_url(&server.url, Duration::from_secs(300), Duration::ZERO).await.unwrap();
+    assert!(keys.is_ready());
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+    let now = registry_token::app::system_clock()();
+    let validator = Validator::new(keys, requirements(), 0);
+    assert_eq!(validator.validate(&token(&first, 600, now), now).await.unwrap().caller.subject, "alice");
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1, "known keys are not refetched");
+
+    // The Authority rotates to a new key: the first token signed with it triggers one refetch.
+    *server.document.lock().unwrap() = read(&second);
+    let rotated = validator.validate(&token(&second, 600, now), now).await.unwrap();
+    assert_eq!(rotated.caller.subject, "alice");
+    assert_eq!(server.hits.load(Ordering::SeqCst), 2, "exactly one refetch");
+    // The retired key is gone with the old document.
+    let retired = validator.validate(&token(&first, 600, now), now).await.unwrap_err();
+    assert!(matches!(retired, AuthError::UnknownKey(_)), "{retired}");
+}
+
+#[tokio::test]
+async fn unavailable_keys_refuse_callers_and_made_up_kids_do_not_flood_the_authority() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    dev_authority::init(&first, ISSUER).unwrap();
+    dev_authority::init(&second, ISSUER).unwrap();
+    // The JWKS is unavailable at start (a 404 page): the service starts, refuses callers as
+    // "keys unavailable", and recovers on the first fetch that works.
+    let server = jwks_server("not a jwks".into()).await;
+    let keys =
+        KeySource::from_url(&server.url, Duration::from_secs(300), Duration::from_secs(30)).await.unwrap();
+    assert!(!keys.is_ready());
+    let validator = Validator::new(keys, requirements(), 16);
+    let now = registry_token::app::system_clock()();
+    assert_eq!(
+        validator.validate(&token(&second, 600, now), now).await.unwrap_err(),
+        AuthError::KeysUnavailable
+    );
+
+    *server.document.lock().unwrap() = std::fs::read_to_string(second.join("jwks.json")).unwrap();
+    // Still within 30 s of the failed fetch: nothing is fetched, so a flood of made-up kids costs
+    // the Authority nothing.
+    for _ in 0..20 {
+        let _ = validator.validate(&token(&first, 600, now), now).await;
+    }
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_oversized_or_empty_jwks_is_refused() {
+    let huge = format!("{{\"keys\": [], \"padding\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let server = jwks_server(huge).await;
+    let keys =
+        KeySource::from_url(&server.url, Duration::from_secs(300), Duration::from_secs(30)).await.unwrap();
+    assert!(!keys.is_ready(), "a 2 MiB document is not read");
+
+    let error = registry_token::authority::KeySet::from_json(
+        br#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#,
+        "test",
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("no usable signature keys"), "{error}");
+}
+
+#[tokio::test]
+async fn a_cached_validation_ends_at_the_tokens_exp() {
+    let dir = tempfile::tempdir().unwrap();
+    dev_authority::init(dir.path(), ISSUER).unwrap();
+    let keys = KeySource::from_file(&dir.path().join("jwks.json")).unwrap();
+    let validator = Validator::new(keys, requirements(), 16);
+    let issued = 1_900_000_000;
+    let short = token(dir.path(), 60, issued);
+
+    let first = validator.validate(&short, issued).await.unwrap();
+    let again = validator.validate(&short, issued + 30).await.unwrap();
+    assert!(Arc::ptr_eq(&first, &again), "the second validation came from the cache");
+    assert_eq!(validator.validate(&short, issued + 60).await.unwrap_err(), AuthError::Expired);
+    assert_eq!(validator.validate(&short, issued + 3600).await.unwrap_err(), AuthError::Expired);
+
+    // Bounded: far more tokens than entries, all still validated correctly.
+    for i in 0..100 {
+        let t = token(dir.path(), 600, issued + i);
+        assert_eq!(validator.validate(&t, issued + i).await.unwrap().expires_at, issued + i + 600);
+    }
+}
