@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         leeway_seconds: 30,
     };
     if let Ok(validated) = validate_payload(data, 1_000, &requirements) {
-        assert!(validated.expires_at + 30 > 1_000);
+        assert!(u128::from(validated.expires_at) + 30 > 1_000);
         assert!(validated.caller.scopes.iter().any(|s| s == "s"));
         assert!(!validated.caller.subject.is_empty());
     }

@@ -14,6 +14,8 @@
 //! scope=..`) and space-separated; requests for the same resource are merged.
 
 use crate::access::Resource;
+// The one definition of a repository path component, shared with the policies' patterns.
+use registry_policy::is_path_component as is_component;
 
 /// At most this many distinct resources per request; a blob mount asks for two.
 pub const MAX_RESOURCES: usize = 100;
@@ -140,31 +142,6 @@ fn check_name(name: &str) -> Result<(), String> {
         )),
         None => Ok(()),
     }
-}
-
-/// `[a-z0-9]+` joined by `.`, `_`, `__` or runs of `-`.
-fn is_component(text: &str) -> bool {
-    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    let bytes = text.as_bytes();
-    if bytes.first().is_none_or(|b| !alnum(*b)) || bytes.last().is_none_or(|b| !alnum(*b)) {
-        return false;
-    }
-    let mut i = 0;
-    while i < bytes.len() {
-        if alnum(bytes[i]) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < bytes.len() && !alnum(bytes[i]) {
-            i += 1;
-        }
-        let separator = &text[start..i];
-        if !(matches!(separator, "." | "_" | "__") || separator.bytes().all(|b| b == b'-')) {
-            return false;
-        }
-    }
-    true
 }
 
 fn is_hostname(text: &str) -> bool {

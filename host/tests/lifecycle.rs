@@ -75,7 +75,7 @@ fn reloading_a_hundred_times_under_load_fails_no_request() {
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     // Hot (cached) and distinct (uncached) requests alike.
-                    let scope = if n % 2 == 0 {
+                    let scope = if n.is_multiple_of(2) {
                         "repository:team/app:pull".to_owned()
                     } else {
                         format!("repository:team/w{worker}-{n}:pull,push")

@@ -316,3 +316,34 @@ fn check_registered_claims(
     // `exp` fits a u64 once it is known to be finite and in the future.
     Ok(exp as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requirements() -> Requirements {
+        Requirements {
+            issuer: "i".into(),
+            audiences: vec!["a".into()],
+            required_scope: "s".into(),
+            leeway_seconds: 30,
+        }
+    }
+
+    fn payload(exp: &str) -> String {
+        format!(r#"{{"iss":"i","aud":"a","sub":"x","scope":"s","exp":{exp}}}"#)
+    }
+
+    /// Found by `cargo fuzz run claims`: an exp far beyond u64 saturates instead of wrapping.
+    #[test]
+    fn extreme_expiry_values_neither_wrap_nor_pass_when_past() {
+        let far = validate_payload(payload("4e65").as_bytes(), 1_000, &requirements()).unwrap();
+        assert_eq!(far.expires_at, u64::MAX);
+        for past in ["-5", "0", "969.9", "-1e300"] {
+            let error = validate_payload(payload(past).as_bytes(), 1_000, &requirements()).unwrap_err();
+            assert_eq!(error, AuthError::Expired, "exp {past}");
+        }
+        let fractional = validate_payload(payload("1030.5").as_bytes(), 1_000, &requirements()).unwrap();
+        assert_eq!(fractional.expires_at, 1030);
+    }
+}

@@ -275,6 +275,9 @@ impl Policy {
             .pre(&component)
             .map_err(|reason| LoadError::World { source_name: source.clone(), reason })?;
 
+        // Configuring takes a pool slot like any evaluation, so a reload under load cannot exhaust
+        // the pool that requests are using.
+        let slot = runtime.slot().await;
         let mut store = runtime.store(runtime.limits().configure_timeout());
         let configured = async {
             let instance = pre.instance_pre().instantiate_async(&mut store).await?;
@@ -302,6 +305,7 @@ impl Policy {
             .await
             .map_err(|e| LoadError::Snapshot { source_name: source.clone(), reason: root(&e) })?;
         drop(store);
+        drop(slot);
 
         let component = Component::new(runtime.engine(), &snapshot)
             .map_err(|e| LoadError::Snapshot { source_name: source.clone(), reason: root(&e) })?;
@@ -320,12 +324,19 @@ impl Policy {
         };
         // One instantiation now, so a snapshot that cannot start under the limits (its memory is
         // already over the cap, say) is refused at load rather than on every request.
-        let mut store = policy.inner.runtime.store(policy.inner.runtime.limits().timeout);
-        if let Err(error) = policy.inner.pre.instantiate_async(&mut store).await {
-            let fault = policy.inner.runtime.classify(&error, &store);
-            return Err(LoadError::Configure { source_name: policy.inner.source.clone(), fault });
+        let trial = {
+            let runtime = &policy.inner.runtime;
+            let _slot = runtime.slot().await;
+            let mut store = runtime.store(runtime.limits().timeout);
+            match policy.inner.pre.instantiate_async(&mut store).await {
+                Ok(_) => Ok(()),
+                Err(error) => Err(runtime.classify(&error, &store)),
+            }
+        };
+        match trial {
+            Ok(()) => Ok(policy),
+            Err(fault) => Err(LoadError::Configure { source_name: policy.inner.source.clone(), fault }),
         }
-        Ok(policy)
     }
 
     /// Where the module came from: `builtin:plan-catalogue` or a path.
