@@ -73,6 +73,7 @@ fn main() {
     println!("| ES256 (P-256) | {es1:.0}/s | {es2:.0}/s |");
     println!();
 
+    let stages_only = std::env::args().any(|a| a == "--stages");
     // 2. Stages.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     println!("## Stages, one at a time (median and p99 of batches, per operation)");
@@ -80,6 +81,9 @@ fn main() {
     println!("|---|---:|---:|");
     runtime.block_on(stages(root));
     println!();
+    if stages_only {
+        return;
+    }
 
     // 3. Load.
     println!(
