@@ -231,6 +231,10 @@ async fn issue(
             resources
         }
     };
+    // The signature (≈ 0.2–0.45 ms of CPU for RS256) runs here, on the worker: it is the request's
+    // own work with no I/O to overlap, the runtime has one worker per core, and a hand-off to the
+    // blocking pool would add a thread wake-up per token. Other connections wait at most one
+    // signature for this worker.
     let minted = live.minter.mint(&caller.subject, &exchange.service, &granted, now).map_err(|_| {
         tracing::error!("signing failed");
         ApiError::internal()
