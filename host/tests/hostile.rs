@@ -10,8 +10,12 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::*;
 use data_encoding::BASE64URL_NOPAD;
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use registry_token::authority::{self, KeySource, Requirements};
 use registry_token::mint::{SigningAlgorithm, SigningKey};
 use serde_json::{Value, json};
+use std::cell::Cell;
 
 /// Signs arbitrary header and payload bytes with the development Authority's real key, so the
 /// cases that must get past the signature check do.
@@ -398,4 +402,175 @@ async fn hostile_requests_get_a_4xx_with_the_docker_error_body() {
     let reply = get_bearer(&router, &query(SERVICE, &["repository:team/app:pull"]), &token).await;
     assert_eq!(reply.status, StatusCode::OK);
     eprintln!("hostile requests: {tried} cases, all 4xx, 0 tokens minted");
+}
+
+/// What the fixture's service requires of a caller token.
+fn fixture_requirements() -> Requirements {
+    Requirements {
+        issuer: ISSUER.into(),
+        audiences: vec!["registry-token".into()],
+        required_scope: "registry.token.issue".into(),
+        leeway_seconds: 30,
+    }
+}
+
+fn property_runner(cases: u32) -> TestRunner {
+    TestRunner::new(ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() })
+}
+
+/// Random edits of a real caller token — bit flips, deletions, insertions, truncation, in any
+/// segment — are refused, or (where an edit leaves the signed bytes as they were) validate to the
+/// very same caller: never a panic, never anyone else. The test command's counterpart of
+/// `cargo fuzz run caller_token`.
+#[test]
+fn edited_caller_tokens_never_validate_as_anyone_else() {
+    let fixture = Fixture::new();
+    let keys = KeySource::from_file(&fixture.root().join("authority/jwks.json")).unwrap();
+    let requirements = fixture_requirements();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let now = registry_token::app::system_clock()();
+    let token = fixture.token(|_| {});
+    let original = runtime.block_on(authority::validate(&token, now, &keys, &requirements)).unwrap();
+
+    let edit = (any::<usize>(), any::<u8>(), 0..4u8);
+    let (refused, same) = (Cell::new(0u32), Cell::new(0u32));
+    property_runner(20_000)
+        .run(&proptest::collection::vec(edit, 1..4), |edits| {
+            let mut bytes = token.clone().into_bytes();
+            for (at, byte, kind) in edits {
+                let at = at % bytes.len().max(1);
+                match kind {
+                    0 if !bytes.is_empty() => bytes[at] ^= 1 << (byte % 8),
+                    1 if !bytes.is_empty() => drop(bytes.remove(at)),
+                    2 => bytes.insert(at, byte),
+                    _ => bytes.truncate(at),
+                }
+            }
+            let edited = String::from_utf8_lossy(&bytes);
+            match runtime.block_on(authority::validate(&edited, now, &keys, &requirements)) {
+                Ok(validated) => {
+                    prop_assert_eq!(&validated.caller, &original.caller, "edited: {}", edited);
+                    same.set(same.get() + 1);
+                }
+                Err(_) => refused.set(refused.get() + 1),
+            }
+            Ok(())
+        })
+        .unwrap();
+    let (refused, same) = (refused.get(), same.get());
+    assert!(refused > 19_000, "most edits must break the token: {refused} refused");
+    eprintln!("edited caller tokens: {refused} refused, {same} validated as the same caller, 0 as another");
+}
+
+/// A claim value for the property below: mostly the good one, otherwise absent, `null`, or a value
+/// of another shape or type.
+fn claim(good: Value) -> impl Strategy<Value = Option<Value>> {
+    let now = registry_token::app::system_clock()() as i64;
+    prop_oneof![
+        40 => Just(Some(good)),
+        1 => Just(None),
+        1 => Just(Some(Value::Null)),
+        1 => any::<bool>().prop_map(|b| Some(json!(b))),
+        1 => (-100i64..100).prop_map(move |d| Some(json!(now + d))),
+        1 => any::<f64>().prop_map(|f| Some(json!(f))),
+        1 => "[a-z.: ]{0,24}".prop_map(|s| Some(json!(s))),
+        1 => proptest::collection::vec("[a-z.:-]{0,22}", 0..3).prop_map(|v| Some(json!(v))),
+        1 => Just(Some(json!({"nested": ["registry.token.issue"]}))),
+        1 => Just(Some(json!("registry.token.issue"))),
+        1 => Just(Some(json!(["registry-token", "registry.token.issue"]))),
+    ]
+}
+
+/// Claims of any type and value, signed with the Authority's real key: a token validates only when
+/// every rule holds (issuer, audience, expiry and not-before with 30 s leeway, subject, required
+/// scope), and the caller then carries exactly the claims' values; a token whose claims are all
+/// good always validates. The test command's counterpart of `cargo fuzz run claims`.
+#[test]
+fn only_claims_that_follow_every_rule_validate() {
+    let fixture = Fixture::new();
+    let forger = Forger::new(&fixture);
+    let keys = KeySource::from_file(&fixture.root().join("authority/jwks.json")).unwrap();
+    let requirements = fixture_requirements();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let now = registry_token::app::system_clock()();
+
+    let names = [
+        ("iss", json!(ISSUER)),
+        ("aud", json!("registry-token")),
+        ("sub", json!("alice")),
+        ("scope", json!("registry.token.issue pull")),
+        ("scp", json!(["registry.token.issue"])),
+        ("exp", json!(now + 600)),
+        ("nbf", json!(now - 5)),
+        ("iat", json!(now - 5)),
+        ("client_id", json!("ci")),
+        ("stellaops:plan", json!("team")),
+        ("stellaops:tenant", json!("acme")),
+        ("stellaops:license", json!("LIC-0001")),
+    ];
+    let strategy: Vec<_> = names.iter().map(|(_, good)| claim(good.clone())).collect();
+    let (accepted, refused) = (Cell::new(0u32), Cell::new(0u32));
+    property_runner(3_000)
+        .run(&strategy, |values| {
+            let mut claims = serde_json::Map::new();
+            for ((name, _), value) in names.iter().zip(values) {
+                if let Some(value) = value {
+                    claims.insert((*name).to_owned(), value.clone());
+                }
+            }
+            let all_good = names.iter().all(|(name, good)| claims.get(*name) == Some(good));
+            let token = forger.sign_claims(&Value::Object(claims.clone()));
+            let result = runtime.block_on(authority::validate(&token, now, &keys, &requirements));
+            let Ok(validated) = result else {
+                prop_assert!(!all_good, "good claims refused: {:?}", result.err());
+                refused.set(refused.get() + 1);
+                return Ok(());
+            };
+            accepted.set(accepted.get() + 1);
+            let number = |name: &str| claims.get(name).and_then(Value::as_f64);
+            let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+            let issuer = text("iss");
+            prop_assert_eq!(issuer.as_deref(), Some(ISSUER));
+            let audiences = match claims.get("aud") {
+                Some(Value::Array(list)) => list.clone(),
+                Some(other) => vec![other.clone()],
+                None => Vec::new(),
+            };
+            prop_assert!(audiences.contains(&json!("registry-token")), "aud {:?}", claims.get("aud"));
+            prop_assert!(
+                number("exp").is_some_and(|exp| exp + 30.0 > now as f64),
+                "exp {:?}",
+                claims.get("exp")
+            );
+            prop_assert!(
+                claims.get("nbf").is_none() || number("nbf").is_some_and(|nbf| nbf - 30.0 <= now as f64),
+                "nbf {:?}",
+                claims.get("nbf")
+            );
+            prop_assert_eq!(Some(validated.caller.subject.clone()), text("sub"));
+            let scopes: Vec<String> = match (claims.get("scope"), claims.get("scp")) {
+                (Some(scope), _) => {
+                    scope.as_str().unwrap_or_default().split(' ').map(str::to_owned).collect()
+                }
+                (None, Some(Value::Array(list))) => {
+                    list.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+                }
+                (None, scp) => {
+                    scp.and_then(Value::as_str).unwrap_or_default().split(' ').map(str::to_owned).collect()
+                }
+            };
+            prop_assert!(scopes.iter().any(|s| s == "registry.token.issue"), "scopes {:?}", scopes);
+            prop_assert_eq!(validated.caller.plan.clone(), text("stellaops:plan"));
+            prop_assert_eq!(validated.caller.tenant.clone(), text("stellaops:tenant"));
+            prop_assert_eq!(validated.caller.license.clone(), text("stellaops:license"));
+            prop_assert_eq!(validated.caller.client_id.clone(), text("client_id"));
+            Ok(())
+        })
+        .unwrap();
+    let (accepted, refused) = (accepted.get(), refused.get());
+    assert!(
+        accepted > 100 && refused > 1_000,
+        "both outcomes must be exercised: {accepted} accepted, {refused} refused"
+    );
+    eprintln!("claims of any type: {accepted} validated (each checked against the rules), {refused} refused");
 }
