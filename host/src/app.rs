@@ -195,12 +195,20 @@ impl Service {
         };
         let config = Config::load(&path)?;
         let current = self.live();
-        if config.listen != current.config.listen {
-            tracing::warn!(
-                old = %current.config.listen,
-                new = %config.listen,
-                "listen changed; it takes effect at the next restart"
-            );
+        // Read once by `serve`: the listener, the router's body limit, shutdown and the watch.
+        let (old, new) = (&current.config, &config);
+        for (key, changed) in [
+            ("listen", old.listen != new.listen),
+            ("http.max_body_bytes", old.http.max_body_bytes != new.http.max_body_bytes),
+            (
+                "http.shutdown_grace_seconds",
+                old.http.shutdown_grace_seconds != new.http.shutdown_grace_seconds,
+            ),
+            ("watch", old.watch != new.watch),
+        ] {
+            if changed {
+                tracing::warn!(key, "{key} changed; it takes effect at the next restart");
+            }
         }
         // Compiling a policy takes a few hundred milliseconds of CPU: keep it off the workers.
         let started = std::time::Instant::now();

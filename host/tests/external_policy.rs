@@ -53,22 +53,8 @@ fn a_policy_written_outside_the_repository_builds_and_runs() {
     let wasm = krate.join("target/wasm32-wasip2/release/my_policy.wasm");
     assert!(wasm.is_file());
 
-    std::fs::write(
-        krate.join("cases.yaml"),
-        r#"
-settings: {}
-cases:
-  - name: pull is granted, push is not
-    claims: {sub: alice}
-    scope: repository:team/app:pull,push
-    grant: repository:team/app:pull
-  - name: push alone gets nothing
-    claims: {sub: alice}
-    scope: repository:team/app:push
-    grant: []
-"#,
-    )
-    .unwrap();
+    std::fs::write(krate.join("cases.yaml"), readme_heredoc(&readme, "cat > cases.yaml <<'YAML'", "YAML"))
+        .unwrap();
     let test = Command::new(BIN)
         .args(["policy", "test", "--policy"])
         .arg(&wasm)

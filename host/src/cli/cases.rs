@@ -7,7 +7,7 @@
 //!   - name: team members push to team repositories
 //!     claims: {sub: alice, "stellaops:plan": team, "stellaops:tenant": acme}
 //!     scope: repository:team/app:pull,push      # a string (space-separated) or a list
-//!     grant: [repository:team/app:pull,push]    # expected; or `deny: licence-revoked`, or `fault: deadline`
+//!     grant: repository:team/app:pull,push      # expected (scope syntax); or `deny: licence-revoked`, or `fault: deadline`
 //! ```
 
 use crate::access::{Resource, scope_string};

@@ -54,7 +54,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Algorithm::Rs256)]
         algorithm: Algorithm,
     },
-    /// A development Authority for trials and tests (never used by `serve`).
+    /// A development Authority for trials and tests (`serve` creates one only when
+    /// `development.create_missing_keys` is on).
     #[command(subcommand)]
     DevAuthority(DevAuthority),
     /// Try a policy without a server.
@@ -118,7 +119,7 @@ struct PolicySource {
     /// A policy component; the built-in plan catalogue if omitted.
     #[arg(long)]
     policy: Option<PathBuf>,
-    /// Settings (YAML or JSON); overrides what a case file names.
+    /// Settings (YAML or JSON) handed to the policy; for `test`, instead of what a case file names.
     #[arg(long)]
     settings: Option<PathBuf>,
     /// Deadline of one evaluation, in milliseconds.
