@@ -72,6 +72,28 @@ async fn minted_tokens_have_the_claims_and_types_the_registry_checks() {
 }
 
 #[tokio::test]
+async fn a_registry_token_never_outlives_the_caller_token() {
+    let fixture = Fixture::new();
+    let router = fixture.router().await;
+    // Expires in 20 s; validation tolerates 30 s of skew past that, and so does the registry token.
+    let short = fixture.token(|t| t.ttl_seconds = 20);
+    let (_, caller) = decode(&short);
+    let caller_exp = caller["exp"].as_u64().unwrap();
+    for reply in [
+        get_basic(&router, &query(SERVICE, &["repository:team/app:pull"]), &short).await,
+        post_form(&router, &format!("grant_type=refresh_token&refresh_token={short}&service={SERVICE}"))
+            .await,
+    ] {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        let (_, claims) = decode(reply.body["access_token"].as_str().unwrap());
+        assert_eq!(claims["exp"].as_u64().unwrap(), caller_exp + 30, "capped at the caller's exp + leeway");
+        let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+        assert!(lifetime <= 50, "{lifetime}");
+        assert_eq!(reply.body["expires_in"], lifetime, "expires_in says the same");
+    }
+}
+
+#[tokio::test]
 async fn no_credentials_is_a_401_that_asks_for_basic() {
     let fixture = Fixture::new();
     let router = fixture.router().await;

@@ -235,10 +235,14 @@ async fn issue(
     // own work with no I/O to overlap, the runtime has one worker per core, and a hand-off to the
     // blocking pool would add a thread wake-up per token. Other connections wait at most one
     // signature for this worker.
-    let minted = live.minter.mint(&caller.subject, &exchange.service, &granted, now).map_err(|_| {
-        tracing::error!("signing failed");
-        ApiError::internal()
-    })?;
+    // Validation accepted the caller token up to `leeway` past its `exp`; the registry token ends
+    // there too, so it never outlives the credential it was exchanged for.
+    let not_after = validated.expires_at.saturating_add(live.config.authority.leeway_seconds);
+    let minted =
+        live.minter.mint(&caller.subject, &exchange.service, &granted, now, not_after).map_err(|_| {
+            tracing::error!("signing failed");
+            ApiError::internal()
+        })?;
     outcome.granted = Some(scope_string(&granted));
     Ok((minted, granted))
 }

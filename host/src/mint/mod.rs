@@ -151,21 +151,25 @@ impl Minter {
     }
 
     /// Mints a token for `subject` on `audience` (the registry's service) granting `access`,
-    /// issued at `now` (Unix seconds).
+    /// issued at `now` (Unix seconds), expiring after the configured lifetime or at `not_after`,
+    /// whichever comes first (a token never outlives the credential it was exchanged for), and
+    /// at least a second after `now`.
     pub fn mint(
         &self,
         subject: &str,
         audience: &str,
         access: &[Resource],
         now: u64,
+        not_after: u64,
     ) -> Result<Minted, aws_lc_rs::error::Unspecified> {
+        let exp = now.saturating_add(self.lifetime_seconds).min(not_after).max(now + 1);
         let mut jti = [0u8; 16];
         aws_lc_rs::rand::fill(&mut jti)?;
         let claims = Claims {
             iss: &self.issuer,
             sub: subject,
             aud: audience,
-            exp: now + self.lifetime_seconds,
+            exp,
             nbf: now,
             iat: now,
             jti: BASE64URL_NOPAD.encode(&jti),
@@ -179,7 +183,7 @@ impl Minter {
         let signature = self.key.sign(token.as_bytes())?;
         token.push('.');
         BASE64URL_NOPAD.encode_append(&signature, &mut token);
-        Ok(Minted { token, expires_in: self.lifetime_seconds, issued_at: rfc3339(now) })
+        Ok(Minted { token, expires_in: exp - now, issued_at: rfc3339(now) })
     }
 }
 
