@@ -90,6 +90,17 @@ async fn an_endless_loop_is_stopped_by_the_deadline() {
 }
 
 #[tokio::test]
+async fn a_guest_waiting_in_the_host_is_stopped_by_the_deadline() {
+    // `std::thread::sleep` in a guest is a WASI poll on a timer: no epoch check runs while it
+    // waits, so the wall-clock deadline has to stop it (the guest asks for 30 s).
+    let policy = hostile().await;
+    let started = Instant::now();
+    let fault = fault_then_recover(&policy, "hostile/sleep").await;
+    assert_eq!(fault, Fault::Deadline(Duration::from_millis(50)));
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
 async fn a_memory_bomb_hits_the_cap() {
     let policy = hostile().await;
     assert_eq!(fault_then_recover(&policy, "hostile/bomb").await, Fault::Memory(16 * 1024 * 1024));
@@ -160,6 +171,15 @@ async fn hostile_configure_is_refused_at_load() {
         Err(LoadError::Configure { fault: Fault::Deadline(_), .. }) => {}
         other => panic!("expected a configure deadline, got {other:?}"),
     }
+    // configure gets max(20 × 10 ms, 2 s); the guest would sleep 60 s.
+    let started = Instant::now();
+    match Policy::load(&module, "h", r#"{"configure": "sleep"}"#, limits, 0).await {
+        Err(LoadError::Configure { fault: Fault::Deadline(limit), .. }) => {
+            assert_eq!(limit, Duration::from_secs(2))
+        }
+        other => panic!("expected a configure deadline, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     match Policy::load(&module, "h", r#"{"configure": "panic"}"#, limits, 0).await {
         Err(LoadError::Configure { fault: Fault::Panic(message), .. }) => {
             assert!(message.contains("while configuring"), "{message}")

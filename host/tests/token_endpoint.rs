@@ -344,8 +344,14 @@ async fn a_policy_fault_is_503_and_never_a_token() {
     });
     let router = fixture.router().await;
     let token = fixture.token(|_| {});
-    for name in ["hostile/panic", "hostile/loop", "hostile/bomb", "hostile/overgrant", "hostile/huge-message"]
-    {
+    for name in [
+        "hostile/panic",
+        "hostile/loop",
+        "hostile/sleep",
+        "hostile/bomb",
+        "hostile/overgrant",
+        "hostile/huge-message",
+    ] {
         let reply = get_basic(&router, &query(SERVICE, &[&format!("repository:{name}:pull")]), &token).await;
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{name}");
         assert_eq!(reply.code(), "UNAVAILABLE");

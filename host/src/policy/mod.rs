@@ -278,23 +278,25 @@ impl Policy {
         // Configuring takes a pool slot like any evaluation, so a reload under load cannot exhaust
         // the pool that requests are using.
         let slot = runtime.slot().await;
-        let mut store = runtime.store(runtime.limits().configure_timeout());
-        let configured = async {
+        let timeout = runtime.limits().configure_timeout();
+        let mut store = runtime.store(timeout);
+        let configured = within(timeout, async {
             let instance = pre.instance_pre().instantiate_async(&mut store).await?;
             let exports = bindings::Policy::new(&mut store, &instance)?;
             let answer = exports.call_configure(&mut store, settings_json).await?;
             Ok::<_, wasmtime::Error>((instance, answer))
-        }
+        })
         .await;
         let instance = match configured {
-            Ok((instance, Ok(()))) => instance,
-            Ok((_, Err(reason))) => {
+            Ok(Ok((instance, Ok(())))) => instance,
+            Ok(Ok((_, Err(reason)))) => {
                 return Err(LoadError::Settings { source_name: source, reason });
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 let fault = runtime.classify(&error, &store);
                 return Err(LoadError::Configure { source_name: source, fault });
             }
+            Err(fault) => return Err(LoadError::Configure { source_name: source, fault }),
         };
 
         let snapshot = wizer
@@ -393,16 +395,25 @@ impl Policy {
     ) -> Result<Decision, Fault> {
         let runtime = &self.inner.runtime;
         let _slot = runtime.slot().await;
-        let mut store = runtime.store(runtime.limits().timeout);
+        let timeout = runtime.limits().timeout;
+        let mut store = runtime.store(timeout);
         let request = to_guest(caller, service, requested);
-        let answer = async {
+        let answer = within(timeout, async {
             let exports = self.inner.pre.instantiate_async(&mut store).await?;
             exports.call_evaluate(&mut store, &request).await
-        }
-        .await
+        })
+        .await?
         .map_err(|error| runtime.classify(&error, &store))?;
         check_answer(answer, requested)
     }
+}
+
+/// Runs a guest call under a wall-clock deadline. The epoch deadline stops a guest that computes;
+/// this one stops a guest that waits inside the host (a WASI `poll` on a timer, as
+/// `std::thread::sleep` does), where no epoch check runs. Dropping the call tears its fiber down;
+/// the store goes with it.
+async fn within<T>(timeout: Duration, call: impl Future<Output = T>) -> Result<T, Fault> {
+    tokio::time::timeout(timeout, call).await.map_err(|_| Fault::Deadline(timeout))
 }
 
 fn to_guest(caller: &Caller, service: &str, requested: &[Resource]) -> wit::Request {

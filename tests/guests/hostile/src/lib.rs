@@ -3,7 +3,7 @@
 //! The first requested repository name picks the behaviour (`hostile/loop`, `hostile/bomb`,
 //! `hostile/slow`, ...);
 //! any other request is granted in full. Settings `{"refuse": "why"}` make `configure` fail and
-//! `{"configure": "loop"}` / `{"configure": "panic"}` make it misbehave.
+//! `{"configure": "loop"}` / `"panic"` / `"sleep"` make it misbehave.
 
 use registry_policy::{Decision, Policy, Request, Resource};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,6 +27,10 @@ impl Policy for Hostile {
         match settings.get("configure").and_then(|v| v.as_str()) {
             Some("loop") => spin(),
             Some("panic") => panic!("hostile guest panicked while configuring"),
+            Some("sleep") => {
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                Ok(Hostile { slow_iterations })
+            }
             _ => Ok(Hostile { slow_iterations }),
         }
     }
@@ -36,6 +40,11 @@ impl Policy for Hostile {
         let first = request.resources.first().map(|r| r.name.as_str()).unwrap_or_default();
         match first {
             "hostile/loop" => spin(),
+            // Waits in the host (WASI poll), where no epoch check runs.
+            "hostile/sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(30));
+                Decision::grant(request.resources.clone())
+            }
             "hostile/slow" => {
                 let mut n: u64 = 0;
                 while n < self.slow_iterations {
