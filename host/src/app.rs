@@ -69,8 +69,23 @@ impl Live {
 
     /// [`Live::build`] for a reload of `previous`: the policy engine is reused when it can be.
     pub async fn build_after(config: Config, previous: Option<&Live>) -> Result<Live, BuildError> {
-        let keys = match (&config.authority.jwks_file, &config.authority.jwks_url) {
+        let authority = &config.authority;
+        let same_url = |previous: &Live| {
+            let was = &previous.config.authority;
+            was.jwks_url == authority.jwks_url
+                && was.jwks_refresh_seconds == authority.jwks_refresh_seconds
+                && was.jwks_min_refetch_seconds == authority.jwks_min_refetch_seconds
+        };
+        let keys = match (&authority.jwks_file, &authority.jwks_url) {
             (Some(file), _) => KeySource::from_file(file)?,
+            // A reload keeps the keys it has (and their refresher) when the URL is unchanged: a
+            // reload during an Authority outage must not trade working keys for none.
+            (None, Some(_))
+                if let Some(previous) = previous.filter(|p| same_url(p))
+                    && matches!(previous.validator.keys(), KeySource::Remote(_)) =>
+            {
+                previous.validator.keys().clone()
+            }
             (None, Some(url)) => {
                 KeySource::from_url(
                     url,

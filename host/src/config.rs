@@ -275,8 +275,11 @@ impl Config {
                 return Err("authority: set jwks_file or jwks_url, not both".into());
             }
             (None, None) => return Err("authority: set jwks_file or jwks_url".into()),
-            (None, Some(url)) if !(url.starts_with("https://") || url.starts_with("http://")) => {
-                return Err(format!("authority.jwks_url: {url:?} is not an http(s) URL"));
+            (None, Some(url)) if !crate::authority::acceptable_jwks_url(url) => {
+                return Err(format!(
+                    "authority.jwks_url: {url:?} must be an https URL (plain http only to a loopback address): \
+                     whoever can change the keys in transit can forge any caller"
+                ));
             }
             _ => {}
         }

@@ -2,6 +2,8 @@
 //! and the validated-token cache (never past a token's `exp`, dropped when the keys change).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use axum::Router;
 use axum::routing::get;
 use registry_token::authority::{AuthError, KeySource, Requirements, Validator};
@@ -154,4 +156,42 @@ async fn a_cached_validation_ends_at_the_tokens_exp() {
         let t = token(dir.path(), 600, issued + i);
         assert_eq!(validator.validate(&t, issued + i).await.unwrap().expires_at, issued + i + 600);
     }
+}
+
+/// An operator revokes a licence and reloads while the Authority is down: the reload applies, and
+/// the keys fetched before the outage keep validating callers (a reload with the same `jwks_url`
+/// keeps its keys instead of starting again from none).
+#[tokio::test]
+async fn a_reload_during_an_authority_outage_keeps_the_keys_it_has() {
+    use axum::http::StatusCode;
+    let server = jwks_server(String::new()).await;
+    let url = server.url.clone();
+    let fixture = common::Fixture::with(|config| {
+        config["authority"]["jwks_file"] = serde_norway::Value::Null;
+        config["authority"]["jwks_url"] = url.into();
+    });
+    *server.document.lock().unwrap() =
+        std::fs::read_to_string(fixture.root().join("authority/jwks.json")).unwrap();
+    let service = fixture.service().await;
+    let router = registry_token::http::router(service.clone());
+    let token = fixture.token(|_| {});
+    let uri = common::query(common::SERVICE, &["repository:team/app:pull"]);
+    assert_eq!(common::get_basic(&router, &uri, &token).await.status, StatusCode::OK);
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+
+    *server.document.lock().unwrap() = "upstream unavailable".into();
+    let revoked = common::PLANS.replace("[LIC-0002]", "[LIC-0002, LIC-0001]");
+    std::fs::write(fixture.root().join("plans.yaml"), revoked).unwrap();
+    service.reload().await.unwrap();
+
+    let reply = common::get_basic(&router, &uri, &token).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::FORBIDDEN,
+        "the reload applied and the caller validated: {}",
+        reply.body
+    );
+    assert_eq!(reply.code(), "DENIED");
+    assert!(service.live().is_ready(), "keys still loaded");
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1, "the reload did not refetch");
 }

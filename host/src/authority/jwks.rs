@@ -197,6 +197,26 @@ fn parse_key(params: &AlgorithmParameters, algorithm: Algorithm) -> Result<Parse
 }
 
 /// Where the keys come from.
+/// Whether keys may be fetched from `url`: https, or plain http to a loopback address only (a test
+/// or a sidecar on the same host), since whoever can change the keys in transit can forge callers.
+pub fn acceptable_jwks_url(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let host = url.host_str().unwrap_or_default();
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" => !host.is_empty(),
+        "http" => loopback,
+        _ => false,
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum KeySource {
     /// A JWKS file, read at start and at every reload.
@@ -224,7 +244,15 @@ impl KeySource {
     ) -> Result<KeySource, JwksError> {
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.previous().len() >= 3 {
+                    attempt.error("more than 3 redirects")
+                } else if !acceptable_jwks_url(attempt.url().as_str()) {
+                    attempt.error("a redirect to a plain-http URL that is not a loopback address")
+                } else {
+                    attempt.follow()
+                }
+            }))
             .build()
             .map_err(|e| JwksError::Fetch { url: url.to_owned(), reason: e.to_string() })?;
         let remote = Arc::new(RemoteJwks {
@@ -357,5 +385,34 @@ impl RemoteJwks {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::acceptable_jwks_url;
+
+    #[test]
+    fn keys_come_over_https_or_from_this_host_only() {
+        for ok in [
+            "https://authority.example/.well-known/jwks.json",
+            "http://127.0.0.1:8080/jwks.json",
+            "http://127.8.0.1/jwks.json",
+            "http://[::1]:9/jwks.json",
+            "http://localhost/jwks.json",
+        ] {
+            assert!(acceptable_jwks_url(ok), "{ok}");
+        }
+        for refused in [
+            "http://authority.example/jwks.json",
+            "http://127.0.0.1.evil.example/jwks.json",
+            "http://10.0.0.1/jwks.json",
+            "ftp://authority.example/jwks.json",
+            "file:///etc/jwks.json",
+            "https://",
+            "not a url",
+        ] {
+            assert!(!acceptable_jwks_url(refused), "{refused}");
+        }
     }
 }

@@ -17,7 +17,7 @@ mod claims;
 mod jwks;
 
 pub use claims::caller_from_claims;
-pub use jwks::{JwksError, KeySet, KeySource};
+pub use jwks::{JwksError, KeySet, KeySource, acceptable_jwks_url};
 
 use crate::access::Caller;
 use claims::StrictObject;
