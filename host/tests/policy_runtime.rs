@@ -240,3 +240,25 @@ async fn faults_are_never_cached() {
         assert_eq!(fault.kind(), "panic");
     }
 }
+
+#[tokio::test]
+async fn the_decision_cache_is_bounded_in_bytes_not_only_entries() {
+    let policy = Policy::load(BUILTIN_PLAN_CATALOGUE, "builtin", PLANS, Limits::default(), 64).await.unwrap();
+    // Small requests: one KiB of capacity each.
+    for n in 0..32 {
+        let asked = [Resource::new("repository", &format!("team/app{n}"), &["pull"])];
+        policy.evaluate(&caller("team"), "registry.local", &asked).await.unwrap();
+    }
+    assert_eq!(policy.cached_decisions(), (32, 32));
+    // Callers with 8 KiB of claims each: every entry weighs at least 8, so at most 8 fit.
+    for n in 0..40 {
+        let mut big = caller("team");
+        big.claims_json = format!(r#"{{"sub":"alice","padding":"{}","n":{n}}}"#, "x".repeat(8 * 1024));
+        let asked = [Resource::new("repository", "team/app", &["pull"])];
+        policy.evaluate(&big, "registry.local", &asked).await.unwrap();
+    }
+    let (entries, kib) = policy.cached_decisions();
+    assert!(kib <= 64, "{kib} KiB remembered, capacity 64");
+    // At most 8 of those and the 32 small ones (an entry count alone would have kept 64).
+    assert!(entries <= 40, "{entries} entries");
+}

@@ -35,12 +35,24 @@ use std::sync::Arc;
 pub struct Validator {
     keys: KeySource,
     requirements: Requirements,
-    cache: Option<quick_cache::sync::Cache<Arc<str>, Arc<CachedValidation>>>,
+    cache: Option<quick_cache::sync::Cache<Arc<str>, Arc<CachedValidation>, PerKib>>,
+}
+
+/// Counts a cached validation once per KiB it holds (the token and its claims, at least 1), so the
+/// cache's capacity bounds its bytes as well as its entries.
+#[derive(Clone)]
+struct PerKib;
+
+impl quick_cache::Weighter<Arc<str>, Arc<CachedValidation>> for PerKib {
+    fn weight(&self, _token: &Arc<str>, cached: &Arc<CachedValidation>) -> u64 {
+        cached.kib
+    }
 }
 
 struct CachedValidation {
     validated: Arc<Validated>,
     keys_generation: u64,
+    kib: u64,
 }
 
 impl std::fmt::Debug for Validator {
@@ -56,7 +68,8 @@ impl std::fmt::Debug for Validator {
 impl Validator {
     /// A validator remembering up to `cache_entries` valid tokens (0: none).
     pub fn new(keys: KeySource, requirements: Requirements, cache_entries: usize) -> Validator {
-        let cache = (cache_entries > 0).then(|| quick_cache::sync::Cache::new(cache_entries));
+        let cache = (cache_entries > 0)
+            .then(|| quick_cache::sync::Cache::with_weighter(cache_entries, cache_entries as u64, PerKib));
         Validator { keys, requirements, cache }
     }
 
@@ -78,7 +91,10 @@ impl Validator {
         }
         let validated = Arc::new(validate(token, now, &self.keys, &self.requirements).await?);
         if let Some(cache) = &self.cache {
-            let entry = CachedValidation { validated: Arc::clone(&validated), keys_generation: generation };
+            let bytes = token.len() + validated.caller.claims_json.len();
+            let kib = (bytes as u64).div_ceil(1024).max(1);
+            let entry =
+                CachedValidation { validated: Arc::clone(&validated), keys_generation: generation, kib };
             cache.insert(Arc::from(token), Arc::new(entry));
         }
         Ok(validated)

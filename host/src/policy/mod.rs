@@ -168,7 +168,33 @@ struct Loaded {
     /// Decisions of this module with these settings. A guest is a pure function of settings and
     /// request (no clock, no randomness, fresh instance), so a decision can be reused for the exact
     /// same request; the cache belongs to one (digest, settings version) pair and is dropped with it.
-    decisions: Option<quick_cache::sync::Cache<DecisionKey, Decision>>,
+    decisions: Option<quick_cache::sync::Cache<DecisionKey, CachedDecision, PerKib>>,
+}
+
+/// A remembered decision and its size in KiB (at least 1), counted against the cache's capacity
+/// so that large requests (a thousand scopes, a long claim set) cannot make it large in bytes.
+#[derive(Clone)]
+struct CachedDecision {
+    decision: Decision,
+    kib: u64,
+}
+
+#[derive(Clone)]
+struct PerKib;
+
+impl quick_cache::Weighter<DecisionKey, CachedDecision> for PerKib {
+    fn weight(&self, _key: &DecisionKey, cached: &CachedDecision) -> u64 {
+        cached.kib
+    }
+}
+
+/// Roughly how many bytes a cache entry for this request holds (the granted resources are a
+/// subset of the requested ones, so counting the request twice bounds the decision too).
+fn entry_kib(caller: &Caller, service: &str, resources: &[Resource]) -> u64 {
+    let resources: usize =
+        resources.iter().map(|r| 64 + r.resource_type.len() + r.name.len() + 16 * r.actions.len()).sum();
+    let bytes = caller.claims_json.len() + service.len() + resources * 2;
+    (bytes as u64).div_ceil(1024).max(1)
 }
 
 /// The exact input of an evaluation.
@@ -321,7 +347,10 @@ impl Policy {
                 source,
                 digest: sha256_hex(module),
                 settings_version: sha256_hex(settings_json.as_bytes()),
-                decisions: (decision_cache > 0).then(|| quick_cache::sync::Cache::new(decision_cache)),
+                // `decisions` entries of up to 1 KiB each, a larger entry counting once per KiB.
+                decisions: (decision_cache > 0).then(|| {
+                    quick_cache::sync::Cache::with_weighter(decision_cache, decision_cache as u64, PerKib)
+                }),
             }),
         };
         // One instantiation now, so a snapshot that cannot start under the limits (its memory is
@@ -356,6 +385,11 @@ impl Policy {
         &self.inner.settings_version
     }
 
+    /// How many decisions are remembered, and their weight in KiB (the capacity bounds the weight).
+    pub fn cached_decisions(&self) -> (usize, u64) {
+        self.inner.decisions.as_ref().map_or((0, 0), |cache| (cache.len(), cache.weight()))
+    }
+
     /// The limits every evaluation runs under.
     pub fn limits(&self) -> Limits {
         self.inner.runtime.limits()
@@ -373,8 +407,8 @@ impl Policy {
             return self.evaluate_uncached(caller, service, requested).await;
         };
         let query = DecisionQuery { caller, service, resources: requested };
-        if let Some(decision) = cache.get(&query) {
-            return Ok(decision);
+        if let Some(cached) = cache.get(&query) {
+            return Ok(cached.decision);
         }
         let decision = self.evaluate_uncached(caller, service, requested).await?;
         let key = DecisionKey {
@@ -382,7 +416,8 @@ impl Policy {
             service: service.to_owned(),
             resources: requested.to_vec(),
         };
-        cache.insert(key, decision.clone());
+        let kib = entry_kib(caller, service, requested);
+        cache.insert(key, CachedDecision { decision: decision.clone(), kib });
         Ok(decision)
     }
 
