@@ -186,6 +186,9 @@ impl Default for HttpConfig {
     }
 }
 
+/// The most clock skew `authority.leeway_seconds` may tolerate.
+const MAX_LEEWAY: u64 = 300;
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 5050))
 }
@@ -285,6 +288,14 @@ impl Config {
         }
         if self.authority.jwks_refresh_seconds < 10 {
             return Err("authority.jwks_refresh_seconds must be at least 10".into());
+        }
+        // 0 would turn every made-up `kid` into a request to the Authority.
+        if self.authority.jwks_min_refetch_seconds < 1 {
+            return Err("authority.jwks_min_refetch_seconds must be at least 1".into());
+        }
+        // Leeway is for clock skew; more than minutes of it means accepting expired tokens.
+        if self.authority.leeway_seconds > MAX_LEEWAY {
+            return Err(format!("authority.leeway_seconds may be at most {MAX_LEEWAY}"));
         }
         if self.signing.issuer.is_empty() {
             return Err("signing.issuer is empty".into());

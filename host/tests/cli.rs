@@ -295,6 +295,24 @@ fn configuration_errors_name_the_key_and_where_it_came_from() {
         "{stderr}"
     );
 
+    for (variable, value, message) in [
+        ("REGISTRY_TOKEN_AUTHORITY__LEEWAY_SECONDS", "3600", "authority.leeway_seconds may be at most 300"),
+        (
+            "REGISTRY_TOKEN_AUTHORITY__JWKS_MIN_REFETCH_SECONDS",
+            "0",
+            "authority.jwks_min_refetch_seconds must be at least 1",
+        ),
+    ] {
+        let output = Command::new(BIN)
+            .args(["serve", "--config", fixture.config_path.to_str().unwrap()])
+            .env(variable, value)
+            .output()
+            .unwrap();
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(message), "{stderr}");
+    }
+
     let output = run(&["serve", "--config", "/nonexistent/registry-token.yaml"]);
     assert!(text(&output.stderr).contains("/nonexistent/registry-token.yaml does not exist"));
 }
