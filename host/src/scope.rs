@@ -131,8 +131,10 @@ fn check_name(name: &str) -> Result<(), String> {
     // As in Docker's reference grammar, the first component is a hostname only when more follow
     // and it looks like one (has a `.` or a `:port`, or is `localhost`); otherwise it is a path
     // component, and so lowercase.
+    // A first component that looks like a host but is not one (`a_b.c`) may still be a path
+    // component: the grammar allows either.
     let looks_like_host = first.contains(['.', ':']) || first == "localhost";
-    let first_ok = if !rest.is_empty() && looks_like_host { is_hostname(first) } else { is_component(first) };
+    let first_ok = (!rest.is_empty() && looks_like_host && is_hostname(first)) || is_component(first);
     if !first_ok {
         return Err(format!("{first:?} is neither a repository path component nor a hostname"));
     }
@@ -163,16 +165,12 @@ fn is_hostname(text: &str) -> bool {
 
 fn parse_actions(text: &str) -> Result<Vec<String>, String> {
     let mut actions: Vec<String> = Vec::new();
-    for action in text.split(',') {
+    // The grammar's action is /[a-z]*/: an empty one is allowed, and asks for nothing.
+    for action in text.split(',').filter(|a| !a.is_empty()) {
         let valid = action == "*"
-            || (!action.is_empty()
-                && action.len() <= MAX_ACTION_LEN
-                && action.bytes().all(|b| b.is_ascii_lowercase()));
+            || (action.len() <= MAX_ACTION_LEN && action.bytes().all(|b| b.is_ascii_lowercase()));
         if !valid {
-            return Err(match action.is_empty() {
-                true => "an action is empty".to_owned(),
-                false => format!("action {action:?} must be lowercase letters or `*`"),
-            });
+            return Err(format!("action {action:?} must be lowercase letters or `*`"));
         }
         if !actions.iter().any(|a| a == action) {
             actions.push(action.to_owned());
@@ -249,8 +247,6 @@ mod tests {
             ("repository:team/App:pull", "name component \"App\""),
             ("repository:team//app:pull", "name component \"\""),
             ("repository:team/app/:pull", "name component \"\""),
-            ("repository:team/app:", "an action is empty"),
-            ("repository:team/app:pull,", "an action is empty"),
             ("repository:team/app:PULL", "action \"PULL\""),
             ("repository:team/app:pu11", "action \"pu11\""),
             ("repository:a:b:c/d:pull", "neither"),
@@ -262,6 +258,19 @@ mod tests {
         }
         let long = format!("repository:{}:pull", "a".repeat(300));
         assert!(parse_one(&long).unwrap_err().to_string().contains("longer than 255"));
+    }
+
+    #[test]
+    fn the_grammar_allows_empty_actions_and_dotted_path_components() {
+        // action := /[a-z]*/ — an empty action asks for nothing.
+        assert_eq!(parse_one("repository:team/app:").unwrap().actions, Vec::<String>::new());
+        assert_eq!(parse_one("repository:team/app:pull,,push,").unwrap().actions, ["pull", "push"]);
+        // `a_b.c` looks like a host but is not one; as a path component it is valid.
+        assert_eq!(parse_one("repository:a_b.c/d:pull").unwrap().name, "a_b.c/d");
+        assert_eq!(
+            parse_one("repository:registry.example.com:5000/d:pull").unwrap().name,
+            "registry.example.com:5000/d"
+        );
     }
 
     #[test]
