@@ -110,17 +110,11 @@ impl SigningKey {
     pub fn from_pem(pem: &[u8], algorithm: SigningAlgorithm, origin: &str) -> Result<SigningKey, KeyError> {
         let unusable =
             |reason: &str| KeyError::Unusable { origin: origin.to_owned(), reason: reason.to_owned() };
-        let blocks = pem::parse_many(pem).map_err(|_| unusable("not PEM"))?;
-        let mut found = None;
-        for block in blocks {
-            let tag = block.tag().to_owned();
-            let der = Zeroizing::new(block.into_contents());
-            if matches!(tag.as_str(), "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY") {
-                found = Some((tag, der));
-                break;
-            }
-        }
-        let Some((tag, der)) = found else {
+        let blocks = super::secret_pem::decode(pem).map_err(unusable)?;
+        let found = blocks.into_iter().find(|block| {
+            matches!(block.label.as_str(), "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY")
+        });
+        let Some(super::secret_pem::Block { label: tag, der }) = found else {
             return Err(unusable("no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block"));
         };
         let pair = match (algorithm, tag.as_str()) {

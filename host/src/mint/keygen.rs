@@ -82,7 +82,7 @@ pub fn generate(dir: &Path, algorithm: SigningAlgorithm, bits: u32) -> Result<Ge
             (Zeroizing::new(der.as_ref().to_vec()), &rcgen::PKCS_ECDSA_P256_SHA256)
         }
     };
-    let key_pem = Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.to_vec())));
+    let key_pem = super::secret_pem::encode("PRIVATE KEY", &pkcs8);
 
     let rcgen_key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8.to_vec().into(), sign_algorithm)
         .map_err(|e| generate_error(&e))?;

@@ -6,6 +6,7 @@
 
 mod key;
 pub mod keygen;
+mod secret_pem;
 
 pub use key::{KeyError, SigningAlgorithm, SigningKey};
 
