@@ -396,7 +396,8 @@ impl Policy {
     }
 
     /// Decides one request: from the decision cache, or in a fresh instance. A [`Fault`] means:
-    /// issue no token (faults are never cached).
+    /// issue no token (faults are never cached). Runs on a tokio runtime with its time driver
+    /// enabled (the wall-clock deadline is a tokio timer).
     pub async fn evaluate(
         &self,
         caller: &Caller,
