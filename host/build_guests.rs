@@ -30,6 +30,9 @@ pub fn build(packages: &[(&str, &str)], watch: &[&str]) {
         true => "cargo".to_owned(),
         false => std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()),
     };
+    if rustup {
+        ensure_target(&root);
+    }
     let mut command = Command::new(cargo);
     if rustup {
         command.env_remove("RUSTUP_TOOLCHAIN").env_remove("RUSTC").env_remove("RUSTDOC");
@@ -71,6 +74,61 @@ pub fn build(packages: &[(&str, &str)], watch: &[&str]) {
         }
         println!("cargo:rustc-env={env_name}={}", dest.display());
     }
+}
+
+/// rustup installs the targets that `rust-toolchain.toml` lists only when it installs the toolchain
+/// itself; a machine that already had the toolchain lacks `wasm32-wasip2`. Add it here, once, so
+/// `cargo run` works on such a machine with no extra step, and say so. Both build scripts (the
+/// host's and test-support's) may run at once: a lock file keeps them from racing in rustup.
+fn ensure_target(root: &Path) {
+    let pinned = |program: &str| {
+        let mut command = Command::new(program);
+        command
+            .current_dir(root)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
+            .env_remove("RUSTDOC")
+            .env_remove("CARGO");
+        command
+    };
+    let installed = || {
+        pinned("rustc")
+            .args(["--print", "target-libdir", "--target", TARGET])
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+            .is_some_and(|libdir| has_std(&libdir))
+    };
+    if installed() {
+        return;
+    }
+    let lock_path = std::env::temp_dir().join("registry-token-rustup-target.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .and_then(|file| file.lock().map(|()| file))
+        .unwrap_or_else(|e| fail(&format!("cannot lock {}: {e}", lock_path.display())));
+    if !installed() {
+        println!(
+            "cargo:warning=the {TARGET} target is missing from the pinned toolchain; \
+             installing it with `rustup target add {TARGET}` (rust-toolchain.toml lists it)"
+        );
+        let status = pinned("rustup").args(["target", "add", TARGET]).status();
+        match status {
+            Ok(status) if status.success() => {}
+            Ok(status) => fail(&format!(
+                "`rustup target add {TARGET}` failed ({status}); install the target and build again"
+            )),
+            Err(e) => fail(&format!("cannot run rustup to add {TARGET}: {e}")),
+        }
+    }
+    drop(lock);
+}
+
+/// Whether a target's library directory holds the standard library (`libstd-<hash>.rlib`).
+fn has_std(libdir: &Path) -> bool {
+    std::fs::read_dir(libdir).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|entry| entry.file_name().to_string_lossy().starts_with("libstd-"))
+    })
 }
 
 fn workspace_root(manifest_dir: &Path) -> PathBuf {
