@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use registry_token::authority::{KeySet, KeySource, Requirements, validate};
+use registry_token::authority::{KeySet, KeySource, Requirements, verify};
 use std::sync::{Arc, LazyLock};
 
 // A test fixture's public key (tests/fixtures/test-signing-key.pem); nobody holds a token for it here.
@@ -22,6 +22,6 @@ fuzz_target!(|data: &[u8]| {
         required_scope: "registry.token.issue".into(),
         leeway_seconds: 30,
     };
-    let result = RUNTIME.block_on(validate(&token, 1_800_000_000, &KEYS, &requirements));
+    let result = RUNTIME.block_on(verify(&token, 1_800_000_000, &KEYS, &requirements));
     assert!(result.is_err(), "a token validated without the private key: {token:?}");
 });

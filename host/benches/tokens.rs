@@ -279,7 +279,7 @@ async fn stages(root: &Path) {
     let now = system_clock()();
     row(
         "caller-token validation (RS256 verify, claims)",
-        measure_async(|| async { authority::validate(&token, now, &keys, &requirements).await.unwrap() }, 50)
+        measure_async(|| async { authority::verify(&token, now, &keys, &requirements).await.unwrap() }, 50)
             .await,
     );
 

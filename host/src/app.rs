@@ -1,10 +1,12 @@
 //! The composition root: turns a [`Config`] into the live service state — the Authority's keys,
 //! the signing key, the policy — and swaps in a new one on reload, completely validated first.
+//! [`App`] is the running service (not to be confused with the Docker `service` parameter, the
+//! registry a token is for).
 
 use crate::authority::{KeySource, Requirements, Validator};
-use crate::config::Config;
+use crate::config::{Config, JwksSource, PolicyConfig, PolicyModule};
 use crate::mint::{self, Minter, SigningKey};
-use crate::policy::{self, Limits, Policy};
+use crate::policy::{self, Policy};
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,9 +57,29 @@ pub enum BuildError {
     /// The policy could not be loaded.
     #[error(transparent)]
     Policy(#[from] policy::LoadError),
-    /// A policy or settings file could not be read or parsed.
-    #[error("{0}")]
-    File(String),
+    /// The policy module file could not be read.
+    #[error("cannot read policy.module {path}: {source}")]
+    PolicyFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The policy settings file could not be read or is not YAML/JSON.
+    #[error("the policy settings {path}: {reason}")]
+    Settings {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A reload was asked of a service started without a configuration file.
+    #[error("the service was not started from a configuration file")]
+    NoConfigFile,
+    /// The reload task itself failed (it panicked or was cancelled).
+    #[error("the reload task failed: {0}")]
+    ReloadTask(String),
 }
 
 impl Live {
@@ -72,29 +94,28 @@ impl Live {
         let authority = &config.authority;
         let same_url = |previous: &Live| {
             let was = &previous.config.authority;
-            was.jwks_url == authority.jwks_url
+            was.jwks == authority.jwks
                 && was.jwks_refresh_seconds == authority.jwks_refresh_seconds
                 && was.jwks_min_refetch_seconds == authority.jwks_min_refetch_seconds
         };
-        let keys = match (&authority.jwks_file, &authority.jwks_url) {
-            (Some(file), _) => KeySource::from_file(file)?,
+        let keys = match &authority.jwks {
+            JwksSource::File(file) => KeySource::from_file(file)?,
             // A reload keeps the keys it has (and their refresher) when the URL is unchanged: a
             // reload during an Authority outage must not trade working keys for none.
-            (None, Some(_))
+            JwksSource::Url(_)
                 if let Some(previous) = previous.filter(|p| same_url(p))
                     && matches!(previous.validator.keys(), KeySource::Remote(_)) =>
             {
                 previous.validator.keys().clone()
             }
-            (None, Some(url)) => {
+            JwksSource::Url(url) => {
                 KeySource::from_url(
                     url,
-                    Duration::from_secs(config.authority.jwks_refresh_seconds),
-                    Duration::from_secs(config.authority.jwks_min_refetch_seconds),
+                    Duration::from_secs(authority.jwks_refresh_seconds),
+                    Duration::from_secs(authority.jwks_min_refetch_seconds),
                 )
                 .await?
             }
-            (None, None) => return Err(BuildError::File("authority: no JWKS configured".into())),
         };
         let requirements = Requirements {
             issuer: config.authority.issuer.clone(),
@@ -124,9 +145,9 @@ impl Live {
 }
 
 /// Loads the configured policy module with its settings file, under the configured limits,
-/// remembering up to `decision_cache` decisions.
+/// remembering decisions in up to `decision_cache` KiB.
 pub async fn load_policy(
-    config: &crate::config::PolicyConfig,
+    config: &PolicyConfig,
     decision_cache: usize,
     previous: Option<&Policy>,
 ) -> Result<Policy, BuildError> {
@@ -140,35 +161,30 @@ pub async fn load_policy(
 /// Loads the configured policy module with settings given as JSON (ignoring `settings_file`).
 /// With a `previous` policy, reuses its engine where it can (see [`Policy::reload`]).
 pub async fn load_policy_with(
-    config: &crate::config::PolicyConfig,
+    config: &PolicyConfig,
     settings_json: &str,
     decision_cache: usize,
     previous: Option<&Policy>,
 ) -> Result<Policy, BuildError> {
-    let module: std::borrow::Cow<'static, [u8]> = if config.module == policy::BUILTIN_NAME {
-        policy::BUILTIN_PLAN_CATALOGUE.into()
-    } else {
-        std::fs::read(&config.module)
-            .map_err(|e| BuildError::File(format!("cannot read policy.module {}: {e}", config.module)))?
-            .into()
+    let module: std::borrow::Cow<'static, [u8]> = match &config.module {
+        PolicyModule::Builtin(builtin) => builtin.wasm().into(),
+        PolicyModule::File(path) => std::fs::read(path)
+            .map_err(|source| BuildError::PolicyFile { path: path.clone(), source })?
+            .into(),
     };
-    let limits = Limits {
-        timeout: Duration::from_millis(config.timeout_ms),
-        memory_bytes: usize::try_from(config.memory_mib).unwrap_or(usize::MAX).saturating_mul(1024 * 1024),
-    };
+    let source = config.module.to_string();
+    let limits = config.limits();
     Ok(match previous {
-        Some(previous) => {
-            previous.reload(&module, &config.module, settings_json, limits, decision_cache).await?
-        }
-        None => Policy::load(&module, &config.module, settings_json, limits, decision_cache).await?,
+        Some(previous) => previous.reload(&module, &source, settings_json, limits, decision_cache).await?,
+        None => Policy::load(&module, &source, settings_json, limits, decision_cache).await?,
     })
 }
 
 /// Reads a YAML or JSON settings file and renders it as the JSON document guests receive.
 pub fn settings_json(path: &Path) -> Result<String, BuildError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| BuildError::File(format!("cannot read the policy settings {}: {e}", path.display())))?;
-    yaml_to_json(&text).map_err(|e| BuildError::File(format!("the policy settings {}: {e}", path.display())))
+    let settings_error = |reason: String| BuildError::Settings { path: path.to_owned(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| settings_error(format!("cannot read it: {e}")))?;
+    yaml_to_json(&text).map_err(settings_error)
 }
 
 /// YAML (a superset of JSON) to compact JSON.
@@ -178,23 +194,23 @@ pub fn yaml_to_json(text: &str) -> Result<String, String> {
 }
 
 /// The running service: the live state, swapped atomically on reload.
-pub struct Service {
+pub struct App {
     live: ArcSwap<Live>,
     config_path: Option<PathBuf>,
     /// The clock requests use.
     pub clock: Clock,
 }
 
-impl std::fmt::Debug for Service {
+impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service").field("config_path", &self.config_path).finish_non_exhaustive()
+        f.debug_struct("App").field("config_path", &self.config_path).finish_non_exhaustive()
     }
 }
 
-impl Service {
-    /// A service over already-built state. `config_path` is re-read on [`Service::reload`].
-    pub fn new(live: Live, config_path: Option<PathBuf>, clock: Clock) -> Service {
-        Service { live: ArcSwap::from_pointee(live), config_path, clock }
+impl App {
+    /// A service over already-built state. `config_path` is re-read on [`App::reload`].
+    pub fn new(live: Live, config_path: Option<PathBuf>, clock: Clock) -> App {
+        App { live: ArcSwap::from_pointee(live), config_path, clock }
     }
 
     /// The state requests use now.
@@ -206,7 +222,7 @@ impl Service {
     /// it loads. On error the previous state keeps serving.
     pub async fn reload(&self) -> Result<(), BuildError> {
         let Some(path) = self.config_path.clone() else {
-            return Err(BuildError::File("the service was not started from a configuration file".into()));
+            return Err(BuildError::NoConfigFile);
         };
         let config = Config::load(&path)?;
         let current = self.live();
@@ -231,7 +247,7 @@ impl Service {
         let built =
             tokio::task::spawn_blocking(move || handle.block_on(Live::build_after(config, Some(&current))))
                 .await
-                .map_err(|e| BuildError::File(format!("the reload task failed: {e}")))??;
+                .map_err(|e| BuildError::ReloadTask(e.to_string()))??;
         tracing::info!(
             policy = built.policy.source(),
             digest = built.policy.digest(),

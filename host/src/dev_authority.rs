@@ -3,14 +3,12 @@
 //! file it writes, exactly as it would read a real Authority's.
 
 use crate::mint::keygen::{KeygenError, write_new};
+use crate::mint::{SigningAlgorithm, SigningKey, secret_pem};
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::{KeyPair, KeySize};
-use aws_lc_rs::signature::KeyPair as _;
 use data_encoding::BASE64URL_NOPAD;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -57,29 +55,24 @@ pub fn init(dir: &Path, issuer: &str) -> Result<PathBuf, DevAuthorityError> {
     let crypto = |e: &dyn std::fmt::Display| DevAuthorityError::Crypto(e.to_string());
     let pair = KeyPair::generate(KeySize::Rsa2048).map_err(|e| crypto(&e))?;
     let pkcs8 = pair.as_der().map_err(|e| crypto(&e))?;
-    let pem = Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec())));
-
-    let public = pair.public_key();
-    let n = BASE64URL_NOPAD.encode(public.modulus().big_endian_without_leading_zero());
-    let e = BASE64URL_NOPAD.encode(public.exponent().big_endian_without_leading_zero());
-    let thumbprint = format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#);
-    let kid = BASE64URL_NOPAD.encode(&Sha256::digest(thumbprint.as_bytes()));
-    let jwks =
-        json!({ "keys": [{ "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": n, "e": e }] });
+    // The same zeroized PEM encoding and the same key type as the service's own signing key.
+    let pem = secret_pem::encode("PRIVATE KEY", pkcs8.as_ref());
+    let key = SigningKey::from_pem(pem.as_bytes(), SigningAlgorithm::RS256, "the development Authority key")
+        .map_err(|e| crypto(&e))?;
+    let jwk = key.public_jwk();
+    let kid = key.thumbprint_kid();
+    let jwks = json!({ "keys": [jwk] });
     let info = Info { issuer: issuer.to_owned(), kid };
 
     write_new(&dir.join(KEY_FILE), pem.as_bytes(), 0o600)?;
-    write_new(
-        &dir.join(JWKS_FILE),
-        serde_json::to_string_pretty(&jwks).unwrap_or_default().as_bytes(),
-        0o644,
-    )?;
-    write_new(
-        &dir.join(INFO_FILE),
-        serde_json::to_string_pretty(&info).unwrap_or_default().as_bytes(),
-        0o644,
-    )?;
+    write_new(&dir.join(JWKS_FILE), pretty(&jwks)?.as_bytes(), 0o644)?;
+    write_new(&dir.join(INFO_FILE), pretty(&info)?.as_bytes(), 0o644)?;
     Ok(dir.join(JWKS_FILE))
+}
+
+fn pretty(value: &impl Serialize) -> Result<String, DevAuthorityError> {
+    serde_json::to_string_pretty(value)
+        .map_err(|e| DevAuthorityError::Crypto(format!("cannot encode JSON: {e}")))
 }
 
 /// What goes into a development token.
@@ -118,7 +111,8 @@ pub fn token(dir: &Path, request: &TokenRequest, now: u64) -> Result<String, Dev
         reason: format!("{INFO_FILE}: {e}"),
     })?;
     let pem = Zeroizing::new(read(KEY_FILE)?);
-    let key = EncodingKey::from_rsa_pem(&pem).map_err(|e| DevAuthorityError::Crypto(e.to_string()))?;
+    let key = SigningKey::from_pem(&pem, SigningAlgorithm::RS256, "the development Authority key")
+        .map_err(|e| DevAuthorityError::Crypto(e.to_string()))?;
 
     let now = now as i64;
     let mut claims = Map::new();
@@ -144,7 +138,14 @@ pub fn token(dir: &Path, request: &TokenRequest, now: u64) -> Result<String, Dev
     }
     claims.extend(request.extra.clone());
 
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some(info.kid);
-    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| DevAuthorityError::Crypto(e.to_string()))
+    let header = json!({ "typ": "JWT", "alg": "RS256", "kid": info.kid });
+    let encode = |value: &Value| serde_json::to_vec(value).map(|json| BASE64URL_NOPAD.encode(&json));
+    let json_error = |e: serde_json::Error| DevAuthorityError::Crypto(format!("cannot encode JSON: {e}"));
+    let signed = format!(
+        "{}.{}",
+        encode(&header).map_err(json_error)?,
+        encode(&Value::Object(claims)).map_err(json_error)?
+    );
+    let signature = key.sign(signed.as_bytes()).map_err(|e| DevAuthorityError::Crypto(e.to_string()))?;
+    Ok(format!("{signed}.{}", BASE64URL_NOPAD.encode(&signature)))
 }

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod app;
 pub mod authority;
+mod bounded;
 pub mod cli;
 pub mod config;
 pub mod dev_authority;

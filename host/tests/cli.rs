@@ -190,8 +190,7 @@ fn the_development_authority_mints_tokens_the_service_accepts() {
     };
     let now = registry_token::app::system_clock()();
     let validated =
-        futures_lite_block_on(registry_token::authority::validate(&token, now, &keys, &requirements))
-            .unwrap();
+        futures_lite_block_on(registry_token::authority::verify(&token, now, &keys, &requirements)).unwrap();
     assert_eq!(validated.caller.subject, "alice");
 }
 

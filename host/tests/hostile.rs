@@ -426,7 +426,7 @@ fn edited_caller_tokens_never_validate_as_anyone_else() {
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let now = registry_token::app::system_clock()();
     let token = fixture.token(|_| {});
-    let original = runtime.block_on(authority::validate(&token, now, &keys, &requirements)).unwrap();
+    let original = runtime.block_on(authority::verify(&token, now, &keys, &requirements)).unwrap();
 
     let edit = (any::<usize>(), any::<u8>(), 0..4u8);
     let (refused, same) = (Cell::new(0u32), Cell::new(0u32));
@@ -443,7 +443,7 @@ fn edited_caller_tokens_never_validate_as_anyone_else() {
                 }
             }
             let edited = String::from_utf8_lossy(&bytes);
-            match runtime.block_on(authority::validate(&edited, now, &keys, &requirements)) {
+            match runtime.block_on(authority::verify(&edited, now, &keys, &requirements)) {
                 Ok(validated) => {
                     prop_assert_eq!(&validated.caller, &original.caller, "edited: {}", edited);
                     same.set(same.get() + 1);
@@ -516,7 +516,7 @@ fn only_claims_that_follow_every_rule_validate() {
             }
             let all_good = names.iter().all(|(name, good)| claims.get(*name) == Some(good));
             let token = forger.sign_claims(&Value::Object(claims.clone()));
-            let result = runtime.block_on(authority::validate(&token, now, &keys, &requirements));
+            let result = runtime.block_on(authority::verify(&token, now, &keys, &requirements));
             let Ok(validated) = result else {
                 prop_assert!(!all_good, "good claims refused: {:?}", result.err());
                 refused.set(refused.get() + 1);

@@ -262,3 +262,24 @@ async fn the_decision_cache_is_bounded_in_bytes_not_only_entries() {
     // At most 8 of those and the 32 small ones (an entry count alone would have kept 64).
     assert!(entries <= 40, "{entries} entries");
 }
+
+#[tokio::test]
+async fn the_decision_cache_counts_notes_and_messages_against_its_bound() {
+    let module = std::fs::read(test_support::HOSTILE_GUEST_WASM).unwrap();
+    let policy = Policy::load(&module, "hostile", "{}", Limits::default(), 64).await.unwrap();
+    // Each answer carries a 4 KiB note; 40 distinct requests, each entry weighing at least 5 KiB.
+    for n in 0..40 {
+        let asked = [
+            Resource::new("repository", "hostile/long-note", &["pull"]),
+            Resource::new("repository", &format!("team/app{n}"), &["pull"]),
+        ];
+        let decision = policy.evaluate(&caller("team"), "s", &asked).await.unwrap();
+        let Decision::Grant { note: Some(note), .. } = decision else { panic!("{decision:?}") };
+        assert_eq!(note.len(), 4096);
+    }
+    let (entries, kib) = policy.cached_decisions();
+    assert!(kib <= 64, "{kib} KiB remembered, capacity 64");
+    // Counting the note, at most 64 / 5 entries fit; counting only the request, all 40 would.
+    assert!(entries >= 1 && entries <= 12, "{entries} entries of 4 KiB notes within 64 KiB");
+    assert!(entries as u64 * 5 <= kib, "{entries} entries weigh {kib} KiB: the notes are counted");
+}

@@ -72,7 +72,7 @@ async fn minted_tokens_have_the_claims_and_types_the_registry_checks() {
 }
 
 #[tokio::test]
-async fn a_registry_token_never_outlives_the_caller_token() {
+async fn a_registry_token_ends_by_the_caller_tokens_exp_plus_the_leeway() {
     let fixture = Fixture::new();
     let router = fixture.router().await;
     // Expires in 20 s; validation tolerates 30 s of skew past that, and so does the registry token.

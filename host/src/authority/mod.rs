@@ -14,17 +14,20 @@
 //! The clock is a parameter, so tests control time. Failures say which check failed, never a key.
 
 mod claims;
-mod jwks;
+mod keyset;
+mod source;
 
 pub use claims::caller_from_claims;
-pub use jwks::{JwksError, KeySet, KeySource, acceptable_jwks_url};
+pub use keyset::{JwksError, KeySet};
+pub use source::{KeySource, RemoteJwks, acceptable_jwks_url};
 
 use crate::access::Caller;
+use crate::bounded::{self, Weighed};
 use claims::StrictObject;
 use data_encoding::BASE64URL_NOPAD;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::sync::Arc;
 
 /// Validates caller tokens against one key source and one set of requirements, remembering each
@@ -35,24 +38,13 @@ use std::sync::Arc;
 pub struct Validator {
     keys: KeySource,
     requirements: Requirements,
-    cache: Option<quick_cache::sync::Cache<Arc<str>, Arc<CachedValidation>, PerKib>>,
+    cache: Option<bounded::Cache<Arc<str>, CachedValidation>>,
 }
 
-/// Counts a cached validation once per KiB it holds (the token and its claims, at least 1), so the
-/// cache's capacity bounds its bytes as well as its entries.
 #[derive(Clone)]
-struct PerKib;
-
-impl quick_cache::Weighter<Arc<str>, Arc<CachedValidation>> for PerKib {
-    fn weight(&self, _token: &Arc<str>, cached: &Arc<CachedValidation>) -> u64 {
-        cached.kib
-    }
-}
-
 struct CachedValidation {
     validated: Arc<Validated>,
     keys_generation: u64,
-    kib: u64,
 }
 
 impl std::fmt::Debug for Validator {
@@ -66,11 +58,9 @@ impl std::fmt::Debug for Validator {
 }
 
 impl Validator {
-    /// A validator remembering up to `cache_entries` valid tokens (0: none).
-    pub fn new(keys: KeySource, requirements: Requirements, cache_entries: usize) -> Validator {
-        let cache = (cache_entries > 0)
-            .then(|| quick_cache::sync::Cache::with_weighter(cache_entries, cache_entries as u64, PerKib));
-        Validator { keys, requirements, cache }
+    /// A validator remembering valid tokens in up to `cache_capacity` KiB (0: none).
+    pub fn new(keys: KeySource, requirements: Requirements, cache_capacity: usize) -> Validator {
+        Validator { keys, requirements, cache: bounded::cache(cache_capacity) }
     }
 
     /// Where the keys come from.
@@ -78,24 +68,23 @@ impl Validator {
         &self.keys
     }
 
-    /// [`validate`], answered from the cache while the token is unexpired and the keys unchanged.
+    /// [`verify`], answered from the cache while the token is unexpired and the keys unchanged.
     pub async fn validate(&self, token: &str, now: u64) -> Result<Arc<Validated>, AuthError> {
         let generation = self.keys.generation();
         if let Some(cache) = &self.cache
             && let Some(hit) = cache.get(token)
         {
+            let hit = hit.value;
             if now < hit.validated.expires_at && hit.keys_generation == generation {
-                return Ok(Arc::clone(&hit.validated));
+                return Ok(hit.validated);
             }
             cache.remove(token);
         }
-        let validated = Arc::new(validate(token, now, &self.keys, &self.requirements).await?);
+        let validated = Arc::new(verify(token, now, &self.keys, &self.requirements).await?);
         if let Some(cache) = &self.cache {
             let bytes = token.len() + validated.caller.claims_json.len();
-            let kib = (bytes as u64).div_ceil(1024).max(1);
-            let entry =
-                CachedValidation { validated: Arc::clone(&validated), keys_generation: generation, kib };
-            cache.insert(Arc::from(token), Arc::new(entry));
+            let entry = CachedValidation { validated: Arc::clone(&validated), keys_generation: generation };
+            cache.insert(Arc::from(token), Weighed::new(entry, bytes));
         }
         Ok(validated)
     }
@@ -184,8 +173,8 @@ struct Header {
     crit: Option<Value>,
 }
 
-/// Validates `token` at time `now` (Unix seconds) against `keys` and `requirements`.
-pub async fn validate(
+/// Checks `token` at time `now` (Unix seconds) against `keys` and `requirements`, uncached.
+pub async fn verify(
     token: &str,
     now: u64,
     keys: &KeySource,
@@ -228,7 +217,9 @@ pub async fn validate(
 }
 
 /// Steps 7 to 9 on a payload whose signature already verified: a strict JSON object, the
-/// registered claims, the caller's claims, the required scope.
+/// registered claims, the caller's claims, the required scope. Public for the fuzz target and
+/// property tests; the service goes through [`Validator::validate`].
+#[doc(hidden)]
 pub fn validate_payload(
     payload: &[u8],
     now: u64,
@@ -237,7 +228,7 @@ pub fn validate_payload(
     let claims = serde_json::from_slice::<StrictObject>(payload)
         .map_err(|e| malformed(&format!("the payload is not a JSON object: {e}")))?
         .0;
-    let expires_at = check_registered_claims(&claims, now, requirements)?;
+    let expires_at = claims::check_registered_claims(&claims, now, requirements)?;
     let caller = caller_from_claims(claims).map_err(AuthError::Claim)?;
     if !caller.scopes.contains(&requirements.required_scope) {
         return Err(AuthError::MissingScope(requirements.required_scope.clone()));
@@ -279,58 +270,6 @@ pub(crate) fn shorten(text: &str) -> String {
         Some((cut, _)) => format!("{}...", &text[..cut]),
         None => text.to_owned(),
     }
-}
-
-fn check_registered_claims(
-    claims: &Map<String, Value>,
-    now: u64,
-    requirements: &Requirements,
-) -> Result<u64, AuthError> {
-    let leeway = requirements.leeway_seconds as f64;
-    let now = now as f64;
-    let exp = match claims.get("exp") {
-        Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
-        Some(_) => return Err(AuthError::Claim("exp must be a number".into())),
-        None => return Err(AuthError::Claim("exp is missing".into())),
-    };
-    if !exp.is_finite() || exp + leeway <= now {
-        return Err(AuthError::Expired);
-    }
-    match claims.get("nbf") {
-        None => {}
-        Some(Value::Number(n)) if n.as_f64().is_none_or(|nbf| nbf - leeway > now) => {
-            return Err(AuthError::NotYetValid);
-        }
-        Some(Value::Number(_)) => {}
-        Some(_) => return Err(AuthError::Claim("nbf must be a number".into())),
-    }
-    match claims.get("iat") {
-        None | Some(Value::Number(_)) => {}
-        Some(_) => return Err(AuthError::Claim("iat must be a number".into())),
-    }
-    match claims.get("iss") {
-        Some(Value::String(iss)) if *iss == requirements.issuer => {}
-        Some(Value::String(iss)) => return Err(AuthError::WrongIssuer(shorten(iss))),
-        Some(_) => return Err(AuthError::Claim("iss must be a string".into())),
-        None => return Err(AuthError::Claim("iss is missing".into())),
-    }
-    let audiences: Vec<&str> = match claims.get("aud") {
-        Some(Value::String(aud)) => vec![aud.as_str()],
-        Some(Value::Array(list)) => list
-            .iter()
-            .map(|v| v.as_str().ok_or_else(|| AuthError::Claim("aud must hold strings".into())))
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(AuthError::Claim("aud must be a string or an array of strings".into()));
-        }
-        None => return Err(AuthError::Claim("aud is missing".into())),
-    };
-    if !audiences.iter().any(|aud| requirements.audiences.iter().any(|a| a == aud)) {
-        let shown = format!("{:?}", audiences.iter().map(|a| shorten(a)).collect::<Vec<_>>());
-        return Err(AuthError::WrongAudience(shown));
-    }
-    // `exp` fits a u64 once it is known to be finite and in the future.
-    Ok(exp as u64)
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ impl Scopes {
 
 /// What happened to one case.
 #[derive(Debug)]
-pub struct Outcome {
+pub struct CaseResult {
     /// The case's name.
     pub name: String,
     /// `None` if it passed; otherwise expected vs actual.
@@ -122,11 +122,11 @@ pub fn read(path: &Path, settings_override: Option<&Path>) -> Result<(CaseFile, 
 }
 
 /// Runs every case of `file` through `policy`.
-pub async fn run(policy: &Policy, file: &CaseFile) -> Vec<Outcome> {
+pub async fn run(policy: &Policy, file: &CaseFile) -> Vec<CaseResult> {
     let mut outcomes = Vec::with_capacity(file.cases.len());
     for case in &file.cases {
         let failure = run_case(policy, file, case).await.err();
-        outcomes.push(Outcome { name: case.name.clone(), failure });
+        outcomes.push(CaseResult { name: case.name.clone(), failure });
     }
     outcomes
 }

@@ -1,14 +1,14 @@
 //! The `registry-token` command line: `serve`, `keygen`, `dev-authority`, `policy test|eval`.
 
-pub mod cases;
+mod cases;
 mod serve;
 
 use crate::app::{load_policy, load_policy_with, system_clock};
 use crate::authority::caller_from_claims;
-use crate::config::PolicyConfig;
+use crate::config::{PolicyConfig, PolicyModule};
 use crate::dev_authority;
 use crate::mint::{SigningAlgorithm, keygen};
-use crate::policy::{BUILTIN_NAME, Decision};
+use crate::policy::Decision;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value, json};
 use std::io::Read;
@@ -122,11 +122,11 @@ struct PolicySource {
     /// Settings (YAML or JSON) handed to the policy; for `test`, instead of what a case file names.
     #[arg(long)]
     settings: Option<PathBuf>,
-    /// Deadline of one evaluation, in milliseconds.
-    #[arg(long, default_value_t = 50)]
+    /// Deadline of one evaluation, in milliseconds (as `policy.timeout_ms`).
+    #[arg(long, default_value_t = PolicyConfig::default().timeout_ms)]
     timeout_ms: u64,
-    /// Memory cap of one evaluation, in MiB.
-    #[arg(long, default_value_t = 16)]
+    /// Memory cap of one evaluation, in MiB (as `policy.memory_mib`).
+    #[arg(long, default_value_t = PolicyConfig::default().memory_mib)]
     memory_mib: u64,
 }
 
@@ -239,10 +239,11 @@ fn dev_authority_command(command: DevAuthority) -> Result<ExitCode, String> {
 }
 
 fn policy_config(source: &PolicySource) -> PolicyConfig {
+    let defaults = PolicyConfig::default();
     PolicyConfig {
         module: match &source.policy {
-            Some(path) => path.display().to_string(),
-            None => BUILTIN_NAME.to_owned(),
+            Some(path) => PolicyModule::File(path.clone()),
+            None => defaults.module,
         },
         settings_file: source.settings.clone(),
         timeout_ms: source.timeout_ms,
@@ -304,7 +305,9 @@ async fn policy_eval(source: &PolicySource, request: Option<&Path>) -> Result<Ex
             json!({"decision": "fault", "kind": fault.kind(), "detail": fault.to_string()})
         }
     };
-    println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+    let answer =
+        serde_json::to_string_pretty(&answer).map_err(|e| format!("cannot print the answer: {e}"))?;
+    println!("{answer}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,7 +1,7 @@
 //! `registry-token serve`: load, listen, reload on SIGHUP, drain on SIGTERM/SIGINT.
 
-use crate::app::{Live, Service, system_clock};
-use crate::config::Config;
+use crate::app::{App, Live, system_clock};
+use crate::config::{Config, JwksSource, PolicyModule};
 use crate::{dev_authority, http, mint};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,7 +25,7 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
         kid = live.minter.kid(),
         "loaded"
     );
-    let service = Arc::new(Service::new(live, Some(config_path.to_owned()), system_clock()));
+    let service = Arc::new(App::new(live, Some(config_path.to_owned()), system_clock()));
 
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -65,7 +65,7 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
 /// SIGHUP, and with `watch: true` a change to any file the configuration names: re-read the
 /// configuration and everything it names; keep serving the old set if the new one does not load.
 /// Reloads run one at a time; triggers that arrive meanwhile are coalesced into the next one.
-fn spawn_reloader(service: Arc<Service>, config_path: &Path) -> Result<(), String> {
+fn spawn_reloader(service: Arc<App>, config_path: &Path) -> Result<(), String> {
     let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<()>();
     let watching = service.live().config.watch;
@@ -101,10 +101,12 @@ fn spawn_reloader(service: Arc<Service>, config_path: &Path) -> Result<(), Strin
 fn watched_files(config_path: &Path, config: &Config) -> Vec<PathBuf> {
     let mut files = vec![config_path.to_owned(), config.signing.key_file.clone()];
     files.extend(config.signing.cert_file.clone());
-    files.extend(config.authority.jwks_file.clone());
+    if let JwksSource::File(jwks) = &config.authority.jwks {
+        files.push(jwks.clone());
+    }
     files.extend(config.policy.settings_file.clone());
-    if config.policy.module != crate::policy::BUILTIN_NAME {
-        files.push(PathBuf::from(&config.policy.module));
+    if let PolicyModule::File(module) = &config.policy.module {
+        files.push(module.clone());
     }
     files
 }
@@ -193,7 +195,7 @@ fn bootstrap_development(config: &Config) -> Result<(), String> {
              never run production like this"
         );
     }
-    if let Some(jwks) = &config.authority.jwks_file
+    if let JwksSource::File(jwks) = &config.authority.jwks
         && !jwks.exists()
     {
         let dir = jwks.parent().unwrap_or(Path::new("."));

@@ -1,164 +1,175 @@
-//! The one error type of the HTTP edge: a status, the Docker error body
-//! (`{"errors":[{"code":"UNAUTHORIZED","message":"..."}]}`), and on the OAuth2 POST also the
-//! RFC 6749 pair (`error`, `error_description`). 5xx bodies are generic; details go to the log.
+//! The one error type of the HTTP edge. Each variant is a cause; the status, the Docker error body
+//! (`{"errors":[{"code":"UNAUTHORIZED","message":"..."}]}`) and the `Allow` header are decided
+//! in one place, [`ApiError::into_response`]. [`OAuth`] adds the RFC 6749 pair (`error`,
+//! `error_description`) for `POST /token`. 5xx bodies are generic; their causes go to the log.
+//!
+//! The `WWW-Authenticate` challenge of a 401 names the realm of the live configuration, which
+//! an error does not know: the listener's `challenge` layer adds it (see `http::edge`).
 
-use axum::http::header::{ALLOW, WWW_AUTHENTICATE};
+use crate::authority::AuthError;
+use crate::config::DenialStatus;
+use crate::policy::Fault;
+use crate::scope::ScopeError;
+use axum::http::header::ALLOW;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-/// A failed request, as the client will see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Docker error code: `UNAUTHORIZED`, `DENIED`, `INVALID_REQUEST`, ...
-    pub code: &'static str,
-    /// Shown to the user by their client.
-    pub message: String,
-    oauth_error: &'static str,
-    oauth: bool,
-    challenge: Option<String>,
-    allow: Option<&'static str>,
+/// A failed request, by cause.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// No credentials, or credentials that cannot hold an Authority token (401).
+    #[error("{0}")]
+    Credential(&'static str),
+    /// The caller token failed a check (401).
+    #[error(transparent)]
+    Auth(AuthError),
+    /// The Authority's keys could not be had, so no caller can be validated (503).
+    #[error("the Authority's keys are unavailable; try again later")]
+    KeysUnavailable,
+    /// A scope is malformed (400).
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    /// The policy refused the exchange (403, or 401 with `http.denial_status: 401`).
+    #[error("{message}")]
+    Denied {
+        /// The policy's machine-readable reason (`licence-revoked`), for the log.
+        reason: String,
+        /// The policy's explanation, for the caller.
+        message: String,
+        /// The configured status of a denial.
+        status: DenialStatus,
+    },
+    /// The policy failed; nothing was issued (503).
+    #[error("the authorization policy failed; no token was issued")]
+    Policy(#[from] Fault),
+    /// Signing failed (500).
+    #[error("the token could not be issued; see the server log")]
+    Signing,
+    /// A malformed request (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// An OAuth2 grant this service does not support (400).
+    #[error("grant_type {0:?} is not supported; use refresh_token or password")]
+    UnsupportedGrant(String),
+    /// The body is over `http.max_body_bytes` (413).
+    #[error("the request body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    /// The query is over the limit (414).
+    #[error("the query string is longer than {0} bytes")]
+    QueryTooLong(usize),
+    /// The path exists, the method does not (405).
+    #[error("method {method} is not allowed here")]
+    MethodNotAllowed {
+        /// What was sent.
+        method: Method,
+        /// What the path accepts, for `Allow`.
+        allow: &'static str,
+    },
+    /// No such path (404).
+    #[error("no such endpoint; tokens are issued at /token")]
+    NotFound,
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::KeysUnavailable => ApiError::KeysUnavailable,
+            error => ApiError::Auth(error),
+        }
+    }
 }
 
 impl ApiError {
-    fn new(
-        status: StatusCode,
-        code: &'static str,
-        oauth_error: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            oauth_error,
-            oauth: false,
-            challenge: None,
-            allow: None,
+    /// HTTP status, Docker error code, OAuth2 error code.
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::Credential(_) | ApiError::Auth(_) => {
+                (StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "invalid_grant")
+            }
+            ApiError::Denied { status: DenialStatus::Unauthorized, .. } => {
+                (StatusCode::UNAUTHORIZED, "DENIED", "access_denied")
+            }
+            ApiError::Denied { status: DenialStatus::Forbidden, .. } => {
+                (StatusCode::FORBIDDEN, "DENIED", "access_denied")
+            }
+            ApiError::KeysUnavailable | ApiError::Policy(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "temporarily_unavailable")
+            }
+            ApiError::Signing => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "server_error"),
+            ApiError::Scope(_) => (StatusCode::BAD_REQUEST, "INVALID_REQUEST", "invalid_scope"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "INVALID_REQUEST", "invalid_request"),
+            ApiError::UnsupportedGrant(_) => {
+                (StatusCode::BAD_REQUEST, "UNSUPPORTED", "unsupported_grant_type")
+            }
+            ApiError::BodyTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "INVALID_REQUEST", "invalid_request")
+            }
+            ApiError::QueryTooLong(_) => (StatusCode::URI_TOO_LONG, "INVALID_REQUEST", "invalid_request"),
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", "invalid_request")
+            }
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND", "invalid_request"),
         }
     }
 
-    /// 401: no credentials, or a caller token that failed a check. Tells the client to send
-    /// Basic credentials (the Authority token as the password).
-    pub fn unauthorized(realm: &str, message: impl Into<String>) -> Self {
-        let mut error = ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "invalid_grant", message);
-        error.challenge = Some(format!("Basic realm=\"{}\"", realm.replace('"', "'")));
-        error
-    }
-
-    /// 400: a malformed request.
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "invalid_request", message)
-    }
-
-    /// 400: a malformed scope.
-    pub fn bad_scope(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "invalid_scope", message)
-    }
-
-    /// 400: an OAuth2 grant this service does not support.
-    pub fn unsupported_grant(grant: &str) -> Self {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "UNSUPPORTED",
-            "unsupported_grant_type",
-            format!("grant_type {grant:?} is not supported; use refresh_token or password"),
-        )
-    }
-
-    /// 403 (or 401, `http.denial_status`): the policy refused the exchange.
-    pub fn denied(realm: &str, status: u16, message: impl Into<String>) -> Self {
-        match status {
-            401 => ApiError {
-                code: "DENIED",
-                oauth_error: "access_denied",
-                ..ApiError::unauthorized(realm, message)
-            },
-            _ => ApiError::new(StatusCode::FORBIDDEN, "DENIED", "access_denied", message),
+    /// The response, with the OAuth2 members when `oauth`. Records why a request was refused on
+    /// the request's span (its log line), and logs the cause of a server-side failure.
+    fn respond(self, oauth: bool) -> Response {
+        let (status, code, oauth_error) = self.parts();
+        let message = self.to_string();
+        let span = tracing::Span::current();
+        match &self {
+            ApiError::Denied { reason, .. } => {
+                span.record("refused", format!("policy denied: {reason}"));
+            }
+            ApiError::KeysUnavailable => {
+                tracing::error!("cannot validate callers: the Authority's keys are unavailable");
+            }
+            ApiError::Signing => tracing::error!("signing failed"),
+            // The fault itself was logged where the policy's identity is known.
+            ApiError::Policy(_) => {}
+            _ if status.is_client_error() => {
+                span.record("refused", message.as_str());
+            }
+            _ => {}
         }
-    }
-
-    /// 503: no decision could be made (a policy fault, the Authority's keys unavailable). Nothing
-    /// was issued; the cause is in the log.
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "temporarily_unavailable", message)
-    }
-
-    /// 500: a bug or a crypto failure; the cause is in the log.
-    pub fn internal() -> Self {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "UNKNOWN",
-            "server_error",
-            "the token could not be issued; see the server log",
-        )
-    }
-
-    /// 413: the body is over the limit.
-    pub fn too_large(limit: usize) -> Self {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "INVALID_REQUEST",
-            "invalid_request",
-            format!("the request body is larger than {limit} bytes"),
-        )
-    }
-
-    /// 414: the query is over the limit.
-    pub fn uri_too_long(limit: usize) -> Self {
-        ApiError::new(
-            StatusCode::URI_TOO_LONG,
-            "INVALID_REQUEST",
-            "invalid_request",
-            format!("the query string is longer than {limit} bytes"),
-        )
-    }
-
-    /// 405, naming the methods `allow`ed.
-    pub fn method_not_allowed(method: &Method, allow: &'static str) -> Self {
-        let mut error = ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "UNSUPPORTED",
-            "invalid_request",
-            format!("method {method} is not allowed here"),
-        );
-        error.allow = Some(allow);
-        error
-    }
-
-    /// 404.
-    pub fn not_found() -> Self {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            "invalid_request",
-            "no such endpoint; tokens are issued at /token",
-        )
-    }
-
-    /// Adds the OAuth2 `error`/`error_description` members (for `POST /token`).
-    pub fn oauth(mut self) -> Self {
-        self.oauth = true;
-        self
+        let mut body = json!({ "errors": [{ "code": code, "message": message }] });
+        if oauth {
+            body["error"] = oauth_error.into();
+            body["error_description"] = message.into();
+        }
+        let mut response = (status, axum::Json(body)).into_response();
+        if let ApiError::MethodNotAllowed { allow, .. } = self {
+            response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        response
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "errors": [{ "code": self.code, "message": self.message }] });
-        if self.oauth {
-            body["error"] = self.oauth_error.into();
-            body["error_description"] = self.message.clone().into();
-        }
-        let mut response = (self.status, axum::Json(body)).into_response();
-        if let Some(challenge) = self.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
-            response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
-        }
-        if let Some(allow) = self.allow {
-            response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
-        }
-        response
+        self.respond(false)
+    }
+}
+
+/// An [`ApiError`] answered in the OAuth2 form (`POST /token`): the Docker body plus `error` and
+/// `error_description`. Anything that converts into an `ApiError` converts into this, so the
+/// OAuth2 handler uses `?` like the others.
+#[derive(Debug)]
+pub struct OAuth(pub ApiError);
+
+impl<E> From<E> for OAuth
+where
+    ApiError: From<E>,
+{
+    fn from(error: E) -> Self {
+        OAuth(ApiError::from(error))
+    }
+}
+
+impl IntoResponse for OAuth {
+    fn into_response(self) -> Response {
+        self.0.respond(true)
     }
 }

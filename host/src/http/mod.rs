@@ -1,83 +1,123 @@
 //! The HTTP edge: the Docker token endpoint (`GET /token`, OAuth2 `POST /token`), health probes,
 //! and the one error type that turns every failure into a status and the Docker error body.
 //!
-//! A request's path: credentials and parameters are read here; `authority` validates the caller's
-//! token; `scope` parses what is asked; `policy` decides; `mint` signs. Only this module knows
-//! about HTTP.
+//! A request's path: the extractors (`extract`) read the credential and the parameters;
+//! `authority` validates the caller's token; `scope` parses what is asked; `policy` decides;
+//! `mint` signs. Only this module knows about HTTP.
+//!
+//! Every listener is [`edge`] around its routes: one log line per request (a span per request,
+//! on which handlers record what they learned), the body limit, and the 401 challenge. A new
+//! route is one `.route(...)` line; a new listener is one call of [`edge`].
 
 mod error;
+mod extract;
 mod token;
 
-pub use error::ApiError;
+pub use error::{ApiError, OAuth};
+pub use extract::MAX_QUERY_BYTES;
 pub use token::get_response_body;
 
-use crate::app::Service;
+use crate::app::App;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::header::WWW_AUTHENTICATE;
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
+use tower_http::trace::TraceLayer;
+use tracing::Span;
 
 /// Shared by every handler.
-pub type AppState = Arc<Service>;
+pub type AppState = Arc<App>;
 
-/// What a handler learned about a request, for its log line (attached to the response).
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Outcome {
-    pub sub: Option<String>,
-    pub service: Option<String>,
-    pub granted: Option<String>,
-    /// The policy's explanation of a partial grant.
-    pub note: Option<String>,
-    /// Why the request was refused (a 4xx), safe to log.
-    pub refused: Option<String>,
+/// The main listener's router: the token endpoint and the probes.
+pub fn router(app: AppState) -> Router {
+    let routes = Router::new()
+        .route("/token", get(token::get_token).post(token::post_token).fallback(not_allowed("GET, POST")))
+        .merge(probes());
+    edge(routes, app)
 }
 
-/// The router, with one log line per request and the body limit of the live configuration.
-pub fn router(service: AppState) -> Router {
-    let max_body = service.live().config.http.max_body_bytes;
-    Router::new()
-        .route("/token", get(token::get_token).post(token::post_token).fallback(token_methods))
-        .route("/healthz", get(healthz).fallback(probe_methods))
-        .route("/readyz", get(readyz).fallback(probe_methods))
+/// `/healthz` and `/readyz`, for every listener.
+fn probes() -> Router<AppState> {
+    Router::new().route("/healthz", probe(get(healthz))).route("/readyz", probe(get(readyz)))
+}
+
+/// What every listener has around its routes: 404 for unknown paths, the body limit of the
+/// configuration (read at start; a change needs a restart), the `WWW-Authenticate: Basic`
+/// challenge on a 401, and a span per request that ends in one log line.
+fn edge(routes: Router<AppState>, app: AppState) -> Router {
+    let max_body = app.live().config.http.max_body_bytes;
+    routes
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn(log_request))
-        .with_state(service)
+        .layer(axum::Extension(extract::BodyLimit(max_body)))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), basic_challenge))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(served)
+                .on_failure(()),
+        )
+        .with_state(app)
 }
 
-/// One event per request: method, path (never the query, which is long), status, latency, and
-/// what the handler learned (subject, service, granted scopes, why it refused). Never tokens.
-async fn log_request(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let response = next.run(request).await;
-    let outcome = response.extensions().get::<Outcome>();
-    tracing::info!(
-        %method,
-        path,
-        status = response.status().as_u16(),
-        latency_us = started.elapsed().as_micros() as u64,
-        sub = outcome.and_then(|o| o.sub.as_deref()),
-        service = outcome.and_then(|o| o.service.as_deref()),
-        granted = outcome.and_then(|o| o.granted.as_deref()),
-        note = outcome.and_then(|o| o.note.as_deref()),
-        refused = outcome.and_then(|o| o.refused.as_deref()),
-        "served"
-    );
+/// The request's span: method and path (never the query, which is long and may carry secrets),
+/// and the fields handlers record — subject, service, granted scopes, the policy's note, why it
+/// was refused. Never tokens.
+fn request_span(request: &Request) -> Span {
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = request.uri().path(),
+        sub = tracing::field::Empty,
+        service = tracing::field::Empty,
+        granted = tracing::field::Empty,
+        note = tracing::field::Empty,
+        refused = tracing::field::Empty,
+    )
+}
+
+/// The one log line per request, inside its span (which carries what the handler recorded).
+fn served(response: &Response, latency: Duration, _span: &Span) {
+    tracing::info!(status = response.status().as_u16(), latency_us = latency.as_micros() as u64, "served");
+}
+
+/// Every 401 of this listener asks for Basic credentials in the live configuration's realm (the
+/// Authority token goes in as the password).
+async fn basic_challenge(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    if response.status() == StatusCode::UNAUTHORIZED && !response.headers().contains_key(WWW_AUTHENTICATE) {
+        let realm = app.live().config.realm.replace('"', "'");
+        if let Ok(challenge) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")) {
+            response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+        }
+    }
     response
+}
+
+/// A probe route: `GET` (and `HEAD`), anything else 405.
+fn probe(route: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    route.fallback(not_allowed("GET, HEAD"))
+}
+
+/// A handler answering 405, naming the methods a path allows.
+fn not_allowed(
+    allow: &'static str,
+) -> impl Fn(Method) -> std::future::Ready<ApiError> + Clone + Send + Sync + 'static {
+    move |method| std::future::ready(ApiError::MethodNotAllowed { method, allow })
 }
 
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(service): State<AppState>) -> Response {
-    let live = service.live();
+async fn readyz(State(app): State<AppState>) -> Response {
+    let live = app.live();
     let body = serde_json::json!({
         "ready": live.is_ready(),
         "policy": {
@@ -94,14 +134,6 @@ async fn readyz(State(service): State<AppState>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn token_methods(method: Method) -> ApiError {
-    ApiError::method_not_allowed(&method, "GET, POST")
-}
-
-async fn probe_methods(method: Method) -> ApiError {
-    ApiError::method_not_allowed(&method, "GET, HEAD")
-}
-
 async fn not_found() -> ApiError {
-    ApiError::not_found()
+    ApiError::NotFound
 }

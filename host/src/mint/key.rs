@@ -170,27 +170,46 @@ impl SigningKey {
         groups.join(":")
     }
 
-    /// The RFC 7638 JWK thumbprint (distribution v3 matches `kid` against it).
-    pub fn thumbprint_kid(&self) -> String {
-        let canonical = match &self.pair {
+    /// The public key's JWK members (`kty` and its parameters), sorted by name as RFC 7638's
+    /// canonical form wants them.
+    fn public_members(&self) -> Vec<(&'static str, String)> {
+        match &self.pair {
             Pair::Rsa(rsa) => {
                 let public = rsa.public_key();
-                format!(
-                    r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
-                    BASE64URL_NOPAD.encode(public.exponent().big_endian_without_leading_zero()),
-                    BASE64URL_NOPAD.encode(public.modulus().big_endian_without_leading_zero()),
-                )
+                vec![
+                    ("e", BASE64URL_NOPAD.encode(public.exponent().big_endian_without_leading_zero())),
+                    ("kty", "RSA".to_owned()),
+                    ("n", BASE64URL_NOPAD.encode(public.modulus().big_endian_without_leading_zero())),
+                ]
             }
             Pair::Ec(ec) => {
                 // The uncompressed point: 0x04, then x and y of 32 bytes each.
                 let point = ec.public_key().as_ref();
-                format!(
-                    r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
-                    BASE64URL_NOPAD.encode(&point[1..33]),
-                    BASE64URL_NOPAD.encode(&point[33..65]),
-                )
+                vec![
+                    ("crv", "P-256".to_owned()),
+                    ("kty", "EC".to_owned()),
+                    ("x", BASE64URL_NOPAD.encode(&point[1..33])),
+                    ("y", BASE64URL_NOPAD.encode(&point[33..65])),
+                ]
             }
-        };
+        }
+    }
+
+    /// The public key as a JWK: its members plus `use: sig`, `alg` and `kid` (the thumbprint).
+    pub fn public_jwk(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut jwk: serde_json::Map<String, serde_json::Value> =
+            self.public_members().into_iter().map(|(name, value)| (name.to_owned(), value.into())).collect();
+        jwk.insert("use".into(), "sig".into());
+        jwk.insert("alg".into(), self.algorithm.name().into());
+        jwk.insert("kid".into(), self.thumbprint_kid().into());
+        jwk
+    }
+
+    /// The RFC 7638 JWK thumbprint (distribution v3 matches `kid` against it).
+    pub fn thumbprint_kid(&self) -> String {
+        let members: Vec<String> =
+            self.public_members().iter().map(|(name, value)| format!(r#""{name}":"{value}""#)).collect();
+        let canonical = format!("{{{}}}", members.join(","));
         BASE64URL_NOPAD.encode(&Sha256::digest(canonical.as_bytes()))
     }
 

@@ -6,7 +6,7 @@
 
 mod key;
 pub mod keygen;
-mod secret_pem;
+pub(crate) mod secret_pem;
 
 pub use key::{KeyError, SigningAlgorithm, SigningKey};
 
@@ -132,7 +132,11 @@ impl Minter {
             kid: &kid,
             x5c: chain.map(|chain| chain.iter().map(|der| BASE64.encode(der)).collect()),
         };
-        let header = BASE64URL_NOPAD.encode(&serde_json::to_vec(&header).unwrap_or_default());
+        // Strings only: serializing into memory has no way to fail, and an empty header would be
+        // a token no registry accepts, so this is no place for a silent default.
+        #[allow(clippy::expect_used)]
+        let header = serde_json::to_vec(&header).expect("a JOSE header of strings serializes");
+        let header = BASE64URL_NOPAD.encode(&header);
         Minter { key, issuer: issuer.to_owned(), lifetime_seconds, kid, header }
     }
 
@@ -153,7 +157,8 @@ impl Minter {
 
     /// Mints a token for `subject` on `audience` (the registry's service) granting `access`,
     /// issued at `now` (Unix seconds), expiring after the configured lifetime or at `not_after`,
-    /// whichever comes first (a token never outlives the credential it was exchanged for), and
+    /// whichever comes first (the caller passes the credential's `exp` plus the validation leeway,
+    /// so a token outlives the credential it was exchanged for by at most the tolerated skew), and
     /// at least a second after `now`.
     pub fn mint(
         &self,

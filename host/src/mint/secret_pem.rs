@@ -65,8 +65,8 @@ pub fn encode(label: &str, der: &[u8]) -> Zeroizing<String> {
     pem.push_str(label);
     pem.push_str("-----\n");
     for line in base64.as_bytes().chunks(64) {
-        // Chunks of ASCII base64 are valid UTF-8.
-        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        // base64 is ASCII, so every chunk of it is one character per byte.
+        line.iter().for_each(|&byte| pem.push(char::from(byte)));
         pem.push('\n');
     }
     pem.push_str("-----END ");

@@ -1,5 +1,5 @@
-//! The wasmtime side of the runtime: engine, pool, limits, the guest's (empty) world of WASI, and
-//! turning wasmtime errors into [`Fault`]s.
+//! The wasmtime side of the policy runtime: engine, pool, limits, the guest's (empty) world of
+//! WASI, the deadlines, and turning wasmtime errors into [`Fault`]s.
 
 use super::Fault;
 use super::bindings::PolicyPre;
@@ -33,6 +33,9 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The defaults of `policy.timeout_ms` and `policy.memory_mib` (the configuration takes them
+    /// from here): 50 ms covers a cold instance of a large catalogue many times over; 16 MiB is
+    /// several times what the plan catalogue's snapshot uses.
     fn default() -> Self {
         Limits { timeout: Duration::from_millis(50), memory_bytes: 16 * 1024 * 1024 }
     }
@@ -254,6 +257,14 @@ impl Runtime {
             None => Fault::Trap(error.root_cause().to_string()),
         }
     }
+}
+
+/// Runs a guest call under a wall-clock deadline. The epoch deadline stops a guest that computes;
+/// this one stops a guest that waits inside the host (a WASI `poll` on a timer, as
+/// `std::thread::sleep` does), where no epoch check runs. Dropping the call tears its fiber down;
+/// the store goes with it.
+pub(super) async fn within<T>(timeout: Duration, call: impl Future<Output = T>) -> Result<T, Fault> {
+    tokio::time::timeout(timeout, call).await.map_err(|_| Fault::Deadline(timeout))
 }
 
 /// Advances the engine's epoch every `tick` until the engine is dropped.

@@ -6,7 +6,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
-use registry_token::app::{Live, Service, system_clock};
+use registry_token::app::{App, Live, system_clock};
 use registry_token::config::Config;
 use registry_token::dev_authority::{self, TokenRequest};
 use registry_token::mint::{SigningAlgorithm, keygen};
@@ -107,9 +107,9 @@ policy:
         dev_authority::token(&self.root().join("authority"), &request, system_clock()()).unwrap()
     }
 
-    pub async fn service(&self) -> Arc<Service> {
+    pub async fn service(&self) -> Arc<App> {
         let live = Live::build(self.config()).await.unwrap();
-        Arc::new(Service::new(live, Some(self.config_path.clone()), system_clock()))
+        Arc::new(App::new(live, Some(self.config_path.clone()), system_clock()))
     }
 
     pub async fn router(&self) -> Router {

@@ -76,6 +76,8 @@ impl Policy for Hostile {
                     .collect();
                 Decision::grant(granted)
             }
+            // The longest note the host accepts (4 KiB): for the decision cache's byte bound.
+            "hostile/long-note" => Decision::grant_with_note(request.resources.clone(), "n".repeat(4096)),
             "hostile/bad-reason" => Decision::deny("Not Kebab Case", "nope"),
             "hostile/count" => {
                 Decision::grant_with_note(request.resources.clone(), format!("evaluations={count}"))

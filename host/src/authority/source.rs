@@ -1,0 +1,234 @@
+//! Where the Authority's keys come from: a JWKS file, or a URL (cached, refreshed in the
+//! background, refetched once on an unknown `kid`, and bounded in size, time and rate).
+
+use super::AuthError;
+use super::keyset::{JwksError, KeySet, VerifyKey};
+use arc_swap::ArcSwap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// A JWKS document larger than this is refused.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether keys may be fetched from `url`: https, or plain http to a loopback address only (a test
+/// or a sidecar on the same host), since whoever can change the keys in transit can forge callers.
+pub fn acceptable_jwks_url(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let host = url.host_str().unwrap_or_default();
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" => !host.is_empty(),
+        "http" => loopback,
+        _ => false,
+    }
+}
+
+/// Where the keys come from.
+#[derive(Clone, Debug)]
+pub enum KeySource {
+    /// A JWKS file, read at start and at every reload.
+    File(Arc<KeySet>),
+    /// A JWKS URL, kept fresh by a background task.
+    Remote(Arc<RemoteJwks>),
+}
+
+impl KeySource {
+    /// Reads a JWKS file.
+    pub fn from_file(path: &Path) -> Result<KeySource, JwksError> {
+        let bytes =
+            std::fs::read(path).map_err(|source| JwksError::Read { path: path.to_owned(), source })?;
+        Ok(KeySource::File(Arc::new(KeySet::from_json(&bytes, &path.display().to_string())?)))
+    }
+
+    /// A JWKS URL, refetched every `refresh_every`, and on an unknown `kid` at most once per
+    /// `min_refetch` (so a flood of tokens with made-up key ids cannot become a flood of requests to
+    /// the Authority). The first fetch happens here; if it fails the error is logged and tokens are
+    /// refused as `KeysUnavailable` until a later fetch succeeds.
+    pub async fn from_url(
+        url: &str,
+        refresh_every: Duration,
+        min_refetch: Duration,
+    ) -> Result<KeySource, JwksError> {
+        let client = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.previous().len() >= 3 {
+                    attempt.error("more than 3 redirects")
+                } else if !acceptable_jwks_url(attempt.url().as_str()) {
+                    attempt.error("a redirect to a plain-http URL that is not a loopback address")
+                } else {
+                    attempt.follow()
+                }
+            }))
+            .build()
+            .map_err(|e| JwksError::Fetch { url: url.to_owned(), reason: e.to_string() })?;
+        let remote = Arc::new(RemoteJwks {
+            url: url.to_owned(),
+            client,
+            keys: ArcSwap::from_pointee(KeySet::default()),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            last_fetch: Mutex::new(None),
+            min_refetch,
+            refetch: tokio::sync::Mutex::new(()),
+        });
+        if let Err(e) = remote.refresh().await {
+            tracing::error!("{e}; caller tokens are refused until the JWKS can be fetched");
+        }
+        RemoteJwks::spawn_refresher(Arc::downgrade(&remote), refresh_every);
+        Ok(KeySource::Remote(remote))
+    }
+
+    /// Changes whenever the set of keys changes, so anything derived from the old set (cached
+    /// validations) can tell it is stale.
+    pub fn generation(&self) -> u64 {
+        match self {
+            KeySource::File(_) => 0,
+            KeySource::Remote(remote) => remote.generation.load(std::sync::atomic::Ordering::Acquire),
+        }
+    }
+
+    /// Whether keys are loaded (for `/readyz`).
+    pub fn is_ready(&self) -> bool {
+        match self {
+            KeySource::File(set) => !set.is_empty(),
+            KeySource::Remote(remote) => !remote.keys.load().is_empty(),
+        }
+    }
+
+    pub(super) async fn find(&self, kid: Option<&str>) -> Result<Arc<VerifyKey>, AuthError> {
+        let unknown = || {
+            AuthError::UnknownKey(match kid {
+                Some(kid) => format!("{:?}", super::shorten(kid)),
+                None => "absent".to_owned(),
+            })
+        };
+        match self {
+            KeySource::File(set) => set.find(kid).ok_or_else(unknown),
+            KeySource::Remote(remote) => {
+                if let Some(key) = remote.keys.load().find(kid) {
+                    return Ok(key);
+                }
+                remote.refetch_for_unknown_kid().await;
+                let keys = remote.keys.load();
+                if keys.is_empty() {
+                    return Err(AuthError::KeysUnavailable);
+                }
+                keys.find(kid).ok_or_else(unknown)
+            }
+        }
+    }
+}
+
+/// A JWKS fetched over HTTP(S).
+pub struct RemoteJwks {
+    url: String,
+    client: reqwest::Client,
+    keys: ArcSwap<KeySet>,
+    generation: std::sync::atomic::AtomicU64,
+    last_fetch: Mutex<Option<Instant>>,
+    min_refetch: Duration,
+    refetch: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for RemoteJwks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteJwks").field("url", &self.url).field("keys", &self.keys.load()).finish()
+    }
+}
+
+impl RemoteJwks {
+    async fn fetch(&self) -> Result<KeySet, JwksError> {
+        let error = |reason: String| JwksError::Fetch { url: self.url.clone(), reason };
+        let mut response = self.client.get(&self.url).send().await.map_err(|e| error(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(error(format!("HTTP {}", response.status())));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| error(e.to_string()))? {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(error(format!("the document is larger than {MAX_JWKS_BYTES} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        KeySet::from_json(&body, &self.url)
+    }
+
+    async fn refresh(&self) -> Result<(), JwksError> {
+        if let Ok(mut last) = self.last_fetch.lock() {
+            *last = Some(Instant::now());
+        }
+        let keys = self.fetch().await?;
+        if keys.fingerprint() != self.keys.load().fingerprint() {
+            tracing::info!(url = %self.url, keys = keys.len(), "the Authority's JWKS changed");
+            self.keys.store(Arc::new(keys));
+            self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// One refetch at a time, and none if the last fetch is recent: a new key is picked up within
+    /// seconds of its first use, and made-up `kid`s cost the Authority nothing.
+    async fn refetch_for_unknown_kid(&self) {
+        let _single_flight = self.refetch.lock().await;
+        let recent = self
+            .last_fetch
+            .lock()
+            .map(|last| last.is_some_and(|at| at.elapsed() < self.min_refetch))
+            .unwrap_or(true);
+        if !recent && let Err(e) = self.refresh().await {
+            tracing::warn!("{e}");
+        }
+    }
+
+    fn spawn_refresher(remote: Weak<RemoteJwks>, every: Duration) {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(remote) = remote.upgrade() else {
+                    break;
+                };
+                if let Err(e) = remote.refresh().await {
+                    tracing::warn!("{e}; keeping the keys fetched before");
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::acceptable_jwks_url;
+
+    #[test]
+    fn keys_come_over_https_or_from_this_host_only() {
+        for ok in [
+            "https://authority.example/.well-known/jwks.json",
+            "http://127.0.0.1:8080/jwks.json",
+            "http://127.8.0.1/jwks.json",
+            "http://[::1]:9/jwks.json",
+            "http://localhost/jwks.json",
+        ] {
+            assert!(acceptable_jwks_url(ok), "{ok}");
+        }
+        for refused in [
+            "http://authority.example/jwks.json",
+            "http://127.0.0.1.evil.example/jwks.json",
+            "http://10.0.0.1/jwks.json",
+            "ftp://authority.example/jwks.json",
+            "file:///etc/jwks.json",
+            "https://",
+            "not a url",
+        ] {
+            assert!(!acceptable_jwks_url(refused), "{refused}");
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! `REGISTRY_TOKEN_<SECTION>__<KEY>` overrides, and error messages that name the key and where
+//! its value came from.
+
+use super::{ConfigError, ENV_PREFIX};
+use std::path::Path;
+
+/// `REGISTRY_TOKEN_<SECTION>__<KEY>` variables from a given environment. (figment's own `Env`
+/// reads the process environment, which tests cannot safely change.)
+pub(super) struct EnvOverrides(pub(super) Vec<(String, String)>);
+
+impl figment::Provider for EnvOverrides {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment")
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (name, value) in &self.0 {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            // The CLI's own variables are not configuration keys.
+            if key == "config" || key == "log" {
+                continue;
+            }
+            let path: Vec<&str> = key.split("__").collect();
+            let parsed: figment::value::Value = value.parse().unwrap_or_else(|_| value.clone().into());
+            insert(&mut dict, &path, parsed);
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn insert(dict: &mut figment::value::Dict, path: &[&str], value: figment::value::Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert((*last).to_owned(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry((*first).to_owned())
+                .or_insert_with(|| figment::value::Value::from(figment::value::Dict::new()));
+            if let figment::value::Value::Dict(_, inner) = entry {
+                insert(inner, rest, value);
+            } else {
+                let mut inner = figment::value::Dict::new();
+                insert(&mut inner, rest, value);
+                *entry = inner.into();
+            }
+        }
+    }
+}
+
+pub(super) fn describe(error: figment::Error, path: &Path) -> ConfigError {
+    let lines: Vec<String> = error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let origin = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                Some(figment::Source::File(file)) => file.display().to_string(),
+                _ if e.metadata.as_ref().is_some_and(|m| m.name.contains("environment")) => {
+                    format!(
+                        "environment variable {ENV_PREFIX}{}",
+                        key.to_ascii_uppercase().replace('.', "__")
+                    )
+                }
+                _ => path.display().to_string(),
+            };
+            match key.is_empty() {
+                true => format!("{origin}: {}", e.kind),
+                false => format!("{origin}: {key}: {}", e.kind),
+            }
+        })
+        .collect();
+    ConfigError(lines.join("\n"))
+}

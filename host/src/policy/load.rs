@@ -1,0 +1,97 @@
+//! Loading a policy: compile → type-check against the world → instrument for wizer → instantiate
+//! → `configure(settings)` → snapshot the configured instance → compile the snapshot →
+//! type-check it → one trial instantiation. Settings are parsed once, here, never per request.
+
+use super::bindings;
+use super::cache::DecisionCache;
+use super::runtime::{Runtime, within};
+use super::{LoadError, Loaded, Policy, sha256_hex};
+use std::sync::Arc;
+use wasmtime::component::Component;
+
+/// Runs the whole pipeline for `module` in `runtime`. CPU-heavy (two compilations): callers run
+/// it off the request path.
+pub(super) async fn load(
+    runtime: Arc<Runtime>,
+    module: &[u8],
+    source_name: &str,
+    settings_json: &str,
+    decision_cache: usize,
+) -> Result<Policy, LoadError> {
+    let source = source_name.to_owned();
+    let compile_error =
+        |e: wasmtime::Error| LoadError::Compile { source_name: source.clone(), reason: root(&e) };
+    let world_error = |reason: String| LoadError::World { source_name: source.clone(), reason };
+    let snapshot_error =
+        |e: wasmtime::Error| LoadError::Snapshot { source_name: source.clone(), reason: root(&e) };
+
+    // wizer instruments the component so its state can be read back after `configure`.
+    let wizer = {
+        let mut wizer = wasmtime_wizer::Wizer::new();
+        wizer.init_func("configure").keep_init_func(true);
+        wizer
+    };
+    let (context, instrumented) = wizer.instrument_component(module).map_err(compile_error)?;
+    let component = runtime.compile_cached(&instrumented).map_err(compile_error)?;
+    let pre = runtime.pre(&component).map_err(world_error)?;
+
+    // Configuring takes a pool slot like any evaluation, so a reload under load cannot exhaust
+    // the pool that requests are using.
+    let slot = runtime.slot().await;
+    let timeout = runtime.limits().configure_timeout();
+    let mut store = runtime.store(timeout);
+    let configured = within(timeout, async {
+        let instance = pre.instance_pre().instantiate_async(&mut store).await?;
+        let exports = bindings::Policy::new(&mut store, &instance)?;
+        let answer = exports.call_configure(&mut store, settings_json).await?;
+        Ok::<_, wasmtime::Error>((instance, answer))
+    })
+    .await;
+    let instance = match configured {
+        Ok(Ok((instance, Ok(())))) => instance,
+        Ok(Ok((_, Err(reason)))) => return Err(LoadError::Settings { source_name: source, reason }),
+        Ok(Err(error)) => {
+            let fault = runtime.classify(&error, &store);
+            return Err(LoadError::Configure { source_name: source, fault });
+        }
+        Err(fault) => return Err(LoadError::Configure { source_name: source, fault }),
+    };
+
+    let snapshot = wizer
+        .snapshot_component(
+            &context,
+            &mut wasmtime_wizer::WasmtimeWizerComponent { store: &mut store, instance },
+        )
+        .await
+        .map_err(snapshot_error)?;
+    drop(store);
+    drop(slot);
+
+    let component = Component::new(runtime.engine(), &snapshot).map_err(snapshot_error)?;
+    let pre = runtime.pre(&component).map_err(world_error)?;
+
+    // One instantiation now, so a snapshot that cannot start under the limits (its memory is
+    // already over the cap, say) is refused at load rather than on every request.
+    let trial = {
+        let _slot = runtime.slot().await;
+        let mut store = runtime.store(runtime.limits().timeout);
+        pre.instantiate_async(&mut store).await.map(drop).map_err(|error| runtime.classify(&error, &store))
+    };
+    if let Err(fault) = trial {
+        return Err(LoadError::Configure { source_name: source, fault });
+    }
+    Ok(Policy {
+        inner: Arc::new(Loaded {
+            runtime,
+            pre,
+            source,
+            digest: sha256_hex(module),
+            settings_version: sha256_hex(settings_json.as_bytes()),
+            decisions: DecisionCache::new(decision_cache),
+        }),
+    })
+}
+
+fn root(error: &wasmtime::Error) -> String {
+    error.root_cause().to_string()
+}
