@@ -27,6 +27,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use test_support::{Config, Server, serve_command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
 const ISSUER: &str = "https://authority.bench";
@@ -155,18 +156,12 @@ fn prepare(root: &Path) {
     dev_authority::init(&root.join("authority"), ISSUER).unwrap();
     std::fs::write(root.join("plans.json"), plans_json()).unwrap();
     for (algorithm, dir) in [("RS256", "rs"), ("ES256", "es")] {
-        std::fs::write(
-            root.join(format!("{algorithm}.yaml")),
-            format!(
-                "listen: 127.0.0.1:0\nservices: [{SERVICE}]\n\
-                 authority: {{issuer: '{ISSUER}', audiences: [registry-token], jwks_file: '{root}/authority/jwks.json'}}\n\
-                 signing: {{issuer: registry-token, algorithm: {algorithm}, key_file: '{root}/{dir}/signing-key.pem', \
-                 cert_file: '{root}/{dir}/signing-cert.pem'}}\n\
-                 policy: {{settings_file: '{root}/plans.json'}}\n",
-                root = root.display()
-            ),
-        )
-        .unwrap();
+        let mut config = Config::installation(root, ISSUER, &[SERVICE]);
+        config.signing.algorithm = Some(algorithm.to_owned());
+        config.signing.key_file = root.join(format!("{dir}/signing-key.pem"));
+        config.signing.cert_file = Some(root.join(format!("{dir}/signing-cert.pem")));
+        config.policy.settings_file = Some(root.join("plans.json"));
+        config.write(&root.join(format!("{algorithm}.yaml")));
     }
 }
 
@@ -425,28 +420,12 @@ struct Row {
     repeated: bool,
 }
 
-/// The server, on a free port, logging at info to a file (as it would in production).
-fn start_server(root: &Path, algorithm: &str) -> (std::process::Child, String) {
-    let log = std::fs::File::create(root.join(format!("server-{algorithm}.log"))).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(root.join(format!("{algorithm}.yaml")))
-        .env("REGISTRY_TOKEN_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
-        .unwrap();
-    let address = line.trim().strip_prefix("registry-token listening on http://").unwrap_or_else(|| {
-        panic!(
-            "the server did not start: {line:?}; see {}",
-            root.join(format!("server-{algorithm}.log")).display()
-        )
-    });
-    (child, address.to_owned())
+/// The server, on a free port, logging at info to a file (as it would in production); killed when
+/// dropped, at the end of its row.
+fn start_server(root: &Path, algorithm: &str) -> Server {
+    let mut command = serve_command(BIN, &root.join(format!("{algorithm}.yaml")));
+    command.env("REGISTRY_TOKEN_LOG", "info");
+    Server::start_logging_to(command, &root.join(format!("server-{algorithm}.log")))
 }
 
 /// utime + stime of a process, in microseconds.
@@ -551,8 +530,8 @@ fn load(
     settings: &Settings,
     cold: &Path,
 ) -> Row {
-    let (mut server, address) = start_server(root, algorithm);
-    let pid = server.id();
+    let server = start_server(root, algorithm);
+    let (pid, address) = (server.pid(), server.address());
     let hot = root.join("hot.requests");
     let hot_path = format!(
         "/token?service={SERVICE}&scope=repository%3Ateam-25%2Fapp%3Apull%2Cpush&scope=repository%3Amirror%2Flibrary%2Falpine%3Apull"
@@ -560,10 +539,10 @@ fn load(
     std::fs::write(&hot, format!("{hot_path}\t{}\n", authority_token(root, "alice", 3600))).unwrap();
 
     // Warm-up: connections, code paths, and for the hot mix the caches it is about.
-    wrk(root, &address, connections, 1.0, &hot);
+    wrk(root, address, connections, 1.0, &hot);
     let requests = if mix == "hot" { &hot } else { cold };
     let cpu_before = cpu_micros(pid);
-    let result = wrk(root, &address, connections, settings.load_seconds, requests);
+    let result = wrk(root, address, connections, settings.load_seconds, requests);
     let cpu = cpu_micros(pid) - cpu_before;
     let ok = result["requests"].as_u64().unwrap() - result["errors"].as_u64().unwrap();
     let row = Row {
@@ -576,7 +555,5 @@ fn load(
         errors: result["errors"].as_u64().unwrap(),
         repeated: result["repeated"].as_bool().unwrap(),
     };
-    let _ = server.kill();
-    let _ = server.wait();
     row
 }

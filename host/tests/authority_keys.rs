@@ -167,8 +167,8 @@ async fn a_reload_during_an_authority_outage_keeps_the_keys_it_has() {
     let server = jwks_server(String::new()).await;
     let url = server.url.clone();
     let fixture = common::Fixture::with(|config| {
-        config["authority"]["jwks_file"] = serde_norway::Value::Null;
-        config["authority"]["jwks_url"] = url.into();
+        config.authority.jwks_file = None;
+        config.authority.jwks_url = Some(url);
     });
     *server.document.lock().unwrap() =
         std::fs::read_to_string(fixture.root().join("authority/jwks.json")).unwrap();
@@ -180,7 +180,7 @@ async fn a_reload_during_an_authority_outage_keeps_the_keys_it_has() {
     assert_eq!(server.hits.load(Ordering::SeqCst), 1);
 
     *server.document.lock().unwrap() = "upstream unavailable".into();
-    let revoked = common::PLANS.replace("[LIC-0002]", "[LIC-0002, LIC-0001]");
+    let revoked = test_support::plans_revoking(&["LIC-0002", "LIC-0001"]);
     std::fs::write(fixture.root().join("plans.yaml"), revoked).unwrap();
     service.reload().await.unwrap();
 

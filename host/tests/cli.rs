@@ -5,13 +5,11 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
-use test_support::Process;
+use test_support::{Server, raw_exchange, serve_command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
 
@@ -198,34 +196,17 @@ fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
 }
 
-fn start_server(fixture: &Fixture) -> (Process, String) {
-    let mut command = Command::new(BIN);
-    command.args(["serve", "--config", fixture.config_path.to_str().unwrap()]);
-    let mut server = Process::start("registry-token", command);
-    let address = server.wait_for_stdout("registry-token listening on http://", Duration::from_secs(30));
-    (server, address)
-}
-
-/// One raw HTTP/1.1 exchange; returns the whole response text.
-fn exchange(address: &str, request: &str) -> String {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
 #[test]
 fn serve_answers_skopeo_style_get_and_a_chunked_post_on_a_real_socket() {
     let fixture = Fixture::new();
-    let (_server, address) = start_server(&fixture);
+    let server = Server::start(BIN, &fixture.config_path);
+    let address = server.address();
     let token = fixture.token(|_| {});
     let basic = data_encoding::BASE64.encode(format!("alice:{token}").as_bytes());
 
     // As skopeo sends it: account, Basic, Connection: close, gzip accepted.
-    let response = exchange(
-        &address,
+    let response = raw_exchange(
+        address,
         &format!(
             "GET /token?account=alice&scope=repository%3Ateam%2Fapp%3Apull%2Cpush&service={SERVICE} HTTP/1.1\r\n\
              Host: {address}\r\nAuthorization: Basic {basic}\r\nConnection: close\r\nAccept-Encoding: gzip\r\n\r\n"
@@ -244,8 +225,8 @@ fn serve_answers_skopeo_style_get_and_a_chunked_post_on_a_real_socket() {
         ("client_id", "containers/image"),
     ]);
     let (first, second) = form.split_at(form.len() / 2);
-    let response = exchange(
-        &address,
+    let response = raw_exchange(
+        address,
         &format!(
             "POST /token HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
              Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
@@ -262,7 +243,7 @@ fn serve_answers_skopeo_style_get_and_a_chunked_post_on_a_real_socket() {
 #[test]
 fn configuration_errors_name_the_key_and_where_it_came_from() {
     let fixture = Fixture::with(|config| {
-        config["signing"]["lifetime_secs"] = 60.into();
+        config.set("signing.lifetime_secs", 60);
     });
     let output = run(&["serve", "--config", fixture.config_path.to_str().unwrap()]);
     let stderr = text(&output.stderr);
@@ -271,8 +252,7 @@ fn configuration_errors_name_the_key_and_where_it_came_from() {
     assert!(stderr.contains(fixture.config_path.to_str().unwrap()), "{stderr}");
 
     let fixture = Fixture::new();
-    let output = Command::new(BIN)
-        .args(["serve", "--config", fixture.config_path.to_str().unwrap()])
+    let output = serve_command(BIN, &fixture.config_path)
         .env("REGISTRY_TOKEN_SIGNING__LIFETIME_SECONDS", "soon")
         .output()
         .unwrap();
@@ -281,8 +261,7 @@ fn configuration_errors_name_the_key_and_where_it_came_from() {
     assert!(stderr.contains("REGISTRY_TOKEN_SIGNING__LIFETIME_SECONDS"), "{stderr}");
     assert!(stderr.contains("signing.lifetime_seconds"), "{stderr}");
 
-    let output = Command::new(BIN)
-        .args(["serve", "--config", fixture.config_path.to_str().unwrap()])
+    let output = serve_command(BIN, &fixture.config_path)
         .env("REGISTRY_TOKEN_SIGNING__LIFETIME_SECONDS", "900")
         .output()
         .unwrap();
@@ -302,11 +281,7 @@ fn configuration_errors_name_the_key_and_where_it_came_from() {
             "authority.jwks_min_refetch_seconds must be at least 1",
         ),
     ] {
-        let output = Command::new(BIN)
-            .args(["serve", "--config", fixture.config_path.to_str().unwrap()])
-            .env(variable, value)
-            .output()
-            .unwrap();
+        let output = serve_command(BIN, &fixture.config_path).env(variable, value).output().unwrap();
         let stderr = text(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(message), "{stderr}");
@@ -319,20 +294,13 @@ fn configuration_errors_name_the_key_and_where_it_came_from() {
 #[test]
 fn environment_overrides_reach_the_running_service() {
     let fixture = Fixture::new();
-    let mut command = Command::new(BIN);
+    let mut command = serve_command(BIN, &fixture.config_path);
     command
-        .args(["serve", "--config", fixture.config_path.to_str().unwrap()])
         .env("REGISTRY_TOKEN_SIGNING__LIFETIME_SECONDS", "120")
         .env("REGISTRY_TOKEN_SERVICES", "[env.test]");
-    let mut server = Process::start("registry-token", command);
-    let address = server.wait_for_stdout("registry-token listening on http://", Duration::from_secs(30));
+    let server = Server::start_command(command);
     let token = fixture.token(|_| {});
-    let response = exchange(
-        &address,
-        &format!(
-            "GET /token?service=env.test HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-        ),
-    );
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.contains("\"expires_in\":120"), "{response}");
+    let reply = server.client().get_bearer("/token?service=env.test", &token).unwrap();
+    assert_eq!(reply.status, 200, "{reply}");
+    assert!(reply.text.contains("\"expires_in\":120"), "{reply}");
 }

@@ -6,70 +6,40 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use test_support::Process;
+use test_support::{Client, Server, plans_revoking, raw_exchange};
 
 const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
 
-fn start(fixture: &Fixture) -> (Process, String) {
-    let mut command = Command::new(BIN);
-    command.args(["serve", "--config"]).arg(&fixture.config_path);
-    let mut server = Process::start("registry-token", command);
-    let address = server.wait_for_stdout("registry-token listening on http://", Duration::from_secs(60));
-    (server, address)
-}
-
-/// `GET path` with a Bearer token over a fresh connection; (status, body).
-fn get(address: &str, path: &str, token: &str) -> std::io::Result<(u16, Value)> {
-    let mut stream = TcpStream::connect(address)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body =
-        response.split("\r\n\r\n").nth(1).and_then(|b| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
-    Ok((status, body))
-}
-
-fn settings_version(address: &str) -> String {
-    let (_, body) = get(address, "/readyz", "-").unwrap();
-    body["policy"]["settings_version"].as_str().unwrap().to_owned()
-}
-
-fn plans(revoked: &[&str]) -> String {
-    PLANS.replace("revoked_licenses: [LIC-0002]", &format!("revoked_licenses: [{}]", revoked.join(", ")))
+fn settings_version(client: &Client) -> String {
+    let reply = client.get("/readyz").unwrap();
+    reply.body["policy"]["settings_version"].as_str().unwrap().to_owned()
 }
 
 #[test]
 fn reloading_a_hundred_times_under_load_fails_no_request() {
     let fixture = Fixture::new();
     let plans_file = fixture.root().join("plans.yaml");
-    let (server, address) = start(&fixture);
+    let server = Server::start(BIN, &fixture.config_path);
+    let client = server.client();
     let steady = fixture.token(|t| t.license = Some("LIC-0001".into()));
     let doomed = fixture.token(|t| t.license = Some("LIC-0003".into()));
     let pull = query(SERVICE, &["repository:team/app:pull"]);
 
     // The licence to be revoked is served, and its decision cached, before the reload.
-    assert_eq!(get(&address, &pull, &doomed).unwrap().0, 200);
-    assert_eq!(get(&address, &pull, &doomed).unwrap().0, 200);
+    assert_eq!(client.get_bearer(&pull, &doomed).unwrap().status, 200);
+    assert_eq!(client.get_bearer(&pull, &doomed).unwrap().status, 200);
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let load: Vec<_> = (0..4)
         .map(|worker| {
             let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-            let (address, token) = (address.clone(), steady.clone());
+            let (client, token) = (client.clone(), steady.clone());
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -80,8 +50,10 @@ fn reloading_a_hundred_times_under_load_fails_no_request() {
                     } else {
                         format!("repository:team/w{worker}-{n}:pull,push")
                     };
-                    match get(&address, &query(SERVICE, &[&scope]), &token) {
-                        Ok((200, body)) if body["token"].is_string() => ok.fetch_add(1, Ordering::Relaxed),
+                    match client.get_bearer(&query(SERVICE, &[&scope]), &token) {
+                        Ok(reply) if reply.status == 200 && reply.body["token"].is_string() => {
+                            ok.fetch_add(1, Ordering::Relaxed)
+                        }
                         other => {
                             eprintln!("failed request during reloads: {other:?}");
                             failed.fetch_add(1, Ordering::Relaxed)
@@ -97,11 +69,11 @@ fn reloading_a_hundred_times_under_load_fails_no_request() {
     for i in 0..100 {
         let revoke = i % 2 == 0;
         let revoked: &[&str] = if revoke { &["LIC-0002", "LIC-0003"] } else { &["LIC-0002"] };
-        let before = settings_version(&address);
-        std::fs::write(&plans_file, plans(revoked)).unwrap();
+        let before = settings_version(&client);
+        std::fs::write(&plans_file, plans_revoking(revoked)).unwrap();
         let sent = Instant::now();
         server.signal("HUP");
-        while settings_version(&address) == before {
+        while settings_version(&client) == before {
             assert!(
                 sent.elapsed() < Duration::from_secs(30),
                 "reload {i} did not happen:\n{}",
@@ -110,7 +82,7 @@ fn reloading_a_hundred_times_under_load_fails_no_request() {
             std::thread::sleep(Duration::from_millis(5));
         }
         slowest = slowest.max(sent.elapsed());
-        let (status, _) = get(&address, &pull, &doomed).unwrap();
+        let status = client.get_bearer(&pull, &doomed).unwrap().status;
         if revoke {
             assert_eq!(
                 status, 403,
@@ -123,7 +95,7 @@ fn reloading_a_hundred_times_under_load_fails_no_request() {
     }
 
     // A set that does not load is refused, and the old one keeps serving.
-    let before = settings_version(&address);
+    let before = settings_version(&client);
     std::fs::write(&plans_file, "plans: {team: [{repositories: ['a//b'], actions: [pull]}]}").unwrap();
     server.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -132,7 +104,7 @@ fn reloading_a_hundred_times_under_load_fails_no_request() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(server.stderr().contains("empty path segment"), "the log says why");
-    assert_eq!(settings_version(&address), before);
+    assert_eq!(settings_version(&client), before);
 
     stop.store(true, Ordering::Relaxed);
     for worker in load {
@@ -151,28 +123,29 @@ fn reloading_a_hundred_times_under_load_fails_no_request() {
 #[test]
 fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     let fixture = Fixture::with(|config| {
-        config["policy"]["module"] = test_support::HOSTILE_GUEST_WASM.into();
-        config["policy"]["timeout_ms"] = 10_000.into();
-        config["policy"]["settings_file"] = serde_norway::Value::Null;
+        config.policy.module = Some(test_support::HOSTILE_GUEST_WASM.into());
+        config.policy.timeout_ms = Some(10_000);
+        config.policy.settings_file = None;
     });
-    let (mut server, address) = start(&fixture);
+    let mut server = Server::start(BIN, &fixture.config_path);
+    let client = server.client();
     let token = fixture.token(|_| {});
     let slow = query(SERVICE, &["repository:hostile/slow:pull"]);
     let in_flight = {
-        let (address, token) = (address.clone(), token.clone());
+        let (client, token) = (client.clone(), token.clone());
         std::thread::spawn(move || {
             let started = Instant::now();
-            (get(&address, &slow, &token), started.elapsed())
+            (client.get_bearer(&slow, &token), started.elapsed())
         })
     };
     std::thread::sleep(Duration::from_millis(150));
     server.signal("TERM");
     std::thread::sleep(Duration::from_millis(50));
-    assert!(TcpStream::connect(&address).is_err(), "no new connections after SIGTERM");
+    assert!(TcpStream::connect(server.address()).is_err(), "no new connections after SIGTERM");
     let (response, took) = in_flight.join().unwrap();
-    let (status, body) = response.unwrap();
-    assert_eq!(status, 200, "the in-flight request completes: {body}");
-    assert!(body["token"].is_string());
+    let reply = response.unwrap();
+    assert_eq!(reply.status, 200, "the in-flight request completes: {}", reply.body);
+    assert!(reply.body["token"].is_string());
     assert!(took > Duration::from_millis(150), "it really was in flight ({took:?})");
     assert!(server.wait(Duration::from_secs(20)).success(), "exit status 0:\n{}", server.stderr());
     assert!(server.stderr().contains("SIGTERM: draining in-flight requests"));
@@ -183,7 +156,7 @@ fn an_exposed_signing_key_is_refused_with_the_fix() {
     let fixture = Fixture::new();
     let key = fixture.root().join("keys/signing-key.pem");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let output = Command::new(BIN).args(["serve", "--config"]).arg(&fixture.config_path).output().unwrap();
+    let output = test_support::serve_command(BIN, &fixture.config_path).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("readable by group or others (mode 644)"), "{stderr}");
@@ -194,9 +167,9 @@ fn an_exposed_signing_key_is_refused_with_the_fix() {
 #[test]
 fn a_component_of_another_world_never_starts_serving() {
     let fixture = Fixture::with(|config| {
-        config["policy"]["module"] = test_support::WRONG_WORLD_GUEST_WASM.into();
+        config.policy.module = Some(test_support::WRONG_WORLD_GUEST_WASM.into());
     });
-    let output = Command::new(BIN).args(["serve", "--config"]).arg(&fixture.config_path).output().unwrap();
+    let output = test_support::serve_command(BIN, &fixture.config_path).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
@@ -226,35 +199,43 @@ fn private_key_material_never_reaches_debug_output() {
 #[test]
 fn a_100_kib_query_is_refused_and_the_server_keeps_serving() {
     let fixture = Fixture::new();
-    let (_server, address) = start(&fixture);
+    let server = Server::start(BIN, &fixture.config_path);
+    let client = server.client();
     let token = fixture.token(|_| {});
     let long = format!("/token?service={SERVICE}&account={}", "a".repeat(100 * 1024));
-    let (status, _) = get(&address, &long, &token).unwrap();
+    // Raw: no HTTP client library sends a URI this long (the http crate refuses it).
+    let response = raw_exchange(
+        server.address(),
+        &format!(
+            "GET {long} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        ),
+    );
     // hyper refuses a URI over 64 KiB before routing (414, no body); shorter ones over 16 KiB get
     // the Docker error body from the handler (tests/hostile.rs).
-    assert_eq!(status, 414);
-    let (status, body) = get(&address, &query(SERVICE, &["repository:team/app:pull"]), &token).unwrap();
-    assert_eq!((status, body["token"].is_string()), (200, true));
+    assert_eq!(response.get(9..12), Some("414"), "{response}");
+    let reply = client.get_bearer(&query(SERVICE, &["repository:team/app:pull"]), &token).unwrap();
+    assert_eq!((reply.status.as_u16(), reply.body["token"].is_string()), (200, true));
 }
 
 #[test]
 fn with_watch_on_a_changed_settings_file_reloads_by_itself() {
     let fixture = Fixture::with(|config| {
-        config["watch"] = true.into();
+        config.watch = Some(true);
     });
     let plans_file = fixture.root().join("plans.yaml");
-    let (server, address) = start(&fixture);
+    let server = Server::start(BIN, &fixture.config_path);
+    let client = server.client();
     let token = fixture.token(|t| t.license = Some("LIC-0003".into()));
     let pull = query(SERVICE, &["repository:team/app:pull"]);
-    assert_eq!(get(&address, &pull, &token).unwrap().0, 200);
+    assert_eq!(client.get_bearer(&pull, &token).unwrap().status, 200);
 
     // Replaced the way editors and deployment tools do: a new file renamed over the old one.
-    let before = settings_version(&address);
+    let before = settings_version(&client);
     let staged = fixture.root().join(".plans.yaml.new");
-    std::fs::write(&staged, plans(&["LIC-0002", "LIC-0003"])).unwrap();
+    std::fs::write(&staged, plans_revoking(&["LIC-0002", "LIC-0003"])).unwrap();
     std::fs::rename(&staged, &plans_file).unwrap();
     let changed = Instant::now();
-    while settings_version(&address) == before {
+    while settings_version(&client) == before {
         assert!(
             changed.elapsed() < Duration::from_secs(10),
             "no reload after the change:\n{}",
@@ -262,7 +243,7 @@ fn with_watch_on_a_changed_settings_file_reloads_by_itself() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(get(&address, &pull, &token).unwrap().0, 403);
+    assert_eq!(client.get_bearer(&pull, &token).unwrap().status, 403);
     assert!(server.stderr().contains("a watched file changed: reloading"));
     eprintln!("watch: reloaded {:?} after the file changed", changed.elapsed());
 }

@@ -31,12 +31,15 @@ fn granted(decision: &Decision) -> Vec<String> {
     }
 }
 
-const PLANS: &str = r#"{"plans": {"team": [{"repositories": ["team/*"], "actions": ["pull", "push"]}]},
-                        "revoked_licenses": ["LIC-0002"]}"#;
+/// The shared plan catalogue, as the JSON the service hands the policy.
+fn plans() -> String {
+    test_support::as_json(test_support::PLANS)
+}
 
 #[tokio::test]
 async fn the_builtin_catalogue_decides() {
-    let policy = Policy::load(BUILTIN_PLAN_CATALOGUE, "builtin", PLANS, Limits::default(), 0).await.unwrap();
+    let policy =
+        Policy::load(BUILTIN_PLAN_CATALOGUE, "builtin", &plans(), Limits::default(), 0).await.unwrap();
     assert!(policy.digest().starts_with("sha256:"));
     let asked = [Resource::new("repository", "team/app", &["pull", "push", "delete"])];
     let decision = policy.evaluate(&caller("team"), "registry.local", &asked).await.unwrap();
@@ -202,7 +205,8 @@ async fn a_component_of_another_world_is_refused_at_load() {
 
 #[tokio::test]
 async fn the_decision_cache_answers_only_the_exact_same_request() {
-    let policy = Policy::load(BUILTIN_PLAN_CATALOGUE, "builtin", PLANS, Limits::default(), 64).await.unwrap();
+    let policy =
+        Policy::load(BUILTIN_PLAN_CATALOGUE, "builtin", &plans(), Limits::default(), 64).await.unwrap();
     let asked = [Resource::new("repository", "team/app", &["pull", "push"])];
     let team = caller("team");
     assert_eq!(
@@ -243,7 +247,8 @@ async fn faults_are_never_cached() {
 
 #[tokio::test]
 async fn the_decision_cache_is_bounded_in_bytes_not_only_entries() {
-    let policy = Policy::load(BUILTIN_PLAN_CATALOGUE, "builtin", PLANS, Limits::default(), 64).await.unwrap();
+    let policy =
+        Policy::load(BUILTIN_PLAN_CATALOGUE, "builtin", &plans(), Limits::default(), 64).await.unwrap();
     // Small requests: one KiB of capacity each.
     for n in 0..32 {
         let asked = [Resource::new("repository", &format!("team/app{n}"), &["pull"])];

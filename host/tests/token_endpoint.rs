@@ -258,7 +258,7 @@ async fn a_revoked_licence_is_403_with_the_policy_message() {
 #[tokio::test]
 async fn denials_can_be_401_for_clients_that_only_print_401_bodies() {
     let fixture = Fixture::with(|config| {
-        config["http"] = serde_norway::from_str("{denial_status: 401}").unwrap();
+        config.http.denial_status = Some(401);
     });
     let router = fixture.router().await;
     let token = fixture.token(|t| t.license = Some("LIC-0002".into()));
@@ -339,8 +339,8 @@ async fn post_errors_speak_oauth2_too() {
 #[tokio::test]
 async fn a_policy_fault_is_503_and_never_a_token() {
     let fixture = Fixture::with(|config| {
-        config["policy"]["module"] = test_support::HOSTILE_GUEST_WASM.into();
-        config["policy"]["settings_file"] = serde_norway::Value::Null;
+        config.policy.module = Some(test_support::HOSTILE_GUEST_WASM.into());
+        config.policy.settings_file = None;
     });
     let router = fixture.router().await;
     let token = fixture.token(|_| {});
@@ -422,7 +422,7 @@ fn kid_vectors() {
 #[tokio::test]
 async fn thumbprint_kids_and_es256_are_configurable() {
     let fixture = Fixture::with(|config| {
-        config["signing"]["kid_format"] = "thumbprint".into();
+        config.signing.kid_format = Some("thumbprint".into());
     });
     let router = fixture.router().await;
     let reply = get_basic(&router, &query(SERVICE, &[]), &fixture.token(|_| {})).await;
@@ -431,16 +431,14 @@ async fn thumbprint_kids_and_es256_are_configurable() {
         SigningKey::from_file(&fixture.root().join("keys/signing-key.pem"), SigningAlgorithm::RS256).unwrap();
     assert_eq!(header["kid"], key.thumbprint_kid());
 
-    let fixture = Fixture::with(|config| {
-        config["signing"]["algorithm"] = "ES256".into();
-        config["signing"]["key_file"] = "ES256-KEY".into();
-        config["signing"]["cert_file"] = serde_norway::Value::Null;
-    });
+    let mut fixture = Fixture::new();
     let es_dir = fixture.root().join("es256");
     registry_token::mint::keygen::generate(&es_dir, SigningAlgorithm::ES256, 2048).unwrap();
-    let text = std::fs::read_to_string(&fixture.config_path).unwrap();
-    let text = text.replace("ES256-KEY", &es_dir.join("signing-key.pem").display().to_string());
-    std::fs::write(&fixture.config_path, text).unwrap();
+    fixture.reconfigure(|config| {
+        config.signing.algorithm = Some("ES256".into());
+        config.signing.key_file = es_dir.join("signing-key.pem");
+        config.signing.cert_file = None;
+    });
     let router = fixture.router().await;
     let reply =
         get_basic(&router, &query(SERVICE, &["repository:team/app:pull"]), &fixture.token(|_| {})).await;

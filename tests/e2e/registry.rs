@@ -9,12 +9,11 @@
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
-use test_support::{Process, free_port, require_program};
+use test_support::{Client, Config, Process, Server, free_port, plans_with, require_program};
 
 const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
 const SERVICE: &str = "registry.e2e";
@@ -22,33 +21,21 @@ const ISSUER: &str = "https://authority.e2e";
 const INSTALL: &str =
     "install both with `apt-get install -y docker-registry skopeo` (Debian: docker-registry 2.8, skopeo 1.9)";
 
-const PLANS: &str = r#"
-plans:
-  team:
-    - repositories: ["team/*"]
-      actions: [pull, push]
-  readonly:
-    - repositories: ["team/*"]
-      actions: [pull]
-  elsewhere:
-    - repositories: ["other/**"]
-      actions: [pull, push]
-  admin:
-    - repositories: ["**"]
-      actions: ["*"]
-    - type: registry
-      repositories: [catalog]
-      actions: ["*"]
-revoked_licenses: [LIC-0002]
-"#;
+/// The shared plans (`team`, `readonly`, `admin`, `LIC-0002` revoked) and `elsewhere`, a plan that
+/// grants nothing in `team/`.
+fn plans() -> String {
+    plans_with(|plans| {
+        plans["plans"]["elsewhere"] =
+            serde_norway::from_str(r#"[{repositories: ["other/**"], actions: [pull, push]}]"#).unwrap();
+    })
+}
 
 /// One registry-token and one docker-registry that trusts it, in a temporary directory.
 struct World {
     dir: tempfile::TempDir,
-    token_service: Process,
+    token_service: Server,
     registry: Process,
     registry_address: String,
-    token_address: String,
 }
 
 struct Options {
@@ -75,27 +62,14 @@ impl World {
                 .args(["dev-authority", "init", "--issuer", ISSUER, "--dir"])
                 .arg(root.join("authority")),
         );
-        std::fs::write(root.join("plans.yaml"), PLANS).unwrap();
-        std::fs::write(
-            root.join("registry-token.yaml"),
-            format!(
-                "listen: 127.0.0.1:0\nservices: [{SERVICE}]\n\
-                 authority: {{issuer: '{ISSUER}', audiences: [registry-token], jwks_file: '{root}/authority/jwks.json'}}\n\
-                 signing: {{issuer: registry-token, key_file: '{root}/keys/signing-key.pem', \
-                 cert_file: '{root}/keys/signing-cert.pem', kid_format: {kid}, lifetime_seconds: {lifetime}}}\n\
-                 policy: {{settings_file: '{root}/plans.yaml'}}\nhttp: {{denial_status: {denial}}}\n",
-                root = root.display(),
-                kid = options.kid_format,
-                lifetime = options.lifetime_seconds,
-                denial = options.denial_status,
-            ),
-        )
-        .unwrap();
-        let mut command = Command::new(BIN);
-        command.args(["serve", "--config"]).arg(root.join("registry-token.yaml"));
-        let mut token_service = Process::start("registry-token", command);
-        let token_address =
-            token_service.wait_for_stdout("registry-token listening on http://", Duration::from_secs(60));
+        std::fs::write(root.join("plans.yaml"), plans()).unwrap();
+        let mut config = Config::installation(root, ISSUER, &[SERVICE]);
+        config.signing.kid_format = Some(options.kid_format.to_owned());
+        config.signing.lifetime_seconds = Some(options.lifetime_seconds);
+        config.http.denial_status = Some(options.denial_status);
+        config.write(&root.join("registry-token.yaml"));
+        let token_service = Server::start(BIN, &root.join("registry-token.yaml"));
+        let token_address = token_service.address();
 
         let registry_address = format!("127.0.0.1:{}", free_port());
         std::fs::write(
@@ -120,7 +94,7 @@ impl World {
             }
         }
         let registry = Process::start("docker-registry", command);
-        let world = World { dir, token_service, registry, registry_address, token_address };
+        let world = World { dir, token_service, registry, registry_address };
         world.wait_for_registry();
         world
     }
@@ -131,11 +105,8 @@ impl World {
 
     fn wait_for_registry(&self) {
         for _ in 0..200 {
-            if let Ok(response) = http(&self.registry_address, "GET /v2/ HTTP/1.1", &[]) {
-                assert!(
-                    response.starts_with("HTTP/1.1 401"),
-                    "the registry should ask for a token: {response}"
-                );
+            if let Ok(reply) = self.registry_client().get("/v2/") {
+                assert_eq!(reply.status, 401, "the registry should ask for a token: {reply}");
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -183,6 +154,20 @@ impl World {
             .unwrap()
     }
 
+    fn registry_client(&self) -> Client {
+        Client::new(&self.registry_address)
+    }
+
+    /// A registry token from the token service for `scope`, for a caller of `plan`.
+    fn registry_token(&self, plan: &str, scope: &str) -> String {
+        let caller = self.caller_token(plan, &[]);
+        let reply = self
+            .token_service
+            .client()
+            .get_bearer(&format!("/token?service={SERVICE}&scope={scope}"), &caller);
+        reply.unwrap().body["token"].as_str().unwrap().to_owned()
+    }
+
     fn registry_log(&self) -> String {
         self.registry.stderr()
     }
@@ -210,25 +195,6 @@ fn run_ok(command: &mut Command) -> Output {
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// One HTTP/1.1 request with `Connection: close`; the response as text.
-fn http(address: &str, request_line: &str, headers: &[(&str, &str)]) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(address)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut request = format!("{request_line}\r\nHost: {address}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response)
-}
-
-fn body(response: &str) -> Value {
-    serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap_or(Value::Null)
 }
 
 /// Writes a one-layer OCI image layout (what `skopeo copy oci:DIR:1` reads): no container engine
@@ -416,14 +382,7 @@ fn bad_authority_tokens_are_authentication_failures() {
 fn a_registry_token_past_its_lifetime_is_refused_by_the_registry() {
     let world = World::start(Options { lifetime_seconds: 5, ..Options::default() });
     seed(&world, "team/app");
-    let caller = world.caller_token("team", &[]);
-    let response = http(
-        &world.token_address,
-        &format!("GET /token?service={SERVICE}&scope=repository:team/app:pull HTTP/1.1"),
-        &[("Authorization", &format!("Bearer {caller}"))],
-    )
-    .unwrap();
-    let registry_token = body(&response)["token"].as_str().unwrap().to_owned();
+    let registry_token = world.registry_token("team", "repository:team/app:pull");
 
     let inspect = |token: &str| {
         skopeo(world.root())
@@ -493,27 +452,17 @@ fn the_catalog_needs_registry_catalog_star() {
     let world = World::start(Options::default());
     seed(&world, "team/app");
     let catalog = |plan: &str| {
-        let caller = world.caller_token(plan, &[]);
-        let response = http(
-            &world.token_address,
-            &format!("GET /token?service={SERVICE}&scope=registry:catalog:* HTTP/1.1"),
-            &[("Authorization", &format!("Bearer {caller}"))],
-        )
-        .unwrap();
-        let token = body(&response)["token"].as_str().unwrap().to_owned();
-        http(
-            &world.registry_address,
-            "GET /v2/_catalog HTTP/1.1",
-            &[("Authorization", &format!("Bearer {token}"))],
-        )
-        .unwrap()
+        let token = world.registry_token(plan, "registry:catalog:*");
+        world.registry_client().get_bearer("/v2/_catalog", &token).unwrap()
     };
     let admin = catalog("admin");
-    assert!(admin.starts_with("HTTP/1.1 200"), "{admin}");
-    assert_eq!(body(&admin)["repositories"], json!(["team/app"]));
+    assert_eq!(admin.status, 200, "{admin}");
+    assert_eq!(admin.body["repositories"], json!(["team/app"]));
 
     let team = catalog("team");
-    assert!(team.starts_with("HTTP/1.1 401"), "{team}");
+    assert_eq!(team.status, 401, "{team}");
+    // Anywhere in the response: the WWW-Authenticate header or the body.
+    let team = team.to_string();
     assert!(team.contains("insufficient_scope") || team.contains("UNAUTHORIZED"), "{team}");
     eprintln!("catalog refused for team; registry logged: {}", last_refusal(&world.registry_log()));
 }

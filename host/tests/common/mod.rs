@@ -4,7 +4,7 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::Request;
 use http_body_util::BodyExt;
 use registry_token::app::{App, Live, system_clock};
 use registry_token::config::Config;
@@ -18,30 +18,13 @@ use tower::ServiceExt;
 pub const ISSUER: &str = "https://authority.test";
 pub const SERVICE: &str = "registry.test";
 
-/// The plans the tests rely on.
-pub const PLANS: &str = r#"
-plans:
-  team:
-    - repositories: ["team/*", "shared/**"]
-      actions: [pull, push]
-    - repositories: ["{tenant}/**"]
-      actions: [pull, push, delete]
-  readonly:
-    - repositories: ["team/*"]
-      actions: [pull]
-  admin:
-    - repositories: ["**"]
-      actions: ["*"]
-    - type: registry
-      repositories: [catalog]
-      actions: ["*"]
-revoked_licenses: [LIC-0002]
-"#;
+pub use test_support::{PLANS, Reply};
 
 /// A temporary installation: keys, a development Authority, plans and a configuration file.
 pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
+    written: test_support::Config,
 }
 
 impl Fixture {
@@ -50,35 +33,24 @@ impl Fixture {
         Fixture::with(|_| {})
     }
 
-    /// A fixture whose configuration YAML (a mapping) `edit` may change before it is written.
-    pub fn with(edit: impl FnOnce(&mut serde_norway::Value)) -> Fixture {
+    /// A fixture whose configuration `edit` may change before it is written.
+    pub fn with(edit: impl FnOnce(&mut test_support::Config)) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         keygen::generate(&root.join("keys"), SigningAlgorithm::RS256, 2048).unwrap();
         dev_authority::init(&root.join("authority"), ISSUER).unwrap();
         std::fs::write(root.join("plans.yaml"), PLANS).unwrap();
-        let mut config: serde_norway::Value = serde_norway::from_str(&format!(
-            r#"
-listen: 127.0.0.1:0
-services: [{SERVICE}, other.test]
-authority:
-  issuer: {ISSUER}
-  audiences: [registry-token]
-  jwks_file: {root}/authority/jwks.json
-signing:
-  issuer: registry-token
-  key_file: {root}/keys/signing-key.pem
-  cert_file: {root}/keys/signing-cert.pem
-policy:
-  settings_file: {root}/plans.yaml
-"#,
-            root = root.display()
-        ))
-        .unwrap();
-        edit(&mut config);
+        let mut written = test_support::Config::installation(root, ISSUER, &[SERVICE, "other.test"]);
+        edit(&mut written);
         let config_path = root.join("registry-token.yaml");
-        std::fs::write(&config_path, serde_norway::to_string(&config).unwrap()).unwrap();
-        Fixture { dir, config_path }
+        written.write(&config_path);
+        Fixture { dir, config_path, written }
+    }
+
+    /// Changes the configuration file (for settings that need the fixture's files first).
+    pub fn reconfigure(&mut self, edit: impl FnOnce(&mut test_support::Config)) {
+        edit(&mut self.written);
+        self.written.write(&self.config_path);
     }
 
     pub fn root(&self) -> &Path {
@@ -117,33 +89,12 @@ policy:
     }
 }
 
-/// A response as a test reads it.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Value,
-}
-
-impl Reply {
-    /// The Docker error message, or the whole body if there is none.
-    pub fn message(&self) -> String {
-        self.body["errors"][0]["message"].as_str().map(str::to_owned).unwrap_or_else(|| self.body.to_string())
-    }
-
-    pub fn code(&self) -> &str {
-        self.body["errors"][0]["code"].as_str().unwrap_or_default()
-    }
-}
-
 pub async fn send(router: &Router, request: Request<Body>) -> Reply {
     let response = router.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    Reply { status, headers, body }
+    Reply::new(status, headers, &bytes)
 }
 
 /// `GET uri` with `Authorization: Basic` carrying `token` as the password.

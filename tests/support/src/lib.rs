@@ -1,11 +1,28 @@
-//! Shared pieces of registry-token's tests: the test guests (built from source by `build.rs`) and
-//! processes that are stopped by PID whatever happens to the test.
+//! Shared pieces of registry-token's tests: the test guests (built from source by `build.rs`),
+//! processes that are stopped by PID whatever happens to the test, and the fixtures of a running
+//! installation — its configuration file ([`Config`]), the plan catalogue ([`PLANS`]), the server
+//! ([`Server`]) and an HTTP client of it ([`Client`]).
+//!
+//! It knows the service only from the outside (its file format, command line and protocol), so it
+//! does not depend on the `registry-token` crate; the binary's path comes from the caller
+//! (`env!("CARGO_BIN_EXE_registry-token")` exists only in that crate's tests and benches).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod config;
+mod http;
+mod plans;
+mod server;
+
+pub use config::{Authority, Cache, Config, Http, Policy, Signing};
+pub use http::{Client, Reply, raw_exchange};
+pub use plans::{PLANS, as_json, plans_revoking, plans_with};
+pub use server::{Server, serve_command};
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// The hostile test guest (see `tests/guests/hostile`), built for wasm32-wasip2.
@@ -19,18 +36,52 @@ pub fn free_port() -> u16 {
 }
 
 /// A child process that is killed (by its PID) and reaped when dropped, so a failing test never
-/// leaves it running. Its standard error is collected for failure messages.
+/// leaves it running. Its standard error is collected (or written to a log file) for failure
+/// messages.
+#[derive(Debug)]
 pub struct Process {
     name: String,
     child: Child,
     stdout_lines: mpsc::Receiver<String>,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr: Stderr,
+}
+
+#[derive(Debug)]
+enum Stderr {
+    Collected(Arc<Mutex<String>>),
+    Logged(PathBuf),
 }
 
 impl Process {
     /// Starts `command` with piped stdout/stderr.
     pub fn start(name: &str, mut command: Command) -> Process {
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.stderr(Stdio::piped());
+        let sink = Arc::<Mutex<String>>::default();
+        let mut process = Process::spawn(name, command, Stderr::Collected(sink.clone()));
+        let mut pipe = process.child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        process
+    }
+
+    /// Starts `command` with piped stdout and its standard error written to the file `log`, as a
+    /// service logs in production (a benchmark's server writes far more than a test should hold).
+    pub fn start_logging_to(name: &str, mut command: Command, log: &Path) -> Process {
+        let file =
+            std::fs::File::create(log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        command.stderr(file);
+        Process::spawn(name, command, Stderr::Logged(log.to_owned()))
+    }
+
+    fn spawn(name: &str, mut command: Command, stderr: Stderr) -> Process {
+        command.stdin(Stdio::null()).stdout(Stdio::piped());
         let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let stdout = child.stdout.take().unwrap();
         let (tx, stdout_lines) = mpsc::channel();
@@ -39,18 +90,6 @@ impl Process {
                 if tx.send(line).is_err() {
                     break;
                 }
-            }
-        });
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let mut pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buffer) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
             }
         });
         Process { name: name.to_owned(), child, stdout_lines, stderr }
@@ -84,7 +123,12 @@ impl Process {
 
     /// What it wrote to standard error so far.
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        match &self.stderr {
+            Stderr::Collected(text) => text.lock().unwrap().clone(),
+            Stderr::Logged(log) => {
+                String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned()
+            }
+        }
     }
 
     /// Sends `signal` (e.g. `"TERM"`, `"HUP"`) to the process by PID.
