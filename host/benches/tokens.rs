@@ -545,7 +545,7 @@ fn load(
     let result = wrk(root, address, connections, settings.load_seconds, requests);
     let cpu = cpu_micros(pid) - cpu_before;
     let ok = result["requests"].as_u64().unwrap() - result["errors"].as_u64().unwrap();
-    let row = Row {
+    Row {
         rate: ok as f64 / (result["duration_us"].as_f64().unwrap() / 1e6),
         p50: result["p50"].as_u64().unwrap(),
         p99: result["p99"].as_u64().unwrap(),
@@ -554,6 +554,5 @@ fn load(
         peak_rss_kib: peak_rss_kib(pid),
         errors: result["errors"].as_u64().unwrap(),
         repeated: result["repeated"].as_bool().unwrap(),
-    };
-    row
+    }
 }
