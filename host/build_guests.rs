@@ -59,9 +59,8 @@ pub fn build(packages: &[(&str, &str)], watch: &[&str]) {
     };
     if !status.success() {
         fail(&format!(
-            "building the policy guests for {TARGET} failed (see above). If the target is missing, \
-             `rustup target add {TARGET}` installs it (rust-toolchain.toml lists it, so a rustup \
-             toolchain normally installs it by itself)."
+            "building the policy guests for {TARGET} failed (see above). Without rustup the target \
+             cannot be added here: install the Rust standard library for {TARGET} for this toolchain."
         ));
     }
 

@@ -285,6 +285,6 @@ async fn the_decision_cache_counts_notes_and_messages_against_its_bound() {
     let (entries, kib) = policy.cached_decisions();
     assert!(kib <= 64, "{kib} KiB remembered, capacity 64");
     // Counting the note, at most 64 / 5 entries fit; counting only the request, all 40 would.
-    assert!(entries >= 1 && entries <= 12, "{entries} entries of 4 KiB notes within 64 KiB");
+    assert!((1..=12).contains(&entries), "{entries} entries of 4 KiB notes within 64 KiB");
     assert!(entries as u64 * 5 <= kib, "{entries} entries weigh {kib} KiB: the notes are counted");
 }

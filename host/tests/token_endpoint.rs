@@ -447,3 +447,40 @@ async fn thumbprint_kids_and_es256_are_configurable() {
     assert_eq!(header["alg"], "ES256");
     assert!(header.get("x5c").is_none());
 }
+
+/// A request body that fails while it is read (a client that resets mid-body).
+struct BrokenBody;
+
+impl http_body::Body for BrokenBody {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Ready(Some(Err(std::io::Error::other("connection reset mid-body"))))
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_cannot_be_read_is_a_400_not_a_413() {
+    let fixture = Fixture::new();
+    let router = fixture.router().await;
+    let request = Request::post("/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::new(BrokenBody))
+        .unwrap();
+    let reply = send(&router, request).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    assert!(reply.message().contains("the request body could not be read"), "{}", reply.body);
+    assert!(!reply.message().contains("larger than"), "{}", reply.body);
+    assert_eq!(reply.body["error"], "invalid_request", "in the OAuth2 form: {}", reply.body);
+
+    // A body over the limit is still the 413 it was.
+    let limit = fixture.config().http.max_body_bytes;
+    let form = format!("grant_type=password&password={}", "x".repeat(limit + 1));
+    let reply = post_form(&router, &form).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", reply.body);
+    assert!(reply.message().contains(&format!("larger than {limit} bytes")), "{}", reply.body);
+}

@@ -87,6 +87,59 @@ fn optional_string(claims: &Map<String, Value>, name: &str) -> Result<Option<Str
     }
 }
 
+/// `exp`/`nbf` (with leeway), `iat`, `iss` and `aud`; the token's `exp` when all hold.
+pub(super) fn check_registered_claims(
+    claims: &Map<String, Value>,
+    now: u64,
+    requirements: &Requirements,
+) -> Result<u64, AuthError> {
+    let leeway = requirements.leeway_seconds as f64;
+    let now = now as f64;
+    let exp = match claims.get("exp") {
+        Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
+        Some(_) => return Err(AuthError::Claim("exp must be a number".into())),
+        None => return Err(AuthError::Claim("exp is missing".into())),
+    };
+    if !exp.is_finite() || exp + leeway <= now {
+        return Err(AuthError::Expired);
+    }
+    match claims.get("nbf") {
+        None => {}
+        Some(Value::Number(n)) if n.as_f64().is_none_or(|nbf| nbf - leeway > now) => {
+            return Err(AuthError::NotYetValid);
+        }
+        Some(Value::Number(_)) => {}
+        Some(_) => return Err(AuthError::Claim("nbf must be a number".into())),
+    }
+    match claims.get("iat") {
+        None | Some(Value::Number(_)) => {}
+        Some(_) => return Err(AuthError::Claim("iat must be a number".into())),
+    }
+    match claims.get("iss") {
+        Some(Value::String(iss)) if *iss == requirements.issuer => {}
+        Some(Value::String(iss)) => return Err(AuthError::WrongIssuer(shorten(iss))),
+        Some(_) => return Err(AuthError::Claim("iss must be a string".into())),
+        None => return Err(AuthError::Claim("iss is missing".into())),
+    }
+    let audiences: Vec<&str> = match claims.get("aud") {
+        Some(Value::String(aud)) => vec![aud.as_str()],
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|v| v.as_str().ok_or_else(|| AuthError::Claim("aud must hold strings".into())))
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(AuthError::Claim("aud must be a string or an array of strings".into()));
+        }
+        None => return Err(AuthError::Claim("aud is missing".into())),
+    };
+    if !audiences.iter().any(|aud| requirements.audiences.iter().any(|a| a == aud)) {
+        let shown = format!("{:?}", audiences.iter().map(|a| shorten(a)).collect::<Vec<_>>());
+        return Err(AuthError::WrongAudience(shown));
+    }
+    // `exp` fits a u64 once it is known to be finite and in the future.
+    Ok(exp as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,57 +192,4 @@ mod tests {
             assert!(actual.starts_with(error), "{actual}");
         }
     }
-}
-
-/// `exp`/`nbf` (with leeway), `iat`, `iss` and `aud`; the token's `exp` when all hold.
-pub(super) fn check_registered_claims(
-    claims: &Map<String, Value>,
-    now: u64,
-    requirements: &Requirements,
-) -> Result<u64, AuthError> {
-    let leeway = requirements.leeway_seconds as f64;
-    let now = now as f64;
-    let exp = match claims.get("exp") {
-        Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
-        Some(_) => return Err(AuthError::Claim("exp must be a number".into())),
-        None => return Err(AuthError::Claim("exp is missing".into())),
-    };
-    if !exp.is_finite() || exp + leeway <= now {
-        return Err(AuthError::Expired);
-    }
-    match claims.get("nbf") {
-        None => {}
-        Some(Value::Number(n)) if n.as_f64().is_none_or(|nbf| nbf - leeway > now) => {
-            return Err(AuthError::NotYetValid);
-        }
-        Some(Value::Number(_)) => {}
-        Some(_) => return Err(AuthError::Claim("nbf must be a number".into())),
-    }
-    match claims.get("iat") {
-        None | Some(Value::Number(_)) => {}
-        Some(_) => return Err(AuthError::Claim("iat must be a number".into())),
-    }
-    match claims.get("iss") {
-        Some(Value::String(iss)) if *iss == requirements.issuer => {}
-        Some(Value::String(iss)) => return Err(AuthError::WrongIssuer(shorten(iss))),
-        Some(_) => return Err(AuthError::Claim("iss must be a string".into())),
-        None => return Err(AuthError::Claim("iss is missing".into())),
-    }
-    let audiences: Vec<&str> = match claims.get("aud") {
-        Some(Value::String(aud)) => vec![aud.as_str()],
-        Some(Value::Array(list)) => list
-            .iter()
-            .map(|v| v.as_str().ok_or_else(|| AuthError::Claim("aud must hold strings".into())))
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(AuthError::Claim("aud must be a string or an array of strings".into()));
-        }
-        None => return Err(AuthError::Claim("aud is missing".into())),
-    };
-    if !audiences.iter().any(|aud| requirements.audiences.iter().any(|a| a == aud)) {
-        let shown = format!("{:?}", audiences.iter().map(|a| shorten(a)).collect::<Vec<_>>());
-        return Err(AuthError::WrongAudience(shown));
-    }
-    // `exp` fits a u64 once it is known to be finite and in the future.
-    Ok(exp as u64)
 }
