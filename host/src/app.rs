@@ -5,6 +5,7 @@
 
 use crate::authority::{KeySource, Requirements, Validator};
 use crate::config::{Config, JwksSource, PolicyConfig, PolicyModule};
+use crate::ledger::Ledger;
 use crate::mint::{self, Minter, SigningKey};
 use crate::policy::{self, Policy};
 use arc_swap::ArcSwap;
@@ -37,6 +38,8 @@ pub struct Live {
     pub policy: Policy,
     /// The registry-token signer.
     pub minter: Minter,
+    /// Validates administrators' tokens: the same Authority and keys, `admin.required_scope`.
+    pub admin_validator: Validator,
 }
 
 /// Why the service could not be (re)built. Names the file or key at fault.
@@ -134,8 +137,12 @@ impl Live {
             Minter::new(key, &signing.issuer, signing.lifetime_seconds, signing.kid_format, chain.as_deref());
 
         let policy = load_policy(&config.policy, config.cache.decisions, previous.map(|p| &p.policy)).await?;
+        let admin_requirements =
+            Requirements { required_scope: config.admin.required_scope.clone(), ..requirements.clone() };
+        // Administrators are few: a small cache spares them a signature check per admin request.
+        let admin_validator = Validator::new(keys.clone(), admin_requirements, 64);
         let validator = Validator::new(keys, requirements, config.cache.caller_tokens);
-        Ok(Live { config, validator, policy, minter })
+        Ok(Live { config, validator, policy, minter, admin_validator })
     }
 
     /// Whether the service can issue tokens (for `/readyz`).
@@ -197,6 +204,8 @@ pub fn yaml_to_json(text: &str) -> Result<String, String> {
 pub struct App {
     live: ArcSwap<Live>,
     config_path: Option<PathBuf>,
+    /// The issuance ledger; `None` with `ledger.url: none` (and in tests that do not need one).
+    pub ledger: Option<Ledger>,
     /// The clock requests use.
     pub clock: Clock,
 }
@@ -210,7 +219,13 @@ impl std::fmt::Debug for App {
 impl App {
     /// A service over already-built state. `config_path` is re-read on [`App::reload`].
     pub fn new(live: Live, config_path: Option<PathBuf>, clock: Clock) -> App {
-        App { live: ArcSwap::from_pointee(live), config_path, clock }
+        App { live: ArcSwap::from_pointee(live), config_path, ledger: None, clock }
+    }
+
+    /// This service recording into `ledger` (opened by the caller: it outlives reloads).
+    pub fn with_ledger(mut self, ledger: Option<Ledger>) -> App {
+        self.ledger = ledger;
+        self
     }
 
     /// The state requests use now.
@@ -236,6 +251,8 @@ impl App {
                 old.http.shutdown_grace_seconds != new.http.shutdown_grace_seconds,
             ),
             ("watch", old.watch != new.watch),
+            ("ledger", old.ledger != new.ledger),
+            ("admin.listen", old.admin.listen != new.admin.listen),
         ] {
             if changed {
                 tracing::warn!(key, "{key} changed; it takes effect at the next restart");

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod dev_authority;
 pub mod http;
+pub mod ledger;
 pub mod mint;
 pub mod policy;
 pub mod scope;

@@ -113,6 +113,8 @@ pub struct Validated {
     pub caller: Caller,
     /// The token's `exp`: nothing derived from it may outlive this.
     pub expires_at: u64,
+    /// The token's `jti`, if it has one (the ledger records it; revocations may name it).
+    pub jti: Option<String>,
 }
 
 /// Why a token was refused. The text is safe to show the caller.
@@ -162,6 +164,25 @@ pub enum AuthError {
     /// The Authority's keys could not be fetched.
     #[error("the Authority's keys are unavailable")]
     KeysUnavailable,
+}
+
+impl AuthError {
+    /// A short name of the check that failed, for the ledger and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuthError::TooLarge | AuthError::Malformed(_) | AuthError::Claim(_) => "malformed",
+            AuthError::UnsupportedAlgorithm(_) | AuthError::AlgorithmMismatch { .. } | AuthError::BadSignature => {
+                "signature"
+            }
+            AuthError::UnknownKey(_) => "unknown_key",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::WrongIssuer(_) => "issuer",
+            AuthError::WrongAudience(_) => "audience",
+            AuthError::MissingScope(_) => "scope",
+            AuthError::KeysUnavailable => "keys_unavailable",
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -229,11 +250,16 @@ pub fn validate_payload(
         .map_err(|e| malformed(&format!("the payload is not a JSON object: {e}")))?
         .0;
     let expires_at = claims::check_registered_claims(&claims, now, requirements)?;
+    let jti = match claims.get("jti") {
+        None => None,
+        Some(Value::String(jti)) if !jti.is_empty() && jti.len() <= 256 => Some(jti.clone()),
+        Some(_) => return Err(AuthError::Claim("jti must be a non-empty string of at most 256 bytes".into())),
+    };
     let caller = caller_from_claims(claims).map_err(AuthError::Claim)?;
     if !caller.scopes.contains(&requirements.required_scope) {
         return Err(AuthError::MissingScope(requirements.required_scope.clone()));
     }
-    Ok(Validated { caller, expires_at })
+    Ok(Validated { caller, expires_at, jti })
 }
 
 fn malformed(what: &str) -> AuthError {

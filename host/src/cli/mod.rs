@@ -1,6 +1,8 @@
-//! The `registry-token` command line: `serve`, `keygen`, `dev-authority`, `policy test|eval`.
+//! The `registry-token` command line: `serve`, `keygen`, `dev-authority`, `policy test|eval`,
+//! `ledger events|revoke|revocations|unrevoke`.
 
 mod cases;
+mod ledger;
 mod serve;
 
 use crate::app::{load_policy, load_policy_with, system_clock};
@@ -61,6 +63,9 @@ enum Command {
     /// Try a policy without a server.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Read the issuance ledger and revoke, directly (works while the service is down).
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCommand),
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -169,6 +174,7 @@ pub fn main() -> ExitCode {
             Command::Policy(PolicyCommand::Eval { source, request }) => {
                 policy_eval(&source, request.as_deref()).await
             }
+            Command::Ledger(command) => ledger::run(command).await,
         }
     });
     match result {

@@ -2,7 +2,10 @@
 
 use crate::app::{App, Live, system_clock};
 use crate::config::{Config, JwksSource, PolicyModule};
+use crate::ledger::Ledger;
 use crate::{dev_authority, http, mint};
+use std::future::IntoFuture;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,6 +20,19 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
     }
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     let listen = config.listen;
+    let admin_listen = config.admin.listen;
+    let ledger = Ledger::open(&config.ledger, true).await.map_err(|e| format!("the ledger: {e}"))?;
+    match &ledger {
+        Some(ledger) => tracing::info!(
+            ledger = ledger.url(),
+            durability = ?ledger.durability(),
+            revocations = ledger.health().revocations,
+            "ledger open"
+        ),
+        None => tracing::warn!(
+            "ledger.url is none: no audit trail of exchanges and no admin revocations on this instance"
+        ),
+    }
     let live = Live::build(config).await.map_err(|e| e.to_string())?;
     tracing::info!(
         policy = live.policy.source(),
@@ -25,38 +41,55 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
         kid = live.minter.kid(),
         "loaded"
     );
-    let service = Arc::new(App::new(live, Some(config_path.to_owned()), system_clock()));
+    let service = Arc::new(App::new(live, Some(config_path.to_owned()), system_clock()).with_ledger(ledger));
 
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let bind = |address: SocketAddr, what: &'static str| async move {
+        tokio::net::TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address} ({what}): {e}"))
+    };
+    let admin_listener = bind(admin_listen, "admin.listen").await?;
+    let listener = bind(listen, "listen").await?;
+    let admin_address = admin_listener.local_addr().map_err(|e| e.to_string())?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
-    // On standard output, for scripts and tests that started us on port 0.
+    // On standard output, for scripts and tests that started us on port 0; the main listener's
+    // line comes last and means both accept connections.
+    println!("registry-token admin listening on http://{admin_address}");
     println!("registry-token listening on http://{address}");
-    tracing::info!(%address, "listening");
+    tracing::info!(%address, admin = %admin_address, "listening");
 
     spawn_reloader(Arc::clone(&service), config_path)?;
 
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let shutdown = async move {
+    tokio::spawn(async move {
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM: draining in-flight requests"),
             _ = interrupt.recv() => tracing::info!("SIGINT: draining in-flight requests"),
         }
-        let _ = stopping_tx.send(());
+        let _ = stopping_tx.send(true);
+    });
+    let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
     };
-    let server = axum::serve(listener, http::router(service)).with_graceful_shutdown(shutdown);
+    let server = axum::serve(listener, http::router(Arc::clone(&service)).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(stopped(stopping.clone()));
+    let admin = axum::serve(admin_listener, http::admin_router(Arc::clone(&service)).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(stopped(stopping.clone()));
     let deadline = async {
-        if stopping_rx.await.is_ok() {
-            tokio::time::sleep(grace).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
+        stopped(stopping).await;
+        tokio::time::sleep(grace).await;
     };
+    let both = async { tokio::try_join!(server.into_future(), admin.into_future()) };
     tokio::select! {
-        served = server => served.map_err(|e| format!("the server failed: {e}"))?,
+        served = both => {
+            served.map_err(|e| format!("the server failed: {e}"))?;
+        }
         () = deadline => tracing::warn!(?grace, "shutdown grace period over; exiting with requests in flight"),
+    }
+    if let Some(ledger) = &service.ledger
+        && let Err(error) = ledger.flush(Duration::from_secs(5)).await
+    {
+        tracing::error!(%error, queued = ledger.health().queued, "events still queued at exit are lost");
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -9,8 +9,8 @@ mod env;
 mod sections;
 
 pub use sections::{
-    AuthorityConfig, CacheConfig, DenialStatus, DevelopmentConfig, HttpConfig, JwksSource, PolicyConfig,
-    PolicyModule, SigningConfig,
+    AdminConfig, AuthorityConfig, CacheConfig, DenialStatus, DevelopmentConfig, Durability, HttpConfig,
+    JwksSource, LedgerConfig, LedgerUrl, PolicyConfig, PolicyModule, SigningConfig, TrustedProxies,
 };
 
 use env::{EnvOverrides, describe};
@@ -51,6 +51,12 @@ pub struct Config {
     /// Bounded caches of the hot path.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// The issuance ledger: every exchange recorded, and revocations.
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    /// The operator listener: the admin API and the probes.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Reload when a file the configuration names (or the configuration itself) changes, as on
     /// SIGHUP.
     #[serde(default)]
@@ -152,6 +158,25 @@ impl Config {
         }
         if self.cache.caller_tokens > 1_000_000 || self.cache.decisions > 1_000_000 {
             return Err("cache: at most 1000000 entries per cache".into());
+        }
+        if !(1..=3650).contains(&self.ledger.retention_days) {
+            return Err("ledger.retention_days must be between 1 and 3650".into());
+        }
+        if !(1..=1_000_000).contains(&self.ledger.queue_events) {
+            return Err("ledger.queue_events must be between 1 and 1000000".into());
+        }
+        if self.admin.required_scope.is_empty() {
+            return Err("admin.required_scope is empty".into());
+        }
+        if self.admin.required_scope == self.authority.required_scope {
+            return Err(format!(
+                "admin.required_scope must differ from authority.required_scope ({}): every caller \
+                 would be an administrator",
+                self.authority.required_scope
+            ));
+        }
+        if self.admin.listen == self.listen && self.listen.port() != 0 {
+            return Err(format!("admin.listen and listen are the same address ({})", self.listen));
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.http.max_body_bytes) {
             return Err("http.max_body_bytes must be between 1024 and 16777216".into());

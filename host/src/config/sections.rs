@@ -215,6 +215,38 @@ pub struct HttpConfig {
     /// Status of a policy denial (a revoked licence): 403, or 401 for clients built on
     /// containers/image (skopeo, podman, buildah), which print the explanation only on a 401.
     pub denial_status: DenialStatus,
+    /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDR blocks): the ledger records
+    /// the first untrusted hop as the client address when the peer is one of them.
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// `http.trusted_proxies`: addresses (`10.0.0.7`) and networks (`10.0.0.0/8`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Vec<String>")]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+impl TryFrom<Vec<String>> for TrustedProxies {
+    type Error = String;
+
+    fn try_from(entries: Vec<String>) -> Result<Self, String> {
+        entries
+            .iter()
+            .map(|entry| {
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("{entry:?} is neither an IP address nor a CIDR network"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(TrustedProxies)
+    }
+}
+
+impl TrustedProxies {
+    /// Whether `address` is a trusted proxy.
+    pub fn contains(&self, address: &std::net::IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(address))
+    }
 }
 
 impl Default for HttpConfig {
@@ -223,6 +255,7 @@ impl Default for HttpConfig {
             max_body_bytes: 64 * 1024,
             shutdown_grace_seconds: 10,
             denial_status: DenialStatus::Forbidden,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -271,4 +304,121 @@ impl Default for CacheConfig {
 pub struct DevelopmentConfig {
     /// Create a missing signing key and a missing development Authority (for `jwks_file`) at start.
     pub create_missing_keys: bool,
+}
+
+/// `ledger:`: where every exchange is recorded and revocations live.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// `sqlite://PATH`, `postgres://...`, or `none`.
+    pub url: LedgerUrl,
+    /// `strict` (no token before its record is committed) or `relaxed`.
+    pub durability: Durability,
+    /// Events older than this are pruned in the background.
+    pub retention_days: u32,
+    /// Events waiting to be written, at most; beyond it `relaxed` drops (and counts) them and
+    /// `strict` refuses to issue.
+    pub queue_events: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            url: LedgerUrl::Sqlite(PathBuf::from("var/ledger.db")),
+            durability: Durability::Strict,
+            retention_days: 90,
+            queue_events: 10_000,
+        }
+    }
+}
+
+/// `ledger.url`, parsed.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum LedgerUrl {
+    /// No ledger: no audit trail, no admin revocations.
+    None,
+    /// An SQLite file (created with its schema on first start).
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL (`postgres://user@host:port/db`).
+    Postgres(String),
+}
+
+impl TryFrom<String> for LedgerUrl {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        if value == "none" {
+            return Ok(LedgerUrl::None);
+        }
+        if let Some(path) = value.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("sqlite:// needs a file path, for example sqlite://var/ledger.db".into());
+            }
+            return Ok(LedgerUrl::Sqlite(PathBuf::from(path)));
+        }
+        if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            value.parse::<tokio_postgres::Config>().map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
+            return Ok(LedgerUrl::Postgres(value));
+        }
+        Err(format!("{:?} is none of sqlite://PATH, postgres://... or none", redact_url(&value)))
+    }
+}
+
+impl std::fmt::Display for LedgerUrl {
+    /// As configured, with any password replaced by `***`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LedgerUrl::None => f.write_str("none"),
+            LedgerUrl::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            LedgerUrl::Postgres(url) => f.write_str(&redact_url(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for LedgerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// A URL with the password of its `user:password@` part replaced by `***`: for logs and errors.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// `ledger.durability`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// A token is returned only after its `issued` event is committed; 503 when it cannot be.
+    #[default]
+    Strict,
+    /// Events are queued (bounded) and written soon after; the service keeps issuing when the
+    /// ledger is down, and counts what it drops.
+    Relaxed,
+}
+
+/// `admin:`: the operator listener (admin API and probes).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where the operator listener listens.
+    pub listen: std::net::SocketAddr,
+    /// The Authority scope an admin token must carry.
+    pub required_scope: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 5051)),
+            required_scope: "registry.admin".to_owned(),
+        }
+    }
 }

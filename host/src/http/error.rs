@@ -43,6 +43,9 @@ pub enum ApiError {
     /// The policy failed; nothing was issued (503).
     #[error("the authorization policy failed; no token was issued")]
     Policy(#[from] Fault),
+    /// The ledger cannot record the token, so it is not returned (503, strict durability).
+    #[error("the issuance ledger is unavailable; no token was issued; try again later")]
+    LedgerUnavailable,
     /// Signing failed (500).
     #[error("the token could not be issued; see the server log")]
     Signing,
@@ -93,7 +96,7 @@ impl ApiError {
             ApiError::Denied { status: DenialStatus::Forbidden, .. } => {
                 (StatusCode::FORBIDDEN, "DENIED", "access_denied")
             }
-            ApiError::KeysUnavailable | ApiError::Policy(_) => {
+            ApiError::KeysUnavailable | ApiError::Policy(_) | ApiError::LedgerUnavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "temporarily_unavailable")
             }
             ApiError::Signing => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "server_error"),
@@ -127,6 +130,10 @@ impl ApiError {
                 tracing::error!("cannot validate callers: the Authority's keys are unavailable");
             }
             ApiError::Signing => tracing::error!("signing failed"),
+            // The ledger logs its own failure once, when it starts failing.
+            ApiError::LedgerUnavailable => {
+                span.record("refused", "the ledger is unavailable");
+            }
             // The fault itself was logged where the policy's identity is known.
             ApiError::Policy(_) => {}
             _ if status.is_client_error() => {

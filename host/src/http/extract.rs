@@ -4,11 +4,12 @@
 
 use super::error::{ApiError, OAuth};
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use data_encoding::BASE64;
+use std::net::{IpAddr, SocketAddr};
 
 /// Longest accepted query string: a blob mount's two scopes take a few hundred bytes, and
 /// `scope::MAX_RESOURCES` scopes fit. (URIs over 64 KiB never get here: hyper answers 414 itself.)
@@ -21,7 +22,7 @@ pub struct Params(Vec<(String, String)>);
 impl Params {
     /// Decodes strictly: invalid UTF-8 is an error, not a replacement character that could slip
     /// into a name.
-    fn parse(bytes: &[u8]) -> Result<Params, ApiError> {
+    pub(super) fn parse(bytes: &[u8]) -> Result<Params, ApiError> {
         let decode = |part: &[u8]| -> Result<String, ApiError> {
             let spaced: Vec<u8> = part.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect();
             let decoded: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
@@ -40,6 +41,11 @@ impl Params {
             })
             .collect::<Result<_, ApiError>>()?;
         Ok(Params(pairs))
+    }
+
+    /// Every pair, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
     /// The first value of `name`.
@@ -82,16 +88,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Query {
 #[derive(Debug)]
 pub struct Form(pub Params);
 
-impl<S: Send + Sync> FromRequest<S> for Form {
+impl FromRequest<super::AppState> for Form {
     type Rejection = OAuth;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, OAuth> {
+    async fn from_request(request: Request, state: &super::AppState) -> Result<Self, OAuth> {
         let form_typed = request
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim_start().starts_with("application/x-www-form-urlencoded"));
-        let limit = request.extensions().get::<BodyLimit>().map_or(0, |limit| limit.0);
+        // Read once at start, like the router's limit itself (a change needs a restart).
+        let limit = state.live().config.http.max_body_bytes;
         let body = Bytes::from_request(request, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::BodyTooLarge(limit)
@@ -108,10 +115,6 @@ impl<S: Send + Sync> FromRequest<S> for Form {
         Ok(Form(Params::parse(&body)?))
     }
 }
-
-/// The body limit in force, as the router set it (for the 413's message).
-#[derive(Clone, Copy, Debug)]
-pub struct BodyLimit(pub usize);
 
 /// The Authority token: a Bearer token, or the password of Basic credentials (what `docker login`
 /// and `skopeo --creds` send). No credentials is a 401 that asks for Basic.
@@ -146,5 +149,45 @@ impl<S: Send + Sync> FromRequestParts<S> for Credential {
             Some((_, password)) if !password.is_empty() => Ok(Credential(password.to_owned())),
             _ => Err(ApiError::Credential("the password must be an Authority access token")),
         }
+    }
+}
+
+/// The client's address, for the ledger: the socket's peer, or — when the peer is one of
+/// `http.trusted_proxies` — the first hop of `X-Forwarded-For`, read from the right, that is not a
+/// trusted proxy. `None` without a socket (tests driving the router directly).
+#[derive(Debug)]
+pub struct ClientAddr(pub Option<String>);
+
+impl FromRequestParts<super::AppState> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, app: &super::AppState) -> Result<Self, Self::Rejection> {
+        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>().copied() else {
+            return Ok(ClientAddr(None));
+        };
+        let live = app.live();
+        let trusted = &live.config.http.trusted_proxies;
+        if !trusted.contains(&peer.ip()) {
+            return Ok(ClientAddr(Some(peer.ip().to_string())));
+        }
+        let hops: Vec<Option<IpAddr>> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .flat_map(|value| value.to_str().unwrap_or("").split(','))
+            .map(|hop| hop.trim().parse::<IpAddr>().ok())
+            .collect();
+        // From the right: each trusted proxy names who connected to it; the first hop that is not
+        // a trusted proxy is the client. A hop that is not an address ends the walk at the last
+        // address a trusted proxy vouched for.
+        let mut client = peer.ip();
+        for hop in hops.iter().rev() {
+            let Some(hop) = hop else { break };
+            client = *hop;
+            if !trusted.contains(hop) {
+                break;
+            }
+        }
+        Ok(ClientAddr(Some(client.to_string())))
     }
 }

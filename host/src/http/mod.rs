@@ -9,10 +9,12 @@
 //! on which handlers record what they learned), the body limit, and the 401 challenge. A new
 //! route is one `.route(...)` line; a new listener is one call of [`edge`].
 
+mod admin;
 mod error;
 mod extract;
 mod token;
 
+pub use admin::{AdminError, RevocationRequest};
 pub use error::{ApiError, OAuth};
 pub use extract::MAX_QUERY_BYTES;
 pub use token::get_response_body;
@@ -38,7 +40,35 @@ pub fn router(app: AppState) -> Router {
     let routes = Router::new()
         .route("/token", get(token::get_token).post(token::post_token).fallback(not_allowed("GET, POST")))
         .merge(probes());
-    edge(routes, app)
+    edge(routes, app, Challenge::Basic)
+}
+
+/// The operator listener's router (`admin.listen`): the admin API and the probes.
+pub fn admin_router(app: AppState) -> Router {
+    let routes = Router::new()
+        .route(
+            "/admin/v1/events",
+            get(admin::list_events).fallback(not_allowed("GET, HEAD")),
+        )
+        .route("/admin/v1/events/{id}", get(admin::get_event).fallback(not_allowed("GET, HEAD")))
+        .route(
+            "/admin/v1/revocations",
+            get(admin::list_revocations).post(admin::create_revocation).fallback(not_allowed("GET, HEAD, POST")),
+        )
+        .route(
+            "/admin/v1/revocations/{id}",
+            axum::routing::delete(admin::delete_revocation).fallback(not_allowed("DELETE")),
+        )
+        .merge(probes());
+    edge(routes, app, Challenge::Bearer)
+}
+
+/// The scheme a listener's 401 asks for: Basic on the token endpoint (the Authority token as the
+/// password, as Docker clients send it), Bearer on the operator listener.
+#[derive(Clone, Copy, Debug)]
+enum Challenge {
+    Basic,
+    Bearer,
 }
 
 /// `/healthz` and `/readyz`, for every listener.
@@ -47,15 +77,14 @@ fn probes() -> Router<AppState> {
 }
 
 /// What every listener has around its routes: 404 for unknown paths, the body limit of the
-/// configuration (read at start; a change needs a restart), the `WWW-Authenticate: Basic`
-/// challenge on a 401, and a span per request that ends in one log line.
-fn edge(routes: Router<AppState>, app: AppState) -> Router {
+/// configuration (read at start; a change needs a restart), the `WWW-Authenticate` challenge on
+/// a 401, and a span per request that ends in one log line.
+fn edge(routes: Router<AppState>, app: AppState, challenge: Challenge) -> Router {
     let max_body = app.live().config.http.max_body_bytes;
     routes
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::Extension(extract::BodyLimit(max_body)))
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), basic_challenge))
+        .layer(axum::middleware::from_fn_with_state((Arc::clone(&app), challenge), challenge_on_401))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
@@ -79,6 +108,7 @@ fn request_span(request: &Request) -> Span {
         granted = tracing::field::Empty,
         note = tracing::field::Empty,
         refused = tracing::field::Empty,
+        event = tracing::field::Empty,
     )
 }
 
@@ -87,13 +117,20 @@ fn served(response: &Response, latency: Duration, _span: &Span) {
     tracing::info!(status = response.status().as_u16(), latency_us = latency.as_micros() as u64, "served");
 }
 
-/// Every 401 of this listener asks for Basic credentials in the live configuration's realm (the
-/// Authority token goes in as the password).
-async fn basic_challenge(State(app): State<AppState>, request: Request, next: Next) -> Response {
+/// Every 401 of a listener asks for its scheme's credentials in the live configuration's realm.
+async fn challenge_on_401(
+    State((app, challenge)): State<(AppState, Challenge)>,
+    request: Request,
+    next: Next,
+) -> Response {
     let mut response = next.run(request).await;
     if response.status() == StatusCode::UNAUTHORIZED && !response.headers().contains_key(WWW_AUTHENTICATE) {
         let realm = app.live().config.realm.replace('"', "'");
-        if let Ok(challenge) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")) {
+        let scheme = match challenge {
+            Challenge::Basic => "Basic",
+            Challenge::Bearer => "Bearer",
+        };
+        if let Ok(challenge) = HeaderValue::from_str(&format!("{scheme} realm=\"{realm}\"")) {
             response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
         }
     }
@@ -118,8 +155,15 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(app): State<AppState>) -> Response {
     let live = app.live();
+    // A strict ledger that cannot be written means no token can be issued.
+    let ready = live.is_ready() && app.ledger.as_ref().is_none_or(crate::ledger::Ledger::can_issue);
+    let ledger = match &app.ledger {
+        Some(ledger) => serde_json::to_value(ledger.health()).unwrap_or_default(),
+        None => serde_json::json!("off"),
+    };
     let body = serde_json::json!({
-        "ready": live.is_ready(),
+        "ready": ready,
+        "ledger": ledger,
         "policy": {
             "module": live.policy.source(),
             "digest": live.policy.digest(),
@@ -130,7 +174,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
             "kid": live.minter.kid(),
         },
     });
-    let status = if live.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()
 }
 

@@ -3,10 +3,11 @@
 
 use super::AppState;
 use super::error::{ApiError, OAuth};
-use super::extract::{Credential, Form, Params, Query};
+use super::extract::{ClientAddr, Credential, Form, Params, Query};
 use crate::access::{Resource, scope_string};
 use crate::app::Live;
 use crate::authority;
+use crate::ledger::{Event, IssuedToken, Millis, Outcome};
 use crate::mint::Minted;
 use crate::policy::Decision;
 use crate::scope;
@@ -37,17 +38,15 @@ struct PostResponse<'a> {
     refresh_token: Option<&'a str>,
 }
 
-/// What both forms ask: a token for `service` granting (some of) `requested`, for the caller
-/// whose Authority token is `credential`.
+/// What both forms ask: a token for `service` granting (some of) `requested`.
 struct Exchange {
-    credential: String,
     service: String,
     requested: Vec<Resource>,
 }
 
 impl Exchange {
     /// Checks `service` against the configuration and parses the `scope` values.
-    fn new(live: &Live, params: &Params, credential: String) -> Result<Exchange, ApiError> {
+    fn new(live: &Live, params: &Params) -> Result<Exchange, ApiError> {
         let service = match params.first("service") {
             None | Some("") => return Err(ApiError::BadRequest("service is required".into())),
             Some(service) if live.config.services.iter().any(|s| s == service) => service.to_owned(),
@@ -60,7 +59,7 @@ impl Exchange {
         };
         let requested = scope::parse_scopes(params.all("scope"))?;
         Span::current().record("service", service.as_str());
-        Ok(Exchange { credential, service, requested })
+        Ok(Exchange { service, requested })
     }
 }
 
@@ -68,15 +67,15 @@ impl Exchange {
 /// Bearer token or as the Basic password.
 pub(super) async fn get_token(
     State(app): State<AppState>,
+    ClientAddr(client_addr): ClientAddr,
     Query(params): Query,
     Credential(credential): Credential,
 ) -> Result<Response, ApiError> {
     let live = app.live();
-    let exchange = Exchange::new(&live, &params, credential)?;
     let offline = params.first("offline_token").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let (minted, _granted) = issue(&app, &live, &exchange).await?;
+    let (minted, _granted) = exchange(&app, &live, &params, &credential, client_addr).await?;
     // The caller's own Authority token: no new long-lived secret is created.
-    let body = get_response_body(&minted, offline.then_some(exchange.credential.as_str()));
+    let body = get_response_body(&minted, offline.then_some(credential.as_str()));
     Ok(no_store(([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()))
 }
 
@@ -97,7 +96,11 @@ pub fn get_response_body(minted: &Minted, refresh_token: Option<&str>) -> Vec<u8
 
 /// `POST /token`, form-encoded: `grant_type=refresh_token` (the Authority token as
 /// `refresh_token`) or `grant_type=password` (the Authority token as `password`).
-pub(super) async fn post_token(State(app): State<AppState>, Form(params): Form) -> Result<Response, OAuth> {
+pub(super) async fn post_token(
+    State(app): State<AppState>,
+    ClientAddr(client_addr): ClientAddr,
+    Form(params): Form,
+) -> Result<Response, OAuth> {
     let live = app.live();
     let (credential, return_refresh) = match params.first("grant_type") {
         None => return Err(ApiError::BadRequest("grant_type is required".into()).into()),
@@ -105,30 +108,104 @@ pub(super) async fn post_token(State(app): State<AppState>, Form(params): Form) 
         Some("password") => (params.required("password")?, params.first("access_type") == Some("offline")),
         Some(other) => return Err(ApiError::UnsupportedGrant(other.to_owned()).into()),
     };
-    let exchange = Exchange::new(&live, &params, credential.to_owned())?;
-    let (minted, granted) = issue(&app, &live, &exchange).await?;
+    let (minted, granted) = exchange(&app, &live, &params, credential, client_addr).await?;
     let body = PostResponse {
         access_token: &minted.token,
         scope: scope_string(&granted),
         expires_in: minted.expires_in,
         issued_at: &minted.issued_at,
         // Never rotated: the Docker daemon does not store a new refresh token.
-        refresh_token: return_refresh.then_some(exchange.credential.as_str()),
+        refresh_token: return_refresh.then_some(credential),
     };
     Ok(no_store(axum::Json(body).into_response()))
 }
 
-/// Validate, decide, mint. Shared by both forms.
+/// Both forms, once the credential is read: validate, decide, mint — and record the exchange in
+/// the ledger, one event whatever the outcome. With strict durability an issued token is returned
+/// only once its event is committed; if it cannot be, the token is dropped and the answer is 503.
+async fn exchange(
+    app: &AppState,
+    live: &Live,
+    params: &Params,
+    credential: &str,
+    client_addr: Option<String>,
+) -> Result<(Minted, Vec<Resource>), ApiError> {
+    let Some(ledger) = &app.ledger else {
+        let mut unrecorded = Event::new(Outcome::Issued);
+        let exchange = Exchange::new(live, params)?;
+        return issue(app, live, credential, &exchange, &mut unrecorded).await;
+    };
+    let mut event = Event::new(Outcome::Issued);
+    event.client_addr = client_addr;
+    Span::current().record("event", event.id.as_str());
+    let result = match Exchange::new(live, params) {
+        Ok(exchange) => {
+            event.service = Some(exchange.service.clone());
+            event.requested = exchange.requested.iter().map(Resource::to_string).collect();
+            issue(app, live, credential, &exchange, &mut event).await
+        }
+        Err(error) => Err(error),
+    };
+    match &result {
+        Ok((minted, granted)) => {
+            event.granted = granted.iter().map(Resource::to_string).collect();
+            event.token = Some(IssuedToken {
+                jti: minted.jti.clone(),
+                exp: i64::try_from(minted.expires_at).unwrap_or(i64::MAX),
+                kid: live.minter.kid().to_owned(),
+            });
+        }
+        Err(error) => describe_failure(&mut event, error),
+    }
+    if let Err(unavailable) = ledger.keep(event).await {
+        tracing::warn!(error = %unavailable, "no token returned: its ledger event could not be committed");
+        return Err(ApiError::LedgerUnavailable);
+    }
+    result
+}
+
+/// The outcome and reason of a failed exchange, for its event.
+fn describe_failure(event: &mut Event, error: &ApiError) {
+    let (outcome, reason) = match error {
+        ApiError::Auth(error) => (Outcome::Refused, error.kind().to_owned()),
+        ApiError::Denied { reason, .. } => (Outcome::Denied, reason.clone()),
+        ApiError::KeysUnavailable => (Outcome::Fault, "keys_unavailable".to_owned()),
+        ApiError::Policy(fault) => (Outcome::Fault, fault.kind().to_owned()),
+        ApiError::Signing => (Outcome::Fault, "signing".to_owned()),
+        ApiError::LedgerUnavailable => (Outcome::Fault, "ledger".to_owned()),
+        _ => (Outcome::Refused, "bad_request".to_owned()),
+    };
+    event.outcome = outcome;
+    event.reason = Some(reason);
+    event.message = Some(error.to_string());
+}
+
+/// Validate, check revocations, decide, mint, noting on `event` who asked and what decided.
 async fn issue(
     app: &AppState,
     live: &Live,
+    credential: &str,
     exchange: &Exchange,
+    event: &mut Event,
 ) -> Result<(Minted, Vec<Resource>), ApiError> {
     let now = (app.clock)();
     let span = Span::current();
-    let validated = live.validator.validate(&exchange.credential, now).await?;
+    let validated = live.validator.validate(credential, now).await?;
     let caller = &validated.caller;
     span.record("sub", caller.subject.as_str());
+    if let Some(ledger) = &app.ledger {
+        event.set_caller(caller, &live.config.authority.issuer, validated.jti.as_deref());
+        // The host's own check, before any policy is asked: no policy can grant to a revoked caller.
+        if let Some(revocation) = ledger.revoked(caller, validated.jti.as_deref(), Millis::from_seconds(now)) {
+            return Err(ApiError::Denied {
+                reason: "revoked".to_owned(),
+                message: revocation.message(),
+                status: live.config.http.denial_status,
+            });
+        }
+        event.policy_digest = Some(live.policy.digest().to_owned());
+        event.settings_version = Some(live.policy.settings_version().to_owned());
+    }
 
     let decision =
         live.policy.evaluate(caller, &exchange.service, &exchange.requested).await.inspect_err(|fault| {

@@ -90,6 +90,10 @@ pub struct Minted {
     pub expires_in: u64,
     /// `iat` as RFC 3339 UTC (`2026-11-28T15:34:47Z`).
     pub issued_at: String,
+    /// The token's `jti` (for the ledger).
+    pub jti: String,
+    /// The token's `exp`, Unix seconds.
+    pub expires_at: u64,
 }
 
 #[derive(Serialize)]
@@ -109,7 +113,7 @@ struct Claims<'a> {
     exp: u64,
     nbf: u64,
     iat: u64,
-    jti: String,
+    jti: &'a str,
     access: &'a [Resource],
 }
 
@@ -171,6 +175,7 @@ impl Minter {
         let exp = now.saturating_add(self.lifetime_seconds).min(not_after).max(now + 1);
         let mut jti = [0u8; 16];
         aws_lc_rs::rand::fill(&mut jti)?;
+        let jti = BASE64URL_NOPAD.encode(&jti);
         let claims = Claims {
             iss: &self.issuer,
             sub: subject,
@@ -178,7 +183,7 @@ impl Minter {
             exp,
             nbf: now,
             iat: now,
-            jti: BASE64URL_NOPAD.encode(&jti),
+            jti: &jti,
             access,
         };
         let claims = serde_json::to_vec(&claims).map_err(|_| aws_lc_rs::error::Unspecified)?;
@@ -189,7 +194,7 @@ impl Minter {
         let signature = self.key.sign(token.as_bytes())?;
         token.push('.');
         BASE64URL_NOPAD.encode_append(&signature, &mut token);
-        Ok(Minted { token, expires_in: exp - now, issued_at: rfc3339(now) })
+        Ok(Minted { token, expires_in: exp - now, issued_at: rfc3339(now), jti, expires_at: exp })
     }
 }
 

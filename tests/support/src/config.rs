@@ -27,6 +27,8 @@ pub struct Config {
     pub cache: Cache,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watch: Option<bool>,
+    pub ledger: Ledger,
+    pub admin: Admin,
     /// Merged over the typed keys when written; filled by [`Config::set`].
     #[serde(skip)]
     pub extra: Mapping,
@@ -105,6 +107,28 @@ pub struct Cache {
     pub decisions: Option<u64>,
 }
 
+/// `ledger:` — where exchanges are recorded and revocations live.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Ledger {
+    /// `sqlite://PATH`, `postgres://...` or `none`.
+    pub url: String,
+    /// `strict` or `relaxed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durability: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_events: Option<u64>,
+}
+
+/// `admin:` — the operator listener.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Admin {
+    pub listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required_scope: Option<String>,
+}
+
 impl Policy {
     fn is_unset(&self) -> bool {
         *self == Policy::default()
@@ -150,6 +174,9 @@ impl Config {
             http: Http::default(),
             cache: Cache::default(),
             watch: None,
+            // Each installation its own ledger file and a free admin port: tests run side by side.
+            ledger: Ledger { url: format!("sqlite://{}", root.join("ledger.db").display()), ..Ledger::default() },
+            admin: Admin { listen: "127.0.0.1:0".to_owned(), required_scope: None },
             extra: Mapping::new(),
         }
     }

@@ -96,6 +96,23 @@ impl Client {
         self.send(self.inner.post(self.url(path)).form(pairs))
     }
 
+    /// `POST path` with `Authorization: Bearer TOKEN` and `body` as `application/json` (sent as
+    /// written, so a test can send malformed JSON).
+    pub fn post_json_bearer(&self, path: &str, token: &str, body: &str) -> reqwest::Result<Reply> {
+        let request = self
+            .inner
+            .post(self.url(path))
+            .bearer_auth(token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_owned());
+        self.send(request)
+    }
+
+    /// `DELETE path` with `Authorization: Bearer TOKEN`.
+    pub fn delete_bearer(&self, path: &str, token: &str) -> reqwest::Result<Reply> {
+        self.send(self.inner.delete(self.url(path)).bearer_auth(token))
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

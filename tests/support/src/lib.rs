@@ -1,7 +1,8 @@
 //! Shared pieces of registry-token's tests: the test guests (built from source by `build.rs`),
 //! processes that are stopped by PID whatever happens to the test, and the fixtures of a running
 //! installation — its configuration file ([`Config`]), the plan catalogue ([`PLANS`]), the server
-//! ([`Server`]) and an HTTP client of it ([`Client`]).
+//! ([`Server`]), an HTTP client of it ([`Client`]) and a throwaway PostgreSQL cluster
+//! ([`PostgresCluster`]).
 //!
 //! It knows the service only from the outside (its file format, command line and protocol), so it
 //! does not depend on the `registry-token` crate; the binary's path comes from the caller
@@ -11,11 +12,13 @@
 mod config;
 mod http;
 mod plans;
+mod postgres;
 mod server;
 
-pub use config::{Authority, Cache, Config, Http, Policy, Signing};
+pub use config::{Admin, Authority, Cache, Config, Http, Ledger, Policy, Signing};
 pub use http::{Client, Reply, raw_exchange};
 pub use plans::{PLANS, as_json, plans_revoking, plans_with};
+pub use postgres::PostgresCluster;
 pub use server::{Server, serve_command};
 
 use std::io::{BufRead, BufReader, Read};

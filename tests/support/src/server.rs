@@ -21,6 +21,7 @@ pub fn serve_command(binary: impl AsRef<OsStr>, config: &Path) -> Command {
 pub struct Server {
     process: Process,
     address: String,
+    admin_address: String,
 }
 
 impl Server {
@@ -28,6 +29,8 @@ impl Server {
     const START: Duration = Duration::from_secs(60);
     /// What the server prints on stdout once it accepts connections, before its address.
     const LISTENING: &str = "registry-token listening on http://";
+    /// What it prints just before, with the operator listener's address.
+    const ADMIN_LISTENING: &str = "registry-token admin listening on http://";
 
     /// `binary serve --config config`, once it listens.
     pub fn start(binary: impl AsRef<OsStr>, config: &Path) -> Server {
@@ -45,8 +48,9 @@ impl Server {
     }
 
     fn listening(mut process: Process) -> Server {
+        let admin_address = process.wait_for_stdout(Server::ADMIN_LISTENING, Server::START);
         let address = process.wait_for_stdout(Server::LISTENING, Server::START);
-        Server { process, address }
+        Server { process, address, admin_address }
     }
 
     /// `127.0.0.1:PORT`.
@@ -57,6 +61,16 @@ impl Server {
     /// An HTTP client of this server.
     pub fn client(&self) -> Client {
         Client::new(&self.address)
+    }
+
+    /// The operator listener's `127.0.0.1:PORT`.
+    pub fn admin_address(&self) -> &str {
+        &self.admin_address
+    }
+
+    /// An HTTP client of the operator listener.
+    pub fn admin(&self) -> Client {
+        Client::new(&self.admin_address)
     }
 }
 

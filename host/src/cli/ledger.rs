@@ -1,0 +1,217 @@
+//! `registry-token ledger events|revoke|revocations|unrevoke`: the ledger read and changed
+//! directly, so it works while the service is down (forensics) and from any host that reaches a
+//! shared PostgreSQL. A revocation made here reaches running replicas at their next poll
+//! (within a second).
+
+use crate::config::Config;
+use crate::http::RevocationRequest;
+use crate::ledger::{Event, EventFilter, Ledger, Millis, Outcome, Revocation};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Subcommand)]
+pub(super) enum LedgerCommand {
+    /// List events, newest first.
+    Events {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this caller's (or administrator's) `sub`.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Only this `stellaops:license`.
+        #[arg(long, alias = "license")]
+        licence: Option<String>,
+        /// Only this `stellaops:tenant`.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this outcome: issued, denied, refused, fault, revocation_created, revocation_lifted.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Only events of this caller token's or registry token's `jti`.
+        #[arg(long)]
+        jti: Option<String>,
+        /// At or after (RFC 3339 or Unix seconds).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before (RFC 3339 or Unix seconds).
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON document `{"events": [...]}` instead of one line per event.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a subject, licence, tenant, client or caller token (by `jti`).
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// subject, licence, tenant, client or caller_token.
+        kind: String,
+        /// What it names.
+        value: String,
+        /// Why (shown to the refused caller).
+        #[arg(long)]
+        reason: String,
+        /// When it stops applying (RFC 3339 or Unix seconds); until lifted if omitted.
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// Apply it to this tenant's callers only.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List revocations (expired ones until pruned).
+    Revocations {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// As JSON `{"revocations": [...]}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a revocation.
+    Unrevoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The revocation's id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ConfigArg {
+    /// The service's configuration file (its `ledger.url` is used).
+    #[arg(long, env = "REGISTRY_TOKEN_CONFIG", default_value = "etc/registry-token.yaml")]
+    config: PathBuf,
+}
+
+async fn open(config: &ConfigArg) -> Result<Ledger, String> {
+    let config = Config::load(&config.config).map_err(|e| e.to_string())?;
+    Ledger::open(&config.ledger, false)
+        .await
+        .map_err(|e| format!("the ledger: {e}"))?
+        .ok_or_else(|| "ledger.url is none: this configuration keeps no ledger".to_owned())
+}
+
+/// Who acts from the command line: `cli:` and the local user.
+fn actor() -> String {
+    format!("cli:{}", ["SUDO_USER", "USER", "LOGNAME"].iter().find_map(|name| std::env::var(name).ok()).unwrap_or_else(|| "unknown".into()))
+}
+
+fn cli_audit(outcome: Outcome, revocation: &Revocation) -> Event {
+    let mut event = Event::new(outcome);
+    event.sub = Some(actor());
+    event.tenant.clone_from(&revocation.tenant);
+    event.reason = Some(revocation.kind.as_str().to_owned());
+    let verb = if outcome == Outcome::RevocationCreated { "revoked" } else { "revocation lifted" };
+    event.message = Some(format!(
+        "{} {} {verb} by {} (revocation {}): {}",
+        revocation.kind,
+        revocation.value,
+        actor(),
+        revocation.id,
+        revocation.reason
+    ));
+    event
+}
+
+pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
+    match command {
+        LedgerCommand::Events { config, sub, licence, tenant, outcome, jti, since, until, limit, json } => {
+            let ledger = open(&config).await?;
+            let outcome = outcome
+                .map(|name| Outcome::from_name(&name).ok_or_else(|| format!("--outcome {name:?} is not an outcome")))
+                .transpose()?;
+            let time = |value: Option<String>, name: &str| {
+                value.map(|v| Millis::parse(&v).map_err(|e| format!("--{name}: {e}"))).transpose()
+            };
+            let filter = EventFilter {
+                sub,
+                licence,
+                tenant,
+                outcome,
+                jti,
+                since: time(since, "since")?,
+                until: time(until, "until")?,
+                before_id: None,
+                limit,
+            };
+            let events = ledger.events(&filter).await.map_err(|e| e.to_string())?;
+            if json {
+                let document = serde_json::json!({ "events": events });
+                println!("{document}");
+            } else {
+                for event in &events {
+                    println!("{}", event_line(event));
+                }
+            }
+        }
+        LedgerCommand::Revoke { config, kind, value, reason, expires_at, tenant } => {
+            let ledger = open(&config).await?;
+            let now = Millis::now();
+            let request =
+                RevocationRequest::new(&kind, &value, &reason, expires_at.as_deref(), tenant.as_deref(), now)?;
+            let revocation = request.into_revocation(&actor(), now);
+            let audit = cli_audit(Outcome::RevocationCreated, &revocation);
+            ledger.revoke(&revocation, audit).await.map_err(|e| e.to_string())?;
+            println!("{}", revocation.id);
+            eprintln!("revoked {} {}; running replicas apply it within a second", revocation.kind, revocation.value);
+        }
+        LedgerCommand::Revocations { config, json } => {
+            let ledger = open(&config).await?;
+            let revocations = ledger.revocations().await.map_err(|e| e.to_string())?;
+            if json {
+                println!("{}", serde_json::json!({ "revocations": revocations }));
+            } else {
+                for r in &revocations {
+                    println!(
+                        "{}  {} {}  tenant={}  expires={}  by={}  {}",
+                        r.id,
+                        r.kind,
+                        r.value,
+                        r.tenant.as_deref().unwrap_or("*"),
+                        r.expires_at.map_or_else(|| "never".to_owned(), |t| t.to_string()),
+                        r.created_by,
+                        r.reason
+                    );
+                }
+            }
+        }
+        LedgerCommand::Unrevoke { config, id } => {
+            let ledger = open(&config).await?;
+            let revocations = ledger.revocations().await.map_err(|e| e.to_string())?;
+            let Some(revocation) = revocations.into_iter().find(|r| r.id == id) else {
+                return Err(format!("no revocation {id}"));
+            };
+            let audit = cli_audit(Outcome::RevocationLifted, &revocation);
+            ledger.unrevoke(&id, audit).await.map_err(|e| e.to_string())?;
+            println!("lifted {id} ({} {})", revocation.kind, revocation.value);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line: time, outcome, who, what, why.
+fn event_line(event: &Event) -> String {
+    let dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
+    let mut line = format!(
+        "{} {} {:<18} sub={} tenant={} service={}",
+        event.time,
+        event.id,
+        event.outcome.as_str(),
+        dash(&event.sub),
+        dash(&event.tenant),
+        dash(&event.service)
+    );
+    if !event.granted.is_empty() {
+        line.push_str(&format!(" granted={}", event.granted.join(" ")));
+    }
+    if let Some(reason) = &event.reason {
+        line.push_str(&format!(" reason={reason}"));
+    }
+    if let Some(message) = &event.message {
+        line.push_str(&format!(" message={message:?}"));
+    }
+    line
+}

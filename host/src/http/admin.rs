@@ -1,0 +1,432 @@
+//! The admin API on the operator listener: the ledger's events, and revocations that take effect
+//! at once. Callers are administrators: an Authority token (Bearer) validated like any caller's,
+//! carrying `admin.required_scope`.
+//!
+//! Tenant-aware: an administrator whose token carries `stellaops:tenant` sees only that tenant's
+//! events and revocations, and revokes only within it; only one without a tenant acts globally.
+//! Anything else is a 403 and writes nothing. Bad input is a 400 that writes nothing.
+
+use super::AppState;
+use super::extract::{ClientAddr, Params};
+use crate::access::Caller;
+use crate::ledger::{Event, EventFilter, Ledger, Millis, Outcome, Revocation, RevocationKind, StoreError};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use data_encoding::BASE64URL_NOPAD;
+use serde::Deserialize;
+use serde_json::json;
+use tracing::Span;
+
+/// Largest admin request body.
+pub const MAX_ADMIN_BODY: usize = 16 * 1024;
+/// Most events in one page.
+pub const MAX_PAGE: usize = 1000;
+const DEFAULT_PAGE: usize = 100;
+const MAX_VALUE: usize = 256;
+const MAX_REASON: usize = 500;
+
+/// Why an admin request failed; answered as `{"error": CODE, "message": TEXT}`.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// No or an invalid administrator token (401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Not allowed for this administrator (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Malformed input (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such event or revocation (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// `ledger.url: none` (503).
+    #[error("the ledger is off (ledger.url: none): there are no events or revocations")]
+    LedgerOff,
+    /// The ledger failed (503); the cause goes to the log.
+    #[error("the ledger is unavailable; try again later")]
+    Ledger(#[from] StoreError),
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            AdminError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            AdminError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            AdminError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AdminError::LedgerOff => (StatusCode::SERVICE_UNAVAILABLE, "ledger_off"),
+            AdminError::Ledger(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        };
+        let message = self.to_string();
+        match &self {
+            AdminError::Ledger(error) => tracing::error!(%error, "an admin request failed in the ledger"),
+            _ => {
+                Span::current().record("refused", message.as_str());
+            }
+        }
+        (status, Json(json!({ "error": code, "message": message }))).into_response()
+    }
+}
+
+/// A validated administrator.
+#[derive(Debug)]
+pub struct Admin {
+    caller: Caller,
+    jti: Option<String>,
+    issuer: String,
+}
+
+impl Admin {
+    /// `Some(tenant)` confines this administrator to it.
+    fn tenant(&self) -> Option<&str> {
+        self.caller.tenant.as_deref()
+    }
+
+    fn may_see(&self, tenant: Option<&str>) -> bool {
+        self.tenant().is_none_or(|own| tenant == Some(own))
+    }
+
+    /// An audit event of this administrator's action.
+    fn audit(&self, outcome: Outcome, revocation: &Revocation, client_addr: Option<String>) -> Event {
+        let mut event = Event::new(outcome);
+        event.set_caller(&self.caller, &self.issuer, self.jti.as_deref());
+        // The tenant the action applies in, so that tenant's administrators see it.
+        event.tenant.clone_from(&revocation.tenant);
+        event.client_addr = client_addr;
+        event.reason = Some(revocation.kind.as_str().to_owned());
+        let verb = if outcome == Outcome::RevocationCreated { "revoked" } else { "revocation lifted" };
+        event.message = Some(format!(
+            "{} {} {verb} by {} (revocation {}): {}",
+            revocation.kind, revocation.value, self.caller.subject, revocation.id, revocation.reason
+        ));
+        event
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, AdminError> {
+        let missing = || {
+            AdminError::Unauthenticated(
+                "an administrator's Authority access token is required: Authorization: Bearer TOKEN".into(),
+            )
+        };
+        let header = parts.headers.get(AUTHORIZATION).ok_or_else(missing)?;
+        let header = header.to_str().map_err(|_| missing())?;
+        let (scheme, token) = header.split_once(' ').ok_or_else(missing)?;
+        let token = token.trim();
+        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+            return Err(missing());
+        }
+        let live = app.live();
+        let validated = live.admin_validator.validate(token, (app.clock)()).await.map_err(|error| match error {
+            crate::authority::AuthError::MissingScope(scope) => {
+                AdminError::Forbidden(format!("the token lacks the scope {scope}: it is not an administrator's"))
+            }
+            error => AdminError::Unauthenticated(error.to_string()),
+        })?;
+        Span::current().record("sub", validated.caller.subject.as_str());
+        Ok(Admin {
+            caller: validated.caller.clone(),
+            jti: validated.jti.clone(),
+            issuer: live.config.authority.issuer.clone(),
+        })
+    }
+}
+
+fn ledger(app: &AppState) -> Result<&Ledger, AdminError> {
+    app.ledger.as_ref().ok_or(AdminError::LedgerOff)
+}
+
+/// A value that names something (a subject, licence, tenant, client, jti, or a filter of one):
+/// letters, digits and `. _ : @ / + = | - ~`, at most 256 bytes. Quotes, spaces, NULs and the
+/// like are refused, so a value is always safe to show and to compare.
+fn identifier(name: &str, value: &str) -> Result<String, AdminError> {
+    if value.is_empty() {
+        return Err(AdminError::BadRequest(format!("{name} is empty")));
+    }
+    if value.len() > MAX_VALUE {
+        return Err(AdminError::BadRequest(format!("{name} is longer than {MAX_VALUE} bytes")));
+    }
+    if let Some(bad) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || "._:@/+=|-~".contains(*c))) {
+        return Err(AdminError::BadRequest(format!(
+            "{name} contains {bad:?}; allowed are letters, digits and . _ : @ / + = | - ~"
+        )));
+    }
+    Ok(value.to_owned())
+}
+
+/// `GET /admin/v1/events?sub=&licence=&tenant=&outcome=&jti=&since=&until=&limit=&cursor=`
+pub(super) async fn list_events(State(app): State<AppState>, admin: Admin, uri: Uri) -> Result<Response, AdminError> {
+    let ledger = ledger(&app)?;
+    let params = Params::parse(uri.query().unwrap_or("").as_bytes())
+        .map_err(|error| AdminError::BadRequest(error.to_string()))?;
+    let mut filter = EventFilter { limit: DEFAULT_PAGE, ..EventFilter::default() };
+    let mut seen: Vec<&str> = Vec::new();
+    let mut cursor = None;
+    for (name, value) in params.iter() {
+        if seen.contains(&name) {
+            return Err(AdminError::BadRequest(format!("{name} is given more than once")));
+        }
+        seen.push(name);
+        match name {
+            "sub" => filter.sub = Some(identifier(name, value)?),
+            "licence" | "license" => filter.licence = Some(identifier(name, value)?),
+            "tenant" => filter.tenant = Some(identifier(name, value)?),
+            "jti" => filter.jti = Some(identifier(name, value)?),
+            "outcome" => {
+                filter.outcome = Some(Outcome::from_name(value).ok_or_else(|| {
+                    let known: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+                    AdminError::BadRequest(format!("outcome {value:?} is not one of {}", known.join(", ")))
+                })?);
+            }
+            "since" => filter.since = Some(Millis::parse(value).map_err(|e| AdminError::BadRequest(format!("since: {e}")))?),
+            "until" => filter.until = Some(Millis::parse(value).map_err(|e| AdminError::BadRequest(format!("until: {e}")))?),
+            "limit" => {
+                filter.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|limit| (1..=MAX_PAGE).contains(limit))
+                    .ok_or_else(|| AdminError::BadRequest(format!("limit must be between 1 and {MAX_PAGE}")))?;
+            }
+            "cursor" => cursor = Some(value.to_owned()),
+            other => {
+                return Err(AdminError::BadRequest(format!(
+                    "unknown parameter {:?}; filters are sub, licence, tenant, outcome, jti, since, until, limit, cursor",
+                    crate::authority::shorten(other)
+                )));
+            }
+        }
+    }
+    if let Some(own) = admin.tenant() {
+        match &filter.tenant {
+            Some(asked) if asked != own => {
+                return Err(AdminError::Forbidden(format!(
+                    "this administrator acts for tenant {own} and cannot read tenant {asked}'s events"
+                )));
+            }
+            _ => filter.tenant = Some(own.to_owned()),
+        }
+    }
+    if let Some(cursor) = cursor {
+        filter.before_id = Some(resolve_cursor(ledger, &admin, &cursor).await?);
+    }
+    let limit = filter.limit;
+    filter.limit = limit + 1;
+    let mut events = ledger.events(&filter).await?;
+    let next_cursor = if events.len() > limit {
+        events.truncate(limit);
+        events.last().map(|event| BASE64URL_NOPAD.encode(event.id.as_bytes()))
+    } else {
+        None
+    };
+    Ok(Json(json!({ "events": events, "next_cursor": next_cursor })).into_response())
+}
+
+/// A cursor is the id of the last event of the page before, as this API issued it: it must
+/// decode to an event this administrator may see.
+async fn resolve_cursor(ledger: &Ledger, admin: &Admin, cursor: &str) -> Result<String, AdminError> {
+    let not_issued = || AdminError::BadRequest("the cursor was not issued by this API; use next_cursor as given".into());
+    let id = BASE64URL_NOPAD
+        .decode(cursor.as_bytes())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|id| uuid::Uuid::try_parse(id).is_ok())
+        .ok_or_else(not_issued)?;
+    match ledger.event(&id).await? {
+        Some(event) if admin.may_see(event.tenant.as_deref()) => Ok(id),
+        _ => Err(not_issued()),
+    }
+}
+
+/// `GET /admin/v1/events/{id}`: 404 also for another tenant's event (its existence is not told).
+pub(super) async fn get_event(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Response, AdminError> {
+    let ledger = ledger(&app)?;
+    if uuid::Uuid::try_parse(&id).is_err() {
+        return Err(AdminError::BadRequest("an event id is a UUID".into()));
+    }
+    match ledger.event(&id).await? {
+        Some(event) if admin.may_see(event.tenant.as_deref()) => Ok(Json(event).into_response()),
+        _ => Err(AdminError::NotFound(format!("no event {id}"))),
+    }
+}
+
+/// `GET /admin/v1/revocations`: those this administrator may see, oldest first.
+pub(super) async fn list_revocations(State(app): State<AppState>, admin: Admin) -> Result<Response, AdminError> {
+    let ledger = ledger(&app)?;
+    let revocations: Vec<Revocation> =
+        ledger.revocations().await?.into_iter().filter(|r| admin.may_see(r.tenant.as_deref())).collect();
+    Ok(Json(json!({ "revocations": revocations })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRevocation {
+    kind: String,
+    value: String,
+    reason: String,
+    #[serde(default)]
+    expires_at: Option<String>,
+    /// For a global administrator: confine the revocation to this tenant's callers.
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+/// What a revocation request asks, checked. Shared with `registry-token ledger revoke`.
+#[derive(Debug)]
+pub struct RevocationRequest {
+    /// What it names.
+    pub kind: RevocationKind,
+    /// The value.
+    pub value: String,
+    /// Why.
+    pub reason: String,
+    /// Until when.
+    pub expires_at: Option<Millis>,
+    /// Confined to this tenant's callers.
+    pub tenant: Option<String>,
+}
+
+impl RevocationRequest {
+    /// Checks each field; the message says which is wrong.
+    pub fn new(
+        kind: &str,
+        value: &str,
+        reason: &str,
+        expires_at: Option<&str>,
+        tenant: Option<&str>,
+        now: Millis,
+    ) -> Result<RevocationRequest, String> {
+        let bad = |error: AdminError| error.to_string();
+        let kind = RevocationKind::from_name(kind).ok_or_else(|| {
+            let known: Vec<&str> = RevocationKind::ALL.iter().map(|k| k.as_str()).collect();
+            format!("kind {:?} is not one of {}", crate::authority::shorten(kind), known.join(", "))
+        })?;
+        let value = identifier("value", value).map_err(bad)?;
+        let tenant = tenant.map(|t| identifier("tenant", t)).transpose().map_err(bad)?;
+        if reason.trim().is_empty() {
+            return Err("reason is empty: say why (it is shown to the refused caller)".into());
+        }
+        if reason.chars().count() > MAX_REASON {
+            return Err(format!("reason is longer than {MAX_REASON} characters"));
+        }
+        if reason.chars().any(char::is_control) {
+            return Err("reason contains control characters (a NUL, a newline, ...)".into());
+        }
+        let expires_at = match expires_at {
+            None => None,
+            Some(text) => {
+                let at = Millis::parse(text).map_err(|e| format!("expires_at: {e}"))?;
+                if at <= now {
+                    return Err(format!("expires_at {at} is not in the future"));
+                }
+                Some(at)
+            }
+        };
+        Ok(RevocationRequest { kind, value, reason: reason.to_owned(), expires_at, tenant })
+    }
+
+    /// The revocation, made now by `created_by`.
+    pub fn into_revocation(self, created_by: &str, now: Millis) -> Revocation {
+        Revocation {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: self.kind,
+            value: self.value,
+            tenant: self.tenant,
+            reason: self.reason,
+            created_at: now,
+            expires_at: self.expires_at,
+            created_by: created_by.to_owned(),
+        }
+    }
+}
+
+/// `POST /admin/v1/revocations` with `{"kind", "value", "reason", "expires_at"?, "tenant"?}`: 201
+/// and the revocation, in force on this replica before the answer is sent.
+pub(super) async fn create_revocation(
+    State(app): State<AppState>,
+    admin: Admin,
+    ClientAddr(client_addr): ClientAddr,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let ledger = ledger(&app)?;
+    if body.len() > MAX_ADMIN_BODY {
+        return Err(AdminError::BadRequest(format!("the body is larger than {MAX_ADMIN_BODY} bytes")));
+    }
+    let asked: NewRevocation = serde_json::from_slice(&body)
+        .map_err(|e| AdminError::BadRequest(format!("the body is not a revocation as JSON: {e}")))?;
+    let now = Millis::now();
+    let mut request = RevocationRequest::new(
+        &asked.kind,
+        &asked.value,
+        &asked.reason,
+        asked.expires_at.as_deref(),
+        asked.tenant.as_deref(),
+        now,
+    )
+    .map_err(AdminError::BadRequest)?;
+    if let Some(own) = admin.tenant() {
+        if request.tenant.as_deref().is_some_and(|t| t != own) {
+            return Err(AdminError::Forbidden(format!(
+                "this administrator acts for tenant {own} and cannot revoke in another tenant"
+            )));
+        }
+        if request.kind == RevocationKind::Tenant && request.value != own {
+            return Err(AdminError::Forbidden(format!(
+                "this administrator acts for tenant {own} and can revoke no other tenant"
+            )));
+        }
+        // Whatever it names, it applies to this tenant's callers only.
+        request.tenant = Some(own.to_owned());
+    }
+    let revocation = request.into_revocation(&admin.caller.subject, now);
+    let audit = admin.audit(Outcome::RevocationCreated, &revocation, client_addr);
+    ledger.revoke(&revocation, audit).await?;
+    tracing::info!(
+        id = revocation.id,
+        kind = revocation.kind.as_str(),
+        value = revocation.value,
+        tenant = revocation.tenant,
+        by = admin.caller.subject,
+        "revoked"
+    );
+    Ok((StatusCode::CREATED, Json(revocation)).into_response())
+}
+
+/// `DELETE /admin/v1/revocations/{id}`: 204 once lifted.
+pub(super) async fn delete_revocation(
+    State(app): State<AppState>,
+    admin: Admin,
+    ClientAddr(client_addr): ClientAddr,
+    Path(id): Path<String>,
+) -> Result<Response, AdminError> {
+    let ledger = ledger(&app)?;
+    if uuid::Uuid::try_parse(&id).is_err() {
+        return Err(AdminError::BadRequest("a revocation id is a UUID".into()));
+    }
+    let Some(revocation) = ledger.revocations().await?.into_iter().find(|r| r.id == id) else {
+        return Err(AdminError::NotFound(format!("no revocation {id}")));
+    };
+    if !admin.may_see(revocation.tenant.as_deref()) {
+        return Err(AdminError::Forbidden(format!(
+            "revocation {id} is not this administrator's tenant's to lift"
+        )));
+    }
+    let audit = admin.audit(Outcome::RevocationLifted, &revocation, client_addr);
+    if !ledger.unrevoke(&id, audit).await? {
+        return Err(AdminError::NotFound(format!("no revocation {id}")));
+    }
+    tracing::info!(id, by = admin.caller.subject, "revocation lifted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

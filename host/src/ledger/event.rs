@@ -1,0 +1,406 @@
+//! What the ledger records: one [`Event`] per exchange (and per admin action), and the
+//! [`Revocation`]s the host checks before any policy is asked.
+
+use crate::access::Caller;
+use serde::{Serialize, Serializer};
+use std::fmt;
+
+/// Milliseconds since the Unix epoch; rendered as RFC 3339 UTC with milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Millis(pub i64);
+
+impl Millis {
+    /// The system clock.
+    pub fn now() -> Millis {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Millis(i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// From Unix seconds.
+    pub fn from_seconds(seconds: u64) -> Millis {
+        Millis(i64::try_from(seconds).unwrap_or(i64::MAX / 1000).saturating_mul(1000))
+    }
+
+    /// Parses RFC 3339 (`2026-12-31T00:00:00Z`) or Unix seconds.
+    pub fn parse(text: &str) -> Result<Millis, String> {
+        if let Ok(seconds) = text.parse::<u64>() {
+            return Ok(Millis::from_seconds(seconds));
+        }
+        let time = humantime::parse_rfc3339_weak(text)
+            .map_err(|_| format!("{:?} is not an RFC 3339 time (2026-12-31T00:00:00Z) or Unix seconds", short(text)))?;
+        let since = time.duration_since(std::time::UNIX_EPOCH).map_err(|_| "a time before 1970".to_owned())?;
+        Ok(Millis(i64::try_from(since.as_millis()).unwrap_or(i64::MAX)))
+    }
+}
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let millis = u64::try_from(self.0).unwrap_or_default();
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis);
+        humantime::format_rfc3339_millis(time).fmt(f)
+    }
+}
+
+impl Serialize for Millis {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+fn short(text: &str) -> &str {
+    text.char_indices().nth(40).map_or(text, |(cut, _)| &text[..cut])
+}
+
+/// What happened to an exchange, or which admin action an event records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// A registry token was returned.
+    Issued,
+    /// The policy or a revocation refused the caller.
+    Denied,
+    /// The request was refused before the policy: the caller token failed validation, or the
+    /// request was malformed.
+    Refused,
+    /// The service failed (policy fault, keys unavailable, signing): nothing was issued.
+    Fault,
+    /// An administrator revoked something.
+    RevocationCreated,
+    /// An administrator lifted a revocation.
+    RevocationLifted,
+}
+
+impl Outcome {
+    /// Every outcome, for parsing.
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Issued,
+        Outcome::Denied,
+        Outcome::Refused,
+        Outcome::Fault,
+        Outcome::RevocationCreated,
+        Outcome::RevocationLifted,
+    ];
+
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Issued => "issued",
+            Outcome::Denied => "denied",
+            Outcome::Refused => "refused",
+            Outcome::Fault => "fault",
+            Outcome::RevocationCreated => "revocation_created",
+            Outcome::RevocationLifted => "revocation_lifted",
+        }
+    }
+
+    /// The outcome named `name`.
+    pub fn from_name(name: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == name)
+    }
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// The registry token an `issued` event is about (never the token itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IssuedToken {
+    /// Its `jti`.
+    pub jti: String,
+    /// Its `exp`, Unix seconds.
+    pub exp: i64,
+    /// The `kid` of the key that signed it.
+    pub kid: String,
+}
+
+/// One record of the ledger. Never holds a token, a key or a password.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// UUIDv7: sortable by time.
+    pub id: String,
+    /// When it happened.
+    pub time: Millis,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Machine-readable cause: the denial reason (`revoked`, `licence-revoked`), the validation
+    /// failure (`expired`, `signature`, ...), the fault kind, or the revocation kind.
+    pub reason: Option<String>,
+    /// The explanation, as the caller (or the operator) was told.
+    pub message: Option<String>,
+    /// The caller's `sub` (for an admin event: the administrator's).
+    pub sub: Option<String>,
+    /// The caller's `client_id`.
+    pub client_id: Option<String>,
+    /// The caller's `stellaops:tenant` (for an admin event: the tenant it acted in).
+    pub tenant: Option<String>,
+    /// The caller's `stellaops:plan`.
+    pub plan: Option<String>,
+    /// The caller's `stellaops:license`.
+    pub licence: Option<String>,
+    /// The caller token's `iss`.
+    pub iss: Option<String>,
+    /// The caller token's `jti`.
+    pub jti: Option<String>,
+    /// The client's address: the socket's, or the first untrusted `X-Forwarded-For` hop.
+    pub client_addr: Option<String>,
+    /// The `service` asked for.
+    pub service: Option<String>,
+    /// The scopes asked for, in scope syntax.
+    pub requested: Vec<String>,
+    /// The scopes granted, in scope syntax.
+    pub granted: Vec<String>,
+    /// The SHA-256 of the policy component that decided.
+    pub policy_digest: Option<String>,
+    /// The version (SHA-256) of the policy's settings.
+    pub settings_version: Option<String>,
+    /// For `issued`: the registry token's `jti`, `exp` and signing `kid`.
+    pub token: Option<IssuedToken>,
+}
+
+impl Event {
+    /// A new event happening now, with a fresh id.
+    pub fn new(outcome: Outcome) -> Event {
+        Event::at(outcome, Millis::now())
+    }
+
+    /// A new event at `time`, with a fresh id.
+    pub fn at(outcome: Outcome, time: Millis) -> Event {
+        Event {
+            id: uuid::Uuid::now_v7().to_string(),
+            time,
+            outcome,
+            reason: None,
+            message: None,
+            sub: None,
+            client_id: None,
+            tenant: None,
+            plan: None,
+            licence: None,
+            iss: None,
+            jti: None,
+            client_addr: None,
+            service: None,
+            requested: Vec::new(),
+            granted: Vec::new(),
+            policy_digest: None,
+            settings_version: None,
+            token: None,
+        }
+    }
+
+    /// Records who the caller is.
+    pub fn set_caller(&mut self, caller: &Caller, issuer: &str, jti: Option<&str>) {
+        self.sub = Some(caller.subject.clone());
+        self.client_id.clone_from(&caller.client_id);
+        self.tenant.clone_from(&caller.tenant);
+        self.plan.clone_from(&caller.plan);
+        self.licence.clone_from(&caller.license);
+        self.iss = Some(issuer.to_owned());
+        self.jti = jti.map(str::to_owned);
+    }
+}
+
+/// What a revocation names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RevocationKind {
+    /// A `sub`.
+    Subject,
+    /// A `stellaops:license`.
+    Licence,
+    /// A `stellaops:tenant`.
+    Tenant,
+    /// A `client_id`.
+    Client,
+    /// One Authority token, by its `jti`.
+    CallerToken,
+}
+
+impl RevocationKind {
+    /// Every kind, for parsing and messages.
+    pub const ALL: [RevocationKind; 5] = [
+        RevocationKind::Subject,
+        RevocationKind::Licence,
+        RevocationKind::Tenant,
+        RevocationKind::Client,
+        RevocationKind::CallerToken,
+    ];
+
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationKind::Subject => "subject",
+            RevocationKind::Licence => "licence",
+            RevocationKind::Tenant => "tenant",
+            RevocationKind::Client => "client",
+            RevocationKind::CallerToken => "caller_token",
+        }
+    }
+
+    /// The kind named `name` (`license` is accepted for `licence`).
+    pub fn from_name(name: &str) -> Option<RevocationKind> {
+        if name == "license" {
+            return Some(RevocationKind::Licence);
+        }
+        RevocationKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// The caller's value this kind compares with.
+    fn value_of<'a>(self, caller: &'a Caller, jti: Option<&'a str>) -> Option<&'a str> {
+        match self {
+            RevocationKind::Subject => Some(&caller.subject),
+            RevocationKind::Licence => caller.license.as_deref(),
+            RevocationKind::Tenant => caller.tenant.as_deref(),
+            RevocationKind::Client => caller.client_id.as_deref(),
+            RevocationKind::CallerToken => jti,
+        }
+    }
+}
+
+impl fmt::Display for RevocationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for RevocationKind {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// A revocation: callers it names are refused before any policy is asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Revocation {
+    /// UUIDv7.
+    pub id: String,
+    /// What it names.
+    pub kind: RevocationKind,
+    /// The value named.
+    pub value: String,
+    /// Only callers of this tenant are affected; `None`: every caller.
+    pub tenant: Option<String>,
+    /// Why; shown to the refused caller.
+    pub reason: String,
+    /// When it was made.
+    pub created_at: Millis,
+    /// When it stops applying; `None`: until lifted.
+    pub expires_at: Option<Millis>,
+    /// Who made it (the administrator's `sub`, or `cli:` and the local user).
+    pub created_by: String,
+}
+
+impl Revocation {
+    /// Whether it refuses `caller` (whose token has `jti`) at `now`.
+    pub fn applies_to(&self, caller: &Caller, jti: Option<&str>, now: Millis) -> bool {
+        self.expires_at.is_none_or(|expires| now < expires)
+            && self.tenant.as_ref().is_none_or(|tenant| caller.tenant.as_ref() == Some(tenant))
+            && self.kind.value_of(caller, jti) == Some(self.value.as_str())
+    }
+
+    /// What the refused caller is told: `subject alice has been revoked: <reason>`.
+    pub fn message(&self) -> String {
+        format!("{} {} has been revoked: {}", self.kind, self.value, self.reason)
+    }
+}
+
+/// The revocations in force, indexed for the request path.
+#[derive(Debug, Default)]
+pub struct RevocationSet {
+    by_value: std::collections::HashMap<(RevocationKind, String), Vec<Revocation>>,
+    count: usize,
+}
+
+impl RevocationSet {
+    /// Indexes `revocations`.
+    pub fn new(revocations: Vec<Revocation>) -> RevocationSet {
+        let mut set = RevocationSet { count: revocations.len(), ..RevocationSet::default() };
+        for revocation in revocations {
+            set.by_value.entry((revocation.kind, revocation.value.clone())).or_default().push(revocation);
+        }
+        set
+    }
+
+    /// The first revocation that refuses `caller` at `now`, if any.
+    pub fn check(&self, caller: &Caller, jti: Option<&str>, now: Millis) -> Option<&Revocation> {
+        if self.count == 0 {
+            return None;
+        }
+        RevocationKind::ALL.into_iter().find_map(|kind| {
+            let value = kind.value_of(caller, jti)?;
+            self.by_value
+                .get(&(kind, value.to_owned()))?
+                .iter()
+                .find(|revocation| revocation.applies_to(caller, jti, now))
+        })
+    }
+
+    /// How many revocations it holds (expired ones included until pruned).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(sub: &str, tenant: Option<&str>) -> Caller {
+        Caller {
+            subject: sub.into(),
+            client_id: Some("ci".into()),
+            tenant: tenant.map(Into::into),
+            plan: Some("team".into()),
+            license: Some("LIC-1".into()),
+            scopes: vec![],
+            claims_json: "{}".into(),
+        }
+    }
+
+    fn revocation(kind: RevocationKind, value: &str, tenant: Option<&str>, expires: Option<i64>) -> Revocation {
+        Revocation {
+            id: "r".into(),
+            kind,
+            value: value.into(),
+            tenant: tenant.map(Into::into),
+            reason: "left".into(),
+            created_at: Millis(0),
+            expires_at: expires.map(Millis),
+            created_by: "t".into(),
+        }
+    }
+
+    #[test]
+    fn a_revocation_applies_by_kind_tenant_and_expiry() {
+        let set = RevocationSet::new(vec![
+            revocation(RevocationKind::Subject, "alice", Some("acme"), None),
+            revocation(RevocationKind::Client, "ci", None, Some(1_000)),
+            revocation(RevocationKind::CallerToken, "j-1", None, None),
+        ]);
+        let now = Millis(500);
+        // The tenant-scoped subject revocation refuses acme's alice only.
+        assert_eq!(set.check(&caller("alice", Some("acme")), None, now).map(|r| r.kind), Some(RevocationKind::Subject));
+        // The client revocation refuses everyone with client_id ci until it expires.
+        assert_eq!(set.check(&caller("alice", Some("other")), None, now).map(|r| r.kind), Some(RevocationKind::Client));
+        assert!(set.check(&caller("alice", Some("other")), None, Millis(1_000)).is_none());
+        assert!(set.check(&caller("bob", None), None, Millis(2_000)).is_none());
+        assert_eq!(
+            set.check(&caller("bob", None), Some("j-1"), Millis(2_000)).map(Revocation::message),
+            Some("caller_token j-1 has been revoked: left".to_owned())
+        );
+    }
+
+    #[test]
+    fn times_parse_as_rfc3339_or_seconds_and_render_with_millis() {
+        assert_eq!(Millis::parse("2026-12-31T00:00:00Z").unwrap(), Millis(1_798_675_200_000));
+        assert_eq!(Millis::parse("1798675200").unwrap(), Millis(1_798_675_200_000));
+        assert_eq!(Millis(1_798_675_200_123).to_string(), "2026-12-31T00:00:00.123Z");
+        assert!(Millis::parse("yesterday").unwrap_err().contains("RFC 3339"));
+    }
+}

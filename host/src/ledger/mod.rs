@@ -1,0 +1,414 @@
+//! The issuance ledger: every exchange recorded durably, and the revocations the host checks
+//! before any policy is asked. SQLite by default (one file), PostgreSQL for replicas sharing one
+//! ledger. It knows nothing of HTTP: `http` records events and asks about revocations, `cli`
+//! reads and revokes, `app` holds it.
+//!
+//! Writes go through one bounded queue to one writer task, which commits whatever has queued up
+//! in one transaction (group commit): concurrent requests share a commit. With
+//! [`Durability::Strict`] a request waits for its `issued` event's commit before it returns the
+//! token; with [`Durability::Relaxed`] it does not, and what the queue cannot hold is dropped and
+//! counted. Revocations are read back every [`POLL`] by every replica, so one made anywhere
+//! applies everywhere within a second, and at once on the replica that took it.
+
+mod event;
+mod postgres;
+mod sqlite;
+mod store;
+
+pub use event::{Event, IssuedToken, Millis, Outcome, Revocation, RevocationKind, RevocationSet};
+pub use store::{EventFilter, StoreError};
+
+use crate::access::Caller;
+use crate::config::{Durability, LedgerConfig, LedgerUrl};
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use store::{Param, Store};
+use tokio::sync::{mpsc, oneshot};
+
+/// How often every replica reads the revocations' revision.
+pub const POLL: Duration = Duration::from_millis(250);
+/// The longest a strict request waits for its commit before it is refused (503).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Events per transaction, at most.
+const MAX_BATCH: usize = 512;
+/// How often old events are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// The ledger could not take an event a strict request must commit: no token is returned.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the issuance ledger cannot be written: {0}")]
+pub struct Unavailable(pub String);
+
+struct Pending {
+    /// `None`: a barrier ([`Ledger::flush`]), answered once everything before it is committed.
+    event: Option<Event>,
+    committed: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// The ledger's state, for `/readyz`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Health {
+    /// `sqlite` or `postgres`.
+    pub backend: &'static str,
+    /// `strict` or `relaxed`.
+    pub durability: &'static str,
+    /// Whether the last write (or check) succeeded.
+    pub writable: bool,
+    /// Events waiting to be written.
+    pub queued: usize,
+    /// Events dropped since start (relaxed: the queue was full; strict: events other than
+    /// `issued` that could not be kept while the ledger was down).
+    pub dropped: u64,
+    /// Revocations in force on this replica.
+    pub revocations: usize,
+    /// The last write error, while not writable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+struct Shared {
+    store: Store,
+    url: String,
+    durability: Durability,
+    writable: AtomicBool,
+    queued: AtomicUsize,
+    dropped: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    revocations: ArcSwap<RevocationSet>,
+    revision: AtomicU64,
+    retention: Duration,
+}
+
+/// A handle on the ledger: cheap to clone, shared by the request path and the admin API.
+#[derive(Clone)]
+pub struct Ledger {
+    shared: Arc<Shared>,
+    queue: Option<mpsc::Sender<Pending>>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").field("url", &self.shared.url).field("store", &self.shared.store).finish()
+    }
+}
+
+impl Ledger {
+    /// Opens the configured ledger (creating and migrating it), loads the revocations, and — when
+    /// `serving` — starts the writer, the revocation poller and the pruner. `Ok(None)` for
+    /// `url: none`.
+    pub async fn open(config: &LedgerConfig, serving: bool) -> Result<Option<Ledger>, StoreError> {
+        let url = config.url.to_string();
+        let store = match &config.url {
+            LedgerUrl::None => return Ok(None),
+            LedgerUrl::Sqlite(path) => Store::Sqlite(sqlite::Store::open(path, config.durability).await?),
+            LedgerUrl::Postgres(full) => Store::Postgres(postgres::Store::open(full, &url).await?),
+        };
+        let shared = Arc::new(Shared {
+            store,
+            url,
+            durability: config.durability,
+            writable: AtomicBool::new(true),
+            queued: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            revocations: ArcSwap::from_pointee(RevocationSet::default()),
+            revision: AtomicU64::new(u64::MAX),
+            retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
+        });
+        refresh_revocations(&shared).await?;
+        if !serving {
+            return Ok(Some(Ledger { shared, queue: None }));
+        }
+        let (queue, receiver) = mpsc::channel(config.queue_events);
+        tokio::spawn(write_loop(Arc::clone(&shared), receiver, config.queue_events));
+        tokio::spawn(poll_loop(Arc::downgrade(&shared)));
+        tokio::spawn(prune_loop(Arc::downgrade(&shared)));
+        Ok(Some(Ledger { shared, queue: Some(queue) }))
+    }
+
+    /// The URL, without a password.
+    pub fn url(&self) -> &str {
+        &self.shared.url
+    }
+
+    /// The configured durability.
+    pub fn durability(&self) -> Durability {
+        self.shared.durability
+    }
+
+    /// Queues `event` without waiting. When the queue is full it is dropped and counted.
+    pub fn record(&self, event: Event) {
+        let Some(queue) = &self.queue else { return };
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        if let Err(refused) = queue.try_send(Pending { event: Some(event), committed: None }) {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                let event = match &refused {
+                    mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => {
+                        p.event.as_ref().map(|e| e.id.clone())
+                    }
+                };
+                tracing::warn!(dropped, event = event.unwrap_or_default(), "the ledger's queue is full: an event was dropped");
+            }
+        }
+    }
+
+    /// Queues `event` and waits until it is committed (strict durability).
+    pub async fn commit(&self, event: Event) -> Result<(), Unavailable> {
+        self.barrier(Some(event), COMMIT_TIMEOUT).await
+    }
+
+    /// Waits (at most `timeout`) until every event queued so far is committed: at shutdown.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), Unavailable> {
+        self.barrier(None, timeout).await
+    }
+
+    async fn barrier(&self, event: Option<Event>, timeout: Duration) -> Result<(), Unavailable> {
+        let Some(queue) = &self.queue else {
+            return Err(Unavailable("the ledger is not serving".into()));
+        };
+        let (committed, done) = oneshot::channel();
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        let pending = Pending { event, committed: Some(committed) };
+        let sent = match pending.event {
+            Some(_) => queue.try_send(pending).map_err(|_| ()),
+            // A barrier waits for room: it must come after everything queued.
+            None => tokio::time::timeout(timeout, queue.send(pending)).await.map_err(|_| ()).and_then(|r| r.map_err(|_| ())),
+        };
+        if sent.is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(Unavailable("its queue is full".into()));
+        }
+        match tokio::time::timeout(timeout, done).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(error))) => Err(Unavailable(error)),
+            Ok(Err(_)) => Err(Unavailable("the writer stopped".into())),
+            Err(_) => Err(Unavailable(format!("no commit within {timeout:?}"))),
+        }
+    }
+
+    /// Records `event`: committed before returning when `strict` and it is an `issued` event.
+    pub async fn keep(&self, event: Event) -> Result<(), Unavailable> {
+        match (self.shared.durability, event.outcome) {
+            (Durability::Strict, Outcome::Issued) => self.commit(event).await,
+            _ => {
+                self.record(event);
+                Ok(())
+            }
+        }
+    }
+
+    /// The revocation in force that refuses `caller` (whose token has `jti`) at `now`.
+    pub fn revoked(&self, caller: &Caller, jti: Option<&str>, now: Millis) -> Option<Revocation> {
+        self.shared.revocations.load().check(caller, jti, now).cloned()
+    }
+
+    /// The ledger's state now.
+    pub fn health(&self) -> Health {
+        let shared = &self.shared;
+        let writable = shared.writable.load(Ordering::Relaxed);
+        Health {
+            backend: shared.store.backend(),
+            durability: match shared.durability {
+                Durability::Strict => "strict",
+                Durability::Relaxed => "relaxed",
+            },
+            writable,
+            queued: shared.queued.load(Ordering::Relaxed),
+            dropped: shared.dropped.load(Ordering::Relaxed),
+            revocations: shared.revocations.load().len(),
+            error: if writable { None } else { shared.last_error.lock().ok().and_then(|e| e.clone()) },
+        }
+    }
+
+    /// Whether the service can issue: a strict ledger must be writable.
+    pub fn can_issue(&self) -> bool {
+        self.shared.durability == Durability::Relaxed || self.shared.writable.load(Ordering::Relaxed)
+    }
+
+    /// Events matching `filter`, newest first.
+    pub async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
+        self.shared.store.events(filter).await
+    }
+
+    /// The event `id`.
+    pub async fn event(&self, id: &str) -> Result<Option<Event>, StoreError> {
+        self.shared.store.event(id).await
+    }
+
+    /// Every revocation, in the order made (expired ones until pruned).
+    pub async fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
+        self.shared.store.revocations().await
+    }
+
+    /// Stores `revocation` with its audit event, committed, and applies it on this replica at
+    /// once (the others see it at their next poll).
+    pub async fn revoke(&self, revocation: &Revocation, audit: Event) -> Result<(), StoreError> {
+        let params = store::revocation_params(revocation);
+        let statement: &'static str = store::INSERT_REVOCATION;
+        self.shared.store.change_revocations(statement, params, audit).await?;
+        refresh_revocations(&self.shared).await
+    }
+
+    /// Lifts revocation `id` with its audit event; `false` if there is none.
+    pub async fn unrevoke(&self, id: &str, audit: Event) -> Result<bool, StoreError> {
+        let params = vec![Param::Text(Some(id.to_owned()))];
+        let lifted = self.shared.store.change_revocations(store::DELETE_REVOCATION, params, audit).await?;
+        refresh_revocations(&self.shared).await?;
+        Ok(lifted)
+    }
+}
+
+/// Reloads the revocations when their revision changed.
+async fn refresh_revocations(shared: &Shared) -> Result<(), StoreError> {
+    let revision = shared.store.revision().await?;
+    let revision = u64::try_from(revision).unwrap_or_default();
+    if shared.revision.load(Ordering::Acquire) == revision {
+        return Ok(());
+    }
+    let revocations = shared.store.revocations().await?;
+    let count = revocations.len();
+    shared.revocations.store(Arc::new(RevocationSet::new(revocations)));
+    let previous = shared.revision.swap(revision, Ordering::AcqRel);
+    if previous != u64::MAX {
+        tracing::info!(revision, revocations = count, "revocations changed");
+    }
+    Ok(())
+}
+
+async fn poll_loop(shared: std::sync::Weak<Shared>) {
+    let mut failing = false;
+    let mut interval = tokio::time::interval(POLL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        match refresh_revocations(&shared).await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("revocations can be read again");
+            }
+            Ok(()) => {}
+            Err(error) if !failing => {
+                failing = true;
+                tracing::error!(%error, "cannot read the revocations; the last ones read stay in force");
+            }
+            Err(_) => {}
+        }
+        // While the ledger is failing, see whether it is back even with no traffic to write.
+        if !shared.writable.load(Ordering::Relaxed) && shared.queued.load(Ordering::Relaxed) == 0 {
+            if shared.store.ping().await.is_ok() {
+                mark_writable(&shared);
+            }
+        }
+    }
+}
+
+async fn prune_loop(shared: std::sync::Weak<Shared>) {
+    loop {
+        let Some(strong) = shared.upgrade() else { return };
+        let before = Millis(Millis::now().0.saturating_sub(i64::try_from(strong.retention.as_millis()).unwrap_or(i64::MAX)));
+        match strong.store.prune(before).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, before = %before, "pruned ledger events past retention"),
+            Err(error) => tracing::warn!(%error, "cannot prune the ledger"),
+        }
+        drop(strong);
+        tokio::time::sleep(PRUNE_EVERY).await;
+    }
+}
+
+fn mark_writable(shared: &Shared) {
+    if !shared.writable.swap(true, Ordering::AcqRel) {
+        tracing::info!(ledger = %shared.url, "the ledger is writable again");
+    }
+}
+
+fn mark_failing(shared: &Shared, error: &StoreError) {
+    if let Ok(mut last) = shared.last_error.lock() {
+        *last = Some(error.to_string());
+    }
+    if shared.writable.swap(false, Ordering::AcqRel) {
+        tracing::error!(ledger = %shared.url, %error, "the ledger cannot be written");
+    }
+}
+
+/// The one writer: takes whatever has queued, commits it in one transaction, answers the strict
+/// requests waiting on it. On failure the strict requests are refused at once (their tokens are
+/// never returned), and the other events are kept — at most `capacity` of them — and retried.
+async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, capacity: usize) {
+    let mut kept: Vec<Event> = Vec::new();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let mut batch: Vec<Pending> = Vec::new();
+        if kept.is_empty() {
+            match queue.recv().await {
+                Some(pending) => batch.push(pending),
+                None => return,
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        let mut waiting = Vec::new();
+        let retried = kept.len();
+        let mut events = std::mem::take(&mut kept);
+        let mut barriers = Vec::new();
+        for pending in batch {
+            match pending.event {
+                Some(event) => {
+                    events.push(event);
+                    waiting.push(pending.committed);
+                }
+                None => barriers.extend(pending.committed),
+            }
+        }
+        if events.is_empty() {
+            for barrier in barriers {
+                let _ = barrier.send(Ok(()));
+            }
+            continue;
+        }
+        let started = Instant::now();
+        let count = events.len();
+        match shared.store.write(events).await {
+            Ok(()) => {
+                mark_writable(&shared);
+                backoff = Duration::from_millis(50);
+                for committed in waiting.into_iter().flatten().chain(barriers) {
+                    let _ = committed.send(Ok(()));
+                }
+                tracing::trace!(events = count, took_us = started.elapsed().as_micros() as u64, "ledger commit");
+            }
+            Err((error, events)) => {
+                mark_failing(&shared, &error);
+                // The events of strict requests go: those requests answer 503 without a token.
+                let message = error.to_string();
+                for barrier in barriers {
+                    let _ = barrier.send(Err(message.clone()));
+                }
+                let waiting = std::iter::repeat_with(|| None).take(retried).chain(waiting);
+                for (event, committed) in events.into_iter().zip(waiting) {
+                    match committed {
+                        Some(committed) => {
+                            let _ = committed.send(Err(message.clone()));
+                        }
+                        None if kept.len() < capacity => kept.push(event),
+                        None => {
+                            shared.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}

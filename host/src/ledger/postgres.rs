@@ -1,0 +1,190 @@
+//! The shared ledger: PostgreSQL, for replicas that must see one another's records and
+//! revocations. A small connection pool (deadpool) replaces broken connections by itself, so the
+//! service resumes when the database comes back, without a restart.
+
+use super::event::{Event, Millis};
+use super::store::{self, Param, Row, StoreError};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+
+pub(crate) struct Store {
+    pool: Pool,
+    url: String,
+}
+
+impl ToSql for Param {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Param::Text(text) => text.to_sql(ty, out),
+            Param::Int(int) => int.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <String as ToSql>::accepts(ty) || <i64 as ToSql>::accepts(ty)
+    }
+
+    to_sql_checked!();
+}
+
+impl Row for tokio_postgres::Row {
+    fn text(&self, index: usize) -> Result<Option<String>, StoreError> {
+        self.try_get(index).map_err(database)
+    }
+
+    fn int(&self, index: usize) -> Result<Option<i64>, StoreError> {
+        self.try_get(index).map_err(database)
+    }
+}
+
+fn database(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(error.to_string())
+}
+
+/// The error and its cause: tokio-postgres' own text is often just "db error".
+fn described(error: &tokio_postgres::Error) -> StoreError {
+    match error.as_db_error() {
+        Some(db) => StoreError::Database(format!("{}: {}", db.code().code(), db.message())),
+        None => StoreError::Database(error.to_string()),
+    }
+}
+
+fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Database(format!("cannot reach PostgreSQL: {error}"))
+}
+
+/// Unrelated to any application lock: taken while migrating so replicas that start together
+/// apply each migration once.
+const MIGRATION_LOCK: i64 = 0x7265_6769_7374_7279; // "registry"
+
+impl Store {
+    /// Connects to `url` (a `postgres://` URL; `shown` is it without a password) and migrates.
+    pub(crate) async fn open(url: &str, shown: &str) -> Result<Store, StoreError> {
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError::Database(format!("{shown} is not a PostgreSQL URL: {e}")))?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let timeout = Some(Duration::from_secs(2));
+        let pool = Pool::builder(manager)
+            .max_size(8)
+            .runtime(Runtime::Tokio1)
+            .timeouts(Timeouts { wait: timeout, create: timeout, recycle: timeout })
+            .build()
+            .map_err(database)?;
+        let store = Store { pool, url: shown.to_owned() };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await.map_err(|e| {
+            StoreError::Database(format!("cannot connect to the ledger {}: {e}", self.url))
+        })?;
+        client.batch_execute(store::MIGRATIONS_TABLE).await.map_err(|e| described(&e))?;
+        loop {
+            let transaction = client.transaction().await.map_err(|e| described(&e))?;
+            transaction
+                .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await
+                .map_err(|e| described(&e))?;
+            let version: i64 = transaction
+                .query_one("SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations", &[])
+                .await
+                .map_err(|e| described(&e))?
+                .get(0);
+            store::check_version(version, &self.url)?;
+            let Some(migration) = usize::try_from(version).ok().and_then(|v| store::MIGRATIONS.get(v)) else {
+                return Ok(());
+            };
+            transaction.batch_execute(migration).await.map_err(|e| described(&e))?;
+            transaction
+                .execute(
+                    "INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, $2)",
+                    &[&(version + 1), &Millis::now().0],
+                )
+                .await
+                .map_err(|e| described(&e))?;
+            transaction.commit().await.map_err(|e| described(&e))?;
+            tracing::info!(ledger = %self.url, version = version + 1, "ledger schema migrated");
+        }
+    }
+
+    pub(crate) async fn write(&self, events: Vec<Event>) -> Result<(), (StoreError, Vec<Event>)> {
+        match self.write_events(&events).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err((error, events)),
+        }
+    }
+
+    async fn write_events(&self, events: &[Event]) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let transaction = client.transaction().await.map_err(|e| described(&e))?;
+        let insert = transaction.prepare_cached(store::INSERT_EVENT).await.map_err(|e| described(&e))?;
+        let rows: Vec<Vec<Param>> = events.iter().map(store::event_params).collect();
+        // Pipelined: one round trip for the whole batch rather than one per event.
+        let inserts = rows.iter().map(|params| transaction.execute_raw(&insert, params.iter()));
+        futures_util::future::try_join_all(inserts).await.map_err(|e| described(&e))?;
+        transaction.commit().await.map_err(|e| described(&e))
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client.simple_query("SELECT 1").await.map_err(|e| described(&e))?;
+        Ok(())
+    }
+
+    pub(crate) async fn select<T>(
+        &self,
+        statement: &str,
+        params: Vec<Param>,
+        read: fn(&dyn Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let prepared = client.prepare_cached(statement).await.map_err(|e| described(&e))?;
+        let rows = client.query_raw(&prepared, params.iter()).await.map_err(|e| described(&e))?;
+        futures_util::pin_mut!(rows);
+        let mut out = Vec::new();
+        while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await.map_err(|e| described(&e))? {
+            out.push(read(&row)?);
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn change_revocations(
+        &self,
+        statement: &'static str,
+        params: Vec<Param>,
+        audit: Event,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let transaction = client.transaction().await.map_err(|e| described(&e))?;
+        let prepared = transaction.prepare_cached(statement).await.map_err(|e| described(&e))?;
+        let changed = transaction.execute_raw(&prepared, params.iter()).await.map_err(|e| described(&e))?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        transaction.execute(store::BUMP_REVISION, &[]).await.map_err(|e| described(&e))?;
+        let insert = transaction.prepare_cached(store::INSERT_EVENT).await.map_err(|e| described(&e))?;
+        transaction.execute_raw(&insert, store::event_params(&audit).iter()).await.map_err(|e| described(&e))?;
+        transaction.commit().await.map_err(|e| described(&e))?;
+        Ok(true)
+    }
+
+    pub(crate) async fn prune(&self, before: Millis) -> Result<u64, StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let transaction = client.transaction().await.map_err(|e| described(&e))?;
+        let events = transaction.execute(store::PRUNE_EVENTS, &[&before.0]).await.map_err(|e| described(&e))?;
+        let revocations =
+            transaction.execute(store::PRUNE_REVOCATIONS, &[&before.0]).await.map_err(|e| described(&e))?;
+        if revocations > 0 {
+            transaction.execute(store::BUMP_REVISION, &[]).await.map_err(|e| described(&e))?;
+        }
+        transaction.commit().await.map_err(|e| described(&e))?;
+        Ok(events)
+    }
+}

@@ -1,0 +1,218 @@
+//! The embedded ledger: one SQLite file in WAL mode, written by one connection (the writer task's
+//! batches and the admin changes), read by another. Every call runs on tokio's blocking pool, so
+//! nothing blocks an async worker.
+
+use super::event::{Event, Millis};
+use super::store::{self, Param, Row, StoreError};
+use crate::config::Durability;
+use rusqlite::types::{ToSql, ToSqlOutput, Value};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub(crate) struct Store {
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Param::Text(Some(text)) => ToSqlOutput::Owned(Value::Text(text.clone())),
+            Param::Int(Some(int)) => ToSqlOutput::Owned(Value::Integer(*int)),
+            Param::Text(None) | Param::Int(None) => ToSqlOutput::Owned(Value::Null),
+        })
+    }
+}
+
+impl Row for rusqlite::Row<'_> {
+    fn text(&self, index: usize) -> Result<Option<String>, StoreError> {
+        self.get(index).map_err(database)
+    }
+
+    fn int(&self, index: usize) -> Result<Option<i64>, StoreError> {
+        self.get(index).map_err(database)
+    }
+}
+
+fn database(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(error.to_string())
+}
+
+/// `$1` → `?1`: the statements are written once, in PostgreSQL's syntax.
+fn sql(statement: &str) -> String {
+    statement.replace('$', "?")
+}
+
+impl Store {
+    /// Opens (creating it and its directory if needed) and migrates the file at `path`.
+    pub(crate) async fn open(path: &Path, durability: Durability) -> Result<Store, StoreError> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || Store::open_blocking(path, durability))
+            .await
+            .map_err(database)?
+    }
+
+    fn open_blocking(path: PathBuf, durability: Durability) -> Result<Store, StoreError> {
+        let fail = |what: &str, error: &dyn std::fmt::Display| {
+            StoreError::Database(format!("the ledger {}: {what}: {error}", path.display()))
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| fail("cannot create its directory", &e))?;
+        }
+        let open = || {
+            let connection = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| fail("cannot open it", &e))?;
+            // strict: a commit is on disk before it returns (FULL syncs the WAL on every commit);
+            // relaxed: NORMAL survives a crash of this process, not of the machine.
+            let synchronous = match durability {
+                Durability::Strict => "FULL",
+                Durability::Relaxed => "NORMAL",
+            };
+            connection
+                .execute_batch(&format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000;"
+                ))
+                .map_err(|e| fail("cannot configure it", &e))?;
+            Ok::<_, StoreError>(connection)
+        };
+        let mut writer = open()?;
+        migrate(&mut writer, &path)?;
+        let reader = open()?;
+        Ok(Store { writer: Arc::new(Mutex::new(writer)), reader: Arc::new(Mutex::new(reader)) })
+    }
+
+    async fn on<T: Send + 'static>(
+        connection: &Arc<Mutex<Connection>>,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let connection = Arc::clone(connection);
+        tokio::task::spawn_blocking(move || {
+            let mut connection =
+                connection.lock().map_err(|_| StoreError::Database("a ledger connection was poisoned".into()))?;
+            work(&mut connection)
+        })
+        .await
+        .map_err(database)?
+    }
+
+    pub(crate) async fn write(&self, events: Vec<Event>) -> Result<(), (StoreError, Vec<Event>)> {
+        let writer = Arc::clone(&self.writer);
+        let handed = tokio::task::spawn_blocking(move || {
+            let Ok(mut connection) = writer.lock() else {
+                return Err((StoreError::Database("the ledger writer was poisoned".into()), events));
+            };
+            match write_events(&mut connection, &events) {
+                Ok(()) => Ok(()),
+                Err(error) => Err((database(error), events)),
+            }
+        })
+        .await;
+        match handed {
+            Ok(result) => result,
+            Err(error) => Err((database(error), Vec::new())),
+        }
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
+        Store::on(&self.writer, |connection| {
+            // Takes the write lock and gives it back: fails while the file cannot be written.
+            connection.execute_batch("BEGIN IMMEDIATE; ROLLBACK;").map_err(database)
+        })
+        .await
+    }
+
+    pub(crate) async fn select<T: Send + 'static>(
+        &self,
+        statement: String,
+        params: Vec<Param>,
+        read: fn(&dyn Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        Store::on(&self.reader, move |connection| {
+            let mut prepared = connection.prepare_cached(&sql(&statement)).map_err(database)?;
+            let mut rows = prepared.query(rusqlite::params_from_iter(params.iter())).map_err(database)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(database)? {
+                out.push(read(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(crate) async fn change_revocations(
+        &self,
+        statement: &'static str,
+        params: Vec<Param>,
+        audit: Event,
+    ) -> Result<bool, StoreError> {
+        Store::on(&self.writer, move |connection| {
+            let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+            let changed = transaction.execute(&sql(statement), rusqlite::params_from_iter(params.iter())).map_err(database)?;
+            if changed == 0 {
+                return Ok(false);
+            }
+            transaction.execute(store::BUMP_REVISION, []).map_err(database)?;
+            transaction
+                .execute(&sql(store::INSERT_EVENT), rusqlite::params_from_iter(store::event_params(&audit).iter()))
+                .map_err(database)?;
+            transaction.commit().map_err(database)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub(crate) async fn prune(&self, before: Millis) -> Result<u64, StoreError> {
+        Store::on(&self.writer, move |connection| {
+            let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+            let events = transaction.execute(&sql(store::PRUNE_EVENTS), [before.0]).map_err(database)?;
+            let revocations = transaction.execute(&sql(store::PRUNE_REVOCATIONS), [before.0]).map_err(database)?;
+            if revocations > 0 {
+                transaction.execute(store::BUMP_REVISION, []).map_err(database)?;
+            }
+            transaction.commit().map_err(database)?;
+            Ok(events as u64)
+        })
+        .await
+    }
+}
+
+fn write_events(connection: &mut Connection, events: &[Event]) -> rusqlite::Result<()> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut insert = transaction.prepare_cached(&sql(store::INSERT_EVENT))?;
+        for event in events {
+            insert.execute(rusqlite::params_from_iter(store::event_params(event).iter()))?;
+        }
+    }
+    transaction.commit()
+}
+
+/// Applies the migrations this file lacks, each in its own transaction, under SQLite's write lock
+/// (so two processes starting on one file do not both apply one).
+fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let url = format!("sqlite://{}", path.display());
+    connection.execute(store::MIGRATIONS_TABLE, []).map_err(database)?;
+    loop {
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+        let version: i64 = transaction
+            .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |row| row.get(0))
+            .map_err(database)?;
+        store::check_version(version, &url)?;
+        let Some(migration) = usize::try_from(version).ok().and_then(|v| store::MIGRATIONS.get(v)) else {
+            return Ok(());
+        };
+        transaction.execute_batch(migration).map_err(database)?;
+        transaction
+            .execute(
+                "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?1, ?2)",
+                [version + 1, Millis::now().0],
+            )
+            .map_err(database)?;
+        transaction.commit().map_err(database)?;
+        tracing::info!(ledger = %url, version = version + 1, "ledger schema migrated");
+    }
+}

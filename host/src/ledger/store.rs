@@ -1,0 +1,398 @@
+//! The ledger's tables, its versioned migrations, and the SQL both backends share. Statements are
+//! written once with `$n` placeholders (PostgreSQL's); SQLite reads them as `?n`.
+
+use super::event::{Event, IssuedToken, Millis, Outcome, Revocation, RevocationKind};
+use super::{postgres, sqlite};
+
+/// The schema, one entry per version, applied in order and never edited once released (a change
+/// is a new entry). The version a database is at is the number of entries applied.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: events, revocations, and the counter replicas poll to see revocations change.
+    "CREATE TABLE events (
+        id TEXT PRIMARY KEY,
+        time_ms BIGINT NOT NULL,
+        outcome TEXT NOT NULL,
+        reason TEXT,
+        message TEXT,
+        sub TEXT,
+        client_id TEXT,
+        tenant TEXT,
+        plan TEXT,
+        licence TEXT,
+        iss TEXT,
+        jti TEXT,
+        client_addr TEXT,
+        service TEXT,
+        requested TEXT NOT NULL,
+        granted TEXT NOT NULL,
+        policy_digest TEXT,
+        settings_version TEXT,
+        token_jti TEXT,
+        token_exp BIGINT,
+        signing_kid TEXT
+    );
+    CREATE INDEX events_time ON events (time_ms);
+    CREATE INDEX events_sub ON events (sub, id);
+    CREATE INDEX events_tenant ON events (tenant, id);
+    CREATE INDEX events_licence ON events (licence, id);
+    CREATE INDEX events_jti ON events (jti);
+    CREATE INDEX events_token_jti ON events (token_jti);
+    CREATE TABLE revocations (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL,
+        tenant TEXT,
+        reason TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        expires_at_ms BIGINT,
+        created_by TEXT NOT NULL
+    );
+    CREATE TABLE ledger_state (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+    INSERT INTO ledger_state (name, value) VALUES ('revocations_revision', 0);",
+];
+
+/// The schema version this binary writes.
+pub(super) fn known_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// Created before any migration; one row per applied version.
+pub(super) const MIGRATIONS_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)";
+
+/// A database from a newer binary is refused rather than half-understood.
+pub(super) fn check_version(found: i64, url: &str) -> Result<(), StoreError> {
+    if found > known_version() {
+        return Err(StoreError::NewerSchema { url: url.to_owned(), found, known: known_version() });
+    }
+    Ok(())
+}
+
+pub(super) const EVENT_COLUMNS: &str = "id, time_ms, outcome, reason, message, sub, client_id, tenant, plan, \
+     licence, iss, jti, client_addr, service, requested, granted, policy_digest, settings_version, token_jti, \
+     token_exp, signing_kid";
+
+pub(super) const INSERT_EVENT: &str = "INSERT INTO events (id, time_ms, outcome, reason, message, sub, \
+     client_id, tenant, plan, licence, iss, jti, client_addr, service, requested, granted, policy_digest, \
+     settings_version, token_jti, token_exp, signing_kid) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+     $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)";
+
+pub(super) const REVOCATION_COLUMNS: &str =
+    "id, kind, value, tenant, reason, created_at_ms, expires_at_ms, created_by";
+
+pub(super) const INSERT_REVOCATION: &str = "INSERT INTO revocations (id, kind, value, tenant, reason, \
+     created_at_ms, expires_at_ms, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+pub(super) const BUMP_REVISION: &str =
+    "UPDATE ledger_state SET value = value + 1 WHERE name = 'revocations_revision'";
+
+pub(super) const REVISION: &str = "SELECT value FROM ledger_state WHERE name = 'revocations_revision'";
+
+/// A bound parameter: the ledger stores only text and integers.
+#[derive(Clone, Debug)]
+pub(super) enum Param {
+    Text(Option<String>),
+    Int(Option<i64>),
+}
+
+fn text(value: &Option<String>) -> Param {
+    Param::Text(value.clone())
+}
+
+/// An event's columns, in [`EVENT_COLUMNS`] order.
+pub(super) fn event_params(event: &Event) -> Vec<Param> {
+    let token = event.token.as_ref();
+    vec![
+        Param::Text(Some(event.id.clone())),
+        Param::Int(Some(event.time.0)),
+        Param::Text(Some(event.outcome.as_str().to_owned())),
+        text(&event.reason),
+        text(&event.message),
+        text(&event.sub),
+        text(&event.client_id),
+        text(&event.tenant),
+        text(&event.plan),
+        text(&event.licence),
+        text(&event.iss),
+        text(&event.jti),
+        text(&event.client_addr),
+        text(&event.service),
+        Param::Text(Some(event.requested.join(" "))),
+        Param::Text(Some(event.granted.join(" "))),
+        text(&event.policy_digest),
+        text(&event.settings_version),
+        Param::Text(token.map(|t| t.jti.clone())),
+        Param::Int(token.map(|t| t.exp)),
+        Param::Text(token.map(|t| t.kid.clone())),
+    ]
+}
+
+/// A revocation's columns, in [`REVOCATION_COLUMNS`] order.
+pub(super) fn revocation_params(revocation: &Revocation) -> Vec<Param> {
+    vec![
+        Param::Text(Some(revocation.id.clone())),
+        Param::Text(Some(revocation.kind.as_str().to_owned())),
+        Param::Text(Some(revocation.value.clone())),
+        text(&revocation.tenant),
+        Param::Text(Some(revocation.reason.clone())),
+        Param::Int(Some(revocation.created_at.0)),
+        Param::Int(revocation.expires_at.map(|t| t.0)),
+        Param::Text(Some(revocation.created_by.clone())),
+    ]
+}
+
+/// A result row of either backend.
+pub(super) trait Row {
+    fn text(&self, index: usize) -> Result<Option<String>, StoreError>;
+    fn int(&self, index: usize) -> Result<Option<i64>, StoreError>;
+
+    fn required_text(&self, index: usize) -> Result<String, StoreError> {
+        self.text(index)?.ok_or_else(|| StoreError::Corrupt(format!("column {index} is NULL")))
+    }
+}
+
+fn words(text: Option<String>) -> Vec<String> {
+    text.map(|t| t.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
+}
+
+/// An event from a row of `SELECT {EVENT_COLUMNS}`.
+pub(super) fn event_from(row: &dyn Row) -> Result<Event, StoreError> {
+    let outcome_name = row.required_text(2)?;
+    let outcome = Outcome::from_name(&outcome_name)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown outcome {outcome_name:?}")))?;
+    let token = match (row.text(18)?, row.int(19)?, row.text(20)?) {
+        (Some(jti), Some(exp), Some(kid)) => Some(IssuedToken { jti, exp, kid }),
+        _ => None,
+    };
+    Ok(Event {
+        id: row.required_text(0)?,
+        time: Millis(row.int(1)?.unwrap_or_default()),
+        outcome,
+        reason: row.text(3)?,
+        message: row.text(4)?,
+        sub: row.text(5)?,
+        client_id: row.text(6)?,
+        tenant: row.text(7)?,
+        plan: row.text(8)?,
+        licence: row.text(9)?,
+        iss: row.text(10)?,
+        jti: row.text(11)?,
+        client_addr: row.text(12)?,
+        service: row.text(13)?,
+        requested: words(row.text(14)?),
+        granted: words(row.text(15)?),
+        policy_digest: row.text(16)?,
+        settings_version: row.text(17)?,
+        token,
+    })
+}
+
+/// A revocation from a row of `SELECT {REVOCATION_COLUMNS}`.
+pub(super) fn revocation_from(row: &dyn Row) -> Result<Revocation, StoreError> {
+    let kind_name = row.required_text(1)?;
+    let kind = RevocationKind::from_name(&kind_name)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown revocation kind {kind_name:?}")))?;
+    Ok(Revocation {
+        id: row.required_text(0)?,
+        kind,
+        value: row.required_text(2)?,
+        tenant: row.text(3)?,
+        reason: row.required_text(4)?,
+        created_at: Millis(row.int(5)?.unwrap_or_default()),
+        expires_at: row.int(6)?.map(Millis),
+        created_by: row.required_text(7)?,
+    })
+}
+
+/// Which events to list: each field narrows; `tenant` is also how a tenant administrator is
+/// confined to its own.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// The caller's (or administrator's) `sub`.
+    pub sub: Option<String>,
+    /// `stellaops:license`.
+    pub licence: Option<String>,
+    /// `stellaops:tenant`.
+    pub tenant: Option<String>,
+    /// The outcome.
+    pub outcome: Option<Outcome>,
+    /// The caller token's or the registry token's `jti`.
+    pub jti: Option<String>,
+    /// At or after.
+    pub since: Option<Millis>,
+    /// Before.
+    pub until: Option<Millis>,
+    /// Only events older than this one (the page after a cursor).
+    pub before_id: Option<String>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// `SELECT` for `filter`, newest first, and its parameters.
+pub(super) fn events_query(filter: &EventFilter) -> (String, Vec<Param>) {
+    let mut conditions = Vec::new();
+    let mut params = Vec::new();
+    let mut push = |condition: &str, values: Vec<Param>| {
+        let mut condition = condition.to_owned();
+        for value in values {
+            params.push(value);
+            condition = condition.replacen('#', &format!("${}", params.len()), 1);
+        }
+        conditions.push(condition);
+    };
+    let some = |value: &Option<String>| Param::Text(value.clone());
+    if filter.sub.is_some() {
+        push("sub = #", vec![some(&filter.sub)]);
+    }
+    if filter.licence.is_some() {
+        push("licence = #", vec![some(&filter.licence)]);
+    }
+    if filter.tenant.is_some() {
+        push("tenant = #", vec![some(&filter.tenant)]);
+    }
+    if let Some(outcome) = filter.outcome {
+        push("outcome = #", vec![Param::Text(Some(outcome.as_str().to_owned()))]);
+    }
+    if filter.jti.is_some() {
+        push("(jti = # OR token_jti = #)", vec![some(&filter.jti), some(&filter.jti)]);
+    }
+    if let Some(since) = filter.since {
+        push("time_ms >= #", vec![Param::Int(Some(since.0))]);
+    }
+    if let Some(until) = filter.until {
+        push("time_ms < #", vec![Param::Int(Some(until.0))]);
+    }
+    if filter.before_id.is_some() {
+        push("id < #", vec![some(&filter.before_id)]);
+    }
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events");
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    params.push(Param::Int(Some(i64::try_from(filter.limit).unwrap_or(i64::MAX))));
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", params.len()));
+    (sql, params)
+}
+
+/// Why the database could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database answered with an error or could not be reached.
+    #[error("{0}")]
+    Database(String),
+    /// The database's schema is newer than this binary.
+    #[error(
+        "the ledger {url} has schema version {found}, newer than this registry-token knows ({known}); \
+         run a newer registry-token, or point ledger.url at another database"
+    )]
+    NewerSchema {
+        /// The ledger.
+        url: String,
+        /// Its version.
+        found: i64,
+        /// This binary's.
+        known: i64,
+    },
+    /// A row that this binary did not write.
+    #[error("the ledger holds a row this registry-token cannot read: {0}")]
+    Corrupt(String),
+}
+
+/// One of the two databases.
+pub(super) enum Store {
+    Sqlite(sqlite::Store),
+    Postgres(postgres::Store),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.backend())
+    }
+}
+
+impl Store {
+    pub(super) fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Writes `events` in one transaction: all or none.
+    pub(super) async fn write(&self, events: Vec<Event>) -> Result<(), (StoreError, Vec<Event>)> {
+        match self {
+            Store::Sqlite(store) => store.write(events).await,
+            Store::Postgres(store) => store.write(events).await,
+        }
+    }
+
+    /// Whether a write would succeed now (for `/readyz` while the ledger is failing).
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(store) => store.ping().await,
+            Store::Postgres(store) => store.ping().await,
+        }
+    }
+
+    pub(super) async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
+        let (sql, params) = events_query(filter);
+        match self {
+            Store::Sqlite(store) => store.select(sql, params, event_from).await,
+            Store::Postgres(store) => store.select(&sql, params, event_from).await,
+        }
+    }
+
+    pub(super) async fn event(&self, id: &str) -> Result<Option<Event>, StoreError> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1");
+        let params = vec![Param::Text(Some(id.to_owned()))];
+        let rows = match self {
+            Store::Sqlite(store) => store.select(sql, params, event_from).await?,
+            Store::Postgres(store) => store.select(&sql, params, event_from).await?,
+        };
+        Ok(rows.into_iter().next())
+    }
+
+    pub(super) async fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
+        let sql = format!("SELECT {REVOCATION_COLUMNS} FROM revocations ORDER BY id");
+        match self {
+            Store::Sqlite(store) => store.select(sql, Vec::new(), revocation_from).await,
+            Store::Postgres(store) => store.select(&sql, Vec::new(), revocation_from).await,
+        }
+    }
+
+    pub(super) async fn revision(&self) -> Result<i64, StoreError> {
+        let read = |row: &dyn Row| row.int(0).map(Option::unwrap_or_default);
+        let rows = match self {
+            Store::Sqlite(store) => store.select(REVISION.to_owned(), Vec::new(), read).await?,
+            Store::Postgres(store) => store.select(REVISION, Vec::new(), read).await?,
+        };
+        Ok(rows.into_iter().next().unwrap_or_default())
+    }
+
+    /// Runs `statements` and then writes `audit`, in one transaction, bumping the revocations'
+    /// revision; `Ok(false)` (and nothing written) when the first statement changed no row.
+    pub(super) async fn change_revocations(
+        &self,
+        statement: &'static str,
+        params: Vec<Param>,
+        audit: Event,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.change_revocations(statement, params, audit).await,
+            Store::Postgres(store) => store.change_revocations(statement, params, audit).await,
+        }
+    }
+
+    /// Deletes events before `before` and revocations that expired before it.
+    pub(super) async fn prune(&self, before: Millis) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.prune(before).await,
+            Store::Postgres(store) => store.prune(before).await,
+        }
+    }
+}
+
+pub(super) const PRUNE_EVENTS: &str = "DELETE FROM events WHERE time_ms < $1";
+pub(super) const PRUNE_REVOCATIONS: &str = "DELETE FROM revocations WHERE expires_at_ms < $1";
+pub(super) const DELETE_REVOCATION: &str = "DELETE FROM revocations WHERE id = $1";
