@@ -13,7 +13,10 @@
 //!    plans), driven over loopback by wrk (Debian's package) at 16 and 64 connections in two mixes: *hot*
 //!    (one caller repeating) and *cold* (every request a distinct Authority token and scope).
 //!    Tokens/s, p50/p99/p999 latency, tokens/s ÷ the 2-thread sign rate, server CPU per token, and
-//!    the server's peak RSS.
+//!    the server's peak RSS. The server runs in the production configuration: the SQLite ledger
+//!    with strict durability, logging at info.
+//! 4. The ledger's cost: the same mixes (RS256, 16 connections) with the ledger off, SQLite strict
+//!    and PostgreSQL strict (a throwaway cluster, as the tests start it), each against ledger off.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use data_encoding::BASE64URL_NOPAD;
@@ -89,7 +92,7 @@ fn main() {
 
     // 3. Load.
     println!(
-        "## The release server over loopback (wrk, one client thread, keep-alive, {:.0} s per row)",
+        "## The release server over loopback (wrk, one client thread, keep-alive, {:.0} s per row; ledger SQLite strict)",
         settings.load_seconds
     );
     let cold = cold_requests(root, settings.cold_tokens);
@@ -128,6 +131,33 @@ fn main() {
             settings.cold_tokens
         );
     }
+
+    // 4. The ledger's cost, against no ledger in the same run.
+    println!();
+    println!("## The ledger's cost (RS256, 16 connections; each row against the ledger-off row before it)");
+    println!("| mix | ledger | tokens/s | ratio to off | p50 | p99 | p99 − off | server CPU/token | errors |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let cluster = test_support::PostgresCluster::start();
+    write_config(root, "RS256", "RS256-postgres", &cluster.url());
+    for mix in ["hot", "cold"] {
+        let mut off: Option<(f64, u64)> = None;
+        for (ledger, name) in
+            [("off", "RS256-off"), ("SQLite strict", "RS256-sqlite"), ("PostgreSQL strict", "RS256-postgres")]
+        {
+            let row = load(root, name, mix, 16, &settings, &cold);
+            let (off_rate, off_p99) = *off.get_or_insert((row.rate, row.p99));
+            println!(
+                "| {mix} | {ledger} | {:.0} | **{:.2}** | {} | {} | {:+.2} ms | {:.0} µs | {} |",
+                row.rate,
+                row.rate / off_rate,
+                micros(row.p50),
+                micros(row.p99),
+                (row.p99 as f64 - off_p99 as f64) / 1000.0,
+                row.cpu_per_token_us,
+                row.errors
+            );
+        }
+    }
 }
 
 fn micros(us: u64) -> String {
@@ -155,14 +185,23 @@ fn prepare(root: &Path) {
     keygen::generate(&root.join("es"), SigningAlgorithm::ES256, 2048).unwrap();
     dev_authority::init(&root.join("authority"), ISSUER).unwrap();
     std::fs::write(root.join("plans.json"), plans_json()).unwrap();
-    for (algorithm, dir) in [("RS256", "rs"), ("ES256", "es")] {
-        let mut config = Config::installation(root, ISSUER, &[SERVICE]);
-        config.signing.algorithm = Some(algorithm.to_owned());
-        config.signing.key_file = root.join(format!("{dir}/signing-key.pem"));
-        config.signing.cert_file = Some(root.join(format!("{dir}/signing-cert.pem")));
-        config.policy.settings_file = Some(root.join("plans.json"));
-        config.write(&root.join(format!("{algorithm}.yaml")));
+    for algorithm in ["RS256", "ES256"] {
+        write_config(root, algorithm, algorithm, &format!("sqlite://{}", root.join(format!("{algorithm}.db")).display()));
     }
+    write_config(root, "RS256", "RS256-off", "none");
+    write_config(root, "RS256", "RS256-sqlite", &format!("sqlite://{}", root.join("RS256-sqlite.db").display()));
+}
+
+/// `ROOT/NAME.yaml`: a server signing with `algorithm`, recording into `ledger_url` (strict).
+fn write_config(root: &Path, algorithm: &str, name: &str, ledger_url: &str) {
+    let dir = if algorithm == "RS256" { "rs" } else { "es" };
+    let mut config = Config::installation(root, ISSUER, &[SERVICE]);
+    config.signing.algorithm = Some(algorithm.to_owned());
+    config.signing.key_file = root.join(format!("{dir}/signing-key.pem"));
+    config.signing.cert_file = Some(root.join(format!("{dir}/signing-cert.pem")));
+    config.policy.settings_file = Some(root.join("plans.json"));
+    config.ledger.url = ledger_url.to_owned();
+    config.write(&root.join(format!("{name}.yaml")));
 }
 
 /// A catalogue of 50 plans with four rules each (about 18 KB of JSON).
@@ -420,12 +459,12 @@ struct Row {
     repeated: bool,
 }
 
-/// The server, on a free port, logging at info to a file (as it would in production); killed when
-/// dropped, at the end of its row.
-fn start_server(root: &Path, algorithm: &str) -> Server {
-    let mut command = serve_command(BIN, &root.join(format!("{algorithm}.yaml")));
+/// The server of configuration `ROOT/NAME.yaml`, on a free port, logging at info to a file (as it
+/// would in production); killed when dropped, at the end of its row.
+fn start_server(root: &Path, name: &str) -> Server {
+    let mut command = serve_command(BIN, &root.join(format!("{name}.yaml")));
     command.env("REGISTRY_TOKEN_LOG", "info");
-    Server::start_logging_to(command, &root.join(format!("server-{algorithm}.log")))
+    Server::start_logging_to(command, &root.join(format!("server-{name}.log")))
 }
 
 /// utime + stime of a process, in microseconds.
@@ -524,13 +563,13 @@ fn wrk(
 
 fn load(
     root: &Path,
-    algorithm: &str,
+    name: &str,
     mix: &str,
     connections: usize,
     settings: &Settings,
     cold: &Path,
 ) -> Row {
-    let server = start_server(root, algorithm);
+    let server = start_server(root, name);
     let (pid, address) = (server.pid(), server.address());
     let hot = root.join("hot.requests");
     let hot_path = format!(

@@ -167,27 +167,60 @@ impl FromRequestParts<super::AppState> for ClientAddr {
         };
         let live = app.live();
         let trusted = &live.config.http.trusted_proxies;
-        if !trusted.contains(&peer.ip()) {
-            return Ok(ClientAddr(Some(peer.ip().to_string())));
-        }
-        let hops: Vec<Option<IpAddr>> = parts
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .flat_map(|value| value.to_str().unwrap_or("").split(','))
-            .map(|hop| hop.trim().parse::<IpAddr>().ok())
-            .collect();
-        // From the right: each trusted proxy names who connected to it; the first hop that is not
-        // a trusted proxy is the client. A hop that is not an address ends the walk at the last
-        // address a trusted proxy vouched for.
-        let mut client = peer.ip();
-        for hop in hops.iter().rev() {
-            let Some(hop) = hop else { break };
-            client = *hop;
-            if !trusted.contains(hop) {
-                break;
-            }
-        }
+        let forwarded = parts.headers.get_all("x-forwarded-for").iter().map(|v| v.to_str().unwrap_or(""));
+        let client = client_address(peer.ip(), forwarded, trusted);
         Ok(ClientAddr(Some(client.to_string())))
+    }
+}
+
+/// The client behind `peer`: `peer` itself unless it is a trusted proxy; then, walking the
+/// `X-Forwarded-For` hops from the right (each trusted proxy names who connected to it), the first
+/// hop that is not a trusted proxy. A hop that is not an address ends the walk at the last address
+/// a trusted proxy vouched for.
+fn client_address<'a>(
+    peer: IpAddr,
+    forwarded: impl Iterator<Item = &'a str>,
+    trusted: &crate::config::TrustedProxies,
+) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let hops: Vec<Option<IpAddr>> =
+        forwarded.flat_map(|value| value.split(',')).map(|hop| hop.trim().parse::<IpAddr>().ok()).collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let Some(hop) = hop else { break };
+        client = *hop;
+        if !trusted.contains(hop) {
+            break;
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TrustedProxies;
+
+    fn client(peer: &str, forwarded: &[&str], trusted: &[&str]) -> String {
+        let trusted = TrustedProxies::try_from(trusted.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>()).unwrap();
+        client_address(peer.parse().unwrap(), forwarded.iter().copied(), &trusted).to_string()
+    }
+
+    #[test]
+    fn the_client_is_the_first_untrusted_hop_from_the_right() {
+        // An untrusted peer's header is ignored: anyone can send one.
+        assert_eq!(client("203.0.113.9", &["10.0.0.1"], &["10.0.0.0/8"]), "203.0.113.9");
+        // Behind one trusted proxy.
+        assert_eq!(client("10.0.0.2", &["198.51.100.7"], &["10.0.0.0/8"]), "198.51.100.7");
+        // A client that forges hops on the left gains nothing: the walk stops at its real address.
+        assert_eq!(client("10.0.0.2", &["1.2.3.4, 198.51.100.7", "10.0.0.3"], &["10.0.0.0/8"]), "198.51.100.7");
+        // Only trusted hops: the leftmost one.
+        assert_eq!(client("10.0.0.2", &["10.0.0.5, 10.0.0.3"], &["10.0.0.0/8", "127.0.0.1"]), "10.0.0.5");
+        // Garbage ends the walk at the last vouched-for address; no header: the peer.
+        assert_eq!(client("10.0.0.2", &["junk, 10.0.0.3"], &["10.0.0.0/8"]), "10.0.0.3");
+        assert_eq!(client("10.0.0.2", &[], &["10.0.0.0/8"]), "10.0.0.2");
+        assert_eq!(client("::1", &["2001:db8::1"], &["::1"]), "2001:db8::1");
     }
 }

@@ -131,9 +131,8 @@ async fn exchange(
     client_addr: Option<String>,
 ) -> Result<(Minted, Vec<Resource>), ApiError> {
     let Some(ledger) = &app.ledger else {
-        let mut unrecorded = Event::new(Outcome::Issued);
         let exchange = Exchange::new(live, params)?;
-        return issue(app, live, credential, &exchange, &mut unrecorded).await;
+        return issue(app, live, credential, &exchange, None).await;
     };
     let mut event = Event::new(Outcome::Issued);
     event.client_addr = client_addr;
@@ -142,7 +141,7 @@ async fn exchange(
         Ok(exchange) => {
             event.service = Some(exchange.service.clone());
             event.requested = exchange.requested.iter().map(Resource::to_string).collect();
-            issue(app, live, credential, &exchange, &mut event).await
+            issue(app, live, credential, &exchange, Some(&mut event)).await
         }
         Err(error) => Err(error),
     };
@@ -180,20 +179,23 @@ fn describe_failure(event: &mut Event, error: &ApiError) {
     event.message = Some(error.to_string());
 }
 
-/// Validate, check revocations, decide, mint, noting on `event` who asked and what decided.
+/// Validate, check revocations, decide, mint, noting on the ledger's `event` (when there is a
+/// ledger) who asked and what decided.
 async fn issue(
     app: &AppState,
     live: &Live,
     credential: &str,
     exchange: &Exchange,
-    event: &mut Event,
+    event: Option<&mut Event>,
 ) -> Result<(Minted, Vec<Resource>), ApiError> {
     let now = (app.clock)();
     let span = Span::current();
     let validated = live.validator.validate(credential, now).await?;
     let caller = &validated.caller;
     span.record("sub", caller.subject.as_str());
-    if let Some(ledger) = &app.ledger {
+    if let Some(ledger) = &app.ledger
+        && let Some(event) = event
+    {
         event.set_caller(caller, &live.config.authority.issuer, validated.jti.as_deref());
         // The host's own check, before any policy is asked: no policy can grant to a revoked caller.
         if let Some(revocation) = ledger.revoked(caller, validated.jti.as_deref(), Millis::from_seconds(now)) {

@@ -1,0 +1,184 @@
+//! Replicas sharing one PostgreSQL ledger, for real: Debian's `postgresql`, started by the test on a
+//! free loopback port in a temporary directory (as an unprivileged user when the suite runs as
+//! root), and two release servers on it. A revocation made through one replica's admin API, or by
+//! `registry-token ledger revoke`, is refused by every replica within a second; stopping
+//! PostgreSQL under load with strict durability gives 503s and never a token without its record,
+//! and service resumes when it comes back, without a restart.
+//!
+//! PostgreSQL is required: when it is missing the test fails and says what to install; it never
+//! skips. One cluster serves the whole suite, which runs its scenarios in order (the outage one
+//! stops the server).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../../host/tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use test_support::{Client, PostgresCluster, Server};
+
+const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
+const PULL: &str = "repository:team/app:pull";
+
+fn admin_token(fixture: &Fixture) -> String {
+    fixture.token(|r| {
+        r.subject = "security".into();
+        r.scope = "registry.admin".into();
+        r.tenant = None;
+    })
+}
+
+/// How long after `since` `client` first refuses `caller` (polling every 10 ms, at most 5 s).
+fn refused_after(client: &Client, caller: &str, since: Instant) -> (Duration, String) {
+    loop {
+        let reply = client.get_bearer(&query(SERVICE, &[PULL]), caller).unwrap();
+        if reply.status == 403 || since.elapsed() > Duration::from_secs(5) {
+            return (since.elapsed(), reply.message());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn allowed_again(client: &Client, caller: &str) {
+    let since = Instant::now();
+    while client.get_bearer(&query(SERVICE, &[PULL]), caller).unwrap().status != 200 {
+        assert!(since.elapsed() < Duration::from_secs(2), "a lifted revocation still refuses");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_down() {
+    let mut cluster = PostgresCluster::start();
+    let url = cluster.url();
+    let fixture = Fixture::with(|config| config.ledger.url = url.clone());
+    // Two replicas of one installation: the same configuration, each on its own free ports.
+    let a = Server::start(BIN, &fixture.config_path);
+    let b = Server::start(BIN, &fixture.config_path);
+    let (a_client, b_client) = (a.client(), b.client());
+    let admin = admin_token(&fixture);
+    let alice = fixture.token(|_| {});
+    for client in [&a_client, &b_client] {
+        assert_eq!(client.get_bearer(&query(SERVICE, &[PULL]), &alice).unwrap().status, 200);
+    }
+
+    // 1. Through replica A's admin API; replica B refuses within a second.
+    let body = json!({"kind": "subject", "value": "alice", "reason": "badge returned"}).to_string();
+    let reply = a.admin().post_json_bearer("/admin/v1/revocations", &admin, &body).unwrap();
+    assert_eq!(reply.status, 201, "{reply}");
+    let revoked_at = Instant::now();
+    let (took, message) = refused_after(&b_client, &alice, revoked_at);
+    println!("replica B refused {took:?} after replica A's revocation");
+    assert!(took < Duration::from_secs(1), "replica B refused only after {took:?}");
+    assert_eq!(message, "subject alice has been revoked: badge returned");
+    assert_eq!(refused_after(&a_client, &alice, Instant::now()).1, message, "and A at once");
+    let id = reply.body["id"].as_str().unwrap();
+    assert_eq!(b.admin().delete_bearer(&format!("/admin/v1/revocations/{id}"), &admin).unwrap().status, 204);
+    allowed_again(&a_client, &alice);
+
+    // 2. From the command line, on the shared database; both replicas refuse within a second.
+    let output = Command::new(BIN)
+        .args(["ledger", "revoke", "tenant", "acme", "--reason", "unpaid", "--config"])
+        .arg(&fixture.config_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let revoked_at = Instant::now();
+    for (name, client) in [("A", &a_client), ("B", &b_client)] {
+        let (took, message) = refused_after(client, &alice, revoked_at);
+        println!("replica {name} refused {took:?} after `ledger revoke`");
+        assert!(took < Duration::from_secs(1), "replica {name} refused only after {took:?}");
+        assert_eq!(message, "tenant acme has been revoked: unpaid");
+    }
+    let id = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let output = Command::new(BIN).args(["ledger", "unrevoke", &id, "--config"]).arg(&fixture.config_path).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    allowed_again(&a_client, &alice);
+    allowed_again(&b_client, &alice);
+
+    // 3. PostgreSQL stops under load: strict durability answers 503 and never hands out a token
+    //    without its record; service resumes when the database is back, with no restart.
+    let received: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let (ok, unavailable, other) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let load: Vec<_> = (0..4)
+        .map(|n| {
+            let client = if n % 2 == 0 { a_client.clone() } else { b_client.clone() };
+            let caller = fixture.token(|r| r.subject = format!("load-{n}"));
+            let (received, ok, unavailable, other, stop) =
+                (received.clone(), ok.clone(), unavailable.clone(), other.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(120) {
+                    let reply = client.get_bearer(&query(SERVICE, &[PULL]), &caller).unwrap();
+                    match reply.status.as_u16() {
+                        200 => {
+                            let (_, claims) = decode(reply.body["token"].as_str().unwrap());
+                            received.lock().unwrap().insert(claims["jti"].as_str().unwrap().to_owned());
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        503 => {
+                            assert!(reply.body["token"].is_null(), "a 503 carries no token: {reply}");
+                            unavailable.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            other.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let since = Instant::now();
+        while !done() {
+            assert!(since.elapsed() < Duration::from_secs(30), "{what} did not happen within 30 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for("200 tokens before the outage", &|| ok.load(Ordering::Relaxed) >= 200);
+    cluster.stop();
+    let before_outage = ok.load(Ordering::Relaxed);
+    wait_for("503s during the outage", &|| unavailable.load(Ordering::Relaxed) >= 20);
+    let ready = a.admin().get("/readyz").unwrap();
+    assert_eq!(ready.status, 503, "not ready while the strict ledger cannot be written: {ready}");
+    assert_eq!(ready.body["ledger"]["writable"], false);
+    let during_outage = ok.load(Ordering::Relaxed);
+    cluster.start_again();
+    let resumed_at = Instant::now();
+    wait_for("tokens again after PostgreSQL came back", &|| ok.load(Ordering::Relaxed) >= during_outage + 100);
+    println!("service resumed {:?} after PostgreSQL restarted", resumed_at.elapsed());
+    stop.store(true, Ordering::Relaxed);
+    for thread in load {
+        thread.join().unwrap();
+    }
+    assert_eq!(a.admin().get("/readyz").unwrap().status, 200, "ready again");
+
+    let recorded: HashSet<String> = cluster
+        .psql("SELECT token_jti FROM events WHERE outcome = 'issued'")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let received = received.lock().unwrap().clone();
+    let missing: Vec<&String> = received.difference(&recorded).collect();
+    println!(
+        "outage: {} tokens received ({before_outage} before the stop), {} answers 503, {} other; {} issued \
+         events recorded; {} tokens without a record",
+        received.len(),
+        unavailable.load(Ordering::Relaxed),
+        other.load(Ordering::Relaxed),
+        recorded.len(),
+        missing.len()
+    );
+    assert!(missing.is_empty(), "tokens handed out without an issued event: {missing:?}");
+    assert_eq!(other.load(Ordering::Relaxed), 0, "only 200 and 503 during an outage");
+    // Both replicas are the processes started at the beginning.
+    assert!(a.stderr().contains("the ledger is writable again"), "{}", a.stderr());
+    let events: Value = a.admin().get_bearer("/admin/v1/events?limit=1", &admin).unwrap().body;
+    assert_eq!(events["events"].as_array().unwrap().len(), 1);
+}
