@@ -17,6 +17,7 @@
 //!    with strict durability, logging at info.
 //! 4. The ledger's cost: the same mixes (RS256, 16 connections) with the ledger off, SQLite strict
 //!    and PostgreSQL strict (a throwaway cluster, as the tests start it), each against ledger off.
+//! 5. The metrics' cost: the hot mix with metrics off and on (`admin.metrics`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use data_encoding::BASE64URL_NOPAD;
@@ -146,18 +147,37 @@ fn main() {
         {
             let row = load(root, name, mix, 16, &settings, &cold);
             let (off_rate, off_p99) = *off.get_or_insert((row.rate, row.p99));
-            println!(
-                "| {mix} | {ledger} | {:.0} | **{:.2}** | {} | {} | {:+.2} ms | {:.0} µs | {} |",
-                row.rate,
-                row.rate / off_rate,
-                micros(row.p50),
-                micros(row.p99),
-                (row.p99 as f64 - off_p99 as f64) / 1000.0,
-                row.cpu_per_token_us,
-                row.errors
-            );
+            print_row(mix, ledger, &row, off_rate, off_p99);
         }
     }
+    drop(cluster);
+
+    // 5. The metrics' cost, in the production configuration otherwise.
+    println!();
+    println!("## The metrics' cost (RS256, hot, 16 connections, ledger SQLite strict)");
+    println!("| mix | metrics | tokens/s | ratio to off | p50 | p99 | p99 − off | server CPU/token | errors |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for round in 0..2 {
+        let off_row = load(root, "RS256-nometrics", "hot", 16, &settings, &cold);
+        let on_row = load(root, "RS256", "hot", 16, &settings, &cold);
+        let round = if round == 0 { "" } else { " (again)" };
+        print_row("hot", &format!("off{round}"), &off_row, off_row.rate, off_row.p99);
+        print_row("hot", &format!("on{round}"), &on_row, off_row.rate, off_row.p99);
+    }
+}
+
+/// One row of the comparison tables: `row` against the baseline's rate and p99.
+fn print_row(mix: &str, what: &str, row: &Row, base_rate: f64, base_p99: u64) {
+    println!(
+        "| {mix} | {what} | {:.0} | **{:.2}** | {} | {} | {:+.2} ms | {:.0} µs | {} |",
+        row.rate,
+        row.rate / base_rate,
+        micros(row.p50),
+        micros(row.p99),
+        (row.p99 as f64 - base_p99 as f64) / 1000.0,
+        row.cpu_per_token_us,
+        row.errors
+    );
 }
 
 fn micros(us: u64) -> String {
@@ -189,6 +209,13 @@ fn prepare(root: &Path) {
         write_config(root, algorithm, algorithm, &format!("sqlite://{}", root.join(format!("{algorithm}.db")).display()));
     }
     write_config(root, "RS256", "RS256-off", "none");
+    write_config(root, "RS256", "RS256-nometrics", &format!("sqlite://{}", root.join("RS256-nometrics.db").display()));
+    let mut config = serde_norway::from_str::<serde_norway::Value>(
+        &std::fs::read_to_string(root.join("RS256-nometrics.yaml")).unwrap(),
+    )
+    .unwrap();
+    config["admin"]["metrics"] = serde_norway::Value::Bool(false);
+    std::fs::write(root.join("RS256-nometrics.yaml"), serde_norway::to_string(&config).unwrap()).unwrap();
     write_config(root, "RS256", "RS256-sqlite", &format!("sqlite://{}", root.join("RS256-sqlite.db").display()));
 }
 

@@ -236,6 +236,12 @@ impl App {
     /// Re-reads the configuration file and everything it names, and swaps it in only if all of
     /// it loads. On error the previous state keeps serving.
     pub async fn reload(&self) -> Result<(), BuildError> {
+        let result = self.reload_now().await;
+        crate::metrics::metrics().reload(result.is_ok());
+        result
+    }
+
+    async fn reload_now(&self) -> Result<(), BuildError> {
         let Some(path) = self.config_path.clone() else {
             return Err(BuildError::NoConfigFile);
         };
@@ -253,6 +259,7 @@ impl App {
             ("watch", old.watch != new.watch),
             ("ledger", old.ledger != new.ledger),
             ("admin.listen", old.admin.listen != new.admin.listen),
+            ("admin.metrics", old.admin.metrics != new.admin.metrics),
         ] {
             if changed {
                 tracing::warn!(key, "{key} changed; it takes effect at the next restart");

@@ -13,6 +13,7 @@ pub mod config;
 pub mod dev_authority;
 pub mod http;
 pub mod ledger;
+pub mod metrics;
 pub mod mint;
 pub mod policy;
 pub mod scope;

@@ -23,6 +23,7 @@ pub use source::{KeySource, RemoteJwks, acceptable_jwks_url};
 
 use crate::access::Caller;
 use crate::bounded::{self, Weighed};
+use crate::metrics::CacheName;
 use claims::StrictObject;
 use data_encoding::BASE64URL_NOPAD;
 use jsonwebtoken::Algorithm;
@@ -76,9 +77,13 @@ impl Validator {
         {
             let hit = hit.value;
             if now < hit.validated.expires_at && hit.keys_generation == generation {
+                crate::metrics::metrics().cache(CacheName::CallerTokens, true);
                 return Ok(hit.validated);
             }
             cache.remove(token);
+        }
+        if self.cache.is_some() {
+            crate::metrics::metrics().cache(CacheName::CallerTokens, false);
         }
         let validated = Arc::new(verify(token, now, &self.keys, &self.requirements).await?);
         if let Some(cache) = &self.cache {

@@ -166,7 +166,9 @@ impl RemoteJwks {
         if let Ok(mut last) = self.last_fetch.lock() {
             *last = Some(Instant::now());
         }
-        let keys = self.fetch().await?;
+        let fetched = self.fetch().await;
+        crate::metrics::metrics().keys_fetch(fetched.is_ok());
+        let keys = fetched?;
         if keys.fingerprint() != self.keys.load().fingerprint() {
             tracing::info!(url = %self.url, keys = keys.len(), "the Authority's JWKS changed");
             self.keys.store(Arc::new(keys));

@@ -21,6 +21,7 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     let listen = config.listen;
     let admin_listen = config.admin.listen;
+    crate::metrics::metrics().set_enabled(config.admin.metrics);
     let ledger = Ledger::open(&config.ledger, true).await.map_err(|e| format!("the ledger: {e}"))?;
     match &ledger {
         Some(ledger) => tracing::info!(

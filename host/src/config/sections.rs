@@ -412,6 +412,10 @@ pub struct AdminConfig {
     pub listen: std::net::SocketAddr,
     /// The Authority scope an admin token must carry.
     pub required_scope: String,
+    /// Record metrics and serve `GET /metrics` here.
+    pub metrics: bool,
+    /// `GET /metrics` requires an administrator's token too.
+    pub metrics_require_auth: bool,
 }
 
 impl Default for AdminConfig {
@@ -419,6 +423,8 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 5051)),
             required_scope: "registry.admin".to_owned(),
+            metrics: true,
+            metrics_require_auth: false,
         }
     }
 }

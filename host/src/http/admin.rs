@@ -430,3 +430,25 @@ pub(super) async fn delete_revocation(
     tracing::info!(id, by = admin.caller.subject, "revocation lifted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+/// `GET /metrics`: the Prometheus exposition (with `admin.metrics_require_auth`, for
+/// administrators only; with `admin.metrics: false`, 404).
+pub(super) async fn scrape(State(app): State<AppState>, request: axum::extract::Request) -> Result<Response, AdminError> {
+    let live = app.live();
+    if !crate::metrics::metrics().enabled() {
+        return Err(AdminError::NotFound("metrics are off (admin.metrics: false)".into()));
+    }
+    if live.config.admin.metrics_require_auth {
+        let (mut parts, _) = request.into_parts();
+        Admin::from_request_parts(&mut parts, &app).await?;
+    }
+    let algorithm = live.minter.key().algorithm().name();
+    let snapshot = crate::metrics::Snapshot {
+        ledger_queue: app.ledger.as_ref().map_or(0, |ledger| ledger.health().queued),
+        revocations: app.ledger.as_ref().map(|ledger| ledger.active_revocations(Millis::now())).unwrap_or_default(),
+        signing_keys: vec![(live.minter.kid(), "active", algorithm)],
+        policy: Some((live.policy.digest(), live.policy.settings_version())),
+    };
+    let body = crate::metrics::metrics().render(&snapshot);
+    Ok(([(axum::http::header::CONTENT_TYPE, crate::metrics::Metrics::CONTENT_TYPE)], body).into_response())
+}

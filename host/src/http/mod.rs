@@ -20,6 +20,7 @@ pub use extract::MAX_QUERY_BYTES;
 pub use token::get_response_body;
 
 use crate::app::App;
+use crate::metrics::metrics;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::WWW_AUTHENTICATE;
@@ -59,6 +60,7 @@ pub fn admin_router(app: AppState) -> Router {
             "/admin/v1/revocations/{id}",
             axum::routing::delete(admin::delete_revocation).fallback(not_allowed("DELETE")),
         )
+        .route("/metrics", probe(get(admin::scrape)))
         .merge(probes());
     edge(routes, app, Challenge::Bearer)
 }
@@ -85,6 +87,7 @@ fn edge(routes: Router<AppState>, app: AppState, challenge: Challenge) -> Router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state((Arc::clone(&app), challenge), challenge_on_401))
+        .layer(axum::middleware::from_fn(count_request))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
@@ -135,6 +138,31 @@ async fn challenge_on_401(
         }
     }
     response
+}
+
+/// Counts every answered request by endpoint and status, with its latency.
+async fn count_request(request: Request, next: Next) -> Response {
+    if !metrics().enabled() {
+        return next.run(request).await;
+    }
+    let endpoint = endpoint(request.method(), request.uri().path());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    metrics().request(endpoint, response.status().as_str(), started.elapsed().as_secs_f64());
+    response
+}
+
+/// The `endpoint` label: a few fixed names, never the path itself (unbounded).
+fn endpoint(method: &Method, path: &str) -> &'static str {
+    match path {
+        "/token" if method == Method::POST => "token_post",
+        "/token" => "token_get",
+        "/healthz" | "/readyz" => "probe",
+        "/metrics" => "metrics",
+        "/.well-known/jwks.json" | "/certs.pem" => "jwks",
+        admin if admin.starts_with("/admin/") => "admin",
+        _ => "other",
+    }
 }
 
 /// A probe route: `GET` (and `HEAD`), anything else 405.

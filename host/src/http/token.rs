@@ -6,7 +6,9 @@ use super::error::{ApiError, OAuth};
 use super::extract::{ClientAddr, Credential, Form, Params, Query};
 use crate::access::{Resource, scope_string};
 use crate::app::Live;
-use crate::authority;
+use crate::authority::{self, AuthError};
+use crate::metrics::metrics;
+use std::time::Instant;
 use crate::ledger::{Event, IssuedToken, Millis, Outcome};
 use crate::mint::Minted;
 use crate::policy::Decision;
@@ -190,7 +192,11 @@ async fn issue(
 ) -> Result<(Minted, Vec<Resource>), ApiError> {
     let now = (app.clock)();
     let span = Span::current();
-    let validated = live.validator.validate(credential, now).await?;
+    let validated = live.validator.validate(credential, now).await.inspect_err(|error| {
+        if *error != AuthError::KeysUnavailable {
+            metrics().refusal(error.kind());
+        }
+    })?;
     let caller = &validated.caller;
     span.record("sub", caller.subject.as_str());
     if let Some(ledger) = &app.ledger
@@ -199,6 +205,7 @@ async fn issue(
         event.set_caller(caller, &live.config.authority.issuer, validated.jti.as_deref());
         // The host's own check, before any policy is asked: no policy can grant to a revoked caller.
         if let Some(revocation) = ledger.revoked(caller, validated.jti.as_deref(), Millis::from_seconds(now)) {
+            metrics().decision("revoked");
             return Err(ApiError::Denied {
                 reason: "revoked".to_owned(),
                 message: revocation.message(),
@@ -209,8 +216,12 @@ async fn issue(
         event.settings_version = Some(live.policy.settings_version().to_owned());
     }
 
-    let decision =
-        live.policy.evaluate(caller, &exchange.service, &exchange.requested).await.inspect_err(|fault| {
+    let started = Instant::now();
+    let decision = live.policy.evaluate(caller, &exchange.service, &exchange.requested).await;
+    metrics().evaluation(started.elapsed().as_secs_f64());
+    let decision = decision.inspect_err(|fault| {
+            metrics().fault(fault.kind());
+            metrics().decision("fault");
             tracing::error!(
                 fault = fault.kind(),
                 detail = %fault,
@@ -221,6 +232,7 @@ async fn issue(
         })?;
     let granted = match decision {
         Decision::Deny { reason, message } => {
+            metrics().decision("deny");
             return Err(ApiError::Denied { reason, message, status: live.config.http.denial_status });
         }
         Decision::Grant { resources, note } => {
@@ -228,6 +240,12 @@ async fn issue(
             if let Some(note) = &note {
                 span.record("note", note.as_str());
             }
+            let actions = |resources: &[Resource]| resources.iter().map(|r| r.actions.len()).sum::<usize>();
+            metrics().decision(match actions(&resources) {
+                0 => "empty",
+                n if n >= actions(&exchange.requested) => "grant",
+                _ => "partial",
+            });
             resources
         }
     };
@@ -243,6 +261,7 @@ async fn issue(
         .mint(&caller.subject, &exchange.service, &granted, now, not_after)
         .map_err(|_| ApiError::Signing)?;
     span.record("granted", scope_string(&granted));
+    metrics().issued(&exchange.service, live.minter.key().algorithm().name(), "credential");
     Ok((minted, granted))
 }
 

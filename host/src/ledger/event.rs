@@ -336,6 +336,23 @@ impl RevocationSet {
         })
     }
 
+    /// Revocations in force at `now`, by kind (every kind, zeros included).
+    pub fn active_by_kind(&self, now: Millis) -> Vec<(&'static str, usize)> {
+        RevocationKind::ALL
+            .into_iter()
+            .map(|kind| {
+                let active = self
+                    .by_value
+                    .iter()
+                    .filter(|((k, _), _)| *k == kind)
+                    .flat_map(|(_, list)| list)
+                    .filter(|r| r.expires_at.is_none_or(|expires| now < expires))
+                    .count();
+                (kind.as_str(), active)
+            })
+            .collect()
+    }
+
     /// How many revocations it holds (expired ones included until pruned).
     pub fn len(&self) -> usize {
         self.count

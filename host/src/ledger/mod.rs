@@ -206,6 +206,11 @@ impl Ledger {
         self.shared.revocations.load().check(caller, jti, now).cloned()
     }
 
+    /// Revocations in force at `now`, by kind (for metrics).
+    pub fn active_revocations(&self, now: Millis) -> Vec<(&'static str, usize)> {
+        self.shared.revocations.load().active_by_kind(now)
+    }
+
     /// The ledger's state now.
     pub fn health(&self) -> Health {
         let shared = &self.shared;
@@ -385,6 +390,7 @@ async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, cap
                 for committed in waiting.into_iter().flatten().chain(barriers) {
                     let _ = committed.send(Ok(()));
                 }
+                crate::metrics::metrics().ledger_commit(started.elapsed().as_secs_f64());
                 tracing::trace!(events = count, took_us = started.elapsed().as_micros() as u64, "ledger commit");
             }
             Err((error, events)) => {

@@ -308,8 +308,10 @@ impl Policy {
             return self.evaluate_uncached(caller, service, requested).await;
         };
         if let Some(decision) = cache.get(caller, service, requested) {
+            crate::metrics::metrics().cache(crate::metrics::CacheName::Decisions, true);
             return Ok(decision);
         }
+        crate::metrics::metrics().cache(crate::metrics::CacheName::Decisions, false);
         let decision = self.evaluate_uncached(caller, service, requested).await?;
         cache.insert(caller, service, requested, &decision);
         Ok(decision)

@@ -245,6 +245,7 @@ mod tests {
              signing: {issuer: registry-token, key_file: /i/keys/signing-key.pem, \
              cert_file: /i/keys/signing-cert.pem, lifetime_secs: 60}\n\
              policy: {settings_file: /i/plans.yaml}\nhttp: {denial_status: 401}\n\
+             ledger: {url: 'sqlite:///i/ledger.db'}\nadmin: {listen: '127.0.0.1:0'}\n\
              development: {create_missing_keys: true}\n",
         )
         .unwrap();

@@ -1,0 +1,234 @@
+//! Metrics, for real: after a scripted sequence of exchanges, reloads and a policy fault, every
+//! counter of `GET /metrics` (the operator listener) equals what happened; `promtool check metrics`
+//! finds nothing wrong with the exposition and `promtool check rules` accepts the example alerts;
+//! and a real Prometheus (Debian's `prometheus`, started by the test on a free loopback port,
+//! scraping every second) answers the same numbers through its HTTP API.
+//!
+//! Prometheus and promtool are required: when missing, the test fails and says what to install.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../../host/tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use test_support::{Client, Process, Server, free_port, require_program};
+
+const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
+const INSTALL: &str = "install Debian's prometheus package (apt-get install -y prometheus; tests/run does this as root)";
+const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/prometheus/registry-token-alerts.yml");
+
+/// The exposition's samples: `name{labels}` (labels sorted, as written) → value.
+fn samples(exposition: &str) -> BTreeMap<String, f64> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The value of the one series of `name` whose labels include every `label="value"` in `labels`.
+fn value(samples: &BTreeMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
+    let matching: Vec<(&String, &f64)> = samples
+        .iter()
+        .filter(|(series, _)| {
+            let (series_name, rest) = series.split_once('{').unwrap_or((series, ""));
+            series_name == name && labels.iter().all(|l| rest.contains(l))
+        })
+        .collect();
+    match matching.as_slice() {
+        [(_, value)] => **value,
+        [] => 0.0,
+        many => panic!("{name} {labels:?} matches several series: {many:?}"),
+    }
+}
+
+fn scrape(admin: &Client) -> String {
+    let reply = admin.get("/metrics").unwrap();
+    assert_eq!(reply.status, 200, "{reply}");
+    assert_eq!(reply.headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+    reply.text
+}
+
+#[test]
+fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
+    let promtool = require_program("promtool", INSTALL);
+    let prometheus = require_program("prometheus", INSTALL);
+    // The shared plans: team may pull and push team/*, LIC-0002 is revoked.
+    let mut fixture = Fixture::new();
+    let server = Server::start(BIN, &fixture.config_path);
+    let (client, admin) = (server.client(), server.admin());
+
+    // The sequence: 5 issued, 3 denied, 4 refused, one reload refused, one applied, one fault.
+    let alice = fixture.token(|_| {});
+    let bob = fixture.token(|r| {
+        r.subject = "bob".into();
+        r.license = Some("LIC-0002".into());
+    });
+    for _ in 0..5 {
+        let reply = client.get_bearer(&query(SERVICE, &["repository:team/app:pull,push"]), &alice).unwrap();
+        assert_eq!(reply.status, 200, "{reply}");
+    }
+    for _ in 0..3 {
+        assert_eq!(client.get_bearer(&query(SERVICE, &["repository:team/app:pull"]), &bob).unwrap().status, 403);
+    }
+    let refused = [
+        fixture.token(|r| r.ttl_seconds = -600),
+        fixture.token(|r| r.ttl_seconds = -1200),
+        fixture.token(|r| r.audience = "someone-else".into()),
+        "not.a.token".to_owned(),
+    ];
+    for token in &refused {
+        assert_eq!(client.get_bearer(&query(SERVICE, &["repository:team/app:pull"]), token).unwrap().status, 401);
+    }
+    fixture.reconfigure(|config| config.policy.module = Some("/nonexistent/policy.wasm".into()));
+    server.signal("HUP");
+    wait_for_reload_line(&server, "reload refused");
+    fixture.reconfigure(|config| {
+        config.policy.module = Some(test_support::HOSTILE_GUEST_WASM.into());
+        config.policy.settings_file = None;
+    });
+    server.signal("HUP");
+    wait_for_reload_line(&server, "reloaded");
+    let reply = client.get_bearer(&query(SERVICE, &["repository:hostile/panic:pull"]), &alice).unwrap();
+    assert_eq!(reply.status, 503, "{reply}");
+
+    let exposition = scrape(&admin);
+    let s = samples(&exposition);
+    let ready = client.get("/readyz").unwrap().body;
+    for (name, labels, expected) in [
+        ("registry_token_tokens_issued_total", vec!["service=\"registry.test\"", "algorithm=\"RS256\"", "via=\"credential\""], 5.0),
+        ("registry_token_decisions_total", vec!["outcome=\"grant\""], 5.0),
+        ("registry_token_decisions_total", vec!["outcome=\"deny\""], 3.0),
+        ("registry_token_decisions_total", vec!["outcome=\"fault\""], 1.0),
+        ("registry_token_caller_refusals_total", vec!["reason=\"expired\""], 2.0),
+        ("registry_token_caller_refusals_total", vec!["reason=\"audience\""], 1.0),
+        ("registry_token_caller_refusals_total", vec!["reason=\"malformed\""], 1.0),
+        ("registry_token_policy_faults_total", vec!["kind=\"trap\""], 1.0),
+        ("registry_token_reloads_total", vec!["result=\"applied\""], 1.0),
+        ("registry_token_reloads_total", vec!["result=\"refused\""], 1.0),
+        ("registry_token_requests_total", vec!["endpoint=\"token_get\"", "status=\"200\""], 5.0),
+        ("registry_token_requests_total", vec!["endpoint=\"token_get\"", "status=\"403\""], 3.0),
+        ("registry_token_requests_total", vec!["endpoint=\"token_get\"", "status=\"401\""], 4.0),
+        ("registry_token_requests_total", vec!["endpoint=\"token_get\"", "status=\"503\""], 1.0),
+        ("registry_token_request_duration_seconds_count", vec!["endpoint=\"token_get\""], 13.0),
+        ("registry_token_policy_evaluation_duration_seconds_count", vec![], 9.0),
+        // alice's token: a miss, then 4 hits; bob's: a miss, 2 hits; the 4 refused: misses; after
+        // the reload (a new cache) alice's: a miss.
+        ("registry_token_cache_requests_total", vec!["cache=\"caller_tokens\"", "result=\"hit\""], 6.0),
+        ("registry_token_cache_requests_total", vec!["cache=\"caller_tokens\"", "result=\"miss\""], 7.0),
+        ("registry_token_build_info", vec![&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))], 1.0),
+        ("registry_token_ledger_queue_events", vec![], 0.0),
+        ("registry_token_revocations_active", vec!["kind=\"subject\""], 0.0),
+    ] {
+        assert_eq!(value(&s, name, &labels), expected, "{name} {labels:?} in\n{exposition}");
+    }
+    let policy = format!("digest=\"{}\"", ready["policy"]["digest"].as_str().unwrap());
+    assert_eq!(value(&s, "registry_token_policy_info", &[&policy]), 1.0, "{exposition}");
+    let kid = format!("kid=\"{}\"", ready["signing"]["kid"].as_str().unwrap());
+    assert_eq!(value(&s, "registry_token_signing_key_info", &[&kid, "status=\"active\""]), 1.0);
+    assert!(value(&s, "registry_token_ledger_commit_duration_seconds_count", &[]) >= 1.0);
+    // Histograms, not summaries: buckets that aggregate across replicas.
+    assert!(exposition.contains("# TYPE registry_token_request_duration_seconds histogram"));
+    assert!(exposition.contains("registry_token_request_duration_seconds_bucket{endpoint=\"token_get\",le=\"+Inf\"} 13"));
+    // No label carries a subject, a repository, a token or a client address.
+    let labels: String = s.keys().filter_map(|series| series.split_once('{').map(|(_, l)| l.to_owned())).collect();
+    for secret in ["alice", "bob", "team/app", "hostile", "127.0.0.1", "not.a.token", alice.as_str(), bob.as_str()] {
+        assert!(!labels.contains(secret), "a label value contains {secret:?}:\n{exposition}");
+    }
+
+    // promtool: the exposition and the example rules.
+    let mut check = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
+    let checked = check.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
+    assert!(checked.status.success() && said.trim().is_empty(), "promtool check metrics: {said}");
+    let rules = Command::new(&promtool).args(["check", "rules", RULES]).output().unwrap();
+    assert!(rules.status.success(), "{}", String::from_utf8_lossy(&rules.stdout));
+    assert!(String::from_utf8_lossy(&rules.stdout).contains("SUCCESS: 3 rules found"));
+
+    // A real Prometheus scraping the operator listener every second.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [{RULES:?}]\n\
+             scrape_configs:\n  - job_name: registry-token\n    static_configs: [{{targets: [\"{}\"]}}]\n",
+            server.admin_address()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut command = Command::new(&prometheus);
+    command
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+    let prometheus = Process::start("prometheus", command);
+    let api = Client::new(&format!("127.0.0.1:{port}"));
+    let query_value = |promql: &str| -> Option<String> {
+        let path = format!("/api/v1/query?query={}", form_urlencoded_pairs(&[("q", promql)]).trim_start_matches("q="));
+        let reply = api.get(&path).ok()?;
+        let result: &Value = &reply.body["data"]["result"][0]["value"][1];
+        result.as_str().map(str::to_owned)
+    };
+    let since = Instant::now();
+    let issued = loop {
+        if let Some(value) = query_value("sum(registry_token_tokens_issued_total)") {
+            break value;
+        }
+        assert!(since.elapsed() < Duration::from_secs(60), "Prometheus never scraped: {}", prometheus.stderr());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(issued, "5");
+    assert_eq!(query_value("sum(registry_token_decisions_total{outcome=\"deny\"})").as_deref(), Some("3"));
+    assert_eq!(query_value("sum(registry_token_caller_refusals_total)").as_deref(), Some("4"));
+    assert_eq!(query_value("up{job=\"registry-token\"}").as_deref(), Some("1"));
+}
+
+fn wait_for_reload_line(server: &Server, line: &str) {
+    let since = Instant::now();
+    while !server.stderr().contains(line) {
+        assert!(since.elapsed() < Duration::from_secs(30), "no {line:?}: {}", server.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn metrics_can_require_an_administrator_or_be_off() {
+    let fixture = Fixture::with(|config| {
+        config.set("admin.metrics_require_auth", true);
+    });
+    let server = Server::start(BIN, &fixture.config_path);
+    let admin = server.admin();
+    let reply = admin.get("/metrics").unwrap();
+    assert_eq!(reply.status, 401, "{reply}");
+    let caller = fixture.token(|_| {});
+    assert_eq!(admin.get_bearer("/metrics", &caller).unwrap().status, 403, "a caller is not an administrator");
+    let token = fixture.token(|r| r.scope = "registry.admin".into());
+    let reply = admin.get_bearer("/metrics", &token).unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(reply.text.contains("registry_token_build_info"));
+    drop(server);
+
+    let off = Fixture::with(|config| {
+        config.set("admin.metrics", false);
+    });
+    let server = Server::start(BIN, &off.config_path);
+    assert_eq!(server.admin().get("/metrics").unwrap().status, 404);
+    assert_eq!(server.client().get_bearer(&query(SERVICE, &["repository:team/app:pull"]), &off.token(|_| {})).unwrap().status, 200);
+}
