@@ -136,7 +136,9 @@ fn main() {
     // 4. The ledger's cost, against no ledger in the same run.
     println!();
     println!("## The ledger's cost (RS256, 16 connections; each row against the ledger-off row before it)");
-    println!("| mix | ledger | tokens/s | ratio to off | p50 | p99 | p99 − off | server CPU/token | errors |");
+    println!(
+        "| mix | ledger | tokens/s | ratio to off | p50 | p99 | p99 − off | server CPU/token | errors |"
+    );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     let cluster = test_support::PostgresCluster::start();
     write_config(root, "RS256", "RS256-postgres", &cluster.url());
@@ -155,7 +157,9 @@ fn main() {
     // 5. The metrics' cost, in the production configuration otherwise.
     println!();
     println!("## The metrics' cost (RS256, hot, 16 connections, ledger SQLite strict)");
-    println!("| mix | metrics | tokens/s | ratio to off | p50 | p99 | p99 − off | server CPU/token | errors |");
+    println!(
+        "| mix | metrics | tokens/s | ratio to off | p50 | p99 | p99 − off | server CPU/token | errors |"
+    );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for round in 0..2 {
         let off_row = load(root, "RS256-nometrics", "hot", 16, &settings, &cold);
@@ -206,17 +210,32 @@ fn prepare(root: &Path) {
     dev_authority::init(&root.join("authority"), ISSUER).unwrap();
     std::fs::write(root.join("plans.json"), plans_json()).unwrap();
     for algorithm in ["RS256", "ES256"] {
-        write_config(root, algorithm, algorithm, &format!("sqlite://{}", root.join(format!("{algorithm}.db")).display()));
+        write_config(
+            root,
+            algorithm,
+            algorithm,
+            &format!("sqlite://{}", root.join(format!("{algorithm}.db")).display()),
+        );
     }
     write_config(root, "RS256", "RS256-off", "none");
-    write_config(root, "RS256", "RS256-nometrics", &format!("sqlite://{}", root.join("RS256-nometrics.db").display()));
+    write_config(
+        root,
+        "RS256",
+        "RS256-nometrics",
+        &format!("sqlite://{}", root.join("RS256-nometrics.db").display()),
+    );
     let mut config = serde_norway::from_str::<serde_norway::Value>(
         &std::fs::read_to_string(root.join("RS256-nometrics.yaml")).unwrap(),
     )
     .unwrap();
     config["admin"]["metrics"] = serde_norway::Value::Bool(false);
     std::fs::write(root.join("RS256-nometrics.yaml"), serde_norway::to_string(&config).unwrap()).unwrap();
-    write_config(root, "RS256", "RS256-sqlite", &format!("sqlite://{}", root.join("RS256-sqlite.db").display()));
+    write_config(
+        root,
+        "RS256",
+        "RS256-sqlite",
+        &format!("sqlite://{}", root.join("RS256-sqlite.db").display()),
+    );
 }
 
 /// `ROOT/NAME.yaml`: a server signing with `algorithm`, recording into `ledger_url` (strict).
@@ -588,14 +607,7 @@ fn wrk(
     serde_json::from_str(line).unwrap()
 }
 
-fn load(
-    root: &Path,
-    name: &str,
-    mix: &str,
-    connections: usize,
-    settings: &Settings,
-    cold: &Path,
-) -> Row {
+fn load(root: &Path, name: &str, mix: &str, connections: usize, settings: &Settings, cold: &Path) -> Row {
     let server = start_server(root, name);
     let (pid, address) = (server.pid(), server.address());
     let hot = root.join("hot.requests");

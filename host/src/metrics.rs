@@ -205,7 +205,8 @@ impl Metrics {
             ),
             registry: r,
         };
-        let build = gauge_vec(&metrics.registry, "registry_token_build_info", "The build (always 1).", &["version"]);
+        let build =
+            gauge_vec(&metrics.registry, "registry_token_build_info", "The build (always 1).", &["version"]);
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         metrics
     }

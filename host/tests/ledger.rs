@@ -33,6 +33,18 @@ fn events(admin: &Client, token: &str, query: &str) -> Vec<Value> {
     reply.body["events"].as_array().unwrap().clone()
 }
 
+/// `read()` until `done` holds (at most 5 s), for events written after their answer.
+fn eventually(read: impl Fn() -> Vec<Value>, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let since = Instant::now();
+    loop {
+        let value = read();
+        if done(&value) || since.elapsed() > Duration::from_secs(5) {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn event_by_id(admin: &Client, token: &str, id: &str) -> Value {
     let reply = admin.get_bearer(&format!("/admin/v1/events/{id}"), token).unwrap();
     assert_eq!(reply.status, 200, "{reply}");
@@ -52,7 +64,11 @@ fn ledger_cli(fixture: &Fixture, args: &[&str]) -> std::process::Output {
 /// The event the server's log line names for the last request with `needle` in it.
 fn logged_event_id(server: &Server, needle: &str) -> String {
     let log = server.stderr();
-    let line = log.lines().rev().find(|l| l.contains(needle) && l.contains("served")).unwrap_or_else(|| panic!("{log}"));
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains(needle) && l.contains("served"))
+        .unwrap_or_else(|| panic!("{log}"));
     let start = line.find("event=\"").unwrap_or_else(|| panic!("no event id in {line}")) + 7;
     line[start..start + 36].to_owned()
 }
@@ -67,7 +83,8 @@ fn every_outcome_is_recorded_with_its_fields_and_no_secret_reaches_the_database(
     // issued
     let caller = fixture.token(|_| {});
     let (_, caller_claims) = decode(&caller);
-    let reply = client.get_basic(&query(SERVICE, &[PULL, "repository:secret/x:push"]), "alice", &caller).unwrap();
+    let reply =
+        client.get_basic(&query(SERVICE, &[PULL, "repository:secret/x:push"]), "alice", &caller).unwrap();
     assert_eq!(reply.status, 200, "{reply}");
     let registry_token = reply.body["token"].as_str().unwrap().to_owned();
     let (_, token_claims) = decode(&registry_token);
@@ -93,12 +110,15 @@ fn every_outcome_is_recorded_with_its_fields_and_no_secret_reaches_the_database(
         config.authority.jwks_file = Some(fixture.root().join("authority/jwks.json"));
     });
     let hostile_server = Server::start(BIN, &hostile.config_path);
-    let faulted = hostile_server.client().get_bearer(&query(SERVICE, &["repository:hostile/panic:pull"]), &caller).unwrap();
+    let faulted = hostile_server
+        .client()
+        .get_bearer(&query(SERVICE, &["repository:hostile/panic:pull"]), &caller)
+        .unwrap();
     assert_eq!(faulted.status, 503, "{faulted}");
 
     let token = admin_token(&fixture, "root", None);
-    let recorded = events(&admin, &token, "?limit=10");
-    assert_eq!(recorded.len(), 5, "{recorded:#?}");
+    // Only an issued event is committed before its answer; the others follow within moments.
+    let recorded = eventually(|| events(&admin, &token, "?limit=10"), |recorded| recorded.len() == 5);
     let outcomes: Vec<&str> = recorded.iter().map(|e| e["outcome"].as_str().unwrap()).collect();
     assert_eq!(outcomes, ["fault", "refused", "refused", "denied", "issued"], "newest first");
 
@@ -150,7 +170,9 @@ fn every_outcome_is_recorded_with_its_fields_and_no_secret_reaches_the_database(
     assert!(database.len() > 4096, "the database holds the events");
     let contains = |needle: &str| database.windows(needle.len()).any(|w| w == needle.as_bytes());
     // The search finds what is recorded (the tokens' ids), so its silence below means something.
-    assert!(contains(token_claims["jti"].as_str().unwrap()) && contains(caller_claims["jti"].as_str().unwrap()));
+    assert!(
+        contains(token_claims["jti"].as_str().unwrap()) && contains(caller_claims["jti"].as_str().unwrap())
+    );
     for (name, secret) in [
         ("the caller token", caller.as_str()),
         ("the caller token's signature", caller.rsplit('.').next().unwrap()),
@@ -189,7 +211,8 @@ fn each_kind_of_revocation_refuses_at_once_with_its_reason_and_lifts() {
         ("client", "tests"),
         ("caller_token", claims["jti"].as_str().unwrap()),
     ] {
-        let revocation = revoke(&admin, &token, json!({"kind": kind, "value": value, "reason": format!("{kind} test")}));
+        let revocation =
+            revoke(&admin, &token, json!({"kind": kind, "value": value, "reason": format!("{kind} test")}));
         assert_eq!((revocation["kind"].as_str(), revocation["value"].as_str()), (Some(kind), Some(value)));
         // The next request on this replica is refused, with the documented message.
         let reply = client.get_bearer(&query(SERVICE, &[PULL]), &caller).unwrap();
@@ -200,7 +223,11 @@ fn each_kind_of_revocation_refuses_at_once_with_its_reason_and_lifts() {
         let id = revocation["id"].as_str().unwrap();
         let lifted = admin.delete_bearer(&format!("/admin/v1/revocations/{id}"), &token).unwrap();
         assert_eq!(lifted.status, 204, "{lifted}");
-        assert_eq!(client.get_bearer(&query(SERVICE, &[PULL]), &caller).unwrap().status, 200, "{kind} lifted");
+        assert_eq!(
+            client.get_bearer(&query(SERVICE, &[PULL]), &caller).unwrap().status,
+            200,
+            "{kind} lifted"
+        );
     }
     let denied = events(&admin, &token, "?outcome=denied&sub=alice");
     assert_eq!(denied.len(), 5);
@@ -209,14 +236,29 @@ fn each_kind_of_revocation_refuses_at_once_with_its_reason_and_lifts() {
     assert_eq!(audit.len(), 5);
     assert!(audit.iter().all(|e| e["sub"] == "root"), "who revoked is recorded: {audit:#?}");
     assert_eq!(events(&admin, &token, "?outcome=revocation_lifted").len(), 5);
-    assert_eq!(admin.delete_bearer("/admin/v1/revocations/01938f3e-0000-7000-8000-000000000000", &token).unwrap().status, 404);
+    assert_eq!(
+        admin
+            .delete_bearer("/admin/v1/revocations/01938f3e-0000-7000-8000-000000000000", &token)
+            .unwrap()
+            .status,
+        404
+    );
 
     // A revocation with an expiry stops applying by itself.
-    let soon = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(2)).to_string();
-    revoke(&admin, &token, json!({"kind": "subject", "value": "alice", "reason": "cooling off", "expires_at": soon}));
+    let soon =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(2)).to_string();
+    revoke(
+        &admin,
+        &token,
+        json!({"kind": "subject", "value": "alice", "reason": "cooling off", "expires_at": soon}),
+    );
     assert_eq!(client.get_bearer(&query(SERVICE, &[PULL]), &caller).unwrap().status, 403);
     std::thread::sleep(Duration::from_millis(3100));
-    assert_eq!(client.get_bearer(&query(SERVICE, &[PULL]), &caller).unwrap().status, 200, "expired revocation");
+    assert_eq!(
+        client.get_bearer(&query(SERVICE, &[PULL]), &caller).unwrap().status,
+        200,
+        "expired revocation"
+    );
     // The settings' revoked_licenses keep working beside the ledger.
     let settings_revoked = fixture.token(|r| r.license = Some("LIC-0002".into()));
     let reply = client.get_bearer(&query(SERVICE, &[PULL]), &settings_revoked).unwrap();
@@ -264,13 +306,20 @@ fn the_command_line_revokes_a_running_server_within_a_second_and_reads_the_ledge
     assert_eq!(listed["revocations"][0]["id"], id.as_str());
     assert!(listed["revocations"][0]["created_by"].as_str().unwrap().starts_with("cli:"));
 
-    let events = ledger_cli(&fixture, &["events", "--json", "--sub", "alice"]);
-    assert!(events.status.success(), "{}", String::from_utf8_lossy(&events.stderr));
-    let events: Value = serde_json::from_slice(&events.stdout).unwrap();
-    let outcomes: Vec<&str> = events["events"].as_array().unwrap().iter().map(|e| e["outcome"].as_str().unwrap()).collect();
+    // The denial's event is written just after its answer.
+    let events = eventually(
+        || {
+            let output = ledger_cli(&fixture, &["events", "--json", "--sub", "alice"]);
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            let events: Value = serde_json::from_slice(&output.stdout).unwrap();
+            events["events"].as_array().unwrap().clone()
+        },
+        |events| events.first().is_some_and(|e| e["outcome"] == "denied"),
+    );
+    let outcomes: Vec<&str> = events.iter().map(|e| e["outcome"].as_str().unwrap()).collect();
     // The first exchange, those before the revocation reached the server, then the refusal.
-    assert_eq!(outcomes[0], "denied", "{events:#}");
-    assert!(outcomes.len() >= 2 && outcomes[1..].iter().all(|o| *o == "issued"), "{events:#}");
+    assert_eq!(outcomes[0], "denied", "{events:#?}");
+    assert!(outcomes.len() >= 2 && outcomes[1..].iter().all(|o| *o == "issued"), "{events:#?}");
     let lines = ledger_cli(&fixture, &["events", "--outcome", "revocation_created"]);
     let lines = String::from_utf8(lines.stdout).unwrap();
     assert!(lines.contains("licence LIC-0001 revoked by cli:"), "{lines}");
@@ -303,8 +352,8 @@ fn the_ledger_works_while_the_service_is_down_and_after_a_restart() {
     let reply = server.client().get_bearer(&query(SERVICE, &[PULL]), &caller).unwrap();
     assert_eq!(reply.status, 403, "a revocation made while it was down applies from the start: {reply}");
     let token = admin_token(&fixture, "root", None);
-    let outcomes: Vec<String> =
-        events(&server.admin(), &token, "").iter().map(|e| e["outcome"].as_str().unwrap().to_owned()).collect();
+    let recorded = eventually(|| events(&server.admin(), &token, ""), |recorded| recorded.len() == 3);
+    let outcomes: Vec<&str> = recorded.iter().map(|e| e["outcome"].as_str().unwrap()).collect();
     assert_eq!(outcomes, ["denied", "revocation_created", "issued"]);
 }
 
@@ -324,7 +373,8 @@ fn a_tenant_administrator_reads_and_revokes_only_within_its_tenant() {
         assert_eq!(client.get_bearer(&query(SERVICE, &[PULL]), token).unwrap().status, 200);
     }
     let globex_event = events(&admin, &global, "?tenant=globex")[0]["id"].as_str().unwrap().to_owned();
-    let global_revocation = revoke(&admin, &global, json!({"kind": "client", "value": "nobody", "reason": "global"}));
+    let global_revocation =
+        revoke(&admin, &global, json!({"kind": "client", "value": "nobody", "reason": "global"}));
 
     // Reading: only its tenant's events, whatever it asks.
     let seen = events(&admin, &acme, "");
@@ -340,7 +390,10 @@ fn a_tenant_administrator_reads_and_revokes_only_within_its_tenant() {
     assert_eq!(listed.body["revocations"], json!([]), "the global revocation is not its to see");
 
     // Revoking: every way out of its tenant is a 403 that writes nothing.
-    let before = (events(&admin, &global, "?limit=1000").len(), admin.get_bearer("/admin/v1/revocations", &global).unwrap().body);
+    let before = (
+        events(&admin, &global, "?limit=1000").len(),
+        admin.get_bearer("/admin/v1/revocations", &global).unwrap().body,
+    );
     for body in [
         json!({"kind": "tenant", "value": "globex", "reason": "x"}),
         json!({"kind": "subject", "value": "bob", "reason": "x", "tenant": "globex"}),
@@ -350,11 +403,15 @@ fn a_tenant_administrator_reads_and_revokes_only_within_its_tenant() {
     }
     let id = global_revocation["id"].as_str().unwrap();
     assert_eq!(admin.delete_bearer(&format!("/admin/v1/revocations/{id}"), &acme).unwrap().status, 403);
-    let after = (events(&admin, &global, "?limit=1000").len(), admin.get_bearer("/admin/v1/revocations", &global).unwrap().body);
+    let after = (
+        events(&admin, &global, "?limit=1000").len(),
+        admin.get_bearer("/admin/v1/revocations", &global).unwrap().body,
+    );
     assert_eq!(before, after, "a refused admin request wrote nothing");
 
     // Within its tenant: a subject revocation applies to acme's bob only; it may revoke itself.
-    let revocation = revoke(&admin, &acme, json!({"kind": "subject", "value": "bob", "reason": "acme says so"}));
+    let revocation =
+        revoke(&admin, &acme, json!({"kind": "subject", "value": "bob", "reason": "acme says so"}));
     assert_eq!(revocation["tenant"], "acme");
     assert_eq!(client.get_bearer(&query(SERVICE, &[PULL]), &acme_bob).unwrap().status, 403);
     assert_eq!(client.get_bearer(&query(SERVICE, &[PULL]), &globex_bob).unwrap().status, 200);
@@ -396,11 +453,17 @@ fn the_admin_api_refuses_bad_input_and_bad_credentials_and_writes_nothing() {
         (r#"{"kind": "subject", "value": "x"}"#, "missing field `reason`"),
         (r#"{"kind": "subject", "value": "x", "reason": "r", "admin": true}"#, "unknown field `admin`"),
         (r#"{"kind": "subject", "value": "al\"ice", "reason": "r"}"#, "value contains '\"'"),
-        (r#"{"kind": "subject", "value": "x'; DROP TABLE revocations; --", "reason": "r"}"#, "value contains '\\''"),
+        (
+            r#"{"kind": "subject", "value": "x'; DROP TABLE revocations; --", "reason": "r"}"#,
+            "value contains '\\''",
+        ),
         (r#"{"kind": "subject", "value": "nul\u0000", "reason": "r"}"#, "value contains '\\0'"),
         (r#"{"kind": "subject", "value": "x", "reason": "r\u0000"}"#, "control characters"),
         (r#"{"kind": "subject", "value": "x", "reason": "r", "expires_at": "tomorrow"}"#, "expires_at"),
-        (r#"{"kind": "subject", "value": "x", "reason": "r", "expires_at": "2001-01-01T00:00:00Z"}"#, "not in the future"),
+        (
+            r#"{"kind": "subject", "value": "x", "reason": "r", "expires_at": "2001-01-01T00:00:00Z"}"#,
+            "not in the future",
+        ),
         (r#"["subject", "x"]"#, "not a revocation as JSON"),
         (oversized.as_str(), "larger than"),
     ] {

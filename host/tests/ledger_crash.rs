@@ -27,7 +27,8 @@ fn kill_9_under_load_loses_no_record_of_a_token_a_client_received() {
     let address = server.address().to_owned();
     let received: Arc<Mutex<HashSet<String>>> = Arc::default();
     let count = Arc::new(AtomicUsize::new(0));
-    let callers: Vec<String> = (0..CONNECTIONS).map(|n| fixture.token(|r| r.subject = format!("load-{n}"))).collect();
+    let callers: Vec<String> =
+        (0..CONNECTIONS).map(|n| fixture.token(|r| r.subject = format!("load-{n}"))).collect();
     let started = Instant::now();
     let clients: Vec<_> = callers
         .into_iter()
@@ -36,9 +37,16 @@ fn kill_9_under_load_loses_no_record_of_a_token_a_client_received() {
             let (received, count, address) = (Arc::clone(&received), Arc::clone(&count), address.clone());
             std::thread::spawn(move || {
                 // One keep-alive connection per thread, as a busy client pool has.
-                let client = reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap();
+                let client = reqwest::blocking::Client::builder()
+                    .no_proxy()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap();
                 for i in 0..100_000 {
-                    let url = format!("http://{address}{}", query(SERVICE, &[&format!("repository:team/app-{n}-{}:pull", i % 50)]));
+                    let url = format!(
+                        "http://{address}{}",
+                        query(SERVICE, &[&format!("repository:team/app-{n}-{}:pull", i % 50)])
+                    );
                     let Ok(response) = client.get(&url).bearer_auth(&caller).send() else { break };
                     if response.status() != 200 {
                         continue;
@@ -90,7 +98,11 @@ fn kill_9_under_load_loses_no_record_of_a_token_a_client_received() {
         recorded.difference(&received).count()
     );
     assert!(received.len() >= KILL_AFTER);
-    assert!(missing.is_empty(), "{} tokens were received without an issued event: {missing:?}", missing.len());
+    assert!(
+        missing.is_empty(),
+        "{} tokens were received without an issued event: {missing:?}",
+        missing.len()
+    );
 
     // The service restarts on the same file and keeps recording.
     let server = Server::start(BIN, &fixture.config_path);

@@ -96,7 +96,11 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
         assert_eq!(message, "tenant acme has been revoked: unpaid");
     }
     let id = String::from_utf8(output.stdout).unwrap().trim().to_owned();
-    let output = Command::new(BIN).args(["ledger", "unrevoke", &id, "--config"]).arg(&fixture.config_path).output().unwrap();
+    let output = Command::new(BIN)
+        .args(["ledger", "unrevoke", &id, "--config"])
+        .arg(&fixture.config_path)
+        .output()
+        .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     allowed_again(&a_client, &alice);
     allowed_again(&b_client, &alice);
@@ -104,7 +108,8 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
     // 3. PostgreSQL stops under load: strict durability answers 503 and never hands out a token
     //    without its record; service resumes when the database is back, with no restart.
     let received: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let (ok, unavailable, other) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (ok, unavailable, other) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let load: Vec<_> = (0..4)
@@ -151,7 +156,9 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
     let during_outage = ok.load(Ordering::Relaxed);
     cluster.start_again();
     let resumed_at = Instant::now();
-    wait_for("tokens again after PostgreSQL came back", &|| ok.load(Ordering::Relaxed) >= during_outage + 100);
+    wait_for("tokens again after PostgreSQL came back", &|| {
+        ok.load(Ordering::Relaxed) >= during_outage + 100
+    });
     println!("service resumed {:?} after PostgreSQL restarted", resumed_at.elapsed());
     stop.store(true, Ordering::Relaxed);
     for thread in load {

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use test_support::{Client, Process, Server, free_port, require_program};
 
 const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
-const INSTALL: &str = "install Debian's prometheus package (apt-get install -y prometheus; tests/run does this as root)";
+const INSTALL: &str =
+    "install Debian's prometheus package (apt-get install -y prometheus; tests/run does this as root)";
 const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/prometheus/registry-token-alerts.yml");
 
 /// The exposition's samples: `name{labels}` (labels sorted, as written) → value.
@@ -77,7 +78,10 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
         assert_eq!(reply.status, 200, "{reply}");
     }
     for _ in 0..3 {
-        assert_eq!(client.get_bearer(&query(SERVICE, &["repository:team/app:pull"]), &bob).unwrap().status, 403);
+        assert_eq!(
+            client.get_bearer(&query(SERVICE, &["repository:team/app:pull"]), &bob).unwrap().status,
+            403
+        );
     }
     let refused = [
         fixture.token(|r| r.ttl_seconds = -600),
@@ -86,7 +90,10 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
         "not.a.token".to_owned(),
     ];
     for token in &refused {
-        assert_eq!(client.get_bearer(&query(SERVICE, &["repository:team/app:pull"]), token).unwrap().status, 401);
+        assert_eq!(
+            client.get_bearer(&query(SERVICE, &["repository:team/app:pull"]), token).unwrap().status,
+            401
+        );
     }
     fixture.reconfigure(|config| config.policy.module = Some("/nonexistent/policy.wasm".into()));
     server.signal("HUP");
@@ -104,7 +111,11 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
     let s = samples(&exposition);
     let ready = client.get("/readyz").unwrap().body;
     for (name, labels, expected) in [
-        ("registry_token_tokens_issued_total", vec!["service=\"registry.test\"", "algorithm=\"RS256\"", "via=\"credential\""], 5.0),
+        (
+            "registry_token_tokens_issued_total",
+            vec!["service=\"registry.test\"", "algorithm=\"RS256\"", "via=\"credential\""],
+            5.0,
+        ),
         ("registry_token_decisions_total", vec!["outcome=\"grant\""], 5.0),
         ("registry_token_decisions_total", vec!["outcome=\"deny\""], 3.0),
         ("registry_token_decisions_total", vec!["outcome=\"fault\""], 1.0),
@@ -137,10 +148,17 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
     assert!(value(&s, "registry_token_ledger_commit_duration_seconds_count", &[]) >= 1.0);
     // Histograms, not summaries: buckets that aggregate across replicas.
     assert!(exposition.contains("# TYPE registry_token_request_duration_seconds histogram"));
-    assert!(exposition.contains("registry_token_request_duration_seconds_bucket{endpoint=\"token_get\",le=\"+Inf\"} 13"));
+    assert!(
+        exposition.contains(
+            "registry_token_request_duration_seconds_bucket{endpoint=\"token_get\",le=\"+Inf\"} 13"
+        )
+    );
     // No label carries a subject, a repository, a token or a client address.
-    let labels: String = s.keys().filter_map(|series| series.split_once('{').map(|(_, l)| l.to_owned())).collect();
-    for secret in ["alice", "bob", "team/app", "hostile", "127.0.0.1", "not.a.token", alice.as_str(), bob.as_str()] {
+    let labels: String =
+        s.keys().filter_map(|series| series.split_once('{').map(|(_, l)| l.to_owned())).collect();
+    for secret in
+        ["alice", "bob", "team/app", "hostile", "127.0.0.1", "not.a.token", alice.as_str(), bob.as_str()]
+    {
         assert!(!labels.contains(secret), "a label value contains {secret:?}:\n{exposition}");
     }
 
@@ -154,7 +172,8 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
         .unwrap();
     check.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
     let checked = check.wait_with_output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
     assert!(checked.status.success() && said.trim().is_empty(), "promtool check metrics: {said}");
     let rules = Command::new(&promtool).args(["check", "rules", RULES]).output().unwrap();
     assert!(rules.status.success(), "{}", String::from_utf8_lossy(&rules.stdout));
@@ -181,7 +200,10 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
     let prometheus = Process::start("prometheus", command);
     let api = Client::new(&format!("127.0.0.1:{port}"));
     let query_value = |promql: &str| -> Option<String> {
-        let path = format!("/api/v1/query?query={}", form_urlencoded_pairs(&[("q", promql)]).trim_start_matches("q="));
+        let path = format!(
+            "/api/v1/query?query={}",
+            form_urlencoded_pairs(&[("q", promql)]).trim_start_matches("q=")
+        );
         let reply = api.get(&path).ok()?;
         let result: &Value = &reply.body["data"]["result"][0]["value"][1];
         result.as_str().map(str::to_owned)
@@ -191,7 +213,11 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
         if let Some(value) = query_value("sum(registry_token_tokens_issued_total)") {
             break value;
         }
-        assert!(since.elapsed() < Duration::from_secs(60), "Prometheus never scraped: {}", prometheus.stderr());
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "Prometheus never scraped: {}",
+            prometheus.stderr()
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(issued, "5");
@@ -218,7 +244,11 @@ fn metrics_can_require_an_administrator_or_be_off() {
     let reply = admin.get("/metrics").unwrap();
     assert_eq!(reply.status, 401, "{reply}");
     let caller = fixture.token(|_| {});
-    assert_eq!(admin.get_bearer("/metrics", &caller).unwrap().status, 403, "a caller is not an administrator");
+    assert_eq!(
+        admin.get_bearer("/metrics", &caller).unwrap().status,
+        403,
+        "a caller is not an administrator"
+    );
     let token = fixture.token(|r| r.scope = "registry.admin".into());
     let reply = admin.get_bearer("/metrics", &token).unwrap();
     assert_eq!(reply.status, 200);
@@ -230,5 +260,12 @@ fn metrics_can_require_an_administrator_or_be_off() {
     });
     let server = Server::start(BIN, &off.config_path);
     assert_eq!(server.admin().get("/metrics").unwrap().status, 404);
-    assert_eq!(server.client().get_bearer(&query(SERVICE, &["repository:team/app:pull"]), &off.token(|_| {})).unwrap().status, 200);
+    assert_eq!(
+        server
+            .client()
+            .get_bearer(&query(SERVICE, &["repository:team/app:pull"]), &off.token(|_| {}))
+            .unwrap()
+            .status,
+        200
+    );
 }

@@ -176,9 +176,9 @@ impl AuthError {
     pub fn kind(&self) -> &'static str {
         match self {
             AuthError::TooLarge | AuthError::Malformed(_) | AuthError::Claim(_) => "malformed",
-            AuthError::UnsupportedAlgorithm(_) | AuthError::AlgorithmMismatch { .. } | AuthError::BadSignature => {
-                "signature"
-            }
+            AuthError::UnsupportedAlgorithm(_)
+            | AuthError::AlgorithmMismatch { .. }
+            | AuthError::BadSignature => "signature",
             AuthError::UnknownKey(_) => "unknown_key",
             AuthError::Expired => "expired",
             AuthError::NotYetValid => "not_yet_valid",
@@ -258,7 +258,9 @@ pub fn validate_payload(
     let jti = match claims.get("jti") {
         None => None,
         Some(Value::String(jti)) if !jti.is_empty() && jti.len() <= 256 => Some(jti.clone()),
-        Some(_) => return Err(AuthError::Claim("jti must be a non-empty string of at most 256 bytes".into())),
+        Some(_) => {
+            return Err(AuthError::Claim("jti must be a non-empty string of at most 256 bytes".into()));
+        }
     };
     let caller = caller_from_claims(claims).map_err(AuthError::Claim)?;
     if !caller.scopes.contains(&requirements.required_scope) {

@@ -96,7 +96,13 @@ async fn open(config: &ConfigArg) -> Result<Ledger, String> {
 
 /// Who acts from the command line: `cli:` and the local user.
 fn actor() -> String {
-    format!("cli:{}", ["SUDO_USER", "USER", "LOGNAME"].iter().find_map(|name| std::env::var(name).ok()).unwrap_or_else(|| "unknown".into()))
+    format!(
+        "cli:{}",
+        ["SUDO_USER", "USER", "LOGNAME"]
+            .iter()
+            .find_map(|name| std::env::var(name).ok())
+            .unwrap_or_else(|| "unknown".into())
+    )
 }
 
 fn cli_audit(outcome: Outcome, revocation: &Revocation) -> Event {
@@ -121,7 +127,9 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
         LedgerCommand::Events { config, sub, licence, tenant, outcome, jti, since, until, limit, json } => {
             let ledger = open(&config).await?;
             let outcome = outcome
-                .map(|name| Outcome::from_name(&name).ok_or_else(|| format!("--outcome {name:?} is not an outcome")))
+                .map(|name| {
+                    Outcome::from_name(&name).ok_or_else(|| format!("--outcome {name:?} is not an outcome"))
+                })
                 .transpose()?;
             let time = |value: Option<String>, name: &str| {
                 value.map(|v| Millis::parse(&v).map_err(|e| format!("--{name}: {e}"))).transpose()
@@ -150,13 +158,22 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
         LedgerCommand::Revoke { config, kind, value, reason, expires_at, tenant } => {
             let ledger = open(&config).await?;
             let now = Millis::now();
-            let request =
-                RevocationRequest::new(&kind, &value, &reason, expires_at.as_deref(), tenant.as_deref(), now)?;
+            let request = RevocationRequest::new(
+                &kind,
+                &value,
+                &reason,
+                expires_at.as_deref(),
+                tenant.as_deref(),
+                now,
+            )?;
             let revocation = request.into_revocation(&actor(), now);
             let audit = cli_audit(Outcome::RevocationCreated, &revocation);
             ledger.revoke(&revocation, audit).await.map_err(|e| e.to_string())?;
             println!("{}", revocation.id);
-            eprintln!("revoked {} {}; running replicas apply it within a second", revocation.kind, revocation.value);
+            eprintln!(
+                "revoked {} {}; running replicas apply it within a second",
+                revocation.kind, revocation.value
+            );
         }
         LedgerCommand::Revocations { config, json } => {
             let ledger = open(&config).await?;

@@ -45,7 +45,9 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
     let service = Arc::new(App::new(live, Some(config_path.to_owned()), system_clock()).with_ledger(ledger));
 
     let bind = |address: SocketAddr, what: &'static str| async move {
-        tokio::net::TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address} ({what}): {e}"))
+        tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| format!("cannot listen on {address} ({what}): {e}"))
     };
     let admin_listener = bind(admin_listen, "admin.listen").await?;
     let listener = bind(listen, "listen").await?;
@@ -72,10 +74,16 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
     let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopping.wait_for(|stop| *stop).await;
     };
-    let server = axum::serve(listener, http::router(Arc::clone(&service)).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(stopped(stopping.clone()));
-    let admin = axum::serve(admin_listener, http::admin_router(Arc::clone(&service)).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(stopped(stopping.clone()));
+    let server = axum::serve(
+        listener,
+        http::router(Arc::clone(&service)).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopped(stopping.clone()));
+    let admin = axum::serve(
+        admin_listener,
+        http::admin_router(Arc::clone(&service)).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopped(stopping.clone()));
     let deadline = async {
         stopped(stopping).await;
         tokio::time::sleep(grace).await;

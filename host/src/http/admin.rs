@@ -126,12 +126,13 @@ impl FromRequestParts<AppState> for Admin {
             return Err(missing());
         }
         let live = app.live();
-        let validated = live.admin_validator.validate(token, (app.clock)()).await.map_err(|error| match error {
-            crate::authority::AuthError::MissingScope(scope) => {
-                AdminError::Forbidden(format!("the token lacks the scope {scope}: it is not an administrator's"))
-            }
-            error => AdminError::Unauthenticated(error.to_string()),
-        })?;
+        let validated =
+            live.admin_validator.validate(token, (app.clock)()).await.map_err(|error| match error {
+                crate::authority::AuthError::MissingScope(scope) => AdminError::Forbidden(format!(
+                    "the token lacks the scope {scope}: it is not an administrator's"
+                )),
+                error => AdminError::Unauthenticated(error.to_string()),
+            })?;
         Span::current().record("sub", validated.caller.subject.as_str());
         Ok(Admin {
             caller: validated.caller.clone(),
@@ -164,7 +165,11 @@ fn identifier(name: &str, value: &str) -> Result<String, AdminError> {
 }
 
 /// `GET /admin/v1/events?sub=&licence=&tenant=&outcome=&jti=&since=&until=&limit=&cursor=`
-pub(super) async fn list_events(State(app): State<AppState>, admin: Admin, uri: Uri) -> Result<Response, AdminError> {
+pub(super) async fn list_events(
+    State(app): State<AppState>,
+    admin: Admin,
+    uri: Uri,
+) -> Result<Response, AdminError> {
     let ledger = ledger(&app)?;
     let params = Params::parse(uri.query().unwrap_or("").as_bytes())
         .map_err(|error| AdminError::BadRequest(error.to_string()))?;
@@ -187,14 +192,19 @@ pub(super) async fn list_events(State(app): State<AppState>, admin: Admin, uri: 
                     AdminError::BadRequest(format!("outcome {value:?} is not one of {}", known.join(", ")))
                 })?);
             }
-            "since" => filter.since = Some(Millis::parse(value).map_err(|e| AdminError::BadRequest(format!("since: {e}")))?),
-            "until" => filter.until = Some(Millis::parse(value).map_err(|e| AdminError::BadRequest(format!("until: {e}")))?),
+            "since" => {
+                filter.since =
+                    Some(Millis::parse(value).map_err(|e| AdminError::BadRequest(format!("since: {e}")))?)
+            }
+            "until" => {
+                filter.until =
+                    Some(Millis::parse(value).map_err(|e| AdminError::BadRequest(format!("until: {e}")))?)
+            }
             "limit" => {
-                filter.limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|limit| (1..=MAX_PAGE).contains(limit))
-                    .ok_or_else(|| AdminError::BadRequest(format!("limit must be between 1 and {MAX_PAGE}")))?;
+                filter.limit =
+                    value.parse::<usize>().ok().filter(|limit| (1..=MAX_PAGE).contains(limit)).ok_or_else(
+                        || AdminError::BadRequest(format!("limit must be between 1 and {MAX_PAGE}")),
+                    )?;
             }
             "cursor" => cursor = Some(value.to_owned()),
             other => {
@@ -233,7 +243,8 @@ pub(super) async fn list_events(State(app): State<AppState>, admin: Admin, uri: 
 /// A cursor is the id of the last event of the page before, as this API issued it: it must
 /// decode to an event this administrator may see.
 async fn resolve_cursor(ledger: &Ledger, admin: &Admin, cursor: &str) -> Result<String, AdminError> {
-    let not_issued = || AdminError::BadRequest("the cursor was not issued by this API; use next_cursor as given".into());
+    let not_issued =
+        || AdminError::BadRequest("the cursor was not issued by this API; use next_cursor as given".into());
     let id = BASE64URL_NOPAD
         .decode(cursor.as_bytes())
         .ok()
@@ -263,7 +274,10 @@ pub(super) async fn get_event(
 }
 
 /// `GET /admin/v1/revocations`: those this administrator may see, oldest first.
-pub(super) async fn list_revocations(State(app): State<AppState>, admin: Admin) -> Result<Response, AdminError> {
+pub(super) async fn list_revocations(
+    State(app): State<AppState>,
+    admin: Admin,
+) -> Result<Response, AdminError> {
     let ledger = ledger(&app)?;
     let revocations: Vec<Revocation> =
         ledger.revocations().await?.into_iter().filter(|r| admin.may_see(r.tenant.as_deref())).collect();
@@ -433,7 +447,10 @@ pub(super) async fn delete_revocation(
 
 /// `GET /metrics`: the Prometheus exposition (with `admin.metrics_require_auth`, for
 /// administrators only; with `admin.metrics: false`, 404).
-pub(super) async fn scrape(State(app): State<AppState>, request: axum::extract::Request) -> Result<Response, AdminError> {
+pub(super) async fn scrape(
+    State(app): State<AppState>,
+    request: axum::extract::Request,
+) -> Result<Response, AdminError> {
     let live = app.live();
     if !crate::metrics::metrics().enabled() {
         return Err(AdminError::NotFound("metrics are off (admin.metrics: false)".into()));
@@ -445,7 +462,11 @@ pub(super) async fn scrape(State(app): State<AppState>, request: axum::extract::
     let algorithm = live.minter.key().algorithm().name();
     let snapshot = crate::metrics::Snapshot {
         ledger_queue: app.ledger.as_ref().map_or(0, |ledger| ledger.health().queued),
-        revocations: app.ledger.as_ref().map(|ledger| ledger.active_revocations(Millis::now())).unwrap_or_default(),
+        revocations: app
+            .ledger
+            .as_ref()
+            .map(|ledger| ledger.active_revocations(Millis::now()))
+            .unwrap_or_default(),
         signing_keys: vec![(live.minter.kid(), "active", algorithm)],
         policy: Some((live.policy.digest(), live.policy.settings_version())),
     };

@@ -204,7 +204,8 @@ mod tests {
     use crate::config::TrustedProxies;
 
     fn client(peer: &str, forwarded: &[&str], trusted: &[&str]) -> String {
-        let trusted = TrustedProxies::try_from(trusted.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>()).unwrap();
+        let trusted =
+            TrustedProxies::try_from(trusted.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>()).unwrap();
         client_address(peer.parse().unwrap(), forwarded.iter().copied(), &trusted).to_string()
     }
 
@@ -215,7 +216,10 @@ mod tests {
         // Behind one trusted proxy.
         assert_eq!(client("10.0.0.2", &["198.51.100.7"], &["10.0.0.0/8"]), "198.51.100.7");
         // A client that forges hops on the left gains nothing: the walk stops at its real address.
-        assert_eq!(client("10.0.0.2", &["1.2.3.4, 198.51.100.7", "10.0.0.3"], &["10.0.0.0/8"]), "198.51.100.7");
+        assert_eq!(
+            client("10.0.0.2", &["1.2.3.4, 198.51.100.7", "10.0.0.3"], &["10.0.0.0/8"]),
+            "198.51.100.7"
+        );
         // Only trusted hops: the leftmost one.
         assert_eq!(client("10.0.0.2", &["10.0.0.5, 10.0.0.3"], &["10.0.0.0/8", "127.0.0.1"]), "10.0.0.5");
         // Garbage ends the walk at the last vouched-for address; no header: the peer.

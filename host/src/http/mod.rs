@@ -47,14 +47,13 @@ pub fn router(app: AppState) -> Router {
 /// The operator listener's router (`admin.listen`): the admin API and the probes.
 pub fn admin_router(app: AppState) -> Router {
     let routes = Router::new()
-        .route(
-            "/admin/v1/events",
-            get(admin::list_events).fallback(not_allowed("GET, HEAD")),
-        )
+        .route("/admin/v1/events", get(admin::list_events).fallback(not_allowed("GET, HEAD")))
         .route("/admin/v1/events/{id}", get(admin::get_event).fallback(not_allowed("GET, HEAD")))
         .route(
             "/admin/v1/revocations",
-            get(admin::list_revocations).post(admin::create_revocation).fallback(not_allowed("GET, HEAD, POST")),
+            get(admin::list_revocations)
+                .post(admin::create_revocation)
+                .fallback(not_allowed("GET, HEAD, POST")),
         )
         .route(
             "/admin/v1/revocations/{id}",

@@ -7,9 +7,8 @@ use super::extract::{ClientAddr, Credential, Form, Params, Query};
 use crate::access::{Resource, scope_string};
 use crate::app::Live;
 use crate::authority::{self, AuthError};
-use crate::metrics::metrics;
-use std::time::Instant;
 use crate::ledger::{Event, IssuedToken, Millis, Outcome};
+use crate::metrics::metrics;
 use crate::mint::Minted;
 use crate::policy::Decision;
 use crate::scope;
@@ -18,6 +17,7 @@ use axum::http::HeaderValue;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, PRAGMA};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use std::time::Instant;
 use tracing::Span;
 
 #[derive(Serialize)]
@@ -204,7 +204,8 @@ async fn issue(
     {
         event.set_caller(caller, &live.config.authority.issuer, validated.jti.as_deref());
         // The host's own check, before any policy is asked: no policy can grant to a revoked caller.
-        if let Some(revocation) = ledger.revoked(caller, validated.jti.as_deref(), Millis::from_seconds(now)) {
+        if let Some(revocation) = ledger.revoked(caller, validated.jti.as_deref(), Millis::from_seconds(now))
+        {
             metrics().decision("revoked");
             return Err(ApiError::Denied {
                 reason: "revoked".to_owned(),
@@ -220,16 +221,16 @@ async fn issue(
     let decision = live.policy.evaluate(caller, &exchange.service, &exchange.requested).await;
     metrics().evaluation(started.elapsed().as_secs_f64());
     let decision = decision.inspect_err(|fault| {
-            metrics().fault(fault.kind());
-            metrics().decision("fault");
-            tracing::error!(
-                fault = fault.kind(),
-                detail = %fault,
-                policy = live.policy.source(),
-                digest = live.policy.digest(),
-                "policy fault; no token issued"
-            );
-        })?;
+        metrics().fault(fault.kind());
+        metrics().decision("fault");
+        tracing::error!(
+            fault = fault.kind(),
+            detail = %fault,
+            policy = live.policy.source(),
+            digest = live.policy.digest(),
+            "policy fault; no token issued"
+        );
+    })?;
     let granted = match decision {
         Decision::Deny { reason, message } => {
             metrics().decision("deny");

@@ -26,9 +26,11 @@ impl Millis {
         if let Ok(seconds) = text.parse::<u64>() {
             return Ok(Millis::from_seconds(seconds));
         }
-        let time = humantime::parse_rfc3339_weak(text)
-            .map_err(|_| format!("{:?} is not an RFC 3339 time (2026-12-31T00:00:00Z) or Unix seconds", short(text)))?;
-        let since = time.duration_since(std::time::UNIX_EPOCH).map_err(|_| "a time before 1970".to_owned())?;
+        let time = humantime::parse_rfc3339_weak(text).map_err(|_| {
+            format!("{:?} is not an RFC 3339 time (2026-12-31T00:00:00Z) or Unix seconds", short(text))
+        })?;
+        let since =
+            time.duration_since(std::time::UNIX_EPOCH).map_err(|_| "a time before 1970".to_owned())?;
         Ok(Millis(i64::try_from(since.as_millis()).unwrap_or(i64::MAX)))
     }
 }
@@ -380,7 +382,12 @@ mod tests {
         }
     }
 
-    fn revocation(kind: RevocationKind, value: &str, tenant: Option<&str>, expires: Option<i64>) -> Revocation {
+    fn revocation(
+        kind: RevocationKind,
+        value: &str,
+        tenant: Option<&str>,
+        expires: Option<i64>,
+    ) -> Revocation {
         Revocation {
             id: "r".into(),
             kind,
@@ -402,9 +409,15 @@ mod tests {
         ]);
         let now = Millis(500);
         // The tenant-scoped subject revocation refuses acme's alice only.
-        assert_eq!(set.check(&caller("alice", Some("acme")), None, now).map(|r| r.kind), Some(RevocationKind::Subject));
+        assert_eq!(
+            set.check(&caller("alice", Some("acme")), None, now).map(|r| r.kind),
+            Some(RevocationKind::Subject)
+        );
         // The client revocation refuses everyone with client_id ci until it expires.
-        assert_eq!(set.check(&caller("alice", Some("other")), None, now).map(|r| r.kind), Some(RevocationKind::Client));
+        assert_eq!(
+            set.check(&caller("alice", Some("other")), None, now).map(|r| r.kind),
+            Some(RevocationKind::Client)
+        );
         assert!(set.check(&caller("alice", Some("other")), None, Millis(1_000)).is_none());
         assert!(set.check(&caller("bob", None), None, Millis(2_000)).is_none());
         assert_eq!(

@@ -151,7 +151,11 @@ impl Ledger {
                         p.event.as_ref().map(|e| e.id.clone())
                     }
                 };
-                tracing::warn!(dropped, event = event.unwrap_or_default(), "the ledger's queue is full: an event was dropped");
+                tracing::warn!(
+                    dropped,
+                    event = event.unwrap_or_default(),
+                    "the ledger's queue is full: an event was dropped"
+                );
             }
         }
     }
@@ -176,7 +180,10 @@ impl Ledger {
         let sent = match pending.event {
             Some(_) => queue.try_send(pending).map_err(|_| ()),
             // A barrier waits for room: it must come after everything queued.
-            None => tokio::time::timeout(timeout, queue.send(pending)).await.map_err(|_| ()).and_then(|r| r.map_err(|_| ())),
+            None => tokio::time::timeout(timeout, queue.send(pending))
+                .await
+                .map_err(|_| ())
+                .and_then(|r| r.map_err(|_| ())),
         };
         if sent.is_err() {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
@@ -315,7 +322,9 @@ async fn poll_loop(shared: std::sync::Weak<Shared>) {
 async fn prune_loop(shared: std::sync::Weak<Shared>) {
     loop {
         let Some(strong) = shared.upgrade() else { return };
-        let before = Millis(Millis::now().0.saturating_sub(i64::try_from(strong.retention.as_millis()).unwrap_or(i64::MAX)));
+        let before = Millis(
+            Millis::now().0.saturating_sub(i64::try_from(strong.retention.as_millis()).unwrap_or(i64::MAX)),
+        );
         match strong.store.prune(before).await {
             Ok(0) => {}
             Ok(pruned) => tracing::info!(pruned, before = %before, "pruned ledger events past retention"),
@@ -391,7 +400,11 @@ async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, cap
                     let _ = committed.send(Ok(()));
                 }
                 crate::metrics::metrics().ledger_commit(started.elapsed().as_secs_f64());
-                tracing::trace!(events = count, took_us = started.elapsed().as_micros() as u64, "ledger commit");
+                tracing::trace!(
+                    events = count,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "ledger commit"
+                );
             }
             Err((error, events)) => {
                 mark_failing(&shared, &error);

@@ -68,7 +68,8 @@ impl Store {
     pub(crate) async fn open(url: &str, shown: &str) -> Result<Store, StoreError> {
         let config: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError::Database(format!("{shown} is not a PostgreSQL URL: {e}")))?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager =
+            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let timeout = Some(Duration::from_secs(2));
         let pool = Pool::builder(manager)
             .max_size(8)
@@ -82,9 +83,10 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let mut client = self.pool.get().await.map_err(|e| {
-            StoreError::Database(format!("cannot connect to the ledger {}: {e}", self.url))
-        })?;
+        let mut client =
+            self.pool.get().await.map_err(|e| {
+                StoreError::Database(format!("cannot connect to the ledger {}: {e}", self.url))
+            })?;
         client.batch_execute(store::MIGRATIONS_TABLE).await.map_err(|e| described(&e))?;
         loop {
             let transaction = client.transaction().await.map_err(|e| described(&e))?;
@@ -149,7 +151,9 @@ impl Store {
         let rows = client.query_raw(&prepared, params.iter()).await.map_err(|e| described(&e))?;
         futures_util::pin_mut!(rows);
         let mut out = Vec::new();
-        while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await.map_err(|e| described(&e))? {
+        while let Some(row) =
+            futures_util::TryStreamExt::try_next(&mut rows).await.map_err(|e| described(&e))?
+        {
             out.push(read(&row)?);
         }
         Ok(out)
@@ -170,7 +174,10 @@ impl Store {
         }
         transaction.execute(store::BUMP_REVISION, &[]).await.map_err(|e| described(&e))?;
         let insert = transaction.prepare_cached(store::INSERT_EVENT).await.map_err(|e| described(&e))?;
-        transaction.execute_raw(&insert, store::event_params(&audit).iter()).await.map_err(|e| described(&e))?;
+        transaction
+            .execute_raw(&insert, store::event_params(&audit).iter())
+            .await
+            .map_err(|e| described(&e))?;
         transaction.commit().await.map_err(|e| described(&e))?;
         Ok(true)
     }
@@ -178,7 +185,8 @@ impl Store {
     pub(crate) async fn prune(&self, before: Millis) -> Result<u64, StoreError> {
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let transaction = client.transaction().await.map_err(|e| described(&e))?;
-        let events = transaction.execute(store::PRUNE_EVENTS, &[&before.0]).await.map_err(|e| described(&e))?;
+        let events =
+            transaction.execute(store::PRUNE_EVENTS, &[&before.0]).await.map_err(|e| described(&e))?;
         let revocations =
             transaction.execute(store::PRUNE_REVOCATIONS, &[&before.0]).await.map_err(|e| described(&e))?;
         if revocations > 0 {

@@ -48,9 +48,7 @@ impl Store {
     /// Opens (creating it and its directory if needed) and migrates the file at `path`.
     pub(crate) async fn open(path: &Path, durability: Durability) -> Result<Store, StoreError> {
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || Store::open_blocking(path, durability))
-            .await
-            .map_err(database)?
+        tokio::task::spawn_blocking(move || Store::open_blocking(path, durability)).await.map_err(database)?
     }
 
     fn open_blocking(path: PathBuf, durability: Durability) -> Result<Store, StoreError> {
@@ -63,7 +61,9 @@ impl Store {
         let open = || {
             let connection = Connection::open_with_flags(
                 &path,
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .map_err(|e| fail("cannot open it", &e))?;
             // strict: a commit is on disk before it returns (FULL syncs the WAL on every commit);
@@ -91,8 +91,9 @@ impl Store {
     ) -> Result<T, StoreError> {
         let connection = Arc::clone(connection);
         tokio::task::spawn_blocking(move || {
-            let mut connection =
-                connection.lock().map_err(|_| StoreError::Database("a ledger connection was poisoned".into()))?;
+            let mut connection = connection
+                .lock()
+                .map_err(|_| StoreError::Database("a ledger connection was poisoned".into()))?;
             work(&mut connection)
         })
         .await
@@ -150,14 +151,20 @@ impl Store {
         audit: Event,
     ) -> Result<bool, StoreError> {
         Store::on(&self.writer, move |connection| {
-            let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
-            let changed = transaction.execute(&sql(statement), rusqlite::params_from_iter(params.iter())).map_err(database)?;
+            let transaction =
+                connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+            let changed = transaction
+                .execute(&sql(statement), rusqlite::params_from_iter(params.iter()))
+                .map_err(database)?;
             if changed == 0 {
                 return Ok(false);
             }
             transaction.execute(store::BUMP_REVISION, []).map_err(database)?;
             transaction
-                .execute(&sql(store::INSERT_EVENT), rusqlite::params_from_iter(store::event_params(&audit).iter()))
+                .execute(
+                    &sql(store::INSERT_EVENT),
+                    rusqlite::params_from_iter(store::event_params(&audit).iter()),
+                )
                 .map_err(database)?;
             transaction.commit().map_err(database)?;
             Ok(true)
@@ -167,9 +174,11 @@ impl Store {
 
     pub(crate) async fn prune(&self, before: Millis) -> Result<u64, StoreError> {
         Store::on(&self.writer, move |connection| {
-            let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+            let transaction =
+                connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
             let events = transaction.execute(&sql(store::PRUNE_EVENTS), [before.0]).map_err(database)?;
-            let revocations = transaction.execute(&sql(store::PRUNE_REVOCATIONS), [before.0]).map_err(database)?;
+            let revocations =
+                transaction.execute(&sql(store::PRUNE_REVOCATIONS), [before.0]).map_err(database)?;
             if revocations > 0 {
                 transaction.execute(store::BUMP_REVISION, []).map_err(database)?;
             }
@@ -197,7 +206,8 @@ fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let url = format!("sqlite://{}", path.display());
     connection.execute(store::MIGRATIONS_TABLE, []).map_err(database)?;
     loop {
-        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+        let transaction =
+            connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
         let version: i64 = transaction
             .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |row| row.get(0))
             .map_err(database)?;

@@ -57,8 +57,7 @@ pub(super) fn known_version() -> i64 {
 }
 
 /// Created before any migration; one row per applied version.
-pub(super) const MIGRATIONS_TABLE: &str =
-    "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)";
+pub(super) const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)";
 
 /// A database from a newer binary is refused rather than half-understood.
 pub(super) fn check_version(found: i64, url: &str) -> Result<(), StoreError> {

@@ -175,7 +175,10 @@ impl Config {
             cache: Cache::default(),
             watch: None,
             // Each installation its own ledger file and a free admin port: tests run side by side.
-            ledger: Ledger { url: format!("sqlite://{}", root.join("ledger.db").display()), ..Ledger::default() },
+            ledger: Ledger {
+                url: format!("sqlite://{}", root.join("ledger.db").display()),
+                ..Ledger::default()
+            },
             admin: Admin { listen: "127.0.0.1:0".to_owned(), required_scope: None },
             extra: Mapping::new(),
         }
