@@ -409,18 +409,71 @@ fn a_tenant_administrator_reads_and_revokes_only_within_its_tenant() {
     );
     assert_eq!(before, after, "a refused admin request wrote nothing");
 
-    // Within its tenant: a subject revocation applies to acme's bob only; it may revoke itself.
+    // Filters never reach out of its tenant: globex's bob is not among "bob"'s events.
+    let bobs = events(&admin, &acme, "?sub=bob");
+    assert_eq!(bobs.len(), 1, "{bobs:#?}");
+    assert_eq!(bobs[0]["tenant"], "acme");
+    let (_, globex_claims) = decode(&globex_bob);
+    assert_eq!(events(&admin, &acme, &format!("?jti={}", globex_claims["jti"].as_str().unwrap())).len(), 0);
+
+    // Within its tenant: whatever it revokes applies to acme's callers only.
+    let acme_carol = fixture.token(|r| {
+        r.subject = "carol".into();
+        r.license = Some("LIC-7".into());
+    });
+    let globex_carol = fixture.token(|r| {
+        r.subject = "carol".into();
+        r.tenant = Some("globex".into());
+        r.license = Some("LIC-7".into());
+    });
     let revocation =
         revoke(&admin, &acme, json!({"kind": "subject", "value": "bob", "reason": "acme says so"}));
     assert_eq!(revocation["tenant"], "acme");
     assert_eq!(client.get_bearer(&query(SERVICE, &[PULL]), &acme_bob).unwrap().status, 403);
     assert_eq!(client.get_bearer(&query(SERVICE, &[PULL]), &globex_bob).unwrap().status, 200);
+    revoke(&admin, &acme, json!({"kind": "licence", "value": "LIC-7", "reason": "acme's licence"}));
+    assert_eq!(client.get_bearer(&query(SERVICE, &[PULL]), &acme_carol).unwrap().status, 403);
+    assert_eq!(client.get_bearer(&query(SERVICE, &[PULL]), &globex_carol).unwrap().status, 200);
+
+    // A global administrator's revocation aimed at acme is not acme's administrator's to lift.
+    let aimed = revoke(
+        &admin,
+        &global,
+        json!({"kind": "client", "value": "ci-bot", "reason": "global", "tenant": "acme"}),
+    );
+    let listed = admin.get_bearer("/admin/v1/revocations", &acme).unwrap().body;
+    assert_eq!(listed["revocations"].as_array().unwrap().len(), 3, "it sees what applies to its tenant");
+    let id = aimed["id"].as_str().unwrap();
+    let reply = admin.delete_bearer(&format!("/admin/v1/revocations/{id}"), &acme).unwrap();
+    assert_eq!(reply.status, 403, "{reply}");
+    let audit = events(&admin, &acme, "?outcome=revocation_created");
+    assert_eq!(audit.len(), 3, "the actions in its tenant are in its audit trail: {audit:#?}");
+
+    // It may suspend its own tenant, and is then refused like its callers.
     revoke(&admin, &acme, json!({"kind": "tenant", "value": "acme", "reason": "suspended"}));
     assert_eq!(client.get_bearer(&query(SERVICE, &[PULL]), &fixture.token(|_| {})).unwrap().status, 403);
-    let audit = events(&admin, &acme, "?outcome=revocation_created");
-    assert_eq!(audit.len(), 2, "its own actions are in its audit trail: {audit:#?}");
-    let all = admin.get_bearer("/admin/v1/revocations", &acme).unwrap().body;
-    assert_eq!(all["revocations"].as_array().unwrap().len(), 2);
+    let reply = admin.get_bearer("/admin/v1/revocations", &acme).unwrap();
+    assert_eq!(reply.status, 403, "a revoked administrator is refused: {reply}");
+    assert_eq!(reply.body["message"], "tenant acme has been revoked: suspended");
+}
+
+#[test]
+fn a_revoked_administrator_cannot_lift_its_own_revocation() {
+    let fixture = Fixture::new();
+    let server = Server::start(BIN, &fixture.config_path);
+    let admin = server.admin();
+    let (security, leaked) = (admin_token(&fixture, "security", None), admin_token(&fixture, "root", None));
+    let (_, claims) = decode(&leaked);
+    let jti = claims["jti"].as_str().unwrap();
+    let revocation =
+        revoke(&admin, &security, json!({"kind": "caller_token", "value": jti, "reason": "leaked"}));
+    let id = revocation["id"].as_str().unwrap();
+    let reply = admin.delete_bearer(&format!("/admin/v1/revocations/{id}"), &leaked).unwrap();
+    assert_eq!(reply.status, 403, "{reply}");
+    assert_eq!(reply.body["message"], format!("caller_token {jti} has been revoked: leaked"));
+    assert_eq!(admin.get_bearer("/admin/v1/events", &leaked).unwrap().status, 403);
+    let listed = admin.get_bearer("/admin/v1/revocations", &security).unwrap().body;
+    assert_eq!(listed["revocations"][0]["id"], id, "still in force");
 }
 
 #[test]

@@ -46,7 +46,7 @@ fn value(samples: &BTreeMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
         .collect();
     match matching.as_slice() {
         [(_, value)] => **value,
-        [] => 0.0,
+        [] => panic!("no series {name} {labels:?}"),
         many => panic!("{name} {labels:?} matches several series: {many:?}"),
     }
 }

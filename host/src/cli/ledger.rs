@@ -166,7 +166,7 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
                 tenant.as_deref(),
                 now,
             )?;
-            let revocation = request.into_revocation(&actor(), now);
+            let revocation = request.into_revocation(&actor(), None, now);
             let audit = cli_audit(Outcome::RevocationCreated, &revocation);
             ledger.revoke(&revocation, audit).await.map_err(|e| e.to_string())?;
             println!("{}", revocation.id);

@@ -385,10 +385,43 @@ impl std::fmt::Debug for LedgerUrl {
 /// A URL with the password of its `user:password@` part replaced by `***`: for logs and errors.
 fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+    // A password may hold '@': the host follows the last one.
+    let (authority, query) = rest.split_once('?').map_or((rest, None), |(a, q)| (a, Some(q)));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let query = query.map(|query| {
+        query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    match query {
+        Some(query) => format!("{scheme}://{authority}?{query}"),
+        None => format!("{scheme}://{authority}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn ledger_urls_are_shown_without_their_passwords() {
+        assert_eq!(redact_url("postgres://u:p@ss@db:5432/x"), "postgres://u:***@db:5432/x");
+        assert_eq!(
+            redact_url("postgres://u@db/x?password=s3cret&sslmode=disable"),
+            "postgres://u@db/x?password=***&sslmode=disable"
+        );
+        assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
     }
 }
 

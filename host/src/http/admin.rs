@@ -134,6 +134,14 @@ impl FromRequestParts<AppState> for Admin {
                 error => AdminError::Unauthenticated(error.to_string()),
             })?;
         Span::current().record("sub", validated.caller.subject.as_str());
+        // A revoked administrator is no administrator: a leaked admin token revoked by its `jti`
+        // (or its subject, client or tenant) cannot lift its own revocation.
+        let now = Millis::from_seconds((app.clock)());
+        if let Some(ledger) = &app.ledger
+            && let Some(revocation) = ledger.revoked(&validated.caller, validated.jti.as_deref(), now)
+        {
+            return Err(AdminError::Forbidden(revocation.message()));
+        }
         Ok(Admin {
             caller: validated.caller.clone(),
             jti: validated.jti.clone(),
@@ -156,7 +164,7 @@ fn identifier(name: &str, value: &str) -> Result<String, AdminError> {
     if value.len() > MAX_VALUE {
         return Err(AdminError::BadRequest(format!("{name} is longer than {MAX_VALUE} bytes")));
     }
-    if let Some(bad) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || "._:@/+=|-~".contains(*c))) {
+    if let Some(bad) = value.chars().find(|c| !(c.is_alphanumeric() || "._:@/+=|-~".contains(*c))) {
         return Err(AdminError::BadRequest(format!(
             "{name} contains {bad:?}; allowed are letters, digits and . _ : @ / + = | - ~"
         )));
@@ -352,7 +360,12 @@ impl RevocationRequest {
     }
 
     /// The revocation, made now by `created_by`.
-    pub fn into_revocation(self, created_by: &str, now: Millis) -> Revocation {
+    pub fn into_revocation(
+        self,
+        created_by: &str,
+        created_by_tenant: Option<&str>,
+        now: Millis,
+    ) -> Revocation {
         Revocation {
             id: uuid::Uuid::now_v7().to_string(),
             kind: self.kind,
@@ -362,6 +375,7 @@ impl RevocationRequest {
             created_at: now,
             expires_at: self.expires_at,
             created_by: created_by.to_owned(),
+            created_by_tenant: created_by_tenant.map(str::to_owned),
         }
     }
 }
@@ -372,9 +386,13 @@ pub(super) async fn create_revocation(
     State(app): State<AppState>,
     admin: Admin,
     ClientAddr(client_addr): ClientAddr,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, AdminError> {
     let ledger = ledger(&app)?;
+    // Over the listener's limit (http.max_body_bytes) or unreadable: a 400 like any bad body.
+    let body = body.map_err(|rejection| {
+        AdminError::BadRequest(format!("the body cannot be read: {}", rejection.body_text()))
+    })?;
     if body.len() > MAX_ADMIN_BODY {
         return Err(AdminError::BadRequest(format!("the body is larger than {MAX_ADMIN_BODY} bytes")));
     }
@@ -404,7 +422,7 @@ pub(super) async fn create_revocation(
         // Whatever it names, it applies to this tenant's callers only.
         request.tenant = Some(own.to_owned());
     }
-    let revocation = request.into_revocation(&admin.caller.subject, now);
+    let revocation = request.into_revocation(&admin.caller.subject, admin.tenant(), now);
     let audit = admin.audit(Outcome::RevocationCreated, &revocation, client_addr);
     ledger.revoke(&revocation, audit).await?;
     tracing::info!(
@@ -432,9 +450,13 @@ pub(super) async fn delete_revocation(
     let Some(revocation) = ledger.revocations().await?.into_iter().find(|r| r.id == id) else {
         return Err(AdminError::NotFound(format!("no revocation {id}")));
     };
-    if !admin.may_see(revocation.tenant.as_deref()) {
+    // A tenant administrator lifts only what its own tenant's administrators made: a global
+    // administrator's revocation aimed at its tenant is not its to undo.
+    if let Some(own) = admin.tenant()
+        && revocation.created_by_tenant.as_deref() != Some(own)
+    {
         return Err(AdminError::Forbidden(format!(
-            "revocation {id} is not this administrator's tenant's to lift"
+            "revocation {id} was not made by an administrator of tenant {own}; it is not its to lift"
         )));
     }
     let audit = admin.audit(Outcome::RevocationLifted, &revocation, client_addr);

@@ -134,7 +134,9 @@ async fn exchange(
 ) -> Result<(Minted, Vec<Resource>), ApiError> {
     let Some(ledger) = &app.ledger else {
         let exchange = Exchange::new(live, params)?;
-        return issue(app, live, credential, &exchange, None).await;
+        let issued = issue(app, live, credential, &exchange, None).await?;
+        count_issued(live, &exchange.service);
+        return Ok(issued);
     };
     let mut event = Event::new(Outcome::Issued);
     event.client_addr = client_addr;
@@ -158,11 +160,23 @@ async fn exchange(
         }
         Err(error) => describe_failure(&mut event, error),
     }
+    let service = event.service.clone();
     if let Err(unavailable) = ledger.keep(event).await {
         tracing::warn!(error = %unavailable, "no token returned: its ledger event could not be committed");
         return Err(ApiError::LedgerUnavailable);
     }
+    if result.is_ok()
+        && let Some(service) = &service
+    {
+        count_issued(live, service);
+    }
     result
+}
+
+/// A token is counted once it is returned (after its ledger commit): never one the caller did
+/// not get.
+fn count_issued(live: &Live, service: &str) {
+    metrics().issued(service, live.minter.key().algorithm().name(), "credential");
 }
 
 /// The outcome and reason of a failed exchange, for its event.
@@ -262,7 +276,6 @@ async fn issue(
         .mint(&caller.subject, &exchange.service, &granted, now, not_after)
         .map_err(|_| ApiError::Signing)?;
     span.record("granted", scope_string(&granted));
-    metrics().issued(&exchange.service, live.minter.key().algorithm().name(), "credential");
     Ok((minted, granted))
 }
 

@@ -291,6 +291,9 @@ pub struct Revocation {
     pub expires_at: Option<Millis>,
     /// Who made it (the administrator's `sub`, or `cli:` and the local user).
     pub created_by: String,
+    /// The tenant of the administrator who made it; `None`: a global administrator (or the
+    /// command line). A tenant administrator lifts only its own tenant's revocations.
+    pub created_by_tenant: Option<String>,
 }
 
 impl Revocation {
@@ -397,6 +400,7 @@ mod tests {
             created_at: Millis(0),
             expires_at: expires.map(Millis),
             created_by: "t".into(),
+            created_by_tenant: None,
         }
     }
 

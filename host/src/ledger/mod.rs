@@ -78,6 +78,10 @@ struct Shared {
     last_error: Mutex<Option<String>>,
     revocations: ArcSwap<RevocationSet>,
     revision: AtomicU64,
+    /// One refresh at a time, so an older read never replaces a newer one.
+    refreshing: tokio::sync::Mutex<()>,
+    /// Events the writer holds for a retry (the database was down).
+    kept: AtomicUsize,
     retention: Duration,
 }
 
@@ -115,6 +119,8 @@ impl Ledger {
             last_error: Mutex::new(None),
             revocations: ArcSwap::from_pointee(RevocationSet::default()),
             revision: AtomicU64::new(u64::MAX),
+            refreshing: tokio::sync::Mutex::new(()),
+            kept: AtomicUsize::new(0),
             retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
         });
         refresh_revocations(&shared).await?;
@@ -229,7 +235,7 @@ impl Ledger {
                 Durability::Relaxed => "relaxed",
             },
             writable,
-            queued: shared.queued.load(Ordering::Relaxed),
+            queued: shared.queued.load(Ordering::Relaxed) + shared.kept.load(Ordering::Relaxed),
             dropped: shared.dropped.load(Ordering::Relaxed),
             revocations: shared.revocations.load().len(),
             error: if writable { None } else { shared.last_error.lock().ok().and_then(|e| e.clone()) },
@@ -262,20 +268,28 @@ impl Ledger {
         let params = store::revocation_params(revocation);
         let statement: &'static str = store::INSERT_REVOCATION;
         self.shared.store.change_revocations(statement, params, audit).await?;
-        refresh_revocations(&self.shared).await
+        // Committed: a failure to read it back now is the poller's to repair, not an error to
+        // answer (a retry would revoke twice).
+        if let Err(error) = refresh_revocations(&self.shared).await {
+            tracing::warn!(%error, "revocation committed; this replica applies it at its next poll");
+        }
+        Ok(())
     }
 
     /// Lifts revocation `id` with its audit event; `false` if there is none.
     pub async fn unrevoke(&self, id: &str, audit: Event) -> Result<bool, StoreError> {
         let params = vec![Param::Text(Some(id.to_owned()))];
         let lifted = self.shared.store.change_revocations(store::DELETE_REVOCATION, params, audit).await?;
-        refresh_revocations(&self.shared).await?;
+        if let Err(error) = refresh_revocations(&self.shared).await {
+            tracing::warn!(%error, "revocation lifted; this replica applies it at its next poll");
+        }
         Ok(lifted)
     }
 }
 
 /// Reloads the revocations when their revision changed.
 async fn refresh_revocations(shared: &Shared) -> Result<(), StoreError> {
+    let _one_at_a_time = shared.refreshing.lock().await;
     let revision = shared.store.revision().await?;
     let revision = u64::try_from(revision).unwrap_or_default();
     if shared.revision.load(Ordering::Acquire) == revision {
@@ -395,6 +409,7 @@ async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, cap
         match shared.store.write(events).await {
             Ok(()) => {
                 mark_writable(&shared);
+                shared.kept.store(0, Ordering::Relaxed);
                 backoff = Duration::from_millis(50);
                 for committed in waiting.into_iter().flatten().chain(barriers) {
                     let _ = committed.send(Ok(()));
@@ -405,6 +420,27 @@ async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, cap
                     took_us = started.elapsed().as_micros() as u64,
                     "ledger commit"
                 );
+            }
+            Err((error, events)) if shared.store.ping().await.is_ok() => {
+                // The database answers, so something in this batch is refused: write each event
+                // alone, so that one bad event cannot hold up every later one.
+                tracing::warn!(%error, events = events.len(), "a ledger batch was refused; writing its events one by one");
+                let waiting = std::iter::repeat_with(|| None).take(retried).chain(waiting);
+                for (event, committed) in events.into_iter().zip(waiting) {
+                    let id = event.id.clone();
+                    let written = shared.store.write(vec![event]).await;
+                    if let Err((error, _)) = &written {
+                        shared.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(%error, event = id, "the ledger refused an event; it is dropped");
+                    }
+                    if let Some(committed) = committed {
+                        let _ = committed.send(written.map_err(|(error, _)| error.to_string()));
+                    }
+                }
+                for barrier in barriers {
+                    let _ = barrier.send(Ok(()));
+                }
+                shared.kept.store(0, Ordering::Relaxed);
             }
             Err((error, events)) => {
                 mark_failing(&shared, &error);
@@ -421,10 +457,17 @@ async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, cap
                         }
                         None if kept.len() < capacity => kept.push(event),
                         None => {
-                            shared.dropped.fetch_add(1, Ordering::Relaxed);
+                            let dropped = shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                            if dropped.is_power_of_two() {
+                                tracing::warn!(
+                                    dropped,
+                                    "the ledger is down and its retry buffer is full: an event was dropped"
+                                );
+                            }
                         }
                     }
                 }
+                shared.kept.store(kept.len(), Ordering::Relaxed);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }

@@ -66,8 +66,13 @@ const MIGRATION_LOCK: i64 = 0x7265_6769_7374_7279; // "registry"
 impl Store {
     /// Connects to `url` (a `postgres://` URL; `shown` is it without a password) and migrates.
     pub(crate) async fn open(url: &str, shown: &str) -> Result<Store, StoreError> {
-        let config: tokio_postgres::Config =
+        let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError::Database(format!("{shown} is not a PostgreSQL URL: {e}")))?;
+        // No statement may hold a pooled connection for long: a slow admin query must not starve
+        // the writer or the revocation poll.
+        if config.get_options().is_none() {
+            config.options("-c statement_timeout=5000");
+        }
         let manager =
             Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let timeout = Some(Duration::from_secs(2));
@@ -87,13 +92,21 @@ impl Store {
             self.pool.get().await.map_err(|e| {
                 StoreError::Database(format!("cannot connect to the ledger {}: {e}", self.url))
             })?;
+        // Held for the whole migration, the table of versions included: replicas starting together
+        // apply each migration once.
+        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(|e| described(&e))?;
+        let migrated = self.migrate_locked(&mut client).await;
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(|e| described(&e))?;
+        migrated
+    }
+
+    async fn migrate_locked(&self, client: &mut deadpool_postgres::Client) -> Result<(), StoreError> {
         client.batch_execute(store::MIGRATIONS_TABLE).await.map_err(|e| described(&e))?;
         loop {
             let transaction = client.transaction().await.map_err(|e| described(&e))?;
-            transaction
-                .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-                .await
-                .map_err(|e| described(&e))?;
             let version: i64 = transaction
                 .query_one("SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations", &[])
                 .await
@@ -184,9 +197,19 @@ impl Store {
 
     pub(crate) async fn prune(&self, before: Millis) -> Result<u64, StoreError> {
         let mut client = self.pool.get().await.map_err(pool_error)?;
+        // In chunks, each its own transaction: no long lock, no statement near the timeout.
+        let mut events = 0;
+        loop {
+            let chunk = client
+                .execute(store::PRUNE_EVENTS, &[&before.0, &store::PRUNE_CHUNK])
+                .await
+                .map_err(|e| described(&e))?;
+            events += chunk;
+            if i64::try_from(chunk).unwrap_or(i64::MAX) < store::PRUNE_CHUNK {
+                break;
+            }
+        }
         let transaction = client.transaction().await.map_err(|e| described(&e))?;
-        let events =
-            transaction.execute(store::PRUNE_EVENTS, &[&before.0]).await.map_err(|e| described(&e))?;
         let revocations =
             transaction.execute(store::PRUNE_REVOCATIONS, &[&before.0]).await.map_err(|e| described(&e))?;
         if revocations > 0 {

@@ -173,17 +173,30 @@ impl Store {
     }
 
     pub(crate) async fn prune(&self, before: Millis) -> Result<u64, StoreError> {
+        // In chunks, each its own transaction: the writer waits at most one chunk.
+        let mut events = 0;
+        loop {
+            let chunk = Store::on(&self.writer, move |connection| {
+                connection
+                    .execute(&sql(store::PRUNE_EVENTS), [before.0, store::PRUNE_CHUNK])
+                    .map_err(database)
+            })
+            .await?;
+            events += chunk as u64;
+            if i64::try_from(chunk).unwrap_or(i64::MAX) < store::PRUNE_CHUNK {
+                break;
+            }
+        }
         Store::on(&self.writer, move |connection| {
             let transaction =
                 connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
-            let events = transaction.execute(&sql(store::PRUNE_EVENTS), [before.0]).map_err(database)?;
             let revocations =
                 transaction.execute(&sql(store::PRUNE_REVOCATIONS), [before.0]).map_err(database)?;
             if revocations > 0 {
                 transaction.execute(store::BUMP_REVISION, []).map_err(database)?;
             }
             transaction.commit().map_err(database)?;
-            Ok(events as u64)
+            Ok(events)
         })
         .await
     }

@@ -37,6 +37,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_licence ON events (licence, id);
     CREATE INDEX events_jti ON events (jti);
     CREATE INDEX events_token_jti ON events (token_jti);
+    CREATE INDEX events_outcome ON events (outcome, id);
+    CREATE INDEX events_tenant_outcome ON events (tenant, outcome, id);
     CREATE TABLE revocations (
         id TEXT PRIMARY KEY,
         kind TEXT NOT NULL,
@@ -45,7 +47,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL,
         created_at_ms BIGINT NOT NULL,
         expires_at_ms BIGINT,
-        created_by TEXT NOT NULL
+        created_by TEXT NOT NULL,
+        created_by_tenant TEXT
     );
     CREATE TABLE ledger_state (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
     INSERT INTO ledger_state (name, value) VALUES ('revocations_revision', 0);",
@@ -74,13 +77,13 @@ pub(super) const EVENT_COLUMNS: &str = "id, time_ms, outcome, reason, message, s
 pub(super) const INSERT_EVENT: &str = "INSERT INTO events (id, time_ms, outcome, reason, message, sub, \
      client_id, tenant, plan, licence, iss, jti, client_addr, service, requested, granted, policy_digest, \
      settings_version, token_jti, token_exp, signing_kid) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-     $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)";
+     $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) ON CONFLICT (id) DO NOTHING";
 
 pub(super) const REVOCATION_COLUMNS: &str =
-    "id, kind, value, tenant, reason, created_at_ms, expires_at_ms, created_by";
+    "id, kind, value, tenant, reason, created_at_ms, expires_at_ms, created_by, created_by_tenant";
 
 pub(super) const INSERT_REVOCATION: &str = "INSERT INTO revocations (id, kind, value, tenant, reason, \
-     created_at_ms, expires_at_ms, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+     created_at_ms, expires_at_ms, created_by, created_by_tenant) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 pub(super) const BUMP_REVISION: &str =
     "UPDATE ledger_state SET value = value + 1 WHERE name = 'revocations_revision'";
@@ -137,6 +140,7 @@ pub(super) fn revocation_params(revocation: &Revocation) -> Vec<Param> {
         Param::Int(Some(revocation.created_at.0)),
         Param::Int(revocation.expires_at.map(|t| t.0)),
         Param::Text(Some(revocation.created_by.clone())),
+        text(&revocation.created_by_tenant),
     ]
 }
 
@@ -200,6 +204,7 @@ pub(super) fn revocation_from(row: &dyn Row) -> Result<Revocation, StoreError> {
         created_at: Millis(row.int(5)?.unwrap_or_default()),
         expires_at: row.int(6)?.map(Millis),
         created_by: row.required_text(7)?,
+        created_by_tenant: row.text(8)?,
     })
 }
 
@@ -392,6 +397,9 @@ impl Store {
     }
 }
 
-pub(super) const PRUNE_EVENTS: &str = "DELETE FROM events WHERE time_ms < $1";
+/// At most this many rows per pruning transaction, so pruning never holds the writer for long.
+pub(super) const PRUNE_CHUNK: i64 = 5000;
+pub(super) const PRUNE_EVENTS: &str =
+    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time_ms < $1 LIMIT $2)";
 pub(super) const PRUNE_REVOCATIONS: &str = "DELETE FROM revocations WHERE expires_at_ms < $1";
 pub(super) const DELETE_REVOCATION: &str = "DELETE FROM revocations WHERE id = $1";
