@@ -74,7 +74,8 @@ impl Store {
             };
             connection
                 .execute_batch(&format!(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000;"
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000; \
+                     PRAGMA wal_autocheckpoint = 0;"
                 ))
                 .map_err(|e| fail("cannot configure it", &e))?;
             Ok::<_, StoreError>(connection)
@@ -116,6 +117,15 @@ impl Store {
             Ok(result) => result,
             Err(error) => Err((database(error), Vec::new())),
         }
+    }
+
+    /// Copies the write-ahead log back into the database file without blocking the writer
+    /// (`PASSIVE`): done by the poller, so no commit of a waiting request ever does it.
+    pub(crate) async fn checkpoint(&self) -> Result<(), StoreError> {
+        Store::on(&self.reader, |connection| {
+            connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).map_err(database)
+        })
+        .await
     }
 
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {

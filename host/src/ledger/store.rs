@@ -33,12 +33,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX events_time ON events (time_ms);
     CREATE INDEX events_sub ON events (sub, id);
-    CREATE INDEX events_tenant ON events (tenant, id);
+    CREATE INDEX events_tenant ON events (tenant, outcome, id);
     CREATE INDEX events_licence ON events (licence, id);
     CREATE INDEX events_jti ON events (jti);
     CREATE INDEX events_token_jti ON events (token_jti);
-    CREATE INDEX events_outcome ON events (outcome, id);
-    CREATE INDEX events_tenant_outcome ON events (tenant, outcome, id);
     CREATE TABLE revocations (
         id TEXT PRIMARY KEY,
         kind TEXT NOT NULL,
@@ -328,6 +326,14 @@ impl Store {
         match self {
             Store::Sqlite(store) => store.write(events).await,
             Store::Postgres(store) => store.write(events).await,
+        }
+    }
+
+    /// Housekeeping between commits: SQLite's WAL checkpoint (PostgreSQL does its own).
+    pub(super) async fn checkpoint(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(store) => store.checkpoint().await,
+            Store::Postgres(_) => Ok(()),
         }
     }
 
