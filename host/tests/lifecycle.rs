@@ -9,14 +9,9 @@ use common::*;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
-use test_support::{Client, Server, plans_revoking, raw_exchange};
+use test_support::{Server, plans_revoking, raw_exchange};
 
 const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
-
-fn settings_version(client: &Client) -> String {
-    let reply = client.get("/readyz").unwrap();
-    reply.body["policy"]["settings_version"].as_str().unwrap().to_owned()
-}
 
 #[test]
 fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
@@ -128,12 +123,12 @@ fn with_watch_on_a_changed_settings_file_reloads_by_itself() {
     assert_eq!(client.get_bearer(&pull, &token).unwrap().status, 200);
 
     // Replaced the way editors and deployment tools do: a new file renamed over the old one.
-    let before = settings_version(&client);
+    let before = client.settings_version();
     let staged = fixture.root().join(".plans.yaml.new");
     std::fs::write(&staged, plans_revoking(&["LIC-0002", "LIC-0003"])).unwrap();
     std::fs::rename(&staged, &plans_file).unwrap();
     let changed = Instant::now();
-    while settings_version(&client) == before {
+    while client.settings_version() == before {
         assert!(
             changed.elapsed() < Duration::from_secs(10),
             "no reload after the change:\n{}",

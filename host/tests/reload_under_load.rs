@@ -12,14 +12,9 @@ use common::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use test_support::{Client, Server, plans_revoking};
+use test_support::{Server, plans_revoking};
 
 const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
-
-fn settings_version(client: &Client) -> String {
-    let reply = client.get("/readyz").unwrap();
-    reply.body["policy"]["settings_version"].as_str().unwrap().to_owned()
-}
 
 #[test]
 fn reloading_a_hundred_times_under_load_fails_no_request() {
@@ -70,11 +65,11 @@ fn reloading_a_hundred_times_under_load_fails_no_request() {
     for i in 0..100 {
         let revoke = i % 2 == 0;
         let revoked: &[&str] = if revoke { &["LIC-0002", "LIC-0003"] } else { &["LIC-0002"] };
-        let before = settings_version(&client);
+        let before = client.settings_version();
         std::fs::write(&plans_file, plans_revoking(revoked)).unwrap();
         let sent = Instant::now();
         server.signal("HUP");
-        while settings_version(&client) == before {
+        while client.settings_version() == before {
             assert!(
                 sent.elapsed() < Duration::from_secs(30),
                 "reload {i} did not happen:\n{}",
@@ -96,7 +91,7 @@ fn reloading_a_hundred_times_under_load_fails_no_request() {
     }
 
     // A set that does not load is refused, and the old one keeps serving.
-    let before = settings_version(&client);
+    let before = client.settings_version();
     std::fs::write(&plans_file, "plans: {team: [{repositories: ['a//b'], actions: [pull]}]}").unwrap();
     server.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -105,7 +100,7 @@ fn reloading_a_hundred_times_under_load_fails_no_request() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(server.stderr().contains("empty path segment"), "the log says why");
-    assert_eq!(settings_version(&client), before);
+    assert_eq!(client.settings_version(), before);
 
     stop.store(true, Ordering::Relaxed);
     for worker in load {

@@ -149,6 +149,19 @@ impl Ledger {
     /// Queues `event` without waiting. When the queue is full it is dropped and counted.
     pub fn record(&self, event: Event) {
         let Some(queue) = &self.queue else { return };
+        // Anyone can send a token that fails validation: while the queue is more than half full,
+        // such events make way for those of callers who were validated (and for strict tokens).
+        let crowded = queue.capacity() < queue.max_capacity() / 2;
+        if crowded && event.outcome == Outcome::Refused {
+            let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped,
+                    "the ledger's queue is crowded: a refused request's event was dropped"
+                );
+            }
+            return;
+        }
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
         if let Err(refused) = queue.try_send(Pending { event: Some(event), committed: None }) {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
@@ -330,10 +343,11 @@ async fn poll_loop(shared: std::sync::Weak<Shared>) {
             tracing::debug!(%error, "ledger checkpoint");
         }
         // While the ledger is failing, see whether it is back even with no traffic to write.
-        if !shared.writable.load(Ordering::Relaxed) && shared.queued.load(Ordering::Relaxed) == 0 {
-            if shared.store.ping().await.is_ok() {
-                mark_writable(&shared);
-            }
+        if !shared.writable.load(Ordering::Relaxed)
+            && shared.queued.load(Ordering::Relaxed) == 0
+            && shared.store.ping().await.is_ok()
+        {
+            mark_writable(&shared);
         }
     }
 }

@@ -113,6 +113,12 @@ impl Client {
         self.send(self.inner.delete(self.url(path)).bearer_auth(token))
     }
 
+    /// The live policy settings' version, from `/readyz`: it changes when a reload is applied.
+    pub fn settings_version(&self) -> String {
+        let reply = self.get("/readyz").unwrap();
+        reply.body["policy"]["settings_version"].as_str().unwrap().to_owned()
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
