@@ -67,7 +67,8 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
     let server = Server::start(BIN, &fixture.config_path);
     let (client, admin) = (server.client(), server.admin());
 
-    // The sequence: 5 issued, 3 denied, 4 refused, one reload refused, one applied, one fault.
+    // The sequence: 5 issued, 3 denied, 4 refused, a partial grant, an OAuth2 one, a revoked caller,
+    // one reload refused, one applied, one fault.
     let alice = fixture.token(|_| {});
     let bob = fixture.token(|r| {
         r.subject = "bob".into();
@@ -95,6 +96,28 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
             401
         );
     }
+    // A partial grant, the OAuth2 form, and a caller revoked through the admin API.
+    let reply = client
+        .get_bearer(&query(SERVICE, &["repository:team/app:pull", "repository:secret/x:push"]), &alice)
+        .unwrap();
+    assert_eq!(reply.status, 200, "{reply}");
+    let form = [
+        ("grant_type", "password"),
+        ("username", "alice"),
+        ("password", alice.as_str()),
+        ("service", SERVICE),
+        ("scope", "repository:team/app:pull"),
+    ];
+    assert_eq!(client.post_form("/token", &form).unwrap().status, 200);
+    let administrator = fixture.token(|r| r.scope = "registry.admin".into());
+    let body = r#"{"kind": "subject", "value": "carol", "reason": "metrics test"}"#;
+    assert_eq!(admin.post_json_bearer("/admin/v1/revocations", &administrator, body).unwrap().status, 201);
+    let carol = fixture.token(|r| r.subject = "carol".into());
+    assert_eq!(
+        client.get_bearer(&query(SERVICE, &["repository:team/app:pull"]), &carol).unwrap().status,
+        403
+    );
+
     fixture.reconfigure(|config| config.policy.module = Some("/nonexistent/policy.wasm".into()));
     server.signal("HUP");
     wait_for_reload_line(&server, "reload refused");
@@ -114,9 +137,11 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
         (
             "registry_token_tokens_issued_total",
             vec!["service=\"registry.test\"", "algorithm=\"RS256\"", "via=\"credential\""],
-            5.0,
+            7.0,
         ),
-        ("registry_token_decisions_total", vec!["outcome=\"grant\""], 5.0),
+        ("registry_token_decisions_total", vec!["outcome=\"grant\""], 6.0),
+        ("registry_token_decisions_total", vec!["outcome=\"partial\""], 1.0),
+        ("registry_token_decisions_total", vec!["outcome=\"revoked\""], 1.0),
         ("registry_token_decisions_total", vec!["outcome=\"deny\""], 3.0),
         ("registry_token_decisions_total", vec!["outcome=\"fault\""], 1.0),
         ("registry_token_caller_refusals_total", vec!["reason=\"expired\""], 2.0),
@@ -125,19 +150,24 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
         ("registry_token_policy_faults_total", vec!["kind=\"trap\""], 1.0),
         ("registry_token_reloads_total", vec!["result=\"applied\""], 1.0),
         ("registry_token_reloads_total", vec!["result=\"refused\""], 1.0),
-        ("registry_token_requests_total", vec!["endpoint=\"token_get\"", "status=\"200\""], 5.0),
-        ("registry_token_requests_total", vec!["endpoint=\"token_get\"", "status=\"403\""], 3.0),
+        ("registry_token_requests_total", vec!["endpoint=\"token_get\"", "status=\"200\""], 6.0),
+        ("registry_token_requests_total", vec!["endpoint=\"token_get\"", "status=\"403\""], 4.0),
+        ("registry_token_requests_total", vec!["endpoint=\"token_post\"", "status=\"200\""], 1.0),
+        ("registry_token_requests_total", vec!["endpoint=\"admin\"", "status=\"201\""], 1.0),
         ("registry_token_requests_total", vec!["endpoint=\"token_get\"", "status=\"401\""], 4.0),
         ("registry_token_requests_total", vec!["endpoint=\"token_get\"", "status=\"503\""], 1.0),
-        ("registry_token_request_duration_seconds_count", vec!["endpoint=\"token_get\""], 13.0),
-        ("registry_token_policy_evaluation_duration_seconds_count", vec![], 9.0),
-        // alice's token: a miss, then 4 hits; bob's: a miss, 2 hits; the 4 refused: misses; after
-        // the reload (a new cache) alice's: a miss.
-        ("registry_token_cache_requests_total", vec!["cache=\"caller_tokens\"", "result=\"hit\""], 6.0),
-        ("registry_token_cache_requests_total", vec!["cache=\"caller_tokens\"", "result=\"miss\""], 7.0),
+        ("registry_token_request_duration_seconds_count", vec!["endpoint=\"token_get\""], 15.0),
+        ("registry_token_request_duration_seconds_count", vec!["endpoint=\"token_post\""], 1.0),
+        // Every decision but the revoked one (the host refuses before the policy is asked).
+        ("registry_token_policy_evaluation_duration_seconds_count", vec![], 11.0),
+        // alice's token: a miss, then 4 + 2 hits; bob's: a miss, 2 hits; the 4 refused, carol's
+        // and the administrator's: misses; after the reload (a new cache) alice's: a miss.
+        ("registry_token_cache_requests_total", vec!["cache=\"caller_tokens\"", "result=\"hit\""], 8.0),
+        ("registry_token_cache_requests_total", vec!["cache=\"caller_tokens\"", "result=\"miss\""], 9.0),
         ("registry_token_build_info", vec![&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))], 1.0),
         ("registry_token_ledger_queue_events", vec![], 0.0),
-        ("registry_token_revocations_active", vec!["kind=\"subject\""], 0.0),
+        ("registry_token_revocations_active", vec!["kind=\"subject\""], 1.0),
+        ("registry_token_revocations_active", vec!["kind=\"licence\""], 0.0),
     ] {
         assert_eq!(value(&s, name, &labels), expected, "{name} {labels:?} in\n{exposition}");
     }
@@ -150,15 +180,24 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
     assert!(exposition.contains("# TYPE registry_token_request_duration_seconds histogram"));
     assert!(
         exposition.contains(
-            "registry_token_request_duration_seconds_bucket{endpoint=\"token_get\",le=\"+Inf\"} 13"
+            "registry_token_request_duration_seconds_bucket{endpoint=\"token_get\",le=\"+Inf\"} 15"
         )
     );
     // No label carries a subject, a repository, a token or a client address.
     let labels: String =
         s.keys().filter_map(|series| series.split_once('{').map(|(_, l)| l.to_owned())).collect();
-    for secret in
-        ["alice", "bob", "team/app", "hostile", "127.0.0.1", "not.a.token", alice.as_str(), bob.as_str()]
-    {
+    for secret in [
+        "alice",
+        "bob",
+        "carol",
+        "team/app",
+        "secret/x",
+        "hostile",
+        "127.0.0.1",
+        "not.a.token",
+        alice.as_str(),
+        bob.as_str(),
+    ] {
         assert!(!labels.contains(secret), "a label value contains {secret:?}:\n{exposition}");
     }
 
@@ -220,7 +259,7 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert_eq!(issued, "5");
+    assert_eq!(issued, "7");
     assert_eq!(query_value("sum(registry_token_decisions_total{outcome=\"deny\"})").as_deref(), Some("3"));
     assert_eq!(query_value("sum(registry_token_caller_refusals_total)").as_deref(), Some("4"));
     assert_eq!(query_value("up{job=\"registry-token\"}").as_deref(), Some("1"));
