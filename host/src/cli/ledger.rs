@@ -106,20 +106,7 @@ fn actor() -> String {
 }
 
 fn cli_audit(outcome: Outcome, revocation: &Revocation) -> Event {
-    let mut event = Event::new(outcome);
-    event.sub = Some(actor());
-    event.tenant.clone_from(&revocation.tenant);
-    event.reason = Some(revocation.kind.as_str().to_owned());
-    let verb = if outcome == Outcome::RevocationCreated { "revoked" } else { "revocation lifted" };
-    event.message = Some(format!(
-        "{} {} {verb} by {} (revocation {}): {}",
-        revocation.kind,
-        revocation.value,
-        actor(),
-        revocation.id,
-        revocation.reason
-    ));
-    event
+    Event::revocation_audit(outcome, revocation, &actor())
 }
 
 pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {

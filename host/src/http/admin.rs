@@ -94,17 +94,11 @@ impl Admin {
 
     /// An audit event of this administrator's action.
     fn audit(&self, outcome: Outcome, revocation: &Revocation, client_addr: Option<String>) -> Event {
-        let mut event = Event::new(outcome);
+        let mut event = Event::revocation_audit(outcome, revocation, &self.caller.subject);
         event.set_caller(&self.caller, &self.issuer, self.jti.as_deref());
-        // The tenant the action applies in, so that tenant's administrators see it.
+        // The tenant the action applies in, not the administrator's own (`set_caller` set that).
         event.tenant.clone_from(&revocation.tenant);
         event.client_addr = client_addr;
-        event.reason = Some(revocation.kind.as_str().to_owned());
-        let verb = if outcome == Outcome::RevocationCreated { "revoked" } else { "revocation lifted" };
-        event.message = Some(format!(
-            "{} {} {verb} by {} (revocation {}): {}",
-            revocation.kind, revocation.value, self.caller.subject, revocation.id, revocation.reason
-        ));
         event
     }
 }

@@ -162,9 +162,13 @@ impl FromRequestParts<super::AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, app: &super::AppState) -> Result<Self, Self::Rejection> {
+        // Only the ledger records it: without one, nothing to work out.
         let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>().copied() else {
             return Ok(ClientAddr(None));
         };
+        if app.ledger.is_none() {
+            return Ok(ClientAddr(None));
+        }
         let live = app.live();
         let trusted = &live.config.http.trusted_proxies;
         let forwarded = parts.headers.get_all("x-forwarded-for").iter().map(|v| v.to_str().unwrap_or(""));

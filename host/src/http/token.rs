@@ -160,15 +160,13 @@ async fn exchange(
         }
         Err(error) => describe_failure(&mut event, error),
     }
-    let service = event.service.clone();
     if let Err(unavailable) = ledger.keep(event).await {
         tracing::warn!(error = %unavailable, "no token returned: its ledger event could not be committed");
         return Err(ApiError::LedgerUnavailable);
     }
-    if result.is_ok()
-        && let Some(service) = &service
-    {
-        count_issued(live, service);
+    if result.is_ok() {
+        // `Exchange::new` checked it: one of the configured services.
+        count_issued(live, params.first("service").unwrap_or_default());
     }
     result
 }

@@ -192,6 +192,23 @@ impl Event {
         }
     }
 
+    /// The audit event of `actor` creating or lifting `revocation`: in the tenant the revocation
+    /// applies in (so that tenant's administrators see it), the kind as its reason, and a message
+    /// naming what, who and which revocation. The caller of it fills in who the actor is further
+    /// ([`Event::set_caller`], the client address) when it knows more.
+    pub fn revocation_audit(outcome: Outcome, revocation: &Revocation, actor: &str) -> Event {
+        let mut event = Event::new(outcome);
+        event.sub = Some(actor.to_owned());
+        event.tenant.clone_from(&revocation.tenant);
+        event.reason = Some(revocation.kind.as_str().to_owned());
+        let verb = if outcome == Outcome::RevocationCreated { "revoked" } else { "revocation lifted" };
+        event.message = Some(format!(
+            "{} {} {verb} by {actor} (revocation {}): {}",
+            revocation.kind, revocation.value, revocation.id, revocation.reason
+        ));
+        event
+    }
+
     /// Records who the caller is.
     pub fn set_caller(&mut self, caller: &Caller, issuer: &str, jti: Option<&str>) {
         self.sub = Some(caller.subject.clone());
@@ -314,13 +331,12 @@ impl Revocation {
 #[derive(Debug, Default)]
 pub struct RevocationSet {
     by_value: std::collections::HashMap<(RevocationKind, String), Vec<Revocation>>,
-    count: usize,
 }
 
 impl RevocationSet {
     /// Indexes `revocations`.
     pub fn new(revocations: Vec<Revocation>) -> RevocationSet {
-        let mut set = RevocationSet { count: revocations.len(), ..RevocationSet::default() };
+        let mut set = RevocationSet::default();
         for revocation in revocations {
             set.by_value.entry((revocation.kind, revocation.value.clone())).or_default().push(revocation);
         }
@@ -329,7 +345,7 @@ impl RevocationSet {
 
     /// The first revocation that refuses `caller` at `now`, if any.
     pub fn check(&self, caller: &Caller, jti: Option<&str>, now: Millis) -> Option<&Revocation> {
-        if self.count == 0 {
+        if self.by_value.is_empty() {
             return None;
         }
         RevocationKind::ALL.into_iter().find_map(|kind| {
@@ -360,12 +376,12 @@ impl RevocationSet {
 
     /// How many revocations it holds (expired ones included until pruned).
     pub fn len(&self) -> usize {
-        self.count
+        self.by_value.values().map(Vec::len).sum()
     }
 
     /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.by_value.is_empty()
     }
 }
 

@@ -281,8 +281,7 @@ impl Ledger {
     /// once (the others see it at their next poll).
     pub async fn revoke(&self, revocation: &Revocation, audit: Event) -> Result<(), StoreError> {
         let params = store::revocation_params(revocation);
-        let statement: &'static str = store::INSERT_REVOCATION;
-        self.shared.store.change_revocations(statement, params, audit).await?;
+        self.shared.store.change_revocations(store::INSERT_REVOCATION, params, audit).await?;
         // Committed: a failure to read it back now is the poller's to repair, not an error to
         // answer (a retry would revoke twice).
         if let Err(error) = refresh_revocations(&self.shared).await {
