@@ -6,7 +6,7 @@
 use crate::authority::{KeySource, Requirements, Validator};
 use crate::config::{Config, JwksSource, PolicyConfig, PolicyModule};
 use crate::ledger::Ledger;
-use crate::mint::{self, Minter, SigningKey};
+use crate::mint::{self, KeySet};
 use crate::policy::{self, Policy};
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
@@ -36,8 +36,8 @@ pub struct Live {
     pub validator: Validator,
     /// The authorization policy.
     pub policy: Policy,
-    /// The registry-token signer.
-    pub minter: Minter,
+    /// The signing keys: the active one mints, all are published.
+    pub keys: KeySet,
     /// Validates administrators' tokens: the same Authority and keys, `admin.required_scope`.
     pub admin_validator: Validator,
 }
@@ -51,12 +51,9 @@ pub enum BuildError {
     /// The Authority's JWKS could not be loaded.
     #[error(transparent)]
     Jwks(#[from] crate::authority::JwksError),
-    /// The signing key is unusable.
+    /// A signing key or certificate is unusable.
     #[error(transparent)]
-    Key(#[from] mint::KeyError),
-    /// The certificate is unusable.
-    #[error(transparent)]
-    Cert(#[from] mint::CertError),
+    Keys(#[from] mint::KeySetError),
     /// The policy could not be loaded.
     #[error(transparent)]
     Policy(#[from] policy::LoadError),
@@ -127,14 +124,7 @@ impl Live {
             leeway_seconds: config.authority.leeway_seconds,
         };
 
-        let signing = &config.signing;
-        let key = SigningKey::from_file(&signing.key_file, signing.algorithm)?;
-        let chain = match &signing.cert_file {
-            Some(cert) => Some(mint::load_chain(cert, &key)?),
-            None => None,
-        };
-        let minter =
-            Minter::new(key, &signing.issuer, signing.lifetime_seconds, signing.kid_format, chain.as_deref());
+        let keys_set = KeySet::load(&config.signing)?;
 
         let policy = load_policy(&config.policy, config.cache.decisions, previous.map(|p| &p.policy)).await?;
         let admin_requirements =
@@ -142,7 +132,7 @@ impl Live {
         // Administrators are few: a small cache spares them a signature check per admin request.
         let admin_validator = Validator::new(keys.clone(), admin_requirements, 64);
         let validator = Validator::new(keys, requirements, config.cache.caller_tokens);
-        Ok(Live { config, validator, policy, minter, admin_validator })
+        Ok(Live { config, validator, policy, keys: keys_set, admin_validator })
     }
 
     /// Whether the service can issue tokens (for `/readyz`).

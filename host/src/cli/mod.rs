@@ -1,7 +1,8 @@
-//! The `registry-token` command line: `serve`, `keygen`, `dev-authority`, `policy test|eval`,
-//! `ledger events|revoke|revocations|unrevoke`.
+//! The `registry-token` command line: `serve`, `keygen`, `keys new|export|list`, `dev-authority`,
+//! `policy test|eval`, `ledger events|revoke|revocations|unrevoke`.
 
 mod cases;
+mod keys;
 mod ledger;
 mod serve;
 
@@ -56,6 +57,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Algorithm::Rs256)]
         algorithm: Algorithm,
     },
+    /// The signing key set: a new key for a rotation, the published set written offline.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// A development Authority for trials and tests (`serve` creates one only when
     /// `development.create_missing_keys` is on).
     #[command(subcommand)]
@@ -175,6 +179,7 @@ pub fn main() -> ExitCode {
                 policy_eval(&source, request.as_deref()).await
             }
             Command::Ledger(command) => ledger::run(command).await,
+            Command::Keys(command) => keys::run(command),
         }
     });
     match result {

@@ -39,7 +39,8 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
         policy = live.policy.source(),
         digest = live.policy.digest(),
         settings = live.policy.settings_version(),
-        kid = live.minter.kid(),
+        kid = live.keys.minter().kid(),
+        custody = live.keys.minter().signer().custody(),
         "loaded"
     );
     let service = Arc::new(App::new(live, Some(config_path.to_owned()), system_clock()).with_ledger(ledger));

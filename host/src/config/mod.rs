@@ -10,7 +10,8 @@ mod sections;
 
 pub use sections::{
     AdminConfig, AuthorityConfig, CacheConfig, DenialStatus, DevelopmentConfig, Durability, HttpConfig,
-    JwksSource, LedgerConfig, LedgerUrl, PolicyConfig, PolicyModule, SigningConfig, TrustedProxies,
+    JwksSource, KeyEntry, KeyStatus, LedgerConfig, LedgerUrl, Pkcs11KeyConfig, PolicyConfig, PolicyModule,
+    Rfc3339, SigningConfig, TrustedProxies,
 };
 
 use env::{EnvOverrides, describe};
@@ -137,10 +138,8 @@ impl Config {
         if self.signing.issuer.is_empty() {
             return Err("signing.issuer is empty".into());
         }
-        if self.signing.key_file.as_os_str().is_empty() {
-            return Err("signing.key_file is required: the PEM private key that signs registry tokens".into());
-        }
         let signing = &self.signing;
+        check_keys(signing)?;
         if signing.max_lifetime_seconds > LIFETIME_CEILING {
             return Err(format!("signing.max_lifetime_seconds may be at most {LIFETIME_CEILING}"));
         }
@@ -183,4 +182,64 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The shape of the signing keys: one form or the other, exactly one active key, and what each
+/// status needs. Whether the files load and match is checked when they are loaded.
+fn check_keys(signing: &SigningConfig) -> Result<(), String> {
+    let single = !signing.key_file.as_os_str().is_empty();
+    if signing.keys.is_empty() {
+        if !single {
+            return Err("signing.key_file (or signing.keys) is required: the key that signs registry tokens".into());
+        }
+        return Ok(());
+    }
+    if single || signing.cert_file.is_some() {
+        return Err("signing: use either key_file/cert_file (one key) or keys (a key set), not both".into());
+    }
+    let active: Vec<String> = signing
+        .keys
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| k.status == KeyStatus::Active)
+        .map(|(i, k)| k.describe(i))
+        .collect();
+    match active.len() {
+        0 => return Err("signing.keys: no key is active; exactly one must be `status: active`".into()),
+        1 => {}
+        _ => return Err(format!("signing.keys: {} are all active; exactly one may be", active.join(" and "))),
+    }
+    for (index, key) in signing.keys.iter().enumerate() {
+        let entry = key.describe(index);
+        if key.key_file.is_some() && key.pkcs11.is_some() {
+            return Err(format!("{entry}: give key_file or pkcs11, not both"));
+        }
+        match key.status {
+            KeyStatus::Active if key.key_file.is_none() && key.pkcs11.is_none() => {
+                return Err(format!("{entry}: the active key needs key_file or pkcs11 (it signs)"));
+            }
+            KeyStatus::Published | KeyStatus::Retired if key.cert_file.is_none() => {
+                return Err(format!(
+                    "{entry}: a {} key needs cert_file: registries trust it by its certificate",
+                    key.status.name()
+                ));
+            }
+            KeyStatus::Retired if key.retire_after.is_none() => {
+                return Err(format!(
+                    "{entry}: a retired key needs retire_after (when it stops being published: now + the \
+                     longest token lifetime + the leeway)"
+                ));
+            }
+            KeyStatus::Active | KeyStatus::Published if key.retire_after.is_some() => {
+                return Err(format!("{entry}: retire_after is for retired keys only"));
+            }
+            _ => {}
+        }
+        if let Some(hsm) = &key.pkcs11
+            && !(1..=64).contains(&hsm.sessions)
+        {
+            return Err(format!("{entry}: pkcs11.sessions must be between 1 and 64"));
+        }
+    }
+    Ok(())
 }

@@ -475,7 +475,7 @@ pub(super) async fn scrape(
         let (mut parts, _) = request.into_parts();
         Admin::from_request_parts(&mut parts, &app).await?;
     }
-    let algorithm = live.minter.key().algorithm().name();
+    let keys = live.keys.summary((app.clock)());
     let snapshot = crate::metrics::Snapshot {
         ledger_queue: app.ledger.as_ref().map_or(0, |ledger| ledger.health().queued),
         revocations: app
@@ -483,7 +483,7 @@ pub(super) async fn scrape(
             .as_ref()
             .map(|ledger| ledger.active_revocations(Millis::now()))
             .unwrap_or_default(),
-        signing_keys: vec![(live.minter.kid(), "active", algorithm)],
+        signing_keys: keys.iter().map(|(kid, status, algorithm, _)| (kid.as_str(), *status, *algorithm)).collect(),
         policy: Some((live.policy.digest(), live.policy.settings_version())),
     };
     let body = crate::metrics::metrics().render(&snapshot);

@@ -46,6 +46,9 @@ pub enum ApiError {
     /// The ledger cannot record the token, so it is not returned (503, strict durability).
     #[error("the issuance ledger is unavailable; no token was issued; try again later")]
     LedgerUnavailable,
+    /// The HSM holding the signing key did not sign; nothing was issued (503).
+    #[error("the signing key's HSM is unavailable; no token was issued; try again later")]
+    SignerUnavailable,
     /// Signing failed (500).
     #[error("the token could not be issued; see the server log")]
     Signing,
@@ -96,7 +99,10 @@ impl ApiError {
             ApiError::Denied { status: DenialStatus::Forbidden, .. } => {
                 (StatusCode::FORBIDDEN, "DENIED", "access_denied")
             }
-            ApiError::KeysUnavailable | ApiError::Policy(_) | ApiError::LedgerUnavailable => {
+            ApiError::KeysUnavailable
+            | ApiError::Policy(_)
+            | ApiError::LedgerUnavailable
+            | ApiError::SignerUnavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "temporarily_unavailable")
             }
             ApiError::Signing => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "server_error"),
@@ -130,6 +136,10 @@ impl ApiError {
                 tracing::error!("cannot validate callers: the Authority's keys are unavailable");
             }
             ApiError::Signing => tracing::error!("signing failed"),
+            // Logged with the HSM's error where it failed.
+            ApiError::SignerUnavailable => {
+                span.record("refused", "the HSM is unavailable");
+            }
             // The ledger logs its own failure once, when it starts failing.
             ApiError::LedgerUnavailable => {
                 span.record("refused", "the ledger is unavailable");

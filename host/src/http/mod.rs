@@ -12,6 +12,7 @@
 mod admin;
 mod error;
 mod extract;
+mod keys;
 mod token;
 
 pub use admin::{AdminError, RevocationRequest};
@@ -36,10 +37,12 @@ use tracing::Span;
 /// Shared by every handler.
 pub type AppState = Arc<App>;
 
-/// The main listener's router: the token endpoint and the probes.
+/// The main listener's router: the token endpoint, the published signing keys and the probes.
 pub fn router(app: AppState) -> Router {
     let routes = Router::new()
         .route("/token", get(token::get_token).post(token::post_token).fallback(not_allowed("GET, POST")))
+        .route("/.well-known/jwks.json", probe(get(keys::jwks)))
+        .route("/certs.pem", probe(get(keys::certificates)))
         .merge(probes());
     edge(routes, app, Challenge::Basic)
 }
@@ -197,8 +200,12 @@ async fn readyz(State(app): State<AppState>) -> Response {
             "settings_version": live.policy.settings_version(),
         },
         "signing": {
-            "algorithm": live.minter.key().algorithm().name(),
-            "kid": live.minter.kid(),
+            "algorithm": live.keys.minter().signer().algorithm().name(),
+            "kid": live.keys.minter().kid(),
+            "custody": live.keys.minter().signer().custody(),
+            "keys": live.keys.summary((app.clock)()).into_iter().map(|(kid, status, algorithm, published)| {
+                serde_json::json!({ "kid": kid, "status": status, "algorithm": algorithm, "published": published })
+            }).collect::<Vec<_>>(),
         },
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

@@ -9,7 +9,7 @@ use crate::app::Live;
 use crate::authority::{self, AuthError};
 use crate::ledger::{Event, IssuedToken, Millis, Outcome};
 use crate::metrics::metrics;
-use crate::mint::Minted;
+use crate::mint::{Minted, SignError};
 use crate::policy::Decision;
 use crate::scope;
 use axum::extract::State;
@@ -155,7 +155,7 @@ async fn exchange(
             event.token = Some(IssuedToken {
                 jti: minted.jti.clone(),
                 exp: i64::try_from(minted.expires_at).unwrap_or(i64::MAX),
-                kid: live.minter.kid().to_owned(),
+                kid: live.keys.minter().kid().to_owned(),
             });
         }
         Err(error) => describe_failure(&mut event, error),
@@ -174,7 +174,7 @@ async fn exchange(
 /// A token is counted once it is returned (after its ledger commit): never one the caller did
 /// not get.
 fn count_issued(live: &Live, service: &str) {
-    metrics().issued(service, live.minter.key().algorithm().name(), "credential");
+    metrics().issued(service, live.keys.minter().signer().algorithm().name(), "credential");
 }
 
 /// The outcome and reason of a failed exchange, for its event.
@@ -185,6 +185,7 @@ fn describe_failure(event: &mut Event, error: &ApiError) {
         ApiError::KeysUnavailable => (Outcome::Fault, "keys_unavailable".to_owned()),
         ApiError::Policy(fault) => (Outcome::Fault, fault.kind().to_owned()),
         ApiError::Signing => (Outcome::Fault, "signing".to_owned()),
+        ApiError::SignerUnavailable => (Outcome::Fault, "signer_unavailable".to_owned()),
         ApiError::LedgerUnavailable => (Outcome::Fault, "ledger".to_owned()),
         _ => (Outcome::Refused, "bad_request".to_owned()),
     };
@@ -262,17 +263,23 @@ async fn issue(
             resources
         }
     };
-    // The signature (≈ 0.2–0.45 ms of CPU for RS256) runs here, on the worker: it is the request's
-    // own work with no I/O to overlap, the runtime has one worker per core, and a hand-off to the
-    // blocking pool would add a thread wake-up per token. Other connections wait at most one
-    // signature for this worker.
+    // A file key's signature (≈ 0.2–0.45 ms of CPU for RS256) runs here, on the worker: it is the
+    // request's own work with no I/O to overlap, the runtime has one worker per core, and a hand-off
+    // to the blocking pool would add a thread wake-up per token. Other connections wait at most one
+    // signature for this worker. An HSM's signature waits on the device: it goes to the blocking
+    // pool, under a deadline, and its failure is a 503.
     // Validation accepted the caller token up to `leeway` past its `exp`; the registry token ends
     // there at the latest, so it outlives its credential by no more than the tolerated skew.
     let not_after = validated.expires_at.saturating_add(live.config.authority.leeway_seconds);
-    let minted = live
-        .minter
-        .mint(&caller.subject, &exchange.service, &granted, now, not_after)
-        .map_err(|_| ApiError::Signing)?;
+    let minted = live.keys.minter().mint(&caller.subject, &exchange.service, &granted, now, not_after).await.map_err(
+        |error| match error {
+            SignError::Crypto => ApiError::Signing,
+            SignError::Hsm(error) => {
+                tracing::error!(%error, "the HSM did not sign; no token issued");
+                ApiError::SignerUnavailable
+            }
+        },
+    )?;
     span.record("granted", scope_string(&granted));
     Ok((minted, granted))
 }

@@ -4,9 +4,8 @@ use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeyPair as RsaKeyPair;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair as _};
-use data_encoding::{BASE32_NOPAD, BASE64URL_NOPAD};
+use super::PublicKey;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::Path;
 use zeroize::Zeroizing;
@@ -75,7 +74,7 @@ enum Pair {
 pub struct SigningKey {
     algorithm: SigningAlgorithm,
     pair: Pair,
-    spki_der: Vec<u8>,
+    public: PublicKey,
     rng: SystemRandom,
 }
 
@@ -104,6 +103,22 @@ impl SigningKey {
             std::fs::read(path).map_err(|source| KeyError::Read { path: shown.clone(), source })?,
         );
         SigningKey::from_pem(&pem, algorithm, &shown)
+    }
+
+    /// [`SigningKey::from_file`] for whichever algorithm the key is for: an RSA key signs RS256,
+    /// a P-256 key ES256.
+    pub fn from_file_any(path: &Path) -> Result<SigningKey, KeyError> {
+        match SigningKey::from_file(path, SigningAlgorithm::RS256) {
+            Err(KeyError::Unusable { reason: rsa, .. }) => SigningKey::from_file(path, SigningAlgorithm::ES256)
+                .map_err(|error| match error {
+                    KeyError::Unusable { origin, reason } => KeyError::Unusable {
+                        origin,
+                        reason: format!("neither an RSA key ({rsa}) nor a P-256 key ({reason})"),
+                    },
+                    other => other,
+                }),
+            other => other,
+        }
     }
 
     /// Parses a PEM private key for `algorithm`.
@@ -137,18 +152,12 @@ impl SigningKey {
             }
         };
         let spki_der = match &pair {
-            Pair::Rsa(rsa) => {
-                if rsa.public_modulus_len() < 256 {
-                    return Err(unusable(&format!(
-                        "RSA keys must have at least 2048 bits, this one has {}",
-                        rsa.public_modulus_len() * 8
-                    )));
-                }
-                spki(rsa.public_key().as_der()).map_err(|r| unusable(&r))?
-            }
-            Pair::Ec(ec) => spki(ec.public_key().as_der()).map_err(|r| unusable(&r))?,
-        };
-        Ok(SigningKey { algorithm, pair, spki_der, rng: SystemRandom::new() })
+            Pair::Rsa(rsa) => spki(rsa.public_key().as_der()),
+            Pair::Ec(ec) => spki(ec.public_key().as_der()),
+        }
+        .map_err(|r| unusable(&r))?;
+        let public = PublicKey::from_spki_der(&spki_der).map_err(|r| unusable(&r))?;
+        Ok(SigningKey { algorithm, pair, public, rng: SystemRandom::new() })
     }
 
     /// The algorithm this key signs with.
@@ -156,61 +165,29 @@ impl SigningKey {
         self.algorithm
     }
 
+    /// The public half.
+    pub fn public(&self) -> &PublicKey {
+        &self.public
+    }
+
     /// The DER SubjectPublicKeyInfo of the public key.
     pub fn spki_der(&self) -> &[u8] {
-        &self.spki_der
+        self.public.spki_der()
     }
 
-    /// distribution 2.8's `kid` (libtrust): the first 30 bytes of SHA-256 over the DER
-    /// SubjectPublicKeyInfo, base32 without padding, in groups of four joined by `:`.
+    /// distribution 2.8's `kid` (libtrust).
     pub fn libtrust_kid(&self) -> String {
-        let digest = Sha256::digest(&self.spki_der);
-        let encoded = BASE32_NOPAD.encode(&digest[..30]);
-        let groups: Vec<&str> = (0..encoded.len()).step_by(4).map(|i| &encoded[i..i + 4]).collect();
-        groups.join(":")
+        self.public.libtrust_kid()
     }
 
-    /// The public key's JWK members (`kty` and its parameters), sorted by name as RFC 7638's
-    /// canonical form wants them.
-    fn public_members(&self) -> Vec<(&'static str, String)> {
-        match &self.pair {
-            Pair::Rsa(rsa) => {
-                let public = rsa.public_key();
-                vec![
-                    ("e", BASE64URL_NOPAD.encode(public.exponent().big_endian_without_leading_zero())),
-                    ("kty", "RSA".to_owned()),
-                    ("n", BASE64URL_NOPAD.encode(public.modulus().big_endian_without_leading_zero())),
-                ]
-            }
-            Pair::Ec(ec) => {
-                // The uncompressed point: 0x04, then x and y of 32 bytes each.
-                let point = ec.public_key().as_ref();
-                vec![
-                    ("crv", "P-256".to_owned()),
-                    ("kty", "EC".to_owned()),
-                    ("x", BASE64URL_NOPAD.encode(&point[1..33])),
-                    ("y", BASE64URL_NOPAD.encode(&point[33..65])),
-                ]
-            }
-        }
-    }
-
-    /// The public key as a JWK: its members plus `use: sig`, `alg` and `kid` (the thumbprint).
+    /// The public key as a JWK, `kid` its RFC 7638 thumbprint.
     pub fn public_jwk(&self) -> serde_json::Map<String, serde_json::Value> {
-        let mut jwk: serde_json::Map<String, serde_json::Value> =
-            self.public_members().into_iter().map(|(name, value)| (name.to_owned(), value.into())).collect();
-        jwk.insert("use".into(), "sig".into());
-        jwk.insert("alg".into(), self.algorithm.name().into());
-        jwk.insert("kid".into(), self.thumbprint_kid().into());
-        jwk
+        self.public.jwk()
     }
 
-    /// The RFC 7638 JWK thumbprint (distribution v3 matches `kid` against it).
+    /// The RFC 7638 JWK thumbprint.
     pub fn thumbprint_kid(&self) -> String {
-        let members: Vec<String> =
-            self.public_members().iter().map(|(name, value)| format!(r#""{name}":"{value}""#)).collect();
-        let canonical = format!("{{{}}}", members.join(","));
-        BASE64URL_NOPAD.encode(&Sha256::digest(canonical.as_bytes()))
+        self.public.thumbprint_kid()
     }
 
     /// Signs `message` (the JWS signing input).

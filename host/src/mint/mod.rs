@@ -6,14 +6,20 @@
 
 mod key;
 pub mod keygen;
+mod keyset;
+pub mod pkcs11;
+mod public;
 pub(crate) mod secret_pem;
 
 pub use key::{KeyError, SigningAlgorithm, SigningKey};
+pub use keyset::{KeySet, KeySetError, PublishedKey, etag};
+pub use public::PublicKey;
 
 use crate::access::Resource;
 use data_encoding::{BASE64, BASE64URL_NOPAD};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Which `kid` minted tokens carry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,8 +54,8 @@ pub enum CertError {
     },
 }
 
-/// Reads a PEM certificate chain (leaf first) and checks that the leaf certifies `key`.
-pub fn load_chain(path: &Path, key: &SigningKey) -> Result<Vec<Vec<u8>>, CertError> {
+/// Reads a PEM certificate chain (leaf first): the DER certificates and the leaf's public key.
+pub fn load_chain(path: &Path) -> Result<(Vec<Vec<u8>>, PublicKey), CertError> {
     let shown = path.display().to_string();
     let text = std::fs::read(path).map_err(|source| CertError::Read { path: shown.clone(), source })?;
     let unusable = |reason: &str| CertError::Unusable { path: shown.clone(), reason: reason.to_owned() };
@@ -62,18 +68,126 @@ pub fn load_chain(path: &Path, key: &SigningKey) -> Result<Vec<Vec<u8>>, CertErr
     let Some(leaf) = chain.first() else {
         return Err(unusable("no CERTIFICATE block"));
     };
-    // A certificate embeds its subject's SubjectPublicKeyInfo verbatim, in DER.
-    let certifies_key = leaf.windows(key.spki_der().len()).any(|w| w == key.spki_der());
-    if !certifies_key {
-        return Err(unusable("its first certificate is not for the signing key"));
+    let (_, certificate) =
+        x509_parser::parse_x509_certificate(leaf).map_err(|e| unusable(&format!("not an X.509 certificate: {e}")))?;
+    let public = PublicKey::from_spki(certificate.public_key()).map_err(|reason| unusable(&reason))?;
+    Ok((chain, public))
+}
+
+/// Verifies `signature` over `message` with a DER SubjectPublicKeyInfo.
+pub(crate) fn verify_with_spki(
+    algorithm: &'static dyn aws_lc_rs::signature::VerificationAlgorithm,
+    spki_der: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), ()> {
+    aws_lc_rs::signature::UnparsedPublicKey::new(algorithm, spki_der).verify(message, signature).map_err(|_| ())
+}
+
+/// Why a token could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// The local crypto library refused (it does not, in practice).
+    #[error("the signature failed")]
+    Crypto,
+    /// The HSM did not sign: it failed, was busy past the deadline, or is reconnecting.
+    #[error(transparent)]
+    Hsm(#[from] pkcs11::HsmError),
+}
+
+/// How long a token waits for an HSM session and its signature before the request gets 503.
+pub const HSM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What holds the active private key.
+#[derive(Debug)]
+pub enum Signer {
+    /// A key file, parsed in memory: signs on the calling thread.
+    File(SigningKey),
+    /// A key in an HSM: signs on the blocking pool, at most one signature per session at once.
+    Hsm {
+        /// The key.
+        key: Arc<pkcs11::HsmKey>,
+        /// One permit per pooled session.
+        permits: Arc<tokio::sync::Semaphore>,
+    },
+}
+
+impl From<SigningKey> for Signer {
+    fn from(key: SigningKey) -> Signer {
+        Signer::File(key)
     }
-    Ok(chain)
+}
+
+impl Signer {
+    /// An HSM key with `sessions` concurrent signatures at most.
+    pub fn hsm(key: pkcs11::HsmKey, sessions: usize) -> Signer {
+        Signer::Hsm { key: Arc::new(key), permits: Arc::new(tokio::sync::Semaphore::new(sessions)) }
+    }
+
+    /// The public key.
+    pub fn public(&self) -> &PublicKey {
+        match self {
+            Signer::File(key) => key.public(),
+            Signer::Hsm { key, .. } => key.public(),
+        }
+    }
+
+    /// The JWS algorithm.
+    pub fn algorithm(&self) -> SigningAlgorithm {
+        match self {
+            Signer::File(key) => key.algorithm(),
+            Signer::Hsm { key, .. } => key.algorithm(),
+        }
+    }
+
+    /// Where the key lives, for the status page and metrics: `file` or `pkcs11`.
+    pub fn custody(&self) -> &'static str {
+        match self {
+            Signer::File(_) => "file",
+            Signer::Hsm { .. } => "pkcs11",
+        }
+    }
+
+    /// Signs on this thread, blocking on an HSM (benchmarks, commands).
+    pub fn sign_now(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+        match self {
+            Signer::File(key) => key.sign(message).map_err(|_| SignError::Crypto),
+            Signer::Hsm { key, .. } => Ok(key.sign(message)?),
+        }
+    }
+
+    /// Signs; an HSM signature runs on the blocking pool under [`HSM_DEADLINE`].
+    pub async fn sign(&self, message: &str) -> Result<Vec<u8>, SignError> {
+        let (key, permits) = match self {
+            Signer::File(key) => return key.sign(message.as_bytes()).map_err(|_| SignError::Crypto),
+            Signer::Hsm { key, permits } => (key.clone(), permits.clone()),
+        };
+        let busy = || pkcs11::HsmError::Unavailable(format!("no HSM session within {HSM_DEADLINE:?}"));
+        let deadline = tokio::time::Instant::now() + HSM_DEADLINE;
+        let permit = tokio::time::timeout_at(deadline, permits.acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| busy())?;
+        let message = message.to_owned();
+        // The permit stays with the blocking call: a hung module holds at most `sessions` threads.
+        let signing = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            key.sign(message.as_bytes())
+        });
+        match tokio::time::timeout_at(deadline, signing).await {
+            Ok(Ok(signed)) => Ok(signed?),
+            Ok(Err(join)) => Err(pkcs11::HsmError::Unavailable(format!("the signing task failed: {join}")).into()),
+            Err(_) => {
+                Err(pkcs11::HsmError::Unavailable(format!("the HSM did not sign within {HSM_DEADLINE:?}")).into())
+            }
+        }
+    }
 }
 
 /// Signs registry tokens for one issuer with one key.
 #[derive(Debug)]
 pub struct Minter {
-    key: SigningKey,
+    signer: Signer,
     issuer: String,
     lifetime_seconds: u64,
     kid: String,
@@ -120,19 +234,20 @@ struct Claims<'a> {
 impl Minter {
     /// `chain` is the DER certificate chain for `x5c` (leaf first), if any.
     pub fn new(
-        key: SigningKey,
+        signer: impl Into<Signer>,
         issuer: &str,
         lifetime_seconds: u64,
         kid_format: KidFormat,
         chain: Option<&[Vec<u8>]>,
     ) -> Minter {
+        let signer = signer.into();
         let kid = match kid_format {
-            KidFormat::Libtrust => key.libtrust_kid(),
-            KidFormat::Thumbprint => key.thumbprint_kid(),
+            KidFormat::Libtrust => signer.public().libtrust_kid(),
+            KidFormat::Thumbprint => signer.public().thumbprint_kid(),
         };
         let header = Header {
             typ: "JWT",
-            alg: key.algorithm().name(),
+            alg: signer.algorithm().name(),
             kid: &kid,
             x5c: chain.map(|chain| chain.iter().map(|der| BASE64.encode(der)).collect()),
         };
@@ -141,7 +256,7 @@ impl Minter {
         #[allow(clippy::expect_used)]
         let header = serde_json::to_vec(&header).expect("a JOSE header of strings serializes");
         let header = BASE64URL_NOPAD.encode(&header);
-        Minter { key, issuer: issuer.to_owned(), lifetime_seconds, kid, header }
+        Minter { signer, issuer: issuer.to_owned(), lifetime_seconds, kid, header }
     }
 
     /// The `kid` minted tokens carry.
@@ -149,9 +264,9 @@ impl Minter {
         &self.kid
     }
 
-    /// The signing key.
-    pub fn key(&self) -> &SigningKey {
-        &self.key
+    /// What signs.
+    pub fn signer(&self) -> &Signer {
+        &self.signer
     }
 
     /// Token lifetime in seconds.
@@ -164,17 +279,44 @@ impl Minter {
     /// whichever comes first (the caller passes the credential's `exp` plus the validation leeway,
     /// so a token outlives the credential it was exchanged for by at most the tolerated skew), and
     /// at least a second after `now`.
-    pub fn mint(
+    pub async fn mint(
         &self,
         subject: &str,
         audience: &str,
         access: &[Resource],
         now: u64,
         not_after: u64,
-    ) -> Result<Minted, aws_lc_rs::error::Unspecified> {
+    ) -> Result<Minted, SignError> {
+        let unsigned = self.unsigned(subject, audience, access, now, not_after)?;
+        let signature = self.signer.sign(&unsigned.input).await?;
+        Ok(unsigned.finish(&signature))
+    }
+
+    /// [`Minter::mint`] on this thread, blocking on an HSM (benchmarks).
+    pub fn mint_now(
+        &self,
+        subject: &str,
+        audience: &str,
+        access: &[Resource],
+        now: u64,
+        not_after: u64,
+    ) -> Result<Minted, SignError> {
+        let unsigned = self.unsigned(subject, audience, access, now, not_after)?;
+        let signature = self.signer.sign_now(unsigned.input.as_bytes())?;
+        Ok(unsigned.finish(&signature))
+    }
+
+    fn unsigned(
+        &self,
+        subject: &str,
+        audience: &str,
+        access: &[Resource],
+        now: u64,
+        not_after: u64,
+    ) -> Result<Unsigned, SignError> {
         let exp = now.saturating_add(self.lifetime_seconds).min(not_after).max(now + 1);
         let mut jti = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut jti)?;
+        aws_lc_rs::rand::fill(&mut jti).map_err(|_| SignError::Crypto)?;
         let jti = BASE64URL_NOPAD.encode(&jti);
         let claims = Claims {
             iss: &self.issuer,
@@ -186,15 +328,29 @@ impl Minter {
             jti: &jti,
             access,
         };
-        let claims = serde_json::to_vec(&claims).map_err(|_| aws_lc_rs::error::Unspecified)?;
-        let mut token = String::with_capacity(self.header.len() + claims.len() * 4 / 3 + 8 + 512 * 4 / 3);
-        token.push_str(&self.header);
-        token.push('.');
-        BASE64URL_NOPAD.encode_append(&claims, &mut token);
-        let signature = self.key.sign(token.as_bytes())?;
-        token.push('.');
-        BASE64URL_NOPAD.encode_append(&signature, &mut token);
-        Ok(Minted { token, expires_in: exp - now, issued_at: rfc3339(now), jti, expires_at: exp })
+        let claims = serde_json::to_vec(&claims).map_err(|_| SignError::Crypto)?;
+        let mut input = String::with_capacity(self.header.len() + claims.len() * 4 / 3 + 8 + 512 * 4 / 3);
+        input.push_str(&self.header);
+        input.push('.');
+        BASE64URL_NOPAD.encode_append(&claims, &mut input);
+        Ok(Unsigned { input, jti, now, exp })
+    }
+}
+
+/// A token's signing input, waiting for its signature.
+struct Unsigned {
+    input: String,
+    jti: String,
+    now: u64,
+    exp: u64,
+}
+
+impl Unsigned {
+    fn finish(self, signature: &[u8]) -> Minted {
+        let Unsigned { mut input, jti, now, exp } = self;
+        input.push('.');
+        BASE64URL_NOPAD.encode_append(signature, &mut input);
+        Minted { token: input, expires_in: exp - now, issued_at: rfc3339(now), jti, expires_at: exp }
     }
 }
 

@@ -1,0 +1,222 @@
+//! The signing key set: one active key that signs, and the keys registries must trust meanwhile
+//! (`published` before a rotation, `retired` until the tokens they signed have expired). Loaded
+//! completely or not at all; published as a JWKS (`auth.token.jwks`, distribution 3.x) and as a
+//! certificate bundle (`auth.token.rootcertbundle`, 2.x and 3.x).
+
+use super::pkcs11::{HsmKey, HsmLocation};
+use super::{CertError, KeyError, KidFormat, Minter, PublicKey, Signer, SigningKey, load_chain};
+use crate::config::{KeyEntry, KeyStatus, SigningConfig};
+use data_encoding::{BASE64, HEXLOWER};
+use sha2::{Digest, Sha256};
+
+/// Why the key set did not load; names the entry (`signing.keys[1] (etc/keys/2027-01.pem)`).
+#[derive(Debug, thiserror::Error)]
+pub enum KeySetError {
+    /// The single key (`signing.key_file`) is unusable.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The single key's certificate is unusable.
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    /// An entry of `signing.keys` is unusable.
+    #[error("{entry}: {reason}")]
+    Entry {
+        /// The entry, as [`KeyEntry::describe`] names it.
+        entry: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A key registries are told to trust.
+#[derive(Debug)]
+pub struct PublishedKey {
+    /// Its status in the configuration.
+    pub status: KeyStatus,
+    /// The public key.
+    pub public: PublicKey,
+    /// Its certificate chain (DER, leaf first), when configured.
+    pub chain: Option<Vec<Vec<u8>>>,
+    /// Unix seconds after which a retired key is no longer published.
+    pub retire_after: Option<u64>,
+}
+
+impl PublishedKey {
+    /// Whether it is published at `now`.
+    pub fn is_published(&self, now: u64) -> bool {
+        self.retire_after.is_none_or(|after| now <= after)
+    }
+}
+
+/// The loaded key set.
+#[derive(Debug)]
+pub struct KeySet {
+    minter: Minter,
+    keys: Vec<PublishedKey>,
+    kid_format: KidFormat,
+}
+
+impl KeySet {
+    /// Loads every key `signing` names: the single `key_file` form is one active key.
+    pub fn load(signing: &SigningConfig) -> Result<KeySet, KeySetError> {
+        if signing.keys.is_empty() {
+            let key = SigningKey::from_file(&signing.key_file, signing.algorithm)?;
+            let chain = match &signing.cert_file {
+                Some(path) => {
+                    let (chain, public) = load_chain(path)?;
+                    if &public != key.public() {
+                        return Err(CertError::Unusable {
+                            path: path.display().to_string(),
+                            reason: "its first certificate is not for the signing key".into(),
+                        }
+                        .into());
+                    }
+                    Some(chain)
+                }
+                None => None,
+            };
+            let published =
+                PublishedKey { status: KeyStatus::Active, public: key.public().clone(), chain, retire_after: None };
+            return Ok(KeySet::new(signing, Signer::File(key), vec![published]));
+        }
+        let mut active = None;
+        let mut keys = Vec::with_capacity(signing.keys.len());
+        for (index, entry) in signing.keys.iter().enumerate() {
+            let failed = |reason: String| KeySetError::Entry { entry: entry.describe(index), reason };
+            let (signer, published) = load_entry(entry).map_err(failed)?;
+            if let Some(signer) = signer
+                && entry.status == KeyStatus::Active
+            {
+                active = Some(signer);
+            }
+            if keys.iter().any(|k: &PublishedKey| k.public == published.public) {
+                return Err(failed("the same key is listed twice".into()));
+            }
+            keys.push(published);
+        }
+        // `Config::check` made sure there is exactly one active entry with a private key.
+        let signer = active.ok_or_else(|| KeySetError::Entry {
+            entry: "signing.keys".into(),
+            reason: "no active key".into(),
+        })?;
+        Ok(KeySet::new(signing, signer, keys))
+    }
+
+    fn new(signing: &SigningConfig, signer: Signer, keys: Vec<PublishedKey>) -> KeySet {
+        let chain = keys.iter().find(|k| k.status == KeyStatus::Active).and_then(|k| k.chain.as_deref());
+        let minter = Minter::new(signer, &signing.issuer, signing.lifetime_seconds, signing.kid_format, chain);
+        KeySet { minter, keys, kid_format: signing.kid_format }
+    }
+
+    /// `key`'s `kid` in the format tokens carry (`signing.kid_format`).
+    pub fn kid(&self, key: &PublishedKey) -> String {
+        match self.kid_format {
+            KidFormat::Libtrust => key.public.libtrust_kid(),
+            KidFormat::Thumbprint => key.public.thumbprint_kid(),
+        }
+    }
+
+    /// The keys as the status page and metrics show them: `kid` (as tokens carry it), status,
+    /// algorithm, and whether it is published at `now`.
+    pub fn summary(&self, now: u64) -> Vec<(String, &'static str, &'static str, bool)> {
+        self.keys
+            .iter()
+            .map(|key| (self.kid(key), key.status.name(), key.public.algorithm().name(), key.is_published(now)))
+            .collect()
+    }
+
+    /// Signs new tokens with the active key.
+    pub fn minter(&self) -> &Minter {
+        &self.minter
+    }
+
+    /// Every configured key, in the configuration's order.
+    pub fn keys(&self) -> &[PublishedKey] {
+        &self.keys
+    }
+
+    /// The keys published at `now`: the active and published keys, and retired ones until their
+    /// `retire_after`.
+    pub fn published(&self, now: u64) -> impl Iterator<Item = &PublishedKey> {
+        self.keys.iter().filter(move |k| k.is_published(now))
+    }
+
+    /// `/.well-known/jwks.json`: `{"keys": [...]}`, each with `kty`, `use`, `alg`, `kid` (RFC 7638)
+    /// and `x5c` when there is a certificate.
+    pub fn jwks(&self, now: u64) -> String {
+        let keys: Vec<serde_json::Value> = self
+            .published(now)
+            .map(|key| {
+                let mut jwk = key.public.jwk();
+                if let Some(chain) = &key.chain {
+                    let x5c: Vec<serde_json::Value> = chain.iter().map(|der| BASE64.encode(der).into()).collect();
+                    jwk.insert("x5c".into(), x5c.into());
+                }
+                serde_json::Value::Object(jwk)
+            })
+            .collect();
+        serde_json::json!({ "keys": keys }).to_string()
+    }
+
+    /// `/certs.pem`: the published keys' certificates (each chain, without repeats).
+    pub fn certificates_pem(&self, now: u64) -> String {
+        let mut seen: Vec<&[u8]> = Vec::new();
+        let mut pem = String::new();
+        for der in self.published(now).filter_map(|k| k.chain.as_ref()).flatten() {
+            if !seen.contains(&der.as_slice()) {
+                seen.push(der);
+                pem.push_str(&pem::encode(&pem::Pem::new("CERTIFICATE", der.clone())));
+            }
+        }
+        pem
+    }
+}
+
+/// A strong ETag for a published document.
+pub fn etag(body: &str) -> String {
+    format!("\"{}\"", &HEXLOWER.encode(&Sha256::digest(body.as_bytes()))[..32])
+}
+
+fn load_entry(entry: &KeyEntry) -> Result<(Option<Signer>, PublishedKey), String> {
+    let signer = match (&entry.key_file, &entry.pkcs11) {
+        (Some(path), _) => {
+            let key = match entry.algorithm {
+                Some(algorithm) => SigningKey::from_file(path, algorithm),
+                None => SigningKey::from_file_any(path),
+            }
+            .map_err(|e| e.to_string())?;
+            Some(Signer::File(key))
+        }
+        (None, Some(hsm)) => {
+            let location = HsmLocation::new(&hsm.module, &hsm.token_label, &hsm.key_label, &hsm.pin_file)
+                .map_err(|e| e.to_string())?;
+            let key = HsmKey::open(location, hsm.sessions).map_err(|e| e.to_string())?;
+            Some(Signer::hsm(key, hsm.sessions))
+        }
+        (None, None) => None,
+    };
+    let certified = match &entry.cert_file {
+        Some(path) => Some(load_chain(path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let public = match (&signer, &certified) {
+        (Some(signer), Some((_, certified))) if signer.public() != certified => {
+            return Err("its certificate is for another key (cert_file and the private key do not match)".into());
+        }
+        (Some(signer), _) => signer.public().clone(),
+        (None, Some((_, certified))) => certified.clone(),
+        (None, None) => return Err("neither a private key nor a certificate".into()),
+    };
+    if let Some(algorithm) = entry.algorithm
+        && algorithm != public.algorithm()
+    {
+        return Err(format!("algorithm {} does not fit its {} key", algorithm.name(), public.algorithm().name()));
+    }
+    let published = PublishedKey {
+        status: entry.status,
+        public,
+        chain: certified.map(|(chain, _)| chain),
+        retire_after: entry.retire_after.map(|t| t.0),
+    };
+    Ok((signer, published))
+}

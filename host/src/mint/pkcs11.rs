@@ -1,0 +1,451 @@
+//! Signing keys held in an HSM through PKCS#11 (the `cryptoki` crate). The private key never
+//! leaves the token: the service knows the module, the token's and the key's labels and a PIN.
+//!
+//! - **One context per module**, process-wide: PKCS#11 allows one `C_Initialize` per module and
+//!   process, and reloads and several keys share it.
+//! - **Sessions are pooled** per key (`pkcs11.sessions`): a token is signed on an idle session,
+//!   which goes back to the pool afterwards; the first session logs the application in.
+//! - **Recovery**: any failure discards the session and resets the module (`C_Finalize`, then a
+//!   fresh `C_Initialize` at the next use, at most once a second): a token that was removed and
+//!   comes back (a SoftHSM2 token directory, a network HSM's connection) is found again. Sessions
+//!   of an earlier context are forgotten, never closed: after `C_Finalize` their handles may name
+//!   new sessions. Callers fail with [`HsmError`] meanwhile, which the token endpoint answers
+//!   with 503: nothing is ever signed otherwise.
+//!
+//! Everything here blocks on the module: the async side ([`super::Signer`]) runs it on the
+//! blocking pool, bounded by the number of sessions and by a deadline.
+
+use super::{PublicKey, SigningAlgorithm};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+/// Why the HSM could not be used. Never contains the PIN.
+#[derive(Debug, thiserror::Error)]
+pub enum HsmError {
+    /// The configuration or the token is wrong: a missing key, a PIN file anyone can read.
+    #[error("{0}")]
+    Setup(String),
+    /// The module, token or session failed (it may come back).
+    #[error("the HSM failed: {0}")]
+    Unavailable(String),
+}
+
+fn unavailable(what: &str, error: CkError) -> HsmError {
+    HsmError::Unavailable(format!("{what}: {error}"))
+}
+
+/// How a key is found in a token (the `pkcs11:` section of a key entry, PIN read).
+#[derive(Clone)]
+pub struct HsmLocation {
+    /// The module's path.
+    pub module: PathBuf,
+    /// The token's label.
+    pub token_label: String,
+    /// The key's `CKA_LABEL`.
+    pub key_label: String,
+    /// The user PIN.
+    pub pin: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for HsmLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pkcs11 {} token {:?} key {:?}", self.module.display(), self.token_label, self.key_label)
+    }
+}
+
+impl HsmLocation {
+    /// Reads the PIN from `pin_file`, which must be readable by its owner only.
+    pub fn new(module: &Path, token_label: &str, key_label: &str, pin_file: &Path) -> Result<HsmLocation, HsmError> {
+        let shown = pin_file.display();
+        let metadata = std::fs::metadata(pin_file)
+            .map_err(|e| HsmError::Setup(format!("cannot read the PIN file {shown}: {e}")))?;
+        let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(HsmError::Setup(format!(
+                "the PIN file {shown} is readable by group or others (mode {mode:o}); it must be readable by \
+                 its owner only: run `chmod 600 {shown}`"
+            )));
+        }
+        let text = Zeroizing::new(
+            std::fs::read_to_string(pin_file)
+                .map_err(|e| HsmError::Setup(format!("cannot read the PIN file {shown}: {e}")))?,
+        );
+        let pin = Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_owned());
+        if pin.is_empty() {
+            return Err(HsmError::Setup(format!("the PIN file {shown} is empty")));
+        }
+        Ok(HsmLocation {
+            module: module.to_owned(),
+            token_label: token_label.to_owned(),
+            key_label: key_label.to_owned(),
+            pin,
+        })
+    }
+}
+
+/// A loaded PKCS#11 module and its current context.
+#[derive(Debug)]
+struct Module {
+    path: PathBuf,
+    /// Readers use the context (sessions, signatures); a reset takes it for writing, so it never
+    /// finalizes under a call in flight.
+    state: RwLock<ModuleState>,
+}
+
+#[derive(Debug, Default)]
+struct ModuleState {
+    context: Option<Pkcs11>,
+    /// Bumped by every new context: sessions remember theirs.
+    generation: u64,
+    last_attempt: Option<Instant>,
+}
+
+/// At most one `C_Initialize` attempt a second while a module is failing.
+const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+
+static MODULES: LazyLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = LazyLock::new(Mutex::default);
+
+impl Module {
+    fn get(path: &Path) -> Arc<Module> {
+        let mut modules = MODULES.lock().unwrap_or_else(PoisonError::into_inner);
+        modules
+            .entry(path.to_owned())
+            .or_insert_with(|| Arc::new(Module { path: path.to_owned(), state: RwLock::default() }))
+            .clone()
+    }
+
+    /// The current context's generation, initializing one if there is none.
+    fn connect(&self) -> Result<u64, HsmError> {
+        if let Some(generation) = self.current() {
+            return Ok(generation);
+        }
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        if state.context.is_some() {
+            return Ok(state.generation);
+        }
+        if let Some(last) = state.last_attempt
+            && last.elapsed() < RECONNECT_INTERVAL
+        {
+            return Err(HsmError::Unavailable(format!("{} is reconnecting", self.path.display())));
+        }
+        state.last_attempt = Some(Instant::now());
+        let context = Pkcs11::new(&self.path).map_err(|e| {
+            HsmError::Setup(format!("cannot load the PKCS#11 module {}: {e}", self.path.display()))
+        })?;
+        match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(unavailable("C_Initialize", e)),
+        }
+        state.context = Some(context);
+        state.generation += 1;
+        Ok(state.generation)
+    }
+
+    fn current(&self) -> Option<u64> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        state.context.as_ref().map(|_| state.generation)
+    }
+
+    /// Drops the context of `generation` (if it is still the current one).
+    fn reset(&self, generation: u64) {
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        if state.generation == generation
+            && let Some(context) = state.context.take()
+        {
+            tracing::warn!(module = %self.path.display(), "resetting the PKCS#11 module after a failure");
+            // It is failing anyway; what C_Finalize says changes nothing.
+            let _ = context.finalize();
+        }
+    }
+}
+
+/// A pooled session, logged in, with the key's handle in it.
+struct Pooled {
+    generation: u64,
+    session: Session,
+    key: ObjectHandle,
+}
+
+/// A private key in an HSM token, with its public half.
+pub struct HsmKey {
+    location: HsmLocation,
+    module: Arc<Module>,
+    algorithm: SigningAlgorithm,
+    public: PublicKey,
+    idle: Mutex<Vec<Pooled>>,
+    max_idle: usize,
+}
+
+impl std::fmt::Debug for HsmKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HsmKey").field("location", &self.location).field("algorithm", &self.algorithm).finish()
+    }
+}
+
+impl HsmKey {
+    /// Finds the key (its private object, and its public key in the public object of the same
+    /// label), checks that it signs what its public key verifies, and keeps up to `sessions`
+    /// sessions open for it.
+    pub fn open(location: HsmLocation, sessions: usize) -> Result<HsmKey, HsmError> {
+        let module = Module::get(&location.module);
+        let generation = module.connect()?;
+        let state = module.state.read().unwrap_or_else(PoisonError::into_inner);
+        let context = state.context.as_ref().ok_or_else(|| HsmError::Unavailable("the module was reset".into()))?;
+        let session = open_session(context, &location, false)?;
+        let key = find_one(&session, ObjectClass::PRIVATE_KEY, &location)?;
+        let public = read_public(&session, key, &location)?;
+        drop(state);
+        let hsm = HsmKey {
+            algorithm: public.algorithm(),
+            public,
+            location,
+            module,
+            idle: Mutex::new(vec![Pooled { generation, session, key }]),
+            max_idle: sessions,
+        };
+        hsm.check_signature()?;
+        Ok(hsm)
+    }
+
+    /// The public key.
+    pub fn public(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// The algorithm.
+    pub fn algorithm(&self) -> SigningAlgorithm {
+        self.algorithm
+    }
+
+    /// Where the key is.
+    pub fn location(&self) -> &HsmLocation {
+        &self.location
+    }
+
+    /// Signs `message` as a JWS (RS256: PKCS#1 v1.5 over SHA-256; ES256: r‖s over its SHA-256).
+    /// Blocks on the module.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+        let generation = self.module.connect()?;
+        let result = self.sign_in(generation, message);
+        if result.is_err() {
+            self.module.reset(generation);
+        }
+        result
+    }
+
+    fn sign_in(&self, generation: u64, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+        let state = self.module.state.read().unwrap_or_else(PoisonError::into_inner);
+        let context = match &state.context {
+            Some(context) if state.generation == generation => context,
+            _ => return Err(HsmError::Unavailable("the module was reset".into())),
+        };
+        let pooled = match self.take_idle(generation) {
+            Some(pooled) => pooled,
+            None => {
+                let session = open_session(context, &self.location, false)?;
+                let key = find_one(&session, ObjectClass::PRIVATE_KEY, &self.location)?;
+                Pooled { generation, session, key }
+            }
+        };
+        let signature = match self.algorithm {
+            SigningAlgorithm::RS256 => pooled.session.sign(&Mechanism::Sha256RsaPkcs, pooled.key, message),
+            SigningAlgorithm::ES256 => pooled.session.sign(&Mechanism::Ecdsa, pooled.key, &Sha256::digest(message)),
+        }
+        .map_err(|e| unavailable("C_Sign", e))?;
+        // The context is still current (the read lock is held): the session may be reused.
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.max_idle {
+            idle.push(pooled);
+        }
+        Ok(signature)
+    }
+
+    fn take_idle(&self, generation: u64) -> Option<Pooled> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(pooled) = idle.pop() {
+            if pooled.generation == generation {
+                return Some(pooled);
+            }
+            // Opened in a finalized context: its handle may now name another session.
+            std::mem::forget(pooled.session);
+        }
+        None
+    }
+
+    /// Signs a probe and verifies it with the public key: the key signs what is published.
+    fn check_signature(&self) -> Result<(), HsmError> {
+        let probe = b"registry-token: the HSM key signs what its public key verifies";
+        let signature = self.sign(probe)?;
+        let algorithm: &'static dyn aws_lc_rs::signature::VerificationAlgorithm = match self.algorithm {
+            SigningAlgorithm::RS256 => &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+            SigningAlgorithm::ES256 => &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+        };
+        super::verify_with_spki(algorithm, self.public.spki_der(), probe, &signature).map_err(|()| {
+            HsmError::Setup(format!("{:?}: its signature does not verify with its public key", self.location))
+        })
+    }
+}
+
+impl Drop for HsmKey {
+    /// Closes the pooled sessions of the current context; forgets those of a finalized one.
+    fn drop(&mut self) {
+        let state = self.module.state.read().unwrap_or_else(PoisonError::into_inner);
+        let current = state.context.as_ref().map(|_| state.generation);
+        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(PoisonError::into_inner));
+        for pooled in idle {
+            if Some(pooled.generation) != current {
+                std::mem::forget(pooled.session);
+            }
+        }
+    }
+}
+
+fn open_session(context: &Pkcs11, location: &HsmLocation, read_write: bool) -> Result<Session, HsmError> {
+    let slots = context.get_slots_with_token().map_err(|e| unavailable("C_GetSlotList", e))?;
+    let slot = slots
+        .into_iter()
+        .find(|slot| context.get_token_info(*slot).is_ok_and(|info| info.label().trim_end() == location.token_label))
+        .ok_or_else(|| {
+            HsmError::Unavailable(format!(
+                "no token labelled {:?} in {}",
+                location.token_label,
+                location.module.display()
+            ))
+        })?;
+    let session = if read_write { context.open_rw_session(slot) } else { context.open_ro_session(slot) }
+        .map_err(|e| unavailable("C_OpenSession", e))?;
+    let pin = AuthPin::new(location.pin.as_str().into());
+    match session.login(UserType::User, Some(&pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+        Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange, _)) => Err(
+            HsmError::Setup(format!("the PIN for token {:?} is wrong", location.token_label)),
+        ),
+        Err(e) => Err(unavailable("C_Login", e)),
+    }
+}
+
+fn find_all(session: &Session, class: ObjectClass, location: &HsmLocation) -> Result<Vec<ObjectHandle>, HsmError> {
+    let template = [Attribute::Class(class), Attribute::Label(location.key_label.as_bytes().to_vec())];
+    session.find_objects(&template).map_err(|e| unavailable("C_FindObjects", e))
+}
+
+fn find_one(session: &Session, class: ObjectClass, location: &HsmLocation) -> Result<ObjectHandle, HsmError> {
+    let found = find_all(session, class, location)?;
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(HsmError::Unavailable(format!(
+            "token {:?} has no {class} labelled {:?}",
+            location.token_label, location.key_label
+        ))),
+        many => Err(HsmError::Setup(format!(
+            "token {:?} has {} objects of class {class} labelled {:?}; labels must be unique",
+            location.token_label,
+            many.len(),
+            location.key_label
+        ))),
+    }
+}
+
+/// The key's public half: an RSA private key carries its modulus and exponent; an EC key's point
+/// is on its public object.
+fn read_public(session: &Session, key: ObjectHandle, location: &HsmLocation) -> Result<PublicKey, HsmError> {
+    let attributes = |handle, types: &[AttributeType]| {
+        session.get_attributes(handle, types).map_err(|e| unavailable("C_GetAttributeValue", e))
+    };
+    let key_type = attributes(key, &[AttributeType::KeyType])?.into_iter().find_map(|a| match a {
+        Attribute::KeyType(t) => Some(t),
+        _ => None,
+    });
+    let spki = match key_type {
+        Some(KeyType::RSA) => {
+            let (mut modulus, mut exponent) = (None, None);
+            for attribute in attributes(key, &[AttributeType::Modulus, AttributeType::PublicExponent])? {
+                match attribute {
+                    Attribute::Modulus(m) => modulus = Some(m),
+                    Attribute::PublicExponent(e) => exponent = Some(e),
+                    _ => {}
+                }
+            }
+            let (Some(modulus), Some(exponent)) = (modulus, exponent) else {
+                return Err(HsmError::Setup(format!("{location:?}: the RSA key has no modulus or exponent")));
+            };
+            PublicKey::rsa_spki_der(&modulus, &exponent)
+        }
+        Some(KeyType::EC) => {
+            let public = find_one(session, ObjectClass::PUBLIC_KEY, location)?;
+            let point = attributes(public, &[AttributeType::EcPoint])?.into_iter().find_map(|a| match a {
+                Attribute::EcPoint(p) => Some(p),
+                _ => None,
+            });
+            let Some(point) = point else {
+                return Err(HsmError::Setup(format!("{location:?}: the EC public key has no point")));
+            };
+            // CKA_EC_POINT is the DER OCTET STRING holding the point (some modules give it bare).
+            let point = match point.as_slice() {
+                [0x04, 65, rest @ ..] if rest.len() == 65 => rest.to_vec(),
+                _ => point,
+            };
+            PublicKey::p256_spki_der(&point)
+        }
+        _ => return Err(HsmError::Setup(format!("{location:?}: neither an RSA nor an EC key"))),
+    };
+    PublicKey::from_spki_der(&spki).map_err(|reason| HsmError::Setup(format!("{location:?}: {reason}")))
+}
+
+/// `registry-token keys new --pkcs11`: generates a key pair inside the token (the private key
+/// sensitive and not extractable), never replacing a key of the same label.
+pub fn generate(location: &HsmLocation, algorithm: SigningAlgorithm, bits: u32) -> Result<HsmKey, HsmError> {
+    let module = Module::get(&location.module);
+    module.connect()?;
+    {
+        let state = module.state.read().unwrap_or_else(PoisonError::into_inner);
+        let context = state.context.as_ref().ok_or_else(|| HsmError::Unavailable("the module was reset".into()))?;
+        let session = open_session(context, location, true)?;
+        for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+            if !find_all(&session, class, location)?.is_empty() {
+                return Err(HsmError::Setup(format!(
+                    "token {:?} already has a key labelled {:?}; keys new never replaces a key",
+                    location.token_label, location.key_label
+                )));
+            }
+        }
+        let label = Attribute::Label(location.key_label.as_bytes().to_vec());
+        let id = Attribute::Id(Sha256::digest(location.key_label.as_bytes())[..8].to_vec());
+        let mut public = vec![Attribute::Token(true), Attribute::Verify(true), label.clone(), id.clone()];
+        let private = vec![
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            label,
+            id,
+        ];
+        let mechanism = match algorithm {
+            SigningAlgorithm::RS256 => {
+                public.push(Attribute::ModulusBits(u64::from(bits).into()));
+                public.push(Attribute::PublicExponent(vec![1, 0, 1]));
+                Mechanism::RsaPkcsKeyPairGen
+            }
+            SigningAlgorithm::ES256 => {
+                // DER of the OID prime256v1 (1.2.840.10045.3.1.7).
+                public.push(Attribute::EcParams(vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]));
+                Mechanism::EccKeyPairGen
+            }
+        };
+        session
+            .generate_key_pair(&mechanism, &public, &private)
+            .map_err(|e| unavailable("C_GenerateKeyPair", e))?;
+    }
+    HsmKey::open(location.clone(), 1)
+}
