@@ -119,7 +119,8 @@ fn new_key(new: NewKey) -> Result<ExitCode, String> {
     let error = |e: KeygenError| e.to_string();
     let (entry, libtrust, thumbprint) = match (&new.pkcs11, &new.token_label, &new.key_label, &new.pin_file) {
         (Some(module), Some(token_label), Some(key_label), Some(pin_file)) => {
-            let location = HsmLocation::new(module, token_label, key_label, pin_file).map_err(|e| e.to_string())?;
+            let location =
+                HsmLocation::new(module, token_label, key_label, pin_file).map_err(|e| e.to_string())?;
             let name = new.name.clone().unwrap_or_else(|| key_label.clone());
             let cert_file = new.dir.join(format!("{name}.crt"));
             let made = keygen::generate_in_hsm(&location, algorithm, new.bits, &cert_file).map_err(error)?;
@@ -151,7 +152,9 @@ fn new_key(new: NewKey) -> Result<ExitCode, String> {
     };
     println!("kid (libtrust, distribution 2.8): {libtrust}");
     println!("kid (thumbprint, RFC 7638):       {thumbprint}");
-    println!("\nadd it to signing.keys as published (promote it to active once every registry trusts it):\n{entry}");
+    println!(
+        "\nadd it to signing.keys as published (promote it to active once every registry trusts it):\n{entry}"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -165,7 +168,8 @@ fn default_name() -> String {
 /// Replaces `path` whole (a temporary file renamed over it): a registry never reads half a file.
 fn write_replacing(path: &Path, contents: &[u8]) -> Result<(), String> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+    let mut file = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
     file.write_all(contents)
         .and_then(|()| file.as_file().sync_all())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;

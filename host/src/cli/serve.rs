@@ -142,8 +142,16 @@ fn spawn_reloader(service: Arc<App>, config_path: &Path) -> Result<(), String> {
 
 /// Every file a configuration names, and the configuration itself.
 fn watched_files(config_path: &Path, config: &Config) -> Vec<PathBuf> {
-    let mut files = vec![config_path.to_owned(), config.signing.key_file.clone()];
+    let mut files = vec![config_path.to_owned()];
+    if !config.signing.key_file.as_os_str().is_empty() {
+        files.push(config.signing.key_file.clone());
+    }
     files.extend(config.signing.cert_file.clone());
+    for key in &config.signing.keys {
+        files.extend(key.key_file.clone());
+        files.extend(key.cert_file.clone());
+        files.extend(key.pkcs11.as_ref().map(|hsm| hsm.pin_file.clone()));
+    }
     if let JwksSource::File(jwks) = &config.authority.jwks {
         files.push(jwks.clone());
     }

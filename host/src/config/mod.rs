@@ -190,7 +190,9 @@ fn check_keys(signing: &SigningConfig) -> Result<(), String> {
     let single = !signing.key_file.as_os_str().is_empty();
     if signing.keys.is_empty() {
         if !single {
-            return Err("signing.key_file (or signing.keys) is required: the key that signs registry tokens".into());
+            return Err(
+                "signing.key_file (or signing.keys) is required: the key that signs registry tokens".into()
+            );
         }
         return Ok(());
     }
@@ -207,7 +209,9 @@ fn check_keys(signing: &SigningConfig) -> Result<(), String> {
     match active.len() {
         0 => return Err("signing.keys: no key is active; exactly one must be `status: active`".into()),
         1 => {}
-        _ => return Err(format!("signing.keys: {} are all active; exactly one may be", active.join(" and "))),
+        _ => {
+            return Err(format!("signing.keys: {} are all active; exactly one may be", active.join(" and ")));
+        }
     }
     for (index, key) in signing.keys.iter().enumerate() {
         let entry = key.describe(index);

@@ -224,11 +224,13 @@ impl<'de> Deserialize<'de> for Rfc3339 {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         let time = humantime::parse_rfc3339_weak(&text).map_err(|e| {
-            serde::de::Error::custom(format!("{text:?} is not an RFC 3339 time ({e}), e.g. 2026-12-01T12:05:00Z"))
+            serde::de::Error::custom(format!(
+                "{text:?} is not an RFC 3339 time ({e}), e.g. 2026-12-01T12:05:00Z"
+            ))
         })?;
-        let seconds = time.duration_since(std::time::UNIX_EPOCH).map_err(|_| {
-            serde::de::Error::custom(format!("{text:?} is before 1970"))
-        })?;
+        let seconds = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| serde::de::Error::custom(format!("{text:?} is before 1970")))?;
         Ok(Rfc3339(seconds.as_secs()))
     }
 }

@@ -483,7 +483,10 @@ pub(super) async fn scrape(
             .as_ref()
             .map(|ledger| ledger.active_revocations(Millis::now()))
             .unwrap_or_default(),
-        signing_keys: keys.iter().map(|(kid, status, algorithm, _)| (kid.as_str(), *status, *algorithm)).collect(),
+        signing_keys: keys
+            .iter()
+            .map(|(kid, status, algorithm, _)| (kid.as_str(), *status, *algorithm))
+            .collect(),
         policy: Some((live.policy.digest(), live.policy.settings_version())),
     };
     let body = crate::metrics::metrics().render(&snapshot);

@@ -23,7 +23,12 @@ pub(super) async fn certificates(State(app): State<AppState>, headers: HeaderMap
 
 /// A fifth of the token lifetime: a registry or proxy that caches the set sees a new key well
 /// before the runbook promotes it (a published key waits at least a lifetime).
-fn cacheable(request: &HeaderMap, body: String, content_type: &'static str, lifetime_seconds: u64) -> Response {
+fn cacheable(
+    request: &HeaderMap,
+    body: String,
+    content_type: &'static str,
+    lifetime_seconds: u64,
+) -> Response {
     let tag = etag(&body);
     let max_age = format!("public, max-age={}", (lifetime_seconds / 5).max(1));
     let headers = [

@@ -1,10 +1,10 @@
 //! The signing key: loaded once, held parsed in memory, never printed.
 
+use super::PublicKey;
 use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeyPair as RsaKeyPair;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair as _};
-use super::PublicKey;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::Path;
@@ -109,14 +109,15 @@ impl SigningKey {
     /// a P-256 key ES256.
     pub fn from_file_any(path: &Path) -> Result<SigningKey, KeyError> {
         match SigningKey::from_file(path, SigningAlgorithm::RS256) {
-            Err(KeyError::Unusable { reason: rsa, .. }) => SigningKey::from_file(path, SigningAlgorithm::ES256)
-                .map_err(|error| match error {
+            Err(KeyError::Unusable { reason: rsa, .. }) => {
+                SigningKey::from_file(path, SigningAlgorithm::ES256).map_err(|error| match error {
                     KeyError::Unusable { origin, reason } => KeyError::Unusable {
                         origin,
                         reason: format!("neither an RSA key ({rsa}) nor a P-256 key ({reason})"),
                     },
                     other => other,
-                }),
+                })
+            }
             other => other,
         }
     }

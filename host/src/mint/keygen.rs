@@ -117,7 +117,8 @@ pub fn generate_as(
 /// registry's `rootcertbundle` holds.
 pub fn self_signed(key: &impl rcgen::SigningKey) -> Result<String, KeygenError> {
     let generate_error = |e: rcgen::Error| KeygenError::Generate(e.to_string());
-    let mut params = rcgen::CertificateParams::new(vec!["registry-token".to_owned()]).map_err(generate_error)?;
+    let mut params =
+        rcgen::CertificateParams::new(vec!["registry-token".to_owned()]).map_err(generate_error)?;
     params.distinguished_name.push(rcgen::DnType::CommonName, "registry-token signing key");
     let now = std::time::SystemTime::now();
     params.not_before = (now - std::time::Duration::from_secs(3600)).into();
@@ -164,7 +165,8 @@ pub fn generate_in_hsm(
     if algorithm == SigningAlgorithm::RS256 && ![2048, 3072, 4096].contains(&bits) {
         return Err(KeygenError::Generate(format!("{bits} bits: use 2048, 3072 or 4096")));
     }
-    let key = pkcs11::generate(location, algorithm, bits).map_err(|e| KeygenError::Generate(e.to_string()))?;
+    let key =
+        pkcs11::generate(location, algorithm, bits).map_err(|e| KeygenError::Generate(e.to_string()))?;
     let signer = HsmCertSigner::new(&key)?;
     let cert = self_signed(&signer)?;
     if let Some(dir) = cert_file.parent() {

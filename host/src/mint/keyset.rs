@@ -75,8 +75,12 @@ impl KeySet {
                 }
                 None => None,
             };
-            let published =
-                PublishedKey { status: KeyStatus::Active, public: key.public().clone(), chain, retire_after: None };
+            let published = PublishedKey {
+                status: KeyStatus::Active,
+                public: key.public().clone(),
+                chain,
+                retire_after: None,
+            };
             return Ok(KeySet::new(signing, Signer::File(key), vec![published]));
         }
         let mut active = None;
@@ -104,7 +108,8 @@ impl KeySet {
 
     fn new(signing: &SigningConfig, signer: Signer, keys: Vec<PublishedKey>) -> KeySet {
         let chain = keys.iter().find(|k| k.status == KeyStatus::Active).and_then(|k| k.chain.as_deref());
-        let minter = Minter::new(signer, &signing.issuer, signing.lifetime_seconds, signing.kid_format, chain);
+        let minter =
+            Minter::new(signer, &signing.issuer, signing.lifetime_seconds, signing.kid_format, chain);
         KeySet { minter, keys, kid_format: signing.kid_format }
     }
 
@@ -121,7 +126,9 @@ impl KeySet {
     pub fn summary(&self, now: u64) -> Vec<(String, &'static str, &'static str, bool)> {
         self.keys
             .iter()
-            .map(|key| (self.kid(key), key.status.name(), key.public.algorithm().name(), key.is_published(now)))
+            .map(|key| {
+                (self.kid(key), key.status.name(), key.public.algorithm().name(), key.is_published(now))
+            })
             .collect()
     }
 
@@ -149,7 +156,8 @@ impl KeySet {
             .map(|key| {
                 let mut jwk = key.public.jwk();
                 if let Some(chain) = &key.chain {
-                    let x5c: Vec<serde_json::Value> = chain.iter().map(|der| BASE64.encode(der).into()).collect();
+                    let x5c: Vec<serde_json::Value> =
+                        chain.iter().map(|der| BASE64.encode(der).into()).collect();
                     jwk.insert("x5c".into(), x5c.into());
                 }
                 serde_json::Value::Object(jwk)
@@ -201,7 +209,9 @@ fn load_entry(entry: &KeyEntry) -> Result<(Option<Signer>, PublishedKey), String
     };
     let public = match (&signer, &certified) {
         (Some(signer), Some((_, certified))) if signer.public() != certified => {
-            return Err("its certificate is for another key (cert_file and the private key do not match)".into());
+            return Err(
+                "its certificate is for another key (cert_file and the private key do not match)".into()
+            );
         }
         (Some(signer), _) => signer.public().clone(),
         (None, Some((_, certified))) => certified.clone(),
@@ -210,7 +220,11 @@ fn load_entry(entry: &KeyEntry) -> Result<(Option<Signer>, PublishedKey), String
     if let Some(algorithm) = entry.algorithm
         && algorithm != public.algorithm()
     {
-        return Err(format!("algorithm {} does not fit its {} key", algorithm.name(), public.algorithm().name()));
+        return Err(format!(
+            "algorithm {} does not fit its {} key",
+            algorithm.name(),
+            public.algorithm().name()
+        ));
     }
     let published = PublishedKey {
         status: entry.status,

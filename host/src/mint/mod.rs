@@ -68,8 +68,8 @@ pub fn load_chain(path: &Path) -> Result<(Vec<Vec<u8>>, PublicKey), CertError> {
     let Some(leaf) = chain.first() else {
         return Err(unusable("no CERTIFICATE block"));
     };
-    let (_, certificate) =
-        x509_parser::parse_x509_certificate(leaf).map_err(|e| unusable(&format!("not an X.509 certificate: {e}")))?;
+    let (_, certificate) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| unusable(&format!("not an X.509 certificate: {e}")))?;
     let public = PublicKey::from_spki(certificate.public_key()).map_err(|reason| unusable(&reason))?;
     Ok((chain, public))
 }
@@ -81,7 +81,9 @@ pub(crate) fn verify_with_spki(
     message: &[u8],
     signature: &[u8],
 ) -> Result<(), ()> {
-    aws_lc_rs::signature::UnparsedPublicKey::new(algorithm, spki_der).verify(message, signature).map_err(|_| ())
+    aws_lc_rs::signature::UnparsedPublicKey::new(algorithm, spki_der)
+        .verify(message, signature)
+        .map_err(|_| ())
 }
 
 /// Why a token could not be signed.
@@ -176,9 +178,12 @@ impl Signer {
         });
         match tokio::time::timeout_at(deadline, signing).await {
             Ok(Ok(signed)) => Ok(signed?),
-            Ok(Err(join)) => Err(pkcs11::HsmError::Unavailable(format!("the signing task failed: {join}")).into()),
+            Ok(Err(join)) => {
+                Err(pkcs11::HsmError::Unavailable(format!("the signing task failed: {join}")).into())
+            }
             Err(_) => {
-                Err(pkcs11::HsmError::Unavailable(format!("the HSM did not sign within {HSM_DEADLINE:?}")).into())
+                Err(pkcs11::HsmError::Unavailable(format!("the HSM did not sign within {HSM_DEADLINE:?}"))
+                    .into())
             }
         }
     }

@@ -65,7 +65,12 @@ impl std::fmt::Debug for HsmLocation {
 
 impl HsmLocation {
     /// Reads the PIN from `pin_file`, which must be readable by its owner only.
-    pub fn new(module: &Path, token_label: &str, key_label: &str, pin_file: &Path) -> Result<HsmLocation, HsmError> {
+    pub fn new(
+        module: &Path,
+        token_label: &str,
+        key_label: &str,
+        pin_file: &Path,
+    ) -> Result<HsmLocation, HsmError> {
         let shown = pin_file.display();
         let metadata = std::fs::metadata(pin_file)
             .map_err(|e| HsmError::Setup(format!("cannot read the PIN file {shown}: {e}")))?;
@@ -188,7 +193,10 @@ pub struct HsmKey {
 
 impl std::fmt::Debug for HsmKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HsmKey").field("location", &self.location).field("algorithm", &self.algorithm).finish()
+        f.debug_struct("HsmKey")
+            .field("location", &self.location)
+            .field("algorithm", &self.algorithm)
+            .finish()
     }
 }
 
@@ -200,7 +208,8 @@ impl HsmKey {
         let module = Module::get(&location.module);
         let generation = module.connect()?;
         let state = module.state.read().unwrap_or_else(PoisonError::into_inner);
-        let context = state.context.as_ref().ok_or_else(|| HsmError::Unavailable("the module was reset".into()))?;
+        let context =
+            state.context.as_ref().ok_or_else(|| HsmError::Unavailable("the module was reset".into()))?;
         let session = open_session(context, &location, false)?;
         let key = find_one(&session, ObjectClass::PRIVATE_KEY, &location)?;
         let public = read_public(&session, key, &location)?;
@@ -259,7 +268,9 @@ impl HsmKey {
         };
         let signature = match self.algorithm {
             SigningAlgorithm::RS256 => pooled.session.sign(&Mechanism::Sha256RsaPkcs, pooled.key, message),
-            SigningAlgorithm::ES256 => pooled.session.sign(&Mechanism::Ecdsa, pooled.key, &Sha256::digest(message)),
+            SigningAlgorithm::ES256 => {
+                pooled.session.sign(&Mechanism::Ecdsa, pooled.key, &Sha256::digest(message))
+            }
         }
         .map_err(|e| unavailable("C_Sign", e))?;
         // The context is still current (the read lock is held): the session may be reused.
@@ -314,7 +325,9 @@ fn open_session(context: &Pkcs11, location: &HsmLocation, read_write: bool) -> R
     let slots = context.get_slots_with_token().map_err(|e| unavailable("C_GetSlotList", e))?;
     let slot = slots
         .into_iter()
-        .find(|slot| context.get_token_info(*slot).is_ok_and(|info| info.label().trim_end() == location.token_label))
+        .find(|slot| {
+            context.get_token_info(*slot).is_ok_and(|info| info.label().trim_end() == location.token_label)
+        })
         .ok_or_else(|| {
             HsmError::Unavailable(format!(
                 "no token labelled {:?} in {}",
@@ -327,14 +340,18 @@ fn open_session(context: &Pkcs11, location: &HsmLocation, read_write: bool) -> R
     let pin = AuthPin::new(location.pin.as_str().into());
     match session.login(UserType::User, Some(&pin)) {
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
-        Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange, _)) => Err(
-            HsmError::Setup(format!("the PIN for token {:?} is wrong", location.token_label)),
-        ),
+        Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange, _)) => {
+            Err(HsmError::Setup(format!("the PIN for token {:?} is wrong", location.token_label)))
+        }
         Err(e) => Err(unavailable("C_Login", e)),
     }
 }
 
-fn find_all(session: &Session, class: ObjectClass, location: &HsmLocation) -> Result<Vec<ObjectHandle>, HsmError> {
+fn find_all(
+    session: &Session,
+    class: ObjectClass,
+    location: &HsmLocation,
+) -> Result<Vec<ObjectHandle>, HsmError> {
     let template = [Attribute::Class(class), Attribute::Label(location.key_label.as_bytes().to_vec())];
     session.find_objects(&template).map_err(|e| unavailable("C_FindObjects", e))
 }
@@ -409,7 +426,8 @@ pub fn generate(location: &HsmLocation, algorithm: SigningAlgorithm, bits: u32) 
     module.connect()?;
     {
         let state = module.state.read().unwrap_or_else(PoisonError::into_inner);
-        let context = state.context.as_ref().ok_or_else(|| HsmError::Unavailable("the module was reset".into()))?;
+        let context =
+            state.context.as_ref().ok_or_else(|| HsmError::Unavailable("the module was reset".into()))?;
         let session = open_session(context, location, true)?;
         for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
             if !find_all(&session, class, location)?.is_empty() {
@@ -439,7 +457,9 @@ pub fn generate(location: &HsmLocation, algorithm: SigningAlgorithm, bits: u32) 
             }
             SigningAlgorithm::ES256 => {
                 // DER of the OID prime256v1 (1.2.840.10045.3.1.7).
-                public.push(Attribute::EcParams(vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]));
+                public.push(Attribute::EcParams(vec![
+                    0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+                ]));
                 Mechanism::EccKeyPairGen
             }
         };

@@ -57,9 +57,14 @@ pub struct Authority {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Signing {
     pub issuer: String,
+    /// The single-key form; empty (not written) with `keys`.
+    #[serde(skip_serializing_if = "is_empty_path")]
     pub key_file: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert_file: Option<PathBuf>,
+    /// The key set (`signing.keys`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<SigningKey>,
     /// `RS256` or `ES256`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<String>,
@@ -70,6 +75,49 @@ pub struct Signing {
     pub lifetime_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_lifetime_seconds: Option<u64>,
+}
+
+fn is_empty_path(path: &Path) -> bool {
+    path.as_os_str().is_empty()
+}
+
+/// One entry of `signing.keys`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SigningKey {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pkcs11: Option<Pkcs11Key>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// `active`, `published` or `retired`.
+    pub status: String,
+    /// RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retire_after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+}
+
+impl SigningKey {
+    /// A key file and its certificate, with `status`.
+    pub fn files(key_file: &Path, cert_file: &Path, status: &str) -> SigningKey {
+        SigningKey {
+            key_file: Some(key_file.to_owned()),
+            cert_file: Some(cert_file.to_owned()),
+            status: status.to_owned(),
+            ..SigningKey::default()
+        }
+    }
+}
+
+/// `pkcs11:` of a key entry.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Pkcs11Key {
+    pub module: PathBuf,
+    pub token_label: String,
+    pub key_label: String,
+    pub pin_file: PathBuf,
 }
 
 /// `policy:` — the WebAssembly component that decides, and its limits.

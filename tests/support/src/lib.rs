@@ -15,7 +15,7 @@ mod plans;
 mod postgres;
 mod server;
 
-pub use config::{Admin, Authority, Cache, Config, Http, Ledger, Policy, Signing};
+pub use config::{Admin, Authority, Cache, Config, Http, Ledger, Pkcs11Key, Policy, Signing, SigningKey};
 pub use http::{Client, Reply, raw_exchange};
 pub use plans::{PLANS, as_json, plans_revoking, plans_with};
 pub use postgres::PostgresCluster;
