@@ -8,14 +8,13 @@ mod common;
 
 use axum::body::Body;
 use axum::http::Request;
-use common::{Fixture, SERVICE, decode, get_basic, query, send};
+use common::{Fixture, SERVICE, decode, get_basic, libtrust_kid_of, query, send};
 use jsonwebtoken::jwk::{Jwk, JwkSet, ThumbprintHash};
 use jsonwebtoken::{DecodingKey, Validation};
 use registry_token::app::Live;
 use registry_token::config::Config;
 use registry_token::mint::{SigningAlgorithm, keygen};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use test_support::SigningKey;
@@ -153,15 +152,6 @@ async fn every_invalid_key_set_is_refused_with_a_message_naming_the_entry() {
             assert!(refused.contains(part.as_str()), "{name}: {refused:?} should say {part:?}");
         }
     }
-}
-
-/// distribution 2.8's libtrust `kid`, computed here from the certificate's SubjectPublicKeyInfo.
-fn libtrust_kid_of(cert_pem: &Path) -> String {
-    let pem = pem::parse(std::fs::read(cert_pem).unwrap()).unwrap();
-    let (_, cert) = x509_parser::parse_x509_certificate(pem.contents()).unwrap();
-    let digest = Sha256::digest(cert.public_key().raw);
-    let encoded = data_encoding::BASE32_NOPAD.encode(&digest[..30]);
-    encoded.as_bytes().chunks(4).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join(":")
 }
 
 fn cert_der(path: &Path) -> Vec<u8> {

@@ -7,19 +7,17 @@
 //! when its test ends, passed or failed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use std::io::Write;
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
-use test_support::{Client, Config, Process, Server, free_port, plans_with, require_program};
+use test_support::{
+    Client, Config, DockerRegistry, Server, build_image, layout_digest, plans_with, run_ok, skopeo,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
 const SERVICE: &str = "registry.e2e";
 const ISSUER: &str = "https://authority.e2e";
-const INSTALL: &str =
-    "install both with `apt-get install -y docker-registry skopeo` (Debian: docker-registry 2.8, skopeo 1.9)";
 
 /// The shared plans (`team`, `readonly`, `admin`, `LIC-0002` revoked) and `elsewhere`, a plan that
 /// grants nothing in `team/`.
@@ -34,8 +32,7 @@ fn plans() -> String {
 struct World {
     dir: tempfile::TempDir,
     token_service: Server,
-    registry: Process,
-    registry_address: String,
+    registry: DockerRegistry,
 }
 
 struct Options {
@@ -52,8 +49,6 @@ impl Default for Options {
 
 impl World {
     fn start(options: Options) -> World {
-        let registry_bin = require_program("docker-registry", INSTALL);
-        require_program("skopeo", INSTALL);
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         run_ok(Command::new(BIN).args(["keygen", "--out"]).arg(root.join("keys")));
@@ -69,49 +64,13 @@ impl World {
         config.http.denial_status = Some(options.denial_status);
         config.write(&root.join("registry-token.yaml"));
         let token_service = Server::start(BIN, &root.join("registry-token.yaml"));
-        let token_address = token_service.address();
-
-        let registry_address = format!("127.0.0.1:{}", free_port());
-        std::fs::write(
-            root.join("registry.yml"),
-            format!(
-                "version: 0.1\nlog: {{level: info}}\n\
-                 storage: {{filesystem: {{rootdirectory: '{root}/storage'}}, delete: {{enabled: true}}}}\n\
-                 http: {{addr: '{registry_address}'}}\n\
-                 auth: {{token: {{realm: 'http://{token_address}/token', service: {SERVICE}, issuer: registry-token, \
-                 rootcertbundle: '{root}/keys/signing-cert.pem'}}}}\n",
-                root = root.display(),
-            ),
-        )
-        .unwrap();
-        let mut command = Command::new(registry_bin);
-        command.arg("serve").arg(root.join("registry.yml"));
-        // The registry reads every REGISTRY_* variable as a configuration override (our own
-        // REGISTRY_TOKEN_* included): it gets none of them.
-        for (name, _) in std::env::vars() {
-            if name.starts_with("REGISTRY_") {
-                command.env_remove(name);
-            }
-        }
-        let registry = Process::start("docker-registry", command);
-        let world = World { dir, token_service, registry, registry_address };
-        world.wait_for_registry();
-        world
+        let realm = format!("http://{}/token", token_service.address());
+        let registry = DockerRegistry::start(root, &realm, SERVICE, &root.join("keys/signing-cert.pem"));
+        World { dir, token_service, registry }
     }
 
     fn root(&self) -> &Path {
         self.dir.path()
-    }
-
-    fn wait_for_registry(&self) {
-        for _ in 0..200 {
-            if let Ok(reply) = self.registry_client().get("/v2/") {
-                assert_eq!(reply.status, 401, "the registry should ask for a token: {reply}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("docker-registry did not start; its log:\n{}", self.registry.stderr());
     }
 
     /// A caller token: plan `plan`, valid, unless `extra` says otherwise (`--ttl`, `--aud`, ...).
@@ -126,7 +85,7 @@ impl World {
     }
 
     fn image_ref(&self, repository: &str) -> String {
-        format!("docker://{}/{repository}:1", self.registry_address)
+        self.registry.image_ref(repository, "1")
     }
 
     /// `skopeo copy oci:IMAGE:1 docker://REGISTRY/REPO:1 --dest-creds alice:TOKEN`.
@@ -155,7 +114,7 @@ impl World {
     }
 
     fn registry_client(&self) -> Client {
-        Client::new(&self.registry_address)
+        self.registry.client()
     }
 
     /// A registry token from the token service for `scope`, for a caller of `plan`.
@@ -169,7 +128,7 @@ impl World {
     }
 
     fn registry_log(&self) -> String {
-        self.registry.stderr()
+        self.registry.log()
     }
 
     fn token_log(&self) -> String {
@@ -177,80 +136,8 @@ impl World {
     }
 }
 
-fn skopeo(home: &Path) -> Command {
-    let mut command = Command::new("skopeo");
-    // Hermetic: no auth file or policy from the machine.
-    command
-        .env("HOME", home)
-        .env("XDG_RUNTIME_DIR", home)
-        .env("REGISTRY_AUTH_FILE", home.join("no-auth.json"));
-    command
-}
-
-fn run_ok(command: &mut Command) -> Output {
-    let output = command.output().unwrap();
-    assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-    output
-}
-
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Writes a one-layer OCI image layout (what `skopeo copy oci:DIR:1` reads): no container engine
-/// needed. Returns its manifest digest.
-fn build_image(dir: &Path) -> String {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let put = |bytes: &[u8]| -> (String, usize) {
-        let digest = data_encoding::HEXLOWER.encode(&Sha256::digest(bytes));
-        std::fs::write(blobs.join(&digest), bytes).unwrap();
-        (format!("sha256:{digest}"), bytes.len())
-    };
-
-    let mut tar = tar::Builder::new(Vec::new());
-    let content = b"hello from registry-token's end-to-end suite\n";
-    let mut header = tar::Header::new_gnu();
-    header.set_size(content.len() as u64);
-    header.set_mode(0o644);
-    header.set_mtime(0);
-    header.set_cksum();
-    tar.append_data(&mut header, "hello.txt", &content[..]).unwrap();
-    let tar = tar.into_inner().unwrap();
-    let diff_id = format!("sha256:{}", data_encoding::HEXLOWER.encode(&Sha256::digest(&tar)));
-    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gzip.write_all(&tar).unwrap();
-    let (layer, layer_size) = put(&gzip.finish().unwrap());
-
-    let config = json!({
-        "architecture": "amd64", "os": "linux", "config": {},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-    });
-    let (config, config_size) = put(config.to_string().as_bytes());
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": layer_size}],
-    });
-    let (manifest, manifest_size) = put(manifest.to_string().as_bytes());
-    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest, "size": manifest_size,
-            "annotations": {"org.opencontainers.image.ref.name": "1"},
-        }],
-    });
-    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
-    manifest
-}
-
-/// The manifest digest an OCI layout's index names for tag `1`.
-fn layout_digest(dir: &Path) -> String {
-    let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    index["manifests"][0]["digest"].as_str().unwrap().to_owned()
 }
 
 fn image(world: &World) -> (PathBuf, String) {
@@ -411,7 +298,7 @@ fn an_identity_token_makes_skopeo_use_the_oauth2_post() {
     let digest = seed(&world, "team/app");
     let authfile = world.root().join("auth.json");
     // containers/image keeps an identity token only beside an `auth` of the form `user:`.
-    let entry = json!({ "auths": { world.registry_address.clone(): {
+    let entry = json!({ "auths": { world.registry.address().to_owned(): {
         "auth": data_encoding::BASE64.encode(b"alice:"),
         "identitytoken": world.caller_token("team", &[]),
     } } });

@@ -94,11 +94,13 @@ pub(super) fn run(command: KeysCommand) -> Result<ExitCode, String> {
                 };
                 let published = if key.is_published(now) { "published" } else { "no longer published" };
                 println!(
-                    "{:<9} {} {published}{until}\n          kid (libtrust)   {}\n          kid (thumbprint) {}",
+                    "{:<9} {} {published}{until}\n          kid (libtrust)   {}\n          kid (thumbprint) {}\n          \
+                     private key      {}",
                     key.status.name(),
                     key.public.algorithm().name(),
                     key.public.libtrust_kid(),
                     key.public.thumbprint_kid(),
+                    key.custody,
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -39,6 +39,8 @@ pub struct PublishedKey {
     pub chain: Option<Vec<Vec<u8>>>,
     /// Unix seconds after which a retired key is no longer published.
     pub retire_after: Option<u64>,
+    /// Where its private key is: `file PATH`, `pkcs11 TOKEN/KEY (sensitive, …)`, or `none`.
+    pub custody: String,
 }
 
 impl PublishedKey {
@@ -80,6 +82,7 @@ impl KeySet {
                 public: key.public().clone(),
                 chain,
                 retire_after: None,
+                custody: format!("file {}", signing.key_file.display()),
             };
             return Ok(KeySet::new(signing, Signer::File(key), vec![published]));
         }
@@ -186,8 +189,10 @@ pub fn etag(body: &str) -> String {
 }
 
 fn load_entry(entry: &KeyEntry) -> Result<(Option<Signer>, PublishedKey), String> {
+    let mut custody = "none (certificate only)".to_owned();
     let signer = match (&entry.key_file, &entry.pkcs11) {
         (Some(path), _) => {
+            custody = format!("file {}", path.display());
             let key = match entry.algorithm {
                 Some(algorithm) => SigningKey::from_file(path, algorithm),
                 None => SigningKey::from_file_any(path),
@@ -199,6 +204,8 @@ fn load_entry(entry: &KeyEntry) -> Result<(Option<Signer>, PublishedKey), String
             let location = HsmLocation::new(&hsm.module, &hsm.token_label, &hsm.key_label, &hsm.pin_file)
                 .map_err(|e| e.to_string())?;
             let key = HsmKey::open(location, hsm.sessions).map_err(|e| e.to_string())?;
+            custody =
+                format!("pkcs11 token {:?} key {:?} ({})", hsm.token_label, hsm.key_label, key.protection());
             Some(Signer::hsm(key, hsm.sessions))
         }
         (None, None) => None,
@@ -231,6 +238,7 @@ fn load_entry(entry: &KeyEntry) -> Result<(Option<Signer>, PublishedKey), String
         public,
         chain: certified.map(|(chain, _)| chain),
         retire_after: entry.retire_after.map(|t| t.0),
+        custody,
     };
     Ok((signer, published))
 }

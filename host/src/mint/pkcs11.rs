@@ -189,6 +189,7 @@ pub struct HsmKey {
     public: PublicKey,
     idle: Mutex<Vec<Pooled>>,
     max_idle: usize,
+    protection: String,
 }
 
 impl std::fmt::Debug for HsmKey {
@@ -213,6 +214,7 @@ impl HsmKey {
         let session = open_session(context, &location, false)?;
         let key = find_one(&session, ObjectClass::PRIVATE_KEY, &location)?;
         let public = read_public(&session, key, &location)?;
+        let protection = read_protection(&session, key)?;
         drop(state);
         let hsm = HsmKey {
             algorithm: public.algorithm(),
@@ -221,6 +223,7 @@ impl HsmKey {
             module,
             idle: Mutex::new(vec![Pooled { generation, session, key }]),
             max_idle: sessions,
+            protection,
         };
         hsm.check_signature()?;
         Ok(hsm)
@@ -239,6 +242,12 @@ impl HsmKey {
     /// Where the key is.
     pub fn location(&self) -> &HsmLocation {
         &self.location
+    }
+
+    /// What the token says of the private key: `sensitive, never extractable` for a key that
+    /// cannot leave it.
+    pub fn protection(&self) -> &str {
+        &self.protection
     }
 
     /// Signs `message` as a JWS (RS256: PKCS#1 v1.5 over SHA-256; ES256: r‖s over its SHA-256).
@@ -371,6 +380,23 @@ fn find_one(session: &Session, class: ObjectClass, location: &HsmLocation) -> Re
             location.key_label
         ))),
     }
+}
+
+/// The private key's CKA_SENSITIVE, CKA_EXTRACTABLE and CKA_NEVER_EXTRACTABLE, in words.
+fn read_protection(session: &Session, key: ObjectHandle) -> Result<String, HsmError> {
+    let types = [AttributeType::Sensitive, AttributeType::Extractable, AttributeType::NeverExtractable];
+    let mut words = Vec::new();
+    for attribute in session.get_attributes(key, &types).map_err(|e| unavailable("C_GetAttributeValue", e))? {
+        match attribute {
+            Attribute::Sensitive(yes) => words.push(if yes { "sensitive" } else { "NOT sensitive" }),
+            Attribute::Extractable(yes) => words.push(if yes { "EXTRACTABLE" } else { "not extractable" }),
+            Attribute::NeverExtractable(yes) => {
+                words.push(if yes { "never extractable" } else { "was extractable" })
+            }
+            _ => {}
+        }
+    }
+    Ok(words.join(", "))
 }
 
 /// The key's public half: an RSA private key carries its modulus and exponent; an EC key's point

@@ -168,3 +168,14 @@ fn encode(text: &str) -> String {
         })
         .collect()
 }
+
+/// distribution 2.8's libtrust `kid` of the key a PEM certificate holds, computed here from the
+/// certificate's SubjectPublicKeyInfo (independently of the service's code).
+pub fn libtrust_kid_of(cert_pem: &Path) -> String {
+    use sha2::Digest;
+    let pem = pem::parse(std::fs::read(cert_pem).unwrap()).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(pem.contents()).unwrap();
+    let digest = sha2::Sha256::digest(cert.public_key().raw);
+    let encoded = data_encoding::BASE32_NOPAD.encode(&digest[..30]);
+    encoded.as_bytes().chunks(4).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join(":")
+}

@@ -13,12 +13,14 @@ mod config;
 mod http;
 mod plans;
 mod postgres;
+mod registry;
 mod server;
 
 pub use config::{Admin, Authority, Cache, Config, Http, Ledger, Pkcs11Key, Policy, Signing, SigningKey};
 pub use http::{Client, Reply, raw_exchange};
 pub use plans::{PLANS, as_json, plans_revoking, plans_with};
 pub use postgres::PostgresCluster;
+pub use registry::{DockerRegistry, REGISTRY_INSTALL, build_image, layout_digest, run_ok, skopeo};
 pub use server::{Server, serve_command};
 
 use std::io::{BufRead, BufReader, Read};
