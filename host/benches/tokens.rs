@@ -79,6 +79,10 @@ fn main() {
     println!("| ES256 (P-256) | {es1:.0}/s | {es2:.0}/s |");
     println!();
 
+    if std::env::args().any(|a| a == "--hsm") {
+        hsm_section(root, &settings, &rs);
+        return;
+    }
     let stages_only = std::env::args().any(|a| a == "--stages");
     // 2. Stages.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -168,6 +172,101 @@ fn main() {
         print_row("hot", &format!("off{round}"), &off_row, off_row.rate, off_row.p99);
         print_row("hot", &format!("on{round}"), &on_row, off_row.rate, off_row.p99);
     }
+
+    hsm_section(root, &settings, &rs);
+}
+
+/// Section 6: signing through SoftHSM2's PKCS#11 module beside the file key, each against
+/// openssl's 2-process RSA-2048 sign rate measured just before it (`--hsm` runs only this).
+fn hsm_section(root: &Path, settings: &Settings, rs: &Arc<SigningKey>) {
+    prepare_softhsm(root);
+    let cold = cold_requests(root, 1000);
+    println!();
+    println!("## Signing through SoftHSM2 (RS256, hot, 16 connections, ledger SQLite strict, metrics on)");
+    println!(
+        "| key | tokens/s | openssl sign/s, 2 processes, just before | ratio | aws-lc sign/s, 2 threads | p50 | p99 | server CPU/token | errors |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (key, name) in [("file", "RS256"), ("SoftHSM2 (PKCS#11)", "RS256-hsm"), ("file (again)", "RS256")] {
+        let openssl = openssl_sign_rate();
+        let aws_lc = sign_rate(rs, 2);
+        let row = load(root, name, "hot", 16, settings, &cold);
+        println!(
+            "| {key} | {:.0} | {openssl:.0}/s | **{:.2}** | {aws_lc:.0}/s | {} | {} | {:.0} µs | {} |",
+            row.rate,
+            row.rate / openssl,
+            micros(row.p50),
+            micros(row.p99),
+            row.cpu_per_token_us,
+            row.errors
+        );
+    }
+}
+
+/// `openssl speed -multi 2 rsa2048`: RSA-2048 signatures a second, two processes.
+fn openssl_sign_rate() -> f64 {
+    let output = Command::new("openssl")
+        .args(["speed", "-seconds", "2", "-multi", "2", "rsa2048"])
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("rsa 2048 bits"))
+        .unwrap_or_else(|| panic!("openssl speed: {text}"));
+    line.split_whitespace().nth(5).unwrap().parse().unwrap()
+}
+
+/// A SoftHSM2 token in `ROOT/hsm` with an RS256 key generated inside it, and `RS256-hsm.yaml`
+/// signing with it (otherwise the production configuration of `RS256.yaml`).
+fn prepare_softhsm(root: &Path) {
+    let hsm = root.join("hsm");
+    if hsm.exists() {
+        return;
+    }
+    std::fs::create_dir_all(hsm.join("tokens")).unwrap();
+    let conf = hsm.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!("directories.tokendir = {}\nobjectstore.backend = file\n", hsm.join("tokens").display()),
+    )
+    .unwrap();
+    let init = Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args(["--init-token", "--free", "--label", "bench", "--pin", "1234", "--so-pin", "5678"])
+        .output()
+        .expect("softhsm2-util (apt-get install -y softhsm2)");
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let pin = hsm.join("pin");
+    std::fs::write(&pin, "1234\n").unwrap();
+    std::fs::set_permissions(&pin, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let made = Command::new(BIN)
+        .env("SOFTHSM2_CONF", &conf)
+        .args(["keys", "new", "--pkcs11", "/usr/lib/softhsm/libsofthsm2.so", "--token-label", "bench"])
+        .args(["--key-label", "bench-signing", "--name", "hsm", "--pin-file"])
+        .arg(&pin)
+        .arg("--dir")
+        .arg(&hsm)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let mut config: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(root.join("RS256.yaml")).unwrap()).unwrap();
+    let signing = config["signing"].as_mapping_mut().unwrap();
+    signing.remove("key_file");
+    signing.remove("cert_file");
+    signing.insert(
+        "keys".into(),
+        serde_norway::from_str(&format!(
+            "[{{pkcs11: {{module: /usr/lib/softhsm/libsofthsm2.so, token_label: bench, key_label: bench-signing, \
+             pin_file: '{}'}}, cert_file: '{}', status: active}}]",
+            pin.display(),
+            hsm.join("hsm.crt").display()
+        ))
+        .unwrap(),
+    );
+    std::fs::write(root.join("RS256-hsm.yaml"), serde_norway::to_string(&config).unwrap()).unwrap();
 }
 
 /// One row of the comparison tables: `row` against the baseline's rate and p99.
@@ -400,20 +499,20 @@ async fn stages(root: &Path) {
     {
         let key = SigningKey::from_file(&root.join(format!("{dir}/signing-key.pem")), algorithm).unwrap();
         let chain =
-            registry_token::mint::load_chain(&root.join(format!("{dir}/signing-cert.pem")), &key).unwrap();
+            registry_token::mint::load_chain(&root.join(format!("{dir}/signing-cert.pem"))).unwrap().0;
         let minter = Minter::new(key, "registry-token", 300, KidFormat::Libtrust, Some(&chain));
         let granted: Vec<Resource> = requested.clone();
         row(
             &format!("minting and signing ({name})"),
             measure(
                 || {
-                    std::hint::black_box(minter.mint("alice", SERVICE, &granted, now, u64::MAX).unwrap());
+                    std::hint::black_box(minter.mint_now("alice", SERVICE, &granted, now, u64::MAX).unwrap());
                 },
                 if name == "RS256" { 20 } else { 200 },
             ),
         );
         if name == "RS256" {
-            let minted = minter.mint("alice", SERVICE, &granted, now, u64::MAX).unwrap();
+            let minted = minter.mint_now("alice", SERVICE, &granted, now, u64::MAX).unwrap();
             row(
                 "response encoding (JSON body)",
                 measure(
@@ -509,7 +608,7 @@ struct Row {
 /// would in production); killed when dropped, at the end of its row.
 fn start_server(root: &Path, name: &str) -> Server {
     let mut command = serve_command(BIN, &root.join(format!("{name}.yaml")));
-    command.env("REGISTRY_TOKEN_LOG", "info");
+    command.env("REGISTRY_TOKEN_LOG", "info").env("SOFTHSM2_CONF", root.join("hsm/softhsm2.conf"));
     Server::start_logging_to(command, &root.join(format!("server-{name}.log")))
 }
 

@@ -124,7 +124,7 @@ impl Live {
             leeway_seconds: config.authority.leeway_seconds,
         };
 
-        let keys_set = KeySet::load(&config.signing)?;
+        let keys_set = load_keys(&config.signing)?;
 
         let policy = load_policy(&config.policy, config.cache.decisions, previous.map(|p| &p.policy)).await?;
         let admin_requirements =
@@ -139,6 +139,11 @@ impl Live {
     pub fn is_ready(&self) -> bool {
         self.validator.keys().is_ready()
     }
+}
+
+/// Loads the signing key set `signing` configures.
+pub fn load_keys(signing: &crate::config::SigningConfig) -> Result<KeySet, mint::KeySetError> {
+    KeySet::load(&signing.key_entries(), &signing.issuer, signing.lifetime_seconds, signing.kid_format)
 }
 
 /// Loads the configured policy module with its settings file, under the configured limits,

@@ -110,7 +110,7 @@ pub(super) fn run(command: KeysCommand) -> Result<ExitCode, String> {
 
 fn load(config: &Path) -> Result<KeySet, String> {
     let config = Config::load(config).map_err(|e| e.to_string())?;
-    KeySet::load(&config.signing).map_err(|e| e.to_string())
+    crate::app::load_keys(&config.signing).map_err(|e| e.to_string())
 }
 
 fn new_key(new: NewKey) -> Result<ExitCode, String> {

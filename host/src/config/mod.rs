@@ -8,10 +8,10 @@
 mod env;
 mod sections;
 
+pub use crate::mint::{KeyEntry, KeyStatus, Pkcs11KeyConfig, Rfc3339};
 pub use sections::{
     AdminConfig, AuthorityConfig, CacheConfig, DenialStatus, DevelopmentConfig, Durability, HttpConfig,
-    JwksSource, KeyEntry, KeyStatus, LedgerConfig, LedgerUrl, Pkcs11KeyConfig, PolicyConfig, PolicyModule,
-    Rfc3339, SigningConfig, TrustedProxies,
+    JwksSource, LedgerConfig, LedgerUrl, PolicyConfig, PolicyModule, SigningConfig, TrustedProxies,
 };
 
 use env::{EnvOverrides, describe};

@@ -4,28 +4,18 @@
 //! certificate bundle (`auth.token.rootcertbundle`, 2.x and 3.x).
 
 use super::pkcs11::{HsmKey, HsmLocation};
-use super::{CertError, KeyError, KidFormat, Minter, PublicKey, Signer, SigningKey, load_chain};
-use crate::config::{KeyEntry, KeyStatus, SigningConfig};
+use super::{KeyEntry, KeyStatus, KidFormat, Minter, PublicKey, Signer, SigningKey, load_chain};
 use data_encoding::{BASE64, HEXLOWER};
 use sha2::{Digest, Sha256};
 
 /// Why the key set did not load; names the entry (`signing.keys[1] (etc/keys/2027-01.pem)`).
 #[derive(Debug, thiserror::Error)]
-pub enum KeySetError {
-    /// The single key (`signing.key_file`) is unusable.
-    #[error(transparent)]
-    Key(#[from] KeyError),
-    /// The single key's certificate is unusable.
-    #[error(transparent)]
-    Cert(#[from] CertError),
-    /// An entry of `signing.keys` is unusable.
-    #[error("{entry}: {reason}")]
-    Entry {
-        /// The entry, as [`KeyEntry::describe`] names it.
-        entry: String,
-        /// What is wrong.
-        reason: String,
-    },
+#[error("{entry}: {reason}")]
+pub struct KeySetError {
+    /// The entry, as [`KeyEntry::describe`] names it.
+    pub entry: String,
+    /// What is wrong.
+    pub reason: String,
 }
 
 /// A key registries are told to trust.
@@ -59,37 +49,18 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    /// Loads every key `signing` names: the single `key_file` form is one active key.
-    pub fn load(signing: &SigningConfig) -> Result<KeySet, KeySetError> {
-        if signing.keys.is_empty() {
-            let key = SigningKey::from_file(&signing.key_file, signing.algorithm)?;
-            let chain = match &signing.cert_file {
-                Some(path) => {
-                    let (chain, public) = load_chain(path)?;
-                    if &public != key.public() {
-                        return Err(CertError::Unusable {
-                            path: path.display().to_string(),
-                            reason: "its first certificate is not for the signing key".into(),
-                        }
-                        .into());
-                    }
-                    Some(chain)
-                }
-                None => None,
-            };
-            let published = PublishedKey {
-                status: KeyStatus::Active,
-                public: key.public().clone(),
-                chain,
-                retire_after: None,
-                custody: format!("file {}", signing.key_file.display()),
-            };
-            return Ok(KeySet::new(signing, Signer::File(key), vec![published]));
-        }
+    /// Loads every key of `entries` (exactly one active, as `Config::check` ensures), minting as
+    /// `issuer` for `lifetime_seconds` with `kid_format` kids.
+    pub fn load(
+        entries: &[KeyEntry],
+        issuer: &str,
+        lifetime_seconds: u64,
+        kid_format: KidFormat,
+    ) -> Result<KeySet, KeySetError> {
         let mut active = None;
-        let mut keys = Vec::with_capacity(signing.keys.len());
-        for (index, entry) in signing.keys.iter().enumerate() {
-            let failed = |reason: String| KeySetError::Entry { entry: entry.describe(index), reason };
+        let mut keys = Vec::with_capacity(entries.len());
+        for (index, entry) in entries.iter().enumerate() {
+            let failed = |reason: String| KeySetError { entry: entry.describe(index), reason };
             let (signer, published) = load_entry(entry).map_err(failed)?;
             if let Some(signer) = signer
                 && entry.status == KeyStatus::Active
@@ -101,19 +72,13 @@ impl KeySet {
             }
             keys.push(published);
         }
-        // `Config::check` made sure there is exactly one active entry with a private key.
-        let signer = active.ok_or_else(|| KeySetError::Entry {
+        let signer = active.ok_or_else(|| KeySetError {
             entry: "signing.keys".into(),
-            reason: "no active key".into(),
+            reason: "no active key with a private key".into(),
         })?;
-        Ok(KeySet::new(signing, signer, keys))
-    }
-
-    fn new(signing: &SigningConfig, signer: Signer, keys: Vec<PublishedKey>) -> KeySet {
         let chain = keys.iter().find(|k| k.status == KeyStatus::Active).and_then(|k| k.chain.as_deref());
-        let minter =
-            Minter::new(signer, &signing.issuer, signing.lifetime_seconds, signing.kid_format, chain);
-        KeySet { minter, keys, kid_format: signing.kid_format }
+        let minter = Minter::new(signer, issuer, lifetime_seconds, kid_format, chain);
+        Ok(KeySet { minter, keys, kid_format })
     }
 
     /// `key`'s `kid` in the format tokens carry (`signing.kid_format`).

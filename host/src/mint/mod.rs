@@ -4,6 +4,7 @@
 //! default, or the RFC 7638 thumbprint) and `x5c` when a certificate is configured; claims `iss`,
 //! `sub`, `aud` (a JSON string), integer `exp`/`nbf`/`iat`, a random `jti` and `access`.
 
+mod entry;
 mod key;
 pub mod keygen;
 mod keyset;
@@ -11,6 +12,7 @@ pub mod pkcs11;
 mod public;
 pub(crate) mod secret_pem;
 
+pub use entry::{KeyEntry, KeyStatus, Pkcs11KeyConfig, Rfc3339};
 pub use key::{KeyError, SigningAlgorithm, SigningKey};
 pub use keyset::{KeySet, KeySetError, PublishedKey, etag};
 pub use public::PublicKey;
