@@ -39,6 +39,8 @@ const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const SOFTHSM_INSTALL: &str = "install it with `apt-get install -y softhsm2`";
 const TOKEN_LABEL: &str = "registry-token";
 const HSM_KEY: &str = "signing-hsm";
+/// A P-256 key in the same token.
+const HSM_EC_KEY: &str = "signing-hsm-p256";
 const PIN: &str = "4921-test-pin";
 /// `signing.lifetime_seconds` (the default) plus `authority.leeway_seconds` (the default): how
 /// long a retired key must stay published.
@@ -73,15 +75,15 @@ impl Suite {
         }
     }
 
-    fn hsm_key(&self) -> SigningKey {
+    fn hsm_key(&self, label: &str) -> SigningKey {
         SigningKey {
             pkcs11: Some(Pkcs11Key {
                 module: SOFTHSM_MODULE.into(),
                 token_label: TOKEN_LABEL.into(),
-                key_label: HSM_KEY.into(),
+                key_label: label.into(),
                 pin_file: self.root().join("hsm/pin"),
             }),
-            cert_file: Some(self.root().join(format!("keys/{HSM_KEY}.crt"))),
+            cert_file: Some(self.root().join(format!("keys/{label}.crt"))),
             status: "active".into(),
             ..SigningKey::default()
         }
@@ -234,28 +236,21 @@ fn start() -> Suite {
     assert!(!again.status.success() && stderr(&again).contains("already exists"), "keys new overwrote a key");
 
     let softhsm_conf = init_softhsm(root);
-    run_ok(
-        Command::new(BIN)
-            .env("SOFTHSM2_CONF", &softhsm_conf)
-            .args([
-                "keys",
-                "new",
-                "--pkcs11",
-                SOFTHSM_MODULE,
-                "--token-label",
-                TOKEN_LABEL,
-                "--key-label",
-                HSM_KEY,
-            ])
-            .arg("--pin-file")
-            .arg(root.join("hsm/pin"))
-            .arg("--dir")
-            .arg(&keys),
-    );
-    assert!(!keys.join(format!("{HSM_KEY}.pem")).exists(), "keys new --pkcs11 writes only the certificate");
+    for (label, algorithm) in [(HSM_KEY, "RS256"), (HSM_EC_KEY, "ES256")] {
+        run_ok(
+            Command::new(BIN)
+                .env("SOFTHSM2_CONF", &softhsm_conf)
+                .args(["keys", "new", "--pkcs11", SOFTHSM_MODULE, "--token-label", TOKEN_LABEL])
+                .args(["--key-label", label, "--algorithm", algorithm, "--pin-file"])
+                .arg(root.join("hsm/pin"))
+                .arg("--dir")
+                .arg(&keys),
+        );
+        assert!(!keys.join(format!("{label}.pem")).exists(), "keys new --pkcs11 writes only the certificate");
+    }
 
     // The registry trusts every key the suite will sign with.
-    let bundle: String = ["a", "b", "e", HSM_KEY]
+    let bundle: String = ["a", "b", "e", HSM_KEY, HSM_EC_KEY]
         .iter()
         .map(|name| std::fs::read_to_string(keys.join(format!("{name}.crt"))).unwrap())
         .collect();
@@ -399,7 +394,7 @@ fn keys_rotate_under_load_sign_es256_and_sign_from_softhsm2_against_registry_2_8
 
     // 3. SoftHSM2: the key exists only in the token.
     let kid_h = suite.kid(HSM_KEY);
-    let keys = vec![suite.hsm_key(), suite.retired("e"), suite.retired("a")];
+    let keys = vec![suite.hsm_key(HSM_KEY), suite.retired("e"), suite.retired("a")];
     suite.switch_to(keys, &kid_h);
     let config_text = std::fs::read_to_string(suite.root().join("registry-token.yaml")).unwrap();
     let hsm_entry = &config_text[config_text.find("pkcs11").unwrap()..];
@@ -436,8 +431,16 @@ fn keys_rotate_under_load_sign_es256_and_sign_from_softhsm2_against_registry_2_8
     eprintln!("SoftHSM2: signing again {:?} after the token came back", back.elapsed());
     suite.push_and_pull("team/hsm", "SoftHSM2 after recovery");
 
+    // ES256 from the HSM too.
+    let kid_hsm_ec = suite.kid(HSM_EC_KEY);
+    let keys = vec![suite.hsm_key(HSM_EC_KEY), suite.retired(HSM_KEY), suite.retired("a")];
+    suite.switch_to(keys, &kid_hsm_ec);
+    let (_, token, _) = suite.token("repository:team/hsm-p256:pull");
+    assert_eq!(header_of(&token)["alg"], "ES256");
+    suite.push_and_pull("team/hsm-p256", "SoftHSM2, P-256");
+
     // 4. a's certificate leaves the bundle: the registry, restarted to reread it, refuses a's token.
-    let bundle: String = ["b", "e", HSM_KEY]
+    let bundle: String = ["b", "e", HSM_KEY, HSM_EC_KEY]
         .iter()
         .map(|name| std::fs::read_to_string(suite.root().join(format!("keys/{name}.crt"))).unwrap())
         .collect();
