@@ -24,7 +24,7 @@ use data_encoding::BASE64URL_NOPAD;
 use registry_token::access::{Caller, Resource};
 use registry_token::app::system_clock;
 use registry_token::authority::{self, KeySource, Requirements};
-use registry_token::mint::{KidFormat, Minter, SigningAlgorithm, SigningKey, keygen};
+use registry_token::mint::{Grant, KidFormat, Minter, SigningAlgorithm, SigningKey, keygen};
 use registry_token::policy::{BUILTIN_PLAN_CATALOGUE, Limits, Policy};
 use registry_token::{dev_authority, scope};
 use std::path::Path;
@@ -506,13 +506,31 @@ async fn stages(root: &Path) {
             &format!("minting and signing ({name})"),
             measure(
                 || {
-                    std::hint::black_box(minter.mint_now("alice", SERVICE, &granted, now, u64::MAX).unwrap());
+                    std::hint::black_box(
+                        minter
+                            .mint_now(&Grant {
+                                subject: "alice",
+                                audience: SERVICE,
+                                access: &granted,
+                                now,
+                                not_after: u64::MAX,
+                            })
+                            .unwrap(),
+                    );
                 },
                 if name == "RS256" { 20 } else { 200 },
             ),
         );
         if name == "RS256" {
-            let minted = minter.mint_now("alice", SERVICE, &granted, now, u64::MAX).unwrap();
+            let minted = minter
+                .mint_now(&Grant {
+                    subject: "alice",
+                    audience: SERVICE,
+                    access: &granted,
+                    now,
+                    not_after: u64::MAX,
+                })
+                .unwrap();
             row(
                 "response encoding (JSON body)",
                 measure(

@@ -9,7 +9,7 @@ use crate::app::Live;
 use crate::authority::{self, AuthError};
 use crate::ledger::{Event, IssuedToken, Millis, Outcome};
 use crate::metrics::metrics;
-use crate::mint::{Minted, SignError};
+use crate::mint::{Grant, Minted, SignError};
 use crate::policy::Decision;
 use crate::scope;
 use axum::extract::State;
@@ -271,16 +271,15 @@ async fn issue(
     // Validation accepted the caller token up to `leeway` past its `exp`; the registry token ends
     // there at the latest, so it outlives its credential by no more than the tolerated skew.
     let not_after = validated.expires_at.saturating_add(live.config.authority.leeway_seconds);
-    let minted =
-        live.keys.minter().mint(&caller.subject, &exchange.service, &granted, now, not_after).await.map_err(
-            |error| match error {
-                SignError::Crypto => ApiError::Signing,
-                SignError::Hsm(error) => {
-                    tracing::error!(%error, "the HSM did not sign; no token issued");
-                    ApiError::SignerUnavailable
-                }
-            },
-        )?;
+    let grant =
+        Grant { subject: &caller.subject, audience: &exchange.service, access: &granted, now, not_after };
+    let minted = live.keys.minter().mint(&grant).await.map_err(|error| match error {
+        SignError::Crypto => ApiError::Signing,
+        SignError::Hsm(error) => {
+            tracing::error!(%error, "the HSM did not sign; no token issued");
+            ApiError::SignerUnavailable
+        }
+    })?;
     span.record("granted", scope_string(&granted));
     Ok((minted, granted))
 }

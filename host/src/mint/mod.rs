@@ -281,46 +281,22 @@ impl Minter {
         self.lifetime_seconds
     }
 
-    /// Mints a token for `subject` on `audience` (the registry's service) granting `access`,
-    /// issued at `now` (Unix seconds), expiring after the configured lifetime or at `not_after`,
-    /// whichever comes first (the caller passes the credential's `exp` plus the validation leeway,
-    /// so a token outlives the credential it was exchanged for by at most the tolerated skew), and
-    /// at least a second after `now`.
-    pub async fn mint(
-        &self,
-        subject: &str,
-        audience: &str,
-        access: &[Resource],
-        now: u64,
-        not_after: u64,
-    ) -> Result<Minted, SignError> {
-        let unsigned = self.unsigned(subject, audience, access, now, not_after)?;
+    /// Mints the token `grant` describes.
+    pub async fn mint(&self, grant: &Grant<'_>) -> Result<Minted, SignError> {
+        let unsigned = self.unsigned(grant)?;
         let signature = self.signer.sign(&unsigned.input).await?;
         Ok(unsigned.finish(&signature))
     }
 
     /// [`Minter::mint`] on this thread, blocking on an HSM (benchmarks).
-    pub fn mint_now(
-        &self,
-        subject: &str,
-        audience: &str,
-        access: &[Resource],
-        now: u64,
-        not_after: u64,
-    ) -> Result<Minted, SignError> {
-        let unsigned = self.unsigned(subject, audience, access, now, not_after)?;
+    pub fn mint_now(&self, grant: &Grant<'_>) -> Result<Minted, SignError> {
+        let unsigned = self.unsigned(grant)?;
         let signature = self.signer.sign_now(unsigned.input.as_bytes())?;
         Ok(unsigned.finish(&signature))
     }
 
-    fn unsigned(
-        &self,
-        subject: &str,
-        audience: &str,
-        access: &[Resource],
-        now: u64,
-        not_after: u64,
-    ) -> Result<Unsigned, SignError> {
+    fn unsigned(&self, grant: &Grant<'_>) -> Result<Unsigned, SignError> {
+        let Grant { subject, audience, access, now, not_after } = *grant;
         let exp = now.saturating_add(self.lifetime_seconds).min(not_after).max(now + 1);
         let mut jti = [0u8; 16];
         aws_lc_rs::rand::fill(&mut jti).map_err(|_| SignError::Crypto)?;
@@ -342,6 +318,25 @@ impl Minter {
         BASE64URL_NOPAD.encode_append(&claims, &mut input);
         Ok(Unsigned { input, jti, now, exp })
     }
+}
+
+/// What a token grants: to `subject` on `audience` (the registry's service), `access`, issued at
+/// `now` (Unix seconds), expiring after the configured lifetime or at `not_after`, whichever comes
+/// first (the caller passes the credential's `exp` plus the validation leeway, so a token outlives
+/// the credential it was exchanged for by at most the tolerated skew), and at least a second after
+/// `now`.
+#[derive(Clone, Copy, Debug)]
+pub struct Grant<'a> {
+    /// `sub`.
+    pub subject: &'a str,
+    /// `aud`.
+    pub audience: &'a str,
+    /// `access`.
+    pub access: &'a [Resource],
+    /// `iat` and `nbf`.
+    pub now: u64,
+    /// The latest `exp`.
+    pub not_after: u64,
 }
 
 /// A token's signing input, waiting for its signature.
