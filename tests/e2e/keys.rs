@@ -11,8 +11,9 @@
 //!    directory, through `SOFTHSM2_CONF`) signs; the configuration names only labels, no key file
 //!    exists, and the token reports the key sensitive and never extractable. With the token gone the endpoint answers 503; when it
 //!    returns, tokens are signed again.
-//! 4. **Retirement**: a token signed by `a` keeps working until `a`'s certificate leaves the bundle
-//!    (and the registry is restarted to reread it); then the registry refuses it.
+//! 4. **Retirement**: a token signed by `a` keeps working until `a` leaves the set and the
+//!    registry's bundle, written by `keys export` (the same documents the server publishes), no
+//!    longer has its certificate (the registry restarted to reread it); then the registry refuses it.
 //!
 //! docker-registry, skopeo and softhsm2 are required: when one is missing the test fails and says
 //! what to install; it never skips. One registry serves the whole suite, which runs in order.
@@ -93,20 +94,27 @@ impl Suite {
         libtrust_kid_of(&self.root().join(format!("keys/{name}.crt")))
     }
 
-    /// Writes the key set and reloads by SIGHUP; returns once tokens carry `kid`.
+    /// Writes the key set and reloads by SIGHUP; returns once `/readyz` shows exactly that set
+    /// (each entry's kid, in order) and tokens carry `kid`.
     fn switch_to(&mut self, keys: Vec<SigningKey>, kid: &str) {
+        let expected: Vec<String> =
+            keys.iter().map(|key| libtrust_kid_of(key.cert_file.as_ref().unwrap())).collect();
         self.config.signing.keys = keys;
         self.config.write(&self.root().join("registry-token.yaml"));
         self.server.signal("HUP");
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             let ready = self.server.client().get("/readyz").unwrap();
-            if ready.body["signing"]["kid"] == kid {
+            let listed: Vec<&str> = ready.body["signing"]["keys"]
+                .as_array()
+                .map(|keys| keys.iter().filter_map(|k| k["kid"].as_str()).collect())
+                .unwrap_or_default();
+            if ready.body["signing"]["kid"] == kid && listed == expected {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("the server did not switch to {kid}:\n{}", self.server.stderr());
+        panic!("the server did not switch to {kid} with {expected:?}:\n{}", self.server.stderr());
     }
 
     fn push(&self, repository: &str) -> Output {
@@ -439,12 +447,36 @@ fn keys_rotate_under_load_sign_es256_and_sign_from_softhsm2_against_registry_2_8
     assert_eq!(header_of(&token)["alg"], "ES256");
     suite.push_and_pull("team/hsm-p256", "SoftHSM2, P-256");
 
-    // 4. a's certificate leaves the bundle: the registry, restarted to reread it, refuses a's token.
-    let bundle: String = ["b", "e", HSM_KEY, HSM_EC_KEY]
-        .iter()
-        .map(|name| std::fs::read_to_string(suite.root().join(format!("keys/{name}.crt"))).unwrap())
-        .collect();
-    std::fs::write(suite.root().join("bundle.pem"), bundle).unwrap();
+    // 4. The runbook's last step: a is removed from the set, and the registry's bundle is written
+    // by `keys export` from the configuration (the same documents the server publishes). The
+    // registry, restarted to reread it, refuses a's token.
+    let keys = vec![suite.hsm_key(HSM_EC_KEY), suite.retired(HSM_KEY)];
+    suite.switch_to(keys, &kid_hsm_ec);
+    let exported = suite.root().join("exported");
+    std::fs::create_dir_all(&exported).unwrap();
+    run_ok(
+        Command::new(BIN)
+            .env("SOFTHSM2_CONF", &suite.softhsm_conf)
+            .args(["keys", "export", "--config"])
+            .arg(suite.root().join("registry-token.yaml"))
+            .arg("--jwks")
+            .arg(exported.join("jwks.json"))
+            .arg("--certs")
+            .arg(suite.root().join("bundle.pem")),
+    );
+    let served = suite.server.client().get("/.well-known/jwks.json").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(exported.join("jwks.json")).unwrap(),
+        served.text,
+        "keys export --jwks"
+    );
+    let served = suite.server.client().get("/certs.pem").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(suite.root().join("bundle.pem")).unwrap(),
+        served.text,
+        "keys export --certs"
+    );
+    assert_eq!(served.text.matches("BEGIN CERTIFICATE").count(), 2, "the two HSM keys' certificates");
     suite.registry.stop();
     suite.registry.start_again();
     assert_eq!(
