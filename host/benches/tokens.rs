@@ -502,35 +502,18 @@ async fn stages(root: &Path) {
             registry_token::mint::load_chain(&root.join(format!("{dir}/signing-cert.pem"))).unwrap().0;
         let minter = Minter::new(key, "registry-token", 300, KidFormat::Libtrust, Some(&chain));
         let granted: Vec<Resource> = requested.clone();
+        let grant = Grant { subject: "alice", audience: SERVICE, access: &granted, now, not_after: u64::MAX };
         row(
             &format!("minting and signing ({name})"),
             measure(
                 || {
-                    std::hint::black_box(
-                        minter
-                            .mint_now(&Grant {
-                                subject: "alice",
-                                audience: SERVICE,
-                                access: &granted,
-                                now,
-                                not_after: u64::MAX,
-                            })
-                            .unwrap(),
-                    );
+                    std::hint::black_box(minter.mint_now(&grant).unwrap());
                 },
                 if name == "RS256" { 20 } else { 200 },
             ),
         );
         if name == "RS256" {
-            let minted = minter
-                .mint_now(&Grant {
-                    subject: "alice",
-                    audience: SERVICE,
-                    access: &granted,
-                    now,
-                    not_after: u64::MAX,
-                })
-                .unwrap();
+            let minted = minter.mint_now(&grant).unwrap();
             row(
                 "response encoding (JSON body)",
                 measure(
