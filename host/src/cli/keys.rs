@@ -114,10 +114,7 @@ fn load(config: &Path) -> Result<KeySet, String> {
 }
 
 fn new_key(new: NewKey) -> Result<ExitCode, String> {
-    let algorithm = match new.algorithm {
-        Algorithm::Rs256 => SigningAlgorithm::RS256,
-        Algorithm::Es256 => SigningAlgorithm::ES256,
-    };
+    let algorithm = SigningAlgorithm::from(new.algorithm);
     let error = |e: KeygenError| e.to_string();
     let (entry, libtrust, thumbprint) = match (&new.pkcs11, &new.token_label, &new.key_label, &new.pin_file) {
         (Some(module), Some(token_label), Some(key_label), Some(pin_file)) => {
@@ -152,12 +149,17 @@ fn new_key(new: NewKey) -> Result<ExitCode, String> {
             (entry, made.libtrust_kid, made.thumbprint_kid)
         }
     };
-    println!("kid (libtrust, distribution 2.8): {libtrust}");
-    println!("kid (thumbprint, RFC 7638):       {thumbprint}");
+    print_kids(&libtrust, &thumbprint);
     println!(
         "\nadd it to signing.keys as published (promote it to active once every registry trusts it):\n{entry}"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Both forms of a new key's `kid`.
+pub(super) fn print_kids(libtrust: &str, thumbprint: &str) {
+    println!("kid (libtrust, distribution 2.8): {libtrust}");
+    println!("kid (thumbprint, RFC 7638):       {thumbprint}");
 }
 
 /// `signing-20261202-031500`, in UTC.

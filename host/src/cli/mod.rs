@@ -204,19 +204,23 @@ fn init_tracing(filter: &str, format: LogFormat) {
     }
 }
 
+impl From<Algorithm> for SigningAlgorithm {
+    fn from(algorithm: Algorithm) -> SigningAlgorithm {
+        match algorithm {
+            Algorithm::Rs256 => SigningAlgorithm::RS256,
+            Algorithm::Es256 => SigningAlgorithm::ES256,
+        }
+    }
+}
+
 fn keygen_command(out: &Path, bits: u32, algorithm: Algorithm) -> Result<ExitCode, String> {
-    let algorithm = match algorithm {
-        Algorithm::Rs256 => SigningAlgorithm::RS256,
-        Algorithm::Es256 => SigningAlgorithm::ES256,
-    };
-    let generated = keygen::generate(out, algorithm, bits).map_err(|e| e.to_string())?;
+    let generated = keygen::generate(out, algorithm.into(), bits).map_err(|e| e.to_string())?;
     println!("wrote {} (mode 0600)", generated.key_file.display());
     println!(
         "wrote {} (give it to the registry as auth.token.rootcertbundle)",
         generated.cert_file.display()
     );
-    println!("kid (libtrust, distribution 2.8): {}", generated.libtrust_kid);
-    println!("kid (thumbprint, RFC 7638):       {}", generated.thumbprint_kid);
+    keys::print_kids(&generated.libtrust_kid, &generated.thumbprint_kid);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3,7 +3,7 @@
 //! service resumes when the database comes back, without a restart.
 
 use super::event::{Event, Millis};
-use super::store::{self, Param, Row, StoreError};
+use super::store::{self, Param, Row, StoreError, database};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use std::time::Duration;
 use tokio_postgres::NoTls;
@@ -41,10 +41,6 @@ impl Row for tokio_postgres::Row {
     fn int(&self, index: usize) -> Result<Option<i64>, StoreError> {
         self.try_get(index).map_err(database)
     }
-}
-
-fn database(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(error.to_string())
 }
 
 /// The error and its cause: tokio-postgres' own text is often just "db error".

@@ -3,7 +3,7 @@
 //! nothing blocks an async worker.
 
 use super::event::{Event, Millis};
-use super::store::{self, Param, Row, StoreError};
+use super::store::{self, Param, Row, StoreError, database};
 use crate::config::Durability;
 use rusqlite::types::{ToSql, ToSqlOutput, Value};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
@@ -33,10 +33,6 @@ impl Row for rusqlite::Row<'_> {
     fn int(&self, index: usize) -> Result<Option<i64>, StoreError> {
         self.get(index).map_err(database)
     }
-}
-
-fn database(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(error.to_string())
 }
 
 /// `$1` → `?1`: the statements are written once, in PostgreSQL's syntax.

@@ -301,6 +301,11 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Any database error as a [`StoreError::Database`] (both backends' `map_err`).
+pub(super) fn database(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(error.to_string())
+}
+
 /// One of the two databases.
 pub(super) enum Store {
     Sqlite(sqlite::Store),

@@ -239,11 +239,6 @@ impl HsmKey {
         self.algorithm
     }
 
-    /// Where the key is.
-    pub fn location(&self) -> &HsmLocation {
-        &self.location
-    }
-
     /// What the token says of the private key: `sensitive, never extractable` for a key that
     /// cannot leave it.
     pub fn protection(&self) -> &str {
