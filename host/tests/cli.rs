@@ -204,22 +204,26 @@ fn serve_answers_skopeo_style_get_and_a_chunked_post_on_a_real_socket() {
     let token = fixture.token(|_| {});
     let basic = data_encoding::BASE64.encode(format!("alice:{token}").as_bytes());
 
-    // As skopeo sends it: account, Basic, Connection: close, gzip accepted.
+    // As skopeo sends it: account, Basic, Connection: close, gzip accepted (and, here, a refresh
+    // token asked for, as `docker login` does).
     let response = raw_exchange(
         address,
         &format!(
-            "GET /token?account=alice&scope=repository%3Ateam%2Fapp%3Apull%2Cpush&service={SERVICE} HTTP/1.1\r\n\
+            "GET /token?account=alice&scope=repository%3Ateam%2Fapp%3Apull%2Cpush&service={SERVICE}\
+             &offline_token=true&client_id=containers%2Fimage HTTP/1.1\r\n\
              Host: {address}\r\nAuthorization: Basic {basic}\r\nConnection: close\r\nAccept-Encoding: gzip\r\n\r\n"
         ),
     );
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let body: serde_json::Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert_eq!(access(body["token"].as_str().unwrap()), ["repository:team/app:pull,push"]);
+    let refresh_token = body["refresh_token"].as_str().unwrap().to_owned();
+    assert!(refresh_token.starts_with("rtr_"), "{body}");
 
     // As skopeo sends the OAuth2 form when its auth file holds an identitytoken: chunked.
     let form = form_urlencoded_pairs(&[
         ("grant_type", "refresh_token"),
-        ("refresh_token", &token),
+        ("refresh_token", &refresh_token),
         ("service", SERVICE),
         ("scope", "repository:team/app:pull"),
         ("client_id", "containers/image"),
@@ -237,7 +241,7 @@ fn serve_answers_skopeo_style_get_and_a_chunked_post_on_a_real_socket() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let body: serde_json::Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert_eq!(body["scope"], "repository:team/app:pull");
-    assert_eq!(body["refresh_token"], token.as_str());
+    assert_eq!(body["refresh_token"], refresh_token.as_str(), "never rotated");
 }
 
 #[test]

@@ -1,11 +1,13 @@
-//! `registry-token ledger events|revoke|revocations|unrevoke`: the ledger read and changed
+//! `registry-token ledger events|refresh-tokens|revoke|revocations|unrevoke`: the ledger read and changed
 //! directly, so it works while the service is down (forensics) and from any host that reaches a
 //! shared PostgreSQL. A revocation made here reaches running replicas at their next poll
 //! (within a second).
 
 use crate::config::Config;
 use crate::http::RevocationRequest;
-use crate::ledger::{Event, EventFilter, Ledger, Millis, Outcome, Revocation};
+use crate::ledger::{
+    Event, EventFilter, Ledger, Millis, Outcome, RefreshTokenFilter, Revocation, RevocationKind,
+};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,11 +46,29 @@ pub(super) enum LedgerCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a subject, licence, tenant, client or caller token (by `jti`).
+    /// List refresh tokens, newest first (never their text): subject, client, service, issued,
+    /// last used, expiries, and whether each works now.
+    RefreshTokens {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only those issued to this `sub`.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Only those of this `stellaops:tenant`.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON document `{"refresh_tokens": [...]}` instead of one line per token.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a subject, licence, tenant, client, caller token (by `jti`) or refresh token (by id).
     Revoke {
         #[command(flatten)]
         config: ConfigArg,
-        /// subject, licence, tenant, client or caller_token.
+        /// subject, licence, tenant, client, caller_token or refresh_token.
         kind: String,
         /// What it names.
         value: String,
@@ -142,9 +162,30 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
                 }
             }
         }
+        LedgerCommand::RefreshTokens { config, sub, tenant, limit, json } => {
+            let ledger = open(&config).await?;
+            let filter = RefreshTokenFilter { sub, tenant, limit };
+            let tokens = ledger.refresh_tokens(&filter).await.map_err(|e| e.to_string())?;
+            let now = Millis::now();
+            let views: Vec<serde_json::Value> =
+                tokens.iter().map(|t| ledger.refresh_token_view(t, now)).collect();
+            if json {
+                println!("{}", serde_json::json!({ "refresh_tokens": views }));
+            } else {
+                for view in &views {
+                    println!("{}", refresh_token_line(view));
+                }
+            }
+        }
         LedgerCommand::Revoke { config, kind, value, reason, expires_at, tenant } => {
             let ledger = open(&config).await?;
             let now = Millis::now();
+            // A mistyped id would revoke nothing, silently: say so instead.
+            if RevocationKind::from_name(&kind) == Some(RevocationKind::RefreshToken)
+                && ledger.refresh_token(&value).await.map_err(|e| e.to_string())?.is_none()
+            {
+                return Err(format!("no refresh token {value} (ids are listed by `ledger refresh-tokens`)"));
+            }
             let request = RevocationRequest::new(
                 &kind,
                 &value,
@@ -196,6 +237,28 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One line of a refresh token's view: id, state, who, bound to what, when.
+fn refresh_token_line(view: &serde_json::Value) -> String {
+    let text = |name: &str| view[name].as_str().unwrap_or("-").to_owned();
+    let mut line = format!(
+        "{} {:<7} sub={} tenant={} client_id={} service={} issued={} last_used={} expires={} idle_expires={}",
+        text("id"),
+        text("state"),
+        text("sub"),
+        text("tenant"),
+        text("client_id"),
+        text("service"),
+        text("issued_at"),
+        text("last_used_at"),
+        text("expires_at"),
+        text("idle_expires_at"),
+    );
+    if let Some(revoked) = view["revoked"].as_str() {
+        line.push_str(&format!(" revoked={revoked:?}"));
+    }
+    line
+}
+
 /// One line: time, outcome, who, what, why.
 fn event_line(event: &Event) -> String {
     let dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
@@ -213,6 +276,9 @@ fn event_line(event: &Event) -> String {
     }
     if let Some(reason) = &event.reason {
         line.push_str(&format!(" reason={reason}"));
+    }
+    if let Some(id) = &event.refresh_token_id {
+        line.push_str(&format!(" via={} refresh_token={id}", event.via.as_deref().unwrap_or("-")));
     }
     if let Some(message) = &event.message {
         line.push_str(&format!(" message={message:?}"));

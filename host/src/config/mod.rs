@@ -11,7 +11,8 @@ mod sections;
 pub use crate::mint::{KeyEntry, KeyStatus, Pkcs11KeyConfig, Rfc3339};
 pub use sections::{
     AdminConfig, AuthorityConfig, CacheConfig, DenialStatus, DevelopmentConfig, Durability, HttpConfig,
-    JwksSource, LedgerConfig, LedgerUrl, PolicyConfig, PolicyModule, SigningConfig, TrustedProxies,
+    JwksSource, LedgerConfig, LedgerUrl, PolicyConfig, PolicyModule, RefreshTokensConfig, SigningConfig,
+    TrustedProxies,
 };
 
 use env::{EnvOverrides, describe};
@@ -55,6 +56,9 @@ pub struct Config {
     /// The issuance ledger: every exchange recorded, and revocations.
     #[serde(default)]
     pub ledger: LedgerConfig,
+    /// Refresh tokens for `docker login` (kept in the ledger).
+    #[serde(default)]
+    pub refresh_tokens: RefreshTokensConfig,
     /// The operator listener: the admin API and the probes.
     #[serde(default)]
     pub admin: AdminConfig,
@@ -164,6 +168,23 @@ impl Config {
         if !(1..=1_000_000).contains(&self.ledger.queue_events) {
             return Err("ledger.queue_events must be between 1 and 1000000".into());
         }
+        let refresh = &self.refresh_tokens;
+        if !(1..=365).contains(&refresh.lifetime_days) {
+            return Err("refresh_tokens.lifetime_days must be between 1 and 365".into());
+        }
+        if refresh.idle_days > refresh.lifetime_days {
+            return Err(format!(
+                "refresh_tokens.idle_days ({}) may be at most refresh_tokens.lifetime_days ({}); 0 turns the \
+                 idle limit off",
+                refresh.idle_days, refresh.lifetime_days
+            ));
+        }
+        if refresh.enabled == Some(true) && self.ledger.url == LedgerUrl::None {
+            return Err(
+                "refresh_tokens.enabled: refresh tokens are kept in the ledger, and ledger.url is none"
+                    .into(),
+            );
+        }
         if self.admin.required_scope.is_empty() {
             return Err("admin.required_scope is empty".into());
         }
@@ -181,6 +202,14 @@ impl Config {
             return Err("http.max_body_bytes must be between 1024 and 16777216".into());
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Whether `offline_token=true` (and `access_type=offline`) get a refresh token: on by default
+    /// whenever a ledger is configured.
+    pub fn refresh_tokens_enabled(&self) -> bool {
+        self.refresh_tokens.enabled.unwrap_or(self.ledger.url != LedgerUrl::None)
     }
 }
 

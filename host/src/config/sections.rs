@@ -460,6 +460,25 @@ pub enum Durability {
     Relaxed,
 }
 
+/// `refresh_tokens:`: the refresh tokens `docker login` stores as its identity token. They live
+/// in the ledger (as hashes), so there are none without one.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefreshTokensConfig {
+    /// `None` (not written): on whenever a ledger is configured.
+    pub enabled: Option<bool>,
+    /// A refresh token never works past its issue time plus this (1..365).
+    pub lifetime_days: u32,
+    /// Unused for this long, a refresh token stops working (0: no idle limit).
+    pub idle_days: u32,
+}
+
+impl Default for RefreshTokensConfig {
+    fn default() -> Self {
+        RefreshTokensConfig { enabled: None, lifetime_days: 30, idle_days: 7 }
+    }
+}
+
 /// `admin:`: the operator listener (admin API and probes).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]

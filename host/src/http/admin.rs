@@ -9,7 +9,10 @@
 use super::AppState;
 use super::extract::{ClientAddr, Params};
 use crate::access::Caller;
-use crate::ledger::{Event, EventFilter, Ledger, Millis, Outcome, Revocation, RevocationKind, StoreError};
+use crate::ledger::{
+    Event, EventFilter, Ledger, Millis, Outcome, Presented, RefreshTokenFilter, Revocation, RevocationKind,
+    StoreError,
+};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, State};
@@ -132,7 +135,8 @@ impl FromRequestParts<AppState> for Admin {
         // (or its subject, client or tenant) cannot lift its own revocation.
         let now = Millis::from_seconds((app.clock)());
         if let Some(ledger) = &app.ledger
-            && let Some(revocation) = ledger.revoked(&validated.caller, validated.jti.as_deref(), now)
+            && let Some(revocation) =
+                ledger.revoked(&validated.caller, Presented::caller_token(validated.jti.as_deref()), now)
         {
             return Err(AdminError::Forbidden(revocation.message()));
         }
@@ -202,12 +206,7 @@ pub(super) async fn list_events(
                 filter.until =
                     Some(Millis::parse(value).map_err(|e| AdminError::BadRequest(format!("until: {e}")))?)
             }
-            "limit" => {
-                filter.limit =
-                    value.parse::<usize>().ok().filter(|limit| (1..=MAX_PAGE).contains(limit)).ok_or_else(
-                        || AdminError::BadRequest(format!("limit must be between 1 and {MAX_PAGE}")),
-                    )?;
-            }
+            "limit" => filter.limit = page_limit(value)?,
             "cursor" => cursor = Some(value.to_owned()),
             other => {
                 return Err(AdminError::BadRequest(format!(
@@ -240,6 +239,14 @@ pub(super) async fn list_events(
         None
     };
     Ok(Json(json!({ "events": events, "next_cursor": next_cursor })).into_response())
+}
+
+fn page_limit(value: &str) -> Result<usize, AdminError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|limit| (1..=MAX_PAGE).contains(limit))
+        .ok_or_else(|| AdminError::BadRequest(format!("limit must be between 1 and {MAX_PAGE}")))
 }
 
 /// A cursor is the id of the last event of the page before, as this API issued it: it must
@@ -458,6 +465,80 @@ pub(super) async fn delete_revocation(
         return Err(AdminError::NotFound(format!("no revocation {id}")));
     }
     tracing::info!(id, by = admin.caller.subject, "revocation lifted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /admin/v1/refresh-tokens?sub=&tenant=&limit=`: newest first, never a token's text.
+pub(super) async fn list_refresh_tokens(
+    State(app): State<AppState>,
+    admin: Admin,
+    uri: Uri,
+) -> Result<Response, AdminError> {
+    let ledger = ledger(&app)?;
+    let params = Params::parse(uri.query().unwrap_or("").as_bytes())
+        .map_err(|error| AdminError::BadRequest(error.to_string()))?;
+    let mut filter = RefreshTokenFilter { limit: DEFAULT_PAGE, ..RefreshTokenFilter::default() };
+    for (name, value) in params.iter() {
+        match name {
+            "sub" => filter.sub = Some(identifier(name, value)?),
+            "tenant" => filter.tenant = Some(identifier(name, value)?),
+            "limit" => filter.limit = page_limit(value)?,
+            other => {
+                return Err(AdminError::BadRequest(format!(
+                    "unknown parameter {:?}; filters are sub, tenant, limit",
+                    crate::authority::shorten(other)
+                )));
+            }
+        }
+    }
+    if let Some(own) = admin.tenant() {
+        match &filter.tenant {
+            Some(asked) if asked != own => {
+                return Err(AdminError::Forbidden(format!(
+                    "this administrator acts for tenant {own} and cannot read tenant {asked}'s refresh tokens"
+                )));
+            }
+            _ => filter.tenant = Some(own.to_owned()),
+        }
+    }
+    let now = Millis::from_seconds((app.clock)());
+    let tokens = ledger.refresh_tokens(&filter).await?;
+    let views: Vec<serde_json::Value> = tokens.iter().map(|t| ledger.refresh_token_view(t, now)).collect();
+    Ok(Json(json!({ "refresh_tokens": views })).into_response())
+}
+
+/// `DELETE /admin/v1/refresh-tokens/{id}[?reason=]`: 204 once revoked (a `refresh_token`
+/// revocation, in force on every replica within a second); 404 for a token this administrator
+/// may not see.
+pub(super) async fn delete_refresh_token(
+    State(app): State<AppState>,
+    admin: Admin,
+    ClientAddr(client_addr): ClientAddr,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Result<Response, AdminError> {
+    let ledger = ledger(&app)?;
+    if uuid::Uuid::try_parse(&id).is_err() {
+        return Err(AdminError::BadRequest("a refresh token id is a UUID".into()));
+    }
+    let params = Params::parse(uri.query().unwrap_or("").as_bytes())
+        .map_err(|error| AdminError::BadRequest(error.to_string()))?;
+    let reason = params.first("reason").unwrap_or("revoked through the admin API");
+    let Some(token) = ledger.refresh_token(&id).await?.filter(|t| admin.may_see(t.tenant.as_deref())) else {
+        return Err(AdminError::NotFound(format!("no refresh token {id}")));
+    };
+    let now = Millis::now();
+    let already = ledger.revocations().await?.into_iter().any(|r| {
+        r.kind == RevocationKind::RefreshToken && r.value == id && r.expires_at.is_none_or(|e| now < e)
+    });
+    if !already {
+        let request = RevocationRequest::new("refresh_token", &id, reason, None, admin.tenant(), now)
+            .map_err(AdminError::BadRequest)?;
+        let revocation = request.into_revocation(&admin.caller.subject, admin.tenant(), now);
+        let audit = admin.audit(Outcome::RevocationCreated, &revocation, client_addr);
+        ledger.revoke(&revocation, audit).await?;
+        tracing::info!(id, sub = token.sub, by = admin.caller.subject, "refresh token revoked");
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -8,6 +8,7 @@
 
 use crate::authority::AuthError;
 use crate::config::DenialStatus;
+use crate::ledger::RefreshError;
 use crate::policy::Fault;
 use crate::scope::ScopeError;
 use axum::http::header::ALLOW;
@@ -24,6 +25,9 @@ pub enum ApiError {
     /// The caller token failed a check (401).
     #[error(transparent)]
     Auth(AuthError),
+    /// A refresh token that does not (or no longer) authenticate (401).
+    #[error(transparent)]
+    Refresh(RefreshError),
     /// The Authority's keys could not be had, so no caller can be validated (503).
     #[error("the Authority's keys are unavailable; try again later")]
     KeysUnavailable,
@@ -90,7 +94,7 @@ impl ApiError {
     /// HTTP status, Docker error code, OAuth2 error code.
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            ApiError::Credential(_) | ApiError::Auth(_) => {
+            ApiError::Credential(_) | ApiError::Auth(_) | ApiError::Refresh(_) => {
                 (StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "invalid_grant")
             }
             ApiError::Denied { status: DenialStatus::Unauthorized, .. } => {

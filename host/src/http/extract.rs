@@ -5,9 +5,9 @@
 use super::error::{ApiError, OAuth};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use data_encoding::BASE64;
 use std::net::{IpAddr, SocketAddr};
 
@@ -125,30 +125,35 @@ impl<S: Send + Sync> FromRequestParts<S> for Credential {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let Some(value) = parts.headers.get(AUTHORIZATION) else {
-            return Err(ApiError::Credential(
-                "authentication required: send an Authority access token as the password (Basic) or as a Bearer token",
-            ));
-        };
-        let value =
-            value.to_str().map_err(|_| ApiError::Credential("the Authorization header is not ASCII"))?;
-        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-        let rest = rest.trim();
-        if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
-            return Ok(Credential(rest.to_owned()));
-        }
-        if !scheme.eq_ignore_ascii_case("basic") {
-            return Err(ApiError::Credential("use Basic or Bearer authorization"));
-        }
-        let decoded = BASE64
-            .decode(rest.as_bytes())
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or(ApiError::Credential("the Basic credentials are not base64 of user:password"))?;
-        match decoded.split_once(':') {
-            Some((_, password)) if !password.is_empty() => Ok(Credential(password.to_owned())),
-            _ => Err(ApiError::Credential("the password must be an Authority access token")),
-        }
+        credential_of(&parts.headers)?.map(Credential).ok_or(ApiError::Credential(
+            "authentication required: send an Authority access token as the password (Basic) or as a Bearer token",
+        ))
+    }
+}
+
+/// The credential of the `Authorization` header: a Bearer token, or the Basic password. `None`
+/// without the header; an error for a header that cannot hold one.
+pub(super) fn credential_of(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| ApiError::Credential("the Authorization header is not ASCII"))?;
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
+        return Ok(Some(rest.to_owned()));
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(ApiError::Credential("use Basic or Bearer authorization"));
+    }
+    let decoded = BASE64
+        .decode(rest.as_bytes())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or(ApiError::Credential("the Basic credentials are not base64 of user:password"))?;
+    match decoded.split_once(':') {
+        Some((_, password)) if !password.is_empty() => Ok(Some(password.to_owned())),
+        _ => Err(ApiError::Credential("the password must be an Authority access token or a refresh token")),
     }
 }
 

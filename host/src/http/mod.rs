@@ -62,6 +62,11 @@ pub fn admin_router(app: AppState) -> Router {
             "/admin/v1/revocations/{id}",
             axum::routing::delete(admin::delete_revocation).fallback(not_allowed("DELETE")),
         )
+        .route("/admin/v1/refresh-tokens", get(admin::list_refresh_tokens).fallback(not_allowed("GET, HEAD")))
+        .route(
+            "/admin/v1/refresh-tokens/{id}",
+            axum::routing::delete(admin::delete_refresh_token).fallback(not_allowed("DELETE")),
+        )
         .route("/metrics", probe(get(admin::scrape)))
         .merge(probes());
     edge(routes, app, Challenge::Bearer)

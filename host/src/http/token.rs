@@ -3,22 +3,25 @@
 
 use super::AppState;
 use super::error::{ApiError, OAuth};
-use super::extract::{ClientAddr, Credential, Form, Params, Query};
+use super::extract::{ClientAddr, Credential, Form, Params, Query, credential_of};
 use crate::access::{Resource, scope_string};
 use crate::app::Live;
-use crate::authority::{self, AuthError};
-use crate::ledger::{Event, IssuedToken, Millis, Outcome};
+use crate::authority::{self, AuthError, Validated};
+use crate::ledger::refresh::{self, Binding, Lifetime};
+use crate::ledger::{Change, Event, IssuedToken, Millis, Outcome, Presented, RefreshError, RefreshToken};
 use crate::metrics::metrics;
 use crate::mint::{Grant, Minted, SignError};
 use crate::policy::Decision;
 use crate::scope;
 use axum::extract::State;
-use axum::http::HeaderValue;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, PRAGMA};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Instant;
 use tracing::Span;
+use zeroize::Zeroizing;
 
 #[derive(Serialize)]
 struct GetResponse<'a> {
@@ -65,8 +68,26 @@ impl Exchange {
     }
 }
 
-/// `GET /token?service=..&scope=..[&scope=..][&offline_token=true]` with the Authority token as a
-/// Bearer token or as the Basic password.
+/// What a caller asks of the token endpoint, whichever form it uses.
+struct Ask<'a> {
+    params: &'a Params,
+    /// The Authority token, or one of our refresh tokens.
+    credential: &'a str,
+    /// Whether the answer should carry a refresh token: a new one for an Authority token (when
+    /// refresh tokens are on), the same one for a refresh token (never rotated).
+    offline: bool,
+}
+
+/// A successful exchange.
+struct Issued {
+    minted: Minted,
+    granted: Vec<Resource>,
+    /// The refresh token to hand back, if any.
+    refresh_token: Option<Zeroizing<String>>,
+}
+
+/// `GET /token?service=..&scope=..[&scope=..][&offline_token=true&client_id=..]` with the Authority
+/// token (or a refresh token) as a Bearer token or as the Basic password.
 pub(super) async fn get_token(
     State(app): State<AppState>,
     ClientAddr(client_addr): ClientAddr,
@@ -75,9 +96,9 @@ pub(super) async fn get_token(
 ) -> Result<Response, ApiError> {
     let live = app.live();
     let offline = params.first("offline_token").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let (minted, _granted) = exchange(&app, &live, &params, &credential, client_addr).await?;
-    // The caller's own Authority token: no new long-lived secret is created.
-    let body = get_response_body(&minted, offline.then_some(credential.as_str()));
+    let ask = Ask { params: &params, credential: &credential, offline };
+    let issued = exchange(&app, &live, ask, client_addr).await?;
+    let body = get_response_body(&issued.minted, issued.refresh_token.as_deref().map(String::as_str));
     Ok(no_store(([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()))
 }
 
@@ -96,91 +117,116 @@ pub fn get_response_body(minted: &Minted, refresh_token: Option<&str>) -> Vec<u8
     serde_json::to_vec(&body).expect("a struct of strings and integers serializes")
 }
 
-/// `POST /token`, form-encoded: `grant_type=refresh_token` (the Authority token as
-/// `refresh_token`) or `grant_type=password` (the Authority token as `password`).
+/// `POST /token`, form-encoded: `grant_type=refresh_token` (a refresh token of ours, or an
+/// Authority token as clients that stored one before refresh tokens existed send it) or
+/// `grant_type=password` (the Authority token, or a refresh token, as `password`).
 pub(super) async fn post_token(
     State(app): State<AppState>,
     ClientAddr(client_addr): ClientAddr,
+    headers: HeaderMap,
     Form(params): Form,
 ) -> Result<Response, OAuth> {
     let live = app.live();
-    let (credential, return_refresh) = match params.first("grant_type") {
+    let (credential, offline) = match params.first("grant_type") {
         None => return Err(ApiError::BadRequest("grant_type is required".into()).into()),
-        Some("refresh_token") => (params.required("refresh_token")?, true),
+        // Only our own refresh token comes back: an Authority token is never handed out as one.
+        Some("refresh_token") => {
+            let token = params.required("refresh_token")?;
+            (token, refresh::is_refresh_token(token))
+        }
         Some("password") => (params.required("password")?, params.first("access_type") == Some("offline")),
         Some(other) => return Err(ApiError::UnsupportedGrant(other.to_owned()).into()),
     };
-    let (minted, granted) = exchange(&app, &live, &params, credential, client_addr).await?;
+    // A client sends its credential once; a different one beside it (a Basic password that is
+    // another caller's token) is not a second chance to be believed.
+    if let Some(basic) = credential_of(&headers)?
+        && basic != credential
+    {
+        return Err(ApiError::Credential(
+            "the request carries two different credentials (the form's and the Authorization header's)",
+        )
+        .into());
+    }
+    let ask = Ask { params: &params, credential, offline };
+    let issued = exchange(&app, &live, ask, client_addr).await?;
     let body = PostResponse {
-        access_token: &minted.token,
-        scope: scope_string(&granted),
-        expires_in: minted.expires_in,
-        issued_at: &minted.issued_at,
-        // Never rotated: the Docker daemon does not store a new refresh token.
-        refresh_token: return_refresh.then_some(credential),
+        access_token: &issued.minted.token,
+        scope: scope_string(&issued.granted),
+        expires_in: issued.minted.expires_in,
+        issued_at: &issued.minted.issued_at,
+        refresh_token: issued.refresh_token.as_deref().map(String::as_str),
     };
     Ok(no_store(axum::Json(body).into_response()))
 }
 
-/// Both forms, once the credential is read: validate, decide, mint — and record the exchange in
-/// the ledger, one event whatever the outcome. With strict durability an issued token is returned
-/// only once its event is committed; if it cannot be, the token is dropped and the answer is 503.
+/// Both forms, once the credential is read: authenticate, decide, mint — and record the exchange
+/// in the ledger, one event whatever the outcome. With strict durability an issued token is
+/// returned only once its event is committed; if it cannot be, the token is dropped and the answer
+/// is 503. A new refresh token is always committed before it is handed out.
 async fn exchange(
     app: &AppState,
     live: &Live,
-    params: &Params,
-    credential: &str,
+    ask: Ask<'_>,
     client_addr: Option<String>,
-) -> Result<(Minted, Vec<Resource>), ApiError> {
+) -> Result<Issued, ApiError> {
     let Some(ledger) = &app.ledger else {
-        let exchange = Exchange::new(live, params)?;
-        let issued = issue(app, live, credential, &exchange, None).await?;
-        count_issued(live, &exchange.service);
+        let exchange = Exchange::new(live, ask.params)?;
+        let issued = issue(app, live, &ask, &exchange, None).await?;
+        count_issued(live, &exchange.service, &ask);
         return Ok(issued);
     };
-    let mut event = Event::new(Outcome::Issued);
-    event.client_addr = client_addr;
-    Span::current().record("event", event.id.as_str());
-    let result = match Exchange::new(live, params) {
+    let mut record = Recorded { event: Event::new(Outcome::Issued), change: None };
+    record.event.client_addr = client_addr;
+    Span::current().record("event", record.event.id.as_str());
+    let result = match Exchange::new(live, ask.params) {
         Ok(exchange) => {
-            event.service = Some(exchange.service.clone());
-            event.requested = exchange.requested.iter().map(Resource::to_string).collect();
-            issue(app, live, credential, &exchange, Some(&mut event)).await
+            record.event.service = Some(exchange.service.clone());
+            record.event.requested = exchange.requested.iter().map(Resource::to_string).collect();
+            issue(app, live, &ask, &exchange, Some(&mut record)).await
         }
         Err(error) => Err(error),
     };
+    let event = &mut record.event;
     match &result {
-        Ok((minted, granted)) => {
-            event.granted = granted.iter().map(Resource::to_string).collect();
+        Ok(issued) => {
+            event.granted = issued.granted.iter().map(Resource::to_string).collect();
             event.token = Some(IssuedToken {
-                jti: minted.jti.clone(),
-                exp: i64::try_from(minted.expires_at).unwrap_or(i64::MAX),
+                jti: issued.minted.jti.clone(),
+                exp: i64::try_from(issued.minted.expires_at).unwrap_or(i64::MAX),
                 kid: live.keys.minter().kid().to_owned(),
             });
         }
-        Err(error) => describe_failure(&mut event, error),
+        Err(error) => describe_failure(event, error),
     }
-    if let Err(unavailable) = ledger.keep(event).await {
+    if let Err(unavailable) = ledger.keep_with(record.event, record.change).await {
         tracing::warn!(error = %unavailable, "no token returned: its ledger event could not be committed");
         return Err(ApiError::LedgerUnavailable);
     }
     if result.is_ok() {
         // `Exchange::new` checked it: one of the configured services.
-        count_issued(live, params.first("service").unwrap_or_default());
+        count_issued(live, ask.params.first("service").unwrap_or_default(), &ask);
     }
     result
 }
 
+/// The ledger's record of one exchange: its event, and the refresh token it issued or used.
+struct Recorded {
+    event: Event,
+    change: Option<Change>,
+}
+
 /// A token is counted once it is returned (after its ledger commit): never one the caller did
 /// not get.
-fn count_issued(live: &Live, service: &str) {
-    metrics().issued(service, live.keys.minter().signer().algorithm().name(), "credential");
+fn count_issued(live: &Live, service: &str, ask: &Ask<'_>) {
+    let via = if refresh::is_refresh_token(ask.credential) { "refresh_token" } else { "credential" };
+    metrics().issued(service, live.keys.minter().signer().algorithm().name(), via);
 }
 
 /// The outcome and reason of a failed exchange, for its event.
 fn describe_failure(event: &mut Event, error: &ApiError) {
     let (outcome, reason) = match error {
         ApiError::Auth(error) => (Outcome::Refused, error.kind().to_owned()),
+        ApiError::Refresh(error) => (Outcome::Refused, error.kind().to_owned()),
         ApiError::Denied { reason, .. } => (Outcome::Denied, reason.clone()),
         ApiError::KeysUnavailable => (Outcome::Fault, "keys_unavailable".to_owned()),
         ApiError::Policy(fault) => (Outcome::Fault, fault.kind().to_owned()),
@@ -194,32 +240,99 @@ fn describe_failure(event: &mut Event, error: &ApiError) {
     event.message = Some(error.to_string());
 }
 
-/// Validate, check revocations, decide, mint, noting on the ledger's `event` (when there is a
-/// ledger) who asked and what decided.
+/// Who the caller is, and how they proved it.
+struct Authenticated {
+    validated: Arc<Validated>,
+    /// The refresh token they presented, if that is how.
+    refresh: Option<RefreshToken>,
+}
+
+/// Validates the credential: an Authority token against the Authority's keys, or a refresh token
+/// against the ledger (exists, unexpired, bound to this service and client). A refresh token
+/// stands for the caller it was issued to, whose Authority token may long have expired.
+async fn authenticate(
+    app: &AppState,
+    live: &Live,
+    ask: &Ask<'_>,
+    exchange: &Exchange,
+    now: u64,
+    record: Option<&mut Recorded>,
+) -> Result<Authenticated, ApiError> {
+    if !refresh::is_refresh_token(ask.credential) {
+        if let Some(record) = record {
+            record.event.via = Some("credential".to_owned());
+        }
+        let validated = live.validator.validate(ask.credential, now).await.inspect_err(|error| {
+            if *error != AuthError::KeysUnavailable {
+                metrics().refusal(error.kind());
+            }
+        })?;
+        return Ok(Authenticated { validated, refresh: None });
+    }
+    let refused = |error: RefreshError| {
+        metrics().refusal(error.kind());
+        ApiError::Refresh(error)
+    };
+    // Refresh tokens live in the ledger: without one, none was ever issued here.
+    let (Some(ledger), Some(record)) = (&app.ledger, record) else {
+        return Err(refused(RefreshError::Unknown));
+    };
+    record.event.via = Some("refresh_token".to_owned());
+    let token = match ledger.find_refresh_token(ask.credential).await {
+        Ok(Some(token)) => token,
+        Ok(None) => return Err(refused(RefreshError::Unknown)),
+        Err(error) => {
+            tracing::error!(%error, "cannot read refresh tokens from the ledger");
+            return Err(ApiError::LedgerUnavailable);
+        }
+    };
+    record.event.refresh_token_id = Some(token.id.clone());
+    let issuer = token.caller_iss.as_deref().unwrap_or(&live.config.authority.issuer);
+    record.event.set_caller(&token.caller, issuer, token.caller_jti.as_deref());
+    let binding = Binding { service: &exchange.service, client_id: ask.params.first("client_id") };
+    token.check(binding, Millis::from_seconds(now)).map_err(refused)?;
+    let validated = Validated {
+        caller: token.caller.clone(),
+        // A registry token minted with it never outlives it.
+        expires_at: u64::try_from(token.expires_at.0 / 1000).unwrap_or_default(),
+        jti: token.caller_jti.clone(),
+    };
+    Ok(Authenticated { validated: Arc::new(validated), refresh: Some(token) })
+}
+
+/// Authenticate, check revocations, decide, mint, noting on the ledger's `record` (when there is
+/// a ledger) who asked, what decided, and the refresh token issued or used.
 async fn issue(
     app: &AppState,
     live: &Live,
-    credential: &str,
+    ask: &Ask<'_>,
     exchange: &Exchange,
-    event: Option<&mut Event>,
-) -> Result<(Minted, Vec<Resource>), ApiError> {
+    mut record: Option<&mut Recorded>,
+) -> Result<Issued, ApiError> {
     let now = (app.clock)();
     let span = Span::current();
-    let validated = live.validator.validate(credential, now).await.inspect_err(|error| {
-        if *error != AuthError::KeysUnavailable {
-            metrics().refusal(error.kind());
-        }
-    })?;
+    let Authenticated { validated, refresh } =
+        authenticate(app, live, ask, exchange, now, record.as_deref_mut()).await?;
     let caller = &validated.caller;
     span.record("sub", caller.subject.as_str());
     if let Some(ledger) = &app.ledger
-        && let Some(event) = event
+        && let Some(record) = record.as_deref_mut()
     {
-        event.set_caller(caller, &live.config.authority.issuer, validated.jti.as_deref());
+        let event = &mut record.event;
+        if refresh.is_none() {
+            event.set_caller(caller, &live.config.authority.issuer, validated.jti.as_deref());
+        }
         // The host's own check, before any policy is asked: no policy can grant to a revoked caller.
-        if let Some(revocation) = ledger.revoked(caller, validated.jti.as_deref(), Millis::from_seconds(now))
-        {
+        let presented = Presented {
+            caller_jti: validated.jti.as_deref(),
+            refresh_token: refresh.as_ref().map(|r| r.id.as_str()),
+        };
+        if let Some(revocation) = ledger.revoked(caller, presented, Millis::from_seconds(now)) {
             metrics().decision("revoked");
+            // A refresh token that no longer authenticates is a 401, like an expired one.
+            if refresh.is_some() {
+                return Err(ApiError::Refresh(RefreshError::Revoked(revocation.message())));
+            }
             return Err(ApiError::Denied {
                 reason: "revoked".to_owned(),
                 message: revocation.message(),
@@ -228,6 +341,11 @@ async fn issue(
         }
         event.policy_digest = Some(live.policy.digest().to_owned());
         event.settings_version = Some(live.policy.settings_version().to_owned());
+        if let Some(token) = &refresh {
+            // Any exchange it authenticated counts as a use, whatever the policy answers.
+            record.change =
+                Some(Change::RefreshTokenUsed { id: token.id.clone(), at: Millis::from_seconds(now) });
+        }
     }
 
     let started = Instant::now();
@@ -269,8 +387,10 @@ async fn issue(
     // signature for this worker. An HSM's signature waits on the device: it goes to the blocking
     // pool, under a deadline, and its failure is a 503.
     // Validation accepted the caller token up to `leeway` past its `exp`; the registry token ends
-    // there at the latest, so it outlives its credential by no more than the tolerated skew.
-    let not_after = validated.expires_at.saturating_add(live.config.authority.leeway_seconds);
+    // there at the latest, so it outlives its credential by no more than the tolerated skew. (A
+    // refresh token's own expiry stands in for the caller token's.)
+    let leeway = if refresh.is_some() { 0 } else { live.config.authority.leeway_seconds };
+    let not_after = validated.expires_at.saturating_add(leeway);
     let grant =
         Grant { subject: &caller.subject, audience: &exchange.service, access: &granted, now, not_after };
     let minted = live.keys.minter().mint(&grant).await.map_err(|error| match error {
@@ -281,7 +401,51 @@ async fn issue(
         }
     })?;
     span.record("granted", scope_string(&granted));
-    Ok((minted, granted))
+    let refresh_token = match (ask.offline, refresh) {
+        (false, _) => None,
+        // Never rotated: the Docker engine keeps the refresh token it has.
+        (true, Some(_)) => Some(Zeroizing::new(ask.credential.to_owned())),
+        (true, None) => issue_refresh_token(live, ask, exchange, &validated, now, record)?,
+    };
+    Ok(Issued { minted, granted, refresh_token })
+}
+
+/// A new refresh token for the caller of an Authority token, bound to this service and client,
+/// to be stored with the exchange's event; `None` when refresh tokens are off (or there is no
+/// ledger to keep them).
+fn issue_refresh_token(
+    live: &Live,
+    ask: &Ask<'_>,
+    exchange: &Exchange,
+    validated: &Validated,
+    now: u64,
+    record: Option<&mut Recorded>,
+) -> Result<Option<Zeroizing<String>>, ApiError> {
+    let Some(record) = record.filter(|_| live.config.refresh_tokens_enabled()) else {
+        return Ok(None);
+    };
+    let settings = &live.config.refresh_tokens;
+    let lifetime = Lifetime {
+        absolute_seconds: u64::from(settings.lifetime_days) * 86_400,
+        idle_seconds: (settings.idle_days > 0).then(|| u64::from(settings.idle_days) * 86_400),
+    };
+    let binding = Binding { service: &exchange.service, client_id: ask.params.first("client_id") };
+    let (token, secret) = RefreshToken::issue(
+        &validated.caller,
+        &live.config.authority.issuer,
+        validated.jti.as_deref(),
+        binding,
+        Millis::from_seconds(now),
+        lifetime,
+    )
+    .map_err(|error| {
+        tracing::error!(%error, "the operating system's random source failed; no refresh token");
+        ApiError::Signing
+    })?;
+    let token_hash = refresh::token_hash(&secret).ok_or(ApiError::Signing)?;
+    record.event.refresh_token_id = Some(token.id.clone());
+    record.change = Some(Change::RefreshTokenIssued { token: Box::new(token), token_hash });
+    Ok(Some(secret))
 }
 
 /// RFC 6749 §5.1: token responses must not be cached.

@@ -159,6 +159,11 @@ pub struct Event {
     pub settings_version: Option<String>,
     /// For `issued`: the registry token's `jti`, `exp` and signing `kid`.
     pub token: Option<IssuedToken>,
+    /// What the caller presented at the token endpoint: `credential` (an Authority token) or
+    /// `refresh_token` (one of ours).
+    pub via: Option<String>,
+    /// The refresh token this exchange used, or issued (its id; never the token).
+    pub refresh_token_id: Option<String>,
 }
 
 impl Event {
@@ -189,6 +194,8 @@ impl Event {
             policy_digest: None,
             settings_version: None,
             token: None,
+            via: None,
+            refresh_token_id: None,
         }
     }
 
@@ -232,18 +239,21 @@ pub enum RevocationKind {
     Tenant,
     /// A `client_id`.
     Client,
-    /// One Authority token, by its `jti`.
+    /// One Authority token, by its `jti` (and the refresh tokens it was exchanged for).
     CallerToken,
+    /// One refresh token, by its id.
+    RefreshToken,
 }
 
 impl RevocationKind {
     /// Every kind, for parsing and messages.
-    pub const ALL: [RevocationKind; 5] = [
+    pub const ALL: [RevocationKind; 6] = [
         RevocationKind::Subject,
         RevocationKind::Licence,
         RevocationKind::Tenant,
         RevocationKind::Client,
         RevocationKind::CallerToken,
+        RevocationKind::RefreshToken,
     ];
 
     /// The name stored and shown.
@@ -254,6 +264,7 @@ impl RevocationKind {
             RevocationKind::Tenant => "tenant",
             RevocationKind::Client => "client",
             RevocationKind::CallerToken => "caller_token",
+            RevocationKind::RefreshToken => "refresh_token",
         }
     }
 
@@ -266,13 +277,14 @@ impl RevocationKind {
     }
 
     /// The caller's value this kind compares with.
-    fn value_of<'a>(self, caller: &'a Caller, jti: Option<&'a str>) -> Option<&'a str> {
+    fn value_of<'a>(self, caller: &'a Caller, tokens: Presented<'a>) -> Option<&'a str> {
         match self {
             RevocationKind::Subject => Some(&caller.subject),
             RevocationKind::Licence => caller.license.as_deref(),
             RevocationKind::Tenant => caller.tenant.as_deref(),
             RevocationKind::Client => caller.client_id.as_deref(),
-            RevocationKind::CallerToken => jti,
+            RevocationKind::CallerToken => tokens.caller_jti,
+            RevocationKind::RefreshToken => tokens.refresh_token,
         }
     }
 }
@@ -286,6 +298,23 @@ impl fmt::Display for RevocationKind {
 impl Serialize for RevocationKind {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
+    }
+}
+
+/// The tokens behind a caller that revocations may name: the Authority token's `jti` and, when the
+/// caller came with one of our refresh tokens, its id.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Presented<'a> {
+    /// The Authority token's `jti` (for a refresh token: the one it was exchanged for).
+    pub caller_jti: Option<&'a str>,
+    /// The refresh token's id.
+    pub refresh_token: Option<&'a str>,
+}
+
+impl<'a> Presented<'a> {
+    /// An Authority token with `jti`.
+    pub fn caller_token(jti: Option<&'a str>) -> Presented<'a> {
+        Presented { caller_jti: jti, refresh_token: None }
     }
 }
 
@@ -314,11 +343,11 @@ pub struct Revocation {
 }
 
 impl Revocation {
-    /// Whether it refuses `caller` (whose token has `jti`) at `now`.
-    pub fn applies_to(&self, caller: &Caller, jti: Option<&str>, now: Millis) -> bool {
+    /// Whether it refuses `caller` (who presented `tokens`) at `now`.
+    pub fn applies_to(&self, caller: &Caller, tokens: Presented<'_>, now: Millis) -> bool {
         self.expires_at.is_none_or(|expires| now < expires)
             && self.tenant.as_ref().is_none_or(|tenant| caller.tenant.as_ref() == Some(tenant))
-            && self.kind.value_of(caller, jti) == Some(self.value.as_str())
+            && self.kind.value_of(caller, tokens) == Some(self.value.as_str())
     }
 
     /// What the refused caller is told: `subject alice has been revoked: <reason>`.
@@ -343,17 +372,17 @@ impl RevocationSet {
         set
     }
 
-    /// The first revocation that refuses `caller` at `now`, if any.
-    pub fn check(&self, caller: &Caller, jti: Option<&str>, now: Millis) -> Option<&Revocation> {
+    /// The first revocation that refuses `caller` (who presented `tokens`) at `now`, if any.
+    pub fn check(&self, caller: &Caller, tokens: Presented<'_>, now: Millis) -> Option<&Revocation> {
         if self.by_value.is_empty() {
             return None;
         }
         RevocationKind::ALL.into_iter().find_map(|kind| {
-            let value = kind.value_of(caller, jti)?;
+            let value = kind.value_of(caller, tokens)?;
             self.by_value
                 .get(&(kind, value.to_owned()))?
                 .iter()
-                .find(|revocation| revocation.applies_to(caller, jti, now))
+                .find(|revocation| revocation.applies_to(caller, tokens, now))
         })
     }
 
@@ -426,23 +455,31 @@ mod tests {
             revocation(RevocationKind::Subject, "alice", Some("acme"), None),
             revocation(RevocationKind::Client, "ci", None, Some(1_000)),
             revocation(RevocationKind::CallerToken, "j-1", None, None),
+            revocation(RevocationKind::RefreshToken, "r-1", None, None),
         ]);
+        let none = Presented::default();
         let now = Millis(500);
         // The tenant-scoped subject revocation refuses acme's alice only.
         assert_eq!(
-            set.check(&caller("alice", Some("acme")), None, now).map(|r| r.kind),
+            set.check(&caller("alice", Some("acme")), none, now).map(|r| r.kind),
             Some(RevocationKind::Subject)
         );
         // The client revocation refuses everyone with client_id ci until it expires.
         assert_eq!(
-            set.check(&caller("alice", Some("other")), None, now).map(|r| r.kind),
+            set.check(&caller("alice", Some("other")), none, now).map(|r| r.kind),
             Some(RevocationKind::Client)
         );
-        assert!(set.check(&caller("alice", Some("other")), None, Millis(1_000)).is_none());
-        assert!(set.check(&caller("bob", None), None, Millis(2_000)).is_none());
+        assert!(set.check(&caller("alice", Some("other")), none, Millis(1_000)).is_none());
+        assert!(set.check(&caller("bob", None), none, Millis(2_000)).is_none());
         assert_eq!(
-            set.check(&caller("bob", None), Some("j-1"), Millis(2_000)).map(Revocation::message),
+            set.check(&caller("bob", None), Presented::caller_token(Some("j-1")), Millis(2_000))
+                .map(Revocation::message),
             Some("caller_token j-1 has been revoked: left".to_owned())
+        );
+        let refreshing = Presented { caller_jti: Some("j-2"), refresh_token: Some("r-1") };
+        assert_eq!(
+            set.check(&caller("bob", None), refreshing, Millis(2_000)).map(|r| r.kind),
+            Some(RevocationKind::RefreshToken)
         );
     }
 

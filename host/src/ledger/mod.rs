@@ -12,11 +12,13 @@
 
 mod event;
 mod postgres;
+pub mod refresh;
 mod sqlite;
 mod store;
 
-pub use event::{Event, IssuedToken, Millis, Outcome, Revocation, RevocationKind, RevocationSet};
-pub use store::{EventFilter, StoreError};
+pub use event::{Event, IssuedToken, Millis, Outcome, Presented, Revocation, RevocationKind, RevocationSet};
+pub use refresh::{RefreshError, RefreshToken};
+pub use store::{Change, EventFilter, RefreshTokenFilter, StoreError};
 
 use crate::access::Caller;
 use crate::config::{Durability, LedgerConfig, LedgerUrl};
@@ -24,7 +26,7 @@ use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use store::{Param, Store};
+use store::{Param, Record, Store};
 use tokio::sync::{mpsc, oneshot};
 
 /// How often every replica reads the revocations' revision.
@@ -45,7 +47,7 @@ pub struct Unavailable(pub String);
 
 struct Pending {
     /// `None`: a barrier ([`Ledger::flush`]), answered once everything before it is committed.
-    event: Option<Event>,
+    record: Option<Record>,
     committed: Option<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -148,6 +150,10 @@ impl Ledger {
 
     /// Queues `event` without waiting. When the queue is full it is dropped and counted.
     pub fn record(&self, event: Event) {
+        self.record_with(event, None);
+    }
+
+    fn record_with(&self, event: Event, change: Option<Change>) {
         let Some(queue) = &self.queue else { return };
         // Anyone can send a token that fails validation: while the queue is more than half full,
         // such events make way for those of callers who were validated (and for strict tokens).
@@ -163,13 +169,14 @@ impl Ledger {
             return;
         }
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        if let Err(refused) = queue.try_send(Pending { event: Some(event), committed: None }) {
+        let record = Record { event, change };
+        if let Err(refused) = queue.try_send(Pending { record: Some(record), committed: None }) {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
             let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 let event = match &refused {
                     mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => {
-                        p.event.as_ref().map(|e| e.id.clone())
+                        p.record.as_ref().map(|r| r.event.id.clone())
                     }
                 };
                 tracing::warn!(
@@ -183,7 +190,7 @@ impl Ledger {
 
     /// Queues `event` and waits until it is committed (strict durability).
     pub async fn commit(&self, event: Event) -> Result<(), Unavailable> {
-        self.barrier(Some(event), COMMIT_TIMEOUT).await
+        self.barrier(Some(Record { event, change: None }), COMMIT_TIMEOUT).await
     }
 
     /// Waits (at most `timeout`) until every event queued so far is committed: at shutdown.
@@ -191,14 +198,14 @@ impl Ledger {
         self.barrier(None, timeout).await
     }
 
-    async fn barrier(&self, event: Option<Event>, timeout: Duration) -> Result<(), Unavailable> {
+    async fn barrier(&self, record: Option<Record>, timeout: Duration) -> Result<(), Unavailable> {
         let Some(queue) = &self.queue else {
             return Err(Unavailable("the ledger is not serving".into()));
         };
         let (committed, done) = oneshot::channel();
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        let pending = Pending { event, committed: Some(committed) };
-        let sent = match pending.event {
+        let pending = Pending { record, committed: Some(committed) };
+        let sent = match pending.record {
             Some(_) => queue.try_send(pending).map_err(|_| ()),
             // A barrier waits for room: it must come after everything queued.
             None => tokio::time::timeout(timeout, queue.send(pending))
@@ -220,18 +227,63 @@ impl Ledger {
 
     /// Records `event`: committed before returning when `strict` and it is an `issued` event.
     pub async fn keep(&self, event: Event) -> Result<(), Unavailable> {
-        match (self.shared.durability, event.outcome) {
-            (Durability::Strict, Outcome::Issued) => self.commit(event).await,
-            _ => {
-                self.record(event);
-                Ok(())
-            }
+        self.keep_with(event, None).await
+    }
+
+    /// Records `event` and makes `change` in the same transaction. Waits for the commit when
+    /// `strict` and the event is `issued`, and always when a refresh token is issued: a refresh
+    /// token is handed out only once the ledger can recognise it.
+    pub async fn keep_with(&self, event: Event, change: Option<Change>) -> Result<(), Unavailable> {
+        let strict = self.shared.durability == Durability::Strict && event.outcome == Outcome::Issued;
+        let issues_token = matches!(change, Some(Change::RefreshTokenIssued { .. }));
+        if strict || issues_token {
+            return self.barrier(Some(Record { event, change }), COMMIT_TIMEOUT).await;
+        }
+        self.record_with(event, change);
+        Ok(())
+    }
+
+    /// The revocation in force that refuses `caller` (who presented `tokens`) at `now`.
+    pub fn revoked(&self, caller: &Caller, tokens: Presented<'_>, now: Millis) -> Option<Revocation> {
+        self.shared.revocations.load().check(caller, tokens, now).cloned()
+    }
+
+    /// The refresh token whose text is `presented`, if this ledger issued it. Read from the
+    /// database on every use, so a token issued or revoked on another replica is seen at once.
+    pub async fn find_refresh_token(&self, presented: &str) -> Result<Option<RefreshToken>, StoreError> {
+        match refresh::token_hash(presented) {
+            Some(hash) => self.shared.store.refresh_token_by_hash(&hash).await,
+            None => Ok(None),
         }
     }
 
-    /// The revocation in force that refuses `caller` (whose token has `jti`) at `now`.
-    pub fn revoked(&self, caller: &Caller, jti: Option<&str>, now: Millis) -> Option<Revocation> {
-        self.shared.revocations.load().check(caller, jti, now).cloned()
+    /// The refresh token `id`.
+    pub async fn refresh_token(&self, id: &str) -> Result<Option<RefreshToken>, StoreError> {
+        self.shared.store.refresh_token(id).await
+    }
+
+    /// A refresh token as the admin API and `ledger refresh-tokens` show it: never its text; its
+    /// `state` at `now` (`active`, `revoked`, `expired` or `idle`) and, if revoked, why.
+    pub fn refresh_token_view(&self, token: &RefreshToken, now: Millis) -> serde_json::Value {
+        let presented =
+            Presented { caller_jti: token.caller_jti.as_deref(), refresh_token: Some(token.id.as_str()) };
+        let revoked = self.revoked(&token.caller, presented, now);
+        let state = match &revoked {
+            Some(_) => "revoked",
+            None if now >= token.expires_at => "expired",
+            None if token.idle_expires_at().is_some_and(|idle| now >= idle) => "idle",
+            None => "active",
+        };
+        let mut view = serde_json::to_value(token).unwrap_or_default();
+        view["idle_expires_at"] = serde_json::json!(token.idle_expires_at());
+        view["state"] = serde_json::json!(state);
+        view["revoked"] = serde_json::json!(revoked.map(|r| r.message()));
+        view
+    }
+
+    /// Refresh tokens matching `filter`, newest first.
+    pub async fn refresh_tokens(&self, filter: &RefreshTokenFilter) -> Result<Vec<RefreshToken>, StoreError> {
+        self.shared.store.refresh_tokens(filter).await
     }
 
     /// Revocations in force at `now`, by kind (for metrics).
@@ -386,7 +438,7 @@ fn mark_failing(shared: &Shared, error: &StoreError) {
 /// requests waiting on it. On failure the strict requests are refused at once (their tokens are
 /// never returned), and the other events are kept — at most `capacity` of them — and retried.
 async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, capacity: usize) {
-    let mut kept: Vec<Event> = Vec::new();
+    let mut kept: Vec<Record> = Vec::new();
     let mut backoff = Duration::from_millis(50);
     loop {
         let mut batch: Vec<Pending> = Vec::new();
@@ -423,9 +475,9 @@ async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, cap
         let mut events = std::mem::take(&mut kept);
         let mut barriers = Vec::new();
         for pending in batch {
-            match pending.event {
-                Some(event) => {
-                    events.push(event);
+            match pending.record {
+                Some(record) => {
+                    events.push(record);
                     waiting.push(pending.committed);
                 }
                 None => barriers.extend(pending.committed),
@@ -459,9 +511,9 @@ async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, cap
                 // alone, so that one bad event cannot hold up every later one.
                 tracing::warn!(%error, events = events.len(), "a ledger batch was refused; writing its events one by one");
                 let waiting = std::iter::repeat_with(|| None).take(retried).chain(waiting);
-                for (event, committed) in events.into_iter().zip(waiting) {
-                    let id = event.id.clone();
-                    let written = shared.store.write(vec![event]).await;
+                for (record, committed) in events.into_iter().zip(waiting) {
+                    let id = record.event.id.clone();
+                    let written = shared.store.write(vec![record]).await;
                     if let Err((error, _)) = &written {
                         shared.dropped.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(%error, event = id, "the ledger refused an event; it is dropped");
@@ -483,12 +535,12 @@ async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, cap
                     let _ = barrier.send(Err(message.clone()));
                 }
                 let waiting = std::iter::repeat_with(|| None).take(retried).chain(waiting);
-                for (event, committed) in events.into_iter().zip(waiting) {
+                for (record, committed) in events.into_iter().zip(waiting) {
                     match committed {
                         Some(committed) => {
                             let _ = committed.send(Err(message.clone()));
                         }
-                        None if kept.len() < capacity => kept.push(event),
+                        None if kept.len() < capacity => kept.push(record),
                         None => {
                             let dropped = shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                             if dropped.is_power_of_two() {

@@ -3,7 +3,7 @@
 //! service resumes when the database comes back, without a restart.
 
 use super::event::{Event, Millis};
-use super::store::{self, Param, Row, StoreError, database};
+use super::store::{self, Param, Record, Row, StoreError, database};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use std::time::Duration;
 use tokio_postgres::NoTls;
@@ -125,18 +125,26 @@ impl Store {
         }
     }
 
-    pub(crate) async fn write(&self, events: Vec<Event>) -> Result<(), (StoreError, Vec<Event>)> {
-        match self.write_events(&events).await {
+    pub(crate) async fn write(&self, records: Vec<Record>) -> Result<(), (StoreError, Vec<Record>)> {
+        match self.write_records(&records).await {
             Ok(()) => Ok(()),
-            Err(error) => Err((error, events)),
+            Err(error) => Err((error, records)),
         }
     }
 
-    async fn write_events(&self, events: &[Event]) -> Result<(), StoreError> {
+    async fn write_records(&self, records: &[Record]) -> Result<(), StoreError> {
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let transaction = client.transaction().await.map_err(|e| described(&e))?;
+        // The changes first (a refresh token before the event that names it), each statement
+        // prepared once.
+        let changes: Vec<(&str, Vec<Param>)> =
+            records.iter().filter_map(|r| r.change.as_ref()).map(store::Change::statement).collect();
+        for (statement, params) in &changes {
+            let prepared = transaction.prepare_cached(statement).await.map_err(|e| described(&e))?;
+            transaction.execute_raw(&prepared, params.iter()).await.map_err(|e| described(&e))?;
+        }
         let insert = transaction.prepare_cached(store::INSERT_EVENT).await.map_err(|e| described(&e))?;
-        let rows: Vec<Vec<Param>> = events.iter().map(store::event_params).collect();
+        let rows: Vec<Vec<Param>> = records.iter().map(|r| store::event_params(&r.event)).collect();
         // Pipelined: one round trip for the whole batch rather than one per event.
         let inserts = rows.iter().map(|params| transaction.execute_raw(&insert, params.iter()));
         futures_util::future::try_join_all(inserts).await.map_err(|e| described(&e))?;
@@ -206,6 +214,7 @@ impl Store {
             }
         }
         let transaction = client.transaction().await.map_err(|e| described(&e))?;
+        transaction.execute(store::PRUNE_REFRESH_TOKENS, &[&before.0]).await.map_err(|e| described(&e))?;
         let revocations =
             transaction.execute(store::PRUNE_REVOCATIONS, &[&before.0]).await.map_err(|e| described(&e))?;
         if revocations > 0 {

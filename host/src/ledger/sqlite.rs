@@ -3,7 +3,7 @@
 //! nothing blocks an async worker.
 
 use super::event::{Event, Millis};
-use super::store::{self, Param, Row, StoreError, database};
+use super::store::{self, Param, Record, Row, StoreError, database};
 use crate::config::Durability;
 use rusqlite::types::{ToSql, ToSqlOutput, Value};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
@@ -97,15 +97,15 @@ impl Store {
         .map_err(database)?
     }
 
-    pub(crate) async fn write(&self, events: Vec<Event>) -> Result<(), (StoreError, Vec<Event>)> {
+    pub(crate) async fn write(&self, records: Vec<Record>) -> Result<(), (StoreError, Vec<Record>)> {
         let writer = Arc::clone(&self.writer);
         let handed = tokio::task::spawn_blocking(move || {
             let Ok(mut connection) = writer.lock() else {
-                return Err((StoreError::Database("the ledger writer was poisoned".into()), events));
+                return Err((StoreError::Database("the ledger writer was poisoned".into()), records));
             };
-            match write_events(&mut connection, &events) {
+            match write_records(&mut connection, &records) {
                 Ok(()) => Ok(()),
-                Err(error) => Err((database(error), events)),
+                Err(error) => Err((database(error), records)),
             }
         })
         .await;
@@ -196,6 +196,7 @@ impl Store {
         Store::on(&self.writer, move |connection| {
             let transaction =
                 connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+            transaction.execute(&sql(store::PRUNE_REFRESH_TOKENS), [before.0]).map_err(database)?;
             let revocations =
                 transaction.execute(&sql(store::PRUNE_REVOCATIONS), [before.0]).map_err(database)?;
             if revocations > 0 {
@@ -208,12 +209,18 @@ impl Store {
     }
 }
 
-fn write_events(connection: &mut Connection, events: &[Event]) -> rusqlite::Result<()> {
+fn write_records(connection: &mut Connection, records: &[Record]) -> rusqlite::Result<()> {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut insert = transaction.prepare_cached(&sql(store::INSERT_EVENT))?;
-        for event in events {
-            insert.execute(rusqlite::params_from_iter(store::event_params(event).iter()))?;
+        for record in records {
+            if let Some(change) = &record.change {
+                let (statement, params) = change.statement();
+                transaction
+                    .prepare_cached(&sql(statement))?
+                    .execute(rusqlite::params_from_iter(params.iter()))?;
+            }
+            insert.execute(rusqlite::params_from_iter(store::event_params(&record.event).iter()))?;
         }
     }
     transaction.commit()
@@ -243,5 +250,52 @@ fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
             .map_err(database)?;
         transaction.commit().map_err(database)?;
         tracing::info!(ledger = %url, version = version + 1, "ledger schema migrated");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Outcome;
+
+    /// A ledger written by the first release (schema 1) is migrated in place at start: its events
+    /// keep every field, and the new columns read as absent.
+    #[tokio::test]
+    async fn a_first_release_ledger_is_migrated_and_keeps_its_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        {
+            let mut connection = Connection::open(&path).unwrap();
+            connection.execute(store::MIGRATIONS_TABLE, []).unwrap();
+            let transaction = connection.transaction().unwrap();
+            transaction.execute_batch(store::MIGRATIONS[0]).unwrap();
+            transaction
+                .execute("INSERT INTO schema_migrations (version, applied_at_ms) VALUES (1, 0)", [])
+                .unwrap();
+            transaction
+                .execute(
+                    "INSERT INTO events (id, time_ms, outcome, sub, requested, granted, token_jti, token_exp, \
+                     signing_kid) VALUES ('0190b6a4-0000-7000-8000-000000000001', 5, 'issued', 'alice', \
+                     'repository:team/app:pull', 'repository:team/app:pull', 'j', 9, 'k')",
+                    [],
+                )
+                .unwrap();
+            transaction.commit().unwrap();
+        }
+        let store = Store::open(&path, Durability::Strict).await.unwrap();
+        let version: i64 = store
+            .reader
+            .lock()
+            .unwrap()
+            .query_row("SELECT MAX(version) FROM schema_migrations", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, store::known_version());
+        let sql = format!("SELECT {} FROM events", store::EVENT_COLUMNS);
+        let events = store.select(sql, Vec::new(), store::event_from).await.unwrap();
+        assert_eq!(events.len(), 1);
+        let event = &events[0];
+        assert_eq!((event.outcome, event.sub.as_deref()), (Outcome::Issued, Some("alice")));
+        assert_eq!(event.token.as_ref().map(|t| (t.jti.as_str(), t.exp)), Some(("j", 9)));
+        assert_eq!((event.via.as_deref(), event.refresh_token_id.as_deref()), (None, None));
     }
 }

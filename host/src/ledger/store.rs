@@ -2,7 +2,9 @@
 //! written once with `$n` placeholders (PostgreSQL's); SQLite reads them as `?n`.
 
 use super::event::{Event, IssuedToken, Millis, Outcome, Revocation, RevocationKind};
+use super::refresh::RefreshToken;
 use super::{postgres, sqlite};
+use crate::access::Caller;
 
 /// The schema, one entry per version, applied in order and never edited once released (a change
 /// is a new entry). The version a database is at is the number of entries applied.
@@ -50,6 +52,31 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE ledger_state (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
     INSERT INTO ledger_state (name, value) VALUES ('revocations_revision', 0);",
+    // 2: refresh tokens (as hashes, with the caller they were issued to), and which credential an
+    // exchange came with.
+    "CREATE TABLE refresh_tokens (
+        id TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        sub TEXT NOT NULL,
+        client_id TEXT,
+        service TEXT NOT NULL,
+        tenant TEXT,
+        plan TEXT,
+        licence TEXT,
+        scopes TEXT NOT NULL,
+        claims_json TEXT NOT NULL,
+        caller_client_id TEXT,
+        caller_iss TEXT,
+        caller_jti TEXT,
+        issued_at_ms BIGINT NOT NULL,
+        last_used_ms BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL,
+        idle_seconds BIGINT
+    );
+    CREATE INDEX refresh_tokens_sub ON refresh_tokens (sub, id);
+    CREATE INDEX refresh_tokens_tenant ON refresh_tokens (tenant, id);
+    ALTER TABLE events ADD COLUMN via TEXT;
+    ALTER TABLE events ADD COLUMN refresh_token_id TEXT;",
 ];
 
 /// The schema version this binary writes.
@@ -70,12 +97,26 @@ pub(super) fn check_version(found: i64, url: &str) -> Result<(), StoreError> {
 
 pub(super) const EVENT_COLUMNS: &str = "id, time_ms, outcome, reason, message, sub, client_id, tenant, plan, \
      licence, iss, jti, client_addr, service, requested, granted, policy_digest, settings_version, token_jti, \
-     token_exp, signing_kid";
+     token_exp, signing_kid, via, refresh_token_id";
 
 pub(super) const INSERT_EVENT: &str = "INSERT INTO events (id, time_ms, outcome, reason, message, sub, \
      client_id, tenant, plan, licence, iss, jti, client_addr, service, requested, granted, policy_digest, \
-     settings_version, token_jti, token_exp, signing_kid) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-     $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) ON CONFLICT (id) DO NOTHING";
+     settings_version, token_jti, token_exp, signing_kid, via, refresh_token_id) VALUES ($1, $2, $3, $4, $5, \
+     $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
+     ON CONFLICT (id) DO NOTHING";
+
+pub(super) const REFRESH_COLUMNS: &str = "id, sub, client_id, service, tenant, plan, licence, scopes, \
+     claims_json, caller_iss, caller_jti, issued_at_ms, last_used_ms, expires_at_ms, idle_seconds, \
+     caller_client_id";
+
+pub(super) const INSERT_REFRESH_TOKEN: &str = "INSERT INTO refresh_tokens (id, sub, client_id, service, \
+     tenant, plan, licence, scopes, claims_json, caller_iss, caller_jti, issued_at_ms, last_used_ms, \
+     expires_at_ms, idle_seconds, caller_client_id, token_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+     $10, $11, $12, $13, $14, $15, $16, $17)";
+
+/// A use moves "last used" forward, never back (uses may be committed out of order).
+pub(super) const TOUCH_REFRESH_TOKEN: &str =
+    "UPDATE refresh_tokens SET last_used_ms = $2 WHERE id = $1 AND last_used_ms < $2";
 
 pub(super) const REVOCATION_COLUMNS: &str =
     "id, kind, value, tenant, reason, created_at_ms, expires_at_ms, created_by, created_by_tenant";
@@ -124,7 +165,74 @@ pub(super) fn event_params(event: &Event) -> Vec<Param> {
         Param::Text(token.map(|t| t.jti.clone())),
         Param::Int(token.map(|t| t.exp)),
         Param::Text(token.map(|t| t.kid.clone())),
+        text(&event.via),
+        text(&event.refresh_token_id),
     ]
+}
+
+/// A refresh token's columns, in [`INSERT_REFRESH_TOKEN`] order: [`REFRESH_COLUMNS`], then the
+/// hash of its text.
+pub(super) fn refresh_params(token: &RefreshToken, token_hash: &str) -> Vec<Param> {
+    let caller = &token.caller;
+    vec![
+        Param::Text(Some(token.id.clone())),
+        Param::Text(Some(token.sub.clone())),
+        text(&token.client_id),
+        Param::Text(Some(token.service.clone())),
+        text(&token.tenant),
+        text(&caller.plan),
+        text(&caller.license),
+        Param::Text(Some(caller.scopes.join(" "))),
+        Param::Text(Some(caller.claims_json.clone())),
+        text(&token.caller_iss),
+        text(&token.caller_jti),
+        Param::Int(Some(token.issued_at.0)),
+        Param::Int(Some(token.last_used_at.0)),
+        Param::Int(Some(token.expires_at.0)),
+        Param::Int(token.idle_seconds.map(|s| i64::try_from(s).unwrap_or(i64::MAX))),
+        text(&caller.client_id),
+        Param::Text(Some(token_hash.to_owned())),
+    ]
+}
+
+/// A change the writer makes in the same transaction as the events it came with.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// A refresh token was issued: stored (by the hash of its text) before it is handed out.
+    RefreshTokenIssued {
+        /// The token as kept.
+        token: Box<RefreshToken>,
+        /// The SHA-256 of its text.
+        token_hash: String,
+    },
+    /// A refresh token authenticated an exchange at `at`: its "last used" moves.
+    RefreshTokenUsed {
+        /// Its id.
+        id: String,
+        /// When.
+        at: Millis,
+    },
+}
+
+impl Change {
+    /// The statement and its parameters.
+    pub(super) fn statement(&self) -> (&'static str, Vec<Param>) {
+        match self {
+            Change::RefreshTokenIssued { token, token_hash } => {
+                (INSERT_REFRESH_TOKEN, refresh_params(token, token_hash))
+            }
+            Change::RefreshTokenUsed { id, at } => {
+                (TOUCH_REFRESH_TOKEN, vec![Param::Text(Some(id.clone())), Param::Int(Some(at.0))])
+            }
+        }
+    }
+}
+
+/// What the writer commits: an event, and the change that comes with it.
+#[derive(Clone, Debug)]
+pub(super) struct Record {
+    pub event: Event,
+    pub change: Option<Change>,
 }
 
 /// A revocation's columns, in [`REVOCATION_COLUMNS`] order.
@@ -185,7 +293,74 @@ pub(super) fn event_from(row: &dyn Row) -> Result<Event, StoreError> {
         policy_digest: row.text(16)?,
         settings_version: row.text(17)?,
         token,
+        via: row.text(21)?,
+        refresh_token_id: row.text(22)?,
     })
+}
+
+fn int_or_zero(row: &dyn Row, index: usize) -> Result<Millis, StoreError> {
+    Ok(Millis(row.int(index)?.unwrap_or_default()))
+}
+
+/// A refresh token from a row of `SELECT {REFRESH_COLUMNS}`.
+pub(super) fn refresh_from(row: &dyn Row) -> Result<RefreshToken, StoreError> {
+    let sub = row.required_text(1)?;
+    let client_id = row.text(2)?;
+    let tenant = row.text(4)?;
+    let caller = Caller {
+        subject: sub.clone(),
+        client_id: row.text(15)?,
+        tenant: tenant.clone(),
+        plan: row.text(5)?,
+        license: row.text(6)?,
+        scopes: words(row.text(7)?),
+        claims_json: row.required_text(8)?,
+    };
+    Ok(RefreshToken {
+        id: row.required_text(0)?,
+        sub,
+        client_id,
+        service: row.required_text(3)?,
+        tenant,
+        issued_at: int_or_zero(row, 11)?,
+        last_used_at: int_or_zero(row, 12)?,
+        expires_at: int_or_zero(row, 13)?,
+        idle_seconds: row.int(14)?.and_then(|s| u64::try_from(s).ok()),
+        caller,
+        caller_iss: row.text(9)?,
+        caller_jti: row.text(10)?,
+    })
+}
+
+/// Which refresh tokens to list, newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RefreshTokenFilter {
+    /// Issued to this subject.
+    pub sub: Option<String>,
+    /// Of this tenant's callers (how a tenant administrator is confined).
+    pub tenant: Option<String>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// `SELECT` for `filter`, newest first, and its parameters.
+pub(super) fn refresh_tokens_query(filter: &RefreshTokenFilter) -> (String, Vec<Param>) {
+    let mut sql = format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens");
+    let mut params = Vec::new();
+    let mut conditions = Vec::new();
+    for (column, value) in [("sub", &filter.sub), ("tenant", &filter.tenant)] {
+        if value.is_some() {
+            params.push(Param::Text(value.clone()));
+            conditions.push(format!("{column} = ${}", params.len()));
+        }
+    }
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    params.push(Param::Int(Some(i64::try_from(filter.limit).unwrap_or(i64::MAX))));
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", params.len()));
+    (sql, params)
 }
 
 /// A revocation from a row of `SELECT {REVOCATION_COLUMNS}`.
@@ -326,11 +501,11 @@ impl Store {
         }
     }
 
-    /// Writes `events` in one transaction: all or none.
-    pub(super) async fn write(&self, events: Vec<Event>) -> Result<(), (StoreError, Vec<Event>)> {
+    /// Writes `records` (their events and changes) in one transaction: all or none.
+    pub(super) async fn write(&self, records: Vec<Record>) -> Result<(), (StoreError, Vec<Record>)> {
         match self {
-            Store::Sqlite(store) => store.write(events).await,
-            Store::Postgres(store) => store.write(events).await,
+            Store::Sqlite(store) => store.write(records).await,
+            Store::Postgres(store) => store.write(records).await,
         }
     }
 
@@ -352,37 +527,66 @@ impl Store {
 
     pub(super) async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
         let (sql, params) = events_query(filter);
-        match self {
-            Store::Sqlite(store) => store.select(sql, params, event_from).await,
-            Store::Postgres(store) => store.select(&sql, params, event_from).await,
-        }
+        self.select(sql, params, event_from).await
     }
 
     pub(super) async fn event(&self, id: &str) -> Result<Option<Event>, StoreError> {
         let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1");
-        let params = vec![Param::Text(Some(id.to_owned()))];
-        let rows = match self {
-            Store::Sqlite(store) => store.select(sql, params, event_from).await?,
-            Store::Postgres(store) => store.select(&sql, params, event_from).await?,
-        };
-        Ok(rows.into_iter().next())
+        self.first(sql, vec![Param::Text(Some(id.to_owned()))], event_from).await
+    }
+
+    /// The refresh token whose text hashes to `token_hash`.
+    pub(super) async fn refresh_token_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<RefreshToken>, StoreError> {
+        let sql = format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE token_hash = $1");
+        self.first(sql, vec![Param::Text(Some(token_hash.to_owned()))], refresh_from).await
+    }
+
+    /// The refresh token `id`.
+    pub(super) async fn refresh_token(&self, id: &str) -> Result<Option<RefreshToken>, StoreError> {
+        let sql = format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE id = $1");
+        self.first(sql, vec![Param::Text(Some(id.to_owned()))], refresh_from).await
+    }
+
+    pub(super) async fn refresh_tokens(
+        &self,
+        filter: &RefreshTokenFilter,
+    ) -> Result<Vec<RefreshToken>, StoreError> {
+        let (sql, params) = refresh_tokens_query(filter);
+        self.select(sql, params, refresh_from).await
+    }
+
+    async fn select<T: Send + 'static>(
+        &self,
+        sql: String,
+        params: Vec<Param>,
+        read: fn(&dyn Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.select(sql, params, read).await,
+            Store::Postgres(store) => store.select(&sql, params, read).await,
+        }
+    }
+
+    async fn first<T: Send + 'static>(
+        &self,
+        sql: String,
+        params: Vec<Param>,
+        read: fn(&dyn Row) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        Ok(self.select(sql, params, read).await?.into_iter().next())
     }
 
     pub(super) async fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
         let sql = format!("SELECT {REVOCATION_COLUMNS} FROM revocations ORDER BY id");
-        match self {
-            Store::Sqlite(store) => store.select(sql, Vec::new(), revocation_from).await,
-            Store::Postgres(store) => store.select(&sql, Vec::new(), revocation_from).await,
-        }
+        self.select(sql, Vec::new(), revocation_from).await
     }
 
     pub(super) async fn revision(&self) -> Result<i64, StoreError> {
         let read = |row: &dyn Row| row.int(0).map(Option::unwrap_or_default);
-        let rows = match self {
-            Store::Sqlite(store) => store.select(REVISION.to_owned(), Vec::new(), read).await?,
-            Store::Postgres(store) => store.select(REVISION, Vec::new(), read).await?,
-        };
-        Ok(rows.into_iter().next().unwrap_or_default())
+        Ok(self.first(REVISION.to_owned(), Vec::new(), read).await?.unwrap_or_default())
     }
 
     /// Runs `statements` and then writes `audit`, in one transaction, bumping the revocations'
@@ -413,4 +617,7 @@ pub(super) const PRUNE_CHUNK: i64 = 5000;
 pub(super) const PRUNE_EVENTS: &str =
     "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time_ms < $1 LIMIT $2)";
 pub(super) const PRUNE_REVOCATIONS: &str = "DELETE FROM revocations WHERE expires_at_ms < $1";
+/// Refresh tokens that stopped working (absolutely, or for want of use) before $1.
+pub(super) const PRUNE_REFRESH_TOKENS: &str = "DELETE FROM refresh_tokens WHERE expires_at_ms < $1 \
+     OR (idle_seconds IS NOT NULL AND last_used_ms + idle_seconds * 1000 < $1)";
 pub(super) const DELETE_REVOCATION: &str = "DELETE FROM revocations WHERE id = $1";

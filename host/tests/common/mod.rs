@@ -64,6 +64,11 @@ impl Fixture {
     /// A caller token from the development Authority: team plan, tenant acme, unless `edit` says
     /// otherwise.
     pub fn token(&self, edit: impl FnOnce(&mut TokenRequest)) -> String {
+        self.token_at(system_clock()(), edit)
+    }
+
+    /// [`Fixture::token`] issued at `now` (a test clock's time).
+    pub fn token_at(&self, now: u64, edit: impl FnOnce(&mut TokenRequest)) -> String {
         let mut request = TokenRequest {
             subject: "alice".into(),
             plan: Some("team".into()),
@@ -76,7 +81,7 @@ impl Fixture {
             extra: Map::new(),
         };
         edit(&mut request);
-        dev_authority::token(&self.root().join("authority"), &request, system_clock()()).unwrap()
+        dev_authority::token(&self.root().join("authority"), &request, now).unwrap()
     }
 
     pub async fn service(&self) -> Arc<App> {
@@ -86,6 +91,37 @@ impl Fixture {
 
     pub async fn router(&self) -> Router {
         registry_token::http::router(self.service().await)
+    }
+
+    /// The service with its ledger open and serving (as `serve` runs it), on `clock`.
+    pub async fn service_with_ledger(&self, clock: &TestClock) -> Arc<App> {
+        let config = self.config();
+        let ledger = registry_token::ledger::Ledger::open(&config.ledger, true).await.unwrap();
+        let live = Live::build(config).await.unwrap();
+        Arc::new(App::new(live, Some(self.config_path.clone()), clock.clock()).with_ledger(ledger))
+    }
+}
+
+/// A clock a test moves by hand (Unix seconds), starting at the system's time.
+#[derive(Clone)]
+pub struct TestClock(Arc<std::sync::atomic::AtomicU64>);
+
+impl TestClock {
+    pub fn new() -> TestClock {
+        TestClock(Arc::new(std::sync::atomic::AtomicU64::new(system_clock()())))
+    }
+
+    pub fn now(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn advance(&self, seconds: u64) {
+        self.0.fetch_add(seconds, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn clock(&self) -> registry_token::app::Clock {
+        let now = Arc::clone(&self.0);
+        Arc::new(move || now.load(std::sync::atomic::Ordering::SeqCst))
     }
 }
 

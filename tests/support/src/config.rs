@@ -28,6 +28,8 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watch: Option<bool>,
     pub ledger: Ledger,
+    #[serde(skip_serializing_if = "RefreshTokens::is_unset")]
+    pub refresh_tokens: RefreshTokens,
     pub admin: Admin,
     /// Merged over the typed keys when written; filled by [`Config::set`].
     #[serde(skip)]
@@ -169,6 +171,23 @@ pub struct Ledger {
     pub queue_events: Option<u64>,
 }
 
+/// `refresh_tokens:` — the refresh tokens `docker login` stores.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RefreshTokens {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifetime_days: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_days: Option<u32>,
+}
+
+impl RefreshTokens {
+    fn is_unset(&self) -> bool {
+        *self == RefreshTokens::default()
+    }
+}
+
 /// `admin:` — the operator listener.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Admin {
@@ -227,6 +246,7 @@ impl Config {
                 url: format!("sqlite://{}", root.join("ledger.db").display()),
                 ..Ledger::default()
             },
+            refresh_tokens: RefreshTokens::default(),
             admin: Admin { listen: "127.0.0.1:0".to_owned(), required_scope: None },
             extra: Mapping::new(),
         }

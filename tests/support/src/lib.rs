@@ -16,7 +16,9 @@ mod postgres;
 mod registry;
 mod server;
 
-pub use config::{Admin, Authority, Cache, Config, Http, Ledger, Pkcs11Key, Policy, Signing, SigningKey};
+pub use config::{
+    Admin, Authority, Cache, Config, Http, Ledger, Pkcs11Key, Policy, RefreshTokens, Signing, SigningKey,
+};
 pub use http::{Client, Reply, raw_exchange};
 pub use plans::{PLANS, as_json, plans_revoking, plans_with};
 pub use postgres::PostgresCluster;

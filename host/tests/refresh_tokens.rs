@@ -1,0 +1,521 @@
+//! Refresh tokens through the real router and a real SQLite ledger, on a clock the tests move:
+//! issued to `docker login`, presented long after the Authority token expired, bound to their
+//! service and client, expiring absolutely and when idle, stopped by every kind of revocation,
+//! decided afresh by the live policy on every use, stored only as hashes, and refusing every
+//! hostile imitation with a 401 and nothing minted. (The real clients — skopeo, the Docker engine,
+//! containerd's ctr — are `tests/e2e/refresh.rs`.)
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::*;
+use registry_token::app::App;
+use registry_token::ledger::{Event, EventFilter, Millis, Outcome, Revocation, RevocationKind};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use test_support::RefreshTokens;
+
+const DAY: u64 = 86_400;
+const PULL: &str = "repository:team/app:pull";
+
+/// A service with a ledger, refresh tokens of `lifetime_days` and `idle_days`, on its own clock.
+struct World {
+    fixture: Fixture,
+    clock: TestClock,
+    app: Arc<App>,
+    router: Router,
+}
+
+impl World {
+    async fn new(lifetime_days: u32, idle_days: u32) -> World {
+        let fixture = Fixture::with(|config| {
+            config.refresh_tokens = RefreshTokens {
+                lifetime_days: Some(lifetime_days),
+                idle_days: Some(idle_days),
+                ..RefreshTokens::default()
+            };
+        });
+        let clock = TestClock::new();
+        let app = fixture.service_with_ledger(&clock).await;
+        let router = registry_token::http::router(Arc::clone(&app));
+        World { fixture, clock, app, router }
+    }
+
+    /// `docker login`: GET with the Authority token, `offline_token=true`, `client_id=docker`;
+    /// returns the refresh token and the caller token.
+    async fn login(
+        &self,
+        edit: impl FnOnce(&mut registry_token::dev_authority::TokenRequest),
+    ) -> (String, String) {
+        let caller = self.fixture.token_at(self.clock.now(), edit);
+        let uri = format!("{}&client_id=docker&offline_token=true&account=alice", query(SERVICE, &[]));
+        let reply = get_basic(&self.router, &uri, &caller).await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply}");
+        let refresh = reply.body["refresh_token"].as_str().unwrap_or_else(|| panic!("{reply}")).to_owned();
+        (refresh, caller)
+    }
+
+    /// What the Docker engine sends for every pull and push after a login: the OAuth2 refresh grant.
+    async fn refresh(&self, refresh_token: &str, service: &str, client_id: &str, scope: &str) -> Reply {
+        let form = form_urlencoded_pairs(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("service", service),
+            ("client_id", client_id),
+            ("scope", scope),
+        ]);
+        post_form(&self.router, &form).await
+    }
+
+    async fn refresh_pull(&self, refresh_token: &str) -> Reply {
+        self.refresh(refresh_token, SERVICE, "docker", PULL).await
+    }
+
+    fn ledger(&self) -> &registry_token::ledger::Ledger {
+        self.app.ledger.as_ref().unwrap()
+    }
+
+    /// Every event so far, oldest first, once the writer has caught up.
+    async fn events(&self) -> Vec<Event> {
+        self.ledger().flush(std::time::Duration::from_secs(5)).await.unwrap();
+        let mut events =
+            self.ledger().events(&EventFilter { limit: 1000, ..EventFilter::default() }).await.unwrap();
+        events.reverse();
+        events
+    }
+
+    async fn revoke(&self, kind: RevocationKind, value: &str) -> Revocation {
+        let revocation = Revocation {
+            id: uuid_v7(),
+            kind,
+            value: value.to_owned(),
+            tenant: None,
+            reason: "left the company".into(),
+            created_at: Millis::now(),
+            expires_at: None,
+            created_by: "tests".into(),
+            created_by_tenant: None,
+        };
+        let audit = Event::revocation_audit(Outcome::RevocationCreated, &revocation, "tests");
+        self.ledger().revoke(&revocation, audit).await.unwrap();
+        revocation
+    }
+
+    async fn unrevoke(&self, revocation: &Revocation) {
+        let audit = Event::revocation_audit(Outcome::RevocationLifted, revocation, "tests");
+        assert!(self.ledger().unrevoke(&revocation.id, audit).await.unwrap());
+    }
+}
+
+fn uuid_v7() -> String {
+    // Any fresh id will do; the ledger's own events use UUIDv7 too.
+    Event::new(Outcome::Issued).id
+}
+
+/// A 401 of `POST /token`, in the Docker and OAuth2 forms, naming `cause`, and no token.
+fn assert_refused(reply: &Reply, cause: &str) {
+    assert_eq!(reply.body["error"], "invalid_grant", "{reply}");
+    assert_refused_get(reply, cause);
+}
+
+/// A 401 with the Docker error body naming `cause`, and no token.
+fn assert_refused_get(reply: &Reply, cause: &str) {
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply}");
+    assert_eq!(reply.code(), "UNAUTHORIZED", "{reply}");
+    assert!(reply.message().contains(cause), "expected {cause:?} in {reply}");
+    assert!(reply.body.get("access_token").is_none() && reply.body.get("token").is_none(), "{reply}");
+}
+
+#[tokio::test]
+async fn a_login_keeps_working_after_the_authority_token_expires_and_is_never_rotated() {
+    let world = World::new(30, 7).await;
+    let (refresh, caller) = world.login(|r| r.ttl_seconds = 60).await;
+    assert!(refresh.starts_with("rtr_") && refresh.len() >= 4 + 43, "{refresh}");
+    assert_ne!(refresh, caller, "the Authority token is never handed back as a refresh token");
+
+    // An hour later the Authority token is long expired; the refresh token still works.
+    world.clock.advance(3600);
+    let expired = get_basic(&world.router, &query(SERVICE, &[PULL]), &caller).await;
+    assert_eq!(expired.status, StatusCode::UNAUTHORIZED, "{expired}");
+    assert!(expired.message().contains("the token has expired"), "{expired}");
+
+    let reply =
+        world.refresh(&refresh, SERVICE, "docker", "repository:team/app:pull,push repository:x/y:pull").await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply}");
+    assert_eq!(reply.body["refresh_token"], refresh.as_str(), "the same refresh token, never rotated");
+    assert_eq!(reply.body["scope"], "repository:team/app:pull,push", "the plan still decides");
+    let registry_token = reply.body["access_token"].as_str().unwrap();
+    let (_, claims) = decode(registry_token);
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["aud"], SERVICE);
+    assert_eq!(claims["exp"].as_u64().unwrap(), world.clock.now() + 300, "a full lifetime, not the caller's");
+
+    // The same token as a Basic password (a GET, as a client with stored credentials may send it)
+    // and as the password grant with access_type=offline (containerd): the same answer.
+    let uri = format!("{}&client_id=docker&offline_token=true", query(SERVICE, &[PULL]));
+    let reply = get_basic(&world.router, &uri, &refresh).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply}");
+    assert_eq!(reply.body["refresh_token"], refresh.as_str());
+    let form = form_urlencoded_pairs(&[
+        ("grant_type", "password"),
+        ("username", "alice"),
+        ("password", &refresh),
+        ("access_type", "offline"),
+        ("service", SERVICE),
+        ("client_id", "docker"),
+        ("scope", PULL),
+    ]);
+    let reply = post_form(&world.router, &form).await;
+    assert_eq!(
+        (reply.status, reply.body["refresh_token"].as_str()),
+        (StatusCode::OK, Some(refresh.as_str()))
+    );
+
+    // Each use is an event: via refresh_token, the refresh token's id, never its text.
+    let events = world.events().await;
+    let login = &events[0];
+    let id = login.refresh_token_id.clone().unwrap();
+    assert_eq!((login.via.as_deref(), login.outcome), (Some("credential"), Outcome::Issued));
+    let uses: Vec<&Event> = events.iter().filter(|e| e.via.as_deref() == Some("refresh_token")).collect();
+    assert_eq!(uses.len(), 3, "{events:#?}");
+    for event in &uses {
+        assert_eq!(event.outcome, Outcome::Issued);
+        assert_eq!(event.refresh_token_id.as_deref(), Some(id.as_str()));
+        assert_eq!(event.sub.as_deref(), Some("alice"));
+        assert_eq!(event.tenant.as_deref(), Some("acme"));
+        assert_eq!(event.jti, login.jti, "the Authority token it was exchanged for");
+    }
+    let stored = world.ledger().refresh_token(&id).await.unwrap().unwrap();
+    assert_eq!(stored.last_used_at, Millis::from_seconds(world.clock.now()), "each use moves last used");
+    assert_eq!(stored.issued_at, Millis::from_seconds(world.clock.now() - 3600));
+    assert_eq!((stored.service.as_str(), stored.client_id.as_deref()), (SERVICE, Some("docker")));
+}
+
+#[tokio::test]
+async fn the_database_holds_only_the_hash_of_a_refresh_token() {
+    let world = World::new(30, 7).await;
+    let (refresh, _) = world.login(|_| {}).await;
+    assert_eq!(world.refresh_pull(&refresh).await.status, StatusCode::OK);
+    let events = world.events().await;
+    let id = events[0].refresh_token_id.clone().unwrap();
+    drop(world.router);
+    drop(world.app);
+
+    let mut database = Vec::new();
+    for file in ["ledger.db", "ledger.db-wal"] {
+        database.extend(std::fs::read(world.fixture.root().join(file)).unwrap_or_default());
+    }
+    let contains = |needle: &[u8]| database.windows(needle.len()).any(|w| w == needle);
+    // What is recorded is found (its id, and its hash), so the silence below means something.
+    let hash = {
+        use sha2::Digest;
+        data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(refresh.as_bytes()))
+    };
+    assert!(contains(id.as_bytes()) && contains(hash.as_bytes()));
+    assert!(!contains(refresh.as_bytes()), "the refresh token's text is in the database file");
+    let random_part = &refresh["rtr_".len()..];
+    assert!(!contains(random_part.as_bytes()), "its random part is in the database file");
+    let decoded = data_encoding::BASE64URL_NOPAD.decode(random_part.as_bytes()).unwrap();
+    assert!(!contains(&decoded), "its random bytes are in the database file");
+}
+
+#[tokio::test]
+async fn a_refresh_token_expires_absolutely_and_when_idle() {
+    let world = World::new(3, 1).await;
+    // Used every 20 hours it never idles out, but it ends 3 days after it was issued.
+    let (refresh, _) = world.login(|_| {}).await;
+    for _ in 0..3 {
+        world.clock.advance(20 * 3600);
+        assert_eq!(world.refresh_pull(&refresh).await.status, StatusCode::OK);
+    }
+    world.clock.advance(12 * 3600 + 1);
+    assert_refused(&world.refresh_pull(&refresh).await, "the refresh token has expired (it was valid until");
+
+    // Unused for more than a day, a fresh one stops working, even though it is far from its end.
+    let (idle, _) = world.login(|_| {}).await;
+    world.clock.advance(DAY - 1);
+    assert_eq!(world.refresh_pull(&idle).await.status, StatusCode::OK);
+    world.clock.advance(DAY);
+    assert_refused(&world.refresh_pull(&idle).await, "the refresh token has expired: unused since");
+
+    let refused: Vec<Event> =
+        world.events().await.into_iter().filter(|e| e.outcome == Outcome::Refused).collect();
+    let reasons: Vec<&str> = refused.iter().map(|e| e.reason.as_deref().unwrap()).collect();
+    assert_eq!(reasons, ["refresh_token_expired", "refresh_token_idle"]);
+    assert!(
+        refused
+            .iter()
+            .all(|e| e.via.as_deref() == Some("refresh_token") && e.sub.as_deref() == Some("alice"))
+    );
+}
+
+#[tokio::test]
+async fn a_refresh_token_is_bound_to_its_service_and_client() {
+    let world = World::new(30, 7).await;
+    let (refresh, _) = world.login(|_| {}).await;
+    assert_refused(
+        &world.refresh(&refresh, "other.test", "docker", PULL).await,
+        "the refresh token was issued for another service (registry.test)",
+    );
+    assert_refused(
+        &world.refresh(&refresh, SERVICE, "containerd-client", PULL).await,
+        "the refresh token was issued to another client (docker)",
+    );
+    // No client_id at all is another client too.
+    let reply = get_basic(&world.router, &query(SERVICE, &[PULL]), &refresh).await;
+    assert_refused_get(&reply, "issued to another client");
+    assert_eq!(world.refresh_pull(&refresh).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn every_kind_of_revocation_stops_a_refresh_token_at_once() {
+    let world = World::new(30, 7).await;
+    let (refresh, caller) = world.login(|r| r.client_id = "ci-bot".into()).await;
+    let (_, caller_claims) = decode(&caller);
+    let id = world.events().await[0].refresh_token_id.clone().unwrap();
+    let (other, _) = world.login(|r| r.subject = "zoe".into()).await;
+
+    for (kind, value) in [
+        (RevocationKind::Subject, "alice"),
+        (RevocationKind::Licence, "LIC-0001"),
+        (RevocationKind::Tenant, "acme"),
+        (RevocationKind::Client, "ci-bot"),
+        (RevocationKind::CallerToken, caller_claims["jti"].as_str().unwrap()),
+        (RevocationKind::RefreshToken, id.as_str()),
+    ] {
+        let revocation = world.revoke(kind, value).await;
+        let reply = world.refresh_pull(&refresh).await;
+        assert_refused(
+            &reply,
+            &format!("the refresh token was revoked: {kind} {value} has been revoked: left the company"),
+        );
+        if !matches!(kind, RevocationKind::Licence | RevocationKind::Tenant) {
+            assert_eq!(
+                world.refresh_pull(&other).await.status,
+                StatusCode::OK,
+                "{kind} reaches only its own"
+            );
+        }
+        world.unrevoke(&revocation).await;
+        assert_eq!(world.refresh_pull(&refresh).await.status, StatusCode::OK, "lifted: {kind}");
+    }
+    let revoked = world.events().await.into_iter().filter(|e| e.reason.as_deref() == Some("revoked")).count();
+    assert_eq!(revoked, 6);
+}
+
+#[tokio::test]
+async fn the_policy_decides_again_on_every_refresh() {
+    let world = World::new(30, 7).await;
+    let (refresh, _) = world.login(|_| {}).await;
+    let asked = "repository:team/app:pull,push";
+    let reply = world.refresh(&refresh, SERVICE, "docker", asked).await;
+    assert_eq!(reply.body["scope"], asked);
+
+    // The operator narrows plan "team" to pulls and reloads: the next refresh gets the new grant.
+    let narrowed = test_support::plans_with(|plans| {
+        plans["plans"]["team"] =
+            serde_norway::from_str(r#"[{repositories: ["team/*"], actions: [pull]}]"#).unwrap();
+    });
+    std::fs::write(world.fixture.root().join("plans.yaml"), narrowed).unwrap();
+    world.app.reload().await.unwrap();
+    let reply = world.refresh(&refresh, SERVICE, "docker", asked).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply}");
+    assert_eq!(reply.body["scope"], PULL);
+
+    // And revokes the caller's licence in the settings: the policy's own denial, a 403.
+    let revoking = test_support::plans_revoking(&["LIC-0001"]);
+    std::fs::write(world.fixture.root().join("plans.yaml"), revoking).unwrap();
+    world.app.reload().await.unwrap();
+    let reply = world.refresh_pull(&refresh).await;
+    assert_eq!((reply.status, reply.code()), (StatusCode::FORBIDDEN, "DENIED"), "{reply}");
+    assert!(reply.message().contains("licence LIC-0001 has been revoked"), "{reply}");
+}
+
+#[tokio::test]
+async fn hostile_refresh_tokens_are_401_and_mint_nothing() {
+    let world = World::new(30, 7).await;
+    let (refresh, _) = world.login(|_| {}).await;
+    let elsewhere = World::new(30, 7).await;
+    let (foreign, _) = elsewhere.login(|_| {}).await;
+    let registry_token = world.refresh_pull(&refresh).await.body["access_token"].as_str().unwrap().to_owned();
+    let bob = world.fixture.token(|r| r.subject = "bob".into());
+    let issued_before = world.events().await.iter().filter(|e| e.outcome == Outcome::Issued).count();
+
+    let random = format!("rtr_{}", data_encoding::BASE64URL_NOPAD.encode(&[7u8; 32]));
+    let mut changed = refresh.clone().into_bytes();
+    changed[10] = if changed[10] == b'x' { b'y' } else { b'x' };
+    let changed = String::from_utf8(changed).unwrap();
+    for (what, token, cause) in [
+        ("random", random.as_str(), "this service did not issue it"),
+        ("truncated", &refresh[..refresh.len() - 1], "this service did not issue it"),
+        ("one character changed", changed.as_str(), "this service did not issue it"),
+        ("from another ledger", foreign.as_str(), "this service did not issue it"),
+        ("prefix only", "rtr_", "this service did not issue it"),
+        ("a registry token", registry_token.as_str(), "the token"),
+        ("NUL and quotes", "rtr_\0\"'; DROP TABLE refresh_tokens; --", "this service did not issue it"),
+    ] {
+        let reply = world.refresh_pull(token).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{what}: {reply}");
+        assert!(reply.message().contains(cause), "{what}: {reply}");
+        assert!(reply.body.get("access_token").is_none(), "{what}");
+    }
+    // An Authority token of another subject beside alice's refresh token (a Basic password the
+    // form does not carry) is not a second chance: refused, nothing minted.
+    let form = form_urlencoded_pairs(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", &refresh),
+        ("service", SERVICE),
+        ("client_id", "docker"),
+        ("scope", PULL),
+    ]);
+    let basic = data_encoding::BASE64.encode(format!("alice:{bob}").as_bytes());
+    let request = Request::post("/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", format!("Basic {basic}"))
+        .body(Body::from(form))
+        .unwrap();
+    let reply = send(&world.router, request).await;
+    assert_refused(&reply, "two different credentials");
+
+    let events = world.events().await;
+    assert_eq!(
+        events.iter().filter(|e| e.outcome == Outcome::Issued).count(),
+        issued_before,
+        "nothing minted"
+    );
+    assert!(world.refresh_pull(&refresh).await.status == StatusCode::OK, "and the real one still works");
+}
+
+#[tokio::test]
+async fn refresh_tokens_can_be_turned_off_and_need_a_ledger() {
+    let fixture = Fixture::with(|config| config.refresh_tokens.enabled = Some(false));
+    let clock = TestClock::new();
+    let router = registry_token::http::router(fixture.service_with_ledger(&clock).await);
+    let caller = fixture.token(|_| {});
+    let uri = format!("{}&client_id=docker&offline_token=true", query(SERVICE, &[]));
+    let reply = get_basic(&router, &uri, &caller).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.body.get("refresh_token").is_none(), "{reply}");
+
+    let fixture = Fixture::with(|config| {
+        config.refresh_tokens.enabled = Some(true);
+        config.ledger.url = "none".into();
+    });
+    let error = registry_token::config::Config::load_with_env(&fixture.config_path, Vec::new()).unwrap_err();
+    assert!(
+        error.to_string().contains("refresh_tokens.enabled: refresh tokens are kept in the ledger"),
+        "{error}"
+    );
+}
+
+/// An administrator's token: `registry.admin`, of `tenant` (or global).
+fn admin_token(fixture: &Fixture, tenant: Option<&str>) -> String {
+    fixture.token(|r| {
+        r.subject = "security".into();
+        r.scope = "registry.admin".into();
+        r.tenant = tenant.map(Into::into);
+    })
+}
+
+async fn admin_get(router: &Router, token: &str, uri: &str) -> Reply {
+    get_bearer(router, uri, token).await
+}
+
+async fn admin_delete(router: &Router, token: &str, uri: &str) -> Reply {
+    let request =
+        Request::delete(uri).header("authorization", format!("Bearer {token}")).body(Body::empty()).unwrap();
+    send(router, request).await
+}
+
+#[tokio::test]
+async fn administrators_list_and_revoke_refresh_tokens_within_their_tenant() {
+    let world = World::new(30, 7).await;
+    let admin = registry_token::http::admin_router(Arc::clone(&world.app));
+    let (alice, _) = world.login(|_| {}).await;
+    let (globex, _) = world
+        .login(|r| {
+            r.subject = "gus".into();
+            r.tenant = Some("globex".into());
+        })
+        .await;
+    let root = admin_token(&world.fixture, None);
+    let acme = admin_token(&world.fixture, Some("acme"));
+
+    let listed = admin_get(&admin, &root, "/admin/v1/refresh-tokens").await;
+    assert_eq!(listed.status, StatusCode::OK, "{listed}");
+    let tokens = listed.body["refresh_tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 2);
+    assert!(!listed.text.contains(&alice) && !listed.text.contains(&globex), "never a token's text");
+    let gus = &tokens[0];
+    for (field, expected) in [
+        ("sub", json!("gus")),
+        ("tenant", json!("globex")),
+        ("client_id", json!("docker")),
+        ("service", json!(SERVICE)),
+        ("state", json!("active")),
+        ("revoked", Value::Null),
+        ("idle_seconds", json!(7 * DAY)),
+    ] {
+        assert_eq!(gus[field], expected, "{field} in {gus:#}");
+    }
+    for field in ["id", "issued_at", "last_used_at", "expires_at", "idle_expires_at"] {
+        assert!(gus[field].is_string(), "{field} in {gus:#}");
+    }
+    let gus_id = gus["id"].as_str().unwrap().to_owned();
+    let alice_id = tokens[1]["id"].as_str().unwrap().to_owned();
+
+    // A tenant administrator sees its own tenant's only, and cannot revoke another's.
+    let mine = admin_get(&admin, &acme, "/admin/v1/refresh-tokens").await;
+    let ids: Vec<&str> =
+        mine.body["refresh_tokens"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [alice_id.as_str()]);
+    assert_eq!(
+        admin_get(&admin, &acme, "/admin/v1/refresh-tokens?tenant=globex").await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        admin_get(&admin, &acme, "/admin/v1/refresh-tokens?sub=gus").await.body["refresh_tokens"],
+        json!([])
+    );
+    let refused = admin_delete(&admin, &acme, &format!("/admin/v1/refresh-tokens/{gus_id}")).await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND, "{refused}");
+    assert_eq!(world.refresh_pull(&globex).await.status, StatusCode::OK, "untouched");
+
+    // Revoking one stops it at once, and the listing says so.
+    let revoked =
+        admin_delete(&admin, &acme, &format!("/admin/v1/refresh-tokens/{alice_id}?reason=laptop%20lost"))
+            .await;
+    assert_eq!(revoked.status, StatusCode::NO_CONTENT, "{revoked}");
+    assert_refused(&world.refresh_pull(&alice).await, "was revoked: refresh_token");
+    assert_refused(&world.refresh_pull(&alice).await, "laptop lost");
+    let listed = admin_get(&admin, &acme, "/admin/v1/refresh-tokens?sub=alice").await;
+    assert_eq!(listed.body["refresh_tokens"][0]["state"], "revoked", "{listed}");
+    // Twice is once.
+    assert_eq!(
+        admin_delete(&admin, &root, &format!("/admin/v1/refresh-tokens/{alice_id}")).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let made = world.ledger().revocations().await.unwrap();
+    assert_eq!(made.iter().filter(|r| r.kind == RevocationKind::RefreshToken).count(), 1);
+
+    // Bad input: 400 or 404, nothing written.
+    for (uri, status) in [
+        ("/admin/v1/refresh-tokens/not-a-uuid", StatusCode::BAD_REQUEST),
+        ("/admin/v1/refresh-tokens/0190b6a4-0000-7000-8000-000000000000", StatusCode::NOT_FOUND),
+    ] {
+        assert_eq!(admin_delete(&admin, &root, uri).await.status, status, "{uri}");
+    }
+    for uri in [
+        "/admin/v1/refresh-tokens?sub=a'b",
+        "/admin/v1/refresh-tokens?limit=0",
+        "/admin/v1/refresh-tokens?token=x",
+    ] {
+        assert_eq!(admin_get(&admin, &root, uri).await.status, StatusCode::BAD_REQUEST, "{uri}");
+    }
+    let caller = world.fixture.token(|_| {});
+    assert_eq!(admin_get(&admin, &caller, "/admin/v1/refresh-tokens").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(world.ledger().revocations().await.unwrap().len(), made.len());
+}
