@@ -105,7 +105,57 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
     allowed_again(&a_client, &alice);
     allowed_again(&b_client, &alice);
 
-    // 3. PostgreSQL stops under load: strict durability answers 503 and never hands out a token
+    // 3. A refresh token issued by replica A works on replica B (it lives in the shared ledger);
+    //    revoked through B's admin API, A refuses it within a second.
+    let login = format!("{}&offline_token=true&client_id=docker", query(SERVICE, &[]));
+    let reply = a_client.get_bearer(&login, &alice).unwrap();
+    let refresh_token = reply.body["refresh_token"].as_str().unwrap_or_else(|| panic!("{reply}")).to_owned();
+    let refresh = |client: &Client| {
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.as_str()),
+            ("service", SERVICE),
+            ("client_id", "docker"),
+            ("scope", PULL),
+        ];
+        client.post_form("/token", &form).unwrap()
+    };
+    let reply = refresh(&b_client);
+    assert_eq!((reply.status.as_u16(), reply.body["scope"].as_str()), (200, Some(PULL)), "{reply}");
+    assert_eq!(reply.body["refresh_token"], refresh_token.as_str());
+    let listed = b.admin().get_bearer("/admin/v1/refresh-tokens?sub=alice", &admin).unwrap();
+    let id = listed.body["refresh_tokens"][0]["id"].as_str().unwrap_or_else(|| panic!("{listed}")).to_owned();
+    assert!(!listed.text.contains(&refresh_token), "never a token's text");
+    let reply = b.admin().delete_bearer(&format!("/admin/v1/refresh-tokens/{id}"), &admin).unwrap();
+    assert_eq!(reply.status, 204, "{reply}");
+    let revoked_at = Instant::now();
+    loop {
+        let reply = refresh(&a_client);
+        if reply.status == 401 {
+            assert!(reply.message().contains("the refresh token was revoked: refresh_token"), "{reply}");
+            break;
+        }
+        assert!(revoked_at.elapsed() < Duration::from_secs(1), "replica A still refreshes: {reply}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("replica A refused the refresh token {:?} after replica B revoked it", revoked_at.elapsed());
+    // Every use is an event on the shared ledger: the issued ones (committed before their answer)
+    // and the refused one (written moments after its answer).
+    let uses = |outcome: &str| {
+        let sql = format!(
+            "SELECT count(*) FROM events WHERE refresh_token_id = '{id}' AND via = 'refresh_token' \
+             AND outcome = '{outcome}'"
+        );
+        cluster.psql(&sql).trim().parse::<usize>().unwrap()
+    };
+    assert!(uses("issued") >= 1);
+    let since = Instant::now();
+    while uses("refused") == 0 {
+        assert!(since.elapsed() < Duration::from_secs(5), "the refused use was not recorded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // 4. PostgreSQL stops under load: strict durability answers 503 and never hands out a token
     //    without its record; service resumes when the database is back, with no restart.
     let received: Arc<Mutex<HashSet<String>>> = Arc::default();
     let (ok, unavailable, other) =

@@ -67,8 +67,9 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
     let server = Server::start(BIN, &fixture.config_path);
     let (client, admin) = (server.client(), server.admin());
 
-    // The sequence: 5 issued, 3 denied, 4 refused, a partial grant, an OAuth2 one, a revoked caller,
-    // one reload refused, one applied, one fault.
+    // The sequence: 5 issued, 3 denied, 4 refused, a partial grant, an OAuth2 one, a login with a
+    // refresh token and a use of it, an unknown refresh token, a revoked caller, one reload
+    // refused, one applied, one fault.
     let alice = fixture.token(|_| {});
     let bob = fixture.token(|r| {
         r.subject = "bob".into();
@@ -109,6 +110,21 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
         ("scope", "repository:team/app:pull"),
     ];
     assert_eq!(client.post_form("/token", &form).unwrap().status, 200);
+    // A login's refresh token, used once, and a refresh token this service never issued.
+    let login =
+        format!("{}&offline_token=true&client_id=docker", query(SERVICE, &["repository:team/app:pull"]));
+    let reply = client.get_bearer(&login, &alice).unwrap();
+    let refresh_token = reply.body["refresh_token"].as_str().unwrap_or_else(|| panic!("{reply}")).to_owned();
+    for (token, status) in [(refresh_token.as_str(), 200), ("rtr_not-one-of-ours", 401)] {
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", token),
+            ("service", SERVICE),
+            ("client_id", "docker"),
+            ("scope", "repository:team/app:pull"),
+        ];
+        assert_eq!(client.post_form("/token", &form).unwrap().status, status);
+    }
     let administrator = fixture.token(|r| r.scope = "registry.admin".into());
     let body = r#"{"kind": "subject", "value": "carol", "reason": "metrics test"}"#;
     assert_eq!(admin.post_json_bearer("/admin/v1/revocations", &administrator, body).unwrap().status, 201);
@@ -137,9 +153,14 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
         (
             "registry_token_tokens_issued_total",
             vec!["service=\"registry.test\"", "algorithm=\"RS256\"", "via=\"credential\""],
-            7.0,
+            8.0,
         ),
-        ("registry_token_decisions_total", vec!["outcome=\"grant\""], 6.0),
+        (
+            "registry_token_tokens_issued_total",
+            vec!["service=\"registry.test\"", "algorithm=\"RS256\"", "via=\"refresh_token\""],
+            1.0,
+        ),
+        ("registry_token_decisions_total", vec!["outcome=\"grant\""], 8.0),
         ("registry_token_decisions_total", vec!["outcome=\"partial\""], 1.0),
         ("registry_token_decisions_total", vec!["outcome=\"revoked\""], 1.0),
         ("registry_token_decisions_total", vec!["outcome=\"deny\""], 3.0),
@@ -147,22 +168,25 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
         ("registry_token_caller_refusals_total", vec!["reason=\"expired\""], 2.0),
         ("registry_token_caller_refusals_total", vec!["reason=\"audience\""], 1.0),
         ("registry_token_caller_refusals_total", vec!["reason=\"malformed\""], 1.0),
+        ("registry_token_caller_refusals_total", vec!["reason=\"refresh_token_unknown\""], 1.0),
         ("registry_token_policy_faults_total", vec!["kind=\"trap\""], 1.0),
         ("registry_token_reloads_total", vec!["result=\"applied\""], 1.0),
         ("registry_token_reloads_total", vec!["result=\"refused\""], 1.0),
-        ("registry_token_requests_total", vec!["endpoint=\"token_get\"", "status=\"200\""], 6.0),
+        ("registry_token_requests_total", vec!["endpoint=\"token_get\"", "status=\"200\""], 7.0),
         ("registry_token_requests_total", vec!["endpoint=\"token_get\"", "status=\"403\""], 4.0),
-        ("registry_token_requests_total", vec!["endpoint=\"token_post\"", "status=\"200\""], 1.0),
+        ("registry_token_requests_total", vec!["endpoint=\"token_post\"", "status=\"200\""], 2.0),
+        ("registry_token_requests_total", vec!["endpoint=\"token_post\"", "status=\"401\""], 1.0),
         ("registry_token_requests_total", vec!["endpoint=\"admin\"", "status=\"201\""], 1.0),
         ("registry_token_requests_total", vec!["endpoint=\"token_get\"", "status=\"401\""], 4.0),
         ("registry_token_requests_total", vec!["endpoint=\"token_get\"", "status=\"503\""], 1.0),
-        ("registry_token_request_duration_seconds_count", vec!["endpoint=\"token_get\""], 15.0),
-        ("registry_token_request_duration_seconds_count", vec!["endpoint=\"token_post\""], 1.0),
+        ("registry_token_request_duration_seconds_count", vec!["endpoint=\"token_get\""], 16.0),
+        ("registry_token_request_duration_seconds_count", vec!["endpoint=\"token_post\""], 3.0),
         // Every decision but the revoked one (the host refuses before the policy is asked).
-        ("registry_token_policy_evaluation_duration_seconds_count", vec![], 11.0),
-        // alice's token: a miss, then 4 + 2 hits; bob's: a miss, 2 hits; the 4 refused, carol's
-        // and the administrator's: misses; after the reload (a new cache) alice's: a miss.
-        ("registry_token_cache_requests_total", vec!["cache=\"caller_tokens\"", "result=\"hit\""], 8.0),
+        ("registry_token_policy_evaluation_duration_seconds_count", vec![], 13.0),
+        // alice's token: a miss, then 4 + 3 hits; bob's: a miss, 2 hits; the 4 refused, carol's
+        // and the administrator's: misses; after the reload (a new cache) alice's: a miss. Refresh
+        // tokens are looked up in the ledger, not this cache.
+        ("registry_token_cache_requests_total", vec!["cache=\"caller_tokens\"", "result=\"hit\""], 9.0),
         ("registry_token_cache_requests_total", vec!["cache=\"caller_tokens\"", "result=\"miss\""], 9.0),
         ("registry_token_build_info", vec![&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))], 1.0),
         ("registry_token_ledger_queue_events", vec![], 0.0),
@@ -180,7 +204,7 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
     assert!(exposition.contains("# TYPE registry_token_request_duration_seconds histogram"));
     assert!(
         exposition.contains(
-            "registry_token_request_duration_seconds_bucket{endpoint=\"token_get\",le=\"+Inf\"} 15"
+            "registry_token_request_duration_seconds_bucket{endpoint=\"token_get\",le=\"+Inf\"} 16"
         )
     );
     // No label carries a subject, a repository, a token or a client address.
@@ -197,6 +221,7 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
         "not.a.token",
         alice.as_str(),
         bob.as_str(),
+        refresh_token.as_str(),
     ] {
         assert!(!labels.contains(secret), "a label value contains {secret:?}:\n{exposition}");
     }
@@ -259,9 +284,9 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert_eq!(issued, "7");
+    assert_eq!(issued, "9");
     assert_eq!(query_value("sum(registry_token_decisions_total{outcome=\"deny\"})").as_deref(), Some("3"));
-    assert_eq!(query_value("sum(registry_token_caller_refusals_total)").as_deref(), Some("4"));
+    assert_eq!(query_value("sum(registry_token_caller_refusals_total)").as_deref(), Some("5"));
     assert_eq!(query_value("up{job=\"registry-token\"}").as_deref(), Some("1"));
 }
 

@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod config;
+mod docker;
 mod http;
 mod plans;
 mod postgres;
@@ -19,6 +20,7 @@ mod server;
 pub use config::{
     Admin, Authority, Cache, Config, Http, Ledger, Pkcs11Key, Policy, RefreshTokens, Signing, SigningKey,
 };
+pub use docker::{DOCKER_INSTALL, DockerEngine, rootfs_tar};
 pub use http::{Client, Reply, raw_exchange};
 pub use plans::{PLANS, as_json, plans_revoking, plans_with};
 pub use postgres::PostgresCluster;
@@ -143,6 +145,11 @@ impl Process {
         let status =
             Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap();
         assert!(status.success(), "kill -{signal} {} failed", self.pid());
+    }
+
+    /// Whether it has not exited yet.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits for the process to exit on its own.
