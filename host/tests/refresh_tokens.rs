@@ -379,6 +379,8 @@ async fn hostile_refresh_tokens_are_401_and_mint_nothing() {
         .unwrap();
     let reply = send(&world.router, request).await;
     assert_refused(&reply, "two different credentials");
+    let conflicting = world.events().await.into_iter().last().unwrap();
+    assert_eq!((conflicting.outcome, conflicting.reason.as_deref()), (Outcome::Refused, Some("credential")));
 
     let events = world.events().await;
     assert_eq!(

@@ -76,6 +76,8 @@ struct Ask<'a> {
     /// Whether the answer should carry a refresh token: a new one for an Authority token (when
     /// refresh tokens are on), the same one for a refresh token (never rotated).
     offline: bool,
+    /// The request carries another credential beside this one (refused, and recorded).
+    conflicting: bool,
 }
 
 /// A successful exchange.
@@ -96,7 +98,7 @@ pub(super) async fn get_token(
 ) -> Result<Response, ApiError> {
     let live = app.live();
     let offline = params.first("offline_token").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let ask = Ask { params: &params, credential: &credential, offline };
+    let ask = Ask { params: &params, credential: &credential, offline, conflicting: false };
     let issued = exchange(&app, &live, ask, client_addr).await?;
     let body = get_response_body(&issued.minted, issued.refresh_token.as_deref().map(String::as_str));
     Ok(no_store(([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()))
@@ -139,15 +141,8 @@ pub(super) async fn post_token(
     };
     // A client sends its credential once; a different one beside it (a Basic password that is
     // another caller's token) is not a second chance to be believed.
-    if let Some(basic) = credential_of(&headers)?
-        && basic != credential
-    {
-        return Err(ApiError::Credential(
-            "the request carries two different credentials (the form's and the Authorization header's)",
-        )
-        .into());
-    }
-    let ask = Ask { params: &params, credential, offline };
+    let conflicting = credential_of(&headers)?.is_some_and(|header| header != credential);
+    let ask = Ask { params: &params, credential, offline, conflicting };
     let issued = exchange(&app, &live, ask, client_addr).await?;
     let body = PostResponse {
         access_token: &issued.minted.token,
@@ -233,6 +228,7 @@ fn describe_failure(event: &mut Event, error: &ApiError) {
         ApiError::Signing => (Outcome::Fault, "signing".to_owned()),
         ApiError::SignerUnavailable => (Outcome::Fault, "signer_unavailable".to_owned()),
         ApiError::LedgerUnavailable => (Outcome::Fault, "ledger".to_owned()),
+        ApiError::Credential(_) => (Outcome::Refused, "credential".to_owned()),
         _ => (Outcome::Refused, "bad_request".to_owned()),
     };
     event.outcome = outcome;
@@ -258,6 +254,12 @@ async fn authenticate(
     now: u64,
     record: Option<&mut Recorded>,
 ) -> Result<Authenticated, ApiError> {
+    if ask.conflicting {
+        metrics().refusal("credential");
+        return Err(ApiError::Credential(
+            "the request carries two different credentials (the form's and the Authorization header's)",
+        ));
+    }
     if !refresh::is_refresh_token(ask.credential) {
         if let Some(record) = record {
             record.event.via = Some("credential".to_owned());
