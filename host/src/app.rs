@@ -6,7 +6,7 @@
 use crate::authority::{KeySource, Requirements, Validator};
 use crate::config::{Config, JwksSource, PolicyConfig, PolicyModule};
 use crate::ledger::Ledger;
-use crate::mint::{self, KeySet};
+use crate::mint::{self, KeySet, ReuseCache};
 use crate::policy::{self, Policy};
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,9 @@ pub struct Live {
     pub keys: KeySet,
     /// Validates administrators' tokens: the same Authority and keys, `admin.required_scope`.
     pub admin_validator: Validator,
+    /// Tokens minted recently, for identical requests (`signing.reuse_seconds`); dropped with
+    /// this state, so a reload (policy, settings, keys) never reuses an older token.
+    pub reuse: Option<ReuseCache>,
 }
 
 /// Why the service could not be (re)built. Names the file or key at fault.
@@ -132,7 +135,8 @@ impl Live {
         // Administrators are few: a small cache spares them a signature check per admin request.
         let admin_validator = Validator::new(keys.clone(), admin_requirements, 64);
         let validator = Validator::new(keys, requirements, config.cache.caller_tokens);
-        Ok(Live { config, validator, policy, keys: keys_set, admin_validator })
+        let reuse = ReuseCache::new(config.cache.tokens, config.signing.reuse_window());
+        Ok(Live { config, validator, policy, keys: keys_set, admin_validator, reuse })
     }
 
     /// Whether the service can issue tokens (for `/readyz`).

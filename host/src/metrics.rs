@@ -31,8 +31,8 @@ pub struct Metrics {
     caller_refusals: IntCounterVec,
     policy_evaluation: Histogram,
     policy_faults: IntCounterVec,
-    cache_hits: [IntCounter; 2],
-    cache_misses: [IntCounter; 2],
+    cache_hits: [IntCounter; 3],
+    cache_misses: [IntCounter; 3],
     reloads: IntCounterVec,
     authority_key_fetches: IntCounterVec,
     ledger_commit: Histogram,
@@ -55,6 +55,8 @@ pub enum CacheName {
     CallerTokens = 0,
     /// Policy decisions.
     Decisions = 1,
+    /// Minted tokens reused for identical requests (`signing.reuse_seconds`).
+    Tokens = 2,
 }
 
 /// What is current at a scrape: the gauges that are read, not counted.
@@ -161,8 +163,16 @@ impl Metrics {
                 "Policy evaluations that failed, by kind; no token was issued.",
                 &["kind"],
             ),
-            cache_hits: [cache_counter("caller_tokens", "hit"), cache_counter("decisions", "hit")],
-            cache_misses: [cache_counter("caller_tokens", "miss"), cache_counter("decisions", "miss")],
+            cache_hits: [
+                cache_counter("caller_tokens", "hit"),
+                cache_counter("decisions", "hit"),
+                cache_counter("tokens", "hit"),
+            ],
+            cache_misses: [
+                cache_counter("caller_tokens", "miss"),
+                cache_counter("decisions", "miss"),
+                cache_counter("tokens", "miss"),
+            ],
             reloads: counter_vec(
                 &r,
                 "registry_token_reloads_total",

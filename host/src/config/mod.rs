@@ -153,13 +153,25 @@ impl Config {
                 signing.max_lifetime_seconds, signing.lifetime_seconds
             ));
         }
+        // A reused token must keep at least 80 % of its lifetime: more than a fifth of it would be
+        // cut short anyway.
+        if let Some(reuse) = signing.reuse_seconds
+            && reuse * 5 > signing.lifetime_seconds
+        {
+            return Err(format!(
+                "signing.reuse_seconds ({reuse}) may be at most a fifth of signing.lifetime_seconds ({}): a \
+                 reused token keeps at least 80 % of its lifetime",
+                signing.lifetime_seconds
+            ));
+        }
         if !(1..=10_000).contains(&self.policy.timeout_ms) {
             return Err("policy.timeout_ms must be between 1 and 10000".into());
         }
         if !(1..=1024).contains(&self.policy.memory_mib) {
             return Err("policy.memory_mib must be between 1 and 1024".into());
         }
-        if self.cache.caller_tokens > 1_000_000 || self.cache.decisions > 1_000_000 {
+        if [self.cache.caller_tokens, self.cache.decisions, self.cache.tokens].iter().any(|&c| c > 1_000_000)
+        {
             return Err("cache: at most 1000000 entries per cache".into());
         }
         if !(1..=3650).contains(&self.ledger.retention_days) {

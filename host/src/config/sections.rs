@@ -116,6 +116,9 @@ pub struct SigningConfig {
     pub lifetime_seconds: u64,
     /// Upper bound on `lifetime_seconds`; raise both together, deliberately.
     pub max_lifetime_seconds: u64,
+    /// Identical requests (same credential, service and scopes) within this many seconds of a
+    /// token's issue get that token again; `None` (not written): a tenth of the lifetime; 0: never.
+    pub reuse_seconds: Option<u64>,
 }
 
 impl Default for SigningConfig {
@@ -129,11 +132,18 @@ impl Default for SigningConfig {
             kid_format: KidFormat::default(),
             lifetime_seconds: 300,
             max_lifetime_seconds: 300,
+            reuse_seconds: None,
         }
     }
 }
 
 impl SigningConfig {
+    /// How long a minted token is reused for identical requests: `reuse_seconds`, or a tenth
+    /// of the lifetime.
+    pub fn reuse_window(&self) -> u64 {
+        self.reuse_seconds.unwrap_or(self.lifetime_seconds / 10)
+    }
+
     /// The key set as entries: `keys`, or the single `key_file`/`cert_file` as one active key.
     pub fn key_entries(&self) -> Vec<KeyEntry> {
         if !self.keys.is_empty() {
@@ -313,11 +323,13 @@ pub struct CacheConfig {
     pub caller_tokens: usize,
     /// Policy decisions remembered per loaded policy and settings; 0 disables.
     pub decisions: usize,
+    /// Minted tokens kept for reuse (`signing.reuse_seconds`); 0 disables.
+    pub tokens: usize,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { caller_tokens: 4096, decisions: 4096 }
+        CacheConfig { caller_tokens: 4096, decisions: 4096, tokens: 4096 }
     }
 }
 

@@ -9,8 +9,9 @@ use crate::app::Live;
 use crate::authority::{self, AuthError, Validated};
 use crate::ledger::refresh::{self, Binding, Lifetime};
 use crate::ledger::{Change, Event, IssuedToken, Millis, Outcome, Presented, RefreshError, RefreshToken};
+use crate::metrics::CacheName;
 use crate::metrics::metrics;
-use crate::mint::{Grant, Minted, SignError};
+use crate::mint::{Grant, Lookup, Minted, Reusable, ReuseKey, SignError};
 use crate::policy::Decision;
 use crate::scope;
 use axum::extract::State;
@@ -350,6 +351,58 @@ async fn issue(
         }
     }
 
+    // An identical request moments ago (a rollout pulling one image everywhere): its token again,
+    // when nothing that decided it has changed since.
+    let revision = app.ledger.as_ref().map_or(0, |ledger| ledger.revocations_revision());
+    let reuse = live
+        .reuse
+        .as_ref()
+        .map(|cache| (cache, ReuseKey::new(ask.credential, &exchange.service, &exchange.requested)));
+    let (minted, granted, slot) = match &reuse {
+        Some((cache, key)) => match cache.lookup(key, revision, now).await {
+            Lookup::Reuse(reused) => {
+                metrics().cache(CacheName::Tokens, true);
+                if let Some(record) = record.as_deref_mut() {
+                    record.event.reused = true;
+                }
+                (reused.answer(now), reused.granted.to_vec(), None)
+            }
+            Lookup::Mint(slot) => {
+                metrics().cache(CacheName::Tokens, false);
+                let (minted, granted) =
+                    decide_and_mint(live, &validated, exchange, refresh.is_some(), now).await?;
+                (minted, granted, slot)
+            }
+        },
+        None => {
+            let (minted, granted) =
+                decide_and_mint(live, &validated, exchange, refresh.is_some(), now).await?;
+            (minted, granted, None)
+        }
+    };
+    span.record("granted", scope_string(&granted));
+    if let Some(slot) = slot {
+        slot.fill(Reusable::new(minted.clone(), granted.clone(), revision));
+    }
+    let refresh_token = match (ask.offline, refresh) {
+        (false, _) => None,
+        // Never rotated: the Docker engine keeps the refresh token it has.
+        (true, Some(_)) => Some(Zeroizing::new(ask.credential.to_owned())),
+        (true, None) => issue_refresh_token(live, ask, exchange, &validated, now, record)?,
+    };
+    Ok(Issued { minted, granted, refresh_token })
+}
+
+/// Asks the policy about `exchange` for the validated caller and mints what it grants.
+async fn decide_and_mint(
+    live: &Live,
+    validated: &Validated,
+    exchange: &Exchange,
+    refreshed: bool,
+    now: u64,
+) -> Result<(Minted, Vec<Resource>), ApiError> {
+    let caller = &validated.caller;
+    let span = Span::current();
     let started = Instant::now();
     let decision = live.policy.evaluate(caller, &exchange.service, &exchange.requested).await;
     metrics().evaluation(started.elapsed().as_secs_f64());
@@ -391,7 +444,7 @@ async fn issue(
     // Validation accepted the caller token up to `leeway` past its `exp`; the registry token ends
     // there at the latest, so it outlives its credential by no more than the tolerated skew. (A
     // refresh token's own expiry stands in for the caller token's.)
-    let leeway = if refresh.is_some() { 0 } else { live.config.authority.leeway_seconds };
+    let leeway = if refreshed { 0 } else { live.config.authority.leeway_seconds };
     let not_after = validated.expires_at.saturating_add(leeway);
     let grant =
         Grant { subject: &caller.subject, audience: &exchange.service, access: &granted, now, not_after };
@@ -402,14 +455,7 @@ async fn issue(
             ApiError::SignerUnavailable
         }
     })?;
-    span.record("granted", scope_string(&granted));
-    let refresh_token = match (ask.offline, refresh) {
-        (false, _) => None,
-        // Never rotated: the Docker engine keeps the refresh token it has.
-        (true, Some(_)) => Some(Zeroizing::new(ask.credential.to_owned())),
-        (true, None) => issue_refresh_token(live, ask, exchange, &validated, now, record)?,
-    };
-    Ok(Issued { minted, granted, refresh_token })
+    Ok((minted, granted))
 }
 
 /// A new refresh token for the caller of an Authority token, bound to this service and client,

@@ -164,6 +164,9 @@ pub struct Event {
     pub via: Option<String>,
     /// The refresh token this exchange used, or issued (its id; never the token).
     pub refresh_token_id: Option<String>,
+    /// For `issued`: the token was minted moments before for an identical request and handed out
+    /// again (`signing.reuse_seconds`); `token.jti` is that token's.
+    pub reused: bool,
 }
 
 impl Event {
@@ -196,6 +199,7 @@ impl Event {
             token: None,
             via: None,
             refresh_token_id: None,
+            reused: false,
         }
     }
 

@@ -248,6 +248,12 @@ impl Ledger {
         self.shared.revocations.load().check(caller, tokens, now).cloned()
     }
 
+    /// The revision of the revocations in force: it changes whenever they do (here or, after the
+    /// next poll, on any replica).
+    pub fn revocations_revision(&self) -> u64 {
+        self.shared.revision.load(Ordering::Acquire)
+    }
+
     /// The refresh token whose text is `presented`, if this ledger issued it. Read from the
     /// database on every use, so a token issued or revoked on another replica is seen at once.
     pub async fn find_refresh_token(&self, presented: &str) -> Result<Option<RefreshToken>, StoreError> {

@@ -76,7 +76,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX refresh_tokens_sub ON refresh_tokens (sub, id);
     CREATE INDEX refresh_tokens_tenant ON refresh_tokens (tenant, id);
     ALTER TABLE events ADD COLUMN via TEXT;
-    ALTER TABLE events ADD COLUMN refresh_token_id TEXT;",
+    ALTER TABLE events ADD COLUMN refresh_token_id TEXT;
+    ALTER TABLE events ADD COLUMN reused BIGINT;",
 ];
 
 /// The schema version this binary writes.
@@ -97,12 +98,12 @@ pub(super) fn check_version(found: i64, url: &str) -> Result<(), StoreError> {
 
 pub(super) const EVENT_COLUMNS: &str = "id, time_ms, outcome, reason, message, sub, client_id, tenant, plan, \
      licence, iss, jti, client_addr, service, requested, granted, policy_digest, settings_version, token_jti, \
-     token_exp, signing_kid, via, refresh_token_id";
+     token_exp, signing_kid, via, refresh_token_id, reused";
 
 pub(super) const INSERT_EVENT: &str = "INSERT INTO events (id, time_ms, outcome, reason, message, sub, \
      client_id, tenant, plan, licence, iss, jti, client_addr, service, requested, granted, policy_digest, \
-     settings_version, token_jti, token_exp, signing_kid, via, refresh_token_id) VALUES ($1, $2, $3, $4, $5, \
-     $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
+     settings_version, token_jti, token_exp, signing_kid, via, refresh_token_id, reused) VALUES ($1, $2, $3, \
+     $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24) \
      ON CONFLICT (id) DO NOTHING";
 
 pub(super) const REFRESH_COLUMNS: &str = "id, sub, client_id, service, tenant, plan, licence, scopes, \
@@ -167,6 +168,7 @@ pub(super) fn event_params(event: &Event) -> Vec<Param> {
         Param::Text(token.map(|t| t.kid.clone())),
         text(&event.via),
         text(&event.refresh_token_id),
+        Param::Int(event.reused.then_some(1)),
     ]
 }
 
@@ -295,6 +297,7 @@ pub(super) fn event_from(row: &dyn Row) -> Result<Event, StoreError> {
         token,
         via: row.text(21)?,
         refresh_token_id: row.text(22)?,
+        reused: row.int(23)?.is_some_and(|reused| reused != 0),
     })
 }
 

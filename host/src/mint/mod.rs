@@ -10,12 +10,14 @@ pub mod keygen;
 mod keyset;
 pub mod pkcs11;
 mod public;
+mod reuse;
 pub(crate) mod secret_pem;
 
 pub use entry::{KeyEntry, KeyStatus, Pkcs11KeyConfig, Rfc3339};
 pub use key::{KeyError, SigningAlgorithm, SigningKey};
 pub use keyset::{KeySet, KeySetError, PublishedKey, etag};
 pub use public::PublicKey;
+pub use reuse::{Lookup, Reusable, ReuseCache, ReuseKey, Slot};
 
 use crate::access::Resource;
 use data_encoding::{BASE64, BASE64URL_NOPAD};
@@ -211,6 +213,8 @@ pub struct Minted {
     pub expires_in: u64,
     /// `iat` as RFC 3339 UTC (`2026-11-28T15:34:47Z`).
     pub issued_at: String,
+    /// `iat`, Unix seconds.
+    pub iat: u64,
     /// The token's `jti` (for the ledger).
     pub jti: String,
     /// The token's `exp`, Unix seconds.
@@ -352,7 +356,14 @@ impl Unsigned {
         let Unsigned { mut input, jti, now, exp } = self;
         input.push('.');
         BASE64URL_NOPAD.encode_append(signature, &mut input);
-        Minted { token: input, expires_in: exp - now, issued_at: rfc3339(now), jti, expires_at: exp }
+        Minted {
+            token: input,
+            expires_in: exp - now,
+            issued_at: rfc3339(now),
+            iat: now,
+            jti,
+            expires_at: exp,
+        }
     }
 }
 

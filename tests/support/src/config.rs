@@ -77,6 +77,8 @@ pub struct Signing {
     pub lifetime_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_lifetime_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reuse_seconds: Option<u64>,
 }
 
 fn is_empty_path(path: &Path) -> bool {

@@ -1,0 +1,188 @@
+//! Token reuse: a deployment rolling out to hundreds of nodes asks, within seconds, for the same
+//! token over and over — the same pull secret, the same service, the same scopes. Each such
+//! request still has its credential validated, its revocations checked and its ledger event
+//! written, but the token minted for the first is handed to the others while it is young: one RSA
+//! signature instead of hundreds.
+//!
+//! An entry is keyed by the SHA-256 of the credential, the service and the requested scopes, and
+//! is reused only within `window` seconds of its `iat`, while at least 80 % of its lifetime is
+//! left, and while the revocations are at the revision it was minted under. The cache belongs to
+//! one live configuration (policy, settings, signing key) and is dropped with it on reload.
+//! Concurrent identical requests mint once: the first takes a slot, the others wait for what it
+//! fills in (or take the slot themselves if it could not mint).
+
+use super::Minted;
+use crate::access::Resource;
+use crate::bounded::{self, PerKib, Weighed};
+use quick_cache::sync::{EntryAction, EntryResult, PlaceholderGuard};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// What identifies a reusable token: who (by the digest of their credential), for which
+/// registry, asking what.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct ReuseKey {
+    credential: [u8; 32],
+    service: String,
+    requested: Vec<Resource>,
+}
+
+impl ReuseKey {
+    /// The key of a request presenting `credential` for `service` and `requested`.
+    pub fn new(credential: &str, service: &str, requested: &[Resource]) -> ReuseKey {
+        ReuseKey {
+            credential: Sha256::digest(credential.as_bytes()).into(),
+            service: service.to_owned(),
+            requested: requested.to_vec(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        32 + self.service.len()
+            + self
+                .requested
+                .iter()
+                .map(|r| {
+                    72 + r.resource_type.len()
+                        + r.name.len()
+                        + r.actions.iter().map(|a| 24 + a.len()).sum::<usize>()
+                })
+                .sum::<usize>()
+    }
+}
+
+/// A minted token, as kept for reuse.
+#[derive(Clone, Debug)]
+pub struct Reusable {
+    /// The token and what its response says.
+    pub minted: Arc<Minted>,
+    /// What it grants (the `scope` of an OAuth2 answer, the event's `granted`).
+    pub granted: Arc<[Resource]>,
+    /// The revocations' revision it was minted under.
+    revision: u64,
+}
+
+impl Reusable {
+    /// `minted`, granting `granted`, minted under revocations `revision`.
+    pub fn new(minted: Minted, granted: Vec<Resource>, revision: u64) -> Reusable {
+        Reusable { minted: Arc::new(minted), granted: granted.into(), revision }
+    }
+
+    /// The token as answered at `now`: its true `issued_at`, and `expires_in` counted from now.
+    pub fn answer(&self, now: u64) -> Minted {
+        Minted { expires_in: self.minted.expires_at.saturating_sub(now), ..(*self.minted).clone() }
+    }
+
+    fn bytes(&self) -> usize {
+        let minted = &self.minted;
+        minted.token.len()
+            + minted.issued_at.len()
+            + minted.jti.len()
+            + 96
+            + self.granted.iter().map(|r| 72 + r.name.len() + r.actions.len() * 32).sum::<usize>()
+    }
+}
+
+type Guard<'a> = PlaceholderGuard<
+    'a,
+    ReuseKey,
+    Weighed<Reusable>,
+    PerKib,
+    quick_cache::DefaultHashBuilder,
+    quick_cache::sync::DefaultLifecycle<ReuseKey, Weighed<Reusable>>,
+>;
+
+/// What a look-up found.
+#[derive(Debug)]
+pub enum Lookup<'a> {
+    /// A young token for exactly this request: answer with it.
+    Reuse(Reusable),
+    /// None (or only a stale one): mint, then [`Slot::fill`] it so that identical requests
+    /// waiting meanwhile get the same token. Dropping the slot unfilled lets the next one mint.
+    Mint(Option<Slot<'a>>),
+}
+
+/// The right, and duty, to mint the token of one key.
+#[derive(Debug)]
+pub struct Slot<'a> {
+    guard: Guard<'a>,
+    /// What the key holds: an entry weighs its key and its value.
+    key_bytes: usize,
+}
+
+impl Slot<'_> {
+    /// Offers `reusable` to the requests waiting for it and to later ones.
+    pub fn fill(self, reusable: Reusable) {
+        let bytes = self.key_bytes + reusable.bytes();
+        let _ = self.guard.insert(Weighed::new(reusable, bytes));
+    }
+}
+
+/// Recently minted tokens, bounded in entries and KiB like the other caches.
+pub struct ReuseCache {
+    cache: bounded::Cache<ReuseKey, Reusable>,
+    window: u64,
+}
+
+impl std::fmt::Debug for ReuseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReuseCache")
+            .field("window", &self.window)
+            .field("entries", &self.cache.len())
+            .finish()
+    }
+}
+
+impl ReuseCache {
+    /// Reuses tokens up to `window` seconds old, in `capacity` KiB; `None` when either is 0.
+    pub fn new(capacity: usize, window: u64) -> Option<ReuseCache> {
+        if window == 0 {
+            return None;
+        }
+        bounded::cache(capacity).map(|cache| ReuseCache { cache, window })
+    }
+
+    /// Whether `reusable` may still be answered at `now` under revocations `revision`: minted
+    /// under the same revocations, at most `window` seconds ago, with at least 80 % of its
+    /// lifetime left.
+    fn young(&self, reusable: &Reusable, revision: u64, now: u64) -> bool {
+        let minted = &reusable.minted;
+        let lifetime = minted.expires_at.saturating_sub(minted.iat);
+        let left = minted.expires_at.saturating_sub(now);
+        reusable.revision == revision
+            && now >= minted.iat
+            && now - minted.iat <= self.window
+            && left * 5 >= lifetime * 4
+    }
+
+    /// The young token for `key`, or the slot to mint it in. Waits while an identical request is
+    /// minting.
+    pub async fn lookup(&self, key: &ReuseKey, revision: u64, now: u64) -> Lookup<'_> {
+        // The common case, a read lock only.
+        if let Some(hit) = self.cache.get(key)
+            && self.young(&hit.value, revision, now)
+        {
+            return Lookup::Reuse(hit.value);
+        }
+        let entry = self
+            .cache
+            .entry_async(key, |_, cached| match self.young(&cached.value, revision, now) {
+                true => EntryAction::Retain(cached.value.clone()),
+                false => EntryAction::ReplaceWithGuard,
+            })
+            .await;
+        match entry {
+            EntryResult::Retained(reusable) => Lookup::Reuse(reusable),
+            EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => {
+                Lookup::Mint(Some(Slot { guard, key_bytes: key.bytes() }))
+            }
+            // Neither is asked for (no timeout, no removal): mint without sharing.
+            EntryResult::Removed(..) | EntryResult::Timeout => Lookup::Mint(None),
+        }
+    }
+
+    /// Entries, and their weight in KiB.
+    pub fn usage(&self) -> (usize, u64) {
+        (self.cache.len(), self.cache.weight())
+    }
+}
