@@ -10,14 +10,17 @@
 //! 2. Each stage of a request, alone: caller-token validation, scope parsing, policy evaluation on a
 //!    fresh instance (no decision cache), signing, response encoding.
 //! 3. The release server, started with a realistic configuration (the plan catalogue with 50
-//!    plans), driven over loopback by wrk (Debian's package) at 16 and 64 connections in two mixes: *hot*
-//!    (one caller repeating) and *cold* (every request a distinct Authority token and scope).
-//!    Tokens/s, p50/p99/p999 latency, tokens/s ÷ the 2-thread sign rate, server CPU per token, and
-//!    the server's peak RSS. The server runs in the production configuration: the SQLite ledger
-//!    with strict durability, logging at info.
-//! 4. The ledger's cost: the same mixes (RS256, 16 connections) with the ledger off, SQLite strict
-//!    and PostgreSQL strict (a throwaway cluster, as the tests start it), each against ledger off.
-//! 5. The metrics' cost: the hot mix with metrics off and on (`admin.metrics`).
+//!    plans), driven over loopback by wrk (Debian's package) at 16 and 64 connections in two mixes:
+//!    *hot* (one caller repeating, with token reuse on and off) and *cold* (every request a
+//!    distinct Authority token and scope). Tokens/s, p50/p99/p999 latency, tokens/s ÷ openssl's
+//!    2-process sign rate measured just before the row, server CPU per token (and ÷ one
+//!    signature's CPU), and the server's peak RSS; then issue 17's targets, met or not. The server
+//!    runs in the production configuration: the SQLite ledger with strict durability, metrics on,
+//!    logging at info, token reuse on.
+//! 4. The ledger's cost: the same mixes (RS256, 16 connections, reuse off) with the ledger off,
+//!    SQLite strict and PostgreSQL strict (a throwaway cluster, as the tests start it), each
+//!    against ledger off.
+//! 5. The metrics' cost: the hot mix (reuse off) with metrics off and on (`admin.metrics`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use data_encoding::BASE64URL_NOPAD;
@@ -95,38 +98,57 @@ fn main() {
         return;
     }
 
-    // 3. Load.
+    // 3. Load, in the production configuration.
     println!(
-        "## The release server over loopback (wrk, one client thread, keep-alive, {:.0} s per row; ledger SQLite strict)",
+        "## The release server over loopback (wrk, one client thread, keep-alive, {:.0} s per row)",
         settings.load_seconds
     );
+    println!();
+    println!(
+        "Production configuration unless the row says otherwise: ledger SQLite strict, metrics on, logging \
+         at info, token reuse on (a tenth of the lifetime). Each row's ratio is against openssl's \
+         2-process sign rate measured just before it (`openssl speed -multi 2`); one signature's CPU is \
+         one second over openssl's 1-process rate, measured with it."
+    );
+    println!();
     let cold = cold_requests(root, settings.cold_tokens);
     println!(
-        "| signing | mix | connections | tokens/s | sign rate, 2 threads, just before | ratio | p50 | p99 | p999 | server CPU/token | peak RSS | errors |"
+        "| signing | mix | connections | tokens/s | openssl sign/s, 2 processes | ratio | p50 | p99 | p999 | server CPU/token | ÷ one signature's CPU | peak RSS | errors |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut any_repeated = false;
-    for (algorithm, key) in [("RS256", &rs), ("ES256", &es)] {
-        for (mix, connections) in [("hot", 16), ("hot", 64), ("cold", 16), ("cold", 64)] {
-            if algorithm == "ES256" && connections == 64 {
-                continue;
-            }
-            // The machine's speed drifts (it is shared); the floor is re-measured next to each row.
-            let rate = sign_rate(key, 2);
-            let row = load(root, algorithm, mix, connections, &settings, &cold);
-            let mark = if mix == "cold" && row.repeated { " †" } else { "" };
-            any_repeated |= !mark.is_empty();
-            println!(
-                "| {algorithm} | {mix}{mark} | {connections} | {:.0} | {rate:.0}/s | **{:.2}** | {} | {} | {} | {:.0} µs | {:.1} MiB | {} |",
-                row.rate,
-                row.rate / rate,
-                micros(row.p50),
-                micros(row.p99),
-                micros(row.p999),
-                row.cpu_per_token_us,
-                row.peak_rss_kib as f64 / 1024.0,
-                row.errors
-            );
+    let mut targets = Vec::new();
+    for (algorithm, mix, config, connections) in [
+        ("RS256", "hot, reuse on", "RS256", 16),
+        ("RS256", "hot, reuse off", "RS256-noreuse", 16),
+        ("RS256", "hot, reuse off", "RS256-noreuse", 64),
+        ("RS256", "cold", "RS256", 16),
+        ("RS256", "cold", "RS256", 64),
+        ("ES256", "hot, reuse on", "ES256", 16),
+        ("ES256", "hot, reuse off", "ES256-noreuse", 16),
+        ("ES256", "cold", "ES256", 16),
+    ] {
+        // The machine's speed drifts (it is shared): the floor is re-measured next to each row.
+        let (one, two) = openssl_rates(algorithm);
+        let requests = if mix == "cold" { "cold" } else { "hot" };
+        let row = load(root, config, requests, connections, &settings, &cold);
+        let mark = if mix == "cold" && row.repeated { " †" } else { "" };
+        any_repeated |= !mark.is_empty();
+        let signature_cpu = 1e6 / one;
+        println!(
+            "| {algorithm} | {mix}{mark} | {connections} | {:.0} | {two:.0}/s | **{:.2}** | {} | {} | {} | {:.0} µs | {:.2} | {:.1} MiB | {} |",
+            row.rate,
+            row.rate / two,
+            micros(row.p50),
+            micros(row.p99),
+            micros(row.p999),
+            row.cpu_per_token_us,
+            row.cpu_per_token_us / signature_cpu,
+            row.peak_rss_kib as f64 / 1024.0,
+            row.errors
+        );
+        if algorithm == "RS256" && connections == 16 {
+            targets.push((mix, row, two, signature_cpu));
         }
     }
     if any_repeated {
@@ -136,10 +158,13 @@ fn main() {
             settings.cold_tokens
         );
     }
+    print_targets(&targets);
 
     // 4. The ledger's cost, against no ledger in the same run.
     println!();
-    println!("## The ledger's cost (RS256, 16 connections; each row against the ledger-off row before it)");
+    println!(
+        "## The ledger's cost (RS256, 16 connections, reuse off: every token signed; each row against the ledger-off row before it)"
+    );
     println!(
         "| mix | ledger | tokens/s | ratio to off | p50 | p99 | p99 − off | server CPU/token | errors |"
     );
@@ -160,14 +185,14 @@ fn main() {
 
     // 5. The metrics' cost, in the production configuration otherwise.
     println!();
-    println!("## The metrics' cost (RS256, hot, 16 connections, ledger SQLite strict)");
+    println!("## The metrics' cost (RS256, hot, 16 connections, ledger SQLite strict, reuse off)");
     println!(
         "| mix | metrics | tokens/s | ratio to off | p50 | p99 | p99 − off | server CPU/token | errors |"
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for round in 0..2 {
         let off_row = load(root, "RS256-nometrics", "hot", 16, &settings, &cold);
-        let on_row = load(root, "RS256", "hot", 16, &settings, &cold);
+        let on_row = load(root, "RS256-noreuse", "hot", 16, &settings, &cold);
         let round = if round == 0 { "" } else { " (again)" };
         print_row("hot", &format!("off{round}"), &off_row, off_row.rate, off_row.p99);
         print_row("hot", &format!("on{round}"), &on_row, off_row.rate, off_row.p99);
@@ -182,12 +207,16 @@ fn hsm_section(root: &Path, settings: &Settings, rs: &Arc<SigningKey>) {
     prepare_softhsm(root);
     let cold = cold_requests(root, 1000);
     println!();
-    println!("## Signing through SoftHSM2 (RS256, hot, 16 connections, ledger SQLite strict, metrics on)");
+    println!(
+        "## Signing through SoftHSM2 (RS256, hot, 16 connections, ledger SQLite strict, metrics on, reuse off)"
+    );
     println!(
         "| key | tokens/s | openssl sign/s, 2 processes, just before | ratio | aws-lc sign/s, 2 threads | p50 | p99 | server CPU/token | errors |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (key, name) in [("file", "RS256"), ("SoftHSM2 (PKCS#11)", "RS256-hsm"), ("file (again)", "RS256")] {
+    for (key, name) in
+        [("file", "RS256-noreuse"), ("SoftHSM2 (PKCS#11)", "RS256-hsm"), ("file (again)", "RS256-noreuse")]
+    {
         let openssl = openssl_sign_rate();
         let aws_lc = sign_rate(rs, 2);
         let row = load(root, name, "hot", 16, settings, &cold);
@@ -201,6 +230,61 @@ fn hsm_section(root: &Path, settings: &Settings, rs: &Arc<SigningKey>) {
             row.errors
         );
     }
+}
+
+/// openssl's sign rates for `algorithm` (`RS256`: rsa2048, `ES256`: ecdsap256), one process and
+/// two, measured now.
+fn openssl_rates(algorithm: &str) -> (f64, f64) {
+    let test = if algorithm == "RS256" { "rsa2048" } else { "ecdsap256" };
+    (openssl_speed(test, 1), openssl_speed(test, 2))
+}
+
+/// `openssl speed [-multi N] TEST`: signatures a second.
+fn openssl_speed(test: &str, processes: usize) -> f64 {
+    let mut command = Command::new("openssl");
+    command.args(["speed", "-seconds", "2"]);
+    if processes > 1 {
+        command.args(["-multi", &processes.to_string()]);
+    }
+    let output = command.arg(test).stderr(Stdio::null()).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    // `rsa 2048 bits 0.000230s 0.000020s 4353.0 49809.9`, `256 bits ecdsa (nistp256) 0.0000s 0.0001s 29671.0 13813.0`
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("rsa 2048 bits") || l.contains("ecdsa (nistp256)"))
+        .unwrap_or_else(|| panic!("openssl speed {test}: {text}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    fields[fields.len() - 2].parse().unwrap()
+}
+
+/// Issue 17's targets, from the RS256 rows at 16 connections of the table above.
+fn print_targets(rows: &[(&str, Row, f64, f64)]) {
+    let find = |mix: &str| rows.iter().find(|(m, ..)| *m == mix);
+    println!();
+    println!("### Targets (RS256, 16 connections)");
+    println!("| target | measured | met |");
+    println!("|---|---:|---|");
+    let line = |what: &str, measured: String, met: bool| {
+        println!("| {what} | {measured} | {} |", if met { "yes" } else { "**no**" });
+    };
+    if let Some((_, row, two, _)) = find("hot, reuse on") {
+        let ratio = row.rate / two;
+        line("hot, reuse on ≥ 5 × the 2-process sign rate", format!("{ratio:.2} ×"), ratio >= 5.0);
+    }
+    if let Some((_, row, two, _)) = find("hot, reuse off") {
+        let ratio = row.rate / two;
+        line("hot, reuse off ≥ 0.85 ×", format!("{ratio:.2} ×"), ratio >= 0.85);
+    }
+    if let Some((_, row, two, signature)) = find("cold") {
+        let ratio = row.rate / two;
+        line("cold ≥ 0.75 ×", format!("{ratio:.2} ×"), ratio >= 0.75);
+        line("cold p99 ≤ 10 ms", micros(row.p99), row.p99 <= 10_000);
+        let cpu = row.cpu_per_token_us / signature;
+        line("server CPU per cold token ≤ 1.4 × one signature's", format!("{cpu:.2} ×"), cpu <= 1.4);
+    }
+    let peak = rows.iter().map(|(_, row, ..)| row.peak_rss_kib).max().unwrap_or(0);
+    line("peak RSS under load ≤ 64 MiB", format!("{:.1} MiB", peak as f64 / 1024.0), peak <= 64 * 1024);
 }
 
 /// `openssl speed -multi 2 rsa2048`: RSA-2048 signatures a second, two processes.
@@ -252,7 +336,7 @@ fn prepare_softhsm(root: &Path) {
         .unwrap();
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     let mut config: serde_norway::Value =
-        serde_norway::from_str(&std::fs::read_to_string(root.join("RS256.yaml")).unwrap()).unwrap();
+        serde_norway::from_str(&std::fs::read_to_string(root.join("RS256-noreuse.yaml")).unwrap()).unwrap();
     let signing = config["signing"].as_mapping_mut().unwrap();
     signing.remove("key_file");
     signing.remove("cert_file");
@@ -317,6 +401,16 @@ fn prepare(root: &Path) {
         );
     }
     write_config(root, "RS256", "RS256-off", "none");
+    // Reuse off: every request signs (the rows that measure signing, and the ledger's cost per
+    // token).
+    for (algorithm, name) in [("RS256", "RS256-noreuse"), ("ES256", "ES256-noreuse")] {
+        write_config(
+            root,
+            algorithm,
+            name,
+            &format!("sqlite://{}", root.join(format!("{name}.db")).display()),
+        );
+    }
     write_config(
         root,
         "RS256",
@@ -338,6 +432,8 @@ fn prepare(root: &Path) {
 }
 
 /// `ROOT/NAME.yaml`: a server signing with `algorithm`, recording into `ledger_url` (strict).
+/// Token reuse is on (the default) unless the name says `noreuse`, and off in the sections that
+/// compare one cost per signed token (`-off`, `-sqlite`, `-postgres`, `-nometrics`).
 fn write_config(root: &Path, algorithm: &str, name: &str, ledger_url: &str) {
     let dir = if algorithm == "RS256" { "rs" } else { "es" };
     let mut config = Config::installation(root, ISSUER, &[SERVICE]);
@@ -346,6 +442,9 @@ fn write_config(root: &Path, algorithm: &str, name: &str, ledger_url: &str) {
     config.signing.cert_file = Some(root.join(format!("{dir}/signing-cert.pem")));
     config.policy.settings_file = Some(root.join("plans.json"));
     config.ledger.url = ledger_url.to_owned();
+    if ["noreuse", "-off", "-sqlite", "-postgres", "-nometrics"].iter().any(|n| name.contains(n)) {
+        config.signing.reuse_seconds = Some(0);
+    }
     config.write(&root.join(format!("{name}.yaml")));
 }
 

@@ -45,7 +45,8 @@ fn kill_9_under_load_loses_no_record_of_a_token_a_client_received() {
                 for i in 0..100_000 {
                     let url = format!(
                         "http://{address}{}",
-                        query(SERVICE, &[&format!("repository:team/app-{n}-{}:pull", i % 50)])
+                        // Every request distinct: each token is its own signature and its own record.
+                        query(SERVICE, &[&format!("repository:team/app-{n}-{i}:pull")])
                     );
                     let Ok(response) = client.get(&url).bearer_auth(&caller).send() else { break };
                     if response.status() != 200 {

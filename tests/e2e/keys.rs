@@ -273,6 +273,9 @@ fn start() -> Suite {
     let mut config = Config::installation(root, ISSUER, &[SERVICE]);
     config.signing.key_file = PathBuf::new();
     config.signing.cert_file = None;
+    // This suite is about signing: every request signs (no token reuse), so a request while the
+    // HSM is away cannot be answered with a token minted before.
+    config.signing.reuse_seconds = Some(0);
     let mut suite_keys = vec![
         SigningKey::files(&keys.join("a.pem"), &keys.join("a.crt"), "active"),
         SigningKey::files(&keys.join("b.pem"), &keys.join("b.crt"), "published"),
