@@ -2,6 +2,7 @@
 //! `Default` impl (the one place they live), and the values that are parsed rather than checked
 //! later (`policy.module`, `http.denial_status`, the Authority's key source).
 
+use crate::bundle::{BundleSource, FetchOptions};
 use crate::mint::{KeyEntry, KeyStatus, KidFormat, SigningAlgorithm};
 use crate::policy::{Builtin, Limits};
 use serde::Deserialize;
@@ -18,7 +19,7 @@ pub struct AuthorityConfig {
     pub audiences: Vec<String>,
     /// Scope a caller token must carry.
     pub required_scope: String,
-    /// Where the Authority's keys come from (`jwks_file` or `jwks_url`).
+    /// Where the Authority's keys come from (`jwks_file`, `jwks_url`, or the policy bundle).
     pub jwks: JwksSource,
     /// How often a `jwks_url` is refetched.
     pub jwks_refresh_seconds: u64,
@@ -28,13 +29,16 @@ pub struct AuthorityConfig {
     pub leeway_seconds: u64,
 }
 
-/// `authority.jwks_file` or `authority.jwks_url`.
+/// `authority.jwks_file` or `authority.jwks_url`, or neither: the policy bundle's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JwksSource {
     /// A JWKS file, read at start and on every reload.
     File(PathBuf),
     /// A JWKS URL (https, or plain http to a loopback address), fetched and refreshed.
     Url(String),
+    /// Neither is set: the keys are the `authority-jwks.json` of the policy bundle (an offline
+    /// site); `Config::check` requires `policy.bundle` then.
+    Bundle,
 }
 
 /// `authority:` as written. `issuer` and `audiences` have no default; the rest do.
@@ -72,7 +76,7 @@ impl TryFrom<AuthoritySection> for AuthorityConfig {
     fn try_from(section: AuthoritySection) -> Result<Self, String> {
         let jwks = match (section.jwks_file, section.jwks_url) {
             (Some(_), Some(_)) => return Err("set jwks_file or jwks_url, not both".into()),
-            (None, None) => return Err("set jwks_file or jwks_url".into()),
+            (None, None) => JwksSource::Bundle,
             (Some(file), None) => JwksSource::File(file),
             (None, Some(url)) if !crate::authority::acceptable_jwks_url(&url) => {
                 return Err(format!(
@@ -151,18 +155,154 @@ impl SigningConfig {
     }
 }
 
-/// `policy:`
+/// `policy:`, parsed: a module and its settings, or a bundle that carries both.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(try_from = "PolicySection")]
 pub struct PolicyConfig {
-    /// `builtin:plan-catalogue`, or the path of a `.wasm` component.
+    /// `builtin:plan-catalogue`, or the path of a `.wasm` component (unused with a bundle).
     pub module: PolicyModule,
-    /// The policy's settings (YAML or JSON), handed to it as JSON.
+    /// The policy's settings (YAML or JSON), handed to it as JSON (unused with a bundle).
     pub settings_file: Option<PathBuf>,
     /// Deadline of one evaluation.
     pub timeout_ms: u64,
     /// Memory cap of one evaluation.
     pub memory_mib: u64,
+    /// `policy.bundle` and its `bundle_*` keys: the policy, its settings (and perhaps revocations
+    /// and the Authority's keys) come from a bundle instead.
+    pub bundle: Option<BundleConfig>,
+}
+
+/// `policy.bundle` and the `policy.bundle_*` keys.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BundleConfig {
+    /// A file, an `https://` URL or `oci://host/repository:tag`.
+    pub source: BundleSource,
+    /// PEM public keys or certificates, or JWKS files: when any is given, a bundle must carry a
+    /// valid signature by one of them.
+    pub keys: Vec<PathBuf>,
+    /// How often a remote source is asked for a new bundle (0: only at start and reload).
+    pub poll_seconds: u64,
+    /// The largest bundle accepted, packed or unpacked.
+    pub max_bytes: u64,
+    /// PEM certificates trusted (besides the system's) for an HTTPS source or registry.
+    pub ca_file: Option<PathBuf>,
+    /// The user name presented to a registry.
+    pub username: Option<String>,
+    /// The file holding the registry password (mode 0600), read at every pull.
+    pub password_file: Option<PathBuf>,
+}
+
+impl BundleConfig {
+    /// Default of `policy.bundle_max_bytes`: 64 MiB, room for a policy in any guest language.
+    pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+    /// Default of `policy.bundle_poll_seconds`.
+    pub const DEFAULT_POLL_SECONDS: u64 = 60;
+
+    /// How a fetch of this bundle is done.
+    pub fn fetch_options(&self) -> FetchOptions {
+        FetchOptions {
+            max_bytes: self.max_bytes,
+            ca_file: self.ca_file.clone(),
+            username: self.username.clone(),
+            password_file: self.password_file.clone(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `policy:` as written.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct PolicySection {
+    module: Option<PolicyModule>,
+    settings_file: Option<PathBuf>,
+    timeout_ms: u64,
+    memory_mib: u64,
+    bundle: Option<BundleSource>,
+    bundle_keys: Vec<PathBuf>,
+    bundle_poll_seconds: Option<u64>,
+    bundle_max_bytes: Option<u64>,
+    bundle_ca_file: Option<PathBuf>,
+    bundle_username: Option<String>,
+    bundle_password_file: Option<PathBuf>,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        let defaults = PolicyConfig::default();
+        PolicySection {
+            module: None,
+            settings_file: None,
+            timeout_ms: defaults.timeout_ms,
+            memory_mib: defaults.memory_mib,
+            bundle: None,
+            bundle_keys: Vec::new(),
+            bundle_poll_seconds: None,
+            bundle_max_bytes: None,
+            bundle_ca_file: None,
+            bundle_username: None,
+            bundle_password_file: None,
+        }
+    }
+}
+
+impl TryFrom<PolicySection> for PolicyConfig {
+    type Error = String;
+
+    fn try_from(section: PolicySection) -> Result<Self, String> {
+        let bundle = match section.bundle {
+            Some(_) if section.module.is_some() || section.settings_file.is_some() => {
+                return Err(
+                    "set bundle, or module and settings_file, not both: a bundle carries the policy and \
+                            its settings"
+                        .into(),
+                );
+            }
+            Some(source) => {
+                let max_bytes = section.bundle_max_bytes.unwrap_or(BundleConfig::DEFAULT_MAX_BYTES);
+                if !(1024..=1024 * 1024 * 1024).contains(&max_bytes) {
+                    return Err("bundle_max_bytes must be between 1024 and 1073741824".into());
+                }
+                let poll_seconds = section.bundle_poll_seconds.unwrap_or(BundleConfig::DEFAULT_POLL_SECONDS);
+                if poll_seconds > 86_400 {
+                    return Err("bundle_poll_seconds must be at most 86400 (0: no polling)".into());
+                }
+                if section.bundle_username.is_some() != section.bundle_password_file.is_some() {
+                    return Err("bundle_username and bundle_password_file go together".into());
+                }
+                Some(BundleConfig {
+                    source,
+                    keys: section.bundle_keys,
+                    poll_seconds,
+                    max_bytes,
+                    ca_file: section.bundle_ca_file,
+                    username: section.bundle_username,
+                    password_file: section.bundle_password_file,
+                })
+            }
+            None => {
+                let stray = [
+                    ("bundle_keys", !section.bundle_keys.is_empty()),
+                    ("bundle_poll_seconds", section.bundle_poll_seconds.is_some()),
+                    ("bundle_max_bytes", section.bundle_max_bytes.is_some()),
+                    ("bundle_ca_file", section.bundle_ca_file.is_some()),
+                    ("bundle_username", section.bundle_username.is_some()),
+                    ("bundle_password_file", section.bundle_password_file.is_some()),
+                ];
+                if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+                    return Err(format!("{key} is set but bundle is not: it applies to a bundle only"));
+                }
+                None
+            }
+        };
+        Ok(PolicyConfig {
+            module: section.module.unwrap_or(PolicyModule::Builtin(Builtin::PlanCatalogue)),
+            settings_file: section.settings_file,
+            timeout_ms: section.timeout_ms,
+            memory_mib: section.memory_mib,
+            bundle,
+        })
+    }
 }
 
 impl Default for PolicyConfig {
@@ -174,6 +314,7 @@ impl Default for PolicyConfig {
             settings_file: None,
             timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
             memory_mib: (limits.memory_bytes / MIB) as u64,
+            bundle: None,
         }
     }
 }

@@ -229,6 +229,17 @@ async fn issue(
         event.policy_digest = Some(live.policy.digest().to_owned());
         event.settings_version = Some(live.policy.settings_version().to_owned());
     }
+    // The policy bundle's revocations (an offline site's snapshot of the ledger's): the same check.
+    if let Some(revocation) =
+        live.bundle_revocation(caller, validated.jti.as_deref(), Millis::from_seconds(now))
+    {
+        metrics().decision("revoked");
+        return Err(ApiError::Denied {
+            reason: "revoked".to_owned(),
+            message: revocation.message(),
+            status: live.config.http.denial_status,
+        });
+    }
 
     let started = Instant::now();
     let decision = live.policy.evaluate(caller, &exchange.service, &exchange.requested).await;
