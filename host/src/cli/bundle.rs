@@ -23,6 +23,8 @@ pub(super) enum BundleCommand {
     Sign {
         #[command(flatten)]
         signer: SignerArgs,
+        #[command(flatten)]
+        limit: Limit,
         /// The bundle.
         bundle: PathBuf,
     },
@@ -115,7 +117,7 @@ pub(super) struct BuildArgs {
 pub(super) async fn run(command: BundleCommand) -> Result<ExitCode, String> {
     match command {
         BundleCommand::Build(args) => build(args).await,
-        BundleCommand::Sign { signer, bundle } => sign(&signer, &bundle),
+        BundleCommand::Sign { signer, limit, bundle } => sign(&signer, limit.max_bytes, &bundle),
         BundleCommand::Verify { keys, limit, bundle } => verify(&keys, limit.max_bytes, &bundle),
         BundleCommand::Inspect { limit, bundle } => inspect(limit.max_bytes, &bundle),
         BundleCommand::Test { limit, timeout_ms, memory_mib, bundle } => {
@@ -185,7 +187,13 @@ async fn build(args: BuildArgs) -> Result<ExitCode, String> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read --cases {}: {e}", path.display()))?;
-            cases::parse(&text, &path.display().to_string())?;
+            let file = cases::parse(&text, &path.display().to_string())?;
+            if file.settings.is_some() || file.settings_file.is_some() {
+                eprintln!(
+                    "note: {} names its own settings; in the bundle its cases run with the bundle's settings",
+                    path.display()
+                );
+            }
             Some(text.into_bytes())
         }
         None => None,
@@ -236,8 +244,8 @@ async fn build(args: BuildArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn sign(signer: &SignerArgs, path: &Path) -> Result<ExitCode, String> {
-    let bundle = open_unverified(path, BundleConfig::DEFAULT_MAX_BYTES)?;
+fn sign(signer: &SignerArgs, max_bytes: u64, path: &Path) -> Result<ExitCode, String> {
+    let bundle = open_unverified(path, max_bytes)?;
     let (signer, kid) = signer.signer()?.ok_or("give the signing key: --key FILE, or --pkcs11 MODULE ...")?;
     let (signed, bytes) = bundle.signed(&signer, &kid).map_err(|e| e.to_string())?;
     write_replacing(path, &bytes)?;
