@@ -1064,3 +1064,42 @@ fn a_ledger_export_is_deterministic_signed_and_an_edited_line_is_named() {
     let message = refused(&["ledger", "verify", "--config", &config, path(&third)]);
     assert!(message.contains("which is not one of the trusted keys"), "{message}");
 }
+
+#[test]
+fn a_bundle_and_a_ledger_export_signed_by_a_key_in_softhsm2_verify_with_its_certificate() {
+    let fixture = Fixture::new();
+    let root = fixture.root().to_owned();
+    let conf = test_support::softhsm_token(&root, "bundles", "1234-bundle-pin");
+    let pin = root.join("hsm/pin");
+    let hsm = |args: &[&str]| {
+        let output = Command::new(BIN).env("SOFTHSM2_CONF", &conf).args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", text(&output.stderr));
+        text(&output.stdout)
+    };
+    let module = test_support::SOFTHSM_MODULE;
+    let pkcs11 =
+        ["--pkcs11", module, "--token-label", "bundles", "--key-label", "signer", "--pin-file", path(&pin)];
+    let keys = root.join("hsm-keys");
+    let mut new = vec!["keys", "new", "--algorithm", "ES256", "--dir", path(&keys)];
+    new.extend_from_slice(&pkcs11);
+    hsm(&new);
+    let cert = keys.join("signer.crt");
+
+    let bundle = root.join("b.tar.gz");
+    build(&root, &bundle, PLANS, 1, &[]);
+    let mut sign = vec!["bundle", "sign"];
+    sign.extend_from_slice(&pkcs11);
+    sign.push(path(&bundle));
+    assert!(hsm(&sign).contains("(ES256)"));
+    let stdout = ok(&["bundle", "verify", "--key", path(&cert), path(&bundle)]);
+    assert!(stdout.contains("verified: signed by kid"), "{stdout}");
+
+    let config = path(&fixture.config_path).to_owned();
+    ok(&["ledger", "revoke", "--config", &config, "subject", "mallory", "--reason", "hsm test"]);
+    let export = root.join("export.jsonl");
+    let mut args = vec!["ledger", "export", "--config", &config, "--out", path(&export)];
+    args.extend_from_slice(&pkcs11);
+    hsm(&args);
+    let stdout = ok(&["ledger", "verify", "--config", &config, "--key", path(&cert), path(&export)]);
+    assert!(stdout.contains("1 events") && stdout.contains("(ES256): verified"), "{stdout}");
+}

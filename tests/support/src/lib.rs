@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod config;
+mod hsm;
 mod http;
 mod plans;
 mod postgres;
@@ -17,6 +18,7 @@ mod registry;
 mod server;
 
 pub use config::{Admin, Authority, Cache, Config, Http, Ledger, Pkcs11Key, Policy, Signing, SigningKey};
+pub use hsm::{SOFTHSM_INSTALL, SOFTHSM_MODULE, softhsm_token};
 pub use http::{Client, Reply, raw_exchange};
 pub use plans::{PLANS, as_json, plans_revoking, plans_with};
 pub use postgres::PostgresCluster;
