@@ -5,8 +5,8 @@
 
 use crate::access::Caller;
 use crate::authority::{KeySource, Requirements, Validator};
-use crate::bundle::{self, Bundle, BundleError, BundleSource, Fetch, Fetched};
-use crate::config::{BundleConfig, Config, JwksSource, PolicyConfig, PolicyModule};
+use crate::bundle::{self, Bundle, BundleError, Fetch, FetchOptions, Fetched};
+use crate::config::{BundleConfig, BundleSource, Config, JwksSource, PolicyConfig, PolicyModule};
 use crate::jws::TrustedKeys;
 use crate::ledger::{Ledger, Millis, Revocation, RevocationSet};
 use crate::mint::{self, KeySet};
@@ -139,6 +139,15 @@ impl Live {
             None => None,
         };
         let authority = &config.authority;
+        if let Some(live_bundle) = &bundle
+            && live_bundle.bundle.authority_jwks().is_some()
+            && authority.jwks != JwksSource::Bundle
+        {
+            tracing::info!(
+                bundle = %live_bundle.source,
+                "the bundle's authority-jwks.json is not used: authority.jwks_file or jwks_url is configured"
+            );
+        }
         let same_url = |previous: &Live| {
             let was = &previous.config.authority;
             was.jwks == authority.jwks
@@ -251,7 +260,7 @@ async fn open_bundle(
         Some(Fetched { bytes, version }) => (Arc::new(bytes), version),
         None => {
             let known = same_source.and_then(|l| l.version.as_deref());
-            match bundle::fetch(&config.source, &config.fetch_options(), known).await.map_err(refused)? {
+            match bundle::fetch(&config.source, &fetch_options(config), known).await.map_err(refused)? {
                 Fetch::New(Fetched { bytes, version }) => (Arc::new(bytes), version),
                 Fetch::Unchanged => match same_source {
                     Some(live) => (Arc::clone(&live.bytes), live.version.clone()),
@@ -281,6 +290,17 @@ async fn open_bundle(
     }
     let revocations = Arc::new(RevocationSet::new(opened.revocations().to_vec()));
     Ok(LiveBundle { source: config.source.clone(), bundle: opened, bytes, version, revocations })
+}
+
+/// How the configured bundle is fetched.
+pub fn fetch_options(config: &BundleConfig) -> FetchOptions {
+    FetchOptions {
+        max_bytes: config.max_bytes,
+        ca_file: config.ca_file.clone(),
+        username: config.username.clone(),
+        password_file: config.password_file.clone(),
+        timeout: Duration::from_secs(30),
+    }
 }
 
 /// A bundle replacing `live` must have a higher revision (or be the very same bundle).
@@ -447,7 +467,7 @@ impl App {
         let refused =
             |error: BundleError| BuildError::Bundle { source_name: config.source.to_string(), error };
         let known = live_bundle.version.as_deref();
-        let result = match bundle::fetch(&config.source, &config.fetch_options(), known).await {
+        let result = match bundle::fetch(&config.source, &fetch_options(config), known).await {
             Ok(Fetch::Unchanged) => return Ok(false),
             // A source without versions sends the live bundle again: nothing to do.
             Ok(Fetch::New(fetched)) if fetched.bytes.as_slice() == live_bundle.bytes.as_slice() => {

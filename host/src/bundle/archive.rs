@@ -188,6 +188,6 @@ mod tests {
         assert!(bomb.len() < 64 * 1024, "{}", bomb.len());
         // The declared size is refused first; past it, the stream's own size.
         assert!(matches!(read(&bomb, 1 << 20), Err(BundleError::Unsafe(_))));
-        assert!(matches!(read(&bomb, 16 << 20), Ok(_)));
+        assert!(read(&bomb, 16 << 20).is_ok());
     }
 }

@@ -8,6 +8,7 @@
 //! the manifest's digest: an unchanged bundle is not downloaded again.
 
 use super::{ARTIFACT_TYPE, BundleError, CONFIG_MEDIA_TYPE, MEDIA_TYPE};
+use crate::config::BundleSource;
 use futures_util::StreamExt;
 use oci_client::client::{
     Certificate, CertificateEncoding, ClientConfig, ClientProtocol, Config, ImageLayer,
@@ -21,69 +22,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use zeroize::Zeroizing;
-
-/// `policy.bundle`, parsed.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "String")]
-pub enum BundleSource {
-    /// A file, read at start and at every reload.
-    File(PathBuf),
-    /// An `https://` URL, fetched and polled.
-    Https(String),
-    /// `oci://REGISTRY/REPOSITORY:TAG` (or `@sha256:…`), pulled and polled.
-    Oci(String),
-}
-
-impl TryFrom<String> for BundleSource {
-    type Error = String;
-
-    fn try_from(value: String) -> Result<Self, String> {
-        if let Some(reference) = value.strip_prefix("oci://") {
-            let parsed = Reference::try_from(reference)
-                .map_err(|e| format!("{value:?} is not an OCI reference (oci://host/repository:tag): {e}"))?;
-            let host = reference.split('/').next().unwrap_or_default();
-            if parsed.registry() != host || !(host.contains('.') || host.contains(':') || host == "localhost")
-            {
-                return Err(format!("{value:?} must name its registry: oci://host[:port]/repository:tag"));
-            }
-            return Ok(BundleSource::Oci(reference.to_owned()));
-        }
-        if value.starts_with("https://") {
-            let url = reqwest::Url::parse(&value).map_err(|e| format!("{value:?} is not a URL: {e}"))?;
-            if url.host_str().is_none_or(str::is_empty) {
-                return Err(format!("{value:?} names no host"));
-            }
-            return Ok(BundleSource::Https(value));
-        }
-        if value.contains("://") {
-            return Err(format!(
-                "{value:?}: a bundle comes from a file, an https:// URL or an oci:// reference"
-            ));
-        }
-        if value.is_empty() {
-            return Err("an empty path".into());
-        }
-        Ok(BundleSource::File(PathBuf::from(value)))
-    }
-}
-
-impl std::fmt::Display for BundleSource {
-    /// As written in the configuration.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BundleSource::File(path) => path.display().fmt(f),
-            BundleSource::Https(url) => f.write_str(url),
-            BundleSource::Oci(reference) => write!(f, "oci://{reference}"),
-        }
-    }
-}
-
-impl BundleSource {
-    /// Whether it is fetched over the network (and so polled).
-    pub fn is_remote(&self) -> bool {
-        !matches!(self, BundleSource::File(_))
-    }
-}
 
 /// How to fetch: the limit, whom to trust, who to be.
 #[derive(Clone, Debug)]
@@ -372,26 +310,4 @@ pub async fn push(
     manifest.artifact_type = Some(ARTIFACT_TYPE.to_owned());
     client.push(&reference, &layers, config, &auth, Some(manifest)).await.map_err(|e| failed(&e))?;
     client.fetch_manifest_digest(&reference, &auth).await.map_err(|e| failed(&e))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::BundleSource;
-
-    #[test]
-    fn sources_parse_as_a_file_an_https_url_or_an_oci_reference() {
-        let parse = |text: &str| BundleSource::try_from(text.to_owned());
-        assert_eq!(parse("etc/bundle.tar.gz"), Ok(BundleSource::File("etc/bundle.tar.gz".into())));
-        assert_eq!(
-            parse("https://bundles.example/site.tar.gz"),
-            Ok(BundleSource::Https("https://bundles.example/site.tar.gz".into()))
-        );
-        assert_eq!(
-            parse("oci://127.0.0.1:5000/team/policy:3"),
-            Ok(BundleSource::Oci("127.0.0.1:5000/team/policy:3".into()))
-        );
-        assert!(parse("oci://team/policy:3").unwrap_err().contains("must name its registry"));
-        assert!(parse("http://bundles.example/site.tar.gz").unwrap_err().contains("https:// URL"));
-        assert!(parse("ftp://x/y").is_err());
-    }
 }

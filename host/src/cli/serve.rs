@@ -1,8 +1,7 @@
 //! `registry-token serve`: load, listen, reload on SIGHUP, drain on SIGTERM/SIGINT.
 
 use crate::app::{App, Live, system_clock};
-use crate::bundle::BundleSource;
-use crate::config::{Config, JwksSource, PolicyModule};
+use crate::config::{BundleSource, Config, JwksSource, PolicyModule};
 use crate::ledger::Ledger;
 use crate::{dev_authority, http, mint};
 use std::future::IntoFuture;

@@ -10,8 +10,8 @@ mod sections;
 
 pub use crate::mint::{KeyEntry, KeyStatus, Pkcs11KeyConfig, Rfc3339};
 pub use sections::{
-    AdminConfig, AuthorityConfig, BundleConfig, CacheConfig, DenialStatus, DevelopmentConfig, Durability,
-    HttpConfig, JwksSource, LedgerConfig, LedgerUrl, PolicyConfig, PolicyModule, SigningConfig,
+    AdminConfig, AuthorityConfig, BundleConfig, BundleSource, CacheConfig, DenialStatus, DevelopmentConfig,
+    Durability, HttpConfig, JwksSource, LedgerConfig, LedgerUrl, PolicyConfig, PolicyModule, SigningConfig,
     TrustedProxies,
 };
 

@@ -2,7 +2,6 @@
 //! `Default` impl (the one place they live), and the values that are parsed rather than checked
 //! later (`policy.module`, `http.denial_status`, the Authority's key source).
 
-use crate::bundle::{BundleSource, FetchOptions};
 use crate::mint::{KeyEntry, KeyStatus, KidFormat, SigningAlgorithm};
 use crate::policy::{Builtin, Limits};
 use serde::Deserialize;
@@ -155,6 +154,69 @@ impl SigningConfig {
     }
 }
 
+/// `policy.bundle`, parsed.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum BundleSource {
+    /// A file, read at start and at every reload.
+    File(PathBuf),
+    /// An `https://` URL, fetched and polled.
+    Https(String),
+    /// `oci://REGISTRY/REPOSITORY:TAG` (or `@sha256:…`), pulled and polled.
+    Oci(String),
+}
+
+impl TryFrom<String> for BundleSource {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        if let Some(reference) = value.strip_prefix("oci://") {
+            let parsed = oci_client::Reference::try_from(reference)
+                .map_err(|e| format!("{value:?} is not an OCI reference (oci://host/repository:tag): {e}"))?;
+            let host = reference.split('/').next().unwrap_or_default();
+            if parsed.registry() != host || !(host.contains('.') || host.contains(':') || host == "localhost")
+            {
+                return Err(format!("{value:?} must name its registry: oci://host[:port]/repository:tag"));
+            }
+            return Ok(BundleSource::Oci(reference.to_owned()));
+        }
+        if value.starts_with("https://") {
+            let url = reqwest::Url::parse(&value).map_err(|e| format!("{value:?} is not a URL: {e}"))?;
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err(format!("{value:?} names no host"));
+            }
+            return Ok(BundleSource::Https(value));
+        }
+        if value.contains("://") {
+            return Err(format!(
+                "{value:?}: a bundle comes from a file, an https:// URL or an oci:// reference"
+            ));
+        }
+        if value.is_empty() {
+            return Err("an empty path".into());
+        }
+        Ok(BundleSource::File(PathBuf::from(value)))
+    }
+}
+
+impl std::fmt::Display for BundleSource {
+    /// As written in the configuration.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BundleSource::File(path) => path.display().fmt(f),
+            BundleSource::Https(url) => f.write_str(url),
+            BundleSource::Oci(reference) => write!(f, "oci://{reference}"),
+        }
+    }
+}
+
+impl BundleSource {
+    /// Whether it is fetched over the network (and so polled).
+    pub fn is_remote(&self) -> bool {
+        !matches!(self, BundleSource::File(_))
+    }
+}
+
 /// `policy:`, parsed: a module and its settings, or a bundle that carries both.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(try_from = "PolicySection")]
@@ -197,17 +259,6 @@ impl BundleConfig {
     pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
     /// Default of `policy.bundle_poll_seconds`.
     pub const DEFAULT_POLL_SECONDS: u64 = 60;
-
-    /// How a fetch of this bundle is done.
-    pub fn fetch_options(&self) -> FetchOptions {
-        FetchOptions {
-            max_bytes: self.max_bytes,
-            ca_file: self.ca_file.clone(),
-            username: self.username.clone(),
-            password_file: self.password_file.clone(),
-            timeout: Duration::from_secs(30),
-        }
-    }
 }
 
 /// `policy:` as written.
@@ -576,7 +627,24 @@ fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{BundleSource, redact_url};
+
+    #[test]
+    fn sources_parse_as_a_file_an_https_url_or_an_oci_reference() {
+        let parse = |text: &str| BundleSource::try_from(text.to_owned());
+        assert_eq!(parse("etc/bundle.tar.gz"), Ok(BundleSource::File("etc/bundle.tar.gz".into())));
+        assert_eq!(
+            parse("https://bundles.example/site.tar.gz"),
+            Ok(BundleSource::Https("https://bundles.example/site.tar.gz".into()))
+        );
+        assert_eq!(
+            parse("oci://127.0.0.1:5000/team/policy:3"),
+            Ok(BundleSource::Oci("127.0.0.1:5000/team/policy:3".into()))
+        );
+        assert!(parse("oci://team/policy:3").unwrap_err().contains("must name its registry"));
+        assert!(parse("http://bundles.example/site.tar.gz").unwrap_err().contains("https:// URL"));
+        assert!(parse("ftp://x/y").is_err());
+    }
 
     #[test]
     fn ledger_urls_are_shown_without_their_passwords() {
