@@ -48,7 +48,7 @@ pub struct Live {
 }
 
 /// The policy bundle a [`Live`] serves: what it is, where it came from, what it revokes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LiveBundle {
     /// Where it came from.
     pub source: BundleSource,
@@ -61,6 +61,17 @@ pub struct LiveBundle {
     pub version: Option<String>,
     /// Its `revocations.json`, indexed: the host checks them as it checks the ledger's.
     pub revocations: Arc<RevocationSet>,
+}
+
+impl std::fmt::Debug for LiveBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveBundle")
+            .field("source", &self.source)
+            .field("bundle", &self.bundle)
+            .field("version", &self.version)
+            .field("revocations", &self.revocations.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why the service could not be (re)built. Names the file or key at fault.

@@ -199,13 +199,26 @@ struct Revocations {
 }
 
 /// A bundle whose limits, signature (when keys were given) and content have been checked.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Bundle {
     manifest: Manifest,
     files: BTreeMap<&'static str, Vec<u8>>,
     sha256: String,
     signed_by: Option<String>,
     revocations: Vec<Revocation>,
+}
+
+/// The manifest, the digest, the signer and each file's size: never the files themselves.
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let files: Vec<(&str, usize)> = self.files.iter().map(|(name, bytes)| (*name, bytes.len())).collect();
+        f.debug_struct("Bundle")
+            .field("manifest", &self.manifest)
+            .field("sha256", &self.sha256)
+            .field("signed_by", &self.signed_by)
+            .field("files", &files)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Bundle {
