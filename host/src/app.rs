@@ -3,14 +3,17 @@
 //! [`App`] is the running service (not to be confused with the Docker `service` parameter, the
 //! registry a token is for).
 
+use crate::access::Caller;
 use crate::authority::{KeySource, Requirements, Validator};
-use crate::config::{Config, JwksSource, PolicyConfig, PolicyModule};
-use crate::ledger::Ledger;
+use crate::bundle::{self, Bundle, BundleError, Fetch, FetchOptions, Fetched};
+use crate::config::{BundleConfig, BundleSource, Config, JwksSource, PolicyConfig, PolicyModule};
+use crate::jws::TrustedKeys;
+use crate::ledger::{Ledger, Millis, Presented, Revocation, RevocationSet};
 use crate::mint::{self, KeySet, ReuseCache};
 use crate::policy::{self, Policy};
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Seconds since the Unix epoch. Injected so tests control time.
@@ -43,6 +46,35 @@ pub struct Live {
     /// Tokens minted recently, for identical requests (`signing.reuse_seconds`); dropped with
     /// this state, so a reload (policy, settings, keys) never reuses an older token.
     pub reuse: Option<ReuseCache>,
+    /// The policy bundle the policy and settings came from, with `policy.bundle`.
+    pub bundle: Option<LiveBundle>,
+}
+
+/// The policy bundle a [`Live`] serves: what it is, where it came from, what it revokes.
+#[derive(Clone)]
+pub struct LiveBundle {
+    /// Where it came from.
+    pub source: BundleSource,
+    /// The bundle, checked (its signature too, with `policy.bundle_keys`).
+    pub bundle: Arc<Bundle>,
+    /// Its bytes: re-checked on a reload that finds the source unchanged (the trusted keys may
+    /// have changed since).
+    bytes: Arc<Vec<u8>>,
+    /// The source's version of it (an `ETag`, an OCI manifest digest), for the next poll.
+    pub version: Option<String>,
+    /// Its `revocations.json`, indexed: the host checks them as it checks the ledger's.
+    pub revocations: Arc<RevocationSet>,
+}
+
+impl std::fmt::Debug for LiveBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveBundle")
+            .field("source", &self.source)
+            .field("bundle", &self.bundle)
+            .field("version", &self.version)
+            .field("revocations", &self.revocations.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why the service could not be (re)built. Names the file or key at fault.
@@ -80,6 +112,17 @@ pub enum BuildError {
     /// A reload was asked of a service started without a configuration file.
     #[error("the service was not started from a configuration file")]
     NoConfigFile,
+    /// The policy bundle was refused; the previous one (if any) keeps serving.
+    #[error("the policy bundle {source_name}: {error}")]
+    Bundle {
+        /// Where it came from.
+        source_name: String,
+        /// Why it was refused.
+        error: BundleError,
+    },
+    /// `policy.bundle_keys` could not be read.
+    #[error("policy.bundle_keys: {0}")]
+    BundleKeys(String),
     /// The reload task itself failed (it panicked or was cancelled).
     #[error("the reload task failed: {0}")]
     ReloadTask(String),
@@ -94,7 +137,31 @@ impl Live {
 
     /// [`Live::build`] for a reload of `previous`: the policy engine is reused when it can be.
     pub async fn build_after(config: Config, previous: Option<&Live>) -> Result<Live, BuildError> {
+        Live::build_with(config, previous, None).await
+    }
+
+    /// [`Live::build_after`] with the bundle already `fetched` (by a poll), instead of fetching it.
+    pub async fn build_with(
+        config: Config,
+        previous: Option<&Live>,
+        fetched: Option<Fetched>,
+    ) -> Result<Live, BuildError> {
+        let bundle = match &config.policy.bundle {
+            Some(bundle_config) => {
+                Some(open_bundle(bundle_config, previous.and_then(|p| p.bundle.as_ref()), fetched).await?)
+            }
+            None => None,
+        };
         let authority = &config.authority;
+        if let Some(live_bundle) = &bundle
+            && live_bundle.bundle.authority_jwks().is_some()
+            && authority.jwks != JwksSource::Bundle
+        {
+            tracing::info!(
+                bundle = %live_bundle.source,
+                "the bundle's authority-jwks.json is not used: authority.jwks_file or jwks_url is configured"
+            );
+        }
         let same_url = |previous: &Live| {
             let was = &previous.config.authority;
             was.jwks == authority.jwks
@@ -119,6 +186,23 @@ impl Live {
                 )
                 .await?
             }
+            // An offline site: the configuration names no Authority, the bundle carries its keys.
+            JwksSource::Bundle => {
+                let Some(live_bundle) = &bundle else {
+                    return Err(
+                        crate::config::ConfigError("authority: set jwks_file or jwks_url".into()).into()
+                    );
+                };
+                let jwks = live_bundle.bundle.authority_jwks().ok_or_else(|| BuildError::Bundle {
+                    source_name: live_bundle.source.to_string(),
+                    error: BundleError::Missing(format!(
+                        "missing file {}: the configuration names no authority.jwks_file or jwks_url, so the \
+                         Authority's keys must come in the bundle",
+                        bundle::AUTHORITY_JWKS
+                    )),
+                })?;
+                KeySource::from_json(jwks, &format!("the policy bundle's {}", bundle::AUTHORITY_JWKS))?
+            }
         };
         let requirements = Requirements {
             issuer: config.authority.issuer.clone(),
@@ -129,20 +213,134 @@ impl Live {
 
         let keys_set = load_keys(&config.signing)?;
 
-        let policy = load_policy(&config.policy, config.cache.decisions, previous.map(|p| &p.policy)).await?;
+        let previous_policy = previous.map(|p| &p.policy);
+        let policy = match &bundle {
+            Some(live_bundle) => {
+                let carried = &live_bundle.bundle;
+                let source = format!(
+                    "{} (bundle revision {})",
+                    carried.manifest().policy,
+                    carried.manifest().revision
+                );
+                let module = carried.policy();
+                // A bundle whose policy does not load with its settings is a refused bundle.
+                load_module(
+                    module.wasm(),
+                    &source,
+                    carried.settings_json(),
+                    &config.policy,
+                    config.cache.decisions,
+                    previous_policy,
+                )
+                .await
+                .map_err(|error| BuildError::Bundle {
+                    source_name: live_bundle.source.to_string(),
+                    error: BundleError::Policy(error.to_string()),
+                })?
+            }
+            None => load_policy(&config.policy, config.cache.decisions, previous_policy).await?,
+        };
         let admin_requirements =
             Requirements { required_scope: config.admin.required_scope.clone(), ..requirements.clone() };
         // Administrators are few: a small cache spares them a signature check per admin request.
         let admin_validator = Validator::new(keys.clone(), admin_requirements, 64);
         let validator = Validator::new(keys, requirements, config.cache.caller_tokens);
         let reuse = ReuseCache::new(config.cache.tokens, config.signing.reuse_window());
-        Ok(Live { config, validator, policy, keys: keys_set, admin_validator, reuse })
+        Ok(Live { config, validator, policy, keys: keys_set, admin_validator, reuse, bundle })
     }
 
     /// Whether the service can issue tokens (for `/readyz`).
     pub fn is_ready(&self) -> bool {
         self.validator.keys().is_ready()
     }
+
+    /// The revocation of the policy bundle's `revocations.json` that refuses `caller` (who
+    /// presented `tokens`) at `now`, if any: the same check as the ledger's.
+    pub fn bundle_revocation(
+        &self,
+        caller: &Caller,
+        tokens: Presented<'_>,
+        now: Millis,
+    ) -> Option<&Revocation> {
+        self.bundle.as_ref()?.revocations.check(caller, tokens, now)
+    }
+}
+
+/// Fetches (unless a poll already has) and opens the configured bundle: its limits, its signature
+/// with `policy.bundle_keys`, its content, and no rollback from the `live` one.
+async fn open_bundle(
+    config: &BundleConfig,
+    live: Option<&LiveBundle>,
+    fetched: Option<Fetched>,
+) -> Result<LiveBundle, BuildError> {
+    let refused = |error: BundleError| BuildError::Bundle { source_name: config.source.to_string(), error };
+    let keys = TrustedKeys::from_files(&config.keys).map_err(|e| BuildError::BundleKeys(e.to_string()))?;
+    let same_source = live.filter(|l| l.source == config.source);
+    let (bytes, version) = match fetched {
+        Some(Fetched { bytes, version }) => (Arc::new(bytes), version),
+        None => {
+            let known = same_source.and_then(|l| l.version.as_deref());
+            match bundle::fetch(&config.source, &fetch_options(config), known).await.map_err(refused)? {
+                Fetch::New(Fetched { bytes, version }) => (Arc::new(bytes), version),
+                Fetch::Unchanged => match same_source {
+                    Some(live) => (Arc::clone(&live.bytes), live.version.clone()),
+                    None => {
+                        return Err(refused(BundleError::Unavailable(
+                            "the source answered \"unchanged\" to a first fetch".into(),
+                        )));
+                    }
+                },
+            }
+        }
+    };
+    let opened = match live.filter(|l| l.bytes == bytes) {
+        // The same bytes as live, checked against today's keys (which a reload may have changed).
+        Some(live) if keys.is_empty() => Arc::clone(&live.bundle),
+        _ => Arc::new(Bundle::open(&bytes, config.max_bytes, &keys).map_err(refused)?),
+    };
+    if let Some(live) = live {
+        no_rollback(&live.bundle, &opened).map_err(refused)?;
+    }
+    if keys.is_empty() {
+        tracing::warn!(
+            bundle = %config.source,
+            "policy.bundle_keys is empty: the bundle's signature is not checked; anyone who can change the bundle \
+             chooses the policy"
+        );
+    }
+    let revocations = Arc::new(RevocationSet::new(opened.revocations().to_vec()));
+    Ok(LiveBundle { source: config.source.clone(), bundle: opened, bytes, version, revocations })
+}
+
+/// How the configured bundle is fetched.
+pub fn fetch_options(config: &BundleConfig) -> FetchOptions {
+    FetchOptions {
+        max_bytes: config.max_bytes,
+        ca_file: config.ca_file.clone(),
+        username: config.username.clone(),
+        password_file: config.password_file.clone(),
+        timeout: Duration::from_secs(30),
+    }
+}
+
+/// A bundle replacing `live` must have a higher revision (or be the very same bundle).
+fn no_rollback(live: &Bundle, new: &Bundle) -> Result<(), BundleError> {
+    let (was, now) = (live.manifest().revision, new.manifest().revision);
+    if new.sha256() == live.sha256() {
+        return Ok(());
+    }
+    if now < was {
+        return Err(BundleError::Rollback(format!(
+            "rollback refused: revision {now} is lower than the live revision {was}"
+        )));
+    }
+    if now == was {
+        return Err(BundleError::Rollback(format!(
+            "revision {now} is live with other content ({}); a new bundle needs a higher revision",
+            live.sha256()
+        )));
+    }
+    Ok(())
 }
 
 /// Loads the signing key set `signing` configures.
@@ -178,11 +376,23 @@ pub async fn load_policy_with(
             .map_err(|source| BuildError::PolicyFile { path: path.clone(), source })?
             .into(),
     };
-    let source = config.module.to_string();
+    load_module(&module, &config.module.to_string(), settings_json, config, decision_cache, previous).await
+}
+
+/// Loads `module` (named `source` in errors and on the status page) with `settings_json`, under
+/// the limits of `config`.
+pub async fn load_module(
+    module: &[u8],
+    source: &str,
+    settings_json: &str,
+    config: &PolicyConfig,
+    decision_cache: usize,
+    previous: Option<&Policy>,
+) -> Result<Policy, BuildError> {
     let limits = config.limits();
     Ok(match previous {
-        Some(previous) => previous.reload(&module, &source, settings_json, limits, decision_cache).await?,
-        None => Policy::load(&module, &source, settings_json, limits, decision_cache).await?,
+        Some(previous) => previous.reload(module, source, settings_json, limits, decision_cache).await?,
+        None => Policy::load(module, source, settings_json, limits, decision_cache).await?,
     })
 }
 
@@ -199,10 +409,25 @@ pub fn yaml_to_json(text: &str) -> Result<String, String> {
     Ok(value.to_string())
 }
 
+/// A bundle that was refused, as `/readyz` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BundleRefusal {
+    /// When.
+    pub time: Millis,
+    /// Where it came from.
+    pub source: String,
+    /// The short reason (`rollback`, `signature`, `unsigned`, ...), as metrics count it.
+    pub reason: &'static str,
+    /// Why, in full.
+    pub message: String,
+}
+
 /// The running service: the live state, swapped atomically on reload.
 pub struct App {
     live: ArcSwap<Live>,
     config_path: Option<PathBuf>,
+    /// The last bundle refused since the live one was applied, for `/readyz`.
+    bundle_refusal: Mutex<Option<BundleRefusal>>,
     /// The issuance ledger; `None` with `ledger.url: none` (and in tests that do not need one).
     pub ledger: Option<Ledger>,
     /// The clock requests use.
@@ -218,7 +443,16 @@ impl std::fmt::Debug for App {
 impl App {
     /// A service over already-built state. `config_path` is re-read on [`App::reload`].
     pub fn new(live: Live, config_path: Option<PathBuf>, clock: Clock) -> App {
-        App { live: ArcSwap::from_pointee(live), config_path, ledger: None, clock }
+        if let Some(live_bundle) = &live.bundle {
+            crate::metrics::metrics().bundle_applied(live_bundle.bundle.manifest().revision);
+        }
+        App {
+            live: ArcSwap::from_pointee(live),
+            config_path,
+            bundle_refusal: Mutex::new(None),
+            ledger: None,
+            clock,
+        }
     }
 
     /// This service recording into `ledger` (opened by the caller: it outlives reloads).
@@ -235,9 +469,104 @@ impl App {
     /// Re-reads the configuration file and everything it names, and swaps it in only if all of
     /// it loads. On error the previous state keeps serving.
     pub async fn reload(&self) -> Result<(), BuildError> {
+        let before = self.live();
         let result = self.reload_now().await;
         crate::metrics::metrics().reload(result.is_ok());
+        self.note_bundle(&before, &result);
         result
+    }
+
+    /// Asks a remote bundle source (`policy.bundle` over HTTPS or OCI) whether it has a new
+    /// bundle and, when it has, applies it with the live configuration: `Ok(true)`. A bundle
+    /// that is refused (or cannot be fetched) leaves the live one serving.
+    pub async fn poll_bundle(&self) -> Result<bool, BuildError> {
+        let current = self.live();
+        let (Some(config), Some(live_bundle)) = (&current.config.policy.bundle, &current.bundle) else {
+            return Ok(false);
+        };
+        let refused =
+            |error: BundleError| BuildError::Bundle { source_name: config.source.to_string(), error };
+        let known = live_bundle.version.as_deref();
+        let result = match bundle::fetch(&config.source, &fetch_options(config), known).await {
+            Ok(Fetch::Unchanged) => return Ok(false),
+            // A source without versions sends the live bundle again: nothing to do.
+            Ok(Fetch::New(fetched)) if fetched.bytes.as_slice() == live_bundle.bytes.as_slice() => {
+                return Ok(false);
+            }
+            Ok(Fetch::New(fetched)) => {
+                let config = current.config.clone();
+                self.build_and_swap(config, Arc::clone(&current), Some(fetched)).await.map(|()| true)
+            }
+            Err(error) => Err(refused(error)),
+        };
+        self.note_bundle(&current, &result);
+        result
+    }
+
+    /// Records what happened to the bundle: a refusal (logged, counted, shown by `/readyz`) or a
+    /// new bundle applied (which clears the last refusal).
+    fn note_bundle<T>(&self, before: &Live, result: &Result<T, BuildError>) {
+        match result {
+            Err(BuildError::Bundle { source_name, error }) => {
+                crate::metrics::metrics().bundle_refused(error.reason());
+                tracing::error!(
+                    bundle = %source_name,
+                    reason = error.reason(),
+                    %error,
+                    "policy bundle refused; the live one keeps serving"
+                );
+                if let Ok(mut last) = self.bundle_refusal.lock() {
+                    *last = Some(BundleRefusal {
+                        time: Millis::now(),
+                        source: source_name.clone(),
+                        reason: error.reason(),
+                        message: error.to_string(),
+                    });
+                }
+            }
+            Ok(_) => {
+                let live = self.live();
+                let Some(now) = &live.bundle else { return };
+                if before.bundle.as_ref().is_none_or(|was| was.bundle.sha256() != now.bundle.sha256()) {
+                    let manifest = now.bundle.manifest();
+                    crate::metrics::metrics().bundle_applied(manifest.revision);
+                    tracing::info!(
+                        bundle = %now.source,
+                        revision = manifest.revision,
+                        sha256 = now.bundle.sha256(),
+                        signed_by = now.bundle.signed_by().unwrap_or("(not checked)"),
+                        "policy bundle applied"
+                    );
+                    if let Ok(mut last) = self.bundle_refusal.lock() {
+                        *last = None;
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// The live bundle and the last refusal since it was applied, for `/readyz`; `None` without
+    /// `policy.bundle`.
+    pub fn bundle_status(&self) -> Option<serde_json::Value> {
+        let live = self.live();
+        let live_bundle = live.bundle.as_ref()?;
+        let manifest = live_bundle.bundle.manifest();
+        let refusal = self.bundle_refusal.lock().ok().and_then(|last| last.clone());
+        Some(serde_json::json!({
+            "source": live_bundle.source.to_string(),
+            "revision": manifest.revision,
+            "sha256": live_bundle.bundle.sha256(),
+            "created_at": manifest.created_at,
+            "wit_version": manifest.wit_version,
+            "policy": manifest.policy,
+            "policy_digest": manifest.policy_digest,
+            "settings_digest": manifest.settings_digest,
+            "signed_by": live_bundle.bundle.signed_by(),
+            "revocations": live_bundle.bundle.revocations().len(),
+            "authority_jwks": live_bundle.bundle.authority_jwks().is_some(),
+            "last_refusal": refusal,
+        }))
     }
 
     async fn reload_now(&self) -> Result<(), BuildError> {
@@ -264,13 +593,24 @@ impl App {
                 tracing::warn!(key, "{key} changed; it takes effect at the next restart");
             }
         }
+        self.build_and_swap(config, current, None).await
+    }
+
+    /// Builds a new `Live` from `config` after `current` and swaps it in.
+    async fn build_and_swap(
+        &self,
+        config: Config,
+        current: Arc<Live>,
+        fetched: Option<Fetched>,
+    ) -> Result<(), BuildError> {
         // Compiling a policy takes a few hundred milliseconds of CPU: keep it off the workers.
         let started = std::time::Instant::now();
         let handle = tokio::runtime::Handle::current();
-        let built =
-            tokio::task::spawn_blocking(move || handle.block_on(Live::build_after(config, Some(&current))))
-                .await
-                .map_err(|e| BuildError::ReloadTask(e.to_string()))??;
+        let built = tokio::task::spawn_blocking(move || {
+            handle.block_on(Live::build_with(config, Some(&current), fetched))
+        })
+        .await
+        .map_err(|e| BuildError::ReloadTask(e.to_string()))??;
         tracing::info!(
             policy = built.policy.source(),
             digest = built.policy.digest(),

@@ -40,6 +40,9 @@ pub struct Metrics {
     revocations_active: IntGaugeVec,
     signing_key_info: IntGaugeVec,
     policy_info: IntGaugeVec,
+    bundles_applied: IntCounter,
+    bundle_refusals: IntCounterVec,
+    bundle_revision: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -213,6 +216,26 @@ impl Metrics {
                 "The live policy (always 1), with its component digest and settings version.",
                 &["digest", "settings_version"],
             ),
+            bundles_applied: register(
+                &r,
+                IntCounter::new(
+                    "registry_token_bundles_applied_total",
+                    "Policy bundles applied (at start, on reload, or found by polling).",
+                )
+                .expect("valid counter"),
+            ),
+            bundle_refusals: counter_vec(
+                &r,
+                "registry_token_bundle_refusals_total",
+                "Policy bundles refused (the live one kept serving), by reason: unavailable, too_large, \
+                 unsafe_entry, malformed, files, digest, unsigned, unknown_key, signature, rollback, policy.",
+                &["reason"],
+            ),
+            bundle_revision: register(
+                &r,
+                IntGauge::new("registry_token_bundle_revision", "The revision of the live policy bundle.")
+                    .expect("valid gauge"),
+            ),
             registry: r,
         };
         let build =
@@ -300,6 +323,21 @@ impl Metrics {
     pub fn keys_fetch(&self, ok: bool) {
         if self.enabled() {
             self.authority_key_fetches.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+        }
+    }
+
+    /// A policy bundle of `revision` was applied.
+    pub fn bundle_applied(&self, revision: u64) {
+        if self.enabled() {
+            self.bundles_applied.inc();
+            self.bundle_revision.set(i64::try_from(revision).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// A policy bundle was refused for `reason` ([`crate::bundle::BundleError::reason`]).
+    pub fn bundle_refused(&self, reason: &str) {
+        if self.enabled() {
+            self.bundle_refusals.with_label_values(&[reason]).inc();
         }
     }
 

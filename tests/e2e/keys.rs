@@ -29,15 +29,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use test_support::{
-    Config, DockerRegistry, PLANS, Pkcs11Key, Server, SigningKey, build_image, layout_digest,
-    require_program, run_ok, serve_command, skopeo,
+    Config, DockerRegistry, PLANS, Pkcs11Key, SOFTHSM_MODULE, Server, SigningKey, build_image, layout_digest,
+    run_ok, serve_command, skopeo,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
 const SERVICE: &str = "registry.keys";
 const ISSUER: &str = "https://authority.keys";
-const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const SOFTHSM_INSTALL: &str = "install it with `apt-get install -y softhsm2`";
 const TOKEN_LABEL: &str = "registry-token";
 const HSM_KEY: &str = "signing-hsm";
 /// A P-256 key in the same token.
@@ -194,33 +192,7 @@ fn header_of(token: &str) -> serde_json::Value {
 
 /// A SoftHSM2 token of our own, in `root/hsm`: its configuration file for `SOFTHSM2_CONF`.
 fn init_softhsm(root: &Path) -> PathBuf {
-    require_program("softhsm2-util", SOFTHSM_INSTALL);
-    assert!(Path::new(SOFTHSM_MODULE).is_file(), "{SOFTHSM_MODULE} is missing: {SOFTHSM_INSTALL}");
-    let hsm = root.join("hsm");
-    std::fs::create_dir_all(hsm.join("tokens")).unwrap();
-    let conf = hsm.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            hsm.join("tokens").display()
-        ),
-    )
-    .unwrap();
-    run_ok(Command::new("softhsm2-util").env("SOFTHSM2_CONF", &conf).args([
-        "--init-token",
-        "--free",
-        "--label",
-        TOKEN_LABEL,
-        "--pin",
-        PIN,
-        "--so-pin",
-        "8213-test-so-pin",
-    ]));
-    let pin = hsm.join("pin");
-    std::fs::write(&pin, format!("{PIN}\n")).unwrap();
-    std::fs::set_permissions(&pin, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    conf
+    test_support::softhsm_token(root, TOKEN_LABEL, PIN)
 }
 
 fn start() -> Suite {

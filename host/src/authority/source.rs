@@ -49,6 +49,12 @@ impl KeySource {
         Ok(KeySource::File(Arc::new(KeySet::from_json(&bytes, &path.display().to_string())?)))
     }
 
+    /// A JWKS document already in memory (a policy bundle's `authority-jwks.json`), named
+    /// `origin` in errors.
+    pub fn from_json(bytes: &[u8], origin: &str) -> Result<KeySource, JwksError> {
+        Ok(KeySource::File(Arc::new(KeySet::from_json(bytes, origin)?)))
+    }
+
     /// A JWKS URL, refetched every `refresh_every`, and on an unknown `kid` at most once per
     /// `min_refetch` (so a flood of tokens with made-up key ids cannot become a flood of requests to
     /// the Authority). The first fetch happens here; if it fails the error is logged and tokens are

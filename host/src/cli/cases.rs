@@ -98,10 +98,15 @@ pub struct CaseResult {
     pub failure: Option<String>,
 }
 
+/// Parses a case file's text (`origin` names it in errors); its settings are not read.
+pub fn parse(text: &str, origin: &str) -> Result<CaseFile, String> {
+    serde_norway::from_str(text).map_err(|e| format!("{origin}: {e}"))
+}
+
 /// Reads a case file and the settings it names (unless `settings_override` is given), as JSON.
 pub fn read(path: &Path, settings_override: Option<&Path>) -> Result<(CaseFile, String), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let file: CaseFile = serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = parse(&text, &path.display().to_string())?;
     let settings = match (settings_override, &file.settings_file, &file.settings) {
         (Some(override_path), _, _) => crate::app::settings_json(override_path).map_err(|e| e.to_string())?,
         (None, Some(relative), _) => {

@@ -170,7 +170,7 @@ fn default_name() -> String {
 }
 
 /// Replaces `path` whole (a temporary file renamed over it): a registry never reads half a file.
-fn write_replacing(path: &Path, contents: &[u8]) -> Result<(), String> {
+pub(super) fn write_replacing(path: &Path, contents: &[u8]) -> Result<(), String> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut file = tempfile::NamedTempFile::new_in(dir)
         .map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;

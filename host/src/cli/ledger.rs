@@ -1,4 +1,5 @@
-//! `registry-token ledger events|refresh-tokens|revoke|revocations|unrevoke`: the ledger read and changed
+//! `registry-token ledger events|refresh-tokens|revoke|revocations|unrevoke` (and `export|verify`,
+//! in `ledger_export`): the ledger read and changed
 //! directly, so it works while the service is down (forensics) and from any host that reaches a
 //! shared PostgreSQL. A revocation made here reaches running replicas at their next poll
 //! (within a second).
@@ -96,6 +97,39 @@ pub(super) enum LedgerCommand {
         config: ConfigArg,
         /// The revocation's id.
         id: String,
+    },
+    /// Write events as deterministic JSON lines (id order, sorted keys) with a detached signature
+    /// (OUT.sig), signed with --key/--pkcs11 or the configuration's active signing key.
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// At or after (RFC 3339 or Unix seconds).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before (RFC 3339 or Unix seconds).
+        #[arg(long)]
+        until: Option<String>,
+        /// Where to write the events.
+        #[arg(long)]
+        out: PathBuf,
+        /// Where to write the signature (default: OUT.sig).
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        #[command(flatten)]
+        signer: super::signer::SignerArgs,
+    },
+    /// Check an export against its signature; names the first line that differs.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The signature (default: FILE.sig).
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// Keys to trust (default: the configuration's signing keys).
+        #[command(flatten)]
+        keys: super::signer::VerifierArgs,
+        /// The export.
+        file: PathBuf,
     },
 }
 
@@ -222,6 +256,13 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
                     );
                 }
             }
+        }
+        LedgerCommand::Export { config, since, until, out, signature, signer } => {
+            return super::ledger_export::export(&config.config, since, until, &out, signature, &signer)
+                .await;
+        }
+        LedgerCommand::Verify { config, signature, keys, file } => {
+            return super::ledger_export::verify(&file, signature, &keys, &config.config);
         }
         LedgerCommand::Unrevoke { config, id } => {
             let ledger = open(&config).await?;

@@ -1,10 +1,14 @@
 //! The `registry-token` command line: `serve`, `keygen`, `keys new|export|list`, `dev-authority`,
-//! `policy test|eval`, `ledger events|revoke|revocations|unrevoke`.
+//! `policy test|eval`, `bundle build|sign|verify|inspect|test|push`,
+//! `ledger events|revoke|revocations|unrevoke|export|verify`.
 
+mod bundle;
 mod cases;
 mod keys;
 mod ledger;
+mod ledger_export;
 mod serve;
+mod signer;
 
 use crate::app::{load_policy, load_policy_with, system_clock};
 use crate::authority::caller_from_claims;
@@ -70,6 +74,9 @@ enum Command {
     /// Read the issuance ledger and revoke, directly (works while the service is down).
     #[command(subcommand)]
     Ledger(ledger::LedgerCommand),
+    /// Policy bundles: build, sign, verify, inspect, test and push them.
+    #[command(subcommand)]
+    Bundle(bundle::BundleCommand),
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -180,6 +187,7 @@ pub fn main() -> ExitCode {
             }
             Command::Ledger(command) => ledger::run(command).await,
             Command::Keys(command) => keys::run(command),
+            Command::Bundle(command) => bundle::run(command).await,
         }
     });
     match result {
@@ -263,6 +271,7 @@ fn policy_config(source: &PolicySource) -> PolicyConfig {
         settings_file: source.settings.clone(),
         timeout_ms: source.timeout_ms,
         memory_mib: source.memory_mib,
+        bundle: None,
     }
 }
 

@@ -1,7 +1,7 @@
 //! `registry-token serve`: load, listen, reload on SIGHUP, drain on SIGTERM/SIGINT.
 
 use crate::app::{App, Live, system_clock};
-use crate::config::{Config, JwksSource, PolicyModule};
+use crate::config::{BundleSource, Config, JwksSource, PolicyModule};
 use crate::ledger::Ledger;
 use crate::{dev_authority, http, mint};
 use std::future::IntoFuture;
@@ -122,6 +122,22 @@ fn spawn_reloader(service: Arc<App>, config_path: &Path) -> Result<(), String> {
             if let Some(watcher) = watcher.as_mut() {
                 watcher.watch(&watched_files(&config_path, &service.live().config));
             }
+            // A bundle from a URL or a registry is asked for a new revision every
+            // `policy.bundle_poll_seconds`; a file is reloaded like any other file.
+            let poll_every = service
+                .live()
+                .config
+                .policy
+                .bundle
+                .as_ref()
+                .filter(|bundle| bundle.source.is_remote() && bundle.poll_seconds > 0)
+                .map(|bundle| Duration::from_secs(bundle.poll_seconds));
+            let poll = async move {
+                match poll_every {
+                    Some(every) => tokio::time::sleep(every).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 Some(()) = hangup.recv() => tracing::info!("SIGHUP: reloading"),
                 Some(()) = changed.recv() => {
@@ -129,6 +145,14 @@ fn spawn_reloader(service: Arc<App>, config_path: &Path) -> Result<(), String> {
                     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                     while changed.try_recv().is_ok() {}
                     tracing::info!("a watched file changed: reloading");
+                }
+                () = poll => {
+                    // A refused bundle is logged (and counted, and shown by /readyz) by the App.
+                    match service.poll_bundle().await {
+                        Err(crate::app::BuildError::Bundle { .. }) | Ok(_) => {}
+                        Err(error) => tracing::error!(%error, "a new policy bundle could not be applied"),
+                    }
+                    continue;
                 }
                 else => break,
             }
@@ -155,9 +179,21 @@ fn watched_files(config_path: &Path, config: &Config) -> Vec<PathBuf> {
     if let JwksSource::File(jwks) = &config.authority.jwks {
         files.push(jwks.clone());
     }
-    files.extend(config.policy.settings_file.clone());
-    if let PolicyModule::File(module) = &config.policy.module {
-        files.push(module.clone());
+    match &config.policy.bundle {
+        Some(bundle) => {
+            if let BundleSource::File(file) = &bundle.source {
+                files.push(file.clone());
+            }
+            files.extend(bundle.keys.iter().cloned());
+            files.extend(bundle.ca_file.clone());
+            files.extend(bundle.password_file.clone());
+        }
+        None => {
+            files.extend(config.policy.settings_file.clone());
+            if let PolicyModule::File(module) = &config.policy.module {
+                files.push(module.clone());
+            }
+        }
     }
     files
 }

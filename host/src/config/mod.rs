@@ -10,9 +10,9 @@ mod sections;
 
 pub use crate::mint::{KeyEntry, KeyStatus, Pkcs11KeyConfig, Rfc3339};
 pub use sections::{
-    AdminConfig, AuthorityConfig, CacheConfig, DenialStatus, DevelopmentConfig, Durability, HttpConfig,
-    JwksSource, LedgerConfig, LedgerUrl, PolicyConfig, PolicyModule, RefreshTokensConfig, SigningConfig,
-    TrustedProxies,
+    AdminConfig, AuthorityConfig, BundleConfig, BundleSource, CacheConfig, DenialStatus, DevelopmentConfig,
+    Durability, HttpConfig, JwksSource, LedgerConfig, LedgerUrl, PolicyConfig, PolicyModule,
+    RefreshTokensConfig, SigningConfig, TrustedProxies,
 };
 
 use env::{EnvOverrides, describe};
@@ -127,6 +127,12 @@ impl Config {
         }
         if self.authority.required_scope.is_empty() {
             return Err("authority.required_scope is empty".into());
+        }
+        // An offline site's Authority keys may come in its policy bundle; otherwise they are named.
+        if self.authority.jwks == JwksSource::Bundle && self.policy.bundle.is_none() {
+            return Err("authority: set jwks_file or jwks_url (or serve a policy.bundle that carries \
+                        authority-jwks.json)"
+                .into());
         }
         if self.authority.jwks_refresh_seconds < 10 {
             return Err("authority.jwks_refresh_seconds must be at least 10".into());

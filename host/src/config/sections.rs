@@ -18,7 +18,7 @@ pub struct AuthorityConfig {
     pub audiences: Vec<String>,
     /// Scope a caller token must carry.
     pub required_scope: String,
-    /// Where the Authority's keys come from (`jwks_file` or `jwks_url`).
+    /// Where the Authority's keys come from (`jwks_file`, `jwks_url`, or the policy bundle).
     pub jwks: JwksSource,
     /// How often a `jwks_url` is refetched.
     pub jwks_refresh_seconds: u64,
@@ -28,13 +28,16 @@ pub struct AuthorityConfig {
     pub leeway_seconds: u64,
 }
 
-/// `authority.jwks_file` or `authority.jwks_url`.
+/// `authority.jwks_file` or `authority.jwks_url`, or neither: the policy bundle's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JwksSource {
     /// A JWKS file, read at start and on every reload.
     File(PathBuf),
     /// A JWKS URL (https, or plain http to a loopback address), fetched and refreshed.
     Url(String),
+    /// Neither is set: the keys are the `authority-jwks.json` of the policy bundle (an offline
+    /// site); `Config::check` requires `policy.bundle` then.
+    Bundle,
 }
 
 /// `authority:` as written. `issuer` and `audiences` have no default; the rest do.
@@ -72,7 +75,7 @@ impl TryFrom<AuthoritySection> for AuthorityConfig {
     fn try_from(section: AuthoritySection) -> Result<Self, String> {
         let jwks = match (section.jwks_file, section.jwks_url) {
             (Some(_), Some(_)) => return Err("set jwks_file or jwks_url, not both".into()),
-            (None, None) => return Err("set jwks_file or jwks_url".into()),
+            (None, None) => JwksSource::Bundle,
             (Some(file), None) => JwksSource::File(file),
             (None, Some(url)) if !crate::authority::acceptable_jwks_url(&url) => {
                 return Err(format!(
@@ -161,18 +164,206 @@ impl SigningConfig {
     }
 }
 
-/// `policy:`
+/// `policy.bundle`, parsed.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum BundleSource {
+    /// A file, read at start and at every reload.
+    File(PathBuf),
+    /// An `https://` URL, fetched and polled.
+    Https(String),
+    /// `oci://REGISTRY/REPOSITORY:TAG` (or `@sha256:…`), pulled and polled.
+    Oci(String),
+}
+
+impl TryFrom<String> for BundleSource {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        if let Some(reference) = value.strip_prefix("oci://") {
+            let parsed = oci_client::Reference::try_from(reference)
+                .map_err(|e| format!("{value:?} is not an OCI reference (oci://host/repository:tag): {e}"))?;
+            let host = reference.split('/').next().unwrap_or_default();
+            if parsed.registry() != host || !(host.contains('.') || host.contains(':') || host == "localhost")
+            {
+                return Err(format!("{value:?} must name its registry: oci://host[:port]/repository:tag"));
+            }
+            return Ok(BundleSource::Oci(reference.to_owned()));
+        }
+        if value.starts_with("https://") {
+            let url = reqwest::Url::parse(&value).map_err(|e| format!("{value:?} is not a URL: {e}"))?;
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err(format!("{value:?} names no host"));
+            }
+            return Ok(BundleSource::Https(value));
+        }
+        if value.contains("://") {
+            return Err(format!(
+                "{value:?}: a bundle comes from a file, an https:// URL or an oci:// reference"
+            ));
+        }
+        if value.is_empty() {
+            return Err("an empty path".into());
+        }
+        Ok(BundleSource::File(PathBuf::from(value)))
+    }
+}
+
+impl std::fmt::Display for BundleSource {
+    /// As written in the configuration.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BundleSource::File(path) => path.display().fmt(f),
+            BundleSource::Https(url) => f.write_str(url),
+            BundleSource::Oci(reference) => write!(f, "oci://{reference}"),
+        }
+    }
+}
+
+impl BundleSource {
+    /// Whether it is fetched over the network (and so polled).
+    pub fn is_remote(&self) -> bool {
+        !matches!(self, BundleSource::File(_))
+    }
+}
+
+/// `policy:`, parsed: a module and its settings, or a bundle that carries both.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(try_from = "PolicySection")]
 pub struct PolicyConfig {
-    /// `builtin:plan-catalogue`, or the path of a `.wasm` component.
+    /// `builtin:plan-catalogue`, or the path of a `.wasm` component (unused with a bundle).
     pub module: PolicyModule,
-    /// The policy's settings (YAML or JSON), handed to it as JSON.
+    /// The policy's settings (YAML or JSON), handed to it as JSON (unused with a bundle).
     pub settings_file: Option<PathBuf>,
     /// Deadline of one evaluation.
     pub timeout_ms: u64,
     /// Memory cap of one evaluation.
     pub memory_mib: u64,
+    /// `policy.bundle` and its `bundle_*` keys: the policy, its settings (and perhaps revocations
+    /// and the Authority's keys) come from a bundle instead.
+    pub bundle: Option<BundleConfig>,
+}
+
+/// `policy.bundle` and the `policy.bundle_*` keys.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BundleConfig {
+    /// A file, an `https://` URL or `oci://host/repository:tag`.
+    pub source: BundleSource,
+    /// PEM public keys or certificates, or JWKS files: when any is given, a bundle must carry a
+    /// valid signature by one of them.
+    pub keys: Vec<PathBuf>,
+    /// How often a remote source is asked for a new bundle (0: only at start and reload).
+    pub poll_seconds: u64,
+    /// The largest bundle accepted, packed or unpacked.
+    pub max_bytes: u64,
+    /// PEM certificates trusted (besides the system's) for an HTTPS source or registry.
+    pub ca_file: Option<PathBuf>,
+    /// The user name presented to a registry.
+    pub username: Option<String>,
+    /// The file holding the registry password (mode 0600), read at every pull.
+    pub password_file: Option<PathBuf>,
+}
+
+impl BundleConfig {
+    /// Default of `policy.bundle_max_bytes`: 64 MiB, room for a policy in any guest language.
+    pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+    /// Default of `policy.bundle_poll_seconds`.
+    pub const DEFAULT_POLL_SECONDS: u64 = 60;
+}
+
+/// `policy:` as written.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct PolicySection {
+    module: Option<PolicyModule>,
+    settings_file: Option<PathBuf>,
+    timeout_ms: u64,
+    memory_mib: u64,
+    bundle: Option<BundleSource>,
+    bundle_keys: Vec<PathBuf>,
+    bundle_poll_seconds: Option<u64>,
+    bundle_max_bytes: Option<u64>,
+    bundle_ca_file: Option<PathBuf>,
+    bundle_username: Option<String>,
+    bundle_password_file: Option<PathBuf>,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        let defaults = PolicyConfig::default();
+        PolicySection {
+            module: None,
+            settings_file: None,
+            timeout_ms: defaults.timeout_ms,
+            memory_mib: defaults.memory_mib,
+            bundle: None,
+            bundle_keys: Vec::new(),
+            bundle_poll_seconds: None,
+            bundle_max_bytes: None,
+            bundle_ca_file: None,
+            bundle_username: None,
+            bundle_password_file: None,
+        }
+    }
+}
+
+impl TryFrom<PolicySection> for PolicyConfig {
+    type Error = String;
+
+    fn try_from(section: PolicySection) -> Result<Self, String> {
+        let bundle = match section.bundle {
+            Some(_) if section.module.is_some() || section.settings_file.is_some() => {
+                return Err(
+                    "set bundle, or module and settings_file, not both: a bundle carries the policy and \
+                            its settings"
+                        .into(),
+                );
+            }
+            Some(source) => {
+                let max_bytes = section.bundle_max_bytes.unwrap_or(BundleConfig::DEFAULT_MAX_BYTES);
+                if !(1024..=1024 * 1024 * 1024).contains(&max_bytes) {
+                    return Err("bundle_max_bytes must be between 1024 and 1073741824".into());
+                }
+                let poll_seconds = section.bundle_poll_seconds.unwrap_or(BundleConfig::DEFAULT_POLL_SECONDS);
+                if poll_seconds > 86_400 {
+                    return Err("bundle_poll_seconds must be at most 86400 (0: no polling)".into());
+                }
+                if section.bundle_username.is_some() != section.bundle_password_file.is_some() {
+                    return Err("bundle_username and bundle_password_file go together".into());
+                }
+                Some(BundleConfig {
+                    source,
+                    keys: section.bundle_keys,
+                    poll_seconds,
+                    max_bytes,
+                    ca_file: section.bundle_ca_file,
+                    username: section.bundle_username,
+                    password_file: section.bundle_password_file,
+                })
+            }
+            None => {
+                let stray = [
+                    ("bundle_keys", !section.bundle_keys.is_empty()),
+                    ("bundle_poll_seconds", section.bundle_poll_seconds.is_some()),
+                    ("bundle_max_bytes", section.bundle_max_bytes.is_some()),
+                    ("bundle_ca_file", section.bundle_ca_file.is_some()),
+                    ("bundle_username", section.bundle_username.is_some()),
+                    ("bundle_password_file", section.bundle_password_file.is_some()),
+                ];
+                if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+                    return Err(format!("{key} is set but bundle is not: it applies to a bundle only"));
+                }
+                None
+            }
+        };
+        Ok(PolicyConfig {
+            module: section.module.unwrap_or(PolicyModule::Builtin(Builtin::PlanCatalogue)),
+            settings_file: section.settings_file,
+            timeout_ms: section.timeout_ms,
+            memory_mib: section.memory_mib,
+            bundle,
+        })
+    }
 }
 
 impl Default for PolicyConfig {
@@ -184,6 +375,7 @@ impl Default for PolicyConfig {
             settings_file: None,
             timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
             memory_mib: (limits.memory_bytes / MIB) as u64,
+            bundle: None,
         }
     }
 }
@@ -447,7 +639,24 @@ fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{BundleSource, redact_url};
+
+    #[test]
+    fn sources_parse_as_a_file_an_https_url_or_an_oci_reference() {
+        let parse = |text: &str| BundleSource::try_from(text.to_owned());
+        assert_eq!(parse("etc/bundle.tar.gz"), Ok(BundleSource::File("etc/bundle.tar.gz".into())));
+        assert_eq!(
+            parse("https://bundles.example/site.tar.gz"),
+            Ok(BundleSource::Https("https://bundles.example/site.tar.gz".into()))
+        );
+        assert_eq!(
+            parse("oci://127.0.0.1:5000/team/policy:3"),
+            Ok(BundleSource::Oci("127.0.0.1:5000/team/policy:3".into()))
+        );
+        assert!(parse("oci://team/policy:3").unwrap_err().contains("must name its registry"));
+        assert!(parse("http://bundles.example/site.tar.gz").unwrap_err().contains("https:// URL"));
+        assert!(parse("ftp://x/y").is_err());
+    }
 
     #[test]
     fn ledger_urls_are_shown_without_their_passwords() {

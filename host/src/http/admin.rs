@@ -132,12 +132,16 @@ impl FromRequestParts<AppState> for Admin {
             })?;
         Span::current().record("sub", validated.caller.subject.as_str());
         // A revoked administrator is no administrator: a leaked admin token revoked by its `jti`
-        // (or its subject, client or tenant) cannot lift its own revocation.
+        // (or its subject, client or tenant) cannot lift its own revocation. The ledger's
+        // revocations and the policy bundle's, as for callers.
         let now = Millis::from_seconds((app.clock)());
-        if let Some(ledger) = &app.ledger
-            && let Some(revocation) =
-                ledger.revoked(&validated.caller, Presented::caller_token(validated.jti.as_deref()), now)
-        {
+        let presented = Presented::caller_token(validated.jti.as_deref());
+        let revoked = app
+            .ledger
+            .as_ref()
+            .and_then(|ledger| ledger.revoked(&validated.caller, presented, now))
+            .or_else(|| live.bundle_revocation(&validated.caller, presented, now).cloned());
+        if let Some(revocation) = revoked {
             return Err(AdminError::Forbidden(revocation.message()));
         }
         Ok(Admin {

@@ -199,6 +199,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
     let body = serde_json::json!({
         "ready": ready,
         "ledger": ledger,
+        "bundle": app.bundle_status(),
         "policy": {
             "module": live.policy.source(),
             "digest": live.policy.digest(),

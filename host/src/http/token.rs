@@ -318,36 +318,41 @@ async fn issue(
         authenticate(app, live, ask, exchange, now, record.as_deref_mut()).await?;
     let caller = &validated.caller;
     span.record("sub", caller.subject.as_str());
-    if let Some(ledger) = &app.ledger
-        && let Some(record) = record.as_deref_mut()
+    let at = Millis::from_seconds(now);
+    if let Some(record) = record.as_deref_mut()
+        && refresh.is_none()
     {
-        let event = &mut record.event;
-        if refresh.is_none() {
-            event.set_caller(caller, &live.config.authority.issuer, validated.jti.as_deref());
+        record.event.set_caller(caller, &live.config.authority.issuer, validated.jti.as_deref());
+    }
+    // The host's own check, before any policy is asked: no policy can grant to a revoked caller.
+    // The ledger's revocations, and the policy bundle's (an offline site's snapshot of a ledger's).
+    let presented = Presented {
+        caller_jti: validated.jti.as_deref(),
+        refresh_token: refresh.as_ref().map(|r| r.id.as_str()),
+    };
+    let revoked = app
+        .ledger
+        .as_ref()
+        .and_then(|ledger| ledger.revoked(caller, presented, at))
+        .or_else(|| live.bundle_revocation(caller, presented, at).cloned());
+    if let Some(revocation) = revoked {
+        metrics().decision("revoked");
+        // A refresh token that no longer authenticates is a 401, like an expired one.
+        if refresh.is_some() {
+            return Err(ApiError::Refresh(RefreshError::Revoked(revocation.message())));
         }
-        // The host's own check, before any policy is asked: no policy can grant to a revoked caller.
-        let presented = Presented {
-            caller_jti: validated.jti.as_deref(),
-            refresh_token: refresh.as_ref().map(|r| r.id.as_str()),
-        };
-        if let Some(revocation) = ledger.revoked(caller, presented, Millis::from_seconds(now)) {
-            metrics().decision("revoked");
-            // A refresh token that no longer authenticates is a 401, like an expired one.
-            if refresh.is_some() {
-                return Err(ApiError::Refresh(RefreshError::Revoked(revocation.message())));
-            }
-            return Err(ApiError::Denied {
-                reason: "revoked".to_owned(),
-                message: revocation.message(),
-                status: live.config.http.denial_status,
-            });
-        }
-        event.policy_digest = Some(live.policy.digest().to_owned());
-        event.settings_version = Some(live.policy.settings_version().to_owned());
+        return Err(ApiError::Denied {
+            reason: "revoked".to_owned(),
+            message: revocation.message(),
+            status: live.config.http.denial_status,
+        });
+    }
+    if let Some(record) = record.as_deref_mut() {
+        record.event.policy_digest = Some(live.policy.digest().to_owned());
+        record.event.settings_version = Some(live.policy.settings_version().to_owned());
         if let Some(token) = &refresh {
             // Any exchange it authenticated counts as a use, whatever the policy answers.
-            record.change =
-                Some(Change::RefreshTokenUsed { id: token.id.clone(), at: Millis::from_seconds(now) });
+            record.change = Some(Change::RefreshTokenUsed { id: token.id.clone(), at });
         }
     }
 

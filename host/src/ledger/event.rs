@@ -2,7 +2,7 @@
 //! [`Revocation`]s the host checks before any policy is asked.
 
 use crate::access::Caller;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
 /// Milliseconds since the Unix epoch; rendered as RFC 3339 UTC with milliseconds.
@@ -46,6 +46,14 @@ impl fmt::Display for Millis {
 impl Serialize for Millis {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
+    }
+}
+
+/// Read back as written (a policy bundle's `revocations.json` is a snapshot of the ledger's).
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Millis::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -305,6 +313,14 @@ impl Serialize for RevocationKind {
     }
 }
 
+impl<'de> Deserialize<'de> for RevocationKind {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        RevocationKind::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("{name:?} is not a revocation kind")))
+    }
+}
+
 /// The tokens behind a caller that revocations may name: the Authority token's `jti` and, when the
 /// caller came with one of our refresh tokens, its id.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -323,7 +339,8 @@ impl<'a> Presented<'a> {
 }
 
 /// A revocation: callers it names are refused before any policy is asked.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Revocation {
     /// UUIDv7.
     pub id: String,

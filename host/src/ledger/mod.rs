@@ -325,6 +325,18 @@ impl Ledger {
         self.shared.store.events(filter).await
     }
 
+    /// One page of an export: events at or after `since` and before `until`, in id order (which
+    /// is time order), after `after_id`; at most `limit`.
+    pub async fn export_page(
+        &self,
+        since: Option<Millis>,
+        until: Option<Millis>,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.shared.store.export_page(since, until, after_id, limit).await
+    }
+
     /// The event `id`.
     pub async fn event(&self, id: &str) -> Result<Option<Event>, StoreError> {
         self.shared.store.event(id).await

@@ -455,6 +455,38 @@ pub(super) fn events_query(filter: &EventFilter) -> (String, Vec<Param>) {
     (sql, params)
 }
 
+/// `SELECT` of one page of an export: events at or after `since` and before `until`, oldest id
+/// first, after `after_id` (the last id of the previous page).
+pub(super) fn export_query(
+    since: Option<Millis>,
+    until: Option<Millis>,
+    after_id: Option<&str>,
+    limit: usize,
+) -> (String, Vec<Param>) {
+    let mut conditions = Vec::new();
+    let mut params = Vec::new();
+    if let Some(since) = since {
+        params.push(Param::Int(Some(since.0)));
+        conditions.push(format!("time_ms >= ${}", params.len()));
+    }
+    if let Some(until) = until {
+        params.push(Param::Int(Some(until.0)));
+        conditions.push(format!("time_ms < ${}", params.len()));
+    }
+    if let Some(after_id) = after_id {
+        params.push(Param::Text(Some(after_id.to_owned())));
+        conditions.push(format!("id > ${}", params.len()));
+    }
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events");
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    params.push(Param::Int(Some(i64::try_from(limit).unwrap_or(i64::MAX))));
+    sql.push_str(&format!(" ORDER BY id ASC LIMIT ${}", params.len()));
+    (sql, params)
+}
+
 /// Why the database could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -531,6 +563,20 @@ impl Store {
     pub(super) async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
         let (sql, params) = events_query(filter);
         self.select(sql, params, event_from).await
+    }
+
+    pub(super) async fn export_page(
+        &self,
+        since: Option<Millis>,
+        until: Option<Millis>,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let (sql, params) = export_query(since, until, after_id, limit);
+        match self {
+            Store::Sqlite(store) => store.select(sql, params, event_from).await,
+            Store::Postgres(store) => store.select(&sql, params, event_from).await,
+        }
     }
 
     pub(super) async fn event(&self, id: &str) -> Result<Option<Event>, StoreError> {

@@ -20,6 +20,7 @@ mod cache;
 mod contract;
 mod load;
 mod runtime;
+mod wit;
 
 use crate::access::{Caller, Resource};
 use cache::DecisionCache;
@@ -29,6 +30,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 pub use runtime::Limits;
+pub use wit::{supported_wit_versions, wit_version};
 
 /// Generated from `wit/`: the only place the host meets the contract's types.
 mod bindings {

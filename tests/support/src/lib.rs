@@ -11,6 +11,7 @@
 
 mod config;
 mod docker;
+mod hsm;
 mod http;
 mod plans;
 mod postgres;
@@ -21,6 +22,7 @@ pub use config::{
     Admin, Authority, Cache, Config, Http, Ledger, Pkcs11Key, Policy, RefreshTokens, Signing, SigningKey,
 };
 pub use docker::{DOCKER_INSTALL, DockerEngine, rootfs_tar};
+pub use hsm::{SOFTHSM_INSTALL, SOFTHSM_MODULE, softhsm_token};
 pub use http::{Client, Reply, raw_exchange};
 pub use plans::{PLANS, as_json, plans_revoking, plans_with};
 pub use postgres::PostgresCluster;

@@ -1,0 +1,1105 @@
+//! Policy bundles as operators use them: `bundle build|sign|verify|inspect|test` through the
+//! binary (deterministic bytes; every refusal with its message, hostile archives refused before
+//! anything is written), a server serving a bundle from a file and from an HTTPS URL on loopback
+//! (a CA made here, polled, rollbacks refused and shown), the offline kit deciding exactly as the
+//! online instance its bundle came from, and signed ledger exports.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use test_support::{Client, Server, plans_with};
+
+const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
+const CREATED_AT: &str = "2026-12-01T00:00:00Z";
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let output = run(args);
+    assert!(output.status.success(), "{args:?} failed:\n{}{}", text(&output.stdout), text(&output.stderr));
+    text(&output.stdout)
+}
+
+/// The command's error message (it must fail).
+fn refused(args: &[&str]) -> String {
+    let output = run(args);
+    assert!(!output.status.success(), "{args:?} succeeded:\n{}", text(&output.stdout));
+    text(&output.stderr)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A key pair to sign bundles with (`keygen`): `DIR/signing-key.pem`, `DIR/signing-cert.pem`.
+fn signer(dir: &Path, algorithm: &str) -> (PathBuf, PathBuf) {
+    ok(&["keygen", "--algorithm", algorithm, "--out", path(dir)]);
+    (dir.join("signing-key.pem"), dir.join("signing-cert.pem"))
+}
+
+/// `bundle build` of the built-in policy with `plans` (YAML) as settings; returns the digest it
+/// printed.
+fn build(dir: &Path, out: &Path, plans: &str, revision: u64, extra: &[&str]) -> String {
+    let settings = dir.join(format!("settings-{revision}-{}.yaml", digest_of(plans.as_bytes())));
+    std::fs::write(&settings, plans).unwrap();
+    let revision = revision.to_string();
+    let mut args = vec![
+        "bundle",
+        "build",
+        "--policy",
+        "builtin:plan-catalogue",
+        "--settings",
+        path(&settings),
+        "--revision",
+        &revision,
+        "--created-at",
+        CREATED_AT,
+        "--out",
+        path(out),
+    ];
+    args.extend_from_slice(extra);
+    let stdout = ok(&args);
+    let first = stdout.lines().next().unwrap();
+    let (digest, file) = first.split_once("  ").unwrap();
+    assert_eq!(file, path(out));
+    assert_eq!(digest, digest_of(&std::fs::read(out).unwrap()), "the printed digest is the file's");
+    digest.to_owned()
+}
+
+fn digest_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(bytes))
+}
+
+fn sign(bundle: &Path, key: &Path) {
+    ok(&["bundle", "sign", "--key", path(key), path(bundle)]);
+}
+
+/// The files of a bundle, unpacked in memory (the test's own reader).
+fn files_of(bundle: &Path) -> BTreeMap<String, Vec<u8>> {
+    let bytes = std::fs::read(bundle).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes.as_slice()));
+    let mut files = BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_str().unwrap().to_owned();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        files.insert(name, data);
+    }
+    files
+}
+
+/// A tar entry written exactly as given: any name (`../x`, `/etc/passwd`), any type, any declared
+/// size, whatever data follows.
+struct Raw<'a> {
+    name: &'a str,
+    kind: tar::EntryType,
+    declared: u64,
+    data: &'a [u8],
+}
+
+fn raw_tar(entries: &[Raw<'_>]) -> Vec<u8> {
+    let mut tar = Vec::new();
+    for entry in entries {
+        let mut header = tar::Header::new_ustar();
+        let name = &mut header.as_old_mut().name;
+        name[..entry.name.len()].copy_from_slice(entry.name.as_bytes());
+        header.set_entry_type(entry.kind);
+        header.set_size(entry.declared);
+        header.set_mode(0o644);
+        if entry.kind == tar::EntryType::Symlink {
+            header.set_link_name("settings.json").unwrap();
+        }
+        header.set_cksum();
+        tar.extend_from_slice(header.as_bytes());
+        tar.extend_from_slice(entry.data);
+        tar.resize(tar.len().div_ceil(512) * 512, 0);
+    }
+    tar.extend_from_slice(&[0; 1024]);
+    tar
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gzip.write_all(bytes).unwrap();
+    gzip.finish().unwrap()
+}
+
+/// Files packed as a bundle the way `bundle build` does not check: for tampered bundles.
+fn pack(files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+    let entries: Vec<Raw<'_>> = files
+        .iter()
+        .map(|(name, data)| Raw { name, kind: tar::EntryType::Regular, declared: data.len() as u64, data })
+        .collect();
+    gzip(&raw_tar(&entries))
+}
+
+fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| (p.file_name().unwrap().to_str().unwrap().to_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn two_builds_from_the_same_inputs_are_identical_and_a_changed_setting_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cases = root.join("cases.yaml");
+    std::fs::write(
+        &cases,
+        "cases:\n  - {name: team pushes, claims: {sub: a, \"stellaops:plan\": team}, \
+         scope: \"repository:team/app:pull,push\", grant: \"repository:team/app:pull,push\"}\n  \
+         - {name: LIC-0002 is refused, claims: {sub: a, \"stellaops:plan\": team, \"stellaops:license\": LIC-0002}, \
+         scope: \"repository:team/app:pull\", deny: licence-revoked}\n",
+    )
+    .unwrap();
+    let jwks = root.join("jwks.json");
+    registry_token::dev_authority::init(&root.join("authority"), ISSUER).unwrap();
+    std::fs::copy(root.join("authority/jwks.json"), &jwks).unwrap();
+    let extra = ["--cases", path(&cases), "--authority-jwks", path(&jwks)];
+    let first = build(root, &root.join("first.tar.gz"), PLANS, 1, &extra);
+    let second = build(root, &root.join("second.tar.gz"), PLANS, 1, &extra);
+    println!("bundle digest, two independent builds: {first} and {second}");
+    assert_eq!(first, second);
+    assert_eq!(
+        std::fs::read(root.join("first.tar.gz")).unwrap(),
+        std::fs::read(root.join("second.tar.gz")).unwrap()
+    );
+
+    // One setting changed (a plan's action): another digest.
+    let changed_plans = PLANS.replacen("actions: [pull]", "actions: [pull, push]", 1);
+    assert_ne!(changed_plans, PLANS);
+    let changed = build(root, &root.join("changed.tar.gz"), &changed_plans, 1, &extra);
+    assert_ne!(changed, first);
+    // The revision and the creation time are part of it too.
+    assert_ne!(build(root, &root.join("rev2.tar.gz"), PLANS, 2, &extra), first);
+
+    // A component is carried as policy.wasm, and two builds of it are identical as well.
+    let settings = root.join("empty.json");
+    std::fs::write(&settings, "{}").unwrap();
+    let component = |out: &str| {
+        let out = root.join(out);
+        let stdout = ok(&[
+            "bundle",
+            "build",
+            "--policy",
+            test_support::HOSTILE_GUEST_WASM,
+            "--settings",
+            path(&settings),
+            "--revision",
+            "1",
+            "--created-at",
+            CREATED_AT,
+            "--out",
+            path(&out),
+        ]);
+        assert!(stdout.contains("policy.wasm (WIT 0.1.0)"), "{stdout}");
+        std::fs::read(out).unwrap()
+    };
+    assert_eq!(component("c1.tar.gz"), component("c2.tar.gz"));
+
+    // Signing: RS256 gives the same bytes from the same key, ES256 does not (a random nonce), and
+    // both verify.
+    let (rsa, rsa_cert) = signer(&root.join("rsa"), "RS256");
+    let (ec, ec_cert) = signer(&root.join("ec"), "ES256");
+    for (key, cert, deterministic) in [(&rsa, &rsa_cert, true), (&ec, &ec_cert, false)] {
+        let (a, b) = (root.join("a.tar.gz"), root.join("b.tar.gz"));
+        std::fs::copy(root.join("first.tar.gz"), &a).unwrap();
+        std::fs::copy(root.join("first.tar.gz"), &b).unwrap();
+        sign(&a, key);
+        sign(&b, key);
+        assert_eq!(
+            std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+            deterministic,
+            "{}",
+            key.display()
+        );
+        for signed in [&a, &b] {
+            let stdout = ok(&["bundle", "verify", "--key", path(cert), path(signed)]);
+            assert!(stdout.contains("verified: signed by kid"), "{stdout}");
+        }
+    }
+
+    // inspect shows what is inside; test runs the carried cases with the carried settings.
+    let inspected: Value =
+        serde_json::from_str(&ok(&["bundle", "inspect", path(&root.join("a.tar.gz"))])).unwrap();
+    assert_eq!(inspected["manifest"]["revision"], 1);
+    assert_eq!(inspected["manifest"]["wit_version"], "0.1.0");
+    assert_eq!(inspected["manifest"]["policy"], "builtin:plan-catalogue");
+    assert_eq!(inspected["manifest"]["created_at"], CREATED_AT);
+    let names: Vec<&str> =
+        inspected["files"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["authority-jwks.json", "cases.yaml", "manifest.json", "settings.json", "signatures.json"]
+    );
+    assert_eq!(inspected["signatures"][0]["alg"], "ES256");
+    assert_eq!(inspected["signatures"][0]["typ"], "registry-token-bundle");
+    assert_eq!(
+        ok(&["bundle", "test", path(&root.join("a.tar.gz"))]).lines().last(),
+        Some("2 passed, 0 failed")
+    );
+    // With the changed settings, readonly may push: the case file's expectations fail there.
+    std::fs::write(
+        &cases,
+        "cases:\n  - {name: readonly only pulls, claims: {sub: a, \"stellaops:plan\": readonly}, \
+         scope: \"repository:team/app:pull,push\", grant: \"repository:team/app:pull\"}\n",
+    )
+    .unwrap();
+    build(root, &root.join("changed.tar.gz"), &changed_plans, 1, &["--cases", path(&cases)]);
+    let output = run(&["bundle", "test", path(&root.join("changed.tar.gz"))]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stdout).contains("FAIL") && text(&output.stdout).ends_with("0 passed, 1 failed\n"));
+}
+
+#[test]
+fn every_refusal_names_its_cause_and_hostile_archives_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (key, cert) = signer(&root.join("signer"), "RS256");
+    let (other, _) = signer(&root.join("other"), "RS256");
+    let work = root.join("work");
+    std::fs::create_dir(&work).unwrap();
+    let cases = root.join("cases.yaml");
+    std::fs::write(&cases, "cases: []\n").unwrap();
+    let good = work.join("good.tar.gz");
+    build(root, &good, PLANS, 1, &["--cases", path(&cases)]);
+    let unsigned = std::fs::read(&good).unwrap();
+    sign(&good, &key);
+    let signed = files_of(&good);
+    let verify = |file: &Path| refused(&["bundle", "verify", "--key", path(&cert), path(file)]);
+    let write = |name: &str, bytes: &[u8]| {
+        let file = work.join(name);
+        std::fs::write(&file, bytes).unwrap();
+        file
+    };
+
+    // Signature refusals.
+    let case = write("unsigned.tar.gz", &unsigned);
+    assert!(
+        verify(&case).contains("the bundle is not signed (it has no signatures.json)"),
+        "{}",
+        verify(&case)
+    );
+    let mut files = signed.clone();
+    files.insert("revocations.json".into(), br#"{"revocations": []}"#.to_vec());
+    let case = write("extra.tar.gz", &pack(&files));
+    assert!(
+        verify(&case).contains("extra file revocations.json: the signature does not cover it"),
+        "{}",
+        verify(&case)
+    );
+    let mut files = signed.clone();
+    files.remove("cases.yaml");
+    let case = write("missing.tar.gz", &pack(&files));
+    assert!(verify(&case).contains("missing file cases.yaml: the signature lists it"), "{}", verify(&case));
+    let mut files = signed.clone();
+    files.get_mut("settings.json").unwrap().extend_from_slice(b" ");
+    let case = write("tampered.tar.gz", &pack(&files));
+    assert!(verify(&case).contains("settings.json does not match its signed SHA-256"), "{}", verify(&case));
+    let case = write("other-key.tar.gz", &unsigned);
+    sign(&case, &other);
+    let message = verify(&case);
+    assert!(
+        message.contains("signed by kid") && message.contains("which is not one of the trusted keys"),
+        "{message}"
+    );
+    // Another key claiming the trusted key's kid: the signature does not verify.
+    let trusted_kid = ok(&["bundle", "verify", "--key", path(&cert), path(&good)])
+        .lines()
+        .nth(1)
+        .and_then(|l| l.strip_prefix("verified: signed by kid "))
+        .and_then(|l| l.split(';').next())
+        .unwrap()
+        .to_owned();
+    ok(&["bundle", "sign", "--key", path(&other), "--kid", &trusted_kid, path(&case)]);
+    assert!(verify(&case).contains("does not verify with key"), "{}", verify(&case));
+    // Without keys, the manifest still vouches for the content.
+    let mut files = files_of(&write("unsigned-copy.tar.gz", &unsigned));
+    files.insert("settings.json".into(), b"{\"plans\":{}}".to_vec());
+    let case = write("inconsistent.tar.gz", &pack(&files));
+    let message = refused(&["bundle", "inspect", path(&case)]);
+    assert!(message.contains("settings.json does not match the manifest's settings_digest"), "{message}");
+
+    // Hostile archives: refused by every command, and nothing written (sign rewrites in place).
+    let settings = signed["settings.json"].as_slice();
+    let regular = |name: &'static str| Raw { name, kind: tar::EntryType::Regular, declared: 2, data: b"{}" };
+    let mut too_many: Vec<Raw<'_>> = [
+        "authority-jwks.json",
+        "cases.yaml",
+        "manifest.json",
+        "policy.wasm",
+        "revocations.json",
+        "settings.json",
+        "signatures.json",
+    ]
+    .into_iter()
+    .map(regular)
+    .collect();
+    too_many.push(regular("settings.json"));
+    // A valid little tar, then 8 MiB of zeros: 8 KiB of gzip.
+    let mut bomb =
+        raw_tar(&[Raw { name: "settings.json", kind: tar::EntryType::Regular, declared: 2, data: b"{}" }]);
+    bomb.resize(bomb.len() + (8 << 20), 0);
+    let bomb = gzip(&bomb);
+    assert!(bomb.len() < 16 * 1024, "{}", bomb.len());
+    let hostile: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "dotdot.tar.gz",
+            gzip(&raw_tar(&[Raw {
+                name: "../settings.json",
+                kind: tar::EntryType::Regular,
+                declared: 2,
+                data: b"{}",
+            }])),
+            "entry ../settings.json: a path out of the bundle (..)",
+        ),
+        (
+            "absolute.tar.gz",
+            gzip(&raw_tar(&[Raw {
+                name: "/etc/passwd",
+                kind: tar::EntryType::Regular,
+                declared: 2,
+                data: b"{}",
+            }])),
+            "entry /etc/passwd: an absolute path",
+        ),
+        (
+            "symlink.tar.gz",
+            gzip(&raw_tar(&[Raw {
+                name: "policy.wasm",
+                kind: tar::EntryType::Symlink,
+                declared: 0,
+                data: b"",
+            }])),
+            "entry policy.wasm: a symbolic link; a bundle holds regular files only",
+        ),
+        (
+            "huge.tar.gz",
+            gzip(&raw_tar(&[Raw {
+                name: "policy.wasm",
+                kind: tar::EntryType::Regular,
+                declared: 2 << 30,
+                data: b"",
+            }])),
+            "entry policy.wasm declares 2147483648 bytes, more than the limit of 1048576",
+        ),
+        ("bomb.tar.gz", bomb, "the bundle expands to more than the limit of 1048576 bytes when unpacked"),
+        ("many.tar.gz", gzip(&raw_tar(&too_many)), "the bundle has more than 7 entries"),
+        (
+            "stranger.tar.gz",
+            gzip(&raw_tar(&[Raw {
+                name: "notes.txt",
+                kind: tar::EntryType::Regular,
+                declared: 2,
+                data: b"{}",
+            }])),
+            "extra file notes.txt: a bundle holds only",
+        ),
+        ("large.tar.gz", vec![0u8; 1_100_000], "more than the limit of 1048576"),
+        ("not-gzip.tar.gz", settings.to_vec(), "not a gzip'd tar"),
+    ];
+    for (name, bytes, expected) in hostile {
+        let case = write(name, &bytes);
+        let before = listing(&work);
+        let limit = ["--max-bytes", "1048576"];
+        for args in [
+            vec!["bundle", "verify", limit[0], limit[1], "--key", path(&cert), path(&case)],
+            vec!["bundle", "inspect", limit[0], limit[1], path(&case)],
+            vec!["bundle", "test", limit[0], limit[1], path(&case)],
+        ] {
+            let message = refused(&args);
+            assert!(message.contains(expected), "{name}: {args:?}: {message}");
+        }
+        let message =
+            refused(&["bundle", "sign", "--max-bytes", "1048576", "--key", path(&key), path(&case)]);
+        assert!(message.contains(expected), "{name}: sign: {message}");
+        assert_eq!(listing(&work), before, "{name}: a refused bundle changed the directory");
+    }
+}
+
+/// Waits until `check` holds, or fails with `what` and the last value seen.
+fn wait_for<T: std::fmt::Debug>(what: &str, timeout: Duration, mut check: impl FnMut() -> (bool, T)) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (done, seen) = check();
+        if done {
+            return seen;
+        }
+        if Instant::now() > deadline {
+            panic!("{what} within {timeout:?}; last seen: {seen:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn readyz(client: &Client) -> Value {
+    client.get("/readyz").unwrap().body
+}
+
+/// A counter's value in `/metrics`, 0 when absent.
+fn counter(admin: &Client, series: &str) -> f64 {
+    let metrics = admin.get("/metrics").unwrap().text;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// The access a team member of acme gets to `team/app` and `readonly`'s to it.
+fn grants(fixture: &Fixture, client: &Client) -> (Vec<String>, Vec<String>) {
+    let grant = |plan: &str| {
+        let token = fixture.token(|r| r.plan = Some(plan.into()));
+        let reply = client
+            .get_basic(&query(SERVICE, &["repository:team/app:pull,push,delete"]), "alice", &token)
+            .unwrap();
+        assert_eq!(reply.status, 200, "{reply}");
+        access(reply.body["token"].as_str().unwrap())
+    };
+    (grant("team"), grant("readonly"))
+}
+
+#[test]
+fn a_bundle_file_is_served_a_newer_revision_applied_and_a_rollback_or_unsigned_one_refused() {
+    let mut fixture = Fixture::new();
+    let root = fixture.root().to_owned();
+    let (key, cert) = signer(&root.join("bundle-signer"), "ES256");
+    let live = root.join("live.tar.gz");
+    let rev = |n: u64, plans: &str| {
+        let out = root.join(format!("rev{n}.tar.gz"));
+        build(&root, &out, plans, n, &[]);
+        out
+    };
+    let rev1 = rev(1, PLANS);
+    let readonly_pushes = plans_with(|p| {
+        p["plans"]["readonly"][0]["actions"] = serde_norway::from_str("[pull, push]").unwrap()
+    });
+    let rev2 = rev(2, &readonly_pushes);
+    for bundle in [&rev1, &rev2] {
+        sign(bundle, &key);
+    }
+    std::fs::copy(&rev1, &live).unwrap();
+    // Both a module and a bundle: the configuration is refused.
+    fixture.reconfigure(|config| {
+        config.set("policy.bundle", path(&live));
+    });
+    let output = test_support::serve_command(BIN, &fixture.config_path).output().unwrap();
+    assert!(
+        text(&output.stderr).contains("set bundle, or module and settings_file, not both"),
+        "{}",
+        text(&output.stderr)
+    );
+    fixture.reconfigure(|config| {
+        config.policy.settings_file = None;
+        config.set("policy.bundle_keys", vec![path(&cert).to_owned()]);
+    });
+    let server = Server::start(BIN, &fixture.config_path);
+    let (client, admin) = (server.client(), server.admin());
+    let status = readyz(&client);
+    assert_eq!(status["bundle"]["revision"], 1, "{status}");
+    assert_eq!(status["bundle"]["source"], path(&live));
+    assert!(status["bundle"]["signed_by"].is_string(), "{status}");
+    assert_eq!(status["policy"]["settings_version"], status["bundle"]["settings_digest"]);
+    assert_eq!(status["policy"]["module"], "builtin:plan-catalogue (bundle revision 1)");
+    assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull"]);
+
+    // A newer revision: applied at the reload.
+    std::fs::copy(&rev2, &live).unwrap();
+    server.signal("HUP");
+    wait_for("revision 2 applied", Duration::from_secs(20), || {
+        let status = readyz(&client);
+        (status["bundle"]["revision"] == 2, status)
+    });
+    assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull,push"]);
+    assert_eq!(counter(&admin, "registry_token_bundle_revision"), 2.0);
+
+    // Refused, each with its reason, while revision 2 keeps serving: a rollback to 1, an unsigned
+    // revision 3, a revision 3 whose settings were changed after it was signed.
+    let rev3 = rev(3, PLANS);
+    let rev3_signed = root.join("rev3-signed.tar.gz");
+    std::fs::copy(&rev3, &rev3_signed).unwrap();
+    sign(&rev3_signed, &key);
+    let mut tampered = files_of(&rev3_signed);
+    tampered.get_mut("settings.json").unwrap().extend_from_slice(b" ");
+    let tampered_file = root.join("rev3-tampered.tar.gz");
+    std::fs::write(&tampered_file, pack(&tampered)).unwrap();
+    for (bundle, reason, message) in [
+        (&rev1, "rollback", "rollback refused: revision 1 is lower than the live revision 2"),
+        (&rev3, "unsigned", "the bundle is not signed"),
+        (&tampered_file, "digest", "settings.json does not match its signed SHA-256"),
+    ] {
+        let before = counter(&admin, &format!("registry_token_bundle_refusals_total{{reason=\"{reason}\"}}"));
+        std::fs::copy(bundle, &live).unwrap();
+        server.signal("HUP");
+        let status = wait_for(&format!("the {reason} refusal shown"), Duration::from_secs(20), || {
+            let status = readyz(&client);
+            (status["bundle"]["last_refusal"]["reason"] == reason, status)
+        });
+        assert!(status["bundle"]["last_refusal"]["message"].as_str().unwrap().contains(message), "{status}");
+        assert_eq!(status["bundle"]["revision"], 2, "{status}");
+        assert_eq!(status["ready"], true);
+        let after = counter(&admin, &format!("registry_token_bundle_refusals_total{{reason=\"{reason}\"}}"));
+        assert_eq!(after, before + 1.0, "{reason}");
+        assert!(server.stderr().contains(message), "the refusal is logged:\n{}", server.stderr());
+        assert_eq!(
+            grants(&fixture, &client).1,
+            ["repository:team/app:pull,push"],
+            "revision 2 still decides"
+        );
+    }
+}
+
+/// A loopback HTTPS server with a certificate from a CA made here, serving one bundle at
+/// `/bundle.tar.gz` with an `ETag` and answering `If-None-Match` with 304.
+struct HttpsBundleServer {
+    address: std::net::SocketAddr,
+    bundle: Arc<Mutex<Vec<u8>>>,
+    not_modified: Arc<std::sync::atomic::AtomicUsize>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, address)) = self.tcp.accept().await else { continue };
+            if let Ok(tls) = self.acceptor.accept(stream).await {
+                return (tls, address);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+impl HttpsBundleServer {
+    /// Starts it; writes the CA's certificate to `ca_file`.
+    fn start(ca_file: &Path) -> HttpsBundleServer {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "registry-token test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        std::fs::write(ca_file, ca.pem()).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        leaf_params.subject_alt_names.push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+        let tls =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![leaf.der().clone()],
+                    rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+                )
+                .unwrap();
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let bundle = Arc::new(Mutex::new(Vec::new()));
+        let not_modified = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (served, counted) = (Arc::clone(&bundle), Arc::clone(&not_modified));
+        let route = move |headers: axum::http::HeaderMap| {
+            let (served, counted) = (Arc::clone(&served), Arc::clone(&counted));
+            async move {
+                let bytes = served.lock().unwrap().clone();
+                let etag = format!("\"{}\"", digest_of(&bytes));
+                let asked = headers.get("if-none-match").and_then(|v| v.to_str().ok());
+                if asked == Some(etag.as_str()) {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return (axum::http::StatusCode::NOT_MODIFIED, [("etag", etag)], Vec::new());
+                }
+                (axum::http::StatusCode::OK, [("etag", etag)], bytes)
+            }
+        };
+        let app = axum::Router::new().route("/bundle.tar.gz", axum::routing::get(route));
+        let listener = runtime.block_on(async {
+            let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            TlsListener { tcp, acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)) }
+        });
+        let address = axum::serve::Listener::local_addr(&listener).unwrap();
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        HttpsBundleServer { address, bundle, not_modified, _runtime: runtime }
+    }
+
+    fn serve(&self, bundle: &Path) {
+        *self.bundle.lock().unwrap() = std::fs::read(bundle).unwrap();
+    }
+
+    fn url(&self) -> String {
+        format!("https://{}/bundle.tar.gz", self.address)
+    }
+}
+
+#[test]
+fn a_bundle_from_an_https_url_is_polled_a_new_revision_picked_up_and_an_old_one_refused() {
+    let mut fixture = Fixture::new();
+    let root = fixture.root().to_owned();
+    let (key, cert) = signer(&root.join("bundle-signer"), "RS256");
+    let rev1 = root.join("rev1.tar.gz");
+    build(&root, &rev1, PLANS, 1, &[]);
+    let readonly_pushes = plans_with(|p| {
+        p["plans"]["readonly"][0]["actions"] = serde_norway::from_str("[pull, push]").unwrap()
+    });
+    let rev2 = root.join("rev2.tar.gz");
+    build(&root, &rev2, &readonly_pushes, 2, &[]);
+    sign(&rev1, &key);
+    sign(&rev2, &key);
+    let https = HttpsBundleServer::start(&root.join("ca.pem"));
+    https.serve(&rev1);
+    fixture.reconfigure(|config| {
+        config.policy.settings_file = None;
+        config.set("policy.bundle", https.url());
+        config.set("policy.bundle_keys", vec![path(&cert).to_owned()]);
+        config.set("policy.bundle_poll_seconds", 1);
+        config.set("policy.bundle_ca_file", path(&root.join("ca.pem")));
+    });
+    let server = Server::start(BIN, &fixture.config_path);
+    let (client, admin) = (server.client(), server.admin());
+    assert_eq!(readyz(&client)["bundle"]["revision"], 1);
+    assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull"]);
+    // Polled with If-None-Match: the unchanged bundle is answered 304 and not downloaded again.
+    wait_for("a conditional poll answered 304", Duration::from_secs(20), || {
+        let count = https.not_modified.load(std::sync::atomic::Ordering::Relaxed);
+        (count >= 2, count)
+    });
+
+    https.serve(&rev2);
+    wait_for("revision 2 picked up by polling", Duration::from_secs(30), || {
+        let status = readyz(&client);
+        (status["bundle"]["revision"] == 2, status)
+    });
+    assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull,push"]);
+
+    https.serve(&rev1);
+    let status = wait_for("the rollback refused", Duration::from_secs(30), || {
+        let status = readyz(&client);
+        (status["bundle"]["last_refusal"]["reason"] == "rollback", status)
+    });
+    assert_eq!(status["bundle"]["revision"], 2, "{status}");
+    assert!(
+        status["bundle"]["last_refusal"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rollback refused: revision 1 is lower than the live revision 2"),
+        "{status}"
+    );
+    assert!(counter(&admin, "registry_token_bundle_refusals_total{reason=\"rollback\"}") >= 1.0);
+    assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull,push"]);
+
+    // Trusting another CA, the service does not trust the server: it does not start.
+    let stranger = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    std::fs::write(root.join("stranger-ca.pem"), stranger.cert.pem()).unwrap();
+    fixture.reconfigure(|config| {
+        config.set("policy.bundle_ca_file", path(&root.join("stranger-ca.pem")));
+    });
+    let output = test_support::serve_command(BIN, &fixture.config_path).output().unwrap();
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot fetch {}", https.url())) && stderr.contains("certificate"),
+        "{stderr}"
+    );
+}
+
+/// One request of the parity sequence: who asks, for what, how.
+struct Ask {
+    what: &'static str,
+    token: String,
+    scopes: Vec<&'static str>,
+    post: bool,
+}
+
+/// What a client sees of an answer: status, error code and message, or the token's subject,
+/// audience, access and lifetime (the two instances sign with different keys, so the tokens
+/// themselves differ).
+fn observed(client: &Client, ask: &Ask) -> Value {
+    let reply = if ask.post {
+        let scope = ask.scopes.join(" ");
+        client
+            .post_form(
+                "/token",
+                &[
+                    ("grant_type", "password"),
+                    ("username", "x"),
+                    ("password", &ask.token),
+                    ("service", SERVICE),
+                    ("scope", &scope),
+                ],
+            )
+            .unwrap()
+    } else {
+        client.get_basic(&query(SERVICE, &ask.scopes), "x", &ask.token).unwrap()
+    };
+    let token = reply.body["token"].as_str().or(reply.body["access_token"].as_str());
+    match token {
+        Some(token) => {
+            let (_, claims) = decode(token);
+            serde_json::json!({
+                "status": reply.status.as_u16(),
+                "sub": claims["sub"], "aud": claims["aud"], "access": claims["access"],
+                "lifetime": claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+                "scope": reply.body["scope"],
+            })
+        }
+        None => serde_json::json!({
+            "status": reply.status.as_u16(),
+            "code": reply.code(),
+            "message": reply.message(),
+            "oauth": reply.body["error"],
+        }),
+    }
+}
+
+#[test]
+fn the_offline_kit_decides_exactly_as_the_online_instance_its_bundle_was_built_from() {
+    // The online instance: the Authority's JWKS file, a ledger with revocations, the plans.
+    let online = Fixture::new();
+    let root = online.root().to_owned();
+    let config = path(&online.config_path).to_owned();
+    let revoked_jti_token = online.token(|r| r.subject = "frank".into());
+    let (_, claims) = decode(&revoked_jti_token);
+    let jti = claims["jti"].as_str().unwrap().to_owned();
+    // A revocation that expires in a few seconds: lapsed by the time the requests are made.
+    let lapses_at = std::time::SystemTime::now() + Duration::from_secs(3);
+    let lapses = humantime::format_rfc3339_seconds(lapses_at).to_string();
+    for revoke in [
+        vec!["subject", "mallory", "--reason", "left the company"],
+        vec!["tenant", "globex", "--reason", "contract ended"],
+        vec!["caller_token", jti.as_str(), "--reason", "leaked"],
+        vec!["licence", "LIC-0007", "--reason", "unpaid", "--tenant", "acme"],
+        vec!["subject", "eve", "--reason", "suspended", "--expires-at", lapses.as_str()],
+    ] {
+        let mut args = vec!["ledger", "revoke", "--config", config.as_str()];
+        args.extend(revoke);
+        ok(&args);
+    }
+    let online_server = Server::start(BIN, &online.config_path);
+
+    // The kit: policy, settings, the ledger's revocations, the Authority's keys; signed.
+    let kit = root.join("kit.tar.gz");
+    build(
+        &root,
+        &kit,
+        PLANS,
+        1,
+        &["--revocations-from", &config, "--authority-jwks", path(&root.join("authority/jwks.json"))],
+    );
+    let (key, cert) = signer(&root.join("kit-signer"), "RS256");
+    sign(&kit, &key);
+    let inspected: Value = serde_json::from_str(&ok(&["bundle", "inspect", path(&kit)])).unwrap();
+    assert_eq!(inspected["revocations"], 5);
+
+    // The offline instance: its own signing key, no Authority source, no network: only the kit.
+    let offline_dir = tempfile::tempdir().unwrap();
+    let offline_root = offline_dir.path();
+    ok(&["keygen", "--out", path(&offline_root.join("keys"))]);
+    let mut offline = test_support::Config::installation(offline_root, ISSUER, &[SERVICE, "other.test"]);
+    offline.authority.jwks_file = None;
+    offline.policy.settings_file = None;
+    offline.set("policy.bundle", path(&kit)).set("policy.bundle_keys", vec![path(&cert).to_owned()]);
+    let offline_config = offline_root.join("registry-token.yaml");
+    offline.write(&offline_config);
+    let offline_server = Server::start(BIN, &offline_config);
+    let status = readyz(&offline_server.client());
+    assert_eq!(status["bundle"]["authority_jwks"], true, "{status}");
+    assert_eq!(status["bundle"]["revocations"], 5, "{status}");
+
+    let token = |edit: &dyn Fn(&mut registry_token::dev_authority::TokenRequest)| online.token(|r| edit(r));
+    let asks = vec![
+        Ask {
+            what: "a team member of acme: a partial grant",
+            token: token(&|_| {}),
+            scopes: vec!["repository:team/app:pull,push,delete", "repository:acme/tools/ci:delete"],
+            post: false,
+        },
+        Ask {
+            what: "readonly",
+            token: token(&|r| r.plan = Some("readonly".into())),
+            scopes: vec!["repository:team/app:pull,push"],
+            post: false,
+        },
+        Ask {
+            what: "admin: the catalog",
+            token: token(&|r| r.plan = Some("admin".into())),
+            scopes: vec!["registry:catalog:*"],
+            post: false,
+        },
+        Ask {
+            what: "a plan the catalogue lacks",
+            token: token(&|r| r.plan = Some("gold".into())),
+            scopes: vec!["repository:team/app:pull"],
+            post: false,
+        },
+        Ask { what: "docker login (no scope)", token: token(&|_| {}), scopes: vec![], post: false },
+        Ask {
+            what: "the OAuth2 form",
+            token: token(&|_| {}),
+            scopes: vec!["repository:team/app:pull repository:shared/x/y:push"],
+            post: true,
+        },
+        Ask {
+            what: "the policy's revoked licence",
+            token: token(&|r| r.license = Some("LIC-0002".into())),
+            scopes: vec!["repository:team/app:pull"],
+            post: false,
+        },
+        Ask {
+            what: "a revoked subject",
+            token: token(&|r| r.subject = "mallory".into()),
+            scopes: vec!["repository:team/app:pull"],
+            post: false,
+        },
+        Ask {
+            what: "a revoked tenant",
+            token: token(&|r| r.tenant = Some("globex".into())),
+            scopes: vec!["repository:team/app:pull"],
+            post: false,
+        },
+        Ask {
+            what: "a revoked caller token",
+            token: revoked_jti_token.clone(),
+            scopes: vec!["repository:team/app:pull"],
+            post: false,
+        },
+        Ask {
+            what: "another token of the same caller",
+            token: token(&|r| r.subject = "frank".into()),
+            scopes: vec!["repository:team/app:pull"],
+            post: false,
+        },
+        Ask {
+            what: "a licence revoked in acme",
+            token: token(&|r| r.license = Some("LIC-0007".into())),
+            scopes: vec!["repository:team/app:pull"],
+            post: false,
+        },
+        Ask {
+            what: "the same licence in another tenant",
+            token: token(&|r| {
+                r.license = Some("LIC-0007".into());
+                r.tenant = Some("initech".into());
+            }),
+            scopes: vec!["repository:initech/app:pull"],
+            post: false,
+        },
+        Ask {
+            what: "an expired revocation",
+            token: token(&|r| r.subject = "eve".into()),
+            scopes: vec!["repository:team/app:pull"],
+            post: false,
+        },
+        Ask {
+            what: "an expired caller token",
+            token: token(&|r| r.ttl_seconds = -120),
+            scopes: vec!["repository:team/app:pull"],
+            post: false,
+        },
+        Ask {
+            what: "another audience",
+            token: token(&|r| r.audience = "someone-else".into()),
+            scopes: vec!["repository:team/app:pull"],
+            post: false,
+        },
+        Ask {
+            what: "without the required scope",
+            token: token(&|r| r.scope = "openid".into()),
+            scopes: vec!["repository:team/app:pull"],
+            post: false,
+        },
+        Ask {
+            what: "not a token",
+            token: "garbage".into(),
+            scopes: vec!["repository:team/app:pull"],
+            post: false,
+        },
+    ];
+    if let Ok(left) = lapses_at.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(left + Duration::from_secs(1));
+    }
+    let (online_client, offline_client) = (online_server.client(), offline_server.client());
+    let mut statuses = Vec::new();
+    for ask in &asks {
+        let (on, off) = (observed(&online_client, ask), observed(&offline_client, ask));
+        assert_eq!(on, off, "{}: the online and the offline instance disagree", ask.what);
+        statuses.push((ask.what, on));
+    }
+    println!("offline parity: {} requests, every grant and denial identical", asks.len());
+    // The sequence exercises what it claims to: grants, the policy's denial, each revocation, refusals.
+    let seen = |what: &str| statuses.iter().find(|(w, _)| *w == what).map(|(_, v)| v.clone()).unwrap();
+    assert_eq!(seen("a team member of acme: a partial grant")["access"].as_array().unwrap().len(), 2);
+    assert_eq!(seen("a revoked subject")["message"], "subject mallory has been revoked: left the company");
+    assert_eq!(seen("a revoked tenant")["message"], "tenant globex has been revoked: contract ended");
+    assert_eq!(
+        seen("a revoked caller token")["message"],
+        format!("caller_token {jti} has been revoked: leaked")
+    );
+    assert_eq!(seen("another token of the same caller")["status"], 200);
+    assert_eq!(seen("a licence revoked in acme")["message"], "licence LIC-0007 has been revoked: unpaid");
+    assert_eq!(seen("the same licence in another tenant")["status"], 200);
+    assert_eq!(seen("an expired revocation")["status"], 200);
+    assert_eq!(seen("the policy's revoked licence")["code"], "DENIED");
+    assert_eq!(seen("an expired caller token")["status"], 401);
+}
+
+#[test]
+fn a_ledger_export_is_deterministic_signed_and_an_edited_line_is_named() {
+    let fixture = Fixture::new();
+    let root = fixture.root().to_owned();
+    let config = path(&fixture.config_path).to_owned();
+    // Events without a server: each revocation and lift is one.
+    for subject in ["alice", "bob", "carol", "dave"] {
+        ok(&["ledger", "revoke", "--config", &config, "subject", subject, "--reason", "audit test"]);
+    }
+    let until = "2100-01-01T00:00:00Z";
+    let (first, second) = (root.join("first.jsonl"), root.join("second.jsonl"));
+    for out in [&first, &second] {
+        ok(&[
+            "ledger",
+            "export",
+            "--config",
+            &config,
+            "--since",
+            "2020-01-01T00:00:00Z",
+            "--until",
+            until,
+            "--out",
+            path(out),
+        ]);
+    }
+    assert_eq!(std::fs::read(&first).unwrap(), std::fs::read(&second).unwrap());
+    assert_eq!(
+        std::fs::read(root.join("first.jsonl.sig")).unwrap(),
+        std::fs::read(root.join("second.jsonl.sig")).unwrap(),
+        "RS256 over the same lines: the same signature"
+    );
+    let exported = std::fs::read_to_string(&first).unwrap();
+    let lines: Vec<&str> = exported.lines().collect();
+    assert_eq!(lines.len(), 4);
+    let mut ids = Vec::new();
+    for line in &lines {
+        let event: Value = serde_json::from_str(line).unwrap();
+        let keys: Vec<&String> = event.as_object().unwrap().keys().collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted, "canonical field order");
+        assert_eq!(serde_json::to_string(&event).unwrap(), *line, "compact, sorted keys");
+        assert_eq!(event["outcome"], "revocation_created");
+        ids.push(event["id"].as_str().unwrap().to_owned());
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "in id order");
+
+    // Verified with the configuration's keys, with the certificate, with the published JWKS.
+    let stdout = ok(&["ledger", "verify", "--config", &config, path(&first)]);
+    assert!(stdout.contains("4 events") && stdout.ends_with("verified\n"), "{stdout}");
+    ok(&[
+        "ledger",
+        "verify",
+        "--config",
+        &config,
+        "--key",
+        path(&root.join("keys/signing-cert.pem")),
+        path(&first),
+    ]);
+    let jwks = root.join("published.jwks");
+    ok(&["keys", "export", "--config", &config, "--jwks", path(&jwks)]);
+    ok(&["ledger", "verify", "--config", &config, "--jwks", path(&jwks), path(&first)]);
+
+    // An edited line fails with its number; so does a removed one; another key's signature fails.
+    let edited = exported.replacen(lines[2], &lines[2].replace("audit test", "audit test!"), 1);
+    assert_ne!(edited, exported);
+    std::fs::write(&second, &edited).unwrap();
+    let message = refused(&["ledger", "verify", "--config", &config, path(&second)]);
+    assert!(message.contains("line 3 is not the line that was signed"), "{message}");
+    let shortened: String = lines[..3].iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&second, shortened).unwrap();
+    let message = refused(&["ledger", "verify", "--config", &config, path(&second)]);
+    assert!(message.contains("line 4 is missing"), "{message}");
+    let (other, other_cert) = signer(&root.join("other"), "ES256");
+    let third = root.join("third.jsonl");
+    ok(&[
+        "ledger",
+        "export",
+        "--config",
+        &config,
+        "--until",
+        until,
+        "--out",
+        path(&third),
+        "--key",
+        path(&other),
+    ]);
+    ok(&["ledger", "verify", "--config", &config, "--key", path(&other_cert), path(&third)]);
+    let message = refused(&["ledger", "verify", "--config", &config, path(&third)]);
+    assert!(message.contains("which is not one of the trusted keys"), "{message}");
+}
+
+#[test]
+fn a_bundle_and_a_ledger_export_signed_by_a_key_in_softhsm2_verify_with_its_certificate() {
+    let fixture = Fixture::new();
+    let root = fixture.root().to_owned();
+    let conf = test_support::softhsm_token(&root, "bundles", "1234-bundle-pin");
+    let pin = root.join("hsm/pin");
+    let hsm = |args: &[&str]| {
+        let output = Command::new(BIN).env("SOFTHSM2_CONF", &conf).args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", text(&output.stderr));
+        text(&output.stdout)
+    };
+    let module = test_support::SOFTHSM_MODULE;
+    let pkcs11 =
+        ["--pkcs11", module, "--token-label", "bundles", "--key-label", "signer", "--pin-file", path(&pin)];
+    let keys = root.join("hsm-keys");
+    let mut new = vec!["keys", "new", "--algorithm", "ES256", "--dir", path(&keys)];
+    new.extend_from_slice(&pkcs11);
+    hsm(&new);
+    let cert = keys.join("signer.crt");
+
+    let bundle = root.join("b.tar.gz");
+    build(&root, &bundle, PLANS, 1, &[]);
+    let mut sign = vec!["bundle", "sign"];
+    sign.extend_from_slice(&pkcs11);
+    sign.push(path(&bundle));
+    assert!(hsm(&sign).contains("(ES256)"));
+    let stdout = ok(&["bundle", "verify", "--key", path(&cert), path(&bundle)]);
+    assert!(stdout.contains("verified: signed by kid"), "{stdout}");
+
+    let config = path(&fixture.config_path).to_owned();
+    ok(&["ledger", "revoke", "--config", &config, "subject", "mallory", "--reason", "hsm test"]);
+    let export = root.join("export.jsonl");
+    let mut args = vec!["ledger", "export", "--config", &config, "--out", path(&export)];
+    args.extend_from_slice(&pkcs11);
+    hsm(&args);
+    let stdout = ok(&["ledger", "verify", "--config", &config, "--key", path(&cert), path(&export)]);
+    assert!(stdout.contains("1 events") && stdout.contains("(ES256): verified"), "{stdout}");
+}
