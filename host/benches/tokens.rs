@@ -485,12 +485,12 @@ async fn stages(root: &Path) {
     let caller = caller();
     row(
         "policy evaluation, fresh instance (50 plans, 3 resources)",
-        measure_async(|| async { policy.evaluate_uncached(&caller, SERVICE, &requested).await.unwrap() }, 50)
+        measure_async(|| async { policy.evaluate_uncached(&caller, SERVICE, &requested, 0).await.unwrap() }, 50)
             .await,
     );
     row(
         "policy evaluation, decision cache hit",
-        measure_async(|| async { policy_cached.evaluate(&caller, SERVICE, &requested).await.unwrap() }, 1000)
+        measure_async(|| async { policy_cached.evaluate(&caller, SERVICE, &requested, 0).await.unwrap() }, 1000)
             .await,
     );
 
@@ -502,7 +502,15 @@ async fn stages(root: &Path) {
             registry_token::mint::load_chain(&root.join(format!("{dir}/signing-cert.pem"))).unwrap().0;
         let minter = Minter::new(key, "registry-token", 300, KidFormat::Libtrust, Some(&chain));
         let granted: Vec<Resource> = requested.clone();
-        let grant = Grant { subject: "alice", audience: SERVICE, access: &granted, now, not_after: u64::MAX };
+        let grant = Grant {
+            subject: "alice",
+            audience: SERVICE,
+            access: &granted,
+            now,
+            not_after: u64::MAX,
+            requested_lifetime: None,
+            max_lifetime: 300,
+        };
         row(
             &format!("minting and signing ({name})"),
             measure(

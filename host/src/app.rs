@@ -175,10 +175,10 @@ pub async fn load_policy_with(
             .into(),
     };
     let source = config.module.to_string();
-    let limits = config.limits();
+    let setup = policy::Setup { limits: config.limits(), decision_cache, cache_dir: config.cache_dir.clone() };
     Ok(match previous {
-        Some(previous) => previous.reload(&module, &source, settings_json, limits, decision_cache).await?,
-        None => Policy::load(&module, &source, settings_json, limits, decision_cache).await?,
+        Some(previous) => previous.reload(&module, &source, settings_json, &setup).await?,
+        None => Policy::load_with(&module, &source, settings_json, &setup).await?,
     })
 }
 

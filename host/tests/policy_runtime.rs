@@ -42,13 +42,13 @@ async fn the_builtin_catalogue_decides() {
         Policy::load(BUILTIN_PLAN_CATALOGUE, "builtin", &plans(), Limits::default(), 0).await.unwrap();
     assert!(policy.digest().starts_with("sha256:"));
     let asked = [Resource::new("repository", "team/app", &["pull", "push", "delete"])];
-    let decision = policy.evaluate(&caller("team"), "registry.local", &asked).await.unwrap();
+    let decision = policy.evaluate(&caller("team"), "registry.local", &asked, 0).await.unwrap();
     assert_eq!(granted(&decision), ["repository:team/app:pull,push"]);
 
     let mut revoked = caller("team");
     revoked.license = Some("LIC-0002".into());
-    match policy.evaluate(&revoked, "registry.local", &asked).await.unwrap() {
-        Decision::Deny { reason, message } => {
+    match policy.evaluate(&revoked, "registry.local", &asked, 0).await.unwrap() {
+        Decision::Deny { reason, message, .. } => {
             assert_eq!(reason, "licence-revoked");
             assert!(message.contains("LIC-0002"), "{message}");
         }
@@ -76,9 +76,9 @@ async fn invalid_settings_never_go_live() {
 /// Runs a hostile request, checks the fault, then proves the same runtime still serves.
 async fn fault_then_recover(policy: &Policy, name: &str) -> Fault {
     let asked = [Resource::new("repository", name, &["pull"])];
-    let fault = policy.evaluate(&caller("team"), "registry.local", &asked).await.unwrap_err();
+    let fault = policy.evaluate(&caller("team"), "registry.local", &asked, 0).await.unwrap_err();
     let good = [Resource::new("repository", "team/app", &["pull"])];
-    let next = policy.evaluate(&caller("team"), "registry.local", &good).await.unwrap();
+    let next = policy.evaluate(&caller("team"), "registry.local", &good, 0).await.unwrap();
     assert_eq!(granted(&next), ["repository:team/app:pull"], "after {name}");
     fault
 }
@@ -145,7 +145,7 @@ async fn every_request_gets_a_fresh_instance() {
     let policy = hostile().await;
     let asked = [Resource::new("repository", "hostile/count", &["pull"])];
     for _ in 0..3 {
-        match policy.evaluate(&caller("team"), "s", &asked).await.unwrap() {
+        match policy.evaluate(&caller("team"), "s", &asked, 0).await.unwrap() {
             Decision::Grant { note, .. } => assert_eq!(note.as_deref(), Some("evaluations=1")),
             other => panic!("{other:?}"),
         }
@@ -156,7 +156,7 @@ async fn every_request_gets_a_fresh_instance() {
 async fn guests_see_no_clock_environment_or_files() {
     let policy = hostile().await;
     let asked = [Resource::new("repository", "hostile/clock", &["pull"])];
-    match policy.evaluate(&caller("team"), "s", &asked).await.unwrap() {
+    match policy.evaluate(&caller("team"), "s", &asked, 0).await.unwrap() {
         Decision::Grant { note, .. } => assert_eq!(note.as_deref(), Some("now=0 env=0 file=false")),
         other => panic!("{other:?}"),
     }
@@ -210,26 +210,26 @@ async fn the_decision_cache_answers_only_the_exact_same_request() {
     let asked = [Resource::new("repository", "team/app", &["pull", "push"])];
     let team = caller("team");
     assert_eq!(
-        granted(&policy.evaluate(&team, "registry.local", &asked).await.unwrap()),
+        granted(&policy.evaluate(&team, "registry.local", &asked, 0).await.unwrap()),
         ["repository:team/app:pull,push"]
     );
     // Same subject, another plan: not the cached answer.
-    assert!(granted(&policy.evaluate(&caller("gold"), "registry.local", &asked).await.unwrap()).is_empty());
+    assert!(granted(&policy.evaluate(&caller("gold"), "registry.local", &asked, 0).await.unwrap()).is_empty());
     // Same plan, another claim the guest can read (the licence): not the cached answer either.
     let mut revoked = caller("team");
     revoked.license = Some("LIC-0002".into());
     assert!(matches!(
-        policy.evaluate(&revoked, "registry.local", &asked).await.unwrap(),
+        policy.evaluate(&revoked, "registry.local", &asked, 0).await.unwrap(),
         Decision::Deny { .. }
     ));
     // Another resource, another service: evaluated, not looked up.
     let other = [Resource::new("repository", "team/other", &["pull"])];
     assert_eq!(
-        granted(&policy.evaluate(&team, "registry.local", &other).await.unwrap()),
+        granted(&policy.evaluate(&team, "registry.local", &other, 0).await.unwrap()),
         ["repository:team/other:pull"]
     );
     assert_eq!(
-        granted(&policy.evaluate(&team, "registry.local", &asked).await.unwrap()),
+        granted(&policy.evaluate(&team, "registry.local", &asked, 0).await.unwrap()),
         ["repository:team/app:pull,push"]
     );
 }
@@ -240,7 +240,7 @@ async fn faults_are_never_cached() {
     let policy = Policy::load(&module, "hostile", "{}", Limits::default(), 64).await.unwrap();
     let asked = [Resource::new("repository", "hostile/panic", &["pull"])];
     for _ in 0..2 {
-        let fault = policy.evaluate(&caller("team"), "s", &asked).await.unwrap_err();
+        let fault = policy.evaluate(&caller("team"), "s", &asked, 0).await.unwrap_err();
         assert_eq!(fault.kind(), "panic");
     }
 }
@@ -252,7 +252,7 @@ async fn the_decision_cache_is_bounded_in_bytes_not_only_entries() {
     // Small requests: one KiB of capacity each.
     for n in 0..32 {
         let asked = [Resource::new("repository", &format!("team/app{n}"), &["pull"])];
-        policy.evaluate(&caller("team"), "registry.local", &asked).await.unwrap();
+        policy.evaluate(&caller("team"), "registry.local", &asked, 0).await.unwrap();
     }
     assert_eq!(policy.cached_decisions(), (32, 32));
     // Callers with 8 KiB of claims each: every entry weighs at least 8, so at most 8 fit.
@@ -260,7 +260,7 @@ async fn the_decision_cache_is_bounded_in_bytes_not_only_entries() {
         let mut big = caller("team");
         big.claims_json = format!(r#"{{"sub":"alice","padding":"{}","n":{n}}}"#, "x".repeat(8 * 1024));
         let asked = [Resource::new("repository", "team/app", &["pull"])];
-        policy.evaluate(&big, "registry.local", &asked).await.unwrap();
+        policy.evaluate(&big, "registry.local", &asked, 0).await.unwrap();
     }
     let (entries, kib) = policy.cached_decisions();
     assert!(kib <= 64, "{kib} KiB remembered, capacity 64");
@@ -278,7 +278,7 @@ async fn the_decision_cache_counts_notes_and_messages_against_its_bound() {
             Resource::new("repository", "hostile/long-note", &["pull"]),
             Resource::new("repository", &format!("team/app{n}"), &["pull"]),
         ];
-        let decision = policy.evaluate(&caller("team"), "s", &asked).await.unwrap();
+        let decision = policy.evaluate(&caller("team"), "s", &asked, 0).await.unwrap();
         let Decision::Grant { note: Some(note), .. } = decision else { panic!("{decision:?}") };
         assert_eq!(note.len(), 4096);
     }

@@ -137,6 +137,9 @@ struct PolicySource {
     /// Memory cap of one evaluation, in MiB (as `policy.memory_mib`).
     #[arg(long, default_value_t = PolicyConfig::default().memory_mib)]
     memory_mib: u64,
+    /// Keep compiled code in this directory between runs (as `policy.cache_dir`).
+    #[arg(long, env = "REGISTRY_TOKEN_POLICY__CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,7 +152,8 @@ enum PolicyCommand {
         #[arg(required = true)]
         cases: Vec<PathBuf>,
     },
-    /// Evaluate one request given as JSON: {"claims": {...}, "service": "...", "scope": "..."}.
+    /// Evaluate one request given as JSON: {"claims": {...}, "service": "...", "scope": "...",
+    /// "at": "2026-12-31T00:00:00Z"} (`at`, the request time, defaults to now).
     Eval {
         #[command(flatten)]
         source: PolicySource,
@@ -263,6 +267,7 @@ fn policy_config(source: &PolicySource) -> PolicyConfig {
         settings_file: source.settings.clone(),
         timeout_ms: source.timeout_ms,
         memory_mib: source.memory_mib,
+        cache_dir: source.cache_dir.clone(),
     }
 }
 
@@ -308,14 +313,24 @@ async fn policy_eval(source: &PolicySource, request: Option<&Path>) -> Result<Ex
     };
     let caller = caller_from_claims(claims).map_err(|e| format!("claims: {e}"))?;
     let requested = crate::scope::parse_scopes(scopes).map_err(|e| e.to_string())?;
+    let time = match request.get("at") {
+        None | Some(Value::Null) => system_clock()(),
+        Some(at) => serde_json::from_value::<cases::At>(at.clone())
+            .map_err(|_| "\"at\" must be Unix seconds or an RFC 3339 time".to_owned())?
+            .seconds()?,
+    };
     let policy = load_policy(&policy_config(source), 0, None).await.map_err(|e| e.to_string())?;
-    let answer = match policy.evaluate(&caller, service, &requested).await {
-        Ok(Decision::Grant { resources, note }) => {
-            json!({"decision": "grant", "access": resources, "note": note})
-        }
-        Ok(Decision::Deny { reason, message }) => {
-            json!({"decision": "deny", "reason": reason, "message": message})
-        }
+    let object = |pairs: &[(String, String)]| -> Map<String, Value> {
+        pairs.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()
+    };
+    let answer = match policy.evaluate(&caller, service, &requested, time).await {
+        Ok(Decision::Grant { resources, note, lifetime_seconds, annotations }) => json!({
+            "decision": "grant", "access": resources, "note": note,
+            "lifetime_seconds": lifetime_seconds, "annotations": object(&annotations),
+        }),
+        Ok(Decision::Deny { reason, message, annotations }) => json!({
+            "decision": "deny", "reason": reason, "message": message, "annotations": object(&annotations),
+        }),
         Err(fault) => {
             json!({"decision": "fault", "kind": fault.kind(), "detail": fault.to_string()})
         }

@@ -163,6 +163,8 @@ pub struct PolicyConfig {
     pub timeout_ms: u64,
     /// Memory cap of one evaluation.
     pub memory_mib: u64,
+    /// Where compiled policy code is kept between starts and reloads; `None`: compiled each time.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for PolicyConfig {
@@ -174,6 +176,7 @@ impl Default for PolicyConfig {
             settings_file: None,
             timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
             memory_mib: (limits.memory_bytes / MIB) as u64,
+            cache_dir: None,
         }
     }
 }

@@ -112,6 +112,7 @@ fn request_span(request: &Request) -> Span {
         service = tracing::field::Empty,
         granted = tracing::field::Empty,
         note = tracing::field::Empty,
+        lifetime = tracing::field::Empty,
         refused = tracing::field::Empty,
         event = tracing::field::Empty,
     )

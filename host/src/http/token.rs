@@ -7,7 +7,7 @@ use super::extract::{ClientAddr, Credential, Form, Params, Query};
 use crate::access::{Resource, scope_string};
 use crate::app::Live;
 use crate::authority::{self, AuthError};
-use crate::ledger::{Event, IssuedToken, Millis, Outcome};
+use crate::ledger::{Event, IssuedToken, LifetimeRecord, Millis, Outcome};
 use crate::metrics::metrics;
 use crate::mint::{Grant, Minted, SignError};
 use crate::policy::Decision;
@@ -157,6 +157,11 @@ async fn exchange(
                 exp: i64::try_from(minted.expires_at).unwrap_or(i64::MAX),
                 kid: live.keys.minter().kid().to_owned(),
             });
+            event.lifetime = minted.lifetime.map(|lifetime| LifetimeRecord {
+                requested: lifetime.requested,
+                granted: lifetime.granted,
+                limited_by: lifetime.limited_by.map(|limit| limit.as_str().to_owned()),
+            });
         }
         Err(error) => describe_failure(&mut event, error),
     }
@@ -201,7 +206,7 @@ async fn issue(
     live: &Live,
     credential: &str,
     exchange: &Exchange,
-    event: Option<&mut Event>,
+    mut event: Option<&mut Event>,
 ) -> Result<(Minted, Vec<Resource>), ApiError> {
     let now = (app.clock)();
     let span = Span::current();
@@ -213,7 +218,7 @@ async fn issue(
     let caller = &validated.caller;
     span.record("sub", caller.subject.as_str());
     if let Some(ledger) = &app.ledger
-        && let Some(event) = event
+        && let Some(event) = event.as_deref_mut()
     {
         event.set_caller(caller, &live.config.authority.issuer, validated.jti.as_deref());
         // The host's own check, before any policy is asked: no policy can grant to a revoked caller.
@@ -231,7 +236,7 @@ async fn issue(
     }
 
     let started = Instant::now();
-    let decision = live.policy.evaluate(caller, &exchange.service, &exchange.requested).await;
+    let decision = live.policy.evaluate(caller, &exchange.service, &exchange.requested, now).await;
     metrics().evaluation(started.elapsed().as_secs_f64());
     let decision = decision.inspect_err(|fault| {
         metrics().fault(fault.kind());
@@ -244,12 +249,15 @@ async fn issue(
             "policy fault; no token issued"
         );
     })?;
-    let granted = match decision {
-        Decision::Deny { reason, message } => {
+    if let Some(event) = event {
+        event.annotations.clone_from(decision.annotations());
+    }
+    let (granted, requested_lifetime) = match decision {
+        Decision::Deny { reason, message, .. } => {
             metrics().decision("deny");
             return Err(ApiError::Denied { reason, message, status: live.config.http.denial_status });
         }
-        Decision::Grant { resources, note } => {
+        Decision::Grant { resources, note, lifetime_seconds, .. } => {
             // Why less than asked was granted: for the operator's log line.
             if let Some(note) = &note {
                 span.record("note", note.as_str());
@@ -260,7 +268,7 @@ async fn issue(
                 n if n >= actions(&exchange.requested) => "grant",
                 _ => "partial",
             });
-            resources
+            (resources, lifetime_seconds)
         }
     };
     // A file key's signature (≈ 0.2–0.45 ms of CPU for RS256) runs here, on the worker: it is the
@@ -271,8 +279,15 @@ async fn issue(
     // Validation accepted the caller token up to `leeway` past its `exp`; the registry token ends
     // there at the latest, so it outlives its credential by no more than the tolerated skew.
     let not_after = validated.expires_at.saturating_add(live.config.authority.leeway_seconds);
-    let grant =
-        Grant { subject: &caller.subject, audience: &exchange.service, access: &granted, now, not_after };
+    let grant = Grant {
+        subject: &caller.subject,
+        audience: &exchange.service,
+        access: &granted,
+        now,
+        not_after,
+        requested_lifetime,
+        max_lifetime: live.config.signing.max_lifetime_seconds,
+    };
     let minted = live.keys.minter().mint(&grant).await.map_err(|error| match error {
         SignError::Crypto => ApiError::Signing,
         SignError::Hsm(error) => {
@@ -281,6 +296,20 @@ async fn issue(
         }
     })?;
     span.record("granted", scope_string(&granted));
+    if let Some(lifetime) = &minted.lifetime {
+        // A policy's lifetime, as asked and as issued: `3600s as asked`, or
+        // `86400s asked, 900s issued (signing.max_lifetime_seconds)`.
+        let said = match lifetime.limited_by {
+            None => format!("{}s as asked", lifetime.granted),
+            Some(limit) => format!(
+                "{}s asked, {}s issued ({})",
+                lifetime.requested,
+                lifetime.granted,
+                limit.as_str()
+            ),
+        };
+        span.record("lifetime", said);
+    }
     Ok((minted, granted))
 }
 

@@ -50,6 +50,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE ledger_state (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
     INSERT INTO ledger_state (name, value) VALUES ('revocations_revision', 0);",
+    // A policy's annotations (a JSON array of [key, value] pairs) and the token lifetime it asked
+    // for (JSON: requested, granted, limited_by). Depends on nothing but the events table.
+    "ALTER TABLE events ADD COLUMN annotations TEXT;
+    ALTER TABLE events ADD COLUMN lifetime TEXT;",
 ];
 
 /// The schema version this binary writes.
@@ -70,12 +74,13 @@ pub(super) fn check_version(found: i64, url: &str) -> Result<(), StoreError> {
 
 pub(super) const EVENT_COLUMNS: &str = "id, time_ms, outcome, reason, message, sub, client_id, tenant, plan, \
      licence, iss, jti, client_addr, service, requested, granted, policy_digest, settings_version, token_jti, \
-     token_exp, signing_kid";
+     token_exp, signing_kid, annotations, lifetime";
 
 pub(super) const INSERT_EVENT: &str = "INSERT INTO events (id, time_ms, outcome, reason, message, sub, \
      client_id, tenant, plan, licence, iss, jti, client_addr, service, requested, granted, policy_digest, \
-     settings_version, token_jti, token_exp, signing_kid) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-     $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) ON CONFLICT (id) DO NOTHING";
+     settings_version, token_jti, token_exp, signing_kid, annotations, lifetime) VALUES ($1, $2, $3, $4, $5, \
+     $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
+     ON CONFLICT (id) DO NOTHING";
 
 pub(super) const REVOCATION_COLUMNS: &str =
     "id, kind, value, tenant, reason, created_at_ms, expires_at_ms, created_by, created_by_tenant";
@@ -124,7 +129,14 @@ pub(super) fn event_params(event: &Event) -> Vec<Param> {
         Param::Text(token.map(|t| t.jti.clone())),
         Param::Int(token.map(|t| t.exp)),
         Param::Text(token.map(|t| t.kid.clone())),
+        Param::Text((!event.annotations.is_empty()).then(|| json(&event.annotations))),
+        Param::Text(event.lifetime.as_ref().map(json)),
     ]
+}
+
+/// A value of strings and integers as JSON (cannot fail: no maps with non-string keys).
+fn json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 /// A revocation's columns, in [`REVOCATION_COLUMNS`] order.
@@ -185,6 +197,17 @@ pub(super) fn event_from(row: &dyn Row) -> Result<Event, StoreError> {
         policy_digest: row.text(16)?,
         settings_version: row.text(17)?,
         token,
+        annotations: match row.text(21)? {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("annotations {text:?}: {e}")))?,
+            None => Vec::new(),
+        },
+        lifetime: match row.text(22)? {
+            Some(text) => Some(
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("lifetime {text:?}: {e}")))?,
+            ),
+            None => None,
+        },
     })
 }
 
