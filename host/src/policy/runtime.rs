@@ -26,6 +26,13 @@ const TABLES_PER_COMPONENT: u32 = 8;
 const OUTPUT_CAPACITY: usize = 16 * 1024;
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
+/// The module-loader interface of componentize-qjs guests.
+const MODULE_LOADER: &str = "local:init/module-loader";
+
+fn no_modules() -> Result<String, String> {
+    Err("a policy cannot load modules at run time".to_owned())
+}
+
 /// What one evaluation may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -167,6 +174,12 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // JavaScript guests (componentize-qjs) import the module loader QuickJS used while their
+        // module was evaluated at build time; at run time there is nothing to load, and every
+        // call is answered "not available". It is the one import besides WASI.
+        let mut loader = linker.instance(MODULE_LOADER)?;
+        loader.func_wrap("resolve", |_, (_, _): (String, String)| Ok((no_modules(),)))?;
+        loader.func_wrap("load", |_, (_,): (String,)| Ok((no_modules(),)))?;
 
         // Without a ticker no deadline would ever fire: refuse to run instead.
         spawn_ticker(&engine, limits.tick())?;
