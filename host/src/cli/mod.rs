@@ -1,9 +1,12 @@
 //! The `registry-token` command line: `serve`, `keygen`, `keys new|export|list`, `dev-authority`,
-//! `policy test|eval`, `ledger events|revoke|revocations|unrevoke`.
+//! `policy test|eval|inspect|new|bench`, `ledger events|revoke|revocations|unrevoke`.
 
+mod bench;
 mod cases;
+mod inspect;
 mod keys;
 mod ledger;
+mod scaffold;
 mod serve;
 
 use crate::app::{load_policy, load_policy_with, system_clock};
@@ -160,6 +163,43 @@ enum PolicyCommand {
         /// The request file; standard input if omitted or `-`.
         request: Option<PathBuf>,
     },
+    /// Describe a component: its contract version, the metadata its SDK embedded, its imports
+    /// (and whether the host refuses one), digest, size and compile time. Exits 1 when the host
+    /// would not load it.
+    Inspect {
+        /// A `.wasm` component, or `builtin:plan-catalogue`.
+        module: String,
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a ready-to-build policy project NAME/ (source, passing cases.yaml, a README).
+    New {
+        /// The project's name (and directory).
+        name: String,
+        /// The policy's language.
+        #[arg(long, value_enum, default_value_t = scaffold::Lang::Rust)]
+        lang: scaffold::Lang,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The registry-policy SDK (`guest/` of this repository) a Rust project depends on; by
+        /// default the one this binary was built from.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Measure one evaluation as the server runs it (same runtime, limits and pool; a fresh
+    /// instance per evaluation): median and p99 per case over `--runs` evaluations.
+    Bench {
+        #[command(flatten)]
+        source: PolicySource,
+        /// Evaluations per case (after a warm-up of a twentieth as many).
+        #[arg(long, default_value_t = 2000)]
+        runs: usize,
+        /// Case files (YAML): each case is one request to measure.
+        #[arg(required = true)]
+        cases: Vec<PathBuf>,
+    },
 }
 
 /// Runs the command line; the binary's `main` is this.
@@ -181,6 +221,13 @@ pub fn main() -> ExitCode {
             Command::Policy(PolicyCommand::Test { source, cases }) => policy_test(&source, &cases).await,
             Command::Policy(PolicyCommand::Eval { source, request }) => {
                 policy_eval(&source, request.as_deref()).await
+            }
+            Command::Policy(PolicyCommand::Inspect { module, json }) => inspect::run(&module, json),
+            Command::Policy(PolicyCommand::New { name, lang, dir, sdk }) => {
+                scaffold::run(&name, lang, &dir, sdk.as_deref())
+            }
+            Command::Policy(PolicyCommand::Bench { source, runs, cases }) => {
+                policy_bench(&source, runs, &cases).await
             }
             Command::Ledger(command) => ledger::run(command).await,
             Command::Keys(command) => keys::run(command),
@@ -289,6 +336,31 @@ async fn policy_test(source: &PolicySource, files: &[PathBuf]) -> Result<ExitCod
     }
     println!("{passed} passed, {failed} failed");
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn policy_bench(source: &PolicySource, runs: usize, files: &[PathBuf]) -> Result<ExitCode, String> {
+    if runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    let mut read = Vec::new();
+    let mut settings = None;
+    for path in files {
+        let (file, file_settings) = cases::read(path, source.settings.as_deref())?;
+        match &settings {
+            None => settings = Some(file_settings),
+            Some(first) if *first != file_settings => {
+                return Err(format!("{} names other settings than the first case file", path.display()));
+            }
+            Some(_) => {}
+        }
+        read.push((path.clone(), file));
+    }
+    let settings = settings.unwrap_or_else(|| "{}".to_owned());
+    let started = std::time::Instant::now();
+    let policy =
+        load_policy_with(&policy_config(source), &settings, 0, None).await.map_err(|e| e.to_string())?;
+    bench::run(&policy, &read, runs, started.elapsed()).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn policy_eval(source: &PolicySource, request: Option<&Path>) -> Result<ExitCode, String> {

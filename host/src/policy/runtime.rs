@@ -250,13 +250,17 @@ impl Runtime {
     /// [`Runtime::pre`] with any import the host does not offer stubbed, so a component's contract
     /// version can be told even when its imports would be refused (for `policy inspect`).
     pub fn pre_ignoring_imports(&self, component: &Component) -> Result<Pre, String> {
+        if self.linker.instantiate_pre(component).is_ok() {
+            return self.pre(component);
+        }
         let mut linker = self.linker.clone();
         linker.define_unknown_imports_as_traps(component).map_err(|e| chain(&e))?;
         let instance_pre = linker.instantiate_pre(component).map_err(|e| chain(&e))?;
-        if let Ok(pre) = v0_2::PolicyPre::new(instance_pre.clone()) {
-            return Ok(Pre::V0_2(pre));
-        }
-        v0_1::PolicyPre::new(instance_pre).map(Pre::V0_1).map_err(|e| chain(&e))
+        let newest = match v0_2::PolicyPre::new(instance_pre.clone()) {
+            Ok(pre) => return Ok(Pre::V0_2(pre)),
+            Err(error) => chain(&error),
+        };
+        v0_1::PolicyPre::new(instance_pre).map(Pre::V0_1).map_err(|_| newest)
     }
 
     /// Why the host would refuse to link `component`'s imports (an import it does not offer),
