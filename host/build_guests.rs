@@ -10,15 +10,11 @@ use std::process::Command;
 const TARGET: &str = "wasm32-wasip2";
 
 /// Builds each `(package, env)` for wasm32-wasip2 and exports its path as the compile-time
-/// environment variable `env`. `watch` lists crate directories, relative to the workspace root,
-/// whose changes trigger a rebuild (the SDK and the WIT are always watched).
-pub fn build(packages: &[(&str, &str)], watch: &[&str]) {
-    build_with_features(packages, &[], watch);
-}
-
-/// [`build`], then each `(package, feature, env)` once more with that cargo feature (another build
-/// of the same crate: an older contract version, say), exported as `env`.
-pub fn build_with_features(packages: &[(&str, &str)], featured: &[(&str, &str, &str)], watch: &[&str]) {
+/// environment variable `env`; then each `(package, feature, env)` once more with that cargo
+/// feature (another build of the same crate: against an older contract version, say). `watch`
+/// lists crate directories, relative to the workspace root, whose changes trigger a rebuild (the
+/// SDK and the WIT are always watched).
+pub fn build(packages: &[(&str, &str)], featured: &[(&str, &str, &str)], watch: &[&str]) {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
     let root = workspace_root(&manifest_dir);
     let out_dir = PathBuf::from(env("OUT_DIR"));

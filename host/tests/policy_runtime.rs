@@ -1,11 +1,18 @@
 //! The policy runtime against real guests built from source: the default plan catalogue and a
-//! hostile guest. Every fault must be typed, must not produce a grant, and must leave the runtime
-//! able to serve the next request.
+//! hostile guest, built against both contract versions (0.1.0 as released, and 0.2.0). Every
+//! fault must be typed, must not produce a grant, and must leave the runtime able to serve the
+//! next request.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use registry_token::access::{Caller, Resource};
-use registry_token::policy::{BUILTIN_PLAN_CATALOGUE, Decision, Fault, Limits, LoadError, Policy};
+use registry_token::policy::{BUILTIN_PLAN_CATALOGUE, Contract, Decision, Fault, Limits, LoadError, Policy};
 use std::time::{Duration, Instant};
+
+/// The hostile guest of each contract version.
+const HOSTILE: [(Contract, &str); 2] = [
+    (Contract::V0_1, test_support::HOSTILE_GUEST_WASM),
+    (Contract::V0_2, test_support::HOSTILE_GUEST_V0_2_WASM),
+];
 
 fn caller(plan: &str) -> Caller {
     Caller {
@@ -20,8 +27,16 @@ fn caller(plan: &str) -> Caller {
 }
 
 async fn hostile() -> Policy {
-    let module = std::fs::read(test_support::HOSTILE_GUEST_WASM).unwrap();
-    Policy::load(&module, "hostile", "{}", Limits::default(), 0).await.unwrap()
+    hostile_of(Contract::V0_1, 0).await
+}
+
+/// The hostile guest built against `contract`, remembering decisions in `cache` KiB.
+async fn hostile_of(contract: Contract, cache: usize) -> Policy {
+    let wasm = HOSTILE.iter().find(|(c, _)| *c == contract).unwrap().1;
+    let module = std::fs::read(wasm).unwrap();
+    let policy = Policy::load(&module, "hostile", "{}", Limits::default(), cache).await.unwrap();
+    assert_eq!(policy.contract(), contract, "{wasm} is built against the contract it says");
+    policy
 }
 
 fn granted(decision: &Decision) -> Vec<String> {
@@ -85,11 +100,13 @@ async fn fault_then_recover(policy: &Policy, name: &str) -> Fault {
 
 #[tokio::test]
 async fn an_endless_loop_is_stopped_by_the_deadline() {
-    let policy = hostile().await;
-    let started = Instant::now();
-    let fault = fault_then_recover(&policy, "hostile/loop").await;
-    assert_eq!(fault, Fault::Deadline(Duration::from_millis(50)));
-    assert!(started.elapsed() < Duration::from_millis(100), "took {:?}", started.elapsed());
+    for (contract, _) in HOSTILE {
+        let policy = hostile_of(contract, 0).await;
+        let started = Instant::now();
+        let fault = fault_then_recover(&policy, "hostile/loop").await;
+        assert_eq!(fault, Fault::Deadline(Duration::from_millis(50)), "{contract}");
+        assert!(started.elapsed() < Duration::from_millis(100), "{contract}: took {:?}", started.elapsed());
+    }
 }
 
 #[tokio::test]
@@ -105,38 +122,108 @@ async fn a_guest_waiting_in_the_host_is_stopped_by_the_deadline() {
 
 #[tokio::test]
 async fn a_memory_bomb_hits_the_cap() {
-    let policy = hostile().await;
-    assert_eq!(fault_then_recover(&policy, "hostile/bomb").await, Fault::Memory(16 * 1024 * 1024));
+    for (contract, _) in HOSTILE {
+        let policy = hostile_of(contract, 0).await;
+        assert_eq!(fault_then_recover(&policy, "hostile/bomb").await, Fault::Memory(16 * 1024 * 1024), "{contract}");
+    }
 }
 
 #[tokio::test]
 async fn a_panic_is_a_fault_with_its_message() {
-    let policy = hostile().await;
-    match fault_then_recover(&policy, "hostile/panic").await {
-        Fault::Panic(message) => assert!(message.contains("panicked on purpose"), "{message}"),
-        other => panic!("expected a panic, got {other:?}"),
+    for (contract, _) in HOSTILE {
+        let policy = hostile_of(contract, 0).await;
+        match fault_then_recover(&policy, "hostile/panic").await {
+            Fault::Panic(message) => assert!(message.contains("panicked on purpose"), "{message}"),
+            other => panic!("{contract}: expected a panic, got {other:?}"),
+        }
     }
 }
 
 #[tokio::test]
 async fn granting_more_than_requested_is_a_fault() {
-    let policy = hostile().await;
-    assert_eq!(
-        fault_then_recover(&policy, "hostile/overgrant").await,
-        Fault::Overgrant("repository:secret/app".into())
-    );
-    match fault_then_recover(&policy, "hostile/extra-action").await {
-        Fault::Overgrant(what) => assert!(what.contains("\"delete\""), "{what}"),
-        other => panic!("expected an overgrant, got {other:?}"),
+    for (contract, _) in HOSTILE {
+        let policy = hostile_of(contract, 0).await;
+        assert_eq!(
+            fault_then_recover(&policy, "hostile/overgrant").await,
+            Fault::Overgrant("repository:secret/app".into()),
+            "{contract}"
+        );
+        match fault_then_recover(&policy, "hostile/extra-action").await {
+            Fault::Overgrant(what) => assert!(what.contains("\"delete\""), "{what}"),
+            other => panic!("{contract}: expected an overgrant, got {other:?}"),
+        }
     }
 }
 
 #[tokio::test]
-async fn malformed_answers_are_faults() {
-    let policy = hostile().await;
-    for name in ["hostile/huge-message", "hostile/huge-grant", "hostile/bad-reason"] {
+async fn annotations_beyond_the_bounds_are_faults() {
+    let policy = hostile_of(Contract::V0_2, 0).await;
+    for (name, problem) in [
+        ("hostile/many-annotations", "at most 8 annotations, got 9"),
+        ("hostile/bad-annotation-key", "annotation key must be 1 to 64 characters of [a-z0-9._-], got \"Not Ok\""),
+        ("hostile/long-annotation", "annotation \"k\" has 257 bytes; at most 256"),
+        ("hostile/repeated-annotation", "annotation \"k\" is given twice"),
+    ] {
         let fault = fault_then_recover(&policy, name).await;
         assert_eq!(fault.kind(), "malformed", "{name}: {fault}");
+        assert!(fault.to_string().contains(problem), "{name}: {fault}");
+    }
+    // A 0.1.0 guest cannot carry annotations at all: the same requests are plain grants.
+    let old = hostile_of(Contract::V0_1, 0).await;
+    let asked = [Resource::new("repository", "hostile/many-annotations", &["pull"])];
+    let decision = old.evaluate(&caller("team"), "s", &asked, 0).await.unwrap();
+    assert_eq!(decision.annotations(), &Vec::<(String, String)>::new());
+    assert_eq!(granted(&decision), ["repository:hostile/many-annotations:pull"]);
+}
+
+#[tokio::test]
+async fn a_grant_carries_the_lifetime_a_new_guest_asks_for() {
+    let policy = hostile_of(Contract::V0_2, 0).await;
+    let lifetime = |decision: Decision| match decision {
+        Decision::Grant { lifetime_seconds, .. } => lifetime_seconds,
+        other => panic!("{other:?}"),
+    };
+    // The guest picks by the number of actions asked; the host clamps later, when it mints.
+    for (actions, expected) in
+        [(&["pull"][..], u32::MAX), (&["pull", "push"][..], 0), (&["pull", "push", "delete"][..], 120)]
+    {
+        let asked = [Resource::new("repository", "hostile/lifetime", actions)];
+        let decision = policy.evaluate(&caller("team"), "s", &asked, 0).await.unwrap();
+        assert_eq!(lifetime(decision), Some(expected));
+    }
+    let old = hostile_of(Contract::V0_1, 0).await;
+    let asked = [Resource::new("repository", "hostile/lifetime", &["pull"])];
+    assert_eq!(lifetime(old.evaluate(&caller("team"), "s", &asked, 0).await.unwrap()), None);
+}
+
+#[tokio::test]
+async fn the_request_time_reaches_new_guests_and_keys_their_cached_decisions() {
+    let note = |decision: Decision| match decision {
+        Decision::Grant { note, .. } => note.unwrap_or_default(),
+        other => panic!("{other:?}"),
+    };
+    let time = [Resource::new("repository", "hostile/time", &["pull"])];
+    let new = hostile_of(Contract::V0_2, 64).await;
+    assert_eq!(note(new.evaluate(&caller("team"), "s", &time, 1_234).await.unwrap()), "time=1234");
+    assert_eq!(note(new.evaluate(&caller("team"), "s", &time, 1_235).await.unwrap()), "time=1235");
+    assert_eq!(note(new.evaluate(&caller("team"), "s", &time, 1_234).await.unwrap()), "time=1234");
+    assert_eq!(new.cached_decisions().0, 2, "one decision per second it was asked at");
+
+    // A 0.1.0 guest has no time to see; its decision holds whatever the time.
+    let old = hostile_of(Contract::V0_1, 64).await;
+    assert_eq!(note(old.evaluate(&caller("team"), "s", &time, 1_234).await.unwrap()), "time=0");
+    assert_eq!(note(old.evaluate(&caller("team"), "s", &time, 1_235).await.unwrap()), "time=0");
+    assert_eq!(old.cached_decisions().0, 1);
+}
+
+#[tokio::test]
+async fn malformed_answers_are_faults() {
+    for (contract, _) in HOSTILE {
+        let policy = hostile_of(contract, 0).await;
+        for name in ["hostile/huge-message", "hostile/huge-grant", "hostile/bad-reason"] {
+            let fault = fault_then_recover(&policy, name).await;
+            assert_eq!(fault.kind(), "malformed", "{contract} {name}: {fault}");
+        }
     }
 }
 
@@ -195,9 +282,10 @@ async fn hostile_configure_is_refused_at_load() {
 async fn a_component_of_another_world_is_refused_at_load() {
     let module = std::fs::read(test_support::WRONG_WORLD_GUEST_WASM).unwrap();
     let error = Policy::load(&module, "wrong.wasm", "{}", Limits::default(), 0).await.unwrap_err();
-    assert!(matches!(error, LoadError::World { .. } | LoadError::Compile { .. }), "{error}");
+    assert!(matches!(error, LoadError::World { .. }), "{error}");
     let message = error.to_string();
     assert!(message.contains("wrong.wasm"), "{message}");
+    assert!(message.contains("policy@0.2.0 or stellaops:registry-policy/policy@0.1.0"), "{message}");
 
     let error = Policy::load(b"not wasm at all", "junk.wasm", "{}", Limits::default(), 0).await.unwrap_err();
     assert!(matches!(error, LoadError::Compile { .. }), "{error}");

@@ -6,7 +6,7 @@
 mod build_guests;
 
 fn main() {
-    build_guests::build_with_features(
+    build_guests::build(
         &[("hostile-guest", "HOSTILE_GUEST_V0_2_WASM"), ("wrong-world-guest", "WRONG_WORLD_GUEST_WASM")],
         &[
             ("hostile-guest", "contract-0-1", "HOSTILE_GUEST_WASM"),

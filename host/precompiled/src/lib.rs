@@ -20,7 +20,7 @@
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use wasmtime::component::Component;
 use wasmtime::{Engine, Precompiled};
@@ -62,7 +62,8 @@ impl std::hash::Hasher for Sha256Hasher {
 }
 
 impl CodeCache {
-    /// A cache in `dir` for code compiled by `engine` (the directory is created on first write).
+    /// A cache in `dir` for code compiled by `engine` (the directory is created, mode 0700, on first
+    /// write).
     pub fn new(dir: &Path, engine: &Engine) -> CodeCache {
         let mut hasher = Sha256Hasher(Sha256::new());
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
@@ -163,7 +164,7 @@ impl CodeCache {
     }
 
     fn write(&self, path: &Path, module_digest: &[u8; 32], compiled: &[u8]) -> std::io::Result<()> {
-        fs::create_dir_all(&self.dir)?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)?;
         let mut file = tempfile::NamedTempFile::new_in(&self.dir)?;
         file.as_file().set_permissions(fs::Permissions::from_mode(0o600))?;
         file.write_all(MAGIC)?;

@@ -22,6 +22,9 @@ const JS_README: &str = include_str!("../../templates/js/README.md");
 /// The JavaScript SDK and the contract, copied into a JavaScript project so it builds anywhere.
 const JS_SDK: &str = include_str!("../../../guest-js/registry-policy.js");
 const WIT_0_2: &str = include_str!("../../../wit/registry-policy@0.2.0/registry-policy.wit");
+/// The versions of every crate this SDK was built and tested with, so a new project builds with
+/// them too (cargo drops what the project does not use at its first build).
+const CARGO_LOCK: &str = include_str!("../../../Cargo.lock");
 /// Where this binary's source tree keeps the Rust SDK (the default of `--sdk`).
 const BUILT_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest");
 
@@ -61,6 +64,7 @@ pub(super) fn run(name: &str, lang: Lang, dir: &Path, sdk: Option<&Path>) -> Res
             let fill = |text: &str| fill(text, name, &wasm, &sdk);
             let files = vec![
                 ("Cargo.toml", fill(RUST_CARGO)),
+                ("Cargo.lock", CARGO_LOCK.to_owned()),
                 ("src/lib.rs", fill(RUST_LIB)),
                 ("cases.yaml", fill(CASES)),
                 ("README.md", fill(RUST_README)),

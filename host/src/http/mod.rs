@@ -198,6 +198,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
         "policy": {
             "module": live.policy.source(),
             "digest": live.policy.digest(),
+            "contract": live.policy.contract(),
             "settings_version": live.policy.settings_version(),
         },
         "signing": {

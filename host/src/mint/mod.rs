@@ -424,3 +424,60 @@ pub fn rfc3339(unix_seconds: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds))
         .to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn minter(lifetime_seconds: u64) -> Minter {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = keygen::generate(dir.path(), SigningAlgorithm::ES256, 0).unwrap();
+        let key = SigningKey::from_file(&generated.key_file, SigningAlgorithm::ES256).unwrap();
+        Minter::new(key, "registry-token", lifetime_seconds, KidFormat::Libtrust, None)
+    }
+
+    fn grant(requested_lifetime: Option<u32>, not_after: u64) -> Grant<'static> {
+        Grant {
+            subject: "alice",
+            audience: "registry.local",
+            access: &[],
+            now: 1_000,
+            not_after,
+            requested_lifetime,
+            max_lifetime: 3_600,
+        }
+    }
+
+    /// `exp - iat` of the token itself, and the recorded decision.
+    fn lifetime_of(minted: &Minted) -> (u64, Option<LifetimeDecision>) {
+        let claims = minted.token.split('.').nth(1).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&BASE64URL_NOPAD.decode(claims.as_bytes()).unwrap()).unwrap();
+        let (exp, iat) = (claims["exp"].as_u64().unwrap(), claims["iat"].as_u64().unwrap());
+        assert_eq!(minted.expires_in, exp - iat);
+        (exp - iat, minted.lifetime)
+    }
+
+    #[test]
+    fn a_policy_lifetime_is_clamped_and_says_what_clamped_it() {
+        let minter = minter(300);
+        let far = u64::MAX;
+        let decision = |requested, granted, limited_by| Some(LifetimeDecision { requested, granted, limited_by });
+        for (requested, not_after, expected) in [
+            // No request: the configured lifetime, and nothing recorded.
+            (None, far, (300, None)),
+            (Some(1_800), far, (1_800, decision(1_800, 1_800, None))),
+            (Some(2), far, (5, decision(2, 5, Some(LifetimeLimit::Minimum)))),
+            (Some(0), far, (5, decision(0, 5, Some(LifetimeLimit::Minimum)))),
+            (Some(86_400), far, (3_600, decision(86_400, 3_600, Some(LifetimeLimit::Maximum)))),
+            (Some(u32::MAX), far, (3_600, decision(u32::MAX, 3_600, Some(LifetimeLimit::Maximum)))),
+            // The caller token (plus leeway) ends first: the token ends with it.
+            (Some(1_800), 1_000 + 600, (600, decision(1_800, 600, Some(LifetimeLimit::CallerToken)))),
+            (None, 1_000 + 60, (60, None)),
+        ] {
+            let minted = minter.mint_now(&grant(requested, not_after)).unwrap();
+            assert_eq!(lifetime_of(&minted), expected, "{requested:?} until {not_after}");
+        }
+    }
+}

@@ -275,7 +275,7 @@ pub enum LoadError {
         reason: String,
     },
     /// The component does not implement the contract, or imports what the host does not offer.
-    #[error("{source_name} does not implement the world {}: {reason}", world_name())]
+    #[error("{source_name} does not implement a world this host loads ({}): {reason}", world_name())]
     World {
         /// Where the module came from.
         source_name: String,
