@@ -144,8 +144,7 @@ mod tests {
         assert_eq!(json["settings_schema"], r#"{"type": "object"}"#);
 
         let bare = Metadata { authors: "", settings_schema: "", ..META };
-        let json: serde_json::Value =
-            serde_json::from_slice(&bare.encode::<{ bare_len() }>()).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bare.encode::<{ bare_len() }>()).unwrap();
         assert_eq!(json["authors"], serde_json::json!([]));
         assert!(json.get("settings_schema").is_none());
     }

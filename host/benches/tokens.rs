@@ -485,13 +485,19 @@ async fn stages(root: &Path) {
     let caller = caller();
     row(
         "policy evaluation, fresh instance (50 plans, 3 resources)",
-        measure_async(|| async { policy.evaluate_uncached(&caller, SERVICE, &requested, 0).await.unwrap() }, 50)
-            .await,
+        measure_async(
+            || async { policy.evaluate_uncached(&caller, SERVICE, &requested, 0).await.unwrap() },
+            50,
+        )
+        .await,
     );
     row(
         "policy evaluation, decision cache hit",
-        measure_async(|| async { policy_cached.evaluate(&caller, SERVICE, &requested, 0).await.unwrap() }, 1000)
-            .await,
+        measure_async(
+            || async { policy_cached.evaluate(&caller, SERVICE, &requested, 0).await.unwrap() },
+            1000,
+        )
+        .await,
     );
 
     for (name, dir, algorithm) in

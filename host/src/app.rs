@@ -175,7 +175,8 @@ pub async fn load_policy_with(
             .into(),
     };
     let source = config.module.to_string();
-    let setup = policy::Setup { limits: config.limits(), decision_cache, cache_dir: config.cache_dir.clone() };
+    let setup =
+        policy::Setup { limits: config.limits(), decision_cache, cache_dir: config.cache_dir.clone() };
     Ok(match previous {
         Some(previous) => previous.reload(&module, &source, settings_json, &setup).await?,
         None => Policy::load_with(&module, &source, settings_json, &setup).await?,

@@ -59,7 +59,13 @@ fn the_plan_catalogue_of_each_contract_version_passes_its_cases() {
 
     let dir = tempfile::tempdir().unwrap();
     let old_cases = cases_for_contract_0_1(dir.path());
-    let old = registry_token(&["policy", "test", "--policy", PLAN_CATALOGUE_V0_1_WASM, old_cases.to_str().unwrap()]);
+    let old = registry_token(&[
+        "policy",
+        "test",
+        "--policy",
+        PLAN_CATALOGUE_V0_1_WASM,
+        old_cases.to_str().unwrap(),
+    ]);
     assert!(old.status.success(), "{}{}", stdout(&old), stderr(&old));
     assert_eq!(stdout(&old).lines().last(), Some("42 passed, 0 failed"));
 
@@ -74,7 +80,8 @@ fn the_plan_catalogue_of_each_contract_version_passes_its_cases() {
     assert_eq!(contract(PLAN_CATALOGUE_V0_1_WASM), "stellaops:registry-policy@0.1.0");
 
     // And the 0.1.0 build fails what only 0.2.0 can express, as it must.
-    let full = registry_token(&["policy", "test", "--policy", PLAN_CATALOGUE_V0_1_WASM, cases.to_str().unwrap()]);
+    let full =
+        registry_token(&["policy", "test", "--policy", PLAN_CATALOGUE_V0_1_WASM, cases.to_str().unwrap()]);
     assert_eq!(stdout(&full).lines().last(), Some("42 passed, 7 failed"));
 }
 
@@ -218,14 +225,16 @@ fn an_old_and_a_new_guest_serve_side_by_side_and_a_lifetime_is_clamped_and_recor
     let (old_fixture, new_fixture) = (configure(Some(PLAN_CATALOGUE_V0_1_WASM)), configure(None));
     let old = Server::start(BIN, &old_fixture.config_path);
     let new = Server::start(BIN, &new_fixture.config_path);
-    let contract = |server: &Server| server.client().get("/readyz").unwrap().body["policy"]["contract"].clone();
+    let contract =
+        |server: &Server| server.client().get("/readyz").unwrap().body["policy"]["contract"].clone();
     assert_eq!(contract(&old), "stellaops:registry-policy@0.1.0");
     assert_eq!(contract(&new), "stellaops:registry-policy@0.2.0");
 
     let push = "repository:releases/app:pull,push";
     // Exchanges a caller token of `ttl` seconds for `scope`; the token's lifetime (`exp - iat`).
     let lifetime_of = |server: &Server, fixture: &Fixture, ttl: i64, scope: &str| {
-        let reply = server.client().get_bearer(&query(SERVICE, &[scope]), &release_token(fixture, ttl)).unwrap();
+        let reply =
+            server.client().get_bearer(&query(SERVICE, &[scope]), &release_token(fixture, ttl)).unwrap();
         assert_eq!(reply.status, 200, "{reply}");
         let token = reply.body["token"].as_str().unwrap();
         assert_eq!(access(token), [scope]);
@@ -249,10 +258,22 @@ fn an_old_and_a_new_guest_serve_side_by_side_and_a_lifetime_is_clamped_and_recor
     assert_eq!(events.len(), 3, "{events:#?}");
     assert_eq!(events[0]["lifetime"]["requested"], 1800);
     assert_eq!(events[0]["lifetime"]["limited_by"], "caller_token");
-    assert_eq!(events[1]["lifetime"], serde_json::json!({"requested": 86400, "granted": 3600, "limited_by": "signing.max_lifetime_seconds"}));
-    assert_eq!(events[1]["annotations"], serde_json::json!({"plan": "release", "lifetime-rule": "plans.release[1]"}));
-    assert_eq!(events[2]["lifetime"], serde_json::json!({"requested": 1800, "granted": 1800, "limited_by": null}));
-    assert_eq!(events[2]["annotations"], serde_json::json!({"plan": "release", "lifetime-rule": "plans.release[0]"}));
+    assert_eq!(
+        events[1]["lifetime"],
+        serde_json::json!({"requested": 86400, "granted": 3600, "limited_by": "signing.max_lifetime_seconds"})
+    );
+    assert_eq!(
+        events[1]["annotations"],
+        serde_json::json!({"plan": "release", "lifetime-rule": "plans.release[1]"})
+    );
+    assert_eq!(
+        events[2]["lifetime"],
+        serde_json::json!({"requested": 1800, "granted": 1800, "limited_by": null})
+    );
+    assert_eq!(
+        events[2]["annotations"],
+        serde_json::json!({"plan": "release", "lifetime-rule": "plans.release[0]"})
+    );
     // And the log line says so.
     let log = new.stderr();
     assert!(log.contains(r#"lifetime="86400s asked, 3600s issued (signing.max_lifetime_seconds)""#), "{log}");

@@ -103,11 +103,13 @@ fn walk(page_name: &str) {
         r.tenant = Some("acme".into());
         r.ttl_seconds = 7200;
     });
-    let reply = server.client().get_bearer(&query(SERVICE, &["repository:acme/app:pull,push"]), &token).unwrap();
+    let reply =
+        server.client().get_bearer(&query(SERVICE, &["repository:acme/app:pull,push"]), &token).unwrap();
     assert_eq!(reply.status, 200, "{reply}\n{}", server.stderr());
     assert_eq!(access(reply.body["token"].as_str().unwrap()), ["repository:acme/app:pull,push"]);
     assert_eq!(reply.body["expires_in"], 1800, "the lifetime the policy asks for a push");
-    let public = server.client().get_bearer(&query(SERVICE, &["repository:public/base:pull,push"]), &token).unwrap();
+    let public =
+        server.client().get_bearer(&query(SERVICE, &["repository:public/base:pull,push"]), &token).unwrap();
     assert_eq!(access(public.body["token"].as_str().unwrap()), ["repository:public/base:pull"]);
 }
 
@@ -159,7 +161,9 @@ fn the_javascript_sdk_runs_the_shared_pattern_table() {
         .args(["--test", "test/"])
         .current_dir(repo().join("guest-js"))
         .output()
-        .unwrap_or_else(|e| panic!("node is needed for the JavaScript SDK's tests (apt-get install nodejs): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("node is needed for the JavaScript SDK's tests (apt-get install nodejs): {e}")
+        });
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("# pass 4") && stdout.contains("# fail 0"), "{stdout}");

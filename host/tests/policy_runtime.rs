@@ -124,7 +124,11 @@ async fn a_guest_waiting_in_the_host_is_stopped_by_the_deadline() {
 async fn a_memory_bomb_hits_the_cap() {
     for (contract, _) in HOSTILE {
         let policy = hostile_of(contract, 0).await;
-        assert_eq!(fault_then_recover(&policy, "hostile/bomb").await, Fault::Memory(16 * 1024 * 1024), "{contract}");
+        assert_eq!(
+            fault_then_recover(&policy, "hostile/bomb").await,
+            Fault::Memory(16 * 1024 * 1024),
+            "{contract}"
+        );
     }
 }
 
@@ -160,7 +164,10 @@ async fn annotations_beyond_the_bounds_are_faults() {
     let policy = hostile_of(Contract::V0_2, 0).await;
     for (name, problem) in [
         ("hostile/many-annotations", "at most 8 annotations, got 9"),
-        ("hostile/bad-annotation-key", "annotation key must be 1 to 64 characters of [a-z0-9._-], got \"Not Ok\""),
+        (
+            "hostile/bad-annotation-key",
+            "annotation key must be 1 to 64 characters of [a-z0-9._-], got \"Not Ok\"",
+        ),
         ("hostile/long-annotation", "annotation \"k\" has 257 bytes; at most 256"),
         ("hostile/repeated-annotation", "annotation \"k\" is given twice"),
     ] {
@@ -302,7 +309,9 @@ async fn the_decision_cache_answers_only_the_exact_same_request() {
         ["repository:team/app:pull,push"]
     );
     // Same subject, another plan: not the cached answer.
-    assert!(granted(&policy.evaluate(&caller("gold"), "registry.local", &asked, 0).await.unwrap()).is_empty());
+    assert!(
+        granted(&policy.evaluate(&caller("gold"), "registry.local", &asked, 0).await.unwrap()).is_empty()
+    );
     // Same plan, another claim the guest can read (the licence): not the cached answer either.
     let mut revoked = caller("team");
     revoked.license = Some("LIC-0002".into());

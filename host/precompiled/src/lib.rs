@@ -138,7 +138,10 @@ impl CodeCache {
         }
         for (what, meta) in [("the directory", &dir_meta), ("the file", &file_meta)] {
             if meta.mode() & 0o022 != 0 {
-                return Err(format!("{what} is writable by group or others (mode {:o})", meta.mode() & 0o777));
+                return Err(format!(
+                    "{what} is writable by group or others (mode {:o})",
+                    meta.mode() & 0o777
+                ));
             }
         }
         let bytes = fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;

@@ -55,7 +55,11 @@ pub(super) async fn run(
             }
             samples.sort();
             all.extend_from_slice(&samples);
-            rows.push(Figures { name: case.name.clone(), median: percentile(&samples, 50), p99: percentile(&samples, 99) });
+            rows.push(Figures {
+                name: case.name.clone(),
+                median: percentile(&samples, 50),
+                p99: percentile(&samples, 99),
+            });
         }
     }
     if rows.is_empty() {

@@ -64,7 +64,9 @@ impl At {
                 .ok()
                 .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|since| since.as_secs())
-                .ok_or_else(|| format!("at: {text:?} is not an RFC 3339 time (2026-12-31T00:00:00Z) or Unix seconds")),
+                .ok_or_else(|| {
+                    format!("at: {text:?} is not an RFC 3339 time (2026-12-31T00:00:00Z) or Unix seconds")
+                }),
         }
     }
 }
@@ -254,7 +256,11 @@ async fn run_case(policy: &Policy, file: &CaseFile, case: &Case) -> Result<(), S
         };
         if actual != expected {
             let show = |l: Option<u32>| l.map_or("none".to_owned(), |s| format!("{s} s"));
-            return Err(format!("expected lifetime {}\n    actual   lifetime {}", show(expected), show(actual)));
+            return Err(format!(
+                "expected lifetime {}\n    actual   lifetime {}",
+                show(expected),
+                show(actual)
+            ));
         }
     }
     if let Some(expected) = &case.annotations {

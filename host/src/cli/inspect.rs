@@ -60,8 +60,13 @@ fn describe(source: &str, info: &ModuleInfo) -> String {
             if !text("description").is_empty() {
                 let _ = writeln!(out, "    description  {}", text("description"));
             }
-            let authors: Vec<&str> =
-                meta.get("authors").and_then(|v| v.as_array()).into_iter().flatten().filter_map(|a| a.as_str()).collect();
+            let authors: Vec<&str> = meta
+                .get("authors")
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str())
+                .collect();
             if !authors.is_empty() {
                 let _ = writeln!(out, "    authors      {}", authors.join(", "));
             }
@@ -72,8 +77,13 @@ fn describe(source: &str, info: &ModuleInfo) -> String {
                 }
                 Some(schema) => match serde_json::from_str::<serde_json::Value>(schema) {
                     Ok(schema) => {
-                        let keys: Vec<&String> =
-                            schema.get("properties").and_then(|p| p.as_object()).into_iter().flatten().map(|(k, _)| k).collect();
+                        let keys: Vec<&String> = schema
+                            .get("properties")
+                            .and_then(|p| p.as_object())
+                            .into_iter()
+                            .flatten()
+                            .map(|(k, _)| k)
+                            .collect();
                         let title = schema.get("title").and_then(|t| t.as_str()).unwrap_or("a JSON schema");
                         let _ = writeln!(
                             out,
@@ -94,7 +104,8 @@ fn describe(source: &str, info: &ModuleInfo) -> String {
             let _ = writeln!(out, "  imports    {}, all offered by the host", info.imports.len());
         }
         Some(reason) => {
-            let _ = writeln!(out, "  imports    {}; the host refuses to link it: {reason}", info.imports.len());
+            let _ =
+                writeln!(out, "  imports    {}; the host refuses to link it: {reason}", info.imports.len());
         }
     }
     for import in &info.imports {

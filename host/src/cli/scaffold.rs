@@ -89,11 +89,16 @@ pub(super) fn run(name: &str, lang: Lang, dir: &Path, sdk: Option<&Path>) -> Res
     for (path, text) in &files {
         let path = project.join(path);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
         std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    println!("created {} ({} policy); next:", project.display(), if lang == Lang::Rust { "Rust" } else { "JavaScript" });
+    println!(
+        "created {} ({} policy); next:",
+        project.display(),
+        if lang == Lang::Rust { "Rust" } else { "JavaScript" }
+    );
     println!("  cd {}", project.display());
     match lang {
         Lang::Rust => println!("  cargo build --release --target wasm32-wasip2"),

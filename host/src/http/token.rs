@@ -301,12 +301,9 @@ async fn issue(
         // `86400s asked, 900s issued (signing.max_lifetime_seconds)`.
         let said = match lifetime.limited_by {
             None => format!("{}s as asked", lifetime.granted),
-            Some(limit) => format!(
-                "{}s asked, {}s issued ({})",
-                lifetime.requested,
-                lifetime.granted,
-                limit.as_str()
-            ),
+            Some(limit) => {
+                format!("{}s asked, {}s issued ({})", lifetime.requested, lifetime.granted, limit.as_str())
+            }
         };
         span.record("lifetime", said);
     }

@@ -15,7 +15,9 @@ mod postgres;
 mod sqlite;
 mod store;
 
-pub use event::{Event, IssuedToken, LifetimeRecord, Millis, Outcome, Revocation, RevocationKind, RevocationSet};
+pub use event::{
+    Event, IssuedToken, LifetimeRecord, Millis, Outcome, Revocation, RevocationKind, RevocationSet,
+};
 pub use store::{EventFilter, StoreError};
 
 use crate::access::Caller;

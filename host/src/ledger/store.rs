@@ -204,7 +204,8 @@ pub(super) fn event_from(row: &dyn Row) -> Result<Event, StoreError> {
         },
         lifetime: match row.text(22)? {
             Some(text) => Some(
-                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("lifetime {text:?}: {e}")))?,
+                serde_json::from_str(&text)
+                    .map_err(|e| StoreError::Corrupt(format!("lifetime {text:?}: {e}")))?,
             ),
             None => None,
         },

@@ -415,7 +415,14 @@ impl Unsigned {
         let Unsigned { mut input, jti, now, exp, lifetime } = self;
         input.push('.');
         BASE64URL_NOPAD.encode_append(signature, &mut input);
-        Minted { token: input, expires_in: exp - now, issued_at: rfc3339(now), jti, expires_at: exp, lifetime }
+        Minted {
+            token: input,
+            expires_in: exp - now,
+            issued_at: rfc3339(now),
+            jti,
+            expires_at: exp,
+            lifetime,
+        }
     }
 }
 
@@ -463,7 +470,8 @@ mod tests {
     fn a_policy_lifetime_is_clamped_and_says_what_clamped_it() {
         let minter = minter(300);
         let far = u64::MAX;
-        let decision = |requested, granted, limited_by| Some(LifetimeDecision { requested, granted, limited_by });
+        let decision =
+            |requested, granted, limited_by| Some(LifetimeDecision { requested, granted, limited_by });
         for (requested, not_after, expected) in [
             // No request: the configured lifetime, and nothing recorded.
             (None, far, (300, None)),

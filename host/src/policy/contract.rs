@@ -208,7 +208,9 @@ pub(super) fn check_answer(answer: Answer, requested: &[Resource]) -> Result<Dec
                         .iter()
                         .filter(|action| {
                             granted_list.iter().any(|(type_, name, actions)| {
-                                *type_ == asked.resource_type && *name == asked.name && actions.contains(action)
+                                *type_ == asked.resource_type
+                                    && *name == asked.name
+                                    && actions.contains(action)
                             })
                         })
                         .cloned()

@@ -137,8 +137,7 @@ impl serde::Serialize for Contract {
 /// The worlds a guest may implement, for messages: `stellaops:registry-policy/policy@0.2.0 or
 /// stellaops:registry-policy/policy@0.1.0`.
 pub fn world_name() -> &'static str {
-    static NAME: LazyLock<String> =
-        LazyLock::new(|| Contract::ALL.map(Contract::world).join(" or "));
+    static NAME: LazyLock<String> = LazyLock::new(|| Contract::ALL.map(Contract::world).join(" or "));
     &NAME
 }
 

@@ -108,7 +108,10 @@ fn settings_errors_name_the_key() {
         (r#"{"plans": {"team": [{"repositories": ["a"], "actions": 3}]}}"#, "plans.team[0].actions"),
         ("not json", "expected"),
         (r#"{"plans": {}, "license_expiry": {"L": "tomorrow"}}"#, "license_expiry.L: \"tomorrow\" is not"),
-        (r#"{"plans": {"t": [{"repositories": ["a"], "actions": ["pull"], "lifetime_seconds": 0}]}}"#, "plans.t[0]: lifetime_seconds"),
+        (
+            r#"{"plans": {"t": [{"repositories": ["a"], "actions": ["pull"], "lifetime_seconds": 0}]}}"#,
+            "plans.t[0]: lifetime_seconds",
+        ),
     ] {
         let error = configure(settings).unwrap_err();
         assert!(error.contains(expected), "{settings}: {error}");

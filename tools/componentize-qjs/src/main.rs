@@ -74,12 +74,15 @@ async fn run(args: &Args) -> Result<()> {
     // Imports resolve inside the entry file's directory unless a wider root is given (a policy that
     // imports a shared SDK file from outside its own directory).
     let root = match &args.module_root {
-        Some(root) => std::fs::canonicalize(root).with_context(|| format!("cannot find {}", root.display()))?,
+        Some(root) => {
+            std::fs::canonicalize(root).with_context(|| format!("cannot find {}", root.display()))?
+        }
         None => js.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/")),
     };
     let linked = link(&args.wit, args.world.as_deref())?;
     let component = evaluate_and_snapshot(&linked.component, &linked.shim, &source, &js, root).await?;
-    std::fs::write(&args.output, component).with_context(|| format!("cannot write {}", args.output.display()))?;
+    std::fs::write(&args.output, component)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
     Ok(())
 }
 
@@ -91,7 +94,8 @@ struct Linked {
 /// The QuickJS runtime and the world's generated bindings library, linked into one component.
 fn link(wit: &Path, world: Option<&str>) -> Result<Linked> {
     let mut resolve = wit_parser::Resolve::default();
-    let (package, _) = resolve.push_path(wit).with_context(|| format!("cannot read the WIT {}", wit.display()))?;
+    let (package, _) =
+        resolve.push_path(wit).with_context(|| format!("cannot read the WIT {}", wit.display()))?;
     let world_id = resolve.select_world(&[package], world)?;
     let (mut bindings, metadata) = wit_dylib::create_with_metadata(&resolve, world_id, None);
     let shim = componentize_qjs::codegen::generate_shim(&resolve, &metadata);
@@ -156,10 +160,16 @@ async fn evaluate_and_snapshot(
     let entry = entry.to_string_lossy();
     let (result,) = init.call_async(&mut store, (shim, source, Some(entry.as_ref()), false)).await?;
     if let Err(error) = result {
-        bail!("the JavaScript module failed to evaluate: {error}\n{}", String::from_utf8_lossy(&output.contents()));
+        bail!(
+            "the JavaScript module failed to evaluate: {error}\n{}",
+            String::from_utf8_lossy(&output.contents())
+        );
     }
     let snapshot = wizer
-        .snapshot_component(context, &mut wasmtime_wizer::WasmtimeWizerComponent { store: &mut store, instance })
+        .snapshot_component(
+            context,
+            &mut wasmtime_wizer::WasmtimeWizerComponent { store: &mut store, instance },
+        )
         .await?;
     Ok(snapshot)
 }
@@ -173,8 +183,9 @@ fn module_loader(linker: &mut Linker<Ctx>, root: PathBuf) -> Result<()> {
         Ok((resolve(&resolve_root, &referrer, &specifier).map_err(|e| e.to_string()),))
     })?;
     loader.func_wrap("load", move |_, (path,): (String,)| {
-        let loaded = inside(&root, Path::new(&path))
-            .and_then(|path| std::fs::read_to_string(&path).map_err(|e| anyhow!("cannot read {}: {e}", path.display())));
+        let loaded = inside(&root, Path::new(&path)).and_then(|path| {
+            std::fs::read_to_string(&path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))
+        });
         Ok((loaded.map_err(|e| e.to_string()),))
     })?;
     Ok(())
@@ -182,7 +193,10 @@ fn module_loader(linker: &mut Linker<Ctx>, root: PathBuf) -> Result<()> {
 
 fn resolve(root: &Path, referrer: &str, specifier: &str) -> Result<String> {
     if !(specifier.starts_with("./") || specifier.starts_with("../") || specifier.starts_with('/')) {
-        bail!("cannot import {specifier:?}: only relative paths to files under {} are bundled", root.display());
+        bail!(
+            "cannot import {specifier:?}: only relative paths to files under {} are bundled",
+            root.display()
+        );
     }
     let base = Path::new(referrer).parent().unwrap_or(root);
     let path = inside(root, &base.join(specifier))?;

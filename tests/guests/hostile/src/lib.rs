@@ -105,10 +105,10 @@ impl Policy for Hostile {
             "hostile/time" => Decision::grant_with_note(Vec::new(), format!("time={}", request.time)),
             "hostile/many-annotations" => (0..9)
                 .fold(Decision::grant(request.resources.clone()), |d, i| d.annotate(format!("k{i}"), "v")),
-            "hostile/bad-annotation-key" => Decision::grant(request.resources.clone()).annotate("Not Ok", "v"),
-            "hostile/long-annotation" => {
-                Decision::deny("long", "no").annotate("k", "v".repeat(257))
+            "hostile/bad-annotation-key" => {
+                Decision::grant(request.resources.clone()).annotate("Not Ok", "v")
             }
+            "hostile/long-annotation" => Decision::deny("long", "no").annotate("k", "v".repeat(257)),
             "hostile/repeated-annotation" => {
                 Decision::grant(request.resources.clone()).annotate("k", "1").annotate("k", "2")
             }
