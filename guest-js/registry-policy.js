@@ -84,7 +84,7 @@ export class RepoPattern {
   /** Whether `name` matches, with placeholders taken from `caller`. */
   matches(name, caller) {
     if (name === "") return false;
-    return matchSegments(this.segments, name.split("/"), caller);
+    return matchSegments(this.segments, 0, name.split("/"), 0, caller);
   }
 }
 
@@ -131,35 +131,36 @@ export function isPathComponent(value) {
   return typeof value === "string" && /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/.test(value);
 }
 
-function matchSegments(pattern, names, caller) {
-  if (pattern.length === 0) return names.length === 0;
-  const [first, ...rest] = pattern;
-  if (first === ANY_DEPTH) {
+// Index-based, so a match allocates nothing (QuickJS pays for every array a slice would make).
+function matchSegments(pattern, p, names, n, caller) {
+  if (p === pattern.length) return n === names.length;
+  const segment = pattern[p];
+  if (segment === ANY_DEPTH) {
     // A trailing `**` needs at least one segment (`shared/**` is not `shared`); elsewhere it may
     // match none (`a/**/b` matches `a/b`).
-    const min = rest.length === 0 ? 1 : 0;
-    for (let skip = min; skip <= names.length; skip++) {
-      if (matchSegments(rest, names.slice(skip), caller)) return true;
+    const min = p + 1 === pattern.length ? 1 : 0;
+    for (let skip = n + min; skip <= names.length; skip++) {
+      if (matchSegments(pattern, p + 1, names, skip, caller)) return true;
     }
     return false;
   }
-  if (names.length === 0) return false;
-  return matchTokens(first, names[0], caller) && matchSegments(rest, names.slice(1), caller);
+  if (n === names.length) return false;
+  return matchTokens(segment, 0, names[n], 0, caller) && matchSegments(pattern, p + 1, names, n + 1, caller);
 }
 
-function matchTokens(tokens, text, caller) {
-  if (tokens.length === 0) return text === "";
-  const [first, ...rest] = tokens;
-  if (first.literal !== undefined) {
-    return text.startsWith(first.literal) && matchTokens(rest, text.slice(first.literal.length), caller);
+function matchTokens(tokens, t, text, at, caller) {
+  if (t === tokens.length) return at === text.length;
+  const token = tokens[t];
+  if (token.literal !== undefined) {
+    return text.startsWith(token.literal, at) && matchTokens(tokens, t + 1, text, at + token.literal.length, caller);
   }
-  if (first.placeholder !== undefined) {
-    const value = PLACEHOLDERS[first.placeholder](caller);
+  if (token.placeholder !== undefined) {
+    const value = PLACEHOLDERS[token.placeholder](caller);
     if (!isPathComponent(value)) return false;
-    return text.startsWith(value) && matchTokens(rest, text.slice(value.length), caller);
+    return text.startsWith(value, at) && matchTokens(tokens, t + 1, text, at + value.length, caller);
   }
-  for (let i = 0; i <= text.length; i++) {
-    if (matchTokens(rest, text.slice(i), caller)) return true;
+  for (let i = at; i <= text.length; i++) {
+    if (matchTokens(tokens, t + 1, text, i, caller)) return true;
   }
   return false;
 }

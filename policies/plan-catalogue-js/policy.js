@@ -96,17 +96,34 @@ function evaluate(state, request) {
   // The lifetime every granted resource allows (the smallest) and the rule that set it; null once a
   // resource is granted by rules without one; undefined before any grant.
   let lifetime;
+  // Plain loops: in QuickJS every closure and intermediate array costs a few microseconds.
   for (const resource of request.resources) {
-    const matching = rules.filter(
-      (rule) => rule.type === resource.type && rule.repositories.some((p) => p.matches(resource.name, caller)),
-    );
-    const actions = resource.actions.filter((action) => matching.some((rule) => rule.actions.allows(action)));
+    const matching = [];
+    for (const rule of rules) {
+      if (rule.type !== resource.type) continue;
+      for (const pattern of rule.repositories) {
+        if (pattern.matches(resource.name, caller)) {
+          matching.push(rule);
+          break;
+        }
+      }
+    }
+    const actions = [];
+    for (const action of resource.actions) {
+      for (const rule of matching) {
+        if (rule.actions.allows(action)) {
+          actions.push(action);
+          break;
+        }
+      }
+    }
     if (actions.length < resource.actions.length) short.push(scopeString(resource));
     if (actions.length === 0) continue;
+    // The longest lifetime among the rules that granted this resource's actions.
     let longest = null;
     for (const rule of matching) {
-      if (rule.lifetime === null || !actions.some((a) => rule.actions.allows(a))) continue;
-      if (longest === null || rule.lifetime > longest.seconds) longest = { seconds: rule.lifetime, rule: rule.name };
+      if (rule.lifetime === null || (longest !== null && rule.lifetime <= longest.seconds)) continue;
+      if (actions.some((a) => rule.actions.allows(a))) longest = { seconds: rule.lifetime, rule: rule.name };
     }
     if (lifetime === undefined) lifetime = longest;
     else if (lifetime !== null && longest !== null) lifetime = longest.seconds < lifetime.seconds ? longest : lifetime;
