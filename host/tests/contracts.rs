@@ -305,3 +305,81 @@ fn an_old_and_a_new_guest_serve_side_by_side_and_a_lifetime_is_clamped_and_recor
     assert_eq!(events[0]["outcome"], "denied");
     assert_eq!(events[0]["annotations"], serde_json::json!({"plan": "release"}));
 }
+
+#[test]
+fn policy_bench_prints_a_median_and_p99_per_case_as_the_server_runs_it() {
+    let cases = repo().join("policies/plan-catalogue/cases.yaml");
+    let output = registry_token(&["policy", "bench", "--runs", "40", cases.to_str().unwrap()]);
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}{}", stderr(&output));
+    assert!(
+        text.starts_with("policy bench: builtin:plan-catalogue (stellaops:registry-policy@0.2.0, sha256:"),
+        "{text}"
+    );
+    assert!(text.contains("fresh instance per evaluation, 40 runs per case"), "{text}");
+    assert!(text.contains("limits: 50 ms, 16 MiB; loaded (compile, configure, snapshot) in "), "{text}");
+    // One row per case (its median and p99 in µs), then the total.
+    let rows: Vec<&str> = text.lines().filter(|l| l.ends_with(" µs")).collect();
+    assert_eq!(rows.len(), 49 + 1, "{text}");
+    assert!(rows[0].starts_with("team pulls and pushes a team repository"), "{text}");
+    assert!(rows[49].starts_with("all 49 cases (1960 evaluations)"), "{text}");
+    for row in rows {
+        let figures: Vec<f64> =
+            row.split("µs").filter_map(|part| part.split_whitespace().last()?.parse().ok()).collect();
+        assert!(figures.len() == 2 && figures[0] > 0.0 && figures[0] <= figures[1], "{row}");
+    }
+
+    let none = registry_token(&["policy", "bench", "--runs", "0", cases.to_str().unwrap()]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(stderr(&none).contains("--runs must be at least 1"));
+}
+
+#[test]
+fn policy_new_writes_a_project_and_never_over_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dir.path().to_str().unwrap();
+    let made = registry_token(&["policy", "new", "team-rules", "--dir", parent]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let project = dir.path().join("team-rules");
+    for file in ["Cargo.toml", "Cargo.lock", "src/lib.rs", "cases.yaml", "README.md", ".gitignore"] {
+        assert!(project.join(file).is_file(), "{file}");
+    }
+    let lib = std::fs::read_to_string(project.join("src/lib.rs")).unwrap();
+    assert!(lib.contains("pub struct TeamRules") && lib.contains("export_policy!(TeamRules)"), "{lib}");
+    let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+    let sdk = repo().join("guest").canonicalize().unwrap();
+    assert!(
+        manifest.contains(&format!("registry-policy = {{ path = \"{}\" }}", sdk.display())),
+        "{manifest}"
+    );
+    let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
+    assert!(readme.contains("policy test --policy target/wasm32-wasip2/release/team_rules.wasm cases.yaml"));
+
+    // Never over an existing directory, and only names that make a crate and a file.
+    let again = registry_token(&["policy", "new", "team-rules", "--dir", parent]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("already exists; nothing was written"), "{}", stderr(&again));
+    for bad in ["Team", "1x", "a/b", "", "x y"] {
+        let refused = registry_token(&["policy", "new", bad, "--dir", parent]);
+        assert_eq!(refused.status.code(), Some(2), "{bad:?}");
+        assert!(stderr(&refused).contains("is not a usable policy name"), "{bad:?}: {}", stderr(&refused));
+    }
+
+    let js = registry_token(&["policy", "new", "js-rules", "--lang", "js", "--dir", parent]);
+    assert!(js.status.success(), "{}", stderr(&js));
+    let project = dir.path().join("js-rules");
+    for file in
+        ["policy.js", "registry-policy.js", "wit/registry-policy@0.2.0/registry-policy.wit", "cases.yaml"]
+    {
+        assert!(project.join(file).is_file(), "{file}");
+    }
+    // The copies are the SDK and the contract as they are in this repository.
+    assert_eq!(
+        std::fs::read(project.join("registry-policy.js")).unwrap(),
+        std::fs::read(repo().join("guest-js/registry-policy.js")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(project.join("wit/registry-policy@0.2.0/registry-policy.wit")).unwrap(),
+        std::fs::read(repo().join("wit/registry-policy@0.2.0/registry-policy.wit")).unwrap()
+    );
+}
