@@ -236,15 +236,7 @@ impl Runtime {
     /// resolves its imports, once.
     pub fn pre(&self, component: &Component) -> Result<Pre, String> {
         let instance_pre = self.linker.instantiate_pre(component).map_err(|e| chain(&e))?;
-        let newest = match v0_2::PolicyPre::new(instance_pre.clone()) {
-            Ok(pre) => return Ok(Pre::V0_2(pre)),
-            Err(error) => chain(&error),
-        };
-        match v0_1::PolicyPre::new(instance_pre) {
-            Ok(pre) => Ok(Pre::V0_1(pre)),
-            // The newest version's reason: what an author building today should fix.
-            Err(_) => Err(newest),
-        }
+        Pre::new(instance_pre)
     }
 
     /// [`Runtime::pre`] with any import the host does not offer stubbed, so a component's contract
@@ -255,12 +247,7 @@ impl Runtime {
         }
         let mut linker = self.linker.clone();
         linker.define_unknown_imports_as_traps(component).map_err(|e| chain(&e))?;
-        let instance_pre = linker.instantiate_pre(component).map_err(|e| chain(&e))?;
-        let newest = match v0_2::PolicyPre::new(instance_pre.clone()) {
-            Ok(pre) => return Ok(Pre::V0_2(pre)),
-            Err(error) => chain(&error),
-        };
-        v0_1::PolicyPre::new(instance_pre).map(Pre::V0_1).map_err(|_| newest)
+        Pre::new(linker.instantiate_pre(component).map_err(|e| chain(&e))?)
     }
 
     /// Why the host would refuse to link `component`'s imports (an import it does not offer),
@@ -334,6 +321,19 @@ pub enum Pre {
 }
 
 impl Pre {
+    /// The newest contract version whose world the guest implements.
+    fn new(instance_pre: InstancePre<GuestState>) -> Result<Pre, String> {
+        let newest = match v0_2::PolicyPre::new(instance_pre.clone()) {
+            Ok(pre) => return Ok(Pre::V0_2(pre)),
+            Err(error) => chain(&error),
+        };
+        match v0_1::PolicyPre::new(instance_pre) {
+            Ok(pre) => Ok(Pre::V0_1(pre)),
+            // The newest version's reason: what an author building today should fix.
+            Err(_) => Err(newest),
+        }
+    }
+
     /// The contract version the guest implements.
     pub fn contract(&self) -> Contract {
         match self {
