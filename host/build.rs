@@ -5,5 +5,5 @@
 mod build_guests;
 
 fn main() {
-    build_guests::build(&[("plan-catalogue", "PLAN_CATALOGUE_WASM")], &["policies/plan-catalogue"]);
+    build_guests::build(&[("plan-catalogue", "PLAN_CATALOGUE_WASM")], &[], &["policies/plan-catalogue"]);
 }

@@ -10,9 +10,11 @@ use std::process::Command;
 const TARGET: &str = "wasm32-wasip2";
 
 /// Builds each `(package, env)` for wasm32-wasip2 and exports its path as the compile-time
-/// environment variable `env`. `watch` lists crate directories, relative to the workspace root,
-/// whose changes trigger a rebuild (the SDK and the WIT are always watched).
-pub fn build(packages: &[(&str, &str)], watch: &[&str]) {
+/// environment variable `env`; then each `(package, feature, env)` once more with that cargo
+/// feature (another build of the same crate: against an older contract version, say). `watch`
+/// lists crate directories, relative to the workspace root, whose changes trigger a rebuild (the
+/// SDK and the WIT are always watched).
+pub fn build(packages: &[(&str, &str)], featured: &[(&str, &str, &str)], watch: &[&str]) {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
     let root = workspace_root(&manifest_dir);
     let out_dir = PathBuf::from(env("OUT_DIR"));
@@ -33,15 +35,35 @@ pub fn build(packages: &[(&str, &str)], watch: &[&str]) {
     if rustup {
         ensure_target(&root);
     }
+    let builds = std::iter::once((packages.iter().map(|(p, e)| (*p, *e)).collect::<Vec<_>>(), None))
+        .chain(featured.iter().map(|(package, feature, env)| (vec![(*package, *env)], Some(*feature))));
+    for (packages, feature) in builds {
+        if !packages.is_empty() {
+            build_once(&cargo, rustup, &root, &target_dir, &out_dir, &packages, feature);
+        }
+    }
+}
+
+/// One nested `cargo build` of `packages` (with `feature`, if any), copied to `out_dir` under a name
+/// that says which feature, and exported.
+fn build_once(
+    cargo: &str,
+    rustup: bool,
+    root: &Path,
+    target_dir: &Path,
+    out_dir: &Path,
+    packages: &[(&str, &str)],
+    feature: Option<&str>,
+) {
     let mut command = Command::new(cargo);
     if rustup {
         command.env_remove("RUSTUP_TOOLCHAIN").env_remove("RUSTC").env_remove("RUSTDOC");
     }
     command
-        .current_dir(&root)
+        .current_dir(root)
         .args(["build", "--release", "--locked", "--target", TARGET])
         .arg("--target-dir")
-        .arg(&target_dir)
+        .arg(target_dir)
         // Names stay for readable traps; DWARF would make each guest megabytes larger.
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
@@ -51,6 +73,9 @@ pub fn build(packages: &[(&str, &str)], watch: &[&str]) {
         .env_remove("CARGO_BUILD_TARGET");
     for (package, _) in packages {
         command.args(["--package", package]);
+    }
+    if let Some(feature) = feature {
+        command.args(["--features", feature]);
     }
 
     let status = match command.status() {
@@ -67,7 +92,10 @@ pub fn build(packages: &[(&str, &str)], watch: &[&str]) {
     for (package, env_name) in packages {
         let file = format!("{}.wasm", package.replace('-', "_"));
         let built = target_dir.join(TARGET).join("release").join(&file);
-        let dest = out_dir.join(&file);
+        let dest = match feature {
+            None => out_dir.join(&file),
+            Some(feature) => out_dir.join(format!("{}-{feature}.wasm", package.replace('-', "_"))),
+        };
         if let Err(e) = std::fs::copy(&built, &dest) {
             fail(&format!("{} was not produced: {e}", built.display()));
         }

@@ -71,35 +71,3 @@ impl ActionSet {
         requested.iter().filter(|action| self.allows(action)).cloned().collect()
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn asked(actions: &[&str]) -> Vec<String> {
-        actions.iter().map(|a| (*a).to_owned()).collect()
-    }
-
-    #[test]
-    fn intersection_keeps_the_requested_order() {
-        let set = ActionSet::parse(["pull", "push"]).unwrap();
-        assert_eq!(set.intersect(&asked(&["push", "pull"])), ["push", "pull"]);
-        assert_eq!(set.intersect(&asked(&["delete"])), Vec::<String>::new());
-    }
-
-    #[test]
-    fn star_is_granted_only_by_star() {
-        let set = ActionSet::parse(["pull", "push", "delete"]).unwrap();
-        assert!(set.intersect(&asked(&["*"])).is_empty());
-        let any = ActionSet::parse(["pull", "*"]).unwrap();
-        assert_eq!(any, ActionSet::Any);
-        assert_eq!(any.intersect(&asked(&["*", "pull", "custom"])), ["*", "pull", "custom"]);
-    }
-
-    #[test]
-    fn invalid_actions_are_refused() {
-        for bad in ["", "Pull", "pull,push", "pu-ll", "**"] {
-            assert!(ActionSet::parse([bad]).is_err(), "{bad:?}");
-        }
-    }
-}

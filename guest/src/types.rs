@@ -1,7 +1,8 @@
-//! The contract's types, re-exported from the bindings, with constructors for tests and policies.
+//! The contract's types (`stellaops:registry-policy@0.2.0`), re-exported from the bindings, with
+//! constructors for tests and policies.
 
-pub use crate::bindings::stellaops::registry_policy::types::{
-    Caller, Decision, Denial, Grant, Request, Resource,
+pub use crate::bindings::v0_2::stellaops::registry_policy::types::{
+    Annotation, Caller, Decision, Denial, Grant, Request, Resource,
 };
 
 impl Caller {
@@ -49,20 +50,20 @@ impl Caller {
     }
 
     /// Every claim of the caller's Authority token. The host always sends a JSON object; anything
-    /// unparsable reads as an empty object.
-    pub fn claims(&self) -> serde_json::Map<String, serde_json::Value> {
-        serde_json::from_str(&self.claims_json).unwrap_or_default()
-    }
-
-    /// The value a `{name}` placeholder of a [`RepoPattern`](crate::RepoPattern) stands for.
-    pub fn placeholder(&self, name: &str) -> Option<&str> {
-        match name {
-            "sub" => Some(self.subject.as_str()),
-            "tenant" => self.tenant.as_deref(),
-            "plan" => self.plan.as_deref(),
-            "client_id" => self.client_id.as_deref(),
-            _ => None,
-        }
+    /// else (a hand-built request in a test, say) is an error rather than an empty set of claims,
+    /// so a rule cannot mistake "unreadable" for "absent".
+    ///
+    /// ```
+    /// use registry_policy::Caller;
+    ///
+    /// let caller = Caller::new("alice").with_claims(serde_json::json!({"department": "qa"}));
+    /// assert_eq!(caller.claims().unwrap()["department"], "qa");
+    /// let mut broken = Caller::new("bob");
+    /// broken.claims_json = "not json".to_owned();
+    /// assert!(broken.claims().is_err());
+    /// ```
+    pub fn claims(&self) -> Result<serde_json::Map<String, serde_json::Value>, serde_json::Error> {
+        serde_json::from_str(&self.claims_json)
     }
 }
 
@@ -94,26 +95,75 @@ impl std::fmt::Display for Resource {
 }
 
 impl Request {
-    /// A request, as the host would send it.
+    /// A request, as the host would send it, at time 0 (set [`Request::at`] for time rules).
     pub fn new(caller: Caller, service: impl Into<String>, resources: Vec<Resource>) -> Self {
-        Request { caller, service: service.into(), resources }
+        Request { caller, service: service.into(), resources, time: 0 }
+    }
+
+    /// The same request received at `time` (Unix seconds).
+    pub fn at(mut self, time: u64) -> Self {
+        self.time = time;
+        self
+    }
+}
+
+impl Annotation {
+    /// `Annotation::new("rule", "plans.team[0]")`.
+    pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
+        Annotation { key: key.into(), value: value.into() }
+    }
+}
+
+impl Grant {
+    /// These resources, with no note, lifetime or annotations.
+    pub fn new(resources: Vec<Resource>) -> Self {
+        Grant { resources, note: None, lifetime_seconds: None, annotations: Vec::new() }
     }
 }
 
 impl Decision {
     /// Grant these resources (each a subset of what was requested), with no note.
     pub fn grant(resources: Vec<Resource>) -> Self {
-        Decision::Grant(Grant { resources, note: None })
+        Decision::Grant(Grant::new(resources))
     }
 
     /// Grant these resources and tell the operator why not more.
     pub fn grant_with_note(resources: Vec<Resource>, note: impl Into<String>) -> Self {
-        Decision::Grant(Grant { resources, note: Some(note.into()) })
+        Decision::Grant(Grant { note: Some(note.into()), ..Grant::new(resources) })
     }
 
     /// Refuse the whole exchange. `reason` is kebab-case and machine-readable
     /// (`licence-revoked`); `message` is shown to the caller.
     pub fn deny(reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Decision::Deny(Denial { reason: reason.into(), message: message.into() })
+        Decision::Deny(Denial { reason: reason.into(), message: message.into(), annotations: Vec::new() })
+    }
+
+    /// The same decision asking for a token lifetime of `seconds` (a grant only; the host clamps
+    /// it to its own bounds). A denial is returned unchanged.
+    pub fn with_lifetime(mut self, seconds: u32) -> Self {
+        if let Decision::Grant(grant) = &mut self {
+            grant.lifetime_seconds = Some(seconds);
+        }
+        self
+    }
+
+    /// The same decision with one more annotation for the audit trail (the host accepts at most
+    /// 8, keys of `[a-z0-9._-]`, values of at most 256 bytes).
+    ///
+    /// ```
+    /// use registry_policy::Decision;
+    ///
+    /// let decision = Decision::grant(Vec::new()).with_lifetime(3600).annotate("rule", "long-push");
+    /// let Decision::Grant(grant) = decision else { unreachable!() };
+    /// assert_eq!(grant.lifetime_seconds, Some(3600));
+    /// assert_eq!(grant.annotations[0].value, "long-push");
+    /// ```
+    pub fn annotate(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let annotation = Annotation::new(key, value);
+        match &mut self {
+            Decision::Grant(grant) => grant.annotations.push(annotation),
+            Decision::Deny(denial) => denial.annotations.push(annotation),
+        }
+        self
     }
 }

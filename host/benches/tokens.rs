@@ -584,13 +584,19 @@ async fn stages(root: &Path) {
     let caller = caller();
     row(
         "policy evaluation, fresh instance (50 plans, 3 resources)",
-        measure_async(|| async { policy.evaluate_uncached(&caller, SERVICE, &requested).await.unwrap() }, 50)
-            .await,
+        measure_async(
+            || async { policy.evaluate_uncached(&caller, SERVICE, &requested, 0).await.unwrap() },
+            50,
+        )
+        .await,
     );
     row(
         "policy evaluation, decision cache hit",
-        measure_async(|| async { policy_cached.evaluate(&caller, SERVICE, &requested).await.unwrap() }, 1000)
-            .await,
+        measure_async(
+            || async { policy_cached.evaluate(&caller, SERVICE, &requested, 0).await.unwrap() },
+            1000,
+        )
+        .await,
     );
 
     for (name, dir, algorithm) in
@@ -601,7 +607,15 @@ async fn stages(root: &Path) {
             registry_token::mint::load_chain(&root.join(format!("{dir}/signing-cert.pem"))).unwrap().0;
         let minter = Minter::new(key, "registry-token", 300, KidFormat::Libtrust, Some(&chain));
         let granted: Vec<Resource> = requested.clone();
-        let grant = Grant { subject: "alice", audience: SERVICE, access: &granted, now, not_after: u64::MAX };
+        let grant = Grant {
+            subject: "alice",
+            audience: SERVICE,
+            access: &granted,
+            now,
+            not_after: u64::MAX,
+            requested_lifetime: None,
+            max_lifetime: 300,
+        };
         row(
             &format!("minting and signing ({name})"),
             measure(

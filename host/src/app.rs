@@ -380,7 +380,7 @@ pub async fn load_policy_with(
 }
 
 /// Loads `module` (named `source` in errors and on the status page) with `settings_json`, under
-/// the limits of `config`.
+/// the limits of `config` and with its compiled-code cache.
 pub async fn load_module(
     module: &[u8],
     source: &str,
@@ -389,10 +389,10 @@ pub async fn load_module(
     decision_cache: usize,
     previous: Option<&Policy>,
 ) -> Result<Policy, BuildError> {
-    let limits = config.limits();
+    let setup = policy::Setup { limits: config.limits(), decision_cache, cache_dir: config.cache_dir.clone() };
     Ok(match previous {
-        Some(previous) => previous.reload(module, source, settings_json, limits, decision_cache).await?,
-        None => Policy::load(module, source, settings_json, limits, decision_cache).await?,
+        Some(previous) => previous.reload(module, source, settings_json, &setup).await?,
+        None => Policy::load_with(module, source, settings_json, &setup).await?,
     })
 }
 

@@ -244,7 +244,7 @@ fn two_builds_from_the_same_inputs_are_identical_and_a_changed_setting_is_not() 
     let inspected: Value =
         serde_json::from_str(&ok(&["bundle", "inspect", path(&root.join("a.tar.gz"))])).unwrap();
     assert_eq!(inspected["manifest"]["revision"], 1);
-    assert_eq!(inspected["manifest"]["wit_version"], "0.1.0");
+    assert_eq!(inspected["manifest"]["wit_version"], "0.2.0");
     assert_eq!(inspected["manifest"]["policy"], "builtin:plan-catalogue");
     assert_eq!(inspected["manifest"]["created_at"], CREATED_AT);
     let names: Vec<&str> =

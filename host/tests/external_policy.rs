@@ -1,67 +1,170 @@
-//! The README's "Writing a policy", done for real: a crate outside the repository, depending only
-//! on `guest/` (and through it `wit/`), built for wasm32-wasip2 and run through `policy test`.
-//! The crate's source is taken from the README itself, so the documentation cannot drift.
+//! The "Writing a policy" pages (docs/POLICY-RUST.md, docs/POLICY-JS.md), done for real: their
+//! commands are extracted from the pages and run in an empty directory — `policy new`, the build,
+//! `policy test`, `policy inspect` — and the configuration they give is served, so the pages cannot
+//! drift from the code. Also the JavaScript plan catalogue against the Rust one's cases, and the
+//! JavaScript SDK's own tests (the pattern table both SDKs share) under Node.
+//!
+//! JavaScript needs componentize-qjs: `tests/run` installs it from tools/componentize-qjs and
+//! names it in `COMPONENTIZE_QJS`; otherwise it must be on PATH. Node.js runs the SDK's tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
-use std::process::Command;
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use test_support::Server;
 
 const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
 
-/// The text between `cat > FILE <<'TAG'` and `TAG` in the README.
-fn readme_heredoc(readme: &str, opening: &str, tag: &str) -> String {
-    let start = readme.find(opening).unwrap_or_else(|| panic!("README has no {opening:?}")) + opening.len();
-    let rest = &readme[start..];
-    let end = rest.find(&format!("\n{tag}\n")).unwrap();
-    rest[..end].trim_start_matches('\n').to_owned() + "\n"
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().canonicalize().unwrap()
 }
 
-#[test]
-fn a_policy_written_outside_the_repository_builds_and_runs() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().canonicalize().unwrap();
-    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let krate = dir.path().join("my-policy");
-    std::fs::create_dir_all(krate.join("src")).unwrap();
+/// The componentize-qjs command, failing with how to install it when it is missing.
+fn componentize_qjs() -> String {
+    let command = std::env::var("COMPONENTIZE_QJS").unwrap_or_else(|_| "componentize-qjs".to_owned());
+    let found = Command::new(&command).arg("--help").output();
+    assert!(
+        found.is_ok(),
+        "{command} is not installed: cargo install --locked --path tools/componentize-qjs \
+         (bash tests/run does it), or set COMPONENTIZE_QJS"
+    );
+    command
+}
 
-    let dependencies = readme_heredoc(&readme, "cat >> Cargo.toml <<'TOML'", "TOML")
-        .replace("/path/to/registry-token/guest", &repo.join("guest").display().to_string());
-    std::fs::write(
-        krate.join("Cargo.toml"),
-        format!("[package]\nname = \"my-policy\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[dependencies]\n{dependencies}"),
-    )
-    .unwrap();
-    std::fs::write(krate.join("src/lib.rs"), readme_heredoc(&readme, "cat > src/lib.rs <<'RS'", "RS"))
-        .unwrap();
-    // The same versions the workspace builds with (cargo prunes what this crate does not use).
-    std::fs::copy(repo.join("Cargo.lock"), krate.join("Cargo.lock")).unwrap();
+/// The fenced blocks of `language` in a Markdown page, in order.
+fn blocks(page: &str, language: &str) -> Vec<String> {
+    let fence = format!("```{language}\n");
+    let mut found = Vec::new();
+    let mut rest = page;
+    while let Some(start) = rest.find(&fence) {
+        let body = &rest[start + fence.len()..];
+        let end = body.find("\n```").unwrap();
+        found.push(body[..end].to_owned() + "\n");
+        rest = &body[end + 4..];
+    }
+    found
+}
 
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let build = Command::new(cargo)
-        .args(["build", "--release", "--target", "wasm32-wasip2"])
-        .current_dir(&krate)
+/// Runs a page's shell blocks in `dir` with bash, `registry-token` meaning this build's binary.
+fn run_page_commands(page: &str, dir: &Path) -> Output {
+    let script = format!(
+        "set -euo pipefail\nregistry-token() {{ {BIN:?} \"$@\"; }}\ncomponentize-qjs() {{ {:?} \"$@\"; }}\n{}",
+        std::env::var("COMPONENTIZE_QJS").unwrap_or_else(|_| "componentize-qjs".to_owned()),
+        blocks(page, "sh").concat()
+    );
+    Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .output()
-        .unwrap();
-    assert!(
-        build.status.success(),
-        "the external policy did not build:\n{}",
-        String::from_utf8_lossy(&build.stderr)
-    );
-    let wasm = krate.join("target/wasm32-wasip2/release/my_policy.wasm");
-    assert!(wasm.is_file());
+        .unwrap()
+}
 
-    std::fs::write(krate.join("cases.yaml"), readme_heredoc(&readme, "cat > cases.yaml <<'YAML'", "YAML"))
-        .unwrap();
-    let test = Command::new(BIN)
-        .args(["policy", "test", "--policy"])
+/// Walks a page: its commands must succeed and print the case count the page shows; then the
+/// configuration it gives is served and a tenant's push gets the lifetime the policy asks for.
+fn walk(page_name: &str) {
+    let page = std::fs::read_to_string(repo().join(page_name)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let ran = run_page_commands(&page, work.path());
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert!(ran.status.success(), "{page_name}'s commands failed:\n{stdout}\n{stderr}");
+    assert!(stdout.lines().any(|line| line == "6 passed, 0 failed"), "{page_name}:\n{stdout}\n{stderr}");
+    assert!(page.contains("# 6 passed, 0 failed"), "the page shows what policy test prints");
+    assert!(stdout.contains("(contract 0.2.0)"), "policy inspect ran:\n{stdout}");
+
+    // The page's configuration, on top of a test installation (keys, a development Authority).
+    let yaml = blocks(&page, "yaml").into_iter().find(|b| b.contains("policy:")).unwrap();
+    let given: serde_norway::Value = serde_norway::from_str(&yaml).unwrap();
+    let fixture = Fixture::with(|config| {
+        for (section, keys) in given.as_mapping().unwrap() {
+            for (key, value) in keys.as_mapping().unwrap() {
+                let path = format!("{}.{}", section.as_str().unwrap(), key.as_str().unwrap());
+                let value = match value.as_str() {
+                    // Paths in the page are relative to where its commands ran.
+                    Some(relative) if key != "module" || !relative.starts_with("builtin:") => {
+                        serde_norway::Value::from(work.path().join(relative).display().to_string())
+                    }
+                    _ => value.clone(),
+                };
+                config.set(&path, value);
+            }
+        }
+        config.policy.settings_file = None;
+        config.policy.module = None;
+    });
+    let server = Server::start(BIN, &fixture.config_path);
+    let token = fixture.token(|r| {
+        r.tenant = Some("acme".into());
+        r.ttl_seconds = 7200;
+    });
+    let reply =
+        server.client().get_bearer(&query(SERVICE, &["repository:acme/app:pull,push"]), &token).unwrap();
+    assert_eq!(reply.status, 200, "{reply}\n{}", server.stderr());
+    assert_eq!(access(reply.body["token"].as_str().unwrap()), ["repository:acme/app:pull,push"]);
+    assert_eq!(reply.body["expires_in"], 1800, "the lifetime the policy asks for a push");
+    let public =
+        server.client().get_bearer(&query(SERVICE, &["repository:public/base:pull,push"]), &token).unwrap();
+    assert_eq!(access(public.body["token"].as_str().unwrap()), ["repository:public/base:pull"]);
+}
+
+#[test]
+fn the_rust_page_from_policy_new_to_serving() {
+    walk("docs/POLICY-RUST.md");
+}
+
+#[test]
+fn the_javascript_page_from_policy_new_to_serving() {
+    componentize_qjs();
+    walk("docs/POLICY-JS.md");
+}
+
+#[test]
+fn the_javascript_plan_catalogue_passes_the_rust_ones_cases() {
+    let command = componentize_qjs();
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("plan_catalogue_js.wasm");
+    let built = Command::new(&command)
+        .args(["--wit", "wit/registry-policy@0.2.0", "--js", "policies/plan-catalogue-js/policy.js"])
+        .args(["--module-root", "."])
+        .arg("-o")
         .arg(&wasm)
-        .arg(krate.join("cases.yaml"))
+        .current_dir(repo())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&test.stdout);
-    assert!(test.status.success(), "{stdout}{}", String::from_utf8_lossy(&test.stderr));
-    assert_eq!(stdout.lines().last(), Some("2 passed, 0 failed"));
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let cases = repo().join("policies/plan-catalogue/cases.yaml");
+    let run = |policy: Option<&Path>| {
+        let mut command = Command::new(BIN);
+        command.args(["policy", "test"]);
+        if let Some(policy) = policy {
+            command.arg("--policy").arg(policy);
+        }
+        let output = command.arg(&cases).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        stdout.lines().last().unwrap().to_owned()
+    };
+    let javascript = run(Some(&wasm));
+    assert_eq!(javascript, run(None), "the same cases, the same result");
+    assert_eq!(javascript, "49 passed, 0 failed");
+}
+
+#[test]
+fn the_javascript_sdk_runs_the_shared_pattern_table() {
+    let output = Command::new("node")
+        .args(["--test", "test/"])
+        .current_dir(repo().join("guest-js"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("node is needed for the JavaScript SDK's tests (apt-get install nodejs): {e}")
+        });
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("# pass 4") && stdout.contains("# fail 0"), "{stdout}");
 }

@@ -66,7 +66,10 @@ fn a_component_of_another_world_never_starts_serving() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("does not implement the world stellaops:registry-policy/policy@0.1.0"),
+        stderr.contains(
+            "does not implement a world this host loads (stellaops:registry-policy/policy@0.2.0 or \
+             stellaops:registry-policy/policy@0.1.0)"
+        ),
         "{stderr}"
     );
     assert!(stderr.contains(test_support::WRONG_WORLD_GUEST_WASM), "names the file: {stderr}");

@@ -3,11 +3,16 @@
 //! ```yaml
 //! settings_file: plans.yaml          # relative to this file; or `settings:` inline; --settings wins
 //! service: registry.local            # default for every case
+//! at: 2026-12-01T12:00:00Z           # the request time every case is decided at (RFC 3339 or Unix
+//!                                    # seconds); without it, the time the command runs
 //! cases:
 //!   - name: team members push to team repositories
 //!     claims: {sub: alice, "stellaops:plan": team, "stellaops:tenant": acme}
 //!     scope: repository:team/app:pull,push      # a string (space-separated) or a list
 //!     grant: repository:team/app:pull,push      # expected (scope syntax); or `deny: licence-revoked`, or `fault: deadline`
+//!     at: 2027-01-01T00:00:00Z                  # this case's request time, instead of the file's
+//!     lifetime: 3600                            # the token lifetime the grant asks for; `none`: it asks for none
+//!     annotations: {plan: team}                 # exactly these annotations
 //! ```
 
 use crate::access::{Resource, scope_string};
@@ -33,8 +38,47 @@ pub struct CaseFile {
     /// Default `service`.
     #[serde(default = "default_service")]
     pub service: String,
+    /// Default request time.
+    #[serde(default)]
+    pub at: Option<At>,
     /// The cases.
     pub cases: Vec<Case>,
+}
+
+/// A request time: Unix seconds, or RFC 3339 (`2026-12-31T00:00:00Z`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum At {
+    /// Unix seconds.
+    Seconds(u64),
+    /// RFC 3339.
+    Text(String),
+}
+
+impl At {
+    /// Unix seconds.
+    pub fn seconds(&self) -> Result<u64, String> {
+        match self {
+            At::Seconds(seconds) => Ok(*seconds),
+            At::Text(text) => humantime::parse_rfc3339_weak(text)
+                .ok()
+                .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|since| since.as_secs())
+                .ok_or_else(|| {
+                    format!("at: {text:?} is not an RFC 3339 time (2026-12-31T00:00:00Z) or Unix seconds")
+                }),
+        }
+    }
+}
+
+/// An expected lifetime: seconds, or `none` for a grant that asks for none.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ExpectedLifetime {
+    /// Seconds asked.
+    Seconds(u32),
+    /// `none`.
+    Word(String),
 }
 
 fn default_service() -> String {
@@ -64,6 +108,15 @@ pub struct Case {
     /// Expected fault kind (`deadline`, `memory`, `panic`, `trap`, `malformed`, `overgrant`).
     #[serde(default)]
     pub fault: Option<String>,
+    /// The request time, instead of the file's.
+    #[serde(default)]
+    pub at: Option<At>,
+    /// The lifetime the grant is expected to ask for.
+    #[serde(default)]
+    pub lifetime: Option<ExpectedLifetime>,
+    /// The annotations expected on the decision, exactly.
+    #[serde(default)]
+    pub annotations: Option<BTreeMap<String, String>>,
 }
 
 /// One scope string or a list of them.
@@ -126,6 +179,31 @@ pub fn read(path: &Path, settings_override: Option<&Path>) -> Result<(CaseFile, 
     Ok((file, settings))
 }
 
+/// One case, ready to evaluate: what `policy test` and `policy bench` run.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The caller.
+    pub caller: crate::access::Caller,
+    /// The service.
+    pub service: String,
+    /// The requested resources.
+    pub requested: Vec<Resource>,
+    /// The request time.
+    pub time: u64,
+}
+
+/// The request `case` describes, at the case's, the file's or the current time.
+pub fn prepare(file: &CaseFile, case: &Case) -> Result<Prepared, String> {
+    let caller = caller_from_claims(case.claims.clone()).map_err(|e| format!("claims: {e}"))?;
+    let requested = parse_scopes(case.scope.values()).map_err(|e| format!("scope: {e}"))?;
+    let service = case.service.clone().unwrap_or_else(|| file.service.clone());
+    let time = match case.at.as_ref().or(file.at.as_ref()) {
+        Some(at) => at.seconds()?,
+        None => crate::app::system_clock()(),
+    };
+    Ok(Prepared { caller, service, requested, time })
+}
+
 /// Runs every case of `file` through `policy`.
 pub async fn run(policy: &Policy, file: &CaseFile) -> Vec<CaseResult> {
     let mut outcomes = Vec::with_capacity(file.cases.len());
@@ -141,17 +219,15 @@ async fn run_case(policy: &Policy, file: &CaseFile, case: &Case) -> Result<(), S
     if expectations.iter().filter(|e| **e).count() > 1 {
         return Err("state only one of grant, deny and fault".into());
     }
-    let caller = caller_from_claims(case.claims.clone()).map_err(|e| format!("claims: {e}"))?;
-    let requested = parse_scopes(case.scope.values()).map_err(|e| format!("scope: {e}"))?;
-    let service = case.service.as_deref().unwrap_or(&file.service);
-    let actual = policy.evaluate(&caller, service, &requested).await;
+    let Prepared { caller, service, requested, time } = prepare(file, case)?;
+    let actual = policy.evaluate(&caller, &service, &requested, time).await;
 
     let shown = match &actual {
-        Ok(Decision::Grant { resources, note }) => match note {
+        Ok(Decision::Grant { resources, note, .. }) => match note {
             Some(note) => format!("grant [{}] (note: {note})", scope_string(resources)),
             None => format!("grant [{}]", scope_string(resources)),
         },
-        Ok(Decision::Deny { reason, message }) => format!("deny {reason} ({message})"),
+        Ok(Decision::Deny { reason, message, .. }) => format!("deny {reason} ({message})"),
         Err(fault) => format!("fault {} ({fault})", fault.kind()),
     };
     let (expected, matched) = match (&case.grant, &case.deny, &case.fault) {
@@ -168,10 +244,40 @@ async fn run_case(policy: &Policy, file: &CaseFile, case: &Case) -> Result<(), S
         (None, None, Some(kind)) => (format!("fault {kind}"), matches!(&actual, Err(f) if f.kind() == kind)),
         (None, None, None) => return Err("state one of grant, deny and fault".into()),
     };
-    match matched {
-        true => Ok(()),
-        false => Err(format!("expected {expected}\n    actual   {shown}")),
+    if !matched {
+        return Err(format!("expected {expected}\n    actual   {shown}"));
     }
+    if let Some(expected) = &case.lifetime {
+        let expected = match expected {
+            ExpectedLifetime::Seconds(seconds) => Some(*seconds),
+            ExpectedLifetime::Word(word) if word == "none" => None,
+            ExpectedLifetime::Word(word) => {
+                return Err(format!("lifetime: {word:?} is neither seconds nor `none`"));
+            }
+        };
+        let actual = match &actual {
+            Ok(Decision::Grant { lifetime_seconds, .. }) => *lifetime_seconds,
+            _ => return Err(format!("lifetime is expected of a grant; actual {shown}")),
+        };
+        if actual != expected {
+            let show = |l: Option<u32>| l.map_or("none".to_owned(), |s| format!("{s} s"));
+            return Err(format!(
+                "expected lifetime {}\n    actual   lifetime {}",
+                show(expected),
+                show(actual)
+            ));
+        }
+    }
+    if let Some(expected) = &case.annotations {
+        let actual: BTreeMap<String, String> = match &actual {
+            Ok(decision) => decision.annotations().iter().cloned().collect(),
+            Err(_) => return Err(format!("annotations are expected of a decision; actual {shown}")),
+        };
+        if actual != *expected {
+            return Err(format!("expected annotations {expected:?}\n    actual   annotations {actual:?}"));
+        }
+    }
+    Ok(())
 }
 
 /// Grants are compared as sets: which actions on which resources, whatever the order.

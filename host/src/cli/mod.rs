@@ -1,12 +1,15 @@
 //! The `registry-token` command line: `serve`, `keygen`, `keys new|export|list`, `dev-authority`,
-//! `policy test|eval`, `bundle build|sign|verify|inspect|test|push`,
-//! `ledger events|revoke|revocations|unrevoke|export|verify`.
+//! `policy test|eval|inspect|new|bench`, `bundle build|sign|verify|inspect|test|push`,
+//! `ledger events|refresh-tokens|revoke|revocations|unrevoke|export|verify`.
 
+mod bench;
 mod bundle;
 mod cases;
+mod inspect;
 mod keys;
 mod ledger;
 mod ledger_export;
+mod scaffold;
 mod serve;
 mod signer;
 
@@ -144,6 +147,9 @@ struct PolicySource {
     /// Memory cap of one evaluation, in MiB (as `policy.memory_mib`).
     #[arg(long, default_value_t = PolicyConfig::default().memory_mib)]
     memory_mib: u64,
+    /// Keep compiled code in this directory between runs (as `policy.cache_dir`).
+    #[arg(long, env = "REGISTRY_TOKEN_POLICY__CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,12 +162,50 @@ enum PolicyCommand {
         #[arg(required = true)]
         cases: Vec<PathBuf>,
     },
-    /// Evaluate one request given as JSON: {"claims": {...}, "service": "...", "scope": "..."}.
+    /// Evaluate one request given as JSON: {"claims": {...}, "service": "...", "scope": "...",
+    /// "at": "2026-12-31T00:00:00Z"} (`at`, the request time, defaults to now).
     Eval {
         #[command(flatten)]
         source: PolicySource,
         /// The request file; standard input if omitted or `-`.
         request: Option<PathBuf>,
+    },
+    /// Describe a component: its contract version, the metadata its SDK embedded, its imports
+    /// (and whether the host refuses one), digest, size and compile time. Exits 1 when the host
+    /// would not load it.
+    Inspect {
+        /// A `.wasm` component, or `builtin:plan-catalogue`.
+        module: String,
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a ready-to-build policy project NAME/ (source, passing cases.yaml, a README).
+    New {
+        /// The project's name (and directory).
+        name: String,
+        /// The policy's language.
+        #[arg(long, value_enum, default_value_t = scaffold::Lang::Rust)]
+        lang: scaffold::Lang,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The registry-policy SDK (`guest/` of this repository) a Rust project depends on; by
+        /// default the one this binary was built from.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Measure one evaluation as the server runs it (same runtime, limits and pool; a fresh
+    /// instance per evaluation): median and p99 per case over `--runs` evaluations.
+    Bench {
+        #[command(flatten)]
+        source: PolicySource,
+        /// Evaluations per case (after a warm-up of a twentieth as many).
+        #[arg(long, default_value_t = 2000)]
+        runs: usize,
+        /// Case files (YAML): each case is one request to measure.
+        #[arg(required = true)]
+        cases: Vec<PathBuf>,
     },
 }
 
@@ -184,6 +228,13 @@ pub fn main() -> ExitCode {
             Command::Policy(PolicyCommand::Test { source, cases }) => policy_test(&source, &cases).await,
             Command::Policy(PolicyCommand::Eval { source, request }) => {
                 policy_eval(&source, request.as_deref()).await
+            }
+            Command::Policy(PolicyCommand::Inspect { module, json }) => inspect::run(&module, json),
+            Command::Policy(PolicyCommand::New { name, lang, dir, sdk }) => {
+                scaffold::run(&name, lang, &dir, sdk.as_deref())
+            }
+            Command::Policy(PolicyCommand::Bench { source, runs, cases }) => {
+                policy_bench(&source, runs, &cases).await
             }
             Command::Ledger(command) => ledger::run(command).await,
             Command::Keys(command) => keys::run(command),
@@ -272,6 +323,7 @@ fn policy_config(source: &PolicySource) -> PolicyConfig {
         timeout_ms: source.timeout_ms,
         memory_mib: source.memory_mib,
         bundle: None,
+        cache_dir: source.cache_dir.clone(),
     }
 }
 
@@ -293,6 +345,31 @@ async fn policy_test(source: &PolicySource, files: &[PathBuf]) -> Result<ExitCod
     }
     println!("{passed} passed, {failed} failed");
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn policy_bench(source: &PolicySource, runs: usize, files: &[PathBuf]) -> Result<ExitCode, String> {
+    if runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    let mut read = Vec::new();
+    let mut settings = None;
+    for path in files {
+        let (file, file_settings) = cases::read(path, source.settings.as_deref())?;
+        match &settings {
+            None => settings = Some(file_settings),
+            Some(first) if *first != file_settings => {
+                return Err(format!("{} names other settings than the first case file", path.display()));
+            }
+            Some(_) => {}
+        }
+        read.push((path.clone(), file));
+    }
+    let settings = settings.unwrap_or_else(|| "{}".to_owned());
+    let started = std::time::Instant::now();
+    let policy =
+        load_policy_with(&policy_config(source), &settings, 0, None).await.map_err(|e| e.to_string())?;
+    bench::run(&policy, &read, runs, started.elapsed()).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn policy_eval(source: &PolicySource, request: Option<&Path>) -> Result<ExitCode, String> {
@@ -317,14 +394,24 @@ async fn policy_eval(source: &PolicySource, request: Option<&Path>) -> Result<Ex
     };
     let caller = caller_from_claims(claims).map_err(|e| format!("claims: {e}"))?;
     let requested = crate::scope::parse_scopes(scopes).map_err(|e| e.to_string())?;
+    let time = match request.get("at") {
+        None | Some(Value::Null) => system_clock()(),
+        Some(at) => serde_json::from_value::<cases::At>(at.clone())
+            .map_err(|_| "\"at\" must be Unix seconds or an RFC 3339 time".to_owned())?
+            .seconds()?,
+    };
     let policy = load_policy(&policy_config(source), 0, None).await.map_err(|e| e.to_string())?;
-    let answer = match policy.evaluate(&caller, service, &requested).await {
-        Ok(Decision::Grant { resources, note }) => {
-            json!({"decision": "grant", "access": resources, "note": note})
-        }
-        Ok(Decision::Deny { reason, message }) => {
-            json!({"decision": "deny", "reason": reason, "message": message})
-        }
+    let object = |pairs: &[(String, String)]| -> Map<String, Value> {
+        pairs.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()
+    };
+    let answer = match policy.evaluate(&caller, service, &requested, time).await {
+        Ok(Decision::Grant { resources, note, lifetime_seconds, annotations }) => json!({
+            "decision": "grant", "access": resources, "note": note,
+            "lifetime_seconds": lifetime_seconds, "annotations": object(&annotations),
+        }),
+        Ok(Decision::Deny { reason, message, annotations }) => json!({
+            "decision": "deny", "reason": reason, "message": message, "annotations": object(&annotations),
+        }),
         Err(fault) => {
             json!({"decision": "fault", "kind": fault.kind(), "detail": fault.to_string()})
         }

@@ -242,6 +242,8 @@ pub struct PolicyConfig {
     /// `policy.bundle` and its `bundle_*` keys: the policy, its settings (and perhaps revocations
     /// and the Authority's keys) come from a bundle instead.
     pub bundle: Option<BundleConfig>,
+    /// Where compiled policy code is kept between starts and reloads; `None`: compiled each time.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// `policy.bundle` and the `policy.bundle_*` keys.
@@ -286,6 +288,7 @@ struct PolicySection {
     bundle_ca_file: Option<PathBuf>,
     bundle_username: Option<String>,
     bundle_password_file: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
 }
 
 impl Default for PolicySection {
@@ -303,6 +306,7 @@ impl Default for PolicySection {
             bundle_ca_file: None,
             bundle_username: None,
             bundle_password_file: None,
+            cache_dir: None,
         }
     }
 }
@@ -362,6 +366,7 @@ impl TryFrom<PolicySection> for PolicyConfig {
             timeout_ms: section.timeout_ms,
             memory_mib: section.memory_mib,
             bundle,
+            cache_dir: section.cache_dir,
         })
     }
 }
@@ -376,6 +381,7 @@ impl Default for PolicyConfig {
             timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
             memory_mib: (limits.memory_bytes / MIB) as u64,
             bundle: None,
+            cache_dir: None,
         }
     }
 }

@@ -117,6 +117,7 @@ fn request_span(request: &Request) -> Span {
         service = tracing::field::Empty,
         granted = tracing::field::Empty,
         note = tracing::field::Empty,
+        lifetime = tracing::field::Empty,
         refused = tracing::field::Empty,
         event = tracing::field::Empty,
     )
@@ -203,6 +204,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
         "policy": {
             "module": live.policy.source(),
             "digest": live.policy.digest(),
+            "contract": live.policy.contract(),
             "settings_version": live.policy.settings_version(),
         },
         "signing": {

@@ -8,7 +8,9 @@ use crate::access::{Resource, scope_string};
 use crate::app::Live;
 use crate::authority::{self, AuthError, Validated};
 use crate::ledger::refresh::{self, Binding, Lifetime};
-use crate::ledger::{Change, Event, IssuedToken, Millis, Outcome, Presented, RefreshError, RefreshToken};
+use crate::ledger::{
+    Change, Event, IssuedToken, LifetimeRecord, Millis, Outcome, Presented, RefreshError, RefreshToken,
+};
 use crate::metrics::CacheName;
 use crate::metrics::metrics;
 use crate::mint::{Grant, Lookup, Minted, Reusable, ReuseKey, SignError};
@@ -191,6 +193,11 @@ async fn exchange(
                 exp: i64::try_from(issued.minted.expires_at).unwrap_or(i64::MAX),
                 kid: live.keys.minter().kid().to_owned(),
             });
+            event.lifetime = issued.minted.lifetime.map(|lifetime| LifetimeRecord {
+                requested: lifetime.requested,
+                granted: lifetime.granted,
+                limited_by: lifetime.limited_by.map(|limit| limit.as_str().to_owned()),
+            });
         }
         Err(error) => describe_failure(event, error),
     }
@@ -369,25 +376,41 @@ async fn issue(
                 metrics().cache(CacheName::Tokens, true);
                 if let Some(record) = record.as_deref_mut() {
                     record.event.reused = true;
+                    // What the policy said of the token when it was decided.
+                    record.event.annotations = reused.annotations.to_vec();
                 }
                 (reused.answer(now), reused.granted.to_vec(), None)
             }
             Lookup::Mint(slot) => {
                 metrics().cache(CacheName::Tokens, false);
                 let (minted, granted) =
-                    decide_and_mint(live, &validated, exchange, refresh.is_some(), now).await?;
+                    decide_and_mint(live, &validated, exchange, refresh.is_some(), now, record.as_deref_mut())
+                        .await?;
                 (minted, granted, slot)
             }
         },
         None => {
             let (minted, granted) =
-                decide_and_mint(live, &validated, exchange, refresh.is_some(), now).await?;
+                decide_and_mint(live, &validated, exchange, refresh.is_some(), now, record.as_deref_mut())
+                    .await?;
             (minted, granted, None)
         }
     };
     span.record("granted", scope_string(&granted));
+    if let Some(lifetime) = &minted.lifetime {
+        // A policy's lifetime, as asked and as issued: `3600s as asked`, or
+        // `86400s asked, 900s issued (signing.max_lifetime_seconds)`.
+        let said = match lifetime.limited_by {
+            None => format!("{}s as asked", lifetime.granted),
+            Some(limit) => {
+                format!("{}s asked, {}s issued ({})", lifetime.requested, lifetime.granted, limit.as_str())
+            }
+        };
+        span.record("lifetime", said);
+    }
     if let Some(slot) = slot {
-        slot.fill(Reusable::new(minted.clone(), granted.clone(), revision));
+        let annotations = record.as_deref().map(|r| r.event.annotations.clone()).unwrap_or_default();
+        slot.fill(Reusable::new(minted.clone(), granted.clone(), annotations, revision));
     }
     let refresh_token = match (ask.offline, refresh) {
         (false, _) => None,
@@ -398,18 +421,20 @@ async fn issue(
     Ok(Issued { minted, granted, refresh_token })
 }
 
-/// Asks the policy about `exchange` for the validated caller and mints what it grants.
+/// Asks the policy about `exchange` for the validated caller and mints what it grants, noting the
+/// policy's annotations on the ledger's `record`.
 async fn decide_and_mint(
     live: &Live,
     validated: &Validated,
     exchange: &Exchange,
     refreshed: bool,
     now: u64,
+    record: Option<&mut Recorded>,
 ) -> Result<(Minted, Vec<Resource>), ApiError> {
     let caller = &validated.caller;
     let span = Span::current();
     let started = Instant::now();
-    let decision = live.policy.evaluate(caller, &exchange.service, &exchange.requested).await;
+    let decision = live.policy.evaluate(caller, &exchange.service, &exchange.requested, now).await;
     metrics().evaluation(started.elapsed().as_secs_f64());
     let decision = decision.inspect_err(|fault| {
         metrics().fault(fault.kind());
@@ -422,12 +447,15 @@ async fn decide_and_mint(
             "policy fault; no token issued"
         );
     })?;
-    let granted = match decision {
-        Decision::Deny { reason, message } => {
+    if let Some(record) = record {
+        record.event.annotations.clone_from(decision.annotations());
+    }
+    let (granted, requested_lifetime) = match decision {
+        Decision::Deny { reason, message, .. } => {
             metrics().decision("deny");
             return Err(ApiError::Denied { reason, message, status: live.config.http.denial_status });
         }
-        Decision::Grant { resources, note } => {
+        Decision::Grant { resources, note, lifetime_seconds, .. } => {
             // Why less than asked was granted: for the operator's log line.
             if let Some(note) = &note {
                 span.record("note", note.as_str());
@@ -438,7 +466,7 @@ async fn decide_and_mint(
                 n if n >= actions(&exchange.requested) => "grant",
                 _ => "partial",
             });
-            resources
+            (resources, lifetime_seconds)
         }
     };
     // A file key's signature (≈ 0.2–0.45 ms of CPU for RS256) runs here, on the worker: it is the
@@ -451,8 +479,15 @@ async fn decide_and_mint(
     // refresh token's own expiry stands in for the caller token's.)
     let leeway = if refreshed { 0 } else { live.config.authority.leeway_seconds };
     let not_after = validated.expires_at.saturating_add(leeway);
-    let grant =
-        Grant { subject: &caller.subject, audience: &exchange.service, access: &granted, now, not_after };
+    let grant = Grant {
+        subject: &caller.subject,
+        audience: &exchange.service,
+        access: &granted,
+        now,
+        not_after,
+        requested_lifetime,
+        max_lifetime: live.config.signing.max_lifetime_seconds,
+    };
     let minted = live.keys.minter().mint(&grant).await.map_err(|error| match error {
         SignError::Crypto => ApiError::Signing,
         SignError::Hsm(error) => {

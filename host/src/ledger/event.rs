@@ -125,6 +125,18 @@ pub struct IssuedToken {
     pub kid: String,
 }
 
+/// The token lifetime a policy asked for, and what the host issued (`policy` 0.2.0 grants).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LifetimeRecord {
+    /// Seconds the policy asked for.
+    pub requested: u32,
+    /// Seconds the token got (`exp - iat`).
+    pub granted: u64,
+    /// What bounded it when it was not issued as asked: `minimum`,
+    /// `signing.max_lifetime_seconds` or `caller_token`.
+    pub limited_by: Option<String>,
+}
+
 /// One record of the ledger. Never holds a token, a key or a password.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Event {
@@ -175,6 +187,16 @@ pub struct Event {
     /// For `issued`: the token was minted moments before for an identical request and handed out
     /// again (`signing.reuse_seconds`); `token.jti` is that token's.
     pub reused: bool,
+    /// The policy's annotations for the audit trail (`key: value`, in its order; 0.2.0 policies).
+    /// Shown as a JSON object (keys are unique).
+    #[serde(serialize_with = "pairs_as_object")]
+    pub annotations: Vec<(String, String)>,
+    /// For `issued`: the lifetime the policy asked for and what was issued, when it asked.
+    pub lifetime: Option<LifetimeRecord>,
+}
+
+fn pairs_as_object<S: Serializer>(pairs: &[(String, String)], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(pairs.iter().map(|(k, v)| (k, v)))
 }
 
 impl Event {
@@ -208,6 +230,8 @@ impl Event {
             via: None,
             refresh_token_id: None,
             reused: false,
+            annotations: Vec::new(),
+            lifetime: None,
         }
     }
 

@@ -16,7 +16,9 @@ pub mod refresh;
 mod sqlite;
 mod store;
 
-pub use event::{Event, IssuedToken, Millis, Outcome, Presented, Revocation, RevocationKind, RevocationSet};
+pub use event::{
+    Event, IssuedToken, LifetimeRecord, Millis, Outcome, Presented, Revocation, RevocationKind, RevocationSet,
+};
 pub use refresh::{RefreshError, RefreshToken};
 pub use store::{Change, EventFilter, RefreshTokenFilter, StoreError};
 

@@ -52,8 +52,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE ledger_state (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
     INSERT INTO ledger_state (name, value) VALUES ('revocations_revision', 0);",
-    // 2: refresh tokens (as hashes, with the caller they were issued to), and which credential an
-    // exchange came with.
+    // 2: refresh tokens (as hashes, with the caller they were issued to); which credential an
+    // exchange came with and whether its token was reused; a policy's annotations (a JSON array of
+    // [key, value] pairs) and the token lifetime it asked for (JSON: requested, granted,
+    // limited_by).
     "CREATE TABLE refresh_tokens (
         id TEXT PRIMARY KEY,
         token_hash TEXT NOT NULL UNIQUE,
@@ -77,7 +79,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX refresh_tokens_tenant ON refresh_tokens (tenant, id);
     ALTER TABLE events ADD COLUMN via TEXT;
     ALTER TABLE events ADD COLUMN refresh_token_id TEXT;
-    ALTER TABLE events ADD COLUMN reused BIGINT;",
+    ALTER TABLE events ADD COLUMN reused BIGINT;
+    ALTER TABLE events ADD COLUMN annotations TEXT;
+    ALTER TABLE events ADD COLUMN lifetime TEXT;",
 ];
 
 /// The schema version this binary writes.
@@ -98,13 +102,13 @@ pub(super) fn check_version(found: i64, url: &str) -> Result<(), StoreError> {
 
 pub(super) const EVENT_COLUMNS: &str = "id, time_ms, outcome, reason, message, sub, client_id, tenant, plan, \
      licence, iss, jti, client_addr, service, requested, granted, policy_digest, settings_version, token_jti, \
-     token_exp, signing_kid, via, refresh_token_id, reused";
+     token_exp, signing_kid, via, refresh_token_id, reused, annotations, lifetime";
 
 pub(super) const INSERT_EVENT: &str = "INSERT INTO events (id, time_ms, outcome, reason, message, sub, \
      client_id, tenant, plan, licence, iss, jti, client_addr, service, requested, granted, policy_digest, \
-     settings_version, token_jti, token_exp, signing_kid, via, refresh_token_id, reused) VALUES ($1, $2, $3, \
-     $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24) \
-     ON CONFLICT (id) DO NOTHING";
+     settings_version, token_jti, token_exp, signing_kid, via, refresh_token_id, reused, annotations, lifetime) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
+     $22, $23, $24, $25, $26) ON CONFLICT (id) DO NOTHING";
 
 pub(super) const REFRESH_COLUMNS: &str = "id, sub, client_id, service, tenant, plan, licence, scopes, \
      claims_json, caller_iss, caller_jti, issued_at_ms, last_used_ms, expires_at_ms, idle_seconds, \
@@ -169,7 +173,14 @@ pub(super) fn event_params(event: &Event) -> Vec<Param> {
         text(&event.via),
         text(&event.refresh_token_id),
         Param::Int(event.reused.then_some(1)),
+        Param::Text((!event.annotations.is_empty()).then(|| json(&event.annotations))),
+        Param::Text(event.lifetime.as_ref().map(json)),
     ]
+}
+
+/// A value of strings and integers as JSON (cannot fail: no maps with non-string keys).
+fn json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 /// A refresh token's columns, in [`INSERT_REFRESH_TOKEN`] order: [`REFRESH_COLUMNS`], then the
@@ -298,6 +309,18 @@ pub(super) fn event_from(row: &dyn Row) -> Result<Event, StoreError> {
         via: row.text(21)?,
         refresh_token_id: row.text(22)?,
         reused: row.int(23)?.is_some_and(|reused| reused != 0),
+        annotations: match row.text(24)? {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("annotations {text:?}: {e}")))?,
+            None => Vec::new(),
+        },
+        lifetime: match row.text(25)? {
+            Some(text) => Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| StoreError::Corrupt(format!("lifetime {text:?}: {e}")))?,
+            ),
+            None => None,
+        },
     })
 }
 

@@ -204,6 +204,42 @@ pub struct Minter {
     header: String,
 }
 
+/// The shortest token lifetime a policy may ask for, in seconds (as `signing.lifetime_seconds`).
+pub const MIN_LIFETIME_SECONDS: u64 = 5;
+
+/// What bounded the lifetime a policy asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LifetimeLimit {
+    /// Raised to [`MIN_LIFETIME_SECONDS`].
+    Minimum,
+    /// Lowered to `signing.max_lifetime_seconds`.
+    Maximum,
+    /// Lowered so the token ends by the caller token's `exp` plus the leeway.
+    CallerToken,
+}
+
+impl LifetimeLimit {
+    /// The name the ledger and the log use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LifetimeLimit::Minimum => "minimum",
+            LifetimeLimit::Maximum => "signing.max_lifetime_seconds",
+            LifetimeLimit::CallerToken => "caller_token",
+        }
+    }
+}
+
+/// A lifetime a policy asked for, and what the token got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LifetimeDecision {
+    /// Seconds asked for.
+    pub requested: u32,
+    /// Seconds issued (`exp - iat`).
+    pub granted: u64,
+    /// What bounded it, if it was not issued as asked.
+    pub limited_by: Option<LifetimeLimit>,
+}
+
 /// A freshly minted token and what the response says about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Minted {
@@ -219,6 +255,8 @@ pub struct Minted {
     pub jti: String,
     /// The token's `exp`, Unix seconds.
     pub expires_at: u64,
+    /// The lifetime the policy asked for and what was issued, when it asked for one.
+    pub lifetime: Option<LifetimeDecision>,
 }
 
 #[derive(Serialize)]
@@ -300,8 +338,27 @@ impl Minter {
     }
 
     fn unsigned(&self, grant: &Grant<'_>) -> Result<Unsigned, SignError> {
-        let Grant { subject, audience, access, now, not_after } = *grant;
-        let exp = now.saturating_add(self.lifetime_seconds).min(not_after).max(now + 1);
+        let Grant { subject, audience, access, now, not_after, requested_lifetime, max_lifetime } = *grant;
+        let (lifetime, limit) = match requested_lifetime {
+            None => (self.lifetime_seconds, None),
+            Some(asked) => {
+                let asked = u64::from(asked);
+                let max = max_lifetime.max(MIN_LIFETIME_SECONDS);
+                match asked {
+                    _ if asked < MIN_LIFETIME_SECONDS => (MIN_LIFETIME_SECONDS, Some(LifetimeLimit::Minimum)),
+                    _ if asked > max => (max, Some(LifetimeLimit::Maximum)),
+                    _ => (asked, None),
+                }
+            }
+        };
+        let wanted = now.saturating_add(lifetime);
+        let exp = wanted.min(not_after).max(now + 1);
+        let limit = if exp < wanted { Some(LifetimeLimit::CallerToken) } else { limit };
+        let lifetime = requested_lifetime.map(|requested| LifetimeDecision {
+            requested,
+            granted: exp - now,
+            limited_by: limit,
+        });
         let mut jti = [0u8; 16];
         aws_lc_rs::rand::fill(&mut jti).map_err(|_| SignError::Crypto)?;
         let jti = BASE64URL_NOPAD.encode(&jti);
@@ -320,12 +377,13 @@ impl Minter {
         input.push_str(&self.header);
         input.push('.');
         BASE64URL_NOPAD.encode_append(&claims, &mut input);
-        Ok(Unsigned { input, jti, now, exp })
+        Ok(Unsigned { input, jti, now, exp, lifetime })
     }
 }
 
 /// What a token grants: to `subject` on `audience` (the registry's service), `access`, issued at
-/// `now` (Unix seconds), expiring after the configured lifetime or at `not_after`, whichever comes
+/// `now` (Unix seconds), expiring after the configured lifetime — or the lifetime the policy asked
+/// for, clamped to [[`MIN_LIFETIME_SECONDS`], `max_lifetime`] — or at `not_after`, whichever comes
 /// first (the caller passes the credential's `exp` plus the validation leeway, so a token outlives
 /// the credential it was exchanged for by at most the tolerated skew), and at least a second after
 /// `now`.
@@ -341,6 +399,10 @@ pub struct Grant<'a> {
     pub now: u64,
     /// The latest `exp`.
     pub not_after: u64,
+    /// The lifetime the policy asked for, in seconds; `None`: the configured lifetime.
+    pub requested_lifetime: Option<u32>,
+    /// The longest lifetime a policy may get (`signing.max_lifetime_seconds`).
+    pub max_lifetime: u64,
 }
 
 /// A token's signing input, waiting for its signature.
@@ -349,11 +411,12 @@ struct Unsigned {
     jti: String,
     now: u64,
     exp: u64,
+    lifetime: Option<LifetimeDecision>,
 }
 
 impl Unsigned {
     fn finish(self, signature: &[u8]) -> Minted {
-        let Unsigned { mut input, jti, now, exp } = self;
+        let Unsigned { mut input, jti, now, exp, lifetime } = self;
         input.push('.');
         BASE64URL_NOPAD.encode_append(signature, &mut input);
         Minted {
@@ -363,6 +426,7 @@ impl Unsigned {
             iat: now,
             jti,
             expires_at: exp,
+            lifetime,
         }
     }
 }
@@ -371,4 +435,62 @@ impl Unsigned {
 pub fn rfc3339(unix_seconds: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds))
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn minter(lifetime_seconds: u64) -> Minter {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = keygen::generate(dir.path(), SigningAlgorithm::ES256, 0).unwrap();
+        let key = SigningKey::from_file(&generated.key_file, SigningAlgorithm::ES256).unwrap();
+        Minter::new(key, "registry-token", lifetime_seconds, KidFormat::Libtrust, None)
+    }
+
+    fn grant(requested_lifetime: Option<u32>, not_after: u64) -> Grant<'static> {
+        Grant {
+            subject: "alice",
+            audience: "registry.local",
+            access: &[],
+            now: 1_000,
+            not_after,
+            requested_lifetime,
+            max_lifetime: 3_600,
+        }
+    }
+
+    /// `exp - iat` of the token itself, and the recorded decision.
+    fn lifetime_of(minted: &Minted) -> (u64, Option<LifetimeDecision>) {
+        let claims = minted.token.split('.').nth(1).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&BASE64URL_NOPAD.decode(claims.as_bytes()).unwrap()).unwrap();
+        let (exp, iat) = (claims["exp"].as_u64().unwrap(), claims["iat"].as_u64().unwrap());
+        assert_eq!(minted.expires_in, exp - iat);
+        (exp - iat, minted.lifetime)
+    }
+
+    #[test]
+    fn a_policy_lifetime_is_clamped_and_says_what_clamped_it() {
+        let minter = minter(300);
+        let far = u64::MAX;
+        let decision =
+            |requested, granted, limited_by| Some(LifetimeDecision { requested, granted, limited_by });
+        for (requested, not_after, expected) in [
+            // No request: the configured lifetime, and nothing recorded.
+            (None, far, (300, None)),
+            (Some(1_800), far, (1_800, decision(1_800, 1_800, None))),
+            (Some(2), far, (5, decision(2, 5, Some(LifetimeLimit::Minimum)))),
+            (Some(0), far, (5, decision(0, 5, Some(LifetimeLimit::Minimum)))),
+            (Some(86_400), far, (3_600, decision(86_400, 3_600, Some(LifetimeLimit::Maximum)))),
+            (Some(u32::MAX), far, (3_600, decision(u32::MAX, 3_600, Some(LifetimeLimit::Maximum)))),
+            // The caller token (plus leeway) ends first: the token ends with it.
+            (Some(1_800), 1_000 + 600, (600, decision(1_800, 600, Some(LifetimeLimit::CallerToken)))),
+            (None, 1_000 + 60, (60, None)),
+        ] {
+            let minted = minter.mint_now(&grant(requested, not_after)).unwrap();
+            assert_eq!(lifetime_of(&minted), expected, "{requested:?} until {not_after}");
+        }
+    }
 }

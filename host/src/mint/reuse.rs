@@ -58,14 +58,22 @@ pub struct Reusable {
     pub minted: Arc<Minted>,
     /// What it grants (the `scope` of an OAuth2 answer, the event's `granted`).
     pub granted: Arc<[Resource]>,
+    /// The policy's annotations of the decision it was minted on (for the events of its reuses).
+    pub annotations: Arc<[(String, String)]>,
     /// The revocations' revision it was minted under.
     revision: u64,
 }
 
 impl Reusable {
-    /// `minted`, granting `granted`, minted under revocations `revision`.
-    pub fn new(minted: Minted, granted: Vec<Resource>, revision: u64) -> Reusable {
-        Reusable { minted: Arc::new(minted), granted: granted.into(), revision }
+    /// `minted`, granting `granted` on a decision with `annotations`, minted under revocations
+    /// `revision`.
+    pub fn new(
+        minted: Minted,
+        granted: Vec<Resource>,
+        annotations: Vec<(String, String)>,
+        revision: u64,
+    ) -> Reusable {
+        Reusable { minted: Arc::new(minted), granted: granted.into(), annotations: annotations.into(), revision }
     }
 
     /// The token as answered at `now`: its true `issued_at`, and `expires_in` counted from now.
@@ -80,6 +88,7 @@ impl Reusable {
             + minted.jti.len()
             + 96
             + self.granted.iter().map(|r| 72 + r.name.len() + r.actions.len() * 32).sum::<usize>()
+            + self.annotations.iter().map(|(k, v)| 48 + k.len() + v.len()).sum::<usize>()
     }
 }
 

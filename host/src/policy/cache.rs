@@ -11,12 +11,13 @@ pub(super) struct DecisionCache {
     cache: bounded::Cache<Key, Decision>,
 }
 
-/// The exact input of an evaluation.
+/// The exact input of an evaluation: the time too, for a guest that can see it.
 #[derive(Hash, PartialEq, Eq)]
 struct Key {
     caller: Caller,
     service: String,
     resources: Vec<Resource>,
+    time: u64,
 }
 
 /// A [`Key`] by reference, so a cache hit allocates nothing. Hashes as the owned key does.
@@ -24,6 +25,7 @@ struct Query<'a> {
     caller: &'a Caller,
     service: &'a str,
     resources: &'a [Resource],
+    time: u64,
 }
 
 impl std::hash::Hash for Query<'_> {
@@ -31,6 +33,7 @@ impl std::hash::Hash for Query<'_> {
         self.caller.hash(state);
         self.service.hash(state);
         self.resources.hash(state);
+        self.time.hash(state);
     }
 }
 
@@ -39,6 +42,7 @@ impl quick_cache::Equivalent<Key> for Query<'_> {
         *self.caller == key.caller
             && self.service == key.service
             && self.resources == key.resources.as_slice()
+            && self.time == key.time
     }
 }
 
@@ -48,13 +52,21 @@ impl DecisionCache {
         bounded::cache(capacity).map(|cache| DecisionCache { cache })
     }
 
-    pub fn get(&self, caller: &Caller, service: &str, resources: &[Resource]) -> Option<Decision> {
-        self.cache.get(&Query { caller, service, resources }).map(|hit| hit.value)
+    pub fn get(&self, caller: &Caller, service: &str, resources: &[Resource], time: u64) -> Option<Decision> {
+        self.cache.get(&Query { caller, service, resources, time }).map(|hit| hit.value)
     }
 
-    pub fn insert(&self, caller: &Caller, service: &str, resources: &[Resource], decision: &Decision) {
+    pub fn insert(
+        &self,
+        caller: &Caller,
+        service: &str,
+        resources: &[Resource],
+        time: u64,
+        decision: &Decision,
+    ) {
         let bytes = key_bytes(caller, service, resources) + decision_bytes(decision);
-        let key = Key { caller: caller.clone(), service: service.to_owned(), resources: resources.to_vec() };
+        let key =
+            Key { caller: caller.clone(), service: service.to_owned(), resources: resources.to_vec(), time };
         self.cache.insert(key, Weighed::new(decision.clone(), bytes));
     }
 
@@ -77,14 +89,17 @@ fn key_bytes(caller: &Caller, service: &str, resources: &[Resource]) -> usize {
     caller_bytes + service.len() + resources_bytes(resources)
 }
 
-/// Every byte a decision holds: granted resources and the note, or the reason and message.
+/// Every byte a decision holds: granted resources and the note, or the reason and message; and
+/// the annotations.
 fn decision_bytes(decision: &Decision) -> usize {
-    match decision {
-        Decision::Grant { resources, note } => {
-            resources_bytes(resources) + note.as_ref().map_or(0, String::len)
+    let annotations: usize = decision.annotations().iter().map(|(k, v)| 48 + k.len() + v.len()).sum();
+    annotations
+        + match decision {
+            Decision::Grant { resources, note, .. } => {
+                resources_bytes(resources) + note.as_ref().map_or(0, String::len)
+            }
+            Decision::Deny { reason, message, .. } => reason.len() + message.len(),
         }
-        Decision::Deny { reason, message } => reason.len() + message.len(),
-    }
 }
 
 /// Strings count their bytes plus a `String`'s own 24; each resource its three fields' headers.

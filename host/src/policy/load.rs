@@ -2,12 +2,10 @@
 //! → `configure(settings)` → snapshot the configured instance → compile the snapshot →
 //! type-check it → one trial instantiation. Settings are parsed once, here, never per request.
 
-use super::bindings;
 use super::cache::DecisionCache;
 use super::runtime::{Runtime, within};
 use super::{LoadError, Loaded, Policy, sha256_hex};
 use std::sync::Arc;
-use wasmtime::component::Component;
 
 /// Runs the whole pipeline for `module` in `runtime`. CPU-heavy (two compilations): callers run
 /// it off the request path.
@@ -42,8 +40,7 @@ pub(super) async fn load(
     let mut store = runtime.store(timeout);
     let configured = within(timeout, async {
         let instance = pre.instance_pre().instantiate_async(&mut store).await?;
-        let exports = bindings::Policy::new(&mut store, &instance)?;
-        let answer = exports.call_configure(&mut store, settings_json).await?;
+        let answer = pre.configure(&mut store, &instance, settings_json).await?;
         Ok::<_, wasmtime::Error>((instance, answer))
     })
     .await;
@@ -67,7 +64,7 @@ pub(super) async fn load(
     drop(store);
     drop(slot);
 
-    let component = Component::new(runtime.engine(), &snapshot).map_err(snapshot_error)?;
+    let component = runtime.compile(&snapshot).map_err(snapshot_error)?;
     let pre = runtime.pre(&component).map_err(world_error)?;
 
     // One instantiation now, so a snapshot that cannot start under the limits (its memory is
@@ -75,7 +72,7 @@ pub(super) async fn load(
     let trial = {
         let _slot = runtime.slot().await;
         let mut store = runtime.store(runtime.limits().timeout);
-        pre.instantiate_async(&mut store).await.map(drop).map_err(|error| runtime.classify(&error, &store))
+        pre.trial(&mut store).await.map_err(|error| runtime.classify(&error, &store))
     };
     if let Err(fault) = trial {
         return Err(LoadError::Configure { source_name: source, fault });

@@ -1,6 +1,7 @@
 //! The policy runtime: WebAssembly components that decide what a caller may access.
 //!
-//! A policy is loaded once: compiled, type-checked against the `stellaops:registry-policy` world,
+//! A policy is loaded once: compiled, type-checked against a `stellaops:registry-policy` world
+//! (0.2.0, or 0.1.0 for older guests: [`Contract`]),
 //! given its settings through `configure`, and snapshotted in that configured state (wasmtime's
 //! wizer). Each request then runs in a **fresh instance of the snapshot** in its own `Store`: nothing
 //! leaks from one caller to the next, and settings are never parsed on the request path.
@@ -17,49 +18,128 @@
 //! something not requested — is a [`Fault`], and the caller of [`Policy::evaluate`] issues no token.
 
 mod cache;
+mod compiled;
 mod contract;
+mod inspect;
 mod load;
 mod runtime;
 mod wit;
 
 use crate::access::{Caller, Resource};
 use cache::DecisionCache;
-use runtime::{GuestState, Runtime, within};
+use runtime::{Runtime, within};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+pub use inspect::{Import, InspectError, ModuleInfo, inspect};
 pub use runtime::Limits;
 pub use wit::{supported_wit_versions, wit_version};
 
-/// Generated from `wit/`: the only place the host meets the contract's types.
+/// Generated from `wit/`, one module per contract version the host loads: the only place the
+/// host meets the contract's types.
 mod bindings {
-    wasmtime::component::bindgen!({
-        world: "policy",
-        path: "../wit",
-        exports: { default: async },
-    });
+    /// `stellaops:registry-policy@0.1.0`, as released.
+    pub(super) mod v0_1 {
+        wasmtime::component::bindgen!({
+            world: "policy",
+            path: "../wit/registry-policy@0.1.0",
+            exports: { default: async },
+        });
 
-    /// The WIT source the bindings above are generated from.
-    pub(super) const WIT: &str = include_str!("../../../wit/registry-policy.wit");
-    /// The world named in `bindgen!`.
+        /// The WIT source the bindings above are generated from.
+        pub(in crate::policy) const WIT: &str =
+            include_str!("../../../wit/registry-policy@0.1.0/registry-policy.wit");
+    }
+
+    /// `stellaops:registry-policy@0.2.0`: the request time, a grant's lifetime, annotations.
+    pub(super) mod v0_2 {
+        wasmtime::component::bindgen!({
+            world: "policy",
+            path: "../wit/registry-policy@0.2.0",
+            exports: { default: async },
+        });
+
+        /// The WIT source the bindings above are generated from.
+        pub(in crate::policy) const WIT: &str =
+            include_str!("../../../wit/registry-policy@0.2.0/registry-policy.wit");
+    }
+
+    /// The world named in every `bindgen!` above.
     pub(super) const WORLD: &str = "policy";
 }
 
-/// The world guests must implement, as `package/world@version`
-/// (`stellaops:registry-policy/policy@0.1.0`), read from the WIT the bindings come from.
-pub fn world_name() -> &'static str {
-    static NAME: LazyLock<String> = LazyLock::new(|| {
-        let package = bindings::WIT
-            .lines()
-            .find_map(|line| line.trim().strip_prefix("package "))
-            .map(|rest| rest.trim_end_matches(';').trim())
-            .unwrap_or("stellaops:registry-policy");
-        match package.split_once('@') {
-            Some((name, version)) => format!("{name}/{}@{version}", bindings::WORLD),
-            None => format!("{package}/{}", bindings::WORLD),
+/// A version of the WIT contract this host loads guests of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Contract {
+    /// `stellaops:registry-policy@0.1.0`: no request time, lifetimes or annotations.
+    V0_1,
+    /// `stellaops:registry-policy@0.2.0`.
+    V0_2,
+}
+
+impl Contract {
+    /// Every version the host loads, newest first (the order guests are matched in).
+    pub const ALL: [Contract; 2] = [Contract::V0_2, Contract::V0_1];
+
+    fn wit(self) -> &'static str {
+        match self {
+            Contract::V0_1 => bindings::v0_1::WIT,
+            Contract::V0_2 => bindings::v0_2::WIT,
         }
-    });
+    }
+
+    /// The WIT package, `stellaops:registry-policy@0.2.0`, read from the WIT the bindings come from.
+    pub fn package(self) -> &'static str {
+        static PACKAGES: LazyLock<Vec<(Contract, String)>> = LazyLock::new(|| {
+            Contract::ALL
+                .iter()
+                .map(|contract| {
+                    let package = contract
+                        .wit()
+                        .lines()
+                        .find_map(|line| line.trim().strip_prefix("package "))
+                        .map(|rest| rest.trim_end_matches(';').trim().to_owned())
+                        .unwrap_or_else(|| "stellaops:registry-policy".to_owned());
+                    (*contract, package)
+                })
+                .collect()
+        });
+        PACKAGES.iter().find(|(c, _)| *c == self).map_or("stellaops:registry-policy", |(_, p)| p)
+    }
+
+    /// The version alone: `0.2.0`.
+    pub fn version(self) -> &'static str {
+        self.package().split_once('@').map_or("", |(_, version)| version)
+    }
+
+    /// The world guests implement, as `package/world@version`
+    /// (`stellaops:registry-policy/policy@0.2.0`).
+    pub fn world(self) -> String {
+        match self.package().split_once('@') {
+            Some((name, version)) => format!("{name}/{}@{version}", bindings::WORLD),
+            None => format!("{}/{}", self.package(), bindings::WORLD),
+        }
+    }
+}
+
+impl std::fmt::Display for Contract {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.package())
+    }
+}
+
+impl serde::Serialize for Contract {
+    /// As its package: `stellaops:registry-policy@0.2.0`.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.package())
+    }
+}
+
+/// The worlds a guest may implement, for messages: `stellaops:registry-policy/policy@0.2.0 or
+/// stellaops:registry-policy/policy@0.1.0`.
+pub fn world_name() -> &'static str {
+    static NAME: LazyLock<String> = LazyLock::new(|| Contract::ALL.map(Contract::world).join(" or "));
     &NAME
 }
 
@@ -114,6 +194,10 @@ pub enum Decision {
         resources: Vec<Resource>,
         /// The guest's explanation of anything not granted, for the operator.
         note: Option<String>,
+        /// The token lifetime the guest asked for, in seconds, before the host's clamp (0.2.0).
+        lifetime_seconds: Option<u32>,
+        /// Notes for the audit trail (0.2.0): at most [`MAX_ANNOTATIONS`], keys unique.
+        annotations: Annotations,
     },
     /// Refuse the exchange.
     Deny {
@@ -121,7 +205,23 @@ pub enum Decision {
         reason: String,
         /// Text for the caller.
         message: String,
+        /// Notes for the audit trail (0.2.0).
+        annotations: Annotations,
     },
+}
+
+/// A decision's annotations, `(key, value)` in the order the guest gave them.
+pub type Annotations = Vec<(String, String)>;
+
+pub use contract::{MAX_ANNOTATION_KEY, MAX_ANNOTATION_VALUE, MAX_ANNOTATIONS};
+
+impl Decision {
+    /// The annotations of either kind of decision.
+    pub fn annotations(&self) -> &Annotations {
+        match self {
+            Decision::Grant { annotations, .. } | Decision::Deny { annotations, .. } => annotations,
+        }
+    }
 }
 
 /// A guest misbehaved while deciding; no token may be issued.
@@ -176,7 +276,7 @@ pub enum LoadError {
         reason: String,
     },
     /// The component does not implement the contract, or imports what the host does not offer.
-    #[error("{source_name} does not implement the world {}: {reason}", world_name())]
+    #[error("{source_name} does not implement a world this host loads ({}): {reason}", world_name())]
     World {
         /// Where the module came from.
         source_name: String,
@@ -217,7 +317,7 @@ pub struct Policy {
 
 struct Loaded {
     runtime: Arc<Runtime>,
-    pre: bindings::PolicyPre<GuestState>,
+    pre: runtime::Pre,
     source: String,
     digest: String,
     settings_version: String,
@@ -229,6 +329,7 @@ impl std::fmt::Debug for Policy {
         f.debug_struct("Policy")
             .field("source", &self.inner.source)
             .field("digest", &self.inner.digest)
+            .field("contract", &self.inner.pre.contract())
             .field("settings_version", &self.inner.settings_version)
             .finish()
     }
@@ -239,10 +340,21 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     format!("sha256:{}", data_encoding::HEXLOWER.encode(&Sha256::digest(bytes)))
 }
 
+/// How a policy is run: the same for the server, `policy test`, `policy eval` and `policy bench`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Setup {
+    /// What one evaluation may use.
+    pub limits: Limits,
+    /// Decisions remembered, in KiB (0: none).
+    pub decision_cache: usize,
+    /// Where compiled code is kept between runs (`policy.cache_dir`); `None`: compile every time.
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
 impl Policy {
     /// Compiles `module`, checks it against the world, runs `configure(settings_json)` and snapshots
     /// the result (see [`load`]). CPU-heavy: call it off the request path. Remembers decisions in
-    /// up to `decision_cache` KiB (0: none).
+    /// up to `decision_cache` KiB (0: none); no code cache.
     pub async fn load(
         module: &[u8],
         source_name: &str,
@@ -250,26 +362,38 @@ impl Policy {
         limits: Limits,
         decision_cache: usize,
     ) -> Result<Policy, LoadError> {
-        let runtime = Arc::new(Runtime::new(limits).map_err(|e| LoadError::Runtime(e.to_string()))?);
-        load::load(runtime, module, source_name, settings_json, decision_cache).await
+        let setup = Setup { limits, decision_cache, cache_dir: None };
+        Policy::load_with(module, source_name, settings_json, &setup).await
     }
 
-    /// [`Policy::load`] for a reload: when the limits are unchanged the new policy shares this one's
-    /// engine and pool, and a module already compiled there is not compiled again (only the
-    /// snapshot of the new settings is), which keeps reloads under load short.
+    /// [`Policy::load`] with everything [`Setup`] says.
+    pub async fn load_with(
+        module: &[u8],
+        source_name: &str,
+        settings_json: &str,
+        setup: &Setup,
+    ) -> Result<Policy, LoadError> {
+        let runtime = Runtime::new(setup.limits, setup.cache_dir.as_deref())
+            .map_err(|e| LoadError::Runtime(e.to_string()))?;
+        load::load(Arc::new(runtime), module, source_name, settings_json, setup.decision_cache).await
+    }
+
+    /// [`Policy::load_with`] for a reload: when the limits and the code cache are unchanged the new
+    /// policy shares this one's engine and pool, and a module already compiled there is not
+    /// compiled again (only the snapshot of the new settings is), which keeps reloads under load
+    /// short.
     pub async fn reload(
         &self,
         module: &[u8],
         source_name: &str,
         settings_json: &str,
-        limits: Limits,
-        decision_cache: usize,
+        setup: &Setup,
     ) -> Result<Policy, LoadError> {
-        if limits != self.limits() {
-            return Policy::load(module, source_name, settings_json, limits, decision_cache).await;
+        let runtime = &self.inner.runtime;
+        if setup.limits != runtime.limits() || setup.cache_dir.as_deref() != runtime.cache_dir() {
+            return Policy::load_with(module, source_name, settings_json, setup).await;
         }
-        let runtime = Arc::clone(&self.inner.runtime);
-        load::load(runtime, module, source_name, settings_json, decision_cache).await
+        load::load(Arc::clone(runtime), module, source_name, settings_json, setup.decision_cache).await
     }
 
     /// Where the module came from: `builtin:plan-catalogue` or a path.
@@ -280,6 +404,11 @@ impl Policy {
     /// `sha256:<hex>` of the module as given (before the settings snapshot).
     pub fn digest(&self) -> &str {
         &self.inner.digest
+    }
+
+    /// The contract version the guest implements.
+    pub fn contract(&self) -> Contract {
+        self.inner.pre.contract()
     }
 
     /// `sha256:<hex>` of the settings document the policy was configured with.
@@ -297,48 +426,53 @@ impl Policy {
         self.inner.runtime.limits()
     }
 
-    /// Decides one request: from the decision cache, or in a fresh instance. A [`Fault`] means:
-    /// issue no token (faults are never cached). Runs on a tokio runtime with its time driver
-    /// enabled (the wall-clock deadline is a tokio timer).
+    /// Decides one request received at `time` (Unix seconds): from the decision cache, or in a
+    /// fresh instance. A [`Fault`] means: issue no token (faults are never cached). Runs on a
+    /// tokio runtime with its time driver enabled (the wall-clock deadline is a tokio timer).
     pub async fn evaluate(
         &self,
         caller: &Caller,
         service: &str,
         requested: &[Resource],
+        time: u64,
     ) -> Result<Decision, Fault> {
         let Some(cache) = &self.inner.decisions else {
-            return self.evaluate_uncached(caller, service, requested).await;
+            return self.evaluate_uncached(caller, service, requested, time).await;
         };
-        if let Some(decision) = cache.get(caller, service, requested) {
+        // A 0.2.0 guest sees the time, so its decision holds for that second only; a 0.1.0 guest
+        // cannot see it, and its decisions hold until the policy is reloaded.
+        let key_time = match self.contract() {
+            Contract::V0_1 => 0,
+            Contract::V0_2 => time,
+        };
+        if let Some(decision) = cache.get(caller, service, requested, key_time) {
             crate::metrics::metrics().cache(crate::metrics::CacheName::Decisions, true);
             return Ok(decision);
         }
         crate::metrics::metrics().cache(crate::metrics::CacheName::Decisions, false);
-        let decision = self.evaluate_uncached(caller, service, requested).await?;
-        cache.insert(caller, service, requested, &decision);
+        let decision = self.evaluate_uncached(caller, service, requested, time).await?;
+        cache.insert(caller, service, requested, key_time, &decision);
         Ok(decision)
     }
 
     /// Decides one request in a fresh instance of the guest, bypassing the decision cache. For
-    /// benchmarks; the service always goes through [`Policy::evaluate`].
+    /// benchmarks (`policy bench`); the service always goes through [`Policy::evaluate`].
     #[doc(hidden)]
     pub async fn evaluate_uncached(
         &self,
         caller: &Caller,
         service: &str,
         requested: &[Resource],
+        time: u64,
     ) -> Result<Decision, Fault> {
         let runtime = &self.inner.runtime;
         let _slot = runtime.slot().await;
         let timeout = runtime.limits().timeout;
         let mut store = runtime.store(timeout);
-        let request = contract::to_guest(caller, service, requested);
-        let answer = within(timeout, async {
-            let exports = self.inner.pre.instantiate_async(&mut store).await?;
-            exports.call_evaluate(&mut store, &request).await
-        })
-        .await?
-        .map_err(|error| runtime.classify(&error, &store))?;
+        let request = contract::Request { caller, service, requested, time };
+        let answer = within(timeout, self.inner.pre.evaluate(&mut store, &request))
+            .await?
+            .map_err(|error| runtime.classify(&error, &store))?;
         contract::check_answer(answer, requested)
     }
 }

@@ -1,11 +1,12 @@
 //! The wasmtime side of the policy runtime: engine, pool, limits, the guest's (empty) world of
 //! WASI, the deadlines, and turning wasmtime errors into [`Fault`]s.
 
-use super::Fault;
-use super::bindings::PolicyPre;
+use super::bindings::{v0_1, v0_2};
+use super::compiled::CodeCache;
+use super::{Contract, Fault};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Instance, InstancePre, Linker, ResourceTable};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
@@ -15,13 +16,22 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, Was
 /// at an epoch tick, so a few dozen slots are plenty; each slot reserves address space, not memory.
 const POOL_SLOTS: u32 = 64;
 /// A Rust guest built for wasm32-wasip2 is a handful of core instances (the program, the WASI
-/// adapter pieces); these bound what one component may use.
+/// adapter pieces); a JavaScript guest (componentize-qjs: the QuickJS runtime, the bindings
+/// library, the adapter) about 14. These bound what one component may use.
 const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+/// QuickJS guests have two linear memories (the runtime's and the adapter's).
 const MEMORIES_PER_COMPONENT: u32 = 2;
 const TABLES_PER_COMPONENT: u32 = 8;
 /// Guests that print more than this to stdout/stderr in one request trap (fail closed).
 const OUTPUT_CAPACITY: usize = 16 * 1024;
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// The module-loader interface of componentize-qjs guests.
+const MODULE_LOADER: &str = "local:init/module-loader";
+
+fn no_modules() -> Result<String, String> {
+    Err("a policy cannot load modules at run time".to_owned())
+}
 
 /// What one evaluation may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,10 +143,12 @@ pub struct Runtime {
     /// The last module compiled for configuring, by digest: a reload that changes only settings
     /// does not compile it again.
     compiled: std::sync::Mutex<Option<(String, Component)>>,
+    /// Compiled code kept on disk between runs (`policy.cache_dir`), if configured.
+    code_cache: Option<CodeCache>,
 }
 
 impl Runtime {
-    pub fn new(limits: Limits) -> wasmtime::Result<Runtime> {
+    pub fn new(limits: Limits, cache_dir: Option<&std::path::Path>) -> wasmtime::Result<Runtime> {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(POOL_SLOTS)
             .total_core_instances(POOL_SLOTS * CORE_INSTANCES_PER_COMPONENT)
@@ -162,15 +174,23 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // JavaScript guests (componentize-qjs) import the module loader QuickJS used while their
+        // module was evaluated at build time; at run time there is nothing to load, and every
+        // call is answered "not available". It is the one import besides WASI.
+        let mut loader = linker.instance(MODULE_LOADER)?;
+        loader.func_wrap("resolve", |_, (_, _): (String, String)| Ok((no_modules(),)))?;
+        loader.func_wrap("load", |_, (_,): (String,)| Ok((no_modules(),)))?;
 
         // Without a ticker no deadline would ever fire: refuse to run instead.
         spawn_ticker(&engine, limits.tick())?;
+        let code_cache = cache_dir.map(|dir| CodeCache::new(dir, &engine));
         Ok(Runtime {
             engine,
             linker,
             limits,
             slots: Semaphore::new(POOL_SLOTS as usize),
             compiled: std::sync::Mutex::new(None),
+            code_cache,
         })
     }
 
@@ -178,7 +198,13 @@ impl Runtime {
         &self.engine
     }
 
-    /// Compiles `wasm`, or returns the component compiled from the same bytes last time.
+    /// The directory of compiled code, if one is configured.
+    pub fn cache_dir(&self) -> Option<&std::path::Path> {
+        self.code_cache.as_ref().map(CodeCache::dir)
+    }
+
+    /// Compiles `wasm`, or returns the component compiled from the same bytes last time (in this
+    /// process, or in the code cache on disk).
     pub fn compile_cached(&self, wasm: &[u8]) -> wasmtime::Result<Component> {
         let digest = super::sha256_hex(wasm);
         if let Ok(compiled) = self.compiled.lock()
@@ -187,21 +213,47 @@ impl Runtime {
         {
             return Ok(component.clone());
         }
-        let component = Component::new(&self.engine, wasm)?;
+        let component = self.compile(wasm)?;
         if let Ok(mut compiled) = self.compiled.lock() {
             *compiled = Some((digest, component.clone()));
         }
         Ok(component)
     }
 
+    /// Compiles `wasm`, through the code cache on disk when there is one.
+    pub fn compile(&self, wasm: &[u8]) -> wasmtime::Result<Component> {
+        match &self.code_cache {
+            Some(cache) => cache.component(&self.engine, wasm),
+            None => Component::new(&self.engine, wasm),
+        }
+    }
+
     pub fn limits(&self) -> Limits {
         self.limits
     }
 
-    /// Type-checks a component against the world and resolves its imports, once.
-    pub fn pre(&self, component: &Component) -> Result<PolicyPre<GuestState>, String> {
+    /// Type-checks a component against each contract version's world (newest first) and
+    /// resolves its imports, once.
+    pub fn pre(&self, component: &Component) -> Result<Pre, String> {
         let instance_pre = self.linker.instantiate_pre(component).map_err(|e| chain(&e))?;
-        PolicyPre::new(instance_pre).map_err(|e| chain(&e))
+        Pre::new(instance_pre)
+    }
+
+    /// [`Runtime::pre`] with any import the host does not offer stubbed, so a component's contract
+    /// version can be told even when its imports would be refused (for `policy inspect`).
+    pub fn pre_ignoring_imports(&self, component: &Component) -> Result<Pre, String> {
+        if self.linker.instantiate_pre(component).is_ok() {
+            return self.pre(component);
+        }
+        let mut linker = self.linker.clone();
+        linker.define_unknown_imports_as_traps(component).map_err(|e| chain(&e))?;
+        Pre::new(linker.instantiate_pre(component).map_err(|e| chain(&e))?)
+    }
+
+    /// Why the host would refuse to link `component`'s imports (an import it does not offer),
+    /// without type-checking its exports; `None` when every import resolves.
+    pub fn refused_imports(&self, component: &Component) -> Option<String> {
+        self.linker.instantiate_pre(component).err().map(|e| chain(&e))
     }
 
     /// Waits for a pool slot: backpressure instead of a pool-exhausted error.
@@ -256,6 +308,84 @@ impl Runtime {
             Some(trap) => Fault::Trap(trap.to_string()),
             None => Fault::Trap(error.root_cause().to_string()),
         }
+    }
+}
+
+/// A guest type-checked against one contract version: `bindgen!`'s pre-instance for it.
+#[derive(Clone)]
+pub enum Pre {
+    /// `stellaops:registry-policy@0.1.0`.
+    V0_1(v0_1::PolicyPre<GuestState>),
+    /// `stellaops:registry-policy@0.2.0`.
+    V0_2(v0_2::PolicyPre<GuestState>),
+}
+
+impl Pre {
+    /// The newest contract version whose world the guest implements.
+    fn new(instance_pre: InstancePre<GuestState>) -> Result<Pre, String> {
+        let newest = match v0_2::PolicyPre::new(instance_pre.clone()) {
+            Ok(pre) => return Ok(Pre::V0_2(pre)),
+            Err(error) => chain(&error),
+        };
+        match v0_1::PolicyPre::new(instance_pre) {
+            Ok(pre) => Ok(Pre::V0_1(pre)),
+            // The newest version's reason: what an author building today should fix.
+            Err(_) => Err(newest),
+        }
+    }
+
+    /// The contract version the guest implements.
+    pub fn contract(&self) -> Contract {
+        match self {
+            Pre::V0_1(_) => Contract::V0_1,
+            Pre::V0_2(_) => Contract::V0_2,
+        }
+    }
+
+    /// The untyped pre-instance (for the configure step, which must keep the instance).
+    pub fn instance_pre(&self) -> &InstancePre<GuestState> {
+        match self {
+            Pre::V0_1(pre) => pre.instance_pre(),
+            Pre::V0_2(pre) => pre.instance_pre(),
+        }
+    }
+
+    /// Calls `configure(settings)` on an instance of this guest.
+    pub async fn configure(
+        &self,
+        store: &mut Store<GuestState>,
+        instance: &Instance,
+        settings: &str,
+    ) -> wasmtime::Result<Result<(), String>> {
+        match self {
+            Pre::V0_1(_) => v0_1::Policy::new(&mut *store, instance)?.call_configure(store, settings).await,
+            Pre::V0_2(_) => v0_2::Policy::new(&mut *store, instance)?.call_configure(store, settings).await,
+        }
+    }
+
+    /// A fresh instance decides `request`; the answer in the version-neutral form the host checks.
+    pub async fn evaluate(
+        &self,
+        store: &mut Store<GuestState>,
+        request: &super::contract::Request<'_>,
+    ) -> wasmtime::Result<super::contract::Answer> {
+        match self {
+            Pre::V0_1(pre) => {
+                let exports = pre.instantiate_async(&mut *store).await?;
+                let answer = exports.call_evaluate(store, &request.v0_1()).await?;
+                Ok(super::contract::Answer::from(answer))
+            }
+            Pre::V0_2(pre) => {
+                let exports = pre.instantiate_async(&mut *store).await?;
+                let answer = exports.call_evaluate(store, &request.v0_2()).await?;
+                Ok(super::contract::Answer::from(answer))
+            }
+        }
+    }
+
+    /// Instantiates once and drops the instance (the trial at load).
+    pub async fn trial(&self, store: &mut Store<GuestState>) -> wasmtime::Result<()> {
+        self.instance_pre().instantiate_async(store).await.map(drop)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Which version of the WIT contract a component was built against, read from the component's
-//! binary: no compilation, so a bundle can be described (and refused) cheaply.
+//! binary: no compilation, so a bundle can be described (and refused) cheaply. (`inspect` type-
+//! checks a component against each world instead, which needs a compilation.)
 
 use wasmparser::{Parser, Payload};
 
@@ -55,10 +56,9 @@ pub fn wit_version(component: &[u8]) -> Result<String, String> {
     }
 }
 
-/// The WIT versions this host loads guests of.
+/// The WIT versions this host loads guests of, newest first.
 pub fn supported_wit_versions() -> Vec<&'static str> {
-    let world = super::world_name();
-    world.rsplit_once('@').map(|(_, version)| vec![version]).unwrap_or_default()
+    super::Contract::ALL.iter().map(|contract| contract.version()).collect()
 }
 
 #[cfg(test)]
@@ -66,10 +66,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_builtin_policy_is_built_against_the_hosts_version() {
-        let version = wit_version(super::super::BUILTIN_PLAN_CATALOGUE).unwrap();
-        assert_eq!(version, "0.1.0");
-        assert_eq!(supported_wit_versions(), vec!["0.1.0"]);
+    fn the_version_is_read_from_the_component_for_each_contract() {
+        assert_eq!(wit_version(super::super::BUILTIN_PLAN_CATALOGUE).unwrap(), "0.2.0");
+        let older = std::fs::read(test_support::PLAN_CATALOGUE_V0_1_WASM).unwrap();
+        assert_eq!(wit_version(&older).unwrap(), "0.1.0");
+        assert_eq!(supported_wit_versions(), vec!["0.2.0", "0.1.0"]);
     }
 
     #[test]

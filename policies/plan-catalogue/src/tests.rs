@@ -3,6 +3,10 @@
 use super::*;
 use registry_policy::{Caller, Grant};
 
+fn configure(settings: &str) -> Result<PlanCatalogue, String> {
+    registry_policy::configure::<PlanCatalogue>(settings)
+}
+
 const SETTINGS: &str = r#"{
   "plans": {
     "team": [
@@ -13,18 +17,28 @@ const SETTINGS: &str = r#"{
     "admin": [
       {"repositories": ["**"], "actions": ["*"]},
       {"type": "registry", "repositories": ["catalog"], "actions": ["*"]}
+    ],
+    "release": [
+      {"repositories": ["releases/**"], "actions": ["pull", "push"], "lifetime_seconds": 3600},
+      {"repositories": ["releases/big/**"], "actions": ["push"], "lifetime_seconds": 7200},
+      {"repositories": ["team/*"], "actions": ["pull"]}
     ]
   },
-  "revoked_licenses": ["LIC-0002"]
+  "revoked_licenses": ["LIC-0002"],
+  "license_expiry": {"LIC-0003": "2026-06-30T00:00:00Z"}
 }"#;
 
 fn decide(caller: Caller, resources: &[(&str, &str, &[&str])]) -> Decision {
-    let policy = PlanCatalogue::configure(SETTINGS).unwrap();
+    decide_at(0, caller, resources)
+}
+
+fn decide_at(time: u64, caller: Caller, resources: &[(&str, &str, &[&str])]) -> Decision {
+    let policy = configure(SETTINGS).unwrap();
     let resources = resources
         .iter()
         .map(|(t, name, actions)| Resource::new(*t, *name, actions.iter().copied()))
         .collect();
-    policy.evaluate(&Request::new(caller, "registry.local", resources))
+    policy.evaluate(&Request::new(caller, "registry.local", resources).at(time))
 }
 
 fn granted(decision: Decision) -> Vec<String> {
@@ -93,8 +107,49 @@ fn settings_errors_name_the_key() {
         (r#"{"plans": {"team": [{"repositories": [], "actions": ["pull"]}]}}"#, "repositories is empty"),
         (r#"{"plans": {"team": [{"repositories": ["a"], "actions": 3}]}}"#, "plans.team[0].actions"),
         ("not json", "expected"),
+        (r#"{"plans": {}, "license_expiry": {"L": "tomorrow"}}"#, "license_expiry.L: \"tomorrow\" is not"),
+        (
+            r#"{"plans": {"t": [{"repositories": ["a"], "actions": ["pull"], "lifetime_seconds": 0}]}}"#,
+            "plans.t[0]: lifetime_seconds",
+        ),
     ] {
-        let error = PlanCatalogue::configure(settings).unwrap_err();
+        let error = configure(settings).unwrap_err();
         assert!(error.contains(expected), "{settings}: {error}");
+    }
+}
+
+#[test]
+fn a_lifetime_is_asked_only_when_every_granted_resource_allows_one() {
+    let lifetime = |decision: Decision| match decision {
+        Decision::Grant(grant) => grant.lifetime_seconds,
+        Decision::Deny(denial) => panic!("denied: {denial:?}"),
+    };
+    let releaser = || Caller::new("rel").with_plan("release");
+    assert_eq!(lifetime(decide(releaser(), &[("repository", "releases/app", &["push"])])), Some(3600));
+    // The longest of the rules that granted the resource: releases/big/** allows 7200 for push.
+    assert_eq!(lifetime(decide(releaser(), &[("repository", "releases/big/x", &["push"])])), Some(7200));
+    // The smallest over the resources.
+    let both = [("repository", "releases/big/x", &["push"][..]), ("repository", "releases/app", &["pull"])];
+    assert_eq!(lifetime(decide(releaser(), &both)), Some(3600));
+    // A resource from a rule without a lifetime: the host's default.
+    let mixed = [("repository", "releases/app", &["push"][..]), ("repository", "team/app", &["pull"])];
+    assert_eq!(lifetime(decide(releaser(), &mixed)), None);
+    assert_eq!(lifetime(decide(releaser(), &[])), None);
+}
+
+#[test]
+fn an_expired_licence_is_denied_from_its_expiry_on() {
+    let caller = || Caller::new("ann").with_plan("team").with_license("LIC-0003");
+    let expiry = 1_782_777_600; // 2026-06-30T00:00:00Z
+    match decide_at(expiry - 1, caller(), &[("repository", "team/app", &["pull"])]) {
+        Decision::Grant(grant) => assert_eq!(grant.resources.len(), 1),
+        other => panic!("expected a grant the second before, got {other:?}"),
+    }
+    match decide_at(expiry, caller(), &[("repository", "team/app", &["pull"])]) {
+        Decision::Deny(denial) => {
+            assert_eq!(denial.reason, "licence-expired");
+            assert!(denial.annotations.iter().any(|a| a.key == "licence-expired-at"));
+        }
+        other => panic!("expected a denial at the expiry, got {other:?}"),
     }
 }

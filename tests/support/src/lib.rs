@@ -36,8 +36,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-/// The hostile test guest (see `tests/guests/hostile`), built for wasm32-wasip2.
+/// The hostile test guest (see `tests/guests/hostile`), built for wasm32-wasip2 against
+/// `stellaops:registry-policy@0.1.0`: a guest of the released contract, which the host must keep
+/// loading unchanged.
 pub const HOSTILE_GUEST_WASM: &str = env!("HOSTILE_GUEST_WASM");
+/// The same hostile guest built against `stellaops:registry-policy@0.2.0` (lifetimes, the request
+/// time and annotations to misuse too).
+pub const HOSTILE_GUEST_V0_2_WASM: &str = env!("HOSTILE_GUEST_V0_2_WASM");
+/// The plan catalogue (`policies/plan-catalogue`) built against `stellaops:registry-policy@0.1.0`:
+/// an older build of a real policy, kept as a fixture built from source.
+pub const PLAN_CATALOGUE_V0_1_WASM: &str = env!("PLAN_CATALOGUE_V0_1_WASM");
 /// A component built for another world (see `tests/guests/wrong-world`).
 pub const WRONG_WORLD_GUEST_WASM: &str = env!("WRONG_WORLD_GUEST_WASM");
 

@@ -3,7 +3,8 @@
 //! The first requested repository name picks the behaviour (`hostile/loop`, `hostile/bomb`,
 //! `hostile/slow`, ...);
 //! any other request is granted in full. Settings `{"refuse": "why"}` make `configure` fail and
-//! `{"configure": "loop"}` / `"panic"` / `"sleep"` make it misbehave.
+//! `{"configure": "loop"}` / `"panic"` / `"sleep"` make it misbehave. `hostile/lifetime`,
+//! `hostile/time` and the `hostile/*-annotation*` names exercise what 0.2.0 added.
 
 use registry_policy::{Decision, Policy, Request, Resource};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -91,6 +92,26 @@ impl Policy for Hostile {
                 let file = std::fs::read_to_string("/etc/hostname").is_ok();
                 Decision::grant_with_note(Vec::new(), format!("now={now} env={env} file={file}"))
             }
+            // 0.2.0 only (a 0.1.0 build drops lifetimes and annotations): what the host bounds.
+            "hostile/lifetime" => {
+                let seconds = request.resources.first().map_or(0, |r| r.actions.len() as u32);
+                let seconds = match seconds {
+                    1 => u32::MAX,
+                    2 => 0,
+                    _ => 120,
+                };
+                Decision::grant(request.resources.clone()).with_lifetime(seconds)
+            }
+            "hostile/time" => Decision::grant_with_note(Vec::new(), format!("time={}", request.time)),
+            "hostile/many-annotations" => (0..9)
+                .fold(Decision::grant(request.resources.clone()), |d, i| d.annotate(format!("k{i}"), "v")),
+            "hostile/bad-annotation-key" => {
+                Decision::grant(request.resources.clone()).annotate("Not Ok", "v")
+            }
+            "hostile/long-annotation" => Decision::deny("long", "no").annotate("k", "v".repeat(257)),
+            "hostile/repeated-annotation" => {
+                Decision::grant(request.resources.clone()).annotate("k", "1").annotate("k", "2")
+            }
             _ => Decision::grant(request.resources.clone()),
         }
     }
@@ -111,4 +132,9 @@ fn bomb() -> ! {
     }
 }
 
+// Built twice by test-support: against stellaops:registry-policy@0.2.0 and, with the
+// `contract-0-1` feature, against 0.1.0, so every limit is tested through both versions.
+#[cfg(not(feature = "contract-0-1"))]
 registry_policy::export_policy!(Hostile);
+#[cfg(feature = "contract-0-1")]
+registry_policy::export_policy!(Hostile, contract = "0.1.0");
