@@ -389,7 +389,8 @@ pub async fn load_module(
     decision_cache: usize,
     previous: Option<&Policy>,
 ) -> Result<Policy, BuildError> {
-    let setup = policy::Setup { limits: config.limits(), decision_cache, cache_dir: config.cache_dir.clone() };
+    let setup =
+        policy::Setup { limits: config.limits(), decision_cache, cache_dir: config.cache_dir.clone() };
     Ok(match previous {
         Some(previous) => previous.reload(module, source, settings_json, &setup).await?,
         None => Policy::load_with(module, source, settings_json, &setup).await?,

@@ -383,9 +383,15 @@ async fn issue(
             }
             Lookup::Mint(slot) => {
                 metrics().cache(CacheName::Tokens, false);
-                let (minted, granted) =
-                    decide_and_mint(live, &validated, exchange, refresh.is_some(), now, record.as_deref_mut())
-                        .await?;
+                let (minted, granted) = decide_and_mint(
+                    live,
+                    &validated,
+                    exchange,
+                    refresh.is_some(),
+                    now,
+                    record.as_deref_mut(),
+                )
+                .await?;
                 (minted, granted, slot)
             }
         },

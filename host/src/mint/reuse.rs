@@ -73,7 +73,12 @@ impl Reusable {
         annotations: Vec<(String, String)>,
         revision: u64,
     ) -> Reusable {
-        Reusable { minted: Arc::new(minted), granted: granted.into(), annotations: annotations.into(), revision }
+        Reusable {
+            minted: Arc::new(minted),
+            granted: granted.into(),
+            annotations: annotations.into(),
+            revision,
+        }
     }
 
     /// The token as answered at `now`: its true `issued_at`, and `expires_in` counted from now.
