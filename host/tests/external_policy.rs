@@ -4,7 +4,7 @@
 //! drift from the code. Also the JavaScript plan catalogue against the Rust one's cases, and the
 //! JavaScript SDK's own tests (the pattern table both SDKs share) under Node.
 //!
-//! JavaScript needs componentize-qjs: `tests/run` installs it from tools/componentize-qjs and
+//! JavaScript needs componentize-qjs: `tests/run` installs its npm package into target/tools and
 //! names it in `COMPONENTIZE_QJS`; otherwise it must be on PATH. Node.js runs the SDK's tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -27,8 +27,8 @@ fn componentize_qjs() -> String {
     let found = Command::new(&command).arg("--help").output();
     assert!(
         found.is_ok(),
-        "{command} is not installed: cargo install --locked --path tools/componentize-qjs \
-         (bash tests/run does it), or set COMPONENTIZE_QJS"
+        "{command} is not installed: npm install -g componentize-qjs@0.4.5 (bash tests/run installs it \
+         into target/tools), or set COMPONENTIZE_QJS"
     );
     command
 }
@@ -130,7 +130,13 @@ fn the_javascript_plan_catalogue_passes_the_rust_ones_cases() {
     let dir = tempfile::tempdir().unwrap();
     let wasm = dir.path().join("plan_catalogue_js.wasm");
     let built = Command::new(&command)
-        .args(["--wit", "wit/registry-policy@0.2.0", "--js", "policies/plan-catalogue-js/policy.js"])
+        .args([
+            "--sync",
+            "--wit",
+            "wit/registry-policy@0.2.0",
+            "--js",
+            "policies/plan-catalogue-js/policy.js",
+        ])
         .args(["--module-root", "."])
         .arg("-o")
         .arg(&wasm)

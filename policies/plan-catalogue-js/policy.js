@@ -1,7 +1,7 @@
 // The plan catalogue in JavaScript: the same rules as policies/plan-catalogue (Rust), the same
 // settings, and the same cases (policies/plan-catalogue/cases.yaml) pass through both.
 //
-//     componentize-qjs --wit wit/registry-policy@0.2.0 --js policies/plan-catalogue-js/policy.js \
+//     componentize-qjs --sync --wit wit/registry-policy@0.2.0 --js policies/plan-catalogue-js/policy.js \
 //       --module-root . -o plan_catalogue_js.wasm
 import { ActionSet, Decision, RepoPattern, policy, scopeString, withActions } from "../../guest-js/registry-policy.js";
 

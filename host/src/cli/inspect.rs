@@ -38,6 +38,9 @@ fn describe(source: &str, info: &ModuleInfo) -> String {
     let _ = writeln!(out, "{source}");
     let _ = writeln!(out, "  digest     {}", info.digest);
     let _ = writeln!(out, "  size       {:.1} KiB ({} bytes)", info.size as f64 / 1024.0, info.size);
+    if info.composition {
+        let _ = writeln!(out, "  shape      a componentize-qjs composition: its policy component is loaded");
+    }
     match (&info.world, &info.world_error) {
         (Some(world), _) => {
             let _ = writeln!(out, "  world      {world} (contract {})", info.version());

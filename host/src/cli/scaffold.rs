@@ -102,7 +102,9 @@ pub(super) fn run(name: &str, lang: Lang, dir: &Path, sdk: Option<&Path>) -> Res
     println!("  cd {}", project.display());
     match lang {
         Lang::Rust => println!("  cargo build --release --target wasm32-wasip2"),
-        Lang::Js => println!("  componentize-qjs --wit wit/registry-policy@0.2.0 --js policy.js -o {wasm}"),
+        Lang::Js => {
+            println!("  componentize-qjs --sync --wit wit/registry-policy@0.2.0 --js policy.js -o {wasm}")
+        }
     }
     println!("  registry-token policy test --policy {wasm} cases.yaml");
     Ok(ExitCode::SUCCESS)

@@ -33,6 +33,9 @@ pub struct ModuleInfo {
     pub refused: Option<String>,
     /// Milliseconds to compile it with the server's engine.
     pub compile_ms: f64,
+    /// A componentize-qjs composition: the policy component inside it is what the host loads (and
+    /// what the imports above are of).
+    pub composition: bool,
 }
 
 /// One import of the component.
@@ -71,8 +74,9 @@ impl ModuleInfo {
 pub fn inspect(module: &[u8]) -> Result<ModuleInfo, InspectError> {
     let runtime = Runtime::new(Limits::default(), None).map_err(|e| InspectError::Runtime(e.to_string()))?;
     let metadata = metadata(module)?;
+    let loaded = super::compose::policy_component(module);
     let started = Instant::now();
-    let component = runtime.compile(module).map_err(|e| InspectError::Compile(e.root_cause().to_string()))?;
+    let component = runtime.compile(loaded).map_err(|e| InspectError::Compile(e.root_cause().to_string()))?;
     let compile_ms = started.elapsed().as_secs_f64() * 1000.0;
 
     let refused = runtime.refused_imports(&component);
@@ -99,6 +103,7 @@ pub fn inspect(module: &[u8]) -> Result<ModuleInfo, InspectError> {
         imports,
         refused,
         compile_ms,
+        composition: loaded.len() != module.len(),
     })
 }
 

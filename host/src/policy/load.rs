@@ -29,7 +29,9 @@ pub(super) async fn load(
         wizer.init_func("configure").keep_init_func(true);
         wizer
     };
-    let (context, instrumented) = wizer.instrument_component(module).map_err(compile_error)?;
+    // A JavaScript policy as componentize-qjs composes it: the policy component alone (`compose`).
+    let component_bytes = super::compose::policy_component(module);
+    let (context, instrumented) = wizer.instrument_component(component_bytes).map_err(compile_error)?;
     let component = runtime.compile_cached(&instrumented).map_err(compile_error)?;
     let pre = runtime.pre(&component).map_err(world_error)?;
 

@@ -19,6 +19,7 @@
 
 mod cache;
 mod compiled;
+mod compose;
 mod contract;
 mod inspect;
 mod load;

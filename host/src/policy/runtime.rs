@@ -27,7 +27,7 @@ const OUTPUT_CAPACITY: usize = 16 * 1024;
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 /// The module-loader interface of componentize-qjs guests.
-const MODULE_LOADER: &str = "local:init/module-loader";
+pub(super) const MODULE_LOADER: &str = "local:init/module-loader";
 
 fn no_modules() -> Result<String, String> {
     Err("a policy cannot load modules at run time".to_owned())
