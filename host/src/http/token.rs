@@ -7,13 +7,15 @@ use super::extract::{ClientAddr, Credential, Form, Params, Query, credential_of}
 use crate::access::{Resource, scope_string};
 use crate::app::Live;
 use crate::authority::{self, AuthError, Validated};
+use crate::config::Durability;
 use crate::ledger::refresh::{self, Binding, Lifetime};
 use crate::ledger::{
-    Change, Event, IssuedToken, LifetimeRecord, Millis, Outcome, Presented, RefreshError, RefreshToken,
+    Change, Committing, Event, IssuedToken, LifetimeRecord, Millis, Outcome, Presented, RefreshError,
+    RefreshToken,
 };
 use crate::metrics::CacheName;
 use crate::metrics::metrics;
-use crate::mint::{Grant, Lookup, Minted, Reusable, ReuseKey, SignError};
+use crate::mint::{Grant, LifetimeDecision, Lookup, Minted, Reusable, ReuseKey, SignError};
 use crate::policy::Decision;
 use crate::scope;
 use axum::extract::State;
@@ -173,7 +175,14 @@ async fn exchange(
         count_issued(live, &exchange.service, &ask);
         return Ok(issued);
     };
-    let mut record = Recorded { event: Event::new(Outcome::Issued), change: None };
+    // With strict durability an issued token waits for its event's commit: when nothing else is
+    // to be written with it (no new refresh token), the event is sent before the token is signed
+    // and committed while it is (the signature is most of a token's CPU, the commit most of its
+    // wait).
+    let new_refresh_token = ask.offline && !refresh::is_refresh_token(ask.credential);
+    let pipeline = ledger.durability() == Durability::Strict && !new_refresh_token;
+    let mut record =
+        Recorded { event: Event::new(Outcome::Issued), change: None, pipeline, committing: None };
     record.event.client_addr = client_addr;
     Span::current().record("event", record.event.id.as_str());
     let result = match Exchange::new(live, ask.params) {
@@ -184,24 +193,39 @@ async fn exchange(
         }
         Err(error) => Err(error),
     };
-    let event = &mut record.event;
-    match &result {
-        Ok(issued) => {
-            event.granted = issued.granted.iter().map(Resource::to_string).collect();
-            event.token = Some(IssuedToken {
-                jti: issued.minted.jti.clone(),
-                exp: i64::try_from(issued.minted.expires_at).unwrap_or(i64::MAX),
-                kid: live.keys.minter().kid().to_owned(),
-            });
-            event.lifetime = issued.minted.lifetime.map(|lifetime| LifetimeRecord {
-                requested: lifetime.requested,
-                granted: lifetime.granted,
-                limited_by: lifetime.limited_by.map(|limit| limit.as_str().to_owned()),
-            });
+    let committed = match (record.committing.take(), &result) {
+        (Some(committing), Ok(_)) => committing.wait().await,
+        (Some(committing), Err(error)) => {
+            // Recorded as issued, then not returned (its signature failed): the record says so.
+            let recorded = record.event.id.clone();
+            let mut fault = record.event;
+            fault.id = Event::new(Outcome::Fault).id;
+            fault.token = None;
+            fault.reused = false;
+            describe_failure(&mut fault, error);
+            fault.message = Some(format!("{error}; the token event {recorded} records was not returned"));
+            ledger.record(fault);
+            let _ = committing.wait().await;
+            return result;
         }
-        Err(error) => describe_failure(event, error),
-    }
-    if let Err(unavailable) = ledger.keep_with(record.event, record.change).await {
+        (None, Ok(issued)) => {
+            let minted = &issued.minted;
+            note_issued(
+                &mut record.event,
+                live,
+                &issued.granted,
+                &minted.jti,
+                minted.expires_at,
+                minted.lifetime,
+            );
+            ledger.keep_with(record.event, record.change).await
+        }
+        (None, Err(error)) => {
+            describe_failure(&mut record.event, error);
+            ledger.keep_with(record.event, record.change).await
+        }
+    };
+    if let Err(unavailable) = committed {
         tracing::warn!(error = %unavailable, "no token returned: its ledger event could not be committed");
         return Err(ApiError::LedgerUnavailable);
     }
@@ -216,6 +240,33 @@ async fn exchange(
 struct Recorded {
     event: Event,
     change: Option<Change>,
+    /// Whether an issued event may go to the ledger before its token is signed.
+    pipeline: bool,
+    /// The issued event, sent before the signature, on its way to a commit.
+    committing: Option<Committing>,
+}
+
+/// What an `issued` event says of its token: what it grants, its `jti`, `exp` and signing `kid`,
+/// and the lifetime a policy asked for.
+fn note_issued(
+    event: &mut Event,
+    live: &Live,
+    granted: &[Resource],
+    jti: &str,
+    expires_at: u64,
+    lifetime: Option<LifetimeDecision>,
+) {
+    event.granted = granted.iter().map(Resource::to_string).collect();
+    event.token = Some(IssuedToken {
+        jti: jti.to_owned(),
+        exp: i64::try_from(expires_at).unwrap_or(i64::MAX),
+        kid: live.keys.minter().kid().to_owned(),
+    });
+    event.lifetime = lifetime.map(|lifetime| LifetimeRecord {
+        requested: lifetime.requested,
+        granted: lifetime.granted,
+        limited_by: lifetime.limited_by.map(|limit| limit.as_str().to_owned()),
+    });
 }
 
 /// A token is counted once it is returned (after its ledger commit): never one the caller did
@@ -384,6 +435,7 @@ async fn issue(
             Lookup::Mint(slot) => {
                 metrics().cache(CacheName::Tokens, false);
                 let (minted, granted) = decide_and_mint(
+                    app,
                     live,
                     &validated,
                     exchange,
@@ -396,9 +448,16 @@ async fn issue(
             }
         },
         None => {
-            let (minted, granted) =
-                decide_and_mint(live, &validated, exchange, refresh.is_some(), now, record.as_deref_mut())
-                    .await?;
+            let (minted, granted) = decide_and_mint(
+                app,
+                live,
+                &validated,
+                exchange,
+                refresh.is_some(),
+                now,
+                record.as_deref_mut(),
+            )
+            .await?;
             (minted, granted, None)
         }
     };
@@ -430,12 +489,13 @@ async fn issue(
 /// Asks the policy about `exchange` for the validated caller and mints what it grants, noting the
 /// policy's annotations on the ledger's `record`.
 async fn decide_and_mint(
+    app: &AppState,
     live: &Live,
     validated: &Validated,
     exchange: &Exchange,
     refreshed: bool,
     now: u64,
-    record: Option<&mut Recorded>,
+    mut record: Option<&mut Recorded>,
 ) -> Result<(Minted, Vec<Resource>), ApiError> {
     let caller = &validated.caller;
     let span = Span::current();
@@ -453,7 +513,7 @@ async fn decide_and_mint(
             "policy fault; no token issued"
         );
     })?;
-    if let Some(record) = record {
+    if let Some(record) = record.as_deref_mut() {
         record.event.annotations.clone_from(decision.annotations());
     }
     let (granted, requested_lifetime) = match decision {
@@ -494,14 +554,43 @@ async fn decide_and_mint(
         requested_lifetime,
         max_lifetime: live.config.signing.max_lifetime_seconds,
     };
-    let minted = live.keys.minter().mint(&grant).await.map_err(|error| match error {
+    let minter = live.keys.minter();
+    let prepared = minter.prepare(&grant).map_err(signing_failed)?;
+    // The event goes to the ledger now and is committed while the token is signed. Not for an HSM,
+    // whose signature may fail for want of the device: its event waits for the signature.
+    if let Some(record) = record
+        && record.pipeline
+        && minter.signer().signs_in_memory()
+        && let Some(ledger) = &app.ledger
+    {
+        note_issued(
+            &mut record.event,
+            live,
+            &granted,
+            prepared.jti(),
+            prepared.expires_at(),
+            prepared.lifetime(),
+        );
+        let committing =
+            ledger.submit(record.event.clone(), record.change.take()).map_err(|unavailable| {
+                tracing::warn!(error = %unavailable, "no token issued: its ledger event cannot be queued");
+                ApiError::LedgerUnavailable
+            })?;
+        record.committing = Some(committing);
+    }
+    let minted = minter.sign(prepared).await.map_err(signing_failed)?;
+    Ok((minted, granted))
+}
+
+/// A signature that failed: a 500 for the local crypto library, a 503 for an HSM.
+fn signing_failed(error: SignError) -> ApiError {
+    match error {
         SignError::Crypto => ApiError::Signing,
         SignError::Hsm(error) => {
             tracing::error!(%error, "the HSM did not sign; no token issued");
             ApiError::SignerUnavailable
         }
-    })?;
-    Ok((minted, granted))
+    }
 }
 
 /// A new refresh token for the caller of an Authority token, bound to this service and client,

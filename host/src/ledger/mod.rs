@@ -42,6 +42,25 @@ const RELAXED_GATHER: Duration = Duration::from_millis(50);
 /// How often old events are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
+/// A record on its way to a commit ([`Ledger::submit`]).
+#[derive(Debug)]
+pub struct Committing {
+    done: oneshot::Receiver<Result<(), String>>,
+    timeout: Duration,
+}
+
+impl Committing {
+    /// Waits until the record is committed (at most the commit timeout).
+    pub async fn wait(self) -> Result<(), Unavailable> {
+        match tokio::time::timeout(self.timeout, self.done).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(error))) => Err(Unavailable(error)),
+            Ok(Err(_)) => Err(Unavailable("the writer stopped".into())),
+            Err(_) => Err(Unavailable(format!("no commit within {:?}", self.timeout))),
+        }
+    }
+}
+
 /// The ledger could not take an event a strict request must commit: no token is returned.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the issuance ledger cannot be written: {0}")]
@@ -112,7 +131,7 @@ impl Ledger {
         let url = config.url.to_string();
         let store = match &config.url {
             LedgerUrl::None => return Ok(None),
-            LedgerUrl::Sqlite(path) => Store::Sqlite(sqlite::Store::open(path, config.durability).await?),
+            LedgerUrl::Sqlite(path) => Store::Sqlite(sqlite::Store::open(path, config.sqlite_sync()).await?),
             LedgerUrl::Postgres(full) => Store::Postgres(postgres::Store::open(full, &url).await?),
         };
         let shared = Arc::new(Shared {
@@ -204,29 +223,41 @@ impl Ledger {
         let Some(queue) = &self.queue else {
             return Err(Unavailable("the ledger is not serving".into()));
         };
+        if record.is_some() {
+            return self.enqueue(record, timeout)?.wait().await;
+        }
+        // A barrier waits for room: it must come after everything queued.
         let (committed, done) = oneshot::channel();
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        let pending = Pending { record, committed: Some(committed) };
-        let sent = match pending.record {
-            Some(_) => queue.try_send(pending).map_err(|_| ()),
-            // A barrier waits for room: it must come after everything queued.
-            None => tokio::time::timeout(timeout, queue.send(pending))
-                .await
-                .map_err(|_| ())
-                .and_then(|r| r.map_err(|_| ())),
-        };
-        if sent.is_err() {
+        let pending = Pending { record: None, committed: Some(committed) };
+        let sent = tokio::time::timeout(timeout, queue.send(pending)).await;
+        if !matches!(sent, Ok(Ok(()))) {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(Unavailable("its queue is full".into()));
         }
-        match tokio::time::timeout(timeout, done).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(error))) => Err(Unavailable(error)),
-            Ok(Err(_)) => Err(Unavailable("the writer stopped".into())),
-            Err(_) => Err(Unavailable(format!("no commit within {timeout:?}"))),
-        }
+        Committing { done, timeout }.wait().await
     }
 
+    /// Queues `record` for the writer's next commit and returns what to wait on, at once.
+    fn enqueue(&self, record: Option<Record>, timeout: Duration) -> Result<Committing, Unavailable> {
+        let Some(queue) = &self.queue else {
+            return Err(Unavailable("the ledger is not serving".into()));
+        };
+        let (committed, done) = oneshot::channel();
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        if queue.try_send(Pending { record, committed: Some(committed) }).is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(Unavailable("its queue is full".into()));
+        }
+        Ok(Committing { done, timeout })
+    }
+
+    /// Queues `event` (with `change`) to be committed, without waiting: the caller does its own
+    /// work meanwhile (signs the token the event records) and then [`Committing::wait`]s, so that
+    /// the commit overlaps the work instead of following it.
+    pub fn submit(&self, event: Event, change: Option<Change>) -> Result<Committing, Unavailable> {
+        self.enqueue(Some(Record { event, change }), COMMIT_TIMEOUT)
+    }
     /// Records `event`: committed before returning when `strict` and it is an `issued` event.
     pub async fn keep(&self, event: Event) -> Result<(), Unavailable> {
         self.keep_with(event, None).await

@@ -146,6 +146,12 @@ impl Signer {
         }
     }
 
+    /// Whether a signature cannot fail for want of a device: a key file signs in memory, an HSM
+    /// may be unreachable.
+    pub fn signs_in_memory(&self) -> bool {
+        matches!(self, Signer::File(_))
+    }
+
     /// Where the key lives, for the status page and metrics: `file` or `pkcs11`.
     pub fn custody(&self) -> &'static str {
         match self {
@@ -325,9 +331,19 @@ impl Minter {
 
     /// Mints the token `grant` describes.
     pub async fn mint(&self, grant: &Grant<'_>) -> Result<Minted, SignError> {
-        let unsigned = self.unsigned(grant)?;
-        let signature = self.signer.sign(&unsigned.input).await?;
-        Ok(unsigned.finish(&signature))
+        self.sign(self.prepare(grant)?).await
+    }
+
+    /// The token `grant` describes, claims fixed (its `jti`, `exp` and lifetime are known), not
+    /// signed yet: what is to be recorded can be on its way to the ledger while it is signed.
+    pub fn prepare(&self, grant: &Grant<'_>) -> Result<Prepared, SignError> {
+        self.unsigned(grant).map(Prepared)
+    }
+
+    /// Signs a [`Minter::prepare`]d token.
+    pub async fn sign(&self, prepared: Prepared) -> Result<Minted, SignError> {
+        let signature = self.signer.sign(&prepared.0.input).await?;
+        Ok(prepared.0.finish(&signature))
     }
 
     /// [`Minter::mint`] on this thread, blocking on an HSM (benchmarks).
@@ -405,7 +421,29 @@ pub struct Grant<'a> {
     pub max_lifetime: u64,
 }
 
+/// A token whose claims are fixed, waiting for its signature ([`Minter::prepare`]).
+#[derive(Debug)]
+pub struct Prepared(Unsigned);
+
+impl Prepared {
+    /// Its `jti`.
+    pub fn jti(&self) -> &str {
+        &self.0.jti
+    }
+
+    /// Its `exp`, Unix seconds.
+    pub fn expires_at(&self) -> u64 {
+        self.0.exp
+    }
+
+    /// The lifetime a policy asked for and what the token got, when it asked.
+    pub fn lifetime(&self) -> Option<LifetimeDecision> {
+        self.0.lifetime
+    }
+}
+
 /// A token's signing input, waiting for its signature.
+#[derive(Debug)]
 struct Unsigned {
     input: String,
     jti: String,
