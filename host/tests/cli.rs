@@ -291,6 +291,23 @@ fn configuration_errors_name_the_key_and_where_it_came_from() {
         assert!(stderr.contains(message), "{stderr}");
     }
 
+    // ledger.sqlite_sync: one of SQLite's two settings offered, and only for an SQLite ledger.
+    let output = serve_command(BIN, &fixture.config_path)
+        .env("REGISTRY_TOKEN_LEDGER__SQLITE_SYNC", "off")
+        .output()
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("sqlite_sync") && stderr.contains("`full` or `normal`"), "{stderr}");
+    let output = serve_command(BIN, &fixture.config_path)
+        .env("REGISTRY_TOKEN_LEDGER__SQLITE_SYNC", "normal")
+        .env("REGISTRY_TOKEN_LEDGER__URL", "none")
+        .output()
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("ledger.sqlite_sync applies to an SQLite ledger"), "{stderr}");
+
     let output = run(&["serve", "--config", "/nonexistent/registry-token.yaml"]);
     assert!(text(&output.stderr).contains("/nonexistent/registry-token.yaml does not exist"));
 }

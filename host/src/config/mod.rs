@@ -12,7 +12,7 @@ pub use crate::mint::{KeyEntry, KeyStatus, Pkcs11KeyConfig, Rfc3339};
 pub use sections::{
     AdminConfig, AuthorityConfig, BundleConfig, BundleSource, CacheConfig, DenialStatus, DevelopmentConfig,
     Durability, HttpConfig, JwksSource, LedgerConfig, LedgerUrl, PolicyConfig, PolicyModule,
-    RefreshTokensConfig, SigningConfig, TrustedProxies,
+    RefreshTokensConfig, SigningConfig, SqliteSync, TrustedProxies,
 };
 
 use env::{EnvOverrides, describe};
@@ -185,6 +185,11 @@ impl Config {
         }
         if !(1..=1_000_000).contains(&self.ledger.queue_events) {
             return Err("ledger.queue_events must be between 1 and 1000000".into());
+        }
+        if self.ledger.sqlite_sync.is_some() && !matches!(self.ledger.url, LedgerUrl::Sqlite(_)) {
+            return Err(
+                "ledger.sqlite_sync applies to an SQLite ledger (ledger.url: sqlite://PATH) only".into()
+            );
         }
         let refresh = &self.refresh_tokens;
         if !(1..=365).contains(&refresh.lifetime_days) {

@@ -552,6 +552,19 @@ pub struct LedgerConfig {
     /// Events waiting to be written, at most; beyond it `relaxed` drops (and counts) them and
     /// `strict` refuses to issue.
     pub queue_events: usize,
+    /// When an SQLite commit is on the disk; not written: `full` for `strict`, `normal` for
+    /// `relaxed`. SQLite only.
+    pub sqlite_sync: Option<SqliteSync>,
+}
+
+impl LedgerConfig {
+    /// What `sqlite_sync` says, or its default for the durability.
+    pub fn sqlite_sync(&self) -> SqliteSync {
+        self.sqlite_sync.unwrap_or(match self.durability {
+            Durability::Strict => SqliteSync::Full,
+            Durability::Relaxed => SqliteSync::Normal,
+        })
+    }
 }
 
 impl Default for LedgerConfig {
@@ -561,6 +574,7 @@ impl Default for LedgerConfig {
             durability: Durability::Strict,
             retention_days: 90,
             queue_events: 10_000,
+            sqlite_sync: None,
         }
     }
 }
@@ -685,6 +699,27 @@ pub enum Durability {
     /// Events are queued (bounded) and written soon after; the service keeps issuing when the
     /// ledger is down, and counts what it drops.
     Relaxed,
+}
+
+/// `ledger.sqlite_sync`: SQLite's `synchronous` setting for the ledger file (WAL mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSync {
+    /// Every commit is synced to the disk before it returns: it survives a crash of the machine.
+    Full,
+    /// A commit is in the operating system's hands when it returns: it survives a crash of this
+    /// process (`kill -9`), not of the machine; the write-ahead log is synced at checkpoints.
+    Normal,
+}
+
+impl SqliteSync {
+    /// The `PRAGMA synchronous` value.
+    pub fn pragma(self) -> &'static str {
+        match self {
+            SqliteSync::Full => "FULL",
+            SqliteSync::Normal => "NORMAL",
+        }
+    }
 }
 
 /// `refresh_tokens:`: the refresh tokens `docker login` stores as its identity token. They live

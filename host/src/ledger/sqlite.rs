@@ -4,7 +4,7 @@
 
 use super::event::{Event, Millis};
 use super::store::{self, Param, Record, Row, StoreError, database};
-use crate::config::Durability;
+use crate::config::SqliteSync;
 use rusqlite::types::{ToSql, ToSqlOutput, Value};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use std::path::{Path, PathBuf};
@@ -42,12 +42,12 @@ fn sql(statement: &str) -> String {
 
 impl Store {
     /// Opens (creating it and its directory if needed) and migrates the file at `path`.
-    pub(crate) async fn open(path: &Path, durability: Durability) -> Result<Store, StoreError> {
+    pub(crate) async fn open(path: &Path, sync: SqliteSync) -> Result<Store, StoreError> {
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || Store::open_blocking(path, durability)).await.map_err(database)?
+        tokio::task::spawn_blocking(move || Store::open_blocking(path, sync)).await.map_err(database)?
     }
 
-    fn open_blocking(path: PathBuf, durability: Durability) -> Result<Store, StoreError> {
+    fn open_blocking(path: PathBuf, sync: SqliteSync) -> Result<Store, StoreError> {
         let fail = |what: &str, error: &dyn std::fmt::Display| {
             StoreError::Database(format!("the ledger {}: {what}: {error}", path.display()))
         };
@@ -62,12 +62,9 @@ impl Store {
                     | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .map_err(|e| fail("cannot open it", &e))?;
-            // strict: a commit is on disk before it returns (FULL syncs the WAL on every commit);
-            // relaxed: NORMAL survives a crash of this process, not of the machine.
-            let synchronous = match durability {
-                Durability::Strict => "FULL",
-                Durability::Relaxed => "NORMAL",
-            };
+            // FULL: a commit is on disk before it returns (the WAL is synced on every commit);
+            // NORMAL: it survives a crash of this process, not of the machine.
+            let synchronous = sync.pragma();
             connection
                 .execute_batch(&format!(
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000; \
@@ -282,7 +279,7 @@ mod tests {
                 .unwrap();
             transaction.commit().unwrap();
         }
-        let store = Store::open(&path, Durability::Strict).await.unwrap();
+        let store = Store::open(&path, SqliteSync::Full).await.unwrap();
         let version: i64 = store
             .reader
             .lock()
@@ -297,5 +294,20 @@ mod tests {
         assert_eq!((event.outcome, event.sub.as_deref()), (Outcome::Issued, Some("alice")));
         assert_eq!(event.token.as_ref().map(|t| (t.jti.as_str(), t.exp)), Some(("j", 9)));
         assert_eq!((event.via.as_deref(), event.refresh_token_id.as_deref()), (None, None));
+    }
+
+    /// `ledger.sqlite_sync` reaches both connections: `full` (2) by default for strict, `normal` (1)
+    /// when asked for.
+    #[tokio::test]
+    async fn the_sync_setting_is_the_one_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        for (sync, expected) in [(SqliteSync::Full, 2), (SqliteSync::Normal, 1)] {
+            let store = Store::open(&dir.path().join(format!("{expected}.db")), sync).await.unwrap();
+            for connection in [&store.writer, &store.reader] {
+                let found: i64 =
+                    connection.lock().unwrap().query_row("PRAGMA synchronous", [], |row| row.get(0)).unwrap();
+                assert_eq!(found, expected, "{sync:?}");
+            }
+        }
     }
 }

@@ -171,6 +171,9 @@ pub struct Ledger {
     pub retention_days: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_events: Option<u64>,
+    /// `full` or `normal` (SQLite's `synchronous`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sqlite_sync: Option<String>,
 }
 
 /// `refresh_tokens:` — the refresh tokens `docker login` stores.
