@@ -173,9 +173,12 @@ fn main() {
     write_config(root, "RS256", "RS256-postgres", &cluster.url());
     for mix in ["hot", "cold"] {
         let mut off: Option<(f64, u64)> = None;
-        for (ledger, name) in
-            [("off", "RS256-off"), ("SQLite strict", "RS256-sqlite"), ("PostgreSQL strict", "RS256-postgres")]
-        {
+        for (ledger, name) in [
+            ("off", "RS256-off"),
+            ("SQLite strict", "RS256-sqlite"),
+            ("SQLite strict, sqlite_sync normal", "RS256-sqlite-normal"),
+            ("PostgreSQL strict", "RS256-postgres"),
+        ] {
             let row = load(root, name, mix, 16, &settings, &cold);
             let (off_rate, off_p99) = *off.get_or_insert((row.rate, row.p99));
             print_row(mix, ledger, &row, off_rate, off_p99);
@@ -423,17 +426,15 @@ fn prepare(root: &Path) {
     .unwrap();
     config["admin"]["metrics"] = serde_norway::Value::Bool(false);
     std::fs::write(root.join("RS256-nometrics.yaml"), serde_norway::to_string(&config).unwrap()).unwrap();
-    write_config(
-        root,
-        "RS256",
-        "RS256-sqlite",
-        &format!("sqlite://{}", root.join("RS256-sqlite.db").display()),
-    );
+    for name in ["RS256-sqlite", "RS256-sqlite-normal"] {
+        write_config(root, "RS256", name, &format!("sqlite://{}", root.join(format!("{name}.db")).display()));
+    }
 }
 
 /// `ROOT/NAME.yaml`: a server signing with `algorithm`, recording into `ledger_url` (strict).
 /// Token reuse is on (the default) unless the name says `noreuse`, and off in the sections that
-/// compare one cost per signed token (`-off`, `-sqlite`, `-postgres`, `-nometrics`).
+/// compare one cost per signed token (`-off`, `-sqlite`, `-postgres`, `-nometrics`); a name ending
+/// in `-normal` sets `ledger.sqlite_sync: normal`.
 fn write_config(root: &Path, algorithm: &str, name: &str, ledger_url: &str) {
     let dir = if algorithm == "RS256" { "rs" } else { "es" };
     let mut config = Config::installation(root, ISSUER, &[SERVICE]);
@@ -444,6 +445,9 @@ fn write_config(root: &Path, algorithm: &str, name: &str, ledger_url: &str) {
     config.ledger.url = ledger_url.to_owned();
     if ["noreuse", "-off", "-sqlite", "-postgres", "-nometrics"].iter().any(|n| name.contains(n)) {
         config.signing.reuse_seconds = Some(0);
+    }
+    if name.ends_with("-normal") {
+        config.ledger.sqlite_sync = Some("normal".to_owned());
     }
     config.write(&root.join(format!("{name}.yaml")));
 }
@@ -820,6 +824,28 @@ fn wrk(
     serde_json::from_str(line).unwrap()
 }
 
+/// With `BENCH_PERF_DIR=DIR`, each row's measured phase is recorded by `perf record -g`
+/// into `DIR/CONFIG-MIX-CONNECTIONS.data` (read it with `perf report -i`).
+fn profile_start(pid: u32, row: &str) -> Option<std::process::Child> {
+    let dir = std::env::var_os("BENCH_PERF_DIR")?;
+    let output = Path::new(&dir).join(format!("{row}.data"));
+    let child = std::process::Command::new("perf")
+        .args(["record", "-F", "2000", "-g", "-q", "-p", &pid.to_string(), "-o"])
+        .arg(&output)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("BENCH_PERF_DIR needs perf (apt-get install -y linux-perf)");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Some(child)
+}
+
+fn profile_stop(profile: Option<std::process::Child>) {
+    if let Some(mut child) = profile {
+        let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+        let _ = child.wait();
+    }
+}
+
 fn load(root: &Path, name: &str, mix: &str, connections: usize, settings: &Settings, cold: &Path) -> Row {
     let server = start_server(root, name);
     let (pid, address) = (server.pid(), server.address());
@@ -832,9 +858,11 @@ fn load(root: &Path, name: &str, mix: &str, connections: usize, settings: &Setti
     // Warm-up: connections, code paths, and for the hot mix the caches it is about.
     wrk(root, address, connections, 1.0, &hot);
     let requests = if mix == "hot" { &hot } else { cold };
+    let profile = profile_start(pid, &format!("{name}-{mix}-{connections}"));
     let cpu_before = cpu_micros(pid);
     let result = wrk(root, address, connections, settings.load_seconds, requests);
     let cpu = cpu_micros(pid) - cpu_before;
+    profile_stop(profile);
     let ok = result["requests"].as_u64().unwrap() - result["errors"].as_u64().unwrap();
     Row {
         rate: ok as f64 / (result["duration_us"].as_f64().unwrap() / 1e6),
