@@ -220,16 +220,7 @@ pub(super) async fn list_events(
             }
         }
     }
-    if let Some(own) = admin.tenant() {
-        match &filter.tenant {
-            Some(asked) if asked != own => {
-                return Err(AdminError::Forbidden(format!(
-                    "this administrator acts for tenant {own} and cannot read tenant {asked}'s events"
-                )));
-            }
-            _ => filter.tenant = Some(own.to_owned()),
-        }
-    }
+    own_tenant(&admin, &mut filter.tenant, "events")?;
     if let Some(cursor) = cursor {
         filter.before_id = Some(resolve_cursor(ledger, &admin, &cursor).await?);
     }
@@ -243,6 +234,21 @@ pub(super) async fn list_events(
         None
     };
     Ok(Json(json!({ "events": events, "next_cursor": next_cursor })).into_response())
+}
+
+/// A tenant administrator reads its own tenant only: an asked-for tenant must be its own, and
+/// none asked for means its own.
+fn own_tenant(admin: &Admin, asked: &mut Option<String>, what: &str) -> Result<(), AdminError> {
+    let Some(own) = admin.tenant() else { return Ok(()) };
+    match asked {
+        Some(asked) if asked != own => Err(AdminError::Forbidden(format!(
+            "this administrator acts for tenant {own} and cannot read tenant {asked}'s {what}"
+        ))),
+        _ => {
+            *asked = Some(own.to_owned());
+            Ok(())
+        }
+    }
 }
 
 fn page_limit(value: &str) -> Result<usize, AdminError> {
@@ -495,16 +501,7 @@ pub(super) async fn list_refresh_tokens(
             }
         }
     }
-    if let Some(own) = admin.tenant() {
-        match &filter.tenant {
-            Some(asked) if asked != own => {
-                return Err(AdminError::Forbidden(format!(
-                    "this administrator acts for tenant {own} and cannot read tenant {asked}'s refresh tokens"
-                )));
-            }
-            _ => filter.tenant = Some(own.to_owned()),
-        }
-    }
+    own_tenant(&admin, &mut filter.tenant, "refresh tokens")?;
     let now = Millis::from_seconds((app.clock)());
     let tokens = ledger.refresh_tokens(&filter).await?;
     let views: Vec<serde_json::Value> = tokens.iter().map(|t| ledger.refresh_token_view(t, now)).collect();

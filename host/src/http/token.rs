@@ -421,33 +421,28 @@ async fn issue(
         .reuse
         .as_ref()
         .map(|cache| (cache, ReuseKey::new(ask.credential, &exchange.service, &exchange.requested)));
-    let (minted, granted, slot) = match &reuse {
-        Some((cache, key)) => match cache.lookup(key, revision, now).await {
-            Lookup::Reuse(reused) => {
-                metrics().cache(CacheName::Tokens, true);
-                if let Some(record) = record.as_deref_mut() {
-                    record.event.reused = true;
-                    // What the policy said of the token when it was decided.
-                    record.event.annotations = reused.annotations.to_vec();
+    let lookup = match &reuse {
+        Some((cache, key)) => Some(cache.lookup(key, revision, now).await),
+        None => None,
+    };
+    let (minted, granted, slot) = match lookup {
+        Some(Lookup::Reuse(reused)) => {
+            metrics().cache(CacheName::Tokens, true);
+            if let Some(record) = record.as_deref_mut() {
+                record.event.reused = true;
+                // What the policy said of the token when it was decided.
+                record.event.annotations = reused.annotations.to_vec();
+            }
+            (reused.answer(now), reused.granted.to_vec(), None)
+        }
+        lookup => {
+            let slot = match lookup {
+                Some(Lookup::Mint(slot)) => {
+                    metrics().cache(CacheName::Tokens, false);
+                    slot
                 }
-                (reused.answer(now), reused.granted.to_vec(), None)
-            }
-            Lookup::Mint(slot) => {
-                metrics().cache(CacheName::Tokens, false);
-                let (minted, granted) = decide_and_mint(
-                    app,
-                    live,
-                    &validated,
-                    exchange,
-                    refresh.is_some(),
-                    now,
-                    record.as_deref_mut(),
-                )
-                .await?;
-                (minted, granted, slot)
-            }
-        },
-        None => {
+                _ => None,
+            };
             let (minted, granted) = decide_and_mint(
                 app,
                 live,
@@ -458,7 +453,7 @@ async fn issue(
                 record.as_deref_mut(),
             )
             .await?;
-            (minted, granted, None)
+            (minted, granted, slot)
         }
     };
     span.record("granted", scope_string(&granted));
