@@ -334,6 +334,15 @@ fn the_command_line_revokes_a_running_server_within_a_second_and_reads_the_ledge
     let bad = ledger_cli(&fixture, &["revoke", "planet", "x", "--reason", "r"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("kind \"planet\" is not one of subject, licence"));
+
+    // A jti is random base64url: one that begins with '-' is a value, not an option.
+    let hyphen = ledger_cli(&fixture, &["revoke", "caller_token", "-Wq-jti", "--reason", "leaked"]);
+    assert!(hyphen.status.success(), "{}", String::from_utf8_lossy(&hyphen.stderr));
+    let listed = ledger_cli(&fixture, &["revocations", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(listed["revocations"].as_array().unwrap().iter().any(|r| r["value"] == "-Wq-jti"), "{listed}");
+    let events = ledger_cli(&fixture, &["events", "--jti", "-Wq-jti"]);
+    assert!(events.status.success(), "{}", String::from_utf8_lossy(&events.stderr));
 }
 
 #[test]

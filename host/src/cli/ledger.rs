@@ -20,7 +20,7 @@ pub(super) enum LedgerCommand {
         #[command(flatten)]
         config: ConfigArg,
         /// Only this caller's (or administrator's) `sub`.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         sub: Option<String>,
         /// Only this `stellaops:license`.
         #[arg(long, alias = "license")]
@@ -32,7 +32,7 @@ pub(super) enum LedgerCommand {
         #[arg(long)]
         outcome: Option<String>,
         /// Only events of this caller token's or registry token's `jti`.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         jti: Option<String>,
         /// At or after (RFC 3339 or Unix seconds).
         #[arg(long)]
@@ -53,7 +53,7 @@ pub(super) enum LedgerCommand {
         #[command(flatten)]
         config: ConfigArg,
         /// Only those issued to this `sub`.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         sub: Option<String>,
         /// Only those of this `stellaops:tenant`.
         #[arg(long)]
@@ -71,7 +71,8 @@ pub(super) enum LedgerCommand {
         config: ConfigArg,
         /// subject, licence, tenant, client, caller_token or refresh_token.
         kind: String,
-        /// What it names.
+        /// What it names (a `jti` is random base64url and may begin with `-`).
+        #[arg(allow_hyphen_values = true)]
         value: String,
         /// Why (shown to the refused caller).
         #[arg(long)]
