@@ -146,7 +146,17 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
     let reply = client.get_bearer(&query(SERVICE, &["repository:hostile/panic:pull"]), &alice).unwrap();
     assert_eq!(reply.status, 503, "{reply}");
 
-    let exposition = scrape(&admin);
+    // The hostile request's fault event is written after its answer (only issued events are
+    // waited for): scrape once the writer has taken it, so that the queue gauge reads 0.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let exposition = loop {
+        let exposition = scrape(&admin);
+        let queued = value(&samples(&exposition), "registry_token_ledger_queue_events", &[]);
+        if queued == 0.0 || Instant::now() > deadline {
+            break exposition;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let s = samples(&exposition);
     let ready = client.get("/readyz").unwrap().body;
     for (name, labels, expected) in [
