@@ -5,7 +5,7 @@
 use super::event::{Event, Millis};
 use super::store::{self, Param, Record, Row, StoreError, database};
 use crate::config::SqliteSync;
-use rusqlite::types::{ToSql, ToSqlOutput, Value};
+use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -16,12 +16,13 @@ pub(crate) struct Store {
 }
 
 impl ToSql for Param {
+    /// Borrowed: SQLite copies what it binds, so no column is cloned on its way there.
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(match self {
-            Param::Text(Some(text)) => ToSqlOutput::Owned(Value::Text(text.clone())),
-            Param::Int(Some(int)) => ToSqlOutput::Owned(Value::Integer(*int)),
-            Param::Text(None) | Param::Int(None) => ToSqlOutput::Owned(Value::Null),
-        })
+        Ok(ToSqlOutput::Borrowed(match self {
+            Param::Text(Some(text)) => ValueRef::Text(text.as_bytes()),
+            Param::Int(Some(int)) => ValueRef::Integer(*int),
+            Param::Text(None) | Param::Int(None) => ValueRef::Null,
+        }))
     }
 }
 
