@@ -159,6 +159,18 @@ fn the_javascript_plan_catalogue_passes_the_rust_ones_cases() {
     let javascript = run(Some(&wasm));
     assert_eq!(javascript, run(None), "the same cases, the same result");
     assert_eq!(javascript, "49 passed, 0 failed");
+
+    // Those cases ran with QuickJS's function table made its own (policy/relink.rs), as the
+    // server loads it: inspect says how many slots are filled lazily instead of per instance.
+    let inspect = Command::new(BIN).args(["policy", "inspect", "--json"]).arg(&wasm).output().unwrap();
+    assert!(inspect.status.success(), "{}", String::from_utf8_lossy(&inspect.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let slots = info["lazy_table_slots"].as_u64().unwrap_or(0);
+    assert!(slots > 500, "QuickJS's table moved into its module: {info:#}");
+    let builtin =
+        Command::new(BIN).args(["policy", "inspect", "--json", "builtin:plan-catalogue"]).output().unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&builtin.stdout).unwrap();
+    assert!(info["lazy_table_slots"].is_null(), "a Rust component is loaded as it is: {info:#}");
 }
 
 #[test]

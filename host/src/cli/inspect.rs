@@ -41,6 +41,12 @@ fn describe(source: &str, info: &ModuleInfo) -> String {
     if info.composition {
         let _ = writeln!(out, "  shape      a componentize-qjs composition: its policy component is loaded");
     }
+    if let Some(slots) = info.lazy_table_slots {
+        let _ = writeln!(
+            out,
+            "  table      {slots} function-table slots filled lazily (the library's table made its own)"
+        );
+    }
     match (&info.world, &info.world_error) {
         (Some(world), _) => {
             let _ = writeln!(out, "  world      {world} (contract {})", info.version());

@@ -36,6 +36,9 @@ pub struct ModuleInfo {
     /// A componentize-qjs composition: the policy component inside it is what the host loads (and
     /// what the imports above are of).
     pub composition: bool,
+    /// A dynamically linked component whose library the host gives a function table of its own:
+    /// the slots wasmtime then fills lazily instead of at every instantiation (`policy/relink.rs`).
+    pub lazy_table_slots: Option<usize>,
 }
 
 /// One import of the component.
@@ -75,8 +78,10 @@ pub fn inspect(module: &[u8]) -> Result<ModuleInfo, InspectError> {
     let runtime = Runtime::new(Limits::default(), None).map_err(|e| InspectError::Runtime(e.to_string()))?;
     let metadata = metadata(module)?;
     let loaded = super::compose::policy_component(module);
+    let relinked = super::relink::own_table(loaded);
     let started = Instant::now();
-    let component = runtime.compile(loaded).map_err(|e| InspectError::Compile(e.root_cause().to_string()))?;
+    let component =
+        runtime.compile(&relinked.bytes).map_err(|e| InspectError::Compile(e.root_cause().to_string()))?;
     let compile_ms = started.elapsed().as_secs_f64() * 1000.0;
 
     let refused = runtime.refused_imports(&component);
@@ -104,6 +109,7 @@ pub fn inspect(module: &[u8]) -> Result<ModuleInfo, InspectError> {
         refused,
         compile_ms,
         composition: loaded.len() != module.len(),
+        lazy_table_slots: relinked.lazy_slots,
     })
 }
 

@@ -31,7 +31,10 @@ pub(super) async fn load(
     };
     // A JavaScript policy as componentize-qjs composes it: the policy component alone (`compose`).
     let component_bytes = super::compose::policy_component(module);
-    let (context, instrumented) = wizer.instrument_component(component_bytes).map_err(compile_error)?;
+    // Its function table moved into the module that fills it, so each fresh instance fills it
+    // lazily instead of slot by slot (`relink`).
+    let component_bytes = super::relink::own_table(component_bytes).bytes;
+    let (context, instrumented) = wizer.instrument_component(&component_bytes).map_err(compile_error)?;
     let component = runtime.compile_cached(&instrumented).map_err(compile_error)?;
     let pre = runtime.pre(&component).map_err(world_error)?;
 

@@ -23,6 +23,7 @@ mod compose;
 mod contract;
 mod inspect;
 mod load;
+mod relink;
 mod runtime;
 mod wit;
 
