@@ -16,7 +16,8 @@
 //!    2-process sign rate measured just before the row, server CPU per token (and ÷ one
 //!    signature's CPU), and the server's peak RSS; then issue 17's targets, met or not. The server
 //!    runs in the production configuration: the SQLite ledger with strict durability, metrics on,
-//!    logging at info, token reuse on.
+//!    logging at info, token reuse on, and the environment of the shipped systemd unit
+//!    (`MALLOC_ARENA_MAX=2`).
 //! 4. The ledger's cost: the same mixes (RS256, 16 connections, reuse off) with the ledger off,
 //!    SQLite strict and PostgreSQL strict (a throwaway cluster, as the tests start it), each
 //!    against ledger off.
@@ -722,12 +723,27 @@ struct Row {
     repeated: bool,
 }
 
-/// The server of configuration `ROOT/NAME.yaml`, on a free port, logging at info to a file (as it
-/// would in production); killed when dropped, at the end of its row.
+/// The server of configuration `ROOT/NAME.yaml`, on a free port, with the environment the shipped
+/// systemd unit gives it (logging at info, to a file here; glibc's arena count), as it would run
+/// in production; killed when dropped, at the end of its row.
 fn start_server(root: &Path, name: &str) -> Server {
     let mut command = serve_command(BIN, &root.join(format!("{name}.yaml")));
-    command.env("REGISTRY_TOKEN_LOG", "info").env("SOFTHSM2_CONF", root.join("hsm/softhsm2.conf"));
+    command.envs(unit_environment()).env("SOFTHSM2_CONF", root.join("hsm/softhsm2.conf"));
     Server::start_logging_to(command, &root.join(format!("server-{name}.log")))
+}
+
+/// The `Environment=KEY=VALUE` lines of etc/registry-token.service.
+fn unit_environment() -> Vec<(String, String)> {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/registry-token.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    let environment: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("Environment="))
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect();
+    assert!(environment.iter().any(|(key, _)| key == "REGISTRY_TOKEN_LOG"), "{} sets the log level", unit.display());
+    environment
 }
 
 /// utime + stime of a process, in microseconds.
