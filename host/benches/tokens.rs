@@ -742,7 +742,11 @@ fn unit_environment() -> Vec<(String, String)> {
         .filter_map(|pair| pair.split_once('='))
         .map(|(key, value)| (key.to_owned(), value.to_owned()))
         .collect();
-    assert!(environment.iter().any(|(key, _)| key == "REGISTRY_TOKEN_LOG"), "{} sets the log level", unit.display());
+    assert!(
+        environment.iter().any(|(key, _)| key == "REGISTRY_TOKEN_LOG"),
+        "{} sets the log level",
+        unit.display()
+    );
     environment
 }
 

@@ -700,6 +700,8 @@ impl Reencode for Filler<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasmtime::component::{Component as Compiled, Linker};
+    use wasmtime::{Engine, Store};
 
     #[test]
     fn a_component_without_the_linked_shape_is_left_as_it_is() {
@@ -709,5 +711,96 @@ mod tests {
             assert!(matches!(relinked.bytes, Cow::Borrowed(_)));
             assert_eq!(relinked.lazy_slots, None);
         }
+    }
+
+    /// The shape componentize-qjs links, in small: `main` defines the table and a function that
+    /// calls through slot 3 (as its `cabi_realloc` does); `lib` fills slots 1 and 2 at the imported
+    /// `__table_base` and calls through any slot; a fixup writes slot 3 with a function of `lib`.
+    /// `main_calls` is the slot `main`'s function calls through.
+    fn linked(main_calls: u32) -> Vec<u8> {
+        let text = format!(
+            r#"(component
+              (core module $main
+                (type $answer (func (result i32)))
+                (table (export "__indirect_function_table") 4 funcref)
+                (global (export "lib:table_base") i32 (i32.const 1))
+                (func (export "via_main") (result i32) (call_indirect (type $answer) (i32.const {main_calls}))))
+              (core instance $main (instantiate $main))
+              (alias core export $main "__indirect_function_table" (core table $table))
+              (alias core export $main "lib:table_base" (core global $base))
+              (core instance $env
+                (export "__indirect_function_table" (table $table))
+                (export "__table_base" (global $base)))
+              (core module $lib
+                (type $answer (func (result i32)))
+                (import "env" "__table_base" (global $base i32))
+                (import "env" "__indirect_function_table" (table 2 funcref))
+                (elem (global.get $base) func $ten $twenty)
+                (func $ten (result i32) (i32.const 10))
+                (func $twenty (result i32) (i32.const 20))
+                (func (export "thirty") (result i32) (i32.const 30))
+                (func (export "call") (param i32) (result i32) (call_indirect (type $answer) (local.get 0))))
+              (core instance $lib (instantiate $lib (with "env" (instance $env))))
+              (core module $fixup
+                (import "main" "__indirect_function_table" (table 0 funcref))
+                (import "lib" "thirty" (func $thirty (result i32)))
+                (elem (i32.const 3) func $thirty))
+              (core instance (instantiate $fixup (with "main" (instance $main)) (with "lib" (instance $lib))))
+              (alias core export $lib "call" (core func $call))
+              (alias core export $main "via_main" (core func $via_main))
+              (func (export "call") (param "slot" u32) (result u32) (canon lift (core func $call)))
+              (func (export "via-main") (result u32) (canon lift (core func $via_main))))"#
+        );
+        wat::parse_str(text).unwrap()
+    }
+
+    /// What the component's exports answer: `call(slot)` for slots 1–3, then `via-main`.
+    fn answers(component: &[u8]) -> Vec<u32> {
+        let engine = Engine::default();
+        let compiled = Compiled::new(&engine, component).unwrap();
+        let mut store = Store::new(&engine, ());
+        let instance = Linker::new(&engine).instantiate(&mut store, &compiled).unwrap();
+        let call = instance.get_typed_func::<(u32,), (u32,)>(&mut store, "call").unwrap();
+        let mut answers = Vec::new();
+        for slot in 1..=3 {
+            answers.push(call.call(&mut store, (slot,)).unwrap().0);
+            call.post_return(&mut store).unwrap();
+        }
+        let via_main = instance.get_typed_func::<(), (u32,)>(&mut store, "via-main").unwrap();
+        answers.push(via_main.call(&mut store, ()).unwrap().0);
+        answers
+    }
+
+    #[test]
+    fn the_filling_module_gets_its_own_table_and_every_slot_answers_as_before() {
+        let original = linked(3);
+        let relinked = own_table(&original);
+        assert_eq!(relinked.lazy_slots, Some(2));
+        assert!(matches!(relinked.bytes, Cow::Owned(_)));
+        assert_eq!(answers(&original), [10, 20, 30, 30]);
+        assert_eq!(answers(&relinked.bytes), [10, 20, 30, 30]);
+
+        // Really moved: the library now exports the table it defines, and only `main` still
+        // defines one of its own.
+        let component = Component::read(&relinked.bytes).unwrap();
+        let lib = &component.modules[1];
+        assert_eq!(lib.imported_tables().count(), 0);
+        assert_eq!(lib.defined_tables.len(), 1);
+        assert_eq!(lib.exports.get(TABLE), Some(&(ExternalKind::Table, 0)));
+        assert!(matches!(lib.segments[0].offset, Offset::Const(1)));
+    }
+
+    #[test]
+    fn a_defining_module_that_calls_a_slot_only_the_library_fills_keeps_the_shared_table() {
+        // `main` calls through slot 1, which only `lib` writes: with the table moved, `main`'s
+        // table would be empty there.
+        let original = linked(1);
+        assert_eq!(
+            Component::read(&original).and_then(|c| c.plan()).err(),
+            Some("the defining module calls a slot only the filler writes")
+        );
+        let relinked = own_table(&original);
+        assert_eq!(relinked.lazy_slots, None);
+        assert_eq!(answers(&relinked.bytes), [10, 20, 30, 10]);
     }
 }
