@@ -764,7 +764,6 @@ mod tests {
         let mut answers = Vec::new();
         for slot in 1..=3 {
             answers.push(call.call(&mut store, (slot,)).unwrap().0);
-            call.post_return(&mut store).unwrap();
         }
         let via_main = instance.get_typed_func::<(), (u32,)>(&mut store, "via-main").unwrap();
         answers.push(via_main.call(&mut store, ()).unwrap().0);
