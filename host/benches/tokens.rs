@@ -1,7 +1,7 @@
 //! The performance harness: one run, one machine, one table.
 //!
 //! ```sh
-//! cargo bench -p registry-token --bench tokens             # full run, about three minutes
+//! cargo bench -p registry-token --bench tokens             # full run, about six minutes
 //! cargo bench -p registry-token --bench tokens -- --quick  # shorter load phases
 //! cargo bench -p registry-token --bench tokens -- --stages # signing and stages, no load
 //! ```
