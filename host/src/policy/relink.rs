@@ -255,7 +255,7 @@ impl Component {
         for payload in Parser::new(0).parse_all(bytes) {
             match payload.map_err(unreadable)? {
                 Payload::Version { .. } => depth += 1,
-                Payload::End(_) => depth -= 1,
+                Payload::End(_) => depth = depth.saturating_sub(1),
                 _ if depth != 1 => {}
                 Payload::ModuleSection { unchecked_range, .. } => {
                     component
@@ -436,7 +436,7 @@ impl Component {
                     }
                 }
                 CoreInstance::Instantiate { module: m, args } => {
-                    let importer = &self.modules[*m as usize];
+                    let importer = need(self.modules.get(*m as usize), "an instance of an unknown module")?;
                     for (arg, _) in args.iter().filter(|(_, i)| *i == donor) {
                         let table = importer
                             .imported_tables()
@@ -468,8 +468,11 @@ impl Component {
         }
         // The defining module may call only through slots the fixup writes in both tables.
         let calls = need(donor_module.constant_calls.as_ref(), "the defining module uses the table freely")?;
-        let covered =
-            |slot: &i32| copied.iter().any(|(at, funcs)| (*at..*at + funcs.len() as i32).contains(slot));
+        let covered = |slot: &i32| {
+            copied.iter().any(|(at, funcs)| {
+                (i64::from(*at)..i64::from(*at) + funcs.len() as i64).contains(&i64::from(*slot))
+            })
+        };
         if !calls.iter().all(covered) {
             return Err("the defining module calls a slot only the filler writes");
         }
@@ -525,7 +528,7 @@ impl Plan {
             let payload = payload.ok()?;
             match payload {
                 Payload::Version { .. } => depth += 1,
-                Payload::End(_) => depth -= 1,
+                Payload::End(_) => depth = depth.saturating_sub(1),
                 _ if depth != 1 => {}
                 Payload::ModuleSection { unchecked_range, .. } => {
                     let original = bytes.get(unchecked_range)?;
@@ -538,7 +541,7 @@ impl Plan {
                 Payload::InstanceSection(section) => {
                     let range = section.range();
                     let first = instance_index;
-                    instance_index += section.count();
+                    instance_index = instance_index.saturating_add(section.count());
                     let touched = |i: u32| i == self.filler || self.moved_exports.contains(&i);
                     if !(first..instance_index).any(touched) {
                         out.section(&RawSection {
@@ -801,5 +804,24 @@ mod tests {
         let relinked = own_table(&original);
         assert_eq!(relinked.lazy_slots, None);
         assert_eq!(answers(&relinked.bytes), [10, 20, 30, 10]);
+    }
+
+    #[test]
+    fn damaged_components_are_left_as_they_are_or_rewritten_into_valid_ones() {
+        let original = linked(3);
+        let mut damaged: Vec<Vec<u8>> =
+            (0..original.len()).step_by(7).map(|n| original[..n].to_vec()).collect();
+        for at in (8..original.len()).step_by(5) {
+            let mut flipped = original.clone();
+            flipped[at] ^= 0x41;
+            damaged.push(flipped);
+        }
+        for bytes in &damaged {
+            let relinked = own_table(bytes);
+            match relinked.bytes {
+                Cow::Borrowed(same) => assert_eq!(same, bytes.as_slice()),
+                Cow::Owned(rewritten) => assert!(valid(&rewritten), "a rewrite is always valid"),
+            }
+        }
     }
 }
