@@ -31,6 +31,7 @@ const TABLE: &str = "__indirect_function_table";
 
 /// A component as the host loads it.
 pub struct Relinked<'a> {
+    /// The rewritten component, or the one given.
     pub bytes: Cow<'a, [u8]>,
     /// The slots of the library's own table wasmtime fills lazily, when the rewrite applied.
     pub lazy_slots: Option<usize>,
@@ -59,6 +60,24 @@ pub fn own_table(component: &[u8]) -> Relinked<'_> {
             unchanged
         }
     }
+}
+
+/// The sections of the outermost component (or module), in order; what nested modules and
+/// components contain is skipped (their own `ModuleSection`/`ComponentSection` is kept).
+fn outer_sections(bytes: &[u8]) -> impl Iterator<Item = wasmparser::Result<Payload<'_>>> {
+    let mut depth = 0usize;
+    Parser::new(0).parse_all(bytes).filter(move |payload| match payload {
+        Ok(Payload::Version { .. }) => {
+            depth += 1;
+            false
+        }
+        Ok(Payload::End(_)) => {
+            depth = depth.saturating_sub(1);
+            false
+        }
+        Ok(_) => depth == 1,
+        Err(_) => true,
+    })
 }
 
 fn valid(component: &[u8]) -> bool {
@@ -251,12 +270,8 @@ impl Component {
         let mut component =
             Component { modules: Vec::new(), instances: Vec::new(), tables: Vec::new(), globals: Vec::new() };
         let unreadable = |_| "the component does not parse";
-        let mut depth = 0usize;
-        for payload in Parser::new(0).parse_all(bytes) {
+        for payload in outer_sections(bytes) {
             match payload.map_err(unreadable)? {
-                Payload::Version { .. } => depth += 1,
-                Payload::End(_) => depth = depth.saturating_sub(1),
-                _ if depth != 1 => {}
                 Payload::ModuleSection { unchecked_range, .. } => {
                     component
                         .modules
@@ -521,15 +536,10 @@ impl Plan {
     fn apply(&self, bytes: &[u8]) -> Option<Vec<u8>> {
         use wasm_encoder::{ComponentSectionId, RawSection};
         let mut out = wasm_encoder::Component::new();
-        let mut depth = 0usize;
         let mut module_index = 0u32;
         let mut instance_index = 0u32;
-        for payload in Parser::new(0).parse_all(bytes) {
-            let payload = payload.ok()?;
-            match payload {
-                Payload::Version { .. } => depth += 1,
-                Payload::End(_) => depth = depth.saturating_sub(1),
-                _ if depth != 1 => {}
+        for payload in outer_sections(bytes) {
+            match payload.ok()? {
                 Payload::ModuleSection { unchecked_range, .. } => {
                     let original = bytes.get(unchecked_range)?;
                     let filler =
