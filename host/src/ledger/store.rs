@@ -567,11 +567,14 @@ impl Store {
         }
     }
 
-    /// Housekeeping between commits: SQLite's WAL checkpoint (PostgreSQL does its own).
-    pub(super) async fn checkpoint(&self) -> Result<(), StoreError> {
+    /// SQLite's WAL checkpoint (PostgreSQL does its own): see [`sqlite::Store::checkpoint`].
+    pub(super) async fn checkpoint(
+        &self,
+        by: sqlite::Checkpointer,
+    ) -> Result<Option<sqlite::Checkpoint>, StoreError> {
         match self {
-            Store::Sqlite(store) => store.checkpoint().await,
-            Store::Postgres(_) => Ok(()),
+            Store::Sqlite(store) => store.checkpoint(by).await.map(Some),
+            Store::Postgres(_) => Ok(None),
         }
     }
 
