@@ -42,6 +42,11 @@ const MAX_BATCH: usize = 512;
 const RELAXED_GATHER: Duration = Duration::from_millis(50);
 /// How often old events are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// A poller's checkpoint round this short leaves the writer a tail of a few milliseconds' copying;
+/// after a longer one (the log had grown) the poller copies again, at most
+/// [`CHECKPOINT_ROUNDS`] times per poll.
+const QUICK_CHECKPOINT: Duration = Duration::from_millis(20);
+const CHECKPOINT_ROUNDS: usize = 4;
 
 /// A record on its way to a commit ([`Ledger::submit`]).
 #[derive(Debug)]
@@ -110,6 +115,11 @@ struct Shared {
     kept: AtomicUsize,
     /// The poller's checkpoint left frames for the writer's (SQLite).
     tail_due: AtomicBool,
+    /// The last checkpoint failed (logged once until one succeeds again).
+    checkpoint_failing: AtomicBool,
+    /// Checkpoints the writer made (SQLite).
+    #[cfg(test)]
+    writer_checkpoints: AtomicU64,
     retention: Duration,
 }
 
@@ -150,6 +160,9 @@ impl Ledger {
             refreshing: tokio::sync::Mutex::new(()),
             kept: AtomicUsize::new(0),
             tail_due: AtomicBool::new(false),
+            checkpoint_failing: AtomicBool::new(false),
+            #[cfg(test)]
+            writer_checkpoints: AtomicU64::new(0),
             retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
         });
         refresh_revocations(&shared).await?;
@@ -445,10 +458,22 @@ async fn poll_loop(shared: std::sync::Weak<Shared>) {
             }
             Err(_) => {}
         }
-        // The bulk of the log is copied here, beside the commits; the writer copies what they
-        // appended meanwhile between two of them, and its next commit starts the log again.
-        if checkpoint(&shared, Checkpointer::Reader).await.is_some_and(|found| found.frames > 0) {
-            shared.tail_due.store(true, Ordering::Release);
+        // The bulk of the log is copied here, beside the commits. When it was all copied and
+        // nothing committed meanwhile, the next commit starts the log again by itself; otherwise
+        // the writer copies what was left between two commits, and its next commit starts it.
+        // After a long round (the log had grown, say while a long query held this connection) a
+        // second one copies most of what the first left, so the writer's pause stays short.
+        for round in 1..=CHECKPOINT_ROUNDS {
+            let started = Instant::now();
+            match checkpoint(&shared, Checkpointer::Reader).await {
+                Some(found) if found.left_behind() => {
+                    if started.elapsed() <= QUICK_CHECKPOINT || round == CHECKPOINT_ROUNDS {
+                        shared.tail_due.store(true, Ordering::Release);
+                        break;
+                    }
+                }
+                _ => break,
+            }
         }
         // While the ledger is failing, see whether it is back even with no traffic to write.
         if !shared.writable.load(Ordering::Relaxed)
@@ -477,25 +502,33 @@ async fn prune_loop(shared: std::sync::Weak<Shared>) {
 }
 
 /// One step of SQLite's checkpoint (see `sqlite::Store::checkpoint`): the poller's, then the
-/// writer's between two commits. A failure is logged and left to the next round: the log only
-/// grows meanwhile.
+/// writer's between two commits. A failure is logged (once, until one succeeds again) and left
+/// to the next round: the log only grows meanwhile.
 async fn checkpoint(shared: &Shared, by: Checkpointer) -> Option<sqlite::Checkpoint> {
     let started = Instant::now();
     match shared.store.checkpoint(by).await {
         Ok(found) => {
+            if shared.checkpoint_failing.swap(false, Ordering::AcqRel) {
+                tracing::info!(by = ?by, "ledger checkpoints succeed again");
+            }
             if let Some(found) = found {
                 tracing::debug!(
                     by = ?by,
                     frames = found.frames,
                     copied = found.copied,
+                    appended = found.appended,
                     took_us = started.elapsed().as_micros() as u64,
                     "ledger checkpoint"
                 );
             }
             found
         }
+        Err(error) if !shared.checkpoint_failing.swap(true, Ordering::AcqRel) => {
+            tracing::warn!(%error, by = ?by, "ledger checkpoint failed; the log grows until one succeeds");
+            None
+        }
         Err(error) => {
-            tracing::warn!(%error, by = ?by, "ledger checkpoint failed; the next round retries");
+            tracing::debug!(%error, by = ?by, "ledger checkpoint failed again");
             None
         }
     }
@@ -589,6 +622,8 @@ async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, cap
                 );
                 if shared.tail_due.swap(false, Ordering::AcqRel) {
                     checkpoint(&shared, Checkpointer::Writer).await;
+                    #[cfg(test)]
+                    shared.writer_checkpoints.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Err((error, events)) if shared.store.ping().await.is_ok() => {
@@ -684,5 +719,32 @@ mod tests {
         let reader = rusqlite::Connection::open(&path).unwrap();
         let stored: i64 = reader.query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0)).unwrap();
         assert_eq!(stored, committed);
+        assert!(ledger.shared.writer_checkpoints.load(Ordering::Relaxed) >= 2);
+    }
+
+    /// Under light traffic the poller copies the whole log between two commits and the next
+    /// commit starts it again by itself: the writer spends no checkpoint (and its syncs) of its
+    /// own, and the log still starts again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_light_traffic_the_writer_spends_no_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        let config = LedgerConfig { url: LedgerUrl::Sqlite(path.clone()), ..LedgerConfig::default() };
+        let ledger = Ledger::open(&config, true).await.unwrap().unwrap();
+        // The poller ticks from the moment the ledger opens: each commit lands half-way between
+        // two of its rounds (a commit during a round would rightly leave the writer a tail), with
+        // two whole rounds before the next.
+        let opened = tokio::time::Instant::now();
+        let commits = 5;
+        for n in 0..commits {
+            tokio::time::sleep_until(opened + POLL / 2 + 3 * POLL * n).await;
+            ledger.commit(Event::new(Outcome::Issued)).await.unwrap();
+        }
+        tokio::time::sleep(2 * POLL).await;
+        let log = std::fs::read(dir.path().join("ledger.db-wal")).unwrap();
+        let restarts = u32::from_be_bytes(log[12..16].try_into().unwrap());
+        assert!(restarts >= commits - 1, "the log started again {restarts} times in {commits} commits");
+        let writer = ledger.shared.writer_checkpoints.load(Ordering::Relaxed);
+        assert_eq!(writer, 0, "the writer checkpointed {writer} times beside an idle poller");
     }
 }

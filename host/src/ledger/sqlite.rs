@@ -20,12 +20,21 @@ pub(crate) enum Checkpointer {
     Writer,
 }
 
-/// What one checkpoint found: the frames in the log, and how many of them are now in the
-/// database file.
+/// What one checkpoint found: the frames in the log, how many of them are now in the database
+/// file, and whether another connection committed while it ran.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Checkpoint {
     pub frames: i64,
     pub copied: i64,
+    pub appended: bool,
+}
+
+impl Checkpoint {
+    /// Frames are left in the log (appended meanwhile, or held by a reader): the next commit will
+    /// not start the log again by itself.
+    pub(crate) fn left_behind(&self) -> bool {
+        self.appended || self.copied < self.frames
+    }
 }
 
 pub(crate) struct Store {
@@ -139,18 +148,24 @@ impl Store {
     /// two steps: the poller copies the bulk on the reader's connection while commits go on
     /// ([`Checkpointer::Reader`], ≈ 5–10 ms under that load), then the writer, between two of its
     /// commits, copies the few frames appended meanwhile ([`Checkpointer::Writer`]) and its next
-    /// commit writes the log from its start.
+    /// commit writes the log from its start. When nothing was committed while the reader's
+    /// checkpoint ran and it copied everything, the next commit starts the log again by itself.
     pub(crate) async fn checkpoint(&self, by: Checkpointer) -> Result<Checkpoint, StoreError> {
         let connection = match by {
             Checkpointer::Reader => &self.reader,
             Checkpointer::Writer => &self.writer,
         };
         Store::on(connection, |connection| {
-            connection
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-                    Ok(Checkpoint { frames: row.get(1)?, copied: row.get(2)? })
-                })
-                .map_err(database)
+            // Changes when any other connection (this process's writer, the CLI) commits.
+            let version = |connection: &Connection| {
+                connection.query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0))
+            };
+            let before = version(connection).map_err(database)?;
+            let (frames, copied) = connection
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get(1)?, row.get(2)?)))
+                .map_err(database)?;
+            let appended = version(connection).map_err(database)? != before;
+            Ok(Checkpoint { frames, copied, appended })
         })
         .await
     }
