@@ -18,4 +18,5 @@ pub mod ledger;
 pub mod metrics;
 pub mod mint;
 pub mod policy;
+pub mod rfc3339;
 pub mod scope;

@@ -264,6 +264,14 @@ fn each_kind_of_revocation_refuses_at_once_with_its_reason_and_lifts() {
     let reply = client.get_bearer(&query(SERVICE, &[PULL]), &settings_revoked).unwrap();
     assert_eq!(reply.status, 403);
     assert!(reply.message().contains("LIC-0002"), "{reply}");
+
+    // An expiry written with an offset is that instant (five hours ahead of UTC: 00:00 UTC).
+    let offset = revoke(
+        &admin,
+        &token,
+        json!({"kind": "subject", "value": "nobody", "reason": "r", "expires_at": "2099-01-01T05:00:00.000+05:00"}),
+    );
+    assert_eq!(offset["expires_at"], "2099-01-01T00:00:00.000Z", "{offset}");
 }
 
 #[test]
@@ -525,6 +533,24 @@ fn the_admin_api_refuses_bad_input_and_bad_credentials_and_writes_nothing() {
         (
             r#"{"kind": "subject", "value": "x", "reason": "r", "expires_at": "2001-01-01T00:00:00Z"}"#,
             "not in the future",
+        ),
+        // Past what RFC 3339 can write back: it would break every listing of the revocations.
+        (
+            r#"{"kind": "subject", "value": "x", "reason": "r", "expires_at": "253402300800"}"#,
+            "after 9999-12-31",
+        ),
+        (
+            r#"{"kind": "subject", "value": "x", "reason": "r", "expires_at": "9999-12-31T23:59:59-01:00"}"#,
+            "after 9999-12-31",
+        ),
+        // An offset the weak parser would have dropped: refused, never guessed.
+        (
+            r#"{"kind": "subject", "value": "x", "reason": "r", "expires_at": "2099-01-01T00:00:00+5"}"#,
+            "expires_at",
+        ),
+        (
+            r#"{"kind": "tenant", "value": "acme", "reason": "r", "tenant": "globex"}"#,
+            "cannot be scoped to tenant",
         ),
         (r#"["subject", "x"]"#, "not a revocation as JSON"),
         (oversized.as_str(), "larger than"),

@@ -41,12 +41,13 @@ pub fn build(inputs: BuildInputs) -> Result<(Bundle, Vec<u8>), BundleError> {
     if inputs.revision == 0 {
         return Err(BundleError::Malformed("the revision must be at least 1".into()));
     }
-    let created_at = humantime::parse_rfc3339_weak(&inputs.created_at).map_err(|_| {
+    let created_at = crate::rfc3339::parse_seconds(&inputs.created_at).map_err(|refused| {
         BundleError::Malformed(format!(
-            "created_at {:?} is not an RFC 3339 time (2026-12-01T00:00:00Z)",
+            "created_at {:?} is {refused} (2026-12-01T00:00:00Z)",
             inputs.created_at
         ))
     })?;
+    let created_at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(created_at);
     let created_at = humantime::format_rfc3339_seconds(created_at).to_string();
 
     let mut settings = inputs.settings;

@@ -412,9 +412,9 @@ fn parse_manifest(files: &BTreeMap<&'static str, Vec<u8>>) -> Result<Manifest, B
             manifest.format
         )));
     }
-    if humantime::parse_rfc3339_weak(&manifest.created_at).is_err() {
+    if let Err(refused) = crate::rfc3339::parse_millis(&manifest.created_at) {
         return Err(BundleError::Malformed(format!(
-            "{MANIFEST}: created_at {:?} is not an RFC 3339 time",
+            "{MANIFEST}: created_at {:?} is {refused}",
             manifest.created_at
         )));
     }

@@ -60,13 +60,12 @@ impl At {
     pub fn seconds(&self) -> Result<u64, String> {
         match self {
             At::Seconds(seconds) => Ok(*seconds),
-            At::Text(text) => humantime::parse_rfc3339_weak(text)
-                .ok()
-                .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|since| since.as_secs())
-                .ok_or_else(|| {
+            At::Text(text) => crate::rfc3339::parse_seconds(text).map_err(|refused| match refused {
+                crate::rfc3339::Refused::NotATime => {
                     format!("at: {text:?} is not an RFC 3339 time (2026-12-31T00:00:00Z) or Unix seconds")
-                }),
+                }
+                refused => format!("at: {text:?} is {refused}"),
+            }),
         }
     }
 }

@@ -272,7 +272,9 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
                 return Err(format!("no revocation {id}"));
             };
             let audit = cli_audit(Outcome::RevocationLifted, &revocation);
-            ledger.unrevoke(&id, audit).await.map_err(|e| e.to_string())?;
+            if !ledger.unrevoke(&id, audit).await.map_err(|e| e.to_string())? {
+                return Err(format!("no revocation {id}: it was lifted meanwhile"));
+            }
             println!("lifted {id} ({} {})", revocation.kind, revocation.value);
         }
     }

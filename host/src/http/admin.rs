@@ -348,6 +348,14 @@ impl RevocationRequest {
         })?;
         let value = identifier("value", value).map_err(bad)?;
         let tenant = tenant.map(|t| identifier("tenant", t)).transpose().map_err(bad)?;
+        if kind == RevocationKind::Tenant
+            && let Some(tenant) = tenant.as_deref().filter(|tenant| *tenant != value)
+        {
+            // It could never apply: a tenant revocation is of the tenant its value names.
+            return Err(format!(
+                "a tenant revocation of {value:?} cannot be scoped to tenant {tenant:?}: leave tenant out"
+            ));
+        }
         if reason.trim().is_empty() {
             return Err("reason is empty: say why (it is shown to the refused caller)".into());
         }
@@ -533,8 +541,10 @@ pub(super) async fn delete_refresh_token(
         r.kind == RevocationKind::RefreshToken && r.value == id && r.expires_at.is_none_or(|e| now < e)
     });
     if !already {
-        let request = RevocationRequest::new("refresh_token", &id, reason, None, admin.tenant(), now)
+        let mut request = RevocationRequest::new("refresh_token", &id, reason, None, None, now)
             .map_err(AdminError::BadRequest)?;
+        // The administrator's own tenant, as its token says (not an input to check).
+        request.tenant = admin.tenant().map(str::to_owned);
         let revocation = request.into_revocation(&admin.caller.subject, admin.tenant(), now);
         let audit = admin.audit(Outcome::RevocationCreated, &revocation, client_addr);
         ledger.revoke(&revocation, audit).await?;

@@ -2,6 +2,7 @@
 //! [`Revocation`]s the host checks before any policy is asked.
 
 use crate::access::Caller;
+use crate::rfc3339::{self, Refused};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
@@ -21,23 +22,28 @@ impl Millis {
         Millis(i64::try_from(seconds).unwrap_or(i64::MAX / 1000).saturating_mul(1000))
     }
 
-    /// Parses RFC 3339 (`2026-12-31T00:00:00Z`) or Unix seconds.
+    /// Parses RFC 3339 (`2026-12-31T00:00:00Z`, any offset; see [`crate::rfc3339`]) or Unix
+    /// seconds, from 1970 to the end of 9999 (what can be written back).
     pub fn parse(text: &str) -> Result<Millis, String> {
-        if let Ok(seconds) = text.parse::<u64>() {
-            return Ok(Millis::from_seconds(seconds));
-        }
-        let time = humantime::parse_rfc3339_weak(text).map_err(|_| {
-            format!("{:?} is not an RFC 3339 time (2026-12-31T00:00:00Z) or Unix seconds", short(text))
-        })?;
-        let since =
-            time.duration_since(std::time::UNIX_EPOCH).map_err(|_| "a time before 1970".to_owned())?;
-        Ok(Millis(i64::try_from(since.as_millis()).unwrap_or(i64::MAX)))
+        let parsed = match text.parse::<u64>() {
+            Ok(seconds) if seconds > (rfc3339::LAST_MILLIS / 1000).unsigned_abs() => Err(Refused::After9999),
+            Ok(seconds) => Ok(Millis::from_seconds(seconds).0),
+            Err(_) => rfc3339::parse_millis(text),
+        };
+        parsed.map(Millis).map_err(|refused| match refused {
+            Refused::NotATime => {
+                format!("{:?} is not an RFC 3339 time (2026-12-31T00:00:00Z) or Unix seconds", short(text))
+            }
+            refused => format!("{:?} is {refused}", short(text)),
+        })
     }
 }
 
 impl fmt::Display for Millis {
+    /// Never fails: a value outside 1970–9999 (none is parsed; a row written before that was
+    /// checked) shows as the nearest end.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let millis = u64::try_from(self.0).unwrap_or_default();
+        let millis = self.0.clamp(0, rfc3339::LAST_MILLIS).unsigned_abs();
         let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis);
         humantime::format_rfc3339_millis(time).fmt(f)
     }

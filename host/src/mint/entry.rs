@@ -102,14 +102,9 @@ pub struct Rfc3339(pub u64);
 impl<'de> Deserialize<'de> for Rfc3339 {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        let time = humantime::parse_rfc3339_weak(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{text:?} is not an RFC 3339 time ({e}), e.g. 2026-12-01T12:05:00Z"
-            ))
+        let seconds = crate::rfc3339::parse_seconds(&text).map_err(|refused| {
+            serde::de::Error::custom(format!("{text:?} is {refused}, e.g. 2026-12-01T12:05:00Z"))
         })?;
-        let seconds = time
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_err(|_| serde::de::Error::custom(format!("{text:?} is before 1970")))?;
-        Ok(Rfc3339(seconds.as_secs()))
+        Ok(Rfc3339(seconds))
     }
 }
