@@ -207,3 +207,71 @@ async fn reuse_can_be_turned_off() {
     assert_ne!(jti(&world.token(&alice, SERVICE, &[PULL]).await.0), jti(&first));
     assert!(world.events().await.iter().all(|e| !e.reused));
 }
+
+#[tokio::test]
+async fn a_policy_that_reads_the_time_decides_every_request_a_reused_token_answers() {
+    let world = World::new(|_| {}).await;
+    // alice's licence expires 20 s from now (the built-in catalogue reads the request's time).
+    let expires = std::time::UNIX_EPOCH + std::time::Duration::from_secs(world.clock.now() + 20);
+    let expires = humantime::format_rfc3339_seconds(expires).to_string();
+    let plans = test_support::plans_with(|plans| {
+        plans["license_expiry"] = serde_json::from_value(serde_json::json!({ "LIC-0001": expires })).unwrap();
+    });
+    std::fs::write(world.fixture.root().join("plans.yaml"), plans).unwrap();
+    world.app.reload().await.unwrap();
+    let alice = world.fixture.token_at(world.clock.now(), |_| {});
+    let first = world.token(&alice, SERVICE, &[PULL]).await.0;
+    world.clock.advance(15);
+    assert_eq!(world.token(&alice, SERVICE, &[PULL]).await.0, first, "young, and the licence valid");
+
+    // Within the reuse window, past the expiry: the policy's denial, not the young token.
+    world.clock.advance(10);
+    let reply = get_bearer(&world.router, &query(SERVICE, &[PULL]), &alice).await;
+    assert_eq!((reply.status, reply.code()), (StatusCode::FORBIDDEN, "DENIED"), "{reply}");
+    assert!(reply.message().contains("LIC-0001 expired"), "{reply}");
+    let last = world.events().await.pop().unwrap();
+    assert_eq!((last.outcome, last.reason.as_deref()), (Outcome::Denied, Some("licence-expired")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_whose_event_was_not_committed_is_never_handed_to_the_next_caller() {
+    let world = World::new(|_| {}).await;
+    let alice = world.fixture.token_at(world.clock.now(), |_| {});
+    // Another process holds the ledger's write lock (a backup, a stuck tool): the strict commit
+    // cannot happen, and the token minted meanwhile is not returned.
+    let blocker = rusqlite::Connection::open(world.fixture.root().join("ledger.db")).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let refused = get_bearer(&world.router, &query(SERVICE, &[PULL]), &alice).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
+    blocker.execute_batch("ROLLBACK").unwrap();
+
+    // Once the ledger is writable again, the identical request gets a token minted for it and
+    // recorded as issued, not the one nobody received.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let token = loop {
+        let reply = get_bearer(&world.router, &query(SERVICE, &[PULL]), &alice).await;
+        if reply.status == StatusCode::OK {
+            break reply.body["token"].as_str().unwrap().to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "the ledger did not come back: {reply}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let events = world.events().await;
+    let issued: Vec<&Event> = events.iter().filter(|e| e.outcome == Outcome::Issued).collect();
+    assert!(issued.iter().all(|e| !e.reused), "the token of the refused request was handed out: {issued:#?}");
+    let returned: Vec<&&Event> =
+        issued.iter().filter(|e| e.token.as_ref().is_some_and(|t| t.jti == jti(&token))).collect();
+    assert_eq!(returned.len(), 1, "{events:#?}");
+    // The refused request's event may have landed once the lock was gone (its wait had ended):
+    // then a fault event says its token was not returned.
+    for unreturned in issued.iter().filter(|e| e.id != returned[0].id) {
+        let said = format!("the token event {} records was not returned", unreturned.id);
+        assert!(
+            events
+                .iter()
+                .any(|e| e.outcome == Outcome::Fault
+                    && e.message.as_deref().is_some_and(|m| m.contains(&said))),
+            "{events:#?}"
+        );
+    }
+}

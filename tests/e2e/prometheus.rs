@@ -170,13 +170,14 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
             vec!["service=\"registry.test\"", "algorithm=\"RS256\"", "via=\"refresh_token\""],
             1.0,
         ),
-        // Five identical requests mint once (the other four reuse its token, signing.reuse_seconds),
-        // and the offline login asks what the password grant just did: 1 + 1 + the refresh.
-        ("registry_token_decisions_total", vec!["outcome=\"grant\""], 3.0),
+        // The policy decides every request, a reused token's too: five identical requests (the
+        // other four reuse the first one's token, signing.reuse_seconds), the offline login (it
+        // asks what the password grant just did), the password grant, the refresh.
+        ("registry_token_decisions_total", vec!["outcome=\"grant\""], 8.0),
         ("registry_token_cache_requests_total", vec!["cache=\"tokens\"", "result=\"hit\""], 5.0),
-        // alice's first, bob's three (denied, so nothing to reuse), the partial grant, the password
-        // grant, the refresh, the hostile one.
-        ("registry_token_cache_requests_total", vec!["cache=\"tokens\"", "result=\"miss\""], 8.0),
+        // Granted, then not reused: alice's first, the partial grant, the password grant, the
+        // refresh (denials and faults never reach the reuse cache).
+        ("registry_token_cache_requests_total", vec!["cache=\"tokens\"", "result=\"miss\""], 4.0),
         ("registry_token_decisions_total", vec!["outcome=\"partial\""], 1.0),
         ("registry_token_decisions_total", vec!["outcome=\"revoked\""], 1.0),
         ("registry_token_decisions_total", vec!["outcome=\"deny\""], 3.0),
@@ -197,9 +198,8 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
         ("registry_token_requests_total", vec!["endpoint=\"token_get\"", "status=\"503\""], 1.0),
         ("registry_token_request_duration_seconds_count", vec!["endpoint=\"token_get\""], 16.0),
         ("registry_token_request_duration_seconds_count", vec!["endpoint=\"token_post\""], 3.0),
-        // Every decision but the revoked one (the host refuses before the policy is asked) and the
-        // reused tokens'.
-        ("registry_token_policy_evaluation_duration_seconds_count", vec![], 8.0),
+        // Every decision but the revoked one (the host refuses before the policy is asked).
+        ("registry_token_policy_evaluation_duration_seconds_count", vec![], 13.0),
         // alice's token: a miss, then 4 + 3 hits; bob's: a miss, 2 hits; the 4 refused, carol's
         // and the administrator's: misses; after the reload (a new cache) alice's: a miss. Refresh
         // tokens are looked up in the ledger, not this cache.

@@ -15,7 +15,7 @@ use crate::ledger::{
 };
 use crate::metrics::CacheName;
 use crate::metrics::metrics;
-use crate::mint::{Grant, LifetimeDecision, Lookup, Minted, Reusable, ReuseKey, SignError};
+use crate::mint::{Decided, Grant, LifetimeDecision, Lookup, Minted, Reusable, ReuseKey, SignError, Slot};
 use crate::policy::Decision;
 use crate::scope;
 use axum::extract::State;
@@ -171,7 +171,10 @@ async fn exchange(
 ) -> Result<Issued, ApiError> {
     let Some(ledger) = &app.ledger else {
         let exchange = Exchange::new(live, ask.params)?;
-        let issued = issue(app, live, &ask, &exchange, None).await?;
+        let (issued, offer) = issue(app, live, &ask, &exchange, None).await?;
+        if let Some((slot, reusable)) = offer {
+            slot.fill(reusable);
+        }
         count_issued(live, &exchange.service, &ask);
         return Ok(issued);
     };
@@ -194,21 +197,21 @@ async fn exchange(
         Err(error) => Err(error),
     };
     let committed = match (record.committing.take(), &result) {
-        (Some(committing), Ok(_)) => committing.wait().await,
+        (Some(committing), Ok(_)) => {
+            let committed = committing.wait().await;
+            if let Err(unavailable) = &committed {
+                // Its commit may yet go through (this was a timeout): the record says so.
+                ledger.record(not_returned(&record.event, &ApiError::LedgerUnavailable, unavailable));
+            }
+            committed
+        }
         (Some(committing), Err(error)) => {
             // Recorded as issued, then not returned (its signature failed): the record says so.
-            let recorded = record.event.id.clone();
-            let mut fault = record.event;
-            fault.id = Event::new(Outcome::Fault).id;
-            fault.token = None;
-            fault.reused = false;
-            describe_failure(&mut fault, error);
-            fault.message = Some(format!("{error}; the token event {recorded} records was not returned"));
-            ledger.record(fault);
+            ledger.record(not_returned(&record.event, error, error));
             let _ = committing.wait().await;
-            return result;
+            return result.map(|(issued, _)| issued);
         }
-        (None, Ok(issued)) => {
+        (None, Ok((issued, _))) => {
             let minted = &issued.minted;
             note_issued(
                 &mut record.event,
@@ -218,7 +221,16 @@ async fn exchange(
                 minted.expires_at,
                 minted.lifetime,
             );
-            ledger.keep_with(record.event, record.change).await
+            match ledger.durability() {
+                Durability::Relaxed => ledger.keep_with(record.event, record.change).await,
+                Durability::Strict => {
+                    let committed = ledger.keep_with(record.event.clone(), record.change).await;
+                    if let Err(unavailable) = &committed {
+                        ledger.record(not_returned(&record.event, &ApiError::LedgerUnavailable, unavailable));
+                    }
+                    committed
+                }
+            }
         }
         (None, Err(error)) => {
             describe_failure(&mut record.event, error);
@@ -226,15 +238,22 @@ async fn exchange(
         }
     };
     if let Err(unavailable) = committed {
+        // A new token's slot goes unfilled: the next identical request mints its own.
         tracing::warn!(error = %unavailable, "no token returned: its ledger event could not be committed");
         return Err(ApiError::LedgerUnavailable);
     }
-    if result.is_ok() {
-        // `Exchange::new` checked it: one of the configured services.
-        count_issued(live, ask.params.first("service").unwrap_or_default(), &ask);
+    let (issued, offer) = result?;
+    // Recorded: identical requests may have it now.
+    if let Some((slot, reusable)) = offer {
+        slot.fill(reusable);
     }
-    result
+    // `Exchange::new` checked it: one of the configured services.
+    count_issued(live, ask.params.first("service").unwrap_or_default(), &ask);
+    Ok(issued)
 }
+
+/// A new token's reuse slot and what to fill it with, once the exchange is complete.
+type Offer<'l> = (Slot<'l>, Reusable);
 
 /// The ledger's record of one exchange: its event, and the refresh token it issued or used.
 struct Recorded {
@@ -277,6 +296,18 @@ fn count_issued(live: &Live, service: &str, ask: &Ask<'_>) {
 }
 
 /// The outcome and reason of a failed exchange, for its event.
+/// The `fault` event of a token whose `issued` event went to the ledger but which was not
+/// returned: its signature failed, or its commit did not come in time (and may yet land).
+fn not_returned(issued: &Event, error: &ApiError, why: &dyn std::fmt::Display) -> Event {
+    let mut fault = issued.clone();
+    fault.id = Event::new(Outcome::Fault).id;
+    fault.token = None;
+    fault.reused = false;
+    describe_failure(&mut fault, error);
+    fault.message = Some(format!("{why}; the token event {} records was not returned", issued.id));
+    fault
+}
+
 fn describe_failure(event: &mut Event, error: &ApiError) {
     let (outcome, reason) = match error {
         ApiError::Auth(error) => (Outcome::Refused, error.kind().to_owned()),
@@ -362,14 +393,15 @@ async fn authenticate(
 }
 
 /// Authenticate, check revocations, decide, mint, noting on the ledger's `record` (when there is
-/// a ledger) who asked, what decided, and the refresh token issued or used.
-async fn issue(
+/// a ledger) who asked, what decided, and the refresh token issued or used. A newly minted token
+/// comes with its reuse slot, to be filled once the exchange is recorded.
+async fn issue<'l>(
     app: &AppState,
-    live: &Live,
+    live: &'l Live,
     ask: &Ask<'_>,
     exchange: &Exchange,
     mut record: Option<&mut Recorded>,
-) -> Result<Issued, ApiError> {
+) -> Result<(Issued, Option<Offer<'l>>), ApiError> {
     let now = (app.clock)();
     let span = Span::current();
     let Authenticated { validated, refresh } =
@@ -414,26 +446,28 @@ async fn issue(
         }
     }
 
-    // An identical request moments ago (a rollout pulling one image everywhere): its token again,
-    // when nothing that decided it has changed since.
+    // The policy decides every request, one answered with a reused token too: a policy that reads
+    // the time may have changed its mind since (its decision cache answers the repeats).
+    let (granted, lifetime_seconds) = decide(live, &validated, exchange, now, record.as_deref_mut()).await?;
+    let decided = Decided { granted: &granted, lifetime_seconds };
+    // An identical request moments ago (a rollout pulling one image everywhere), decided the same:
+    // its token again, when nothing else that decided it has changed since.
     let revision = app.ledger.as_ref().map_or(0, |ledger| ledger.revocations_revision());
     let reuse = live
         .reuse
         .as_ref()
         .map(|cache| (cache, ReuseKey::new(ask.credential, &exchange.service, &exchange.requested)));
     let lookup = match &reuse {
-        Some((cache, key)) => Some(cache.lookup(key, revision, now).await),
+        Some((cache, key)) => Some(cache.lookup(key, decided, revision, &*app.clock).await),
         None => None,
     };
-    let (minted, granted, slot) = match lookup {
+    let (minted, slot) = match lookup {
         Some(Lookup::Reuse(reused)) => {
             metrics().cache(CacheName::Tokens, true);
             if let Some(record) = record.as_deref_mut() {
                 record.event.reused = true;
-                // What the policy said of the token when it was decided.
-                record.event.annotations = reused.annotations.to_vec();
             }
-            (reused.answer(now), reused.granted.to_vec(), None)
+            (reused.answer((app.clock)()), None)
         }
         lookup => {
             let slot = match lookup {
@@ -443,17 +477,10 @@ async fn issue(
                 }
                 _ => None,
             };
-            let (minted, granted) = decide_and_mint(
-                app,
-                live,
-                &validated,
-                exchange,
-                refresh.is_some(),
-                now,
-                record.as_deref_mut(),
-            )
-            .await?;
-            (minted, granted, slot)
+            let minted =
+                mint(app, live, &validated, exchange, decided, refresh.is_some(), now, record.as_deref_mut())
+                    .await?;
+            (minted, slot)
         }
     };
     span.record("granted", scope_string(&granted));
@@ -468,30 +495,26 @@ async fn issue(
         };
         span.record("lifetime", said);
     }
-    if let Some(slot) = slot {
-        let annotations = record.as_deref().map(|r| r.event.annotations.clone()).unwrap_or_default();
-        slot.fill(Reusable::new(minted.clone(), granted.clone(), annotations, revision));
-    }
+    // Offered to identical requests once the exchange is complete (its event committed).
+    let offer = slot.map(|slot| (slot, Reusable::new(minted.clone(), decided, revision)));
     let refresh_token = match (ask.offline, refresh) {
         (false, _) => None,
         // Never rotated: the Docker engine keeps the refresh token it has.
         (true, Some(_)) => Some(Zeroizing::new(ask.credential.to_owned())),
         (true, None) => issue_refresh_token(live, ask, exchange, &validated, now, record)?,
     };
-    Ok(Issued { minted, granted, refresh_token })
+    Ok((Issued { minted, granted, refresh_token }, offer))
 }
 
-/// Asks the policy about `exchange` for the validated caller and mints what it grants, noting the
-/// policy's annotations on the ledger's `record`.
-async fn decide_and_mint(
-    app: &AppState,
+/// Asks the policy about `exchange` for the validated caller: what it grants and the lifetime it
+/// asks for, noting its annotations on the ledger's `record`; a denial or a fault is an error.
+async fn decide(
     live: &Live,
     validated: &Validated,
     exchange: &Exchange,
-    refreshed: bool,
     now: u64,
-    mut record: Option<&mut Recorded>,
-) -> Result<(Minted, Vec<Resource>), ApiError> {
+    record: Option<&mut Recorded>,
+) -> Result<(Vec<Resource>, Option<u32>), ApiError> {
     let caller = &validated.caller;
     let span = Span::current();
     let started = Instant::now();
@@ -508,13 +531,13 @@ async fn decide_and_mint(
             "policy fault; no token issued"
         );
     })?;
-    if let Some(record) = record.as_deref_mut() {
+    if let Some(record) = record {
         record.event.annotations.clone_from(decision.annotations());
     }
-    let (granted, requested_lifetime) = match decision {
+    match decision {
         Decision::Deny { reason, message, .. } => {
             metrics().decision("deny");
-            return Err(ApiError::Denied { reason, message, status: live.config.http.denial_status });
+            Err(ApiError::Denied { reason, message, status: live.config.http.denial_status })
         }
         Decision::Grant { resources, note, lifetime_seconds, .. } => {
             // Why less than asked was granted: for the operator's log line.
@@ -527,9 +550,24 @@ async fn decide_and_mint(
                 n if n >= actions(&exchange.requested) => "grant",
                 _ => "partial",
             });
-            (resources, lifetime_seconds)
+            Ok((resources, lifetime_seconds))
         }
-    };
+    }
+}
+
+/// Mints the token `decided` grants, its ledger event sent to be committed while it is signed.
+#[allow(clippy::too_many_arguments)]
+async fn mint(
+    app: &AppState,
+    live: &Live,
+    validated: &Validated,
+    exchange: &Exchange,
+    decided: Decided<'_>,
+    refreshed: bool,
+    now: u64,
+    record: Option<&mut Recorded>,
+) -> Result<Minted, ApiError> {
+    let caller = &validated.caller;
     // A file key's signature (≈ 0.2–0.45 ms of CPU for RS256) runs here, on the worker: it is the
     // request's own work with no I/O to overlap, the runtime has one worker per core, and a hand-off
     // to the blocking pool would add a thread wake-up per token. Other connections wait at most one
@@ -543,10 +581,10 @@ async fn decide_and_mint(
     let grant = Grant {
         subject: &caller.subject,
         audience: &exchange.service,
-        access: &granted,
+        access: decided.granted,
         now,
         not_after,
-        requested_lifetime,
+        requested_lifetime: decided.lifetime_seconds,
         max_lifetime: live.config.signing.max_lifetime_seconds,
     };
     let minter = live.keys.minter();
@@ -561,7 +599,7 @@ async fn decide_and_mint(
         note_issued(
             &mut record.event,
             live,
-            &granted,
+            decided.granted,
             prepared.jti(),
             prepared.expires_at(),
             prepared.lifetime(),
@@ -573,8 +611,7 @@ async fn decide_and_mint(
             })?;
         record.committing = Some(committing);
     }
-    let minted = minter.sign(prepared).await.map_err(signing_failed)?;
-    Ok((minted, granted))
+    minter.sign(prepared).await.map_err(signing_failed)
 }
 
 /// A signature that failed: a 500 for the local crypto library, a 503 for an HSM.

@@ -17,7 +17,7 @@ pub use entry::{KeyEntry, KeyStatus, Pkcs11KeyConfig, Rfc3339};
 pub use key::{KeyError, SigningAlgorithm, SigningKey};
 pub use keyset::{KeySet, KeySetError, PublishedKey, etag};
 pub use public::PublicKey;
-pub use reuse::{Lookup, Reusable, ReuseCache, ReuseKey, Slot};
+pub use reuse::{Decided, Lookup, Reusable, ReuseCache, ReuseKey, Slot};
 
 use crate::access::Resource;
 use data_encoding::{BASE64, BASE64URL_NOPAD};

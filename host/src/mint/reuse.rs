@@ -6,10 +6,13 @@
 //!
 //! An entry is keyed by the SHA-256 of the credential, the service and the requested scopes, and
 //! is reused only within `window` seconds of its `iat`, while at least 80 % of its lifetime is
-//! left, and while the revocations are at the revision it was minted under. The cache belongs to
-//! one live configuration (policy, settings, signing key) and is dropped with it on reload.
-//! Concurrent identical requests mint once: the first takes a slot, the others wait for what it
-//! fills in (or take the slot themselves if it could not mint).
+//! left, while the revocations are at the revision it was minted under, and while the policy
+//! still decides the request as it did (a policy that reads the time may change its mind: the
+//! policy is asked every time, from its decision cache; reuse saves the signature). The cache
+//! belongs to one live configuration (policy, settings, signing key) and is dropped with it on
+//! reload. Concurrent identical requests mint once: the first takes a slot, the others wait for
+//! what it fills in once its ledger event is committed (or take the slot themselves if it could
+//! not mint, or mint on their own after [`WAIT_FOR_MINT`]).
 
 use super::Minted;
 use crate::access::Resource;
@@ -17,6 +20,19 @@ use crate::bounded::{self, PerKib, Weighed};
 use quick_cache::sync::{EntryAction, EntryResult, PlaceholderGuard};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an identical request waits for the one minting before it mints on its own (a signer
+/// or ledger that stalls must not queue every identical request behind one another).
+pub const WAIT_FOR_MINT: Duration = Duration::from_secs(1);
+
+/// What the policy decides of a request now: a token is reused only for the same decision.
+#[derive(Clone, Copy, Debug)]
+pub struct Decided<'a> {
+    pub granted: &'a [Resource],
+    /// The lifetime the policy asked for.
+    pub lifetime_seconds: Option<u32>,
+}
 
 /// What identifies a reusable token: who (by the digest of their credential), for which
 /// registry, asking what.
@@ -58,25 +74,19 @@ pub struct Reusable {
     pub minted: Arc<Minted>,
     /// What it grants (the `scope` of an OAuth2 answer, the event's `granted`).
     pub granted: Arc<[Resource]>,
-    /// The policy's annotations of the decision it was minted on (for the events of its reuses).
-    pub annotations: Arc<[(String, String)]>,
+    /// The lifetime the policy asked for.
+    lifetime_seconds: Option<u32>,
     /// The revocations' revision it was minted under.
     revision: u64,
 }
 
 impl Reusable {
-    /// `minted`, granting `granted` on a decision with `annotations`, minted under revocations
-    /// `revision`.
-    pub fn new(
-        minted: Minted,
-        granted: Vec<Resource>,
-        annotations: Vec<(String, String)>,
-        revision: u64,
-    ) -> Reusable {
+    /// `minted` on the decision `decided`, under revocations `revision`.
+    pub fn new(minted: Minted, decided: Decided<'_>, revision: u64) -> Reusable {
         Reusable {
             minted: Arc::new(minted),
-            granted: granted.into(),
-            annotations: annotations.into(),
+            granted: decided.granted.into(),
+            lifetime_seconds: decided.lifetime_seconds,
             revision,
         }
     }
@@ -93,7 +103,6 @@ impl Reusable {
             + minted.jti.len()
             + 96
             + self.granted.iter().map(|r| 72 + r.name.len() + r.actions.len() * 32).sum::<usize>()
-            + self.annotations.iter().map(|(k, v)| 48 + k.len() + v.len()).sum::<usize>()
     }
 }
 
@@ -156,42 +165,49 @@ impl ReuseCache {
         bounded::cache(capacity).map(|cache| ReuseCache { cache, window })
     }
 
-    /// Whether `reusable` may still be answered at `now` under revocations `revision`: minted
-    /// under the same revocations, at most `window` seconds ago, with at least 80 % of its
-    /// lifetime left.
-    fn young(&self, reusable: &Reusable, revision: u64, now: u64) -> bool {
+    /// Whether `reusable` may be answered at `now` for a request the policy decides as
+    /// `decided`, under revocations `revision`: the same decision, under the same revocations, at
+    /// most `window` seconds old, with at least 80 % of its lifetime left.
+    fn young(&self, reusable: &Reusable, decided: Decided<'_>, revision: u64, now: u64) -> bool {
         let minted = &reusable.minted;
         let lifetime = minted.expires_at.saturating_sub(minted.iat);
         let left = minted.expires_at.saturating_sub(now);
         reusable.revision == revision
-            && now >= minted.iat
-            && now - minted.iat <= self.window
+            && *reusable.granted == *decided.granted
+            && reusable.lifetime_seconds == decided.lifetime_seconds
+            && now.saturating_sub(minted.iat) <= self.window
             && left * 5 >= lifetime * 4
     }
 
-    /// The young token for `key`, or the slot to mint it in. Waits while an identical request is
-    /// minting.
-    pub async fn lookup(&self, key: &ReuseKey, revision: u64, now: u64) -> Lookup<'_> {
+    /// The young token for `key` and the decision `decided`, or the slot to mint it in. Waits
+    /// (at most [`WAIT_FOR_MINT`]) while an identical request is minting; reads the `clock` when
+    /// it decides, after any wait.
+    pub async fn lookup(
+        &self,
+        key: &ReuseKey,
+        decided: Decided<'_>,
+        revision: u64,
+        clock: &(dyn Fn() -> u64 + Send + Sync),
+    ) -> Lookup<'_> {
         // The common case, a read lock only.
         if let Some(hit) = self.cache.get(key)
-            && self.young(&hit.value, revision, now)
+            && self.young(&hit.value, decided, revision, clock())
         {
             return Lookup::Reuse(hit.value);
         }
-        let entry = self
-            .cache
-            .entry_async(key, |_, cached| match self.young(&cached.value, revision, now) {
+        let entry = self.cache.entry_async(key, |_, cached| {
+            match self.young(&cached.value, decided, revision, clock()) {
                 true => EntryAction::Retain(cached.value.clone()),
                 false => EntryAction::ReplaceWithGuard,
-            })
-            .await;
-        match entry {
-            EntryResult::Retained(reusable) => Lookup::Reuse(reusable),
-            EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => {
+            }
+        });
+        match tokio::time::timeout(WAIT_FOR_MINT, entry).await {
+            Ok(EntryResult::Retained(reusable)) => Lookup::Reuse(reusable),
+            Ok(EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _)) => {
                 Lookup::Mint(Some(Slot { guard, key_bytes: key.bytes() }))
             }
-            // Neither is asked for (no timeout, no removal): mint without sharing.
-            EntryResult::Removed(..) | EntryResult::Timeout => Lookup::Mint(None),
+            // Waited long enough, or neither asked for (no timeout, no removal): mint unshared.
+            Err(_) | Ok(EntryResult::Removed(..) | EntryResult::Timeout) => Lookup::Mint(None),
         }
     }
 
