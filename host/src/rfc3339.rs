@@ -28,6 +28,10 @@ impl fmt::Display for Refused {
 
 /// Unix milliseconds of `text`.
 pub fn parse_millis(text: &str) -> Result<i64, Refused> {
+    // Between the date and the time: `T` (either case) or, as RFC 3339 allows, a space.
+    if !matches!(text.as_bytes().get(10), Some(b'T' | b't' | b' ')) {
+        return Err(Refused::NotATime);
+    }
     let millis = match time::OffsetDateTime::parse(text, &Rfc3339) {
         Ok(time) => i64::try_from(time.unix_timestamp_nanos().div_euclid(1_000_000))
             .map_err(|_| Refused::After9999)?,
@@ -77,9 +81,14 @@ mod tests {
 
     #[test]
     fn what_is_not_a_time_is_refused_with_its_reason() {
-        for text in
-            ["", "tomorrow", "2026-12-31T00:00:00+5", "2026-12-31T00:00:00 +05:00", "2026-13-01T00:00:00Z"]
-        {
+        for text in [
+            "",
+            "tomorrow",
+            "2026-12-31T00:00:00+5",
+            "2026-12-31T00:00:00 +05:00",
+            "2026-13-01T00:00:00Z",
+            "2026-12-31x00:00:00Z",
+        ] {
             assert_eq!(parse_millis(text), Err(Refused::NotATime), "{text:?}");
         }
         assert_eq!(parse_millis("1969-12-31T23:59:59Z"), Err(Refused::Before1970));

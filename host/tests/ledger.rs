@@ -413,6 +413,7 @@ fn a_tenant_administrator_reads_and_revokes_only_within_its_tenant() {
     );
     for body in [
         json!({"kind": "tenant", "value": "globex", "reason": "x"}),
+        json!({"kind": "tenant", "value": "globex", "reason": "x", "tenant": "acme"}),
         json!({"kind": "subject", "value": "bob", "reason": "x", "tenant": "globex"}),
     ] {
         let reply = admin.post_json_bearer("/admin/v1/revocations", &acme, &body.to_string()).unwrap();
@@ -546,7 +547,7 @@ fn the_admin_api_refuses_bad_input_and_bad_credentials_and_writes_nothing() {
         // An offset the weak parser would have dropped: refused, never guessed.
         (
             r#"{"kind": "subject", "value": "x", "reason": "r", "expires_at": "2099-01-01T00:00:00+5"}"#,
-            "expires_at",
+            "is not an RFC 3339 time",
         ),
         (
             r#"{"kind": "tenant", "value": "acme", "reason": "r", "tenant": "globex"}"#,

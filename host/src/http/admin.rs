@@ -417,6 +417,20 @@ pub(super) async fn create_revocation(
     }
     let asked: NewRevocation = serde_json::from_slice(&body)
         .map_err(|e| AdminError::BadRequest(format!("the body is not a revocation as JSON: {e}")))?;
+    // A tenant administrator reaching outside its tenant is refused first, however else the
+    // request is malformed.
+    if let Some(own) = admin.tenant() {
+        if asked.tenant.as_deref().is_some_and(|t| t != own) {
+            return Err(AdminError::Forbidden(format!(
+                "this administrator acts for tenant {own} and cannot revoke in another tenant"
+            )));
+        }
+        if asked.kind == RevocationKind::Tenant.as_str() && asked.value != own {
+            return Err(AdminError::Forbidden(format!(
+                "this administrator acts for tenant {own} and can revoke no other tenant"
+            )));
+        }
+    }
     let now = Millis::now();
     let mut request = RevocationRequest::new(
         &asked.kind,
@@ -428,16 +442,6 @@ pub(super) async fn create_revocation(
     )
     .map_err(AdminError::BadRequest)?;
     if let Some(own) = admin.tenant() {
-        if request.tenant.as_deref().is_some_and(|t| t != own) {
-            return Err(AdminError::Forbidden(format!(
-                "this administrator acts for tenant {own} and cannot revoke in another tenant"
-            )));
-        }
-        if request.kind == RevocationKind::Tenant && request.value != own {
-            return Err(AdminError::Forbidden(format!(
-                "this administrator acts for tenant {own} and can revoke no other tenant"
-            )));
-        }
         // Whatever it names, it applies to this tenant's callers only.
         request.tenant = Some(own.to_owned());
     }

@@ -199,8 +199,10 @@ async fn exchange(
     let committed = match (record.committing.take(), &result) {
         (Some(committing), Ok(_)) => {
             let committed = committing.wait().await;
-            if let Err(unavailable) = &committed {
-                // Its commit may yet go through (this was a timeout): the record says so.
+            if let Err(unavailable) = &committed
+                && unavailable.may_land
+            {
+                // Its commit may yet go through: the record says the token was not returned.
                 ledger.record(not_returned(&record.event, &ApiError::LedgerUnavailable, unavailable));
             }
             committed
@@ -225,7 +227,9 @@ async fn exchange(
                 Durability::Relaxed => ledger.keep_with(record.event, record.change).await,
                 Durability::Strict => {
                     let committed = ledger.keep_with(record.event.clone(), record.change).await;
-                    if let Err(unavailable) = &committed {
+                    if let Err(unavailable) = &committed
+                        && unavailable.may_land
+                    {
                         ledger.record(not_returned(&record.event, &ApiError::LedgerUnavailable, unavailable));
                     }
                     committed
@@ -295,7 +299,6 @@ fn count_issued(live: &Live, service: &str, ask: &Ask<'_>) {
     metrics().issued(service, live.keys.minter().signer().algorithm().name(), via);
 }
 
-/// The outcome and reason of a failed exchange, for its event.
 /// The `fault` event of a token whose `issued` event went to the ledger but which was not
 /// returned: its signature failed, or its commit did not come in time (and may yet land).
 fn not_returned(issued: &Event, error: &ApiError, why: &dyn std::fmt::Display) -> Event {
@@ -308,6 +311,7 @@ fn not_returned(issued: &Event, error: &ApiError, why: &dyn std::fmt::Display) -
     fault
 }
 
+/// The outcome and reason of a failed exchange, for its event.
 fn describe_failure(event: &mut Event, error: &ApiError) {
     let (outcome, reason) = match error {
         ApiError::Auth(error) => (Outcome::Refused, error.kind().to_owned()),

@@ -60,17 +60,30 @@ impl Committing {
     pub async fn wait(self) -> Result<(), Unavailable> {
         match tokio::time::timeout(self.timeout, self.done).await {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(error))) => Err(Unavailable(error)),
-            Ok(Err(_)) => Err(Unavailable("the writer stopped".into())),
-            Err(_) => Err(Unavailable(format!("no commit within {:?}", self.timeout))),
+            Ok(Ok(Err(error))) => Err(Unavailable::new(error)),
+            Ok(Err(_)) => Err(Unavailable::new("the writer stopped")),
+            // Still queued, or being written: it may yet be committed.
+            Err(_) => {
+                Err(Unavailable { message: format!("no commit within {:?}", self.timeout), may_land: true })
+            }
         }
     }
 }
 
 /// The ledger could not take an event a strict request must commit: no token is returned.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the issuance ledger cannot be written: {0}")]
-pub struct Unavailable(pub String);
+#[error("the issuance ledger cannot be written: {message}")]
+pub struct Unavailable {
+    pub message: String,
+    /// The record was queued and its commit not refused: it may yet land (a timeout).
+    pub may_land: bool,
+}
+
+impl Unavailable {
+    fn new(message: impl Into<String>) -> Unavailable {
+        Unavailable { message: message.into(), may_land: false }
+    }
+}
 
 struct Pending {
     /// `None`: a barrier ([`Ledger::flush`]), answered once everything before it is committed.
@@ -238,7 +251,7 @@ impl Ledger {
 
     async fn barrier(&self, record: Option<Record>, timeout: Duration) -> Result<(), Unavailable> {
         let Some(queue) = &self.queue else {
-            return Err(Unavailable("the ledger is not serving".into()));
+            return Err(Unavailable::new("the ledger is not serving"));
         };
         if record.is_some() {
             return self.enqueue(record, timeout)?.wait().await;
@@ -250,7 +263,7 @@ impl Ledger {
         let sent = tokio::time::timeout(timeout, queue.send(pending)).await;
         if !matches!(sent, Ok(Ok(()))) {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(Unavailable("its queue is full".into()));
+            return Err(Unavailable::new("its queue is full"));
         }
         Committing { done, timeout }.wait().await
     }
@@ -258,13 +271,13 @@ impl Ledger {
     /// Queues `record` for the writer's next commit and returns what to wait on, at once.
     fn enqueue(&self, record: Option<Record>, timeout: Duration) -> Result<Committing, Unavailable> {
         let Some(queue) = &self.queue else {
-            return Err(Unavailable("the ledger is not serving".into()));
+            return Err(Unavailable::new("the ledger is not serving"));
         };
         let (committed, done) = oneshot::channel();
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
         if queue.try_send(Pending { record, committed: Some(committed) }).is_err() {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(Unavailable("its queue is full".into()));
+            return Err(Unavailable::new("its queue is full"));
         }
         Ok(Committing { done, timeout })
     }
