@@ -10,8 +10,8 @@ use crate::authority::{self, AuthError, Validated};
 use crate::config::Durability;
 use crate::ledger::refresh::{self, Binding, Lifetime};
 use crate::ledger::{
-    Change, Committing, Event, IssuedToken, LifetimeRecord, Millis, Outcome, Presented, RefreshError,
-    RefreshToken,
+    Change, Committing, Event, IssuedToken, Ledger, LifetimeRecord, Millis, Outcome, Presented, RefreshError,
+    RefreshToken, Unavailable,
 };
 use crate::metrics::CacheName;
 use crate::metrics::metrics;
@@ -199,12 +199,7 @@ async fn exchange(
     let committed = match (record.committing.take(), &result) {
         (Some(committing), Ok(_)) => {
             let committed = committing.wait().await;
-            if let Err(unavailable) = &committed
-                && unavailable.may_land
-            {
-                // Its commit may yet go through: the record says the token was not returned.
-                ledger.record(not_returned(&record.event, &ApiError::LedgerUnavailable, unavailable));
-            }
+            note_if_not_returned(ledger, &record.event, &committed);
             committed
         }
         (Some(committing), Err(error)) => {
@@ -227,11 +222,7 @@ async fn exchange(
                 Durability::Relaxed => ledger.keep_with(record.event, record.change).await,
                 Durability::Strict => {
                     let committed = ledger.keep_with(record.event.clone(), record.change).await;
-                    if let Err(unavailable) = &committed
-                        && unavailable.may_land
-                    {
-                        ledger.record(not_returned(&record.event, &ApiError::LedgerUnavailable, unavailable));
-                    }
+                    note_if_not_returned(ledger, &record.event, &committed);
                     committed
                 }
             }
@@ -297,6 +288,16 @@ fn note_issued(
 fn count_issued(live: &Live, service: &str, ask: &Ask<'_>) {
     let via = if refresh::is_refresh_token(ask.credential) { "refresh_token" } else { "credential" };
     metrics().issued(service, live.keys.minter().signer().algorithm().name(), via);
+}
+
+/// A strict commit of `issued` that timed out may yet land: a `fault` event then says its token
+/// was not returned.
+fn note_if_not_returned(ledger: &Ledger, issued: &Event, committed: &Result<(), Unavailable>) {
+    if let Err(unavailable) = committed
+        && unavailable.may_land
+    {
+        ledger.record(not_returned(issued, &ApiError::LedgerUnavailable, unavailable));
+    }
 }
 
 /// The `fault` event of a token whose `issued` event went to the ledger but which was not
