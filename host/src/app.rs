@@ -8,7 +8,7 @@ use crate::authority::{KeySource, Requirements, Validator};
 use crate::bundle::{self, Bundle, BundleError, Fetch, FetchOptions, Fetched};
 use crate::config::{BundleConfig, BundleSource, Config, JwksSource, PolicyConfig, PolicyModule};
 use crate::jws::TrustedKeys;
-use crate::ledger::{Ledger, Millis, Presented, Revocation, RevocationSet};
+use crate::ledger::{AppliedBundle, Ledger, Millis, Presented, Revocation, RevocationSet};
 use crate::mint::{self, KeySet, ReuseCache};
 use crate::policy::{self, Policy};
 use arc_swap::ArcSwap;
@@ -128,6 +128,20 @@ pub enum BuildError {
     ReloadTask(String),
 }
 
+/// What the ledger remembers of the bundles applied from the configured source (`Ok(None)`: no
+/// record, or no ledger); an error is what reading it said.
+pub type BundleRecord = Result<Option<AppliedBundle>, String>;
+
+/// The ledger's record of the bundles applied from `config`'s `policy.bundle`.
+pub async fn bundle_record(ledger: Option<&Ledger>, config: &Config) -> BundleRecord {
+    match (ledger, &config.policy.bundle) {
+        (Some(ledger), Some(bundle)) => {
+            ledger.applied_bundle(&bundle.source.to_string()).await.map_err(|e| e.to_string())
+        }
+        _ => Ok(None),
+    }
+}
+
 impl Live {
     /// Loads everything `config` names. CPU-heavy (the policy is compiled): run it off the
     /// request path.
@@ -137,18 +151,21 @@ impl Live {
 
     /// [`Live::build`] for a reload of `previous`: the policy engine is reused when it can be.
     pub async fn build_after(config: Config, previous: Option<&Live>) -> Result<Live, BuildError> {
-        Live::build_with(config, previous, None).await
+        Live::build_with(config, previous, None, Ok(None)).await
     }
 
-    /// [`Live::build_after`] with the bundle already `fetched` (by a poll), instead of fetching it.
+    /// [`Live::build_after`] with the bundle already `fetched` (by a poll), instead of fetching it,
+    /// and a bundle that is not the live one checked against the ledger's `record` too.
     pub async fn build_with(
         config: Config,
         previous: Option<&Live>,
         fetched: Option<Fetched>,
+        record: BundleRecord,
     ) -> Result<Live, BuildError> {
         let bundle = match &config.policy.bundle {
             Some(bundle_config) => {
-                Some(open_bundle(bundle_config, previous.and_then(|p| p.bundle.as_ref()), fetched).await?)
+                let live = previous.and_then(|p| p.bundle.as_ref());
+                Some(open_bundle(bundle_config, live, fetched, &record).await?)
             }
             None => None,
         };
@@ -267,11 +284,13 @@ impl Live {
 }
 
 /// Fetches (unless a poll already has) and opens the configured bundle: its limits, its signature
-/// with `policy.bundle_keys`, its content, and no rollback from the `live` one.
+/// with `policy.bundle_keys`, its content, and no rollback from the `live` one nor, unless it is
+/// the live one, from the highest revision the ledger `record`s.
 async fn open_bundle(
     config: &BundleConfig,
     live: Option<&LiveBundle>,
     fetched: Option<Fetched>,
+    record: &BundleRecord,
 ) -> Result<LiveBundle, BuildError> {
     let refused = |error: BundleError| BuildError::Bundle { source_name: config.source.to_string(), error };
     let keys = TrustedKeys::from_files(&config.keys).map_err(|e| BuildError::BundleKeys(e.to_string()))?;
@@ -300,6 +319,20 @@ async fn open_bundle(
     };
     if let Some(live) = live {
         no_rollback(&live.bundle, &opened).map_err(refused)?;
+    }
+    // The live bundle was checked when it was applied; another replica may have recorded a
+    // higher revision since, which this one keeps serving until its source has it too.
+    if live.is_none_or(|live| live.bundle.sha256() != opened.sha256()) {
+        match record {
+            Ok(Some(applied)) => not_below_record(applied, &opened).map_err(refused)?,
+            Ok(None) => {}
+            Err(error) => {
+                return Err(refused(BundleError::Unavailable(format!(
+                    "the ledger's record of the revisions applied from this source cannot be read \
+                     ({error}); a bundle that is not the live one is applied only once it can"
+                ))));
+            }
+        }
     }
     if keys.is_empty() {
         tracing::warn!(
@@ -338,6 +371,27 @@ fn no_rollback(live: &Bundle, new: &Bundle) -> Result<(), BundleError> {
         return Err(BundleError::Rollback(format!(
             "revision {now} is live with other content ({}); a new bundle needs a higher revision",
             live.sha256()
+        )));
+    }
+    Ok(())
+}
+
+/// A bundle that is not the live one must not be below the highest revision applied from its
+/// source (the ledger's record, which outlives restarts), nor that revision with other content.
+fn not_below_record(applied: &AppliedBundle, new: &Bundle) -> Result<(), BundleError> {
+    let (was, now) = (applied.revision, new.manifest().revision);
+    if now < was {
+        return Err(BundleError::Rollback(format!(
+            "rollback refused: revision {now} is lower than revision {was}, applied from this source at {} \
+             (the ledger's record; `registry-token bundle forget-revision` lets a lower revision in)",
+            applied.applied_at
+        )));
+    }
+    if now == was && new.sha256() != applied.sha256 {
+        return Err(BundleError::Rollback(format!(
+            "revision {now} was applied from this source at {} with other content ({}); a new bundle \
+             needs a higher revision",
+            applied.applied_at, applied.sha256
         )));
     }
     Ok(())
@@ -431,6 +485,8 @@ pub struct App {
     bundle_refusal: Mutex<Option<BundleRefusal>>,
     /// The issuance ledger; `None` with `ledger.url: none` (and in tests that do not need one).
     pub ledger: Option<Ledger>,
+    /// The SHA-256 of the last bundle the ledger recorded as applied (see [`App::record_bundle`]).
+    bundle_recorded: Mutex<Option<String>>,
     /// The clock requests use.
     pub clock: Clock,
 }
@@ -452,6 +508,7 @@ impl App {
             config_path,
             bundle_refusal: Mutex::new(None),
             ledger: None,
+            bundle_recorded: Mutex::new(None),
             clock,
         }
     }
@@ -465,6 +522,38 @@ impl App {
     /// The state requests use now.
     pub fn live(&self) -> Arc<Live> {
         self.live.load_full()
+    }
+
+    /// Records the live bundle in the ledger as applied from its source (raising the source's
+    /// record, never lowering it), so that a restart refuses a rollback too. A ledger that cannot
+    /// be written is warned about, and asked again at the next reload or poll.
+    pub async fn record_bundle(&self) {
+        let live = self.live();
+        let (Some(ledger), Some(live_bundle)) = (&self.ledger, &live.bundle) else { return };
+        let sha256 = live_bundle.bundle.sha256();
+        if self.bundle_recorded.lock().is_ok_and(|recorded| recorded.as_deref() == Some(sha256)) {
+            return;
+        }
+        let applied = AppliedBundle {
+            source: live_bundle.source.to_string(),
+            revision: live_bundle.bundle.manifest().revision,
+            sha256: sha256.to_owned(),
+            applied_at: Millis::now(),
+        };
+        match ledger.record_applied_bundle(&applied).await {
+            Ok(_) => {
+                if let Ok(mut recorded) = self.bundle_recorded.lock() {
+                    *recorded = Some(applied.sha256);
+                }
+            }
+            Err(error) => tracing::warn!(
+                bundle = %applied.source,
+                revision = applied.revision,
+                %error,
+                "the ledger did not record the bundle as applied: until it does, a restart would accept \
+                 a lower revision; asked again at the next reload or poll"
+            ),
+        }
     }
 
     /// Re-reads the configuration file and everything it names, and swaps it in only if all of
@@ -481,6 +570,7 @@ impl App {
     /// bundle and, when it has, applies it with the live configuration: `Ok(true)`. A bundle
     /// that is refused (or cannot be fetched) leaves the live one serving.
     pub async fn poll_bundle(&self) -> Result<bool, BuildError> {
+        self.record_bundle().await;
         let current = self.live();
         let (Some(config), Some(live_bundle)) = (&current.config.policy.bundle, &current.bundle) else {
             return Ok(false);
@@ -571,6 +661,7 @@ impl App {
     }
 
     async fn reload_now(&self) -> Result<(), BuildError> {
+        self.record_bundle().await;
         let Some(path) = self.config_path.clone() else {
             return Err(BuildError::NoConfigFile);
         };
@@ -604,11 +695,12 @@ impl App {
         current: Arc<Live>,
         fetched: Option<Fetched>,
     ) -> Result<(), BuildError> {
+        let record = bundle_record(self.ledger.as_ref(), &config).await;
         // Compiling a policy takes a few hundred milliseconds of CPU: keep it off the workers.
         let started = std::time::Instant::now();
         let handle = tokio::runtime::Handle::current();
         let built = tokio::task::spawn_blocking(move || {
-            handle.block_on(Live::build_with(config, Some(&current), fetched))
+            handle.block_on(Live::build_with(config, Some(&current), fetched, record))
         })
         .await
         .map_err(|e| BuildError::ReloadTask(e.to_string()))??;
@@ -620,6 +712,7 @@ impl App {
             "reloaded"
         );
         self.live.store(Arc::new(built));
+        self.record_bundle().await;
         Ok(())
     }
 }

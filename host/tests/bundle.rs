@@ -1,7 +1,8 @@
 //! Policy bundles as operators use them: `bundle build|sign|verify|inspect|test` through the
 //! binary (deterministic bytes; every refusal with its message, hostile archives refused before
 //! anything is written), a server serving a bundle from a file and from an HTTPS URL on loopback
-//! (a CA made here, polled, rollbacks refused and shown), the offline kit deciding exactly as the
+//! (a CA made here, polled, rollbacks refused and shown, after a restart too until the operator
+//! forgets the recorded revision), the offline kit deciding exactly as the
 //! online instance its bundle came from, and signed ledger exports.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -567,6 +568,58 @@ fn a_bundle_file_is_served_a_newer_revision_applied_and_a_rollback_or_unsigned_o
             "revision 2 still decides"
         );
     }
+    drop(server);
+
+    // The ledger remembers revision 2 as the highest applied from this source, so a restart
+    // refuses a rollback too: the service does not start on revision 1 and says why.
+    let config = path(&fixture.config_path).to_owned();
+    let listed = ok(&["bundle", "revisions", "--config", &config, "--json"]);
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["bundles"][0]["source"], path(&live), "{listed}");
+    assert_eq!(listed["bundles"][0]["revision"], 2, "{listed}");
+    assert_eq!(listed["bundles"][0]["sha256"], digest_of_bundle(&rev2), "{listed}");
+    std::fs::copy(&rev1, &live).unwrap();
+    let output = test_support::serve_command(BIN, &fixture.config_path).output().unwrap();
+    assert!(!output.status.success(), "started on a rollback:\n{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains(&format!(
+            "rollback refused: revision 1 is lower than revision 2, applied from this source at {}",
+            listed["bundles"][0]["applied_at"].as_str().unwrap()
+        )),
+        "{}",
+        text(&output.stderr)
+    );
+    // Revision 2 again starts (the record is not a refusal of what it records).
+    std::fs::copy(&rev2, &live).unwrap();
+    let server = Server::start(BIN, &fixture.config_path);
+    assert_eq!(readyz(&server.client())["bundle"]["revision"], 2);
+    drop(server);
+
+    // A deliberate rollback: the operator forgets the record, and revision 1 starts (and is
+    // recorded in turn).
+    std::fs::copy(&rev1, &live).unwrap();
+    let forgot = run(&["bundle", "forget-revision", "--config", &config]);
+    assert!(forgot.status.success(), "{}", text(&forgot.stderr));
+    assert!(
+        text(&forgot.stderr).contains(&format!("forgot revision 2 of {}", path(&live))),
+        "{}",
+        text(&forgot.stderr)
+    );
+    assert!(
+        refused(&["bundle", "forget-revision", "--config", &config]).contains("no revision is recorded for"),
+        "forgetting twice is an error"
+    );
+    let server = Server::start(BIN, &fixture.config_path);
+    let client = server.client();
+    assert_eq!(readyz(&client)["bundle"]["revision"], 1);
+    assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull"]);
+    let listed = ok(&["bundle", "revisions", "--config", &config]);
+    assert!(listed.starts_with(&format!("{}  revision 1  sha256:", path(&live))), "{listed}");
+}
+
+/// The SHA-256 a server shows for the bundle file `path` (`sha256:HEX`).
+fn digest_of_bundle(path: &Path) -> String {
+    format!("sha256:{}", digest_of(&std::fs::read(path).unwrap()))
 }
 
 /// A loopback HTTPS server with a certificate from a CA made here, serving one bundle at

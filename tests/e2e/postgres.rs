@@ -3,7 +3,8 @@
 //! root), and two release servers on it. A revocation made through one replica's admin API, or by
 //! `registry-token ledger revoke`, is refused by every replica within a second; stopping
 //! PostgreSQL under load with strict durability gives 503s and never a token without its record,
-//! and service resumes when it comes back, without a restart.
+//! and service resumes when it comes back, without a restart. The policy bundle revisions recorded
+//! there are shared too, and only rise.
 //!
 //! PostgreSQL is required: when it is missing the test fails and says what to install; it never
 //! skips. One cluster serves the whole suite, which runs its scenarios in order (the outage one
@@ -155,7 +156,43 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // 4. PostgreSQL stops under load: strict durability answers 503 and never hands out a token
+    // 4. The highest policy bundle revision applied from a source, shared by every replica: a
+    //    record only rises (replicas may apply revisions in any order) and is forgotten on request.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let config = registry_token::config::Config::load(&fixture.config_path).unwrap();
+        let ledger = registry_token::ledger::Ledger::open(&config.ledger, false).await.unwrap().unwrap();
+        let applied = |revision: u64, sha256: &str| registry_token::ledger::AppliedBundle {
+            source: "oci://127.0.0.1:5000/team/policy:live".into(),
+            revision,
+            sha256: sha256.into(),
+            applied_at: registry_token::ledger::Millis(1_767_225_600_000),
+        };
+        assert!(ledger.record_applied_bundle(&applied(3, "sha256:three")).await.unwrap());
+        assert!(!ledger.record_applied_bundle(&applied(2, "sha256:two")).await.unwrap(), "lowered");
+        assert!(!ledger.record_applied_bundle(&applied(3, "sha256:other")).await.unwrap(), "replaced");
+        assert_eq!(ledger.applied_bundles().await.unwrap(), [applied(3, "sha256:three")]);
+    });
+    let output = Command::new(BIN)
+        .args(["bundle", "revisions", "--config"])
+        .arg(&fixture.config_path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "oci://127.0.0.1:5000/team/policy:live  revision 3  sha256:three  applied 2026-01-01T00:00:00.000Z\n",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = Command::new(BIN)
+        .args(["bundle", "forget-revision", "oci://127.0.0.1:5000/team/policy:live", "--config"])
+        .arg(&fixture.config_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(cluster.psql("SELECT count(*) FROM bundle_revisions").trim(), "0");
+
+    // 5. PostgreSQL stops under load: strict durability answers 503 and never hands out a token
     //    without its record; service resumes when the database is back, with no restart.
     let received: Arc<Mutex<HashSet<String>>> = Arc::default();
     let (ok, unavailable, other) =

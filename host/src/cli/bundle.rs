@@ -1,8 +1,10 @@
 //! `registry-token bundle build|sign|verify|inspect|test|push`: policy bundles made, signed,
-//! checked and published without a server.
+//! checked and published without a server; `bundle revisions|forget-revision`: the highest
+//! revision the ledger records as applied from each source (what a restart refuses to go below).
 
 use super::cases;
 use super::keys::write_replacing;
+use super::ledger::{ConfigArg, open as open_ledger};
 use super::signer::{SignerArgs, VerifierArgs};
 use crate::app::{load_module, settings_json};
 use crate::bundle::{self, BuildInputs, Bundle, BundlePolicy, FetchOptions, PolicyInput};
@@ -76,6 +78,24 @@ pub(super) enum BundleCommand {
         /// Where: oci://host[:port]/repository:tag.
         reference: String,
     },
+    /// List the highest revision applied from each bundle source, as the ledger records it (a
+    /// server refuses a lower one, after a restart too).
+    Revisions {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// As JSON `{"bundles": [...]}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget the highest revision applied from a source, so that its next bundle may have any
+    /// revision (a deliberate rollback: then restart the servers, which also refuse a revision
+    /// lower than their live one).
+    ForgetRevision {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The source, as `policy.bundle` names it (default: the configuration's).
+        source: Option<String>,
+    },
 }
 
 /// `--max-bytes`, as `policy.bundle_max_bytes`.
@@ -133,7 +153,50 @@ pub(super) async fn run(command: BundleCommand) -> Result<ExitCode, String> {
             };
             push(&bundle, &reference, &options).await
         }
+        BundleCommand::Revisions { config, json } => revisions(&config, json).await,
+        BundleCommand::ForgetRevision { config, source } => forget_revision(&config, source).await,
     }
+}
+
+async fn revisions(config: &ConfigArg, json: bool) -> Result<ExitCode, String> {
+    let ledger = open_ledger(config).await?;
+    let bundles = ledger.applied_bundles().await.map_err(|e| format!("the ledger: {e}"))?;
+    if json {
+        println!("{}", serde_json::json!({ "bundles": bundles }));
+    } else {
+        for applied in &bundles {
+            println!(
+                "{}  revision {}  {}  applied {}",
+                applied.source, applied.revision, applied.sha256, applied.applied_at
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn forget_revision(config: &ConfigArg, source: Option<String>) -> Result<ExitCode, String> {
+    let source = match source {
+        Some(source) => source,
+        None => Config::load(config.path())
+            .map_err(|e| e.to_string())?
+            .policy
+            .bundle
+            .map(|bundle| bundle.source.to_string())
+            .ok_or("name the source: the configuration has no policy.bundle")?,
+    };
+    let ledger = open_ledger(config).await?;
+    let Some(applied) = ledger.applied_bundle(&source).await.map_err(|e| format!("the ledger: {e}"))? else {
+        return Err(format!("no revision is recorded for {source} (`bundle revisions` lists them)"));
+    };
+    if !ledger.forget_applied_bundle(&source).await.map_err(|e| format!("the ledger: {e}"))? {
+        return Err(format!("{source}'s record was forgotten meanwhile, by another process"));
+    }
+    eprintln!(
+        "forgot revision {} of {source} (applied {}): the next bundle from it may have any revision once \
+         the servers restart (a running one refuses a revision lower than its live one)",
+        applied.revision, applied.applied_at
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read(path: &Path, max_bytes: u64) -> Result<Vec<u8>, String> {

@@ -141,7 +141,15 @@ pub(super) struct ConfigArg {
     config: PathBuf,
 }
 
-async fn open(config: &ConfigArg) -> Result<Ledger, String> {
+impl ConfigArg {
+    /// The configuration file.
+    pub(super) fn path(&self) -> &std::path::Path {
+        &self.config
+    }
+}
+
+/// The ledger `config` names (an error when it keeps none).
+pub(super) async fn open(config: &ConfigArg) -> Result<Ledger, String> {
     let config = Config::load(&config.config).map_err(|e| e.to_string())?;
     Ledger::open(&config.ledger, false)
         .await

@@ -1,6 +1,6 @@
 //! `registry-token serve`: load, listen, reload on SIGHUP, drain on SIGTERM/SIGINT.
 
-use crate::app::{App, Live, system_clock};
+use crate::app::{self, App, Live, system_clock};
 use crate::config::{BundleSource, Config, JwksSource, PolicyModule};
 use crate::ledger::Ledger;
 use crate::{dev_authority, http, mint};
@@ -31,10 +31,16 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
             "ledger open"
         ),
         None => tracing::warn!(
-            "ledger.url is none: no audit trail of exchanges and no admin revocations on this instance"
+            "ledger.url is none: no audit trail of exchanges and no admin revocations on this instance{}",
+            if config.policy.bundle.is_some() {
+                "; a restart accepts any valid policy bundle revision (the ledger keeps the highest applied)"
+            } else {
+                ""
+            }
         ),
     }
-    let live = Live::build(config).await.map_err(|e| e.to_string())?;
+    let record = app::bundle_record(ledger.as_ref(), &config).await;
+    let live = Live::build_with(config, None, None, record).await.map_err(|e| e.to_string())?;
     tracing::info!(
         policy = live.policy.source(),
         digest = live.policy.digest(),
@@ -44,6 +50,7 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
         "loaded"
     );
     let service = Arc::new(App::new(live, Some(config_path.to_owned()), system_clock()).with_ledger(ledger));
+    service.record_bundle().await;
 
     let bind = |address: SocketAddr, what: &'static str| async move {
         tokio::net::TcpListener::bind(address)

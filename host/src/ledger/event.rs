@@ -368,6 +368,20 @@ impl<'a> Presented<'a> {
     }
 }
 
+/// The highest policy bundle revision applied from one source (`policy.bundle` as configured): a
+/// restart refuses a lower one, as a running service refuses a rollback from its live bundle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AppliedBundle {
+    /// `policy.bundle`, as configured.
+    pub source: String,
+    /// The manifest's revision.
+    pub revision: u64,
+    /// The bundle's SHA-256.
+    pub sha256: String,
+    /// When it was first applied.
+    pub applied_at: Millis,
+}
+
 /// A revocation: callers it names are refused before any policy is asked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

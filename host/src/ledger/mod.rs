@@ -17,7 +17,8 @@ mod sqlite;
 mod store;
 
 pub use event::{
-    Event, IssuedToken, LifetimeRecord, Millis, Outcome, Presented, Revocation, RevocationKind, RevocationSet,
+    AppliedBundle, Event, IssuedToken, LifetimeRecord, Millis, Outcome, Presented, Revocation,
+    RevocationKind, RevocationSet,
 };
 pub use refresh::{RefreshError, RefreshToken};
 pub use store::{Change, EventFilter, RefreshTokenFilter, StoreError};
@@ -423,6 +424,30 @@ impl Ledger {
         Ok(())
     }
 
+    /// The highest bundle revision applied from `source`, if one was recorded.
+    pub async fn applied_bundle(&self, source: &str) -> Result<Option<AppliedBundle>, StoreError> {
+        Ok(self.shared.store.applied_bundles(Some(source)).await?.into_iter().next())
+    }
+
+    /// Every source's highest applied bundle revision.
+    pub async fn applied_bundles(&self) -> Result<Vec<AppliedBundle>, StoreError> {
+        self.shared.store.applied_bundles(None).await
+    }
+
+    /// Records `bundle` as applied from its source, committed, if its revision is higher than
+    /// the one recorded (a record is never lowered); whether it raised the record.
+    pub async fn record_applied_bundle(&self, bundle: &AppliedBundle) -> Result<bool, StoreError> {
+        let params = store::applied_bundle_params(bundle);
+        Ok(self.shared.store.execute(store::RAISE_BUNDLE, params).await? > 0)
+    }
+
+    /// Forgets `source`'s record, so that its next bundle may have any revision; whether there
+    /// was one.
+    pub async fn forget_applied_bundle(&self, source: &str) -> Result<bool, StoreError> {
+        let params = vec![Param::Text(Some(source.to_owned()))];
+        Ok(self.shared.store.execute(store::FORGET_BUNDLE, params).await? > 0)
+    }
+
     /// Lifts revocation `id` with its audit event; `false` if there is none.
     pub async fn unrevoke(&self, id: &str, audit: Event) -> Result<bool, StoreError> {
         let params = vec![Param::Text(Some(id.to_owned()))];
@@ -733,6 +758,44 @@ mod tests {
         let stored: i64 = reader.query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0)).unwrap();
         assert_eq!(stored, committed);
         assert!(ledger.shared.writer_checkpoints.load(Ordering::Relaxed) >= 2);
+    }
+
+    /// A source's record only rises (replicas may apply revisions in any order), is kept per
+    /// source, survives reopening the file, and is gone once forgotten.
+    #[tokio::test]
+    async fn a_bundle_record_only_rises_and_is_forgotten_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            LedgerConfig { url: LedgerUrl::Sqlite(dir.path().join("ledger.db")), ..LedgerConfig::default() };
+        let applied = |source: &str, revision: u64, sha256: &str| AppliedBundle {
+            source: source.into(),
+            revision,
+            sha256: sha256.into(),
+            applied_at: Millis(1_000 * i64::from(u8::try_from(revision).unwrap_or(u8::MAX))),
+        };
+        {
+            let ledger = Ledger::open(&config, false).await.unwrap().unwrap();
+            assert_eq!(ledger.applied_bundle("a.tar.gz").await.unwrap(), None);
+            assert!(ledger.record_applied_bundle(&applied("a.tar.gz", 3, "sha256:3")).await.unwrap());
+            assert!(!ledger.record_applied_bundle(&applied("a.tar.gz", 2, "sha256:2")).await.unwrap());
+            assert!(!ledger.record_applied_bundle(&applied("a.tar.gz", 3, "sha256:other")).await.unwrap());
+            assert!(ledger.record_applied_bundle(&applied("oci://r/p:live", 1, "sha256:1")).await.unwrap());
+            assert!(
+                ledger.record_applied_bundle(&applied("a.tar.gz", u64::MAX, "sha256:max")).await.unwrap()
+            );
+        }
+        let ledger = Ledger::open(&config, false).await.unwrap().unwrap();
+        let all = ledger.applied_bundles().await.unwrap();
+        let as_i64_max = u64::try_from(i64::MAX).unwrap();
+        assert_eq!(
+            all.iter().map(|a| (a.source.as_str(), a.revision, a.sha256.as_str())).collect::<Vec<_>>(),
+            [("a.tar.gz", as_i64_max, "sha256:max"), ("oci://r/p:live", 1, "sha256:1")]
+        );
+        assert!(ledger.forget_applied_bundle("a.tar.gz").await.unwrap());
+        assert!(!ledger.forget_applied_bundle("a.tar.gz").await.unwrap());
+        assert_eq!(ledger.applied_bundle("a.tar.gz").await.unwrap(), None);
+        assert!(ledger.record_applied_bundle(&applied("a.tar.gz", 1, "sha256:1")).await.unwrap());
+        assert_eq!(ledger.applied_bundle("a.tar.gz").await.unwrap().unwrap().revision, 1);
     }
 
     /// Under light traffic the poller copies the whole log between two commits and the next

@@ -176,6 +176,16 @@ impl Store {
         Ok(out)
     }
 
+    pub(crate) async fn execute(
+        &self,
+        statement: &'static str,
+        params: Vec<Param>,
+    ) -> Result<u64, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let prepared = client.prepare_cached(statement).await.map_err(|e| described(&e))?;
+        client.execute_raw(&prepared, params.iter()).await.map_err(|e| described(&e))
+    }
+
     pub(crate) async fn change_revocations(
         &self,
         statement: &'static str,

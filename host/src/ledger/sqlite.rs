@@ -196,6 +196,20 @@ impl Store {
         .await
     }
 
+    pub(crate) async fn execute(
+        &self,
+        statement: &'static str,
+        params: Vec<Param>,
+    ) -> Result<u64, StoreError> {
+        Store::on(&self.writer, move |connection| {
+            let changed = connection
+                .execute(&sql(statement), rusqlite::params_from_iter(params.iter()))
+                .map_err(database)?;
+            Ok(changed as u64)
+        })
+        .await
+    }
+
     pub(crate) async fn change_revocations(
         &self,
         statement: &'static str,

@@ -1,7 +1,7 @@
 //! The ledger's tables, its versioned migrations, and the SQL both backends share. Statements are
 //! written once with `$n` placeholders (PostgreSQL's); SQLite reads them as `?n`.
 
-use super::event::{Event, IssuedToken, Millis, Outcome, Revocation, RevocationKind};
+use super::event::{AppliedBundle, Event, IssuedToken, Millis, Outcome, Revocation, RevocationKind};
 use super::refresh::RefreshToken;
 use super::{postgres, sqlite};
 use crate::access::Caller;
@@ -82,6 +82,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE events ADD COLUMN reused BIGINT;
     ALTER TABLE events ADD COLUMN annotations TEXT;
     ALTER TABLE events ADD COLUMN lifetime TEXT;",
+    // 3: the highest policy bundle revision applied from each source, so that a restart refuses a
+    // rollback as a running service does.
+    "CREATE TABLE bundle_revisions (
+        source TEXT PRIMARY KEY,
+        revision BIGINT NOT NULL,
+        sha256 TEXT NOT NULL,
+        applied_at_ms BIGINT NOT NULL
+    );",
 ];
 
 /// The schema version this binary writes.
@@ -133,6 +141,17 @@ pub(super) const BUMP_REVISION: &str =
     "UPDATE ledger_state SET value = value + 1 WHERE name = 'revocations_revision'";
 
 pub(super) const REVISION: &str = "SELECT value FROM ledger_state WHERE name = 'revocations_revision'";
+
+pub(super) const BUNDLE_COLUMNS: &str = "source, revision, sha256, applied_at_ms";
+
+/// Raises a source's record, never lowers it: replicas sharing the ledger may apply revisions in
+/// any order.
+pub(super) const RAISE_BUNDLE: &str = "INSERT INTO bundle_revisions (source, revision, sha256, \
+     applied_at_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (source) DO UPDATE SET revision = excluded.revision, \
+     sha256 = excluded.sha256, applied_at_ms = excluded.applied_at_ms \
+     WHERE excluded.revision > bundle_revisions.revision";
+
+pub(super) const FORGET_BUNDLE: &str = "DELETE FROM bundle_revisions WHERE source = $1";
 
 /// A bound parameter: the ledger stores only text and integers.
 #[derive(Clone, Debug)]
@@ -387,6 +406,27 @@ pub(super) fn refresh_tokens_query(filter: &RefreshTokenFilter) -> (String, Vec<
     params.push(Param::Int(Some(i64::try_from(filter.limit).unwrap_or(i64::MAX))));
     sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", params.len()));
     (sql, params)
+}
+
+/// A bundle record from a row of `SELECT {BUNDLE_COLUMNS}`.
+pub(super) fn applied_bundle_from(row: &dyn Row) -> Result<AppliedBundle, StoreError> {
+    Ok(AppliedBundle {
+        source: row.required_text(0)?,
+        revision: u64::try_from(row.int(1)?.unwrap_or_default()).unwrap_or_default(),
+        sha256: row.required_text(2)?,
+        applied_at: int_or_zero(row, 3)?,
+    })
+}
+
+/// `bundle`'s columns, in [`BUNDLE_COLUMNS`] order. A revision past `i64::MAX` is kept as
+/// `i64::MAX`: the order of records, all that rollback protection compares, is the same.
+pub(super) fn applied_bundle_params(bundle: &AppliedBundle) -> Vec<Param> {
+    vec![
+        Param::Text(Some(bundle.source.clone())),
+        Param::Int(Some(i64::try_from(bundle.revision).unwrap_or(i64::MAX))),
+        Param::Text(Some(bundle.sha256.clone())),
+        Param::Int(Some(bundle.applied_at.0)),
+    ]
 }
 
 /// A revocation from a row of `SELECT {REVOCATION_COLUMNS}`.
@@ -657,6 +697,31 @@ impl Store {
     pub(super) async fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
         let sql = format!("SELECT {REVOCATION_COLUMNS} FROM revocations ORDER BY id");
         self.select(sql, Vec::new(), revocation_from).await
+    }
+
+    /// The record of the bundles applied: of `source`, or of every source.
+    pub(super) async fn applied_bundles(
+        &self,
+        source: Option<&str>,
+    ) -> Result<Vec<AppliedBundle>, StoreError> {
+        let (condition, params) = match source {
+            Some(source) => (" WHERE source = $1", vec![Param::Text(Some(source.to_owned()))]),
+            None => ("", Vec::new()),
+        };
+        let sql = format!("SELECT {BUNDLE_COLUMNS} FROM bundle_revisions{condition} ORDER BY source");
+        self.select(sql, params, applied_bundle_from).await
+    }
+
+    /// Runs one statement outside the event queue, committed; the rows it changed.
+    pub(super) async fn execute(
+        &self,
+        statement: &'static str,
+        params: Vec<Param>,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.execute(statement, params).await,
+            Store::Postgres(store) => store.execute(statement, params).await,
+        }
     }
 
     pub(super) async fn revision(&self) -> Result<i64, StoreError> {
