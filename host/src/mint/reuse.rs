@@ -216,3 +216,96 @@ impl ReuseCache {
         (self.cache.len(), self.cache.weight())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const WINDOW: u64 = 30;
+    const MINTED_AT: u64 = 1_000_000;
+
+    fn pull() -> Vec<Resource> {
+        vec![Resource {
+            resource_type: "repository".into(),
+            name: "team/app".into(),
+            actions: vec!["pull".into()],
+        }]
+    }
+
+    fn decided(granted: &[Resource]) -> Decided<'_> {
+        Decided { granted, lifetime_seconds: None }
+    }
+
+    fn reusable(granted: &[Resource]) -> Reusable {
+        let minted = Minted {
+            token: "header.claims.signature".into(),
+            expires_in: 300,
+            issued_at: "1970-01-12T13:46:40Z".into(),
+            iat: MINTED_AT,
+            jti: "jti-1".into(),
+            expires_at: MINTED_AT + 300,
+            lifetime: None,
+        };
+        Reusable::new(minted, decided(granted), 0)
+    }
+
+    /// A request identical to one whose mint stalls (a signer or ledger that hangs) waits
+    /// [`WAIT_FOR_MINT`], then mints on its own, unshared.
+    #[tokio::test(start_paused = true)]
+    async fn an_identical_request_waits_for_a_stalled_mint_at_most_a_second() {
+        let cache = ReuseCache::new(1024, WINDOW).unwrap();
+        let (key, granted) = (ReuseKey::new("caller", "registry", &pull()), pull());
+        let clock = || MINTED_AT;
+        let Lookup::Mint(Some(_held)) = cache.lookup(&key, decided(&granted), 0, &clock).await else {
+            panic!("the first request did not get the slot");
+        };
+        let started = tokio::time::Instant::now();
+        let waited =
+            tokio::time::timeout(Duration::from_secs(60), cache.lookup(&key, decided(&granted), 0, &clock));
+        let lookup = waited.await.expect("the identical request still waits after a minute");
+        assert!(matches!(lookup, Lookup::Mint(None)), "{lookup:?}");
+        assert_eq!(started.elapsed(), WAIT_FOR_MINT);
+    }
+
+    /// What a request identical to one minting gets when, while it waits, the clock moves
+    /// `later` seconds past the token's `iat` and then the token arrives.
+    async fn wait_while_the_clock_moves(later: u64) -> &'static str {
+        let cache = Arc::new(ReuseCache::new(1024, WINDOW).unwrap());
+        let now = Arc::new(AtomicU64::new(MINTED_AT));
+        let key = ReuseKey::new("caller", "registry", &pull());
+        let granted = pull();
+        let clock = {
+            let now = Arc::clone(&now);
+            move || now.load(Ordering::SeqCst)
+        };
+        let Lookup::Mint(Some(slot)) = cache.lookup(&key, decided(&granted), 0, &clock).await else {
+            panic!("the first request did not get the slot");
+        };
+        let waiter = {
+            let (cache, key, clock) = (Arc::clone(&cache), key.clone(), clock.clone());
+            tokio::spawn(async move {
+                let granted = pull();
+                match cache.lookup(&key, decided(&granted), 0, &clock).await {
+                    Lookup::Reuse(_) => "reuse",
+                    Lookup::Mint(Some(_)) => "mint, in the slot",
+                    Lookup::Mint(None) => "mint, unshared",
+                }
+            })
+        };
+        // The waiter is parked on the slot (well within WAIT_FOR_MINT) when the clock moves and
+        // the token arrives.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        now.store(MINTED_AT + later, Ordering::SeqCst);
+        slot.fill(reusable(&granted));
+        waiter.await.unwrap()
+    }
+
+    /// A request that waited for an identical one's token judges its age when it arrives, not
+    /// when the wait began: one that became too old meanwhile is not reused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_request_reads_the_clock_after_its_wait() {
+        assert_eq!(wait_while_the_clock_moves(WINDOW).await, "reuse");
+        assert_eq!(wait_while_the_clock_moves(WINDOW + 1).await, "mint, in the slot");
+    }
+}
