@@ -31,6 +31,7 @@ use registry_token::authority::{self, KeySource, Requirements};
 use registry_token::mint::{Grant, KidFormat, Minter, SigningAlgorithm, SigningKey, keygen};
 use registry_token::policy::{BUILTIN_PLAN_CATALOGUE, Limits, Policy};
 use registry_token::{dev_authority, scope};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -114,9 +115,9 @@ fn main() {
     println!();
     let cold = cold_requests(root, settings.cold_tokens);
     println!(
-        "| signing | mix | connections | tokens/s | openssl sign/s, 2 processes | ratio | p50 | p99 | p999 | server CPU/token | ÷ one signature's CPU | peak RSS | errors |"
+        "| signing | mix | connections | tokens/s | openssl sign/s, 2 processes | ratio | p50 | p99 | p999 | server CPU/token | ÷ one signature's CPU | wrk CPU/request | peak RSS | errors |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut any_repeated = false;
     let mut targets = Vec::new();
     for (algorithm, mix, config, connections) in [
@@ -137,7 +138,7 @@ fn main() {
         any_repeated |= !mark.is_empty();
         let signature_cpu = 1e6 / one;
         println!(
-            "| {algorithm} | {mix}{mark} | {connections} | {:.0} | {two:.0}/s | **{:.2}** | {} | {} | {} | {:.0} µs | {:.2} | {:.1} MiB | {} |",
+            "| {algorithm} | {mix}{mark} | {connections} | {:.0} | {two:.0}/s | **{:.2}** | {} | {} | {} | {:.0} µs | {:.2} | {:.0} µs | {:.1} MiB | {} |",
             row.rate,
             row.rate / two,
             micros(row.p50),
@@ -145,6 +146,7 @@ fn main() {
             micros(row.p999),
             row.cpu_per_token_us,
             row.cpu_per_token_us / signature_cpu,
+            row.client_cpu_per_request_us,
             row.peak_rss_kib as f64 / 1024.0,
             row.errors
         );
@@ -275,6 +277,14 @@ fn print_targets(rows: &[(&str, Row, f64, f64)]) {
     if let Some((_, row, two, _)) = find("hot, reuse on") {
         let ratio = row.rate / two;
         line("hot, reuse on ≥ 5 × the 2-process sign rate", format!("{ratio:.2} ×"), ratio >= 5.0);
+        // What two cores allow at the CPU each answer took, the server's and wrk's together.
+        let ceiling = 2e6 / (row.cpu_per_token_us + row.client_cpu_per_request_us);
+        println!(
+            "| (two cores at {:.0} µs server + {:.0} µs wrk per answer allow at most) | {ceiling:.0}/s = {:.2} × | |",
+            row.cpu_per_token_us,
+            row.client_cpu_per_request_us,
+            ceiling / two
+        );
     }
     if let Some((_, row, two, _)) = find("hot, reuse off") {
         let ratio = row.rate / two;
@@ -717,6 +727,8 @@ struct Row {
     p99: u64,
     p999: u64,
     cpu_per_token_us: f64,
+    /// wrk's own CPU (user + system) per request: it shares the two cores with the server.
+    client_cpu_per_request_us: f64,
     peak_rss_kib: u64,
     errors: u64,
     /// The cold list ran out and wrk started it again: some requests were not cold.
@@ -811,17 +823,19 @@ function done(summary, latency, requests)
 end
 "#;
 
-/// Runs wrk (one client thread, `connections` keep-alive connections) for `seconds`.
+/// Runs wrk (one client thread, `connections` keep-alive connections) for `seconds`: what it
+/// reports, and the CPU time it used (µs, user + system), read from `/proc` once it has exited
+/// and before it is reaped.
 fn wrk(
     root: &Path,
     address: &str,
     connections: usize,
     seconds: f64,
     requests_file: &Path,
-) -> serde_json::Value {
+) -> (serde_json::Value, u64) {
     let script = root.join("tokens.lua");
     std::fs::write(&script, WRK_SCRIPT).unwrap();
-    let output = Command::new("wrk")
+    let mut output = Command::new("wrk")
         .args([
             "-t1",
             &format!("-c{connections}"),
@@ -834,14 +848,29 @@ fn wrk(
         .arg(format!("http://{address}/"))
         .arg("--")
         .arg(requests_file)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| panic!("wrk is needed for the load phase (apt-get install -y wrk): {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("wrk said: {stdout}{}", String::from_utf8_lossy(&output.stderr)));
-    serde_json::from_str(line).unwrap()
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    output.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    output.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    // Exited (a zombie until waited for): its stat holds its final CPU times.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_state(output.id()).is_none_or(|state| state != 'Z') && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let cpu = cpu_micros(output.id());
+    output.wait().unwrap();
+    let line =
+        stdout.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("wrk said: {stdout}{stderr}"));
+    (serde_json::from_str(line).unwrap(), cpu)
+}
+
+/// A process's state letter (`R`, `S`, `Z`, ...) from `/proc/PID/stat`.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
 }
 
 /// With `BENCH_PERF_DIR=DIR`, each row's measured phase is recorded by `perf record -g`
@@ -876,11 +905,11 @@ fn load(root: &Path, name: &str, mix: &str, connections: usize, settings: &Setti
     std::fs::write(&hot, format!("{hot_path}\t{}\n", authority_token(root, "alice", 3600))).unwrap();
 
     // Warm-up: connections, code paths, and for the hot mix the caches it is about.
-    wrk(root, address, connections, 1.0, &hot);
+    let _ = wrk(root, address, connections, 1.0, &hot);
     let requests = if mix == "hot" { &hot } else { cold };
     let profile = profile_start(pid, &format!("{name}-{mix}-{connections}"));
     let cpu_before = cpu_micros(pid);
-    let result = wrk(root, address, connections, settings.load_seconds, requests);
+    let (result, client_cpu) = wrk(root, address, connections, settings.load_seconds, requests);
     let cpu = cpu_micros(pid) - cpu_before;
     profile_stop(profile);
     let ok = result["requests"].as_u64().unwrap() - result["errors"].as_u64().unwrap();
@@ -890,6 +919,7 @@ fn load(root: &Path, name: &str, mix: &str, connections: usize, settings: &Setti
         p99: result["p99"].as_u64().unwrap(),
         p999: result["p999"].as_u64().unwrap(),
         cpu_per_token_us: cpu as f64 / ok.max(1) as f64,
+        client_cpu_per_request_us: client_cpu as f64 / result["requests"].as_u64().unwrap().max(1) as f64,
         peak_rss_kib: peak_rss_kib(pid),
         errors: result["errors"].as_u64().unwrap(),
         repeated: result["repeated"].as_bool().unwrap(),
