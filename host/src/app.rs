@@ -320,16 +320,18 @@ async fn open_bundle(
     if let Some(live) = live {
         no_rollback(&live.bundle, &opened).map_err(refused)?;
     }
-    // The live bundle was checked when it was applied; another replica may have recorded a
-    // higher revision since, which this one keeps serving until its source has it too.
-    if live.is_none_or(|live| live.bundle.sha256() != opened.sha256()) {
+    // The live bundle from this source was checked when it was applied; another replica may
+    // have recorded a higher revision since, which this one keeps serving until its source has
+    // it too. Anything else (a new source too) is checked against the record.
+    let unchanged = same_source.is_some_and(|live| live.bundle.content_sha256() == opened.content_sha256());
+    if !unchanged {
         match record {
             Ok(Some(applied)) => not_below_record(applied, &opened).map_err(refused)?,
             Ok(None) => {}
             Err(error) => {
                 return Err(refused(BundleError::Unavailable(format!(
-                    "the ledger's record of the revisions applied from this source cannot be read \
-                     ({error}); a bundle that is not the live one is applied only once it can"
+                    "the ledger's record of the highest revision applied from this source cannot be read \
+                     ({error}): the bundle is applied only once it can be checked against it"
                 ))));
             }
         }
@@ -359,7 +361,8 @@ pub fn fetch_options(config: &BundleConfig) -> FetchOptions {
 /// A bundle replacing `live` must have a higher revision (or be the very same bundle).
 fn no_rollback(live: &Bundle, new: &Bundle) -> Result<(), BundleError> {
     let (was, now) = (live.manifest().revision, new.manifest().revision);
-    if new.sha256() == live.sha256() {
+    // The same content (signed again, perhaps by another key) is not a new bundle.
+    if new.content_sha256() == live.content_sha256() {
         return Ok(());
     }
     if now < was {
@@ -370,7 +373,7 @@ fn no_rollback(live: &Bundle, new: &Bundle) -> Result<(), BundleError> {
     if now == was {
         return Err(BundleError::Rollback(format!(
             "revision {now} is live with other content ({}); a new bundle needs a higher revision",
-            live.sha256()
+            live.content_sha256()
         )));
     }
     Ok(())
@@ -383,15 +386,16 @@ fn not_below_record(applied: &AppliedBundle, new: &Bundle) -> Result<(), BundleE
     if now < was {
         return Err(BundleError::Rollback(format!(
             "rollback refused: revision {now} is lower than revision {was}, applied from this source at {} \
-             (the ledger's record; `registry-token bundle forget-revision` lets a lower revision in)",
+             (the ledger's record): publish revision {was} or higher there; for a deliberate rollback, \
+             `registry-token bundle forget-revision` and restart",
             applied.applied_at
         )));
     }
-    if now == was && new.sha256() != applied.sha256 {
+    if now == was && new.content_sha256() != applied.content_sha256 {
         return Err(BundleError::Rollback(format!(
             "revision {now} was applied from this source at {} with other content ({}); a new bundle \
              needs a higher revision",
-            applied.applied_at, applied.sha256
+            applied.applied_at, applied.content_sha256
         )));
     }
     Ok(())
@@ -485,8 +489,9 @@ pub struct App {
     bundle_refusal: Mutex<Option<BundleRefusal>>,
     /// The issuance ledger; `None` with `ledger.url: none` (and in tests that do not need one).
     pub ledger: Option<Ledger>,
-    /// The SHA-256 of the last bundle the ledger recorded as applied (see [`App::record_bundle`]).
-    bundle_recorded: Mutex<Option<String>>,
+    /// The source and content of the last bundle the ledger recorded as applied (see
+    /// [`App::record_bundle`]).
+    bundle_recorded: Mutex<Option<(String, String)>>,
     /// The clock requests use.
     pub clock: Clock,
 }
@@ -525,35 +530,51 @@ impl App {
     }
 
     /// Records the live bundle in the ledger as applied from its source (raising the source's
-    /// record, never lowering it), so that a restart refuses a rollback too. A ledger that cannot
-    /// be written is warned about, and asked again at the next reload or poll.
-    pub async fn record_bundle(&self) {
-        let live = self.live();
-        let (Some(ledger), Some(live_bundle)) = (&self.ledger, &live.bundle) else { return };
-        let sha256 = live_bundle.bundle.sha256();
-        if self.bundle_recorded.lock().is_ok_and(|recorded| recorded.as_deref() == Some(sha256)) {
-            return;
+    /// record, never lowering it), so that a restart refuses a rollback too: `Err` with what the
+    /// ledger said when it could not.
+    pub async fn record_bundle(&self) -> Result<(), String> {
+        let Some(applied) = self.bundle_to_record() else { return Ok(()) };
+        let ledger = self.ledger.as_ref().ok_or("no ledger")?;
+        ledger.record_applied_bundle(&applied).await.map_err(|e| e.to_string())?;
+        if let Ok(mut recorded) = self.bundle_recorded.lock() {
+            *recorded = Some((applied.source, applied.content_sha256));
         }
-        let applied = AppliedBundle {
-            source: live_bundle.source.to_string(),
-            revision: live_bundle.bundle.manifest().revision,
-            sha256: sha256.to_owned(),
-            applied_at: Millis::now(),
-        };
-        match ledger.record_applied_bundle(&applied).await {
-            Ok(_) => {
-                if let Ok(mut recorded) = self.bundle_recorded.lock() {
-                    *recorded = Some(applied.sha256);
-                }
-            }
-            Err(error) => tracing::warn!(
-                bundle = %applied.source,
-                revision = applied.revision,
+        Ok(())
+    }
+
+    /// [`App::record_bundle`], warning when the ledger could not: `serve` asks again every few
+    /// seconds while [`App::bundle_unrecorded`].
+    pub async fn record_bundle_or_warn(&self) {
+        if let Err(error) = self.record_bundle().await {
+            tracing::warn!(
                 %error,
-                "the ledger did not record the bundle as applied: until it does, a restart would accept \
-                 a lower revision; asked again at the next reload or poll"
-            ),
+                "the ledger did not record the live policy bundle as applied; until it does, a restart would \
+                 accept a lower revision; asking again in a few seconds"
+            );
         }
+    }
+
+    /// Whether the live bundle is still to be recorded in the ledger.
+    pub fn bundle_unrecorded(&self) -> bool {
+        self.bundle_to_record().is_some()
+    }
+
+    /// The live bundle as the ledger is to record it, unless it has (or there is no ledger).
+    fn bundle_to_record(&self) -> Option<AppliedBundle> {
+        self.ledger.as_ref()?;
+        let live = self.live();
+        let live_bundle = live.bundle.as_ref()?;
+        let (source, content) = (live_bundle.source.to_string(), live_bundle.bundle.content_sha256());
+        let recorded = self.bundle_recorded.lock().ok()?;
+        if recorded.as_ref().is_some_and(|(s, c)| *s == source && c == content) {
+            return None;
+        }
+        Some(AppliedBundle {
+            source,
+            revision: live_bundle.bundle.manifest().revision,
+            content_sha256: content.to_owned(),
+            applied_at: Millis::now(),
+        })
     }
 
     /// Re-reads the configuration file and everything it names, and swaps it in only if all of
@@ -570,7 +591,7 @@ impl App {
     /// bundle and, when it has, applies it with the live configuration: `Ok(true)`. A bundle
     /// that is refused (or cannot be fetched) leaves the live one serving.
     pub async fn poll_bundle(&self) -> Result<bool, BuildError> {
-        self.record_bundle().await;
+        self.record_bundle_or_warn().await;
         let current = self.live();
         let (Some(config), Some(live_bundle)) = (&current.config.policy.bundle, &current.bundle) else {
             return Ok(false);
@@ -648,6 +669,7 @@ impl App {
             "source": live_bundle.source.to_string(),
             "revision": manifest.revision,
             "sha256": live_bundle.bundle.sha256(),
+            "content_sha256": live_bundle.bundle.content_sha256(),
             "created_at": manifest.created_at,
             "wit_version": manifest.wit_version,
             "policy": manifest.policy,
@@ -661,7 +683,7 @@ impl App {
     }
 
     async fn reload_now(&self) -> Result<(), BuildError> {
-        self.record_bundle().await;
+        self.record_bundle_or_warn().await;
         let Some(path) = self.config_path.clone() else {
             return Err(BuildError::NoConfigFile);
         };
@@ -712,7 +734,7 @@ impl App {
             "reloaded"
         );
         self.live.store(Arc::new(built));
-        self.record_bundle().await;
+        self.record_bundle_or_warn().await;
         Ok(())
     }
 }

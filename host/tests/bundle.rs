@@ -573,24 +573,36 @@ fn a_bundle_file_is_served_a_newer_revision_applied_and_a_rollback_or_unsigned_o
     // The ledger remembers revision 2 as the highest applied from this source, so a restart
     // refuses a rollback too: the service does not start on revision 1 and says why.
     let config = path(&fixture.config_path).to_owned();
-    let listed = ok(&["bundle", "revisions", "--config", &config, "--json"]);
-    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let revisions = || -> Value {
+        serde_json::from_str(&ok(&["bundle", "revisions", "--config", &config, "--json"])).unwrap()
+    };
+    let content = |bundle: &Path| -> Value {
+        serde_json::from_str::<Value>(&ok(&["bundle", "inspect", path(bundle)])).unwrap()["content_sha256"]
+            .clone()
+    };
+    let listed = revisions();
     assert_eq!(listed["bundles"][0]["source"], path(&live), "{listed}");
     assert_eq!(listed["bundles"][0]["revision"], 2, "{listed}");
-    assert_eq!(listed["bundles"][0]["sha256"], digest_of_bundle(&rev2), "{listed}");
+    assert_eq!(listed["bundles"][0]["content_sha256"], content(&rev2), "{listed}");
     std::fs::copy(&rev1, &live).unwrap();
     let output = test_support::serve_command(BIN, &fixture.config_path).output().unwrap();
     assert!(!output.status.success(), "started on a rollback:\n{}", text(&output.stderr));
+    let applied_at = listed["bundles"][0]["applied_at"].as_str().unwrap();
     assert!(
         text(&output.stderr).contains(&format!(
-            "rollback refused: revision 1 is lower than revision 2, applied from this source at {}",
-            listed["bundles"][0]["applied_at"].as_str().unwrap()
+            "rollback refused: revision 1 is lower than revision 2, applied from this source at {applied_at} \
+             (the ledger's record): publish revision 2 or higher there"
         )),
         "{}",
         text(&output.stderr)
     );
-    // Revision 2 again starts (the record is not a refusal of what it records).
-    std::fs::copy(&rev2, &live).unwrap();
+    // Revision 2 signed again (an ES256 signature differs each time): the same content, so it
+    // starts.
+    let rev2_again = root.join("rev2-again.tar.gz");
+    std::fs::copy(&rev2, &rev2_again).unwrap();
+    sign(&rev2_again, &key);
+    assert_ne!(digest_of_file(&rev2_again), digest_of_file(&rev2));
+    std::fs::copy(&rev2_again, &live).unwrap();
     let server = Server::start(BIN, &fixture.config_path);
     assert_eq!(readyz(&server.client())["bundle"]["revision"], 2);
     drop(server);
@@ -600,11 +612,8 @@ fn a_bundle_file_is_served_a_newer_revision_applied_and_a_rollback_or_unsigned_o
     std::fs::copy(&rev1, &live).unwrap();
     let forgot = run(&["bundle", "forget-revision", "--config", &config]);
     assert!(forgot.status.success(), "{}", text(&forgot.stderr));
-    assert!(
-        text(&forgot.stderr).contains(&format!("forgot revision 2 of {}", path(&live))),
-        "{}",
-        text(&forgot.stderr)
-    );
+    let said = text(&forgot.stderr);
+    assert!(said.contains(&format!("forgot revision 2 of {}", path(&live))), "{said}");
     assert!(
         refused(&["bundle", "forget-revision", "--config", &config]).contains("no revision is recorded for"),
         "forgetting twice is an error"
@@ -614,11 +623,48 @@ fn a_bundle_file_is_served_a_newer_revision_applied_and_a_rollback_or_unsigned_o
     assert_eq!(readyz(&client)["bundle"]["revision"], 1);
     assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull"]);
     let listed = ok(&["bundle", "revisions", "--config", &config]);
-    assert!(listed.starts_with(&format!("{}  revision 1  sha256:", path(&live))), "{listed}");
+    assert!(listed.starts_with(&format!("{}  revision 1  content sha256:", path(&live))), "{listed}");
+
+    // A second replica on the same ledger (one host, one SQLite file) applies revision 3 from the
+    // same source; the first, still on revision 1, then refuses revision 2 at its reload: above
+    // its live one, below the record.
+    std::fs::copy(&rev3_signed, &live).unwrap();
+    let replica = Server::start(BIN, &fixture.config_path);
+    assert_eq!(readyz(&replica.client())["bundle"]["revision"], 3);
+    drop(replica);
+    std::fs::copy(&rev2, &live).unwrap();
+    server.signal("HUP");
+    let status = wait_for("the record's refusal shown", Duration::from_secs(20), || {
+        let status = readyz(&client);
+        (status["bundle"]["last_refusal"]["reason"] == "rollback", status)
+    });
+    assert!(
+        status["bundle"]["last_refusal"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rollback refused: revision 2 is lower than revision 3, applied from this source"),
+        "{status}"
+    );
+    assert_eq!(status["bundle"]["revision"], 1, "{status}");
+
+    // A newer revision is recorded as soon as it is applied (not at the next reload, nor by the
+    // retry of a record the ledger refused, 5 s later).
+    let rev4 = rev(4, PLANS);
+    sign(&rev4, &key);
+    std::fs::copy(&rev4, &live).unwrap();
+    server.signal("HUP");
+    wait_for("revision 4 applied", Duration::from_secs(20), || {
+        let status = readyz(&client);
+        (status["bundle"]["revision"] == 4, status)
+    });
+    wait_for("revision 4 recorded", Duration::from_secs(1), || {
+        let listed = revisions();
+        (listed["bundles"][0]["revision"] == 4, listed)
+    });
 }
 
-/// The SHA-256 a server shows for the bundle file `path` (`sha256:HEX`).
-fn digest_of_bundle(path: &Path) -> String {
+/// `sha256:HEX` of the file `path`.
+fn digest_of_file(path: &Path) -> String {
     format!("sha256:{}", digest_of(&std::fs::read(path).unwrap()))
 }
 

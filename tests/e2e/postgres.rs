@@ -162,10 +162,10 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
     runtime.block_on(async {
         let config = registry_token::config::Config::load(&fixture.config_path).unwrap();
         let ledger = registry_token::ledger::Ledger::open(&config.ledger, false).await.unwrap().unwrap();
-        let applied = |revision: u64, sha256: &str| registry_token::ledger::AppliedBundle {
+        let applied = |revision: u64, content: &str| registry_token::ledger::AppliedBundle {
             source: "oci://127.0.0.1:5000/team/policy:live".into(),
             revision,
-            sha256: sha256.into(),
+            content_sha256: content.into(),
             applied_at: registry_token::ledger::Millis(1_767_225_600_000),
         };
         assert!(ledger.record_applied_bundle(&applied(3, "sha256:three")).await.unwrap());
@@ -180,7 +180,7 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
-        "oci://127.0.0.1:5000/team/policy:live  revision 3  sha256:three  applied 2026-01-01T00:00:00.000Z\n",
+        "oci://127.0.0.1:5000/team/policy:live  revision 3  content sha256:three  applied 2026-01-01T00:00:00.000Z\n",
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );

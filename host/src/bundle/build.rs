@@ -38,8 +38,8 @@ pub struct BuildInputs {
 
 /// Builds the (unsigned) bundle `inputs` describe, and its bytes.
 pub fn build(inputs: BuildInputs) -> Result<(Bundle, Vec<u8>), BundleError> {
-    if inputs.revision == 0 {
-        return Err(BundleError::Malformed("the revision must be at least 1".into()));
+    if inputs.revision == 0 || i64::try_from(inputs.revision).is_err() {
+        return Err(BundleError::Malformed(format!("the revision must be between 1 and {}", i64::MAX)));
     }
     let created_at = crate::rfc3339::parse_seconds(&inputs.created_at).map_err(|refused| {
         BundleError::Malformed(format!(

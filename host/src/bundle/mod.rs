@@ -204,6 +204,7 @@ pub struct Bundle {
     manifest: Manifest,
     files: BTreeMap<&'static str, Vec<u8>>,
     sha256: String,
+    content_sha256: String,
     signed_by: Option<String>,
     revocations: Vec<Revocation>,
 }
@@ -246,7 +247,8 @@ impl Bundle {
     ) -> Result<Bundle, BundleError> {
         let manifest = parse_manifest(&files)?;
         let revocations = check_content(&files, &manifest)?;
-        Ok(Bundle { manifest, files, sha256, signed_by, revocations })
+        let content_sha256 = sha256_hex(&signed_files(&files)?);
+        Ok(Bundle { manifest, files, sha256, content_sha256, signed_by, revocations })
     }
 
     /// The manifest.
@@ -257,6 +259,12 @@ impl Bundle {
     /// `sha256:<hex>` of the bundle file as read (or written).
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    /// `sha256:<hex>` of what a signature covers: every file but `signatures.json`, by name and
+    /// SHA-256. The same for a bundle signed again (an ES256 signature differs each time).
+    pub fn content_sha256(&self) -> &str {
+        &self.content_sha256
     }
 
     /// The `kid` of the trusted key whose signature was checked, if one was.
@@ -410,6 +418,13 @@ fn parse_manifest(files: &BTreeMap<&'static str, Vec<u8>>) -> Result<Manifest, B
         return Err(BundleError::Malformed(format!(
             "{MANIFEST}: format {} is not one this registry-token reads ({FORMAT})",
             manifest.format
+        )));
+    }
+    if i64::try_from(manifest.revision).is_err() {
+        return Err(BundleError::Malformed(format!(
+            "{MANIFEST}: revision {} is larger than {}",
+            manifest.revision,
+            i64::MAX
         )));
     }
     if let Err(refused) = crate::rfc3339::parse_millis(&manifest.created_at) {

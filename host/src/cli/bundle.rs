@@ -166,8 +166,8 @@ async fn revisions(config: &ConfigArg, json: bool) -> Result<ExitCode, String> {
     } else {
         for applied in &bundles {
             println!(
-                "{}  revision {}  {}  applied {}",
-                applied.source, applied.revision, applied.sha256, applied.applied_at
+                "{}  revision {}  content {}  applied {}",
+                applied.source, applied.revision, applied.content_sha256, applied.applied_at
             );
         }
     }
@@ -339,6 +339,7 @@ fn inspect(max_bytes: u64, path: &Path) -> Result<ExitCode, String> {
         .collect();
     let document = serde_json::json!({
         "sha256": bundle.sha256(),
+        "content_sha256": bundle.content_sha256(),
         "manifest": bundle.manifest(),
         "files": files,
         "revocations": bundle.revocations().len(),

@@ -50,7 +50,11 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
         "loaded"
     );
     let service = Arc::new(App::new(live, Some(config_path.to_owned()), system_clock()).with_ledger(ledger));
-    service.record_bundle().await;
+    // Not serving a bundle the ledger could not record: a restart would then accept a rollback.
+    service
+        .record_bundle()
+        .await
+        .map_err(|e| format!("the ledger did not record the policy bundle as applied: {e}"))?;
 
     let bind = |address: SocketAddr, what: &'static str| async move {
         tokio::net::TcpListener::bind(address)
@@ -145,6 +149,14 @@ fn spawn_reloader(service: Arc<App>, config_path: &Path) -> Result<(), String> {
                     None => std::future::pending().await,
                 }
             };
+            // A bundle applied by a reload or poll while the ledger could not record it.
+            let unrecorded = service.bundle_unrecorded();
+            let record_again = async move {
+                match unrecorded {
+                    true => tokio::time::sleep(RECORD_AGAIN).await,
+                    false => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 Some(()) = hangup.recv() => tracing::info!("SIGHUP: reloading"),
                 Some(()) = changed.recv() => {
@@ -161,6 +173,10 @@ fn spawn_reloader(service: Arc<App>, config_path: &Path) -> Result<(), String> {
                     }
                     continue;
                 }
+                () = record_again => {
+                    service.record_bundle_or_warn().await;
+                    continue;
+                }
                 else => break,
             }
             if let Err(error) = service.reload().await {
@@ -170,6 +186,9 @@ fn spawn_reloader(service: Arc<App>, config_path: &Path) -> Result<(), String> {
     });
     Ok(())
 }
+
+/// How soon the ledger is asked again to record a bundle it could not.
+const RECORD_AGAIN: Duration = Duration::from_secs(5);
 
 /// Every file a configuration names, and the configuration itself.
 fn watched_files(config_path: &Path, config: &Config) -> Vec<PathBuf> {

@@ -376,8 +376,8 @@ pub struct AppliedBundle {
     pub source: String,
     /// The manifest's revision.
     pub revision: u64,
-    /// The bundle's SHA-256.
-    pub sha256: String,
+    /// What its signature covers (`Bundle::content_sha256`): the same for a bundle signed again.
+    pub content_sha256: String,
     /// When it was first applied.
     pub applied_at: Millis,
 }

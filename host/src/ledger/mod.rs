@@ -767,12 +767,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config =
             LedgerConfig { url: LedgerUrl::Sqlite(dir.path().join("ledger.db")), ..LedgerConfig::default() };
-        let applied = |source: &str, revision: u64, sha256: &str| AppliedBundle {
+        let applied = |source: &str, revision: u64, content: &str| AppliedBundle {
             source: source.into(),
             revision,
-            sha256: sha256.into(),
+            content_sha256: content.into(),
             applied_at: Millis(1_000 * i64::from(u8::try_from(revision).unwrap_or(u8::MAX))),
         };
+        let largest = u64::try_from(i64::MAX).unwrap();
         {
             let ledger = Ledger::open(&config, false).await.unwrap().unwrap();
             assert_eq!(ledger.applied_bundle("a.tar.gz").await.unwrap(), None);
@@ -780,16 +781,15 @@ mod tests {
             assert!(!ledger.record_applied_bundle(&applied("a.tar.gz", 2, "sha256:2")).await.unwrap());
             assert!(!ledger.record_applied_bundle(&applied("a.tar.gz", 3, "sha256:other")).await.unwrap());
             assert!(ledger.record_applied_bundle(&applied("oci://r/p:live", 1, "sha256:1")).await.unwrap());
-            assert!(
-                ledger.record_applied_bundle(&applied("a.tar.gz", u64::MAX, "sha256:max")).await.unwrap()
-            );
+            assert!(ledger.record_applied_bundle(&applied("a.tar.gz", largest, "sha256:max")).await.unwrap());
         }
         let ledger = Ledger::open(&config, false).await.unwrap().unwrap();
         let all = ledger.applied_bundles().await.unwrap();
-        let as_i64_max = u64::try_from(i64::MAX).unwrap();
         assert_eq!(
-            all.iter().map(|a| (a.source.as_str(), a.revision, a.sha256.as_str())).collect::<Vec<_>>(),
-            [("a.tar.gz", as_i64_max, "sha256:max"), ("oci://r/p:live", 1, "sha256:1")]
+            all.iter()
+                .map(|a| (a.source.as_str(), a.revision, a.content_sha256.as_str()))
+                .collect::<Vec<_>>(),
+            [("a.tar.gz", largest, "sha256:max"), ("oci://r/p:live", 1, "sha256:1")]
         );
         assert!(ledger.forget_applied_bundle("a.tar.gz").await.unwrap());
         assert!(!ledger.forget_applied_bundle("a.tar.gz").await.unwrap());

@@ -87,7 +87,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "CREATE TABLE bundle_revisions (
         source TEXT PRIMARY KEY,
         revision BIGINT NOT NULL,
-        sha256 TEXT NOT NULL,
+        content_sha256 TEXT NOT NULL,
         applied_at_ms BIGINT NOT NULL
     );",
 ];
@@ -142,13 +142,13 @@ pub(super) const BUMP_REVISION: &str =
 
 pub(super) const REVISION: &str = "SELECT value FROM ledger_state WHERE name = 'revocations_revision'";
 
-pub(super) const BUNDLE_COLUMNS: &str = "source, revision, sha256, applied_at_ms";
+pub(super) const BUNDLE_COLUMNS: &str = "source, revision, content_sha256, applied_at_ms";
 
 /// Raises a source's record, never lowers it: replicas sharing the ledger may apply revisions in
 /// any order.
-pub(super) const RAISE_BUNDLE: &str = "INSERT INTO bundle_revisions (source, revision, sha256, \
+pub(super) const RAISE_BUNDLE: &str = "INSERT INTO bundle_revisions (source, revision, content_sha256, \
      applied_at_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (source) DO UPDATE SET revision = excluded.revision, \
-     sha256 = excluded.sha256, applied_at_ms = excluded.applied_at_ms \
+     content_sha256 = excluded.content_sha256, applied_at_ms = excluded.applied_at_ms \
      WHERE excluded.revision > bundle_revisions.revision";
 
 pub(super) const FORGET_BUNDLE: &str = "DELETE FROM bundle_revisions WHERE source = $1";
@@ -413,18 +413,18 @@ pub(super) fn applied_bundle_from(row: &dyn Row) -> Result<AppliedBundle, StoreE
     Ok(AppliedBundle {
         source: row.required_text(0)?,
         revision: u64::try_from(row.int(1)?.unwrap_or_default()).unwrap_or_default(),
-        sha256: row.required_text(2)?,
+        content_sha256: row.required_text(2)?,
         applied_at: int_or_zero(row, 3)?,
     })
 }
 
-/// `bundle`'s columns, in [`BUNDLE_COLUMNS`] order. A revision past `i64::MAX` is kept as
-/// `i64::MAX`: the order of records, all that rollback protection compares, is the same.
+/// `bundle`'s columns, in [`BUNDLE_COLUMNS`] order. A bundle's revision is at most `i64::MAX`
+/// (a larger one is refused when it is read).
 pub(super) fn applied_bundle_params(bundle: &AppliedBundle) -> Vec<Param> {
     vec![
         Param::Text(Some(bundle.source.clone())),
         Param::Int(Some(i64::try_from(bundle.revision).unwrap_or(i64::MAX))),
-        Param::Text(Some(bundle.sha256.clone())),
+        Param::Text(Some(bundle.content_sha256.clone())),
         Param::Int(Some(bundle.applied_at.0)),
     ]
 }
