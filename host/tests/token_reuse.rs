@@ -275,3 +275,51 @@ async fn a_token_whose_event_was_not_committed_is_never_handed_to_the_next_calle
         );
     }
 }
+
+/// A reused token's `issued` event was committed before it was first returned: the repeat's own
+/// event is queued (as a denial's is) and the answer does not wait for its commit — it comes while
+/// another process holds the ledger's write lock. Fail closed all the same: once the ledger is
+/// known not to be writable, the repeat is refused like a new token. Nothing is lost: the queued
+/// event is written when the ledger is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_answer_does_not_wait_for_its_own_commit_but_is_refused_while_the_ledger_is_down() {
+    let world = World::new(|_| {}).await;
+    let ledger = world.app.ledger.as_ref().unwrap();
+    let alice = world.fixture.token_at(world.clock.now(), |_| {});
+    let (first, ..) = world.token(&alice, SERVICE, &[PULL]).await;
+
+    let blocker = rusqlite::Connection::open(world.fixture.root().join("ledger.db")).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (again, ..) = world.token(&alice, SERVICE, &[PULL]).await;
+    assert_eq!(again, first, "answered, with the same token, while the ledger's write lock is held");
+
+    // The writer's commit of that event fails once SQLite's busy timeout runs out: the ledger is
+    // then known not to be writable, and the repeat is refused.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ledger.health().writable {
+        assert!(std::time::Instant::now() < deadline, "the ledger never noticed the lock");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let refused = get_bearer(&world.router, &query(SERVICE, &[PULL]), &alice).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
+    assert!(refused.body.get("token").is_none(), "{refused}");
+
+    blocker.execute_batch("ROLLBACK").unwrap();
+    while !ledger.health().writable {
+        assert!(std::time::Instant::now() < deadline, "the ledger did not come back");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(world.token(&alice, SERVICE, &[PULL]).await.0, first);
+    let events = world.events().await;
+    let answers: Vec<(bool, &str)> = events
+        .iter()
+        .filter(|e| e.outcome == Outcome::Issued)
+        .map(|e| (e.reused, e.token.as_ref().unwrap().jti.as_str()))
+        .collect();
+    let jti = jti(&first);
+    assert_eq!(
+        answers,
+        [(false, jti.as_str()), (true, jti.as_str()), (true, jti.as_str())],
+        "the first answer, the one given while the lock was held (kept, then written), the last: {events:#?}"
+    );
+}

@@ -220,6 +220,12 @@ async fn exchange(
             );
             match ledger.durability() {
                 Durability::Relaxed => ledger.keep_with(record.event, record.change).await,
+                // A reused token's `issued` event was committed before it was first returned:
+                // the repeat is queued (never dropped: refused while the ledger cannot take it),
+                // as a denial is, and does not wait for a commit of its own.
+                Durability::Strict if record.event.reused && !new_refresh_token => {
+                    ledger.keep_queued(record.event, record.change)
+                }
                 Durability::Strict => {
                     let committed = ledger.keep_with(record.event.clone(), record.change).await;
                     note_if_not_returned(ledger, &record.event, &committed);

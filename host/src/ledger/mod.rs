@@ -41,6 +41,9 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BATCH: usize = 512;
 /// How long a relaxed commit waits for more events (nobody waits on it).
 const RELAXED_GATHER: Duration = Duration::from_millis(50);
+/// How long a strict commit of events nobody waits for (reused answers, denials) waits for more,
+/// unless one that is waited for arrives first.
+const QUEUED_GATHER: Duration = Duration::from_millis(10);
 /// How often old events are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// A poller's checkpoint round this short leaves the writer a tail of a few milliseconds' copying;
@@ -92,6 +95,13 @@ struct Pending {
     committed: Option<oneshot::Sender<Result<(), String>>>,
 }
 
+impl Pending {
+    /// Whether someone waits for its commit (a strict token, a barrier).
+    fn awaited(&self) -> bool {
+        self.committed.is_some()
+    }
+}
+
 /// The ledger's state, for `/readyz`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Health {
@@ -135,6 +145,9 @@ struct Shared {
     #[cfg(test)]
     writer_checkpoints: AtomicU64,
     retention: Duration,
+    /// Rung when an event someone waits for (or a barrier) is queued: a writer gathering events
+    /// nobody waits for commits then, without being woken by each of those.
+    awaited_queued: tokio::sync::Notify,
 }
 
 /// A handle on the ledger: cheap to clone, shared by the request path and the admin API.
@@ -178,6 +191,7 @@ impl Ledger {
             #[cfg(test)]
             writer_checkpoints: AtomicU64::new(0),
             retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
+            awaited_queued: tokio::sync::Notify::new(),
         });
         refresh_revocations(&shared).await?;
         if !serving {
@@ -266,6 +280,7 @@ impl Ledger {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(Unavailable::new("its queue is full"));
         }
+        self.shared.awaited_queued.notify_one();
         Committing { done, timeout }.wait().await
     }
 
@@ -280,6 +295,7 @@ impl Ledger {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(Unavailable::new("its queue is full"));
         }
+        self.shared.awaited_queued.notify_one();
         Ok(Committing { done, timeout })
     }
 
@@ -304,6 +320,26 @@ impl Ledger {
             return self.barrier(Some(Record { event, change }), COMMIT_TIMEOUT).await;
         }
         self.record_with(event, change);
+        Ok(())
+    }
+
+    /// Queues the event of an answer whose token's own `issued` event is committed already (a
+    /// reused token), with `change`, without waiting for its commit: it is kept like a denial's
+    /// (through an outage too, up to `queue_events`). Never dropped instead: while a strict ledger
+    /// cannot be written or its queue is full, `Err` — the answer is refused like a new token's.
+    pub fn keep_queued(&self, event: Event, change: Option<Change>) -> Result<(), Unavailable> {
+        let Some(queue) = &self.queue else {
+            return Err(Unavailable::new("the ledger is not serving"));
+        };
+        if !self.can_issue() {
+            return Err(Unavailable::new("it cannot be written"));
+        }
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        let pending = Pending { record: Some(Record { event, change }), committed: None };
+        if queue.try_send(pending).is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(Unavailable::new("its queue is full"));
+        }
         Ok(())
     }
 
@@ -606,19 +642,30 @@ async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, cap
         // A strict one does not: its requests wait, and with the sync each commit takes, the
         // requests arriving meanwhile already share the next one (measured: gathering even 1 ms
         // more lowered throughput, docs/BENCHMARKS.md).
+        // Nor does a strict batch of events nobody waits for (reused answers, denials): it
+        // gathers like a relaxed one, but only until an event that is waited for arrives.
         let gather = match shared.durability {
             Durability::Relaxed => RELAXED_GATHER,
-            Durability::Strict => Duration::ZERO,
+            Durability::Strict => QUEUED_GATHER,
         };
+        // Gathering sleeps rather than waking at each event (a wake-up per event, on a busy
+        // server, cost about as much CPU as the event's insert).
         let until = tokio::time::Instant::now() + gather;
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(pending) => batch.push(pending),
-                Err(_) if gather.is_zero() => break,
-                Err(_) => match tokio::time::timeout_at(until, queue.recv()).await {
-                    Ok(Some(pending)) => batch.push(pending),
-                    Ok(None) | Err(_) => break,
-                },
+        let mut awaited = batch.iter().any(Pending::awaited);
+        loop {
+            while batch.len() < MAX_BATCH {
+                let Ok(pending) = queue.try_recv() else { break };
+                awaited |= pending.awaited();
+                batch.push(pending);
+            }
+            let now = tokio::time::Instant::now();
+            let strict_waits = awaited && shared.durability == Durability::Strict;
+            if batch.len() >= MAX_BATCH || strict_waits || now >= until {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                () = shared.awaited_queued.notified() => {}
             }
         }
 
