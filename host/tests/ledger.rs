@@ -601,14 +601,7 @@ fn events_page_newest_first_through_cursors() {
     let (admin, token) = (server.admin(), admin_token(&fixture, "root", None));
     // The six repeats were answered with the first token: their events are queued, not awaited,
     // and land within moments.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let all = loop {
-        let all = events(&admin, &token, "");
-        if all.len() == 7 || std::time::Instant::now() > deadline {
-            break all;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let all = eventually(|| events(&admin, &token, ""), |all| all.len() == 7);
     assert_eq!(all.len(), 7);
     let mut paged = Vec::new();
     let mut path = "/admin/v1/events?limit=3&outcome=issued".to_owned();
