@@ -661,6 +661,30 @@ fn a_bundle_file_is_served_a_newer_revision_applied_and_a_rollback_or_unsigned_o
         let listed = revisions();
         (listed["bundles"][0]["revision"] == 4, listed)
     });
+
+    // The configuration moves to another source serving the very same bundle: nothing changes
+    // for the callers, but that source gets its record too, so a restart refuses a rollback there.
+    let moved = root.join("moved.tar.gz");
+    std::fs::copy(&rev4, &moved).unwrap();
+    fixture.reconfigure(|config| {
+        config.set("policy.bundle", path(&moved));
+    });
+    server.signal("HUP");
+    let listed = wait_for("the new source recorded", Duration::from_secs(20), || {
+        let listed = revisions();
+        (listed["bundles"][1]["source"] == path(&moved), listed)
+    });
+    assert_eq!(listed["bundles"][1]["revision"], 4, "{listed}");
+    assert_eq!(readyz(&client)["bundle"]["source"], path(&moved));
+    drop(server);
+    std::fs::copy(&rev3_signed, &moved).unwrap();
+    let output = test_support::serve_command(BIN, &fixture.config_path).output().unwrap();
+    assert!(!output.status.success(), "started on a rollback:\n{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("rollback refused: revision 3 is lower than revision 4"),
+        "{}",
+        text(&output.stderr)
+    );
 }
 
 /// `sha256:HEX` of the file `path`.
