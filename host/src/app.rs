@@ -591,7 +591,6 @@ impl App {
     /// bundle and, when it has, applies it with the live configuration: `Ok(true)`. A bundle
     /// that is refused (or cannot be fetched) leaves the live one serving.
     pub async fn poll_bundle(&self) -> Result<bool, BuildError> {
-        self.record_bundle_or_warn().await;
         let current = self.live();
         let (Some(config), Some(live_bundle)) = (&current.config.policy.bundle, &current.bundle) else {
             return Ok(false);
@@ -683,7 +682,6 @@ impl App {
     }
 
     async fn reload_now(&self) -> Result<(), BuildError> {
-        self.record_bundle_or_warn().await;
         let Some(path) = self.config_path.clone() else {
             return Err(BuildError::NoConfigFile);
         };

@@ -290,13 +290,19 @@ impl Ledger {
             return Err(Unavailable::new("the ledger is not serving"));
         };
         let (committed, done) = oneshot::channel();
+        self.try_queue(queue, Pending { record, committed: Some(committed) })?;
+        self.shared.awaited_queued.notify_one();
+        Ok(Committing { done, timeout })
+    }
+
+    /// Puts `pending` on the writer's `queue`, counted, or says the queue is full.
+    fn try_queue(&self, queue: &mpsc::Sender<Pending>, pending: Pending) -> Result<(), Unavailable> {
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        if queue.try_send(Pending { record, committed: Some(committed) }).is_err() {
+        if queue.try_send(pending).is_err() {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(Unavailable::new("its queue is full"));
         }
-        self.shared.awaited_queued.notify_one();
-        Ok(Committing { done, timeout })
+        Ok(())
     }
 
     /// Queues `event` (with `change`) to be committed, without waiting: the caller does its own
@@ -334,13 +340,7 @@ impl Ledger {
         if !self.can_issue() {
             return Err(Unavailable::new("it cannot be written"));
         }
-        self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        let pending = Pending { record: Some(Record { event, change }), committed: None };
-        if queue.try_send(pending).is_err() {
-            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(Unavailable::new("its queue is full"));
-        }
-        Ok(())
+        self.try_queue(queue, Pending { record: Some(Record { event, change }), committed: None })
     }
 
     /// The revocation in force that refuses `caller` (who presented `tokens`) at `now`.
@@ -642,8 +642,8 @@ async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, cap
         // A strict one does not: its requests wait, and with the sync each commit takes, the
         // requests arriving meanwhile already share the next one (measured: gathering even 1 ms
         // more lowered throughput, docs/BENCHMARKS.md).
-        // Nor does a strict batch of events nobody waits for (reused answers, denials): it
-        // gathers like a relaxed one, but only until an event that is waited for arrives.
+        // A strict batch of events nobody waits for (reused answers, denials) does gather, like a
+        // relaxed one, but only until an event that is waited for arrives.
         let gather = match shared.durability {
             Durability::Relaxed => RELAXED_GATHER,
             Durability::Strict => QUEUED_GATHER,
