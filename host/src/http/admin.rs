@@ -8,6 +8,7 @@
 
 use super::AppState;
 use super::extract::{ClientAddr, Params};
+use super::line;
 use crate::access::Caller;
 use crate::ledger::{
     Event, EventFilter, Ledger, Millis, Outcome, Presented, RefreshTokenFilter, Revocation, RevocationKind,
@@ -23,7 +24,6 @@ use axum::response::{IntoResponse, Response};
 use data_encoding::BASE64URL_NOPAD;
 use serde::Deserialize;
 use serde_json::json;
-use tracing::Span;
 
 /// Largest admin request body.
 pub const MAX_ADMIN_BODY: usize = 16 * 1024;
@@ -70,7 +70,7 @@ impl IntoResponse for AdminError {
         match &self {
             AdminError::Ledger(error) => tracing::error!(%error, "an admin request failed in the ledger"),
             _ => {
-                Span::current().record("refused", message.as_str());
+                line::note(|line| line.refused = Some(message.clone()));
             }
         }
         (status, Json(json!({ "error": code, "message": message }))).into_response()
@@ -130,7 +130,7 @@ impl FromRequestParts<AppState> for Admin {
                 )),
                 error => AdminError::Unauthenticated(error.to_string()),
             })?;
-        Span::current().record("sub", validated.caller.subject.as_str());
+        line::note(|line| line.sub = Some(validated.caller.subject.clone()));
         // A revoked administrator is no administrator: a leaked admin token revoked by its `jti`
         // (or its subject, client or tenant) cannot lift its own revocation. The ledger's
         // revocations and the policy bundle's, as for callers.

@@ -6,6 +6,7 @@
 //! The `WWW-Authenticate` challenge of a 401 names the realm of the live configuration, which
 //! an error does not know: the listener's `challenge` layer adds it (see `http::edge`).
 
+use super::line;
 use crate::authority::AuthError;
 use crate::config::DenialStatus;
 use crate::ledger::RefreshError;
@@ -127,14 +128,13 @@ impl ApiError {
     }
 
     /// The response, with the OAuth2 members when `oauth`. Records why a request was refused on
-    /// the request's span (its log line), and logs the cause of a server-side failure.
+    /// the request's log line, and logs the cause of a server-side failure.
     fn respond(self, oauth: bool) -> Response {
         let (status, code, oauth_error) = self.parts();
         let message = self.to_string();
-        let span = tracing::Span::current();
         match &self {
             ApiError::Denied { reason, .. } => {
-                span.record("refused", format!("policy denied: {reason}"));
+                line::note(|line| line.refused = Some(format!("policy denied: {reason}")));
             }
             ApiError::KeysUnavailable => {
                 tracing::error!("cannot validate callers: the Authority's keys are unavailable");
@@ -142,16 +142,16 @@ impl ApiError {
             ApiError::Signing => tracing::error!("signing failed"),
             // Logged with the HSM's error where it failed.
             ApiError::SignerUnavailable => {
-                span.record("refused", "the HSM is unavailable");
+                line::note(|line| line.refused = Some("the HSM is unavailable".into()));
             }
             // The ledger logs its own failure once, when it starts failing.
             ApiError::LedgerUnavailable => {
-                span.record("refused", "the ledger is unavailable");
+                line::note(|line| line.refused = Some("the ledger is unavailable".into()));
             }
             // The fault itself was logged where the policy's identity is known.
             ApiError::Policy(_) => {}
             _ if status.is_client_error() => {
-                span.record("refused", message.as_str());
+                line::note(|line| line.refused = Some(message.clone()));
             }
             _ => {}
         }

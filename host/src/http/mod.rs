@@ -5,14 +5,15 @@
 //! `authority` validates the caller's token; `scope` parses what is asked; `policy` decides;
 //! `mint` signs. Only this module knows about HTTP.
 //!
-//! Every listener is [`edge`] around its routes: one log line per request (a span per request,
-//! on which handlers record what they learned), the body limit, and the 401 challenge. A new
+//! Every listener is [`edge`] around its routes: one log line per request (`line`: handlers note
+//! what they learned, the edge logs it), the body limit, and the 401 challenge. A new
 //! route is one `.route(...)` line; a new listener is one call of [`edge`].
 
 mod admin;
 mod error;
 mod extract;
 mod keys;
+mod line;
 mod token;
 
 pub use admin::{AdminError, RevocationRequest};
@@ -30,9 +31,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use std::sync::Arc;
-use std::time::Duration;
-use tower_http::trace::TraceLayer;
-use tracing::Span;
 
 /// Shared by every handler.
 pub type AppState = Arc<App>;
@@ -87,7 +85,7 @@ fn probes() -> Router<AppState> {
 
 /// What every listener has around its routes: 404 for unknown paths, the body limit of the
 /// configuration (read at start; a change needs a restart), the `WWW-Authenticate` challenge on
-/// a 401, and a span per request that ends in one log line.
+/// a 401, and one log line per request.
 fn edge(routes: Router<AppState>, app: AppState, challenge: Challenge) -> Router {
     let max_body = app.live().config.http.max_body_bytes;
     routes
@@ -95,37 +93,8 @@ fn edge(routes: Router<AppState>, app: AppState, challenge: Challenge) -> Router
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state((Arc::clone(&app), challenge), challenge_on_401))
         .layer(axum::middleware::from_fn(count_request))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_request(())
-                .on_response(served)
-                .on_failure(()),
-        )
+        .layer(axum::middleware::from_fn(line::log_request))
         .with_state(app)
-}
-
-/// The request's span: method and path (never the query, which is long and may carry secrets),
-/// and the fields handlers record — subject, service, granted scopes, the policy's note, why it
-/// was refused. Never tokens.
-fn request_span(request: &Request) -> Span {
-    tracing::info_span!(
-        "request",
-        method = %request.method(),
-        path = request.uri().path(),
-        sub = tracing::field::Empty,
-        service = tracing::field::Empty,
-        granted = tracing::field::Empty,
-        note = tracing::field::Empty,
-        lifetime = tracing::field::Empty,
-        refused = tracing::field::Empty,
-        event = tracing::field::Empty,
-    )
-}
-
-/// The one log line per request, inside its span (which carries what the handler recorded).
-fn served(response: &Response, latency: Duration, _span: &Span) {
-    tracing::info!(status = response.status().as_u16(), latency_us = latency.as_micros() as u64, "served");
 }
 
 /// Every 401 of a listener asks for its scheme's credentials in the live configuration's realm.

@@ -1,9 +1,10 @@
 //! `GET /token` (the Docker token exchange) and `POST /token` (its OAuth2 form): validate the
-//! caller, let the policy decide, mint. What the request's log line says is recorded on its span.
+//! caller, let the policy decide, mint. What the request's log line says is noted with `line::note`.
 
 use super::AppState;
 use super::error::{ApiError, OAuth};
 use super::extract::{ClientAddr, Credential, Form, Params, Query, credential_of};
+use super::line;
 use crate::access::{Resource, scope_string};
 use crate::app::Live;
 use crate::authority::{self, AuthError, Validated};
@@ -25,7 +26,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
-use tracing::Span;
 use zeroize::Zeroizing;
 
 #[derive(Serialize)]
@@ -68,7 +68,7 @@ impl Exchange {
             }
         };
         let requested = scope::parse_scopes(params.all("scope"))?;
-        Span::current().record("service", service.as_str());
+        line::note(|line| line.service = Some(service.clone()));
         Ok(Exchange { service, requested })
     }
 }
@@ -187,7 +187,7 @@ async fn exchange(
     let mut record =
         Recorded { event: Event::new(Outcome::Issued), change: None, pipeline, committing: None };
     record.event.client_addr = client_addr;
-    Span::current().record("event", record.event.id.as_str());
+    line::note(|line| line.event = Some(record.event.id.clone()));
     let result = match Exchange::new(live, ask.params) {
         Ok(exchange) => {
             record.event.service = Some(exchange.service.clone());
@@ -385,7 +385,7 @@ async fn authenticate(
         Ok(Some(token)) => token,
         Ok(None) => return Err(refused(RefreshError::Unknown)),
         Err(error) => {
-            tracing::error!(%error, "cannot read refresh tokens from the ledger");
+            tracing::error!(%error, event = record.event.id, "cannot read refresh tokens from the ledger");
             return Err(ApiError::LedgerUnavailable);
         }
     };
@@ -414,11 +414,10 @@ async fn issue<'l>(
     mut record: Option<&mut Recorded>,
 ) -> Result<(Issued, Option<Offer<'l>>), ApiError> {
     let now = (app.clock)();
-    let span = Span::current();
     let Authenticated { validated, refresh } =
         authenticate(app, live, ask, exchange, now, record.as_deref_mut()).await?;
     let caller = &validated.caller;
-    span.record("sub", caller.subject.as_str());
+    line::note(|line| line.sub = Some(caller.subject.clone()));
     let at = Millis::from_seconds(now);
     if let Some(record) = record.as_deref_mut()
         && refresh.is_none()
@@ -494,7 +493,7 @@ async fn issue<'l>(
             (minted, slot)
         }
     };
-    span.record("granted", scope_string(&granted));
+    line::note(|line| line.granted = Some(scope_string(&granted)));
     if let Some(lifetime) = &minted.lifetime {
         // A policy's lifetime, as asked and as issued: `3600s as asked`, or
         // `86400s asked, 900s issued (signing.max_lifetime_seconds)`.
@@ -504,7 +503,7 @@ async fn issue<'l>(
                 format!("{}s asked, {}s issued ({})", lifetime.requested, lifetime.granted, limit.as_str())
             }
         };
-        span.record("lifetime", said);
+        line::note(|line| line.lifetime = Some(said));
     }
     // Offered to identical requests once the exchange is complete (its event committed).
     let offer = slot.map(|slot| (slot, Reusable::new(minted.clone(), decided, revision)));
@@ -527,7 +526,6 @@ async fn decide(
     record: Option<&mut Recorded>,
 ) -> Result<(Vec<Resource>, Option<u32>), ApiError> {
     let caller = &validated.caller;
-    let span = Span::current();
     let started = Instant::now();
     let decision = live.policy.evaluate(caller, &exchange.service, &exchange.requested, now).await;
     metrics().evaluation(started.elapsed().as_secs_f64());
@@ -553,7 +551,7 @@ async fn decide(
         Decision::Grant { resources, note, lifetime_seconds, .. } => {
             // Why less than asked was granted: for the operator's log line.
             if let Some(note) = &note {
-                span.record("note", note.as_str());
+                line::note(|line| line.note = Some(note.clone()));
             }
             let actions = |resources: &[Resource]| resources.iter().map(|r| r.actions.len()).sum::<usize>();
             metrics().decision(match actions(&resources) {
@@ -617,7 +615,7 @@ async fn mint(
         );
         let committing =
             ledger.submit(record.event.clone(), record.change.take()).map_err(|unavailable| {
-                tracing::warn!(error = %unavailable, "no token issued: its ledger event cannot be queued");
+                tracing::warn!(error = %unavailable, event = record.event.id, "no token issued: its ledger event cannot be queued");
                 ApiError::LedgerUnavailable
             })?;
         record.committing = Some(committing);
