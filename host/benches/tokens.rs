@@ -16,8 +16,7 @@
 //!    2-process sign rate measured just before the row, server CPU per token (and ÷ one
 //!    signature's CPU), and the server's peak RSS; then issue 17's targets, met or not. The server
 //!    runs in the production configuration: the SQLite ledger with strict durability, metrics on,
-//!    logging at info, token reuse on, and the environment of the shipped systemd unit
-//!    (`MALLOC_ARENA_MAX=2`).
+//!    logging at info, token reuse on, and the environment of the shipped systemd unit.
 //! 4. The ledger's cost: the same mixes (RS256, 16 connections, reuse off) with the ledger off,
 //!    SQLite strict and PostgreSQL strict (a throwaway cluster, as the tests start it), each
 //!    against ledger off.

@@ -44,6 +44,22 @@ fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     assert!(server.stderr().contains("SIGTERM: draining in-flight requests"));
 }
 
+/// The memory a cold load peaks at depends on the allocator's settings, built into the binary from
+/// .cargo/config.toml (docs/BENCHMARKS.md): a build that lost them would only show in a benchmark.
+#[test]
+fn the_binary_runs_on_jemalloc_with_its_settings_built_in() {
+    let output = std::process::Command::new(BIN)
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    let stats = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stats}");
+    assert!(stats.contains("opt.narenas: 2\n"), "two arenas:\n{stats}");
+    assert!(stats.contains("opt.dirty_decay_ms: 1000 "), "a one-second decay:\n{stats}");
+    assert!(stats.contains("opt.muzzy_decay_ms: 0 "), "{stats}");
+}
+
 #[test]
 fn an_exposed_signing_key_is_refused_with_the_fix() {
     let fixture = Fixture::new();
