@@ -374,6 +374,57 @@ fn the_ledger_works_while_the_service_is_down_and_after_a_restart() {
     assert_eq!(outcomes, ["denied", "revocation_created", "issued"]);
 }
 
+/// A relative `ledger.url` is from the working directory: a command run elsewhere than the service
+/// must not create an empty ledger there and report nothing (or build a bundle without the
+/// revocations). Commands that read refuse; `ledger revoke` may set a ledger up, and says so.
+#[test]
+fn ledger_commands_refuse_a_ledger_that_is_not_there_and_revoke_says_it_creates_one() {
+    let fixture = Fixture::new();
+    let text = std::fs::read_to_string(&fixture.config_path).unwrap();
+    let absolute = format!("sqlite://{}", fixture.root().join("ledger.db").display());
+    assert!(text.contains(&absolute), "{text}");
+    let config = fixture.root().join("relative.yaml");
+    std::fs::write(&config, text.replace(&absolute, "sqlite://var/ledger.db")).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let missing = elsewhere.path().join("var/ledger.db");
+    let run = |args: &[&str]| {
+        let output = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .current_dir(elsewhere.path())
+            .output()
+            .unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let refusal = format!("there is no ledger at {}", missing.display());
+    for args in [
+        &["ledger", "events"][..],
+        &["ledger", "revocations"],
+        &["ledger", "refresh-tokens"],
+        &["ledger", "unrevoke", "0192f1c4-0000-7000-8000-000000000000"],
+        &["ledger", "export", "--out", "export.jsonl"],
+        &["bundle", "revisions"],
+    ] {
+        let (code, stderr) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&refusal) && stderr.contains("run this where the service runs"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+    }
+
+    let (code, stderr) = run(&["ledger", "revoke", "subject", "alice", "--reason", "set up offline"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains(&format!("there was no ledger at {}", missing.display())), "{stderr}");
+    assert!(missing.exists());
+    let (code, stderr) = run(&["ledger", "revocations"]);
+    assert_eq!(code, Some(0), "now it is there: {stderr}");
+    // The service's own ledger, by its absolute path, is untouched: there is none yet.
+    assert!(!fixture.root().join("ledger.db").exists());
+}
+
 #[test]
 fn a_tenant_administrator_reads_and_revokes_only_within_its_tenant() {
     let fixture = Fixture::new();
@@ -646,8 +697,10 @@ fn readyz_reports_the_ledger_and_ledger_none_turns_it_off_loudly() {
 fn a_ledger_with_a_newer_schema_is_refused_with_a_clear_message() {
     let fixture = Fixture::new();
     let path = fixture.root().join("ledger.db");
-    // Created and migrated by the command line; then a newer binary's migration is faked.
-    assert!(ledger_cli(&fixture, &["revocations"]).status.success());
+    // Created and migrated by the command line (`ledger revoke` sets a ledger up); then a newer
+    // binary's migration is faked.
+    let created = ledger_cli(&fixture, &["revoke", "subject", "nobody", "--reason", "set up"]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let connection = rusqlite::Connection::open(&path).unwrap();
     connection.execute("INSERT INTO schema_migrations (version, applied_at_ms) VALUES (99, 0)", []).unwrap();
     drop(connection);

@@ -4,12 +4,11 @@
 
 use super::cases;
 use super::keys::write_replacing;
-use super::ledger::{ConfigArg, open as open_ledger};
+use super::ledger::{ConfigArg, IfMissing, open as open_ledger, open_configured};
 use super::signer::{SignerArgs, VerifierArgs};
 use crate::app::{load_module, settings_json};
 use crate::bundle::{self, BuildInputs, Bundle, BundlePolicy, FetchOptions, PolicyInput};
 use crate::config::{BundleConfig, Config, PolicyConfig};
-use crate::ledger::Ledger;
 use crate::policy::Builtin;
 use clap::{Args, Subcommand};
 use std::collections::BTreeMap;
@@ -159,7 +158,7 @@ pub(super) async fn run(command: BundleCommand) -> Result<ExitCode, String> {
 }
 
 async fn revisions(config: &ConfigArg, json: bool) -> Result<ExitCode, String> {
-    let ledger = open_ledger(config).await?;
+    let ledger = open_ledger(config, IfMissing::Refuse).await?;
     let bundles = ledger.applied_bundles().await.map_err(|e| format!("the ledger: {e}"))?;
     if json {
         println!("{}", serde_json::json!({ "bundles": bundles }));
@@ -184,7 +183,7 @@ async fn forget_revision(config: &ConfigArg, source: Option<String>) -> Result<E
             .map(|bundle| bundle.source.to_string())
             .ok_or("name the source: the configuration has no policy.bundle")?,
     };
-    let ledger = open_ledger(config).await?;
+    let ledger = open_ledger(config, IfMissing::Refuse).await?;
     let Some(applied) = ledger.applied_bundle(&source).await.map_err(|e| format!("the ledger: {e}"))? else {
         return Err(format!("no revision is recorded for {source} (`bundle revisions` lists them)"));
     };
@@ -264,9 +263,9 @@ async fn build(args: BuildArgs) -> Result<ExitCode, String> {
     let revocations = match &args.revocations_from {
         Some(config) => {
             let config = Config::load(config).map_err(|e| e.to_string())?;
-            let ledger = Ledger::open(&config.ledger, false)
+            let ledger = open_configured(&config.ledger, IfMissing::Refuse)
                 .await
-                .map_err(|e| format!("the ledger: {e}"))?
+                .map_err(|e| format!("--revocations-from: {e}"))?
                 .ok_or("--revocations-from: its ledger.url is none: it keeps no revocations")?;
             Some(ledger.revocations().await.map_err(|e| format!("the ledger's revocations: {e}"))?)
         }

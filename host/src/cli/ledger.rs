@@ -4,7 +4,7 @@
 //! shared PostgreSQL. A revocation made here reaches running replicas at their next poll
 //! (within a second).
 
-use crate::config::Config;
+use crate::config::{Config, LedgerConfig, LedgerUrl};
 use crate::http::RevocationRequest;
 use crate::ledger::{
     Event, EventFilter, Ledger, Millis, Outcome, RefreshTokenFilter, Revocation, RevocationKind,
@@ -148,13 +148,51 @@ impl ConfigArg {
     }
 }
 
+/// What a command does when the configured SQLite ledger does not exist yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum IfMissing {
+    /// Refuse: a command that reads (or changes what is there) would report an empty ledger.
+    Refuse,
+    /// Create it, and say so: `ledger revoke` may set up a ledger before any service uses it.
+    Create,
+}
+
 /// The ledger `config` names (an error when it keeps none).
-pub(super) async fn open(config: &ConfigArg) -> Result<Ledger, String> {
+pub(super) async fn open(config: &ConfigArg, missing: IfMissing) -> Result<Ledger, String> {
     let config = Config::load(&config.config).map_err(|e| e.to_string())?;
-    Ledger::open(&config.ledger, false)
-        .await
-        .map_err(|e| format!("the ledger: {e}"))?
+    open_configured(&config.ledger, missing)
+        .await?
         .ok_or_else(|| "ledger.url is none: this configuration keeps no ledger".to_owned())
+}
+
+/// `Ledger::open` for a command rather than the service. A relative SQLite path is from the
+/// working directory, so a command run elsewhere than the service would otherwise create a new,
+/// empty ledger and report no events, no revocations, or build a bundle without them.
+pub(super) async fn open_configured(
+    ledger: &LedgerConfig,
+    missing: IfMissing,
+) -> Result<Option<Ledger>, String> {
+    if let LedgerUrl::Sqlite(path) = &ledger.url
+        && !path.exists()
+    {
+        let whole = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        let url = &ledger.url;
+        match missing {
+            IfMissing::Refuse => {
+                return Err(format!(
+                    "there is no ledger at {} (ledger.url {url}; a relative path is from the working \
+                     directory): run this where the service runs, or start the service once",
+                    whole.display()
+                ));
+            }
+            IfMissing::Create => eprintln!(
+                "note: there was no ledger at {} (ledger.url {url}; a relative path is from the working \
+                 directory): created it",
+                whole.display()
+            ),
+        }
+    }
+    Ledger::open(ledger, false).await.map_err(|e| format!("the ledger: {e}"))
 }
 
 /// Who acts from the command line: `cli:` and the local user.
@@ -175,7 +213,7 @@ fn cli_audit(outcome: Outcome, revocation: &Revocation) -> Event {
 pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
     match command {
         LedgerCommand::Events { config, sub, licence, tenant, outcome, jti, since, until, limit, json } => {
-            let ledger = open(&config).await?;
+            let ledger = open(&config, IfMissing::Refuse).await?;
             let outcome = outcome
                 .map(|name| {
                     Outcome::from_name(&name).ok_or_else(|| format!("--outcome {name:?} is not an outcome"))
@@ -206,7 +244,7 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
             }
         }
         LedgerCommand::RefreshTokens { config, sub, tenant, limit, json } => {
-            let ledger = open(&config).await?;
+            let ledger = open(&config, IfMissing::Refuse).await?;
             let filter = RefreshTokenFilter { sub, tenant, limit };
             let tokens = ledger.refresh_tokens(&filter).await.map_err(|e| e.to_string())?;
             let now = Millis::now();
@@ -221,7 +259,7 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
             }
         }
         LedgerCommand::Revoke { config, kind, value, reason, expires_at, tenant } => {
-            let ledger = open(&config).await?;
+            let ledger = open(&config, IfMissing::Create).await?;
             let now = Millis::now();
             // A mistyped id would revoke nothing, silently: say so instead.
             if RevocationKind::from_name(&kind) == Some(RevocationKind::RefreshToken)
@@ -247,7 +285,7 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
             );
         }
         LedgerCommand::Revocations { config, json } => {
-            let ledger = open(&config).await?;
+            let ledger = open(&config, IfMissing::Refuse).await?;
             let revocations = ledger.revocations().await.map_err(|e| e.to_string())?;
             if json {
                 println!("{}", serde_json::json!({ "revocations": revocations }));
@@ -274,7 +312,7 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
             return super::ledger_export::verify(&file, signature, &keys, &config.config);
         }
         LedgerCommand::Unrevoke { config, id } => {
-            let ledger = open(&config).await?;
+            let ledger = open(&config, IfMissing::Refuse).await?;
             let revocations = ledger.revocations().await.map_err(|e| e.to_string())?;
             let Some(revocation) = revocations.into_iter().find(|r| r.id == id) else {
                 return Err(format!("no revocation {id}"));

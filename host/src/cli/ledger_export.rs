@@ -9,7 +9,7 @@
 use super::signer::{SignerArgs, VerifierArgs, trust};
 use crate::config::Config;
 use crate::jws::{self, TrustedKeys};
-use crate::ledger::{Ledger, Millis};
+use crate::ledger::Millis;
 use crate::mint::Signer;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -81,9 +81,8 @@ pub(super) async fn export(
         (None, Some(keys)) => (keys.minter().signer(), jws::default_kid(keys.minter().signer().public())),
         (None, None) => return Err("no signing key".into()),
     };
-    let ledger = Ledger::open(&config.ledger, false)
-        .await
-        .map_err(|e| format!("the ledger: {e}"))?
+    let ledger = super::ledger::open_configured(&config.ledger, super::ledger::IfMissing::Refuse)
+        .await?
         .ok_or("ledger.url is none: this configuration keeps no ledger")?;
 
     let directory = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
