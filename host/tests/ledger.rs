@@ -342,6 +342,10 @@ fn the_command_line_revokes_a_running_server_within_a_second_and_reads_the_ledge
     let bad = ledger_cli(&fixture, &["revoke", "planet", "x", "--reason", "r"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("kind \"planet\" is not one of subject, licence"));
+    let bad = ledger_cli(&fixture, &["events", "--outcome", "planet"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(said.contains("--outcome \"planet\" is not one of issued, denied, refused, fault"), "{said}");
 
     // A jti is random base64url: one that begins with '-' is a value, not an option.
     let hyphen = ledger_cli(&fixture, &["revoke", "caller_token", "-Wq-jti", "--reason", "leaked"]);

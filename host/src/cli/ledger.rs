@@ -213,12 +213,10 @@ fn cli_audit(outcome: Outcome, revocation: &Revocation) -> Event {
 pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
     match command {
         LedgerCommand::Events { config, sub, licence, tenant, outcome, jti, since, until, limit, json } => {
+            // Checked before the ledger is opened: a mistyped filter is the caller's to fix.
+            let outcome =
+                outcome.map(|name| Outcome::parse(&name).map_err(|e| format!("--{e}"))).transpose()?;
             let ledger = open(&config, IfMissing::Refuse).await?;
-            let outcome = outcome
-                .map(|name| {
-                    Outcome::from_name(&name).ok_or_else(|| format!("--outcome {name:?} is not an outcome"))
-                })
-                .transpose()?;
             let time = |value: Option<String>, name: &str| {
                 value.map(|v| Millis::parse(&v).map_err(|e| format!("--{name}: {e}"))).transpose()
             };

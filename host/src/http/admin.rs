@@ -197,10 +197,7 @@ pub(super) async fn list_events(
             "tenant" => filter.tenant = Some(identifier(name, value)?),
             "jti" => filter.jti = Some(identifier(name, value)?),
             "outcome" => {
-                filter.outcome = Some(Outcome::from_name(value).ok_or_else(|| {
-                    let known: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
-                    AdminError::BadRequest(format!("outcome {value:?} is not one of {}", known.join(", ")))
-                })?);
+                filter.outcome = Some(Outcome::parse(value).map_err(AdminError::BadRequest)?);
             }
             "since" => {
                 filter.since =

@@ -112,6 +112,14 @@ impl Outcome {
     pub fn from_name(name: &str) -> Option<Outcome> {
         Outcome::ALL.into_iter().find(|o| o.as_str() == name)
     }
+
+    /// The outcome named `name`, or the message a filter's caller gets (it names the outcomes).
+    pub fn parse(name: &str) -> Result<Outcome, String> {
+        Outcome::from_name(name).ok_or_else(|| {
+            let known: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+            format!("outcome {name:?} is not one of {}", known.join(", "))
+        })
+    }
 }
 
 impl Serialize for Outcome {
