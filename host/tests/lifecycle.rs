@@ -60,6 +60,67 @@ fn the_binary_runs_on_jemalloc_with_its_settings_built_in() {
     assert!(stats.contains("opt.muzzy_decay_ms: 0 "), "{stats}");
 }
 
+/// Collectors parse `--log-format json`: one object per request, `fields.message` `served`, with
+/// who asked, what was granted or why it was refused, and the ledger event; never a token.
+#[test]
+fn with_log_format_json_each_request_is_one_object_naming_who_got_what_and_never_a_token() {
+    let fixture = Fixture::new();
+    let mut command = test_support::serve_command(BIN, &fixture.config_path);
+    command.args(["--log-format", "json"]);
+    let server = Server::start_command(command);
+    let client = server.client();
+    let caller = fixture.token(|_| {});
+    let reply = client.get_bearer(&query(SERVICE, &["repository:team/app:pull"]), &caller).unwrap();
+    assert_eq!(reply.status, 200, "{reply}");
+    let registry_token = reply.body["token"].as_str().unwrap().to_owned();
+    let revoked = fixture.token(|t| t.license = Some("LIC-0002".into()));
+    assert_eq!(
+        client.get_bearer(&query(SERVICE, &["repository:team/app:pull"]), &revoked).unwrap().status,
+        403
+    );
+
+    let log = server.stderr();
+    assert!(!log.contains(&caller) && !log.contains(&registry_token), "no token in the log:\n{log}");
+    let served: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .filter(|object| object["fields"]["message"] == "served" && object["fields"]["path"] == "/token")
+        .collect();
+    assert_eq!(served.len(), 2, "one object per request:\n{log}");
+    let issued = &served[0];
+    assert_eq!(issued["level"], "INFO");
+    assert_eq!(issued["target"], "registry_token::http");
+    let fields = &issued["fields"];
+    assert_eq!(fields["method"], "GET");
+    assert_eq!(fields["status"], 200);
+    assert_eq!(fields["sub"], "alice");
+    assert_eq!(fields["service"], SERVICE);
+    assert_eq!(fields["granted"], "repository:team/app:pull");
+    assert_eq!(fields["event"].as_str().map(str::len), Some(36), "the ledger event's id: {fields}");
+    assert!(fields["latency_us"].is_u64(), "{fields}");
+    let denied = &served[1]["fields"];
+    assert_eq!(denied["status"], 403);
+    assert_eq!(denied["refused"], "policy denied: licence-revoked", "{denied}");
+    assert_ne!(denied["event"], fields["event"]);
+}
+
+#[test]
+fn a_log_filter_that_does_not_parse_is_reported_and_logging_stays_at_info() {
+    let fixture = Fixture::new();
+    let output = std::process::Command::new(BIN)
+        .args(["--log", "registry_token=loud", "keys", "list", "--config"])
+        .arg(&fixture.config_path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{said}");
+    assert!(
+        said.contains("the log filter \"registry_token=loud\" (--log, REGISTRY_TOKEN_LOG) is not valid"),
+        "{said}"
+    );
+    assert!(said.contains("logging at info"), "{said}");
+}
+
 #[test]
 fn an_exposed_signing_key_is_refused_with_the_fix() {
     let fixture = Fixture::new();

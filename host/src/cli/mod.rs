@@ -251,8 +251,11 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A filter that does not parse logs at info and says so, rather than stopping the service.
+    let (filter, refused) = match tracing_subscriber::EnvFilter::try_new(filter) {
+        Ok(parsed) => (parsed, None),
+        Err(error) => (tracing_subscriber::EnvFilter::new("info"), Some((filter, error))),
+    };
     // Colour only for a person at a terminal; log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder =
@@ -260,6 +263,11 @@ fn init_tracing(filter: &str, format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+    if let Some((filter, error)) = refused {
+        tracing::warn!(
+            "the log filter {filter:?} (--log, REGISTRY_TOKEN_LOG) is not valid ({error}): logging at info"
+        );
     }
 }
 
