@@ -145,9 +145,9 @@ impl ApiError {
                 line::note(|line| line.refused = Some("the HSM is unavailable".into()));
             }
             // The ledger logs its own failure once, when it starts failing.
-            ApiError::LedgerUnavailable => {
-                line::note(|line| line.refused = Some("the ledger is unavailable".into()));
-            }
+            ApiError::LedgerUnavailable => line::note(|line| {
+                line.refused.get_or_insert_with(|| "the ledger is unavailable".into());
+            }),
             // The fault itself was logged where the policy's identity is known.
             ApiError::Policy(_) => {}
             _ if status.is_client_error() => {

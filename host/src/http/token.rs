@@ -239,8 +239,12 @@ async fn exchange(
         }
     };
     if let Err(unavailable) = committed {
-        // A new token's slot goes unfilled: the next identical request mints its own.
-        tracing::warn!(error = %unavailable, "no token returned: its ledger event could not be committed");
+        // A new token's slot goes unfilled: the next identical request mints its own. Why goes on
+        // the request's own line: through an outage, a line of its own per refused request
+        // doubled the log (the ledger logs its failure once, when it starts).
+        line::note(|line| {
+            line.refused = Some(format!("no token: its ledger event could not be committed ({unavailable})"));
+        });
         return Err(ApiError::LedgerUnavailable);
     }
     let (issued, offer) = result?;
@@ -615,7 +619,10 @@ async fn mint(
         );
         let committing =
             ledger.submit(record.event.clone(), record.change.take()).map_err(|unavailable| {
-                tracing::warn!(error = %unavailable, event = record.event.id, "no token issued: its ledger event cannot be queued");
+                line::note(|line| {
+                    line.refused =
+                        Some(format!("no token: its ledger event cannot be queued ({unavailable})"));
+                });
                 ApiError::LedgerUnavailable
             })?;
         record.committing = Some(committing);
