@@ -673,7 +673,7 @@ async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, cap
         let mut waiting = Vec::new();
         let retried = kept.len();
         let mut events = std::mem::take(&mut kept);
-        let mut barriers = Vec::new();
+        let mut barriers: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
         for pending in batch {
             match pending.record {
                 Some(record) => {
@@ -691,77 +691,121 @@ async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, cap
         }
         let started = Instant::now();
         let count = events.len();
-        match shared.store.write(events).await {
+        let waiting: Vec<Waiter> = std::iter::repeat_with(|| None).take(retried).chain(waiting).collect();
+        let mut written = shared.store.write(events).await;
+        if let Err((error, events)) = written {
+            // The database answers: the batch failed on the way (a connection a restart broke, a
+            // pool that timed out while the database came back), or for something in it. Once
+            // more whole tells which; writing thousands of kept events one by one after an outage
+            // took seconds, and a transient error in one of them dropped it.
+            written = if shared.store.ping().await.is_ok() {
+                tracing::debug!(%error, "a ledger batch failed while the database answers; writing it once more");
+                shared.store.write(events).await
+            } else {
+                Err((error, events))
+            };
+        }
+        let outage = match written {
             Ok(()) => {
-                mark_writable(&shared);
-                shared.kept.store(0, Ordering::Relaxed);
-                backoff = Duration::from_millis(50);
-                for committed in waiting.into_iter().flatten().chain(barriers) {
+                for committed in waiting.into_iter().flatten().chain(barriers.drain(..)) {
                     let _ = committed.send(Ok(()));
                 }
-                crate::metrics::metrics().ledger_commit(started.elapsed().as_secs_f64());
-                tracing::trace!(
-                    events = count,
-                    took_us = started.elapsed().as_micros() as u64,
-                    "ledger commit"
-                );
-                if shared.tail_due.swap(false, Ordering::AcqRel) {
-                    checkpoint(&shared, Checkpointer::Writer).await;
-                    #[cfg(test)]
-                    shared.writer_checkpoints.fetch_add(1, Ordering::Relaxed);
-                }
+                committed(&shared, count, started).await;
+                None
             }
             Err((error, events)) if shared.store.ping().await.is_ok() => {
-                // The database answers, so something in this batch is refused: write each event
-                // alone, so that one bad event cannot hold up every later one.
+                // Refused twice while the database answers: something in this batch is refused.
+                // Each event alone, so that one bad event cannot hold up every later one.
                 tracing::warn!(%error, events = events.len(), "a ledger batch was refused; writing its events one by one");
-                let waiting = std::iter::repeat_with(|| None).take(retried).chain(waiting);
-                for (record, committed) in events.into_iter().zip(waiting) {
+                let mut records = events.into_iter().zip(waiting);
+                let mut outage = None;
+                while let Some((record, committed)) = records.next() {
                     let id = record.event.id.clone();
-                    let written = shared.store.write(vec![record]).await;
-                    if let Err((error, _)) = &written {
-                        shared.dropped.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(%error, event = id, "the ledger refused an event; it is dropped");
-                    }
-                    if let Some(committed) = committed {
-                        let _ = committed.send(written.map_err(|(error, _)| error.to_string()));
-                    }
-                }
-                for barrier in barriers {
-                    let _ = barrier.send(Ok(()));
-                }
-                shared.kept.store(0, Ordering::Relaxed);
-            }
-            Err((error, events)) => {
-                mark_failing(&shared, &error);
-                // The events of strict requests go: those requests answer 503 without a token.
-                let message = error.to_string();
-                for barrier in barriers {
-                    let _ = barrier.send(Err(message.clone()));
-                }
-                let waiting = std::iter::repeat_with(|| None).take(retried).chain(waiting);
-                for (record, committed) in events.into_iter().zip(waiting) {
-                    match committed {
-                        Some(committed) => {
-                            let _ = committed.send(Err(message.clone()));
+                    match shared.store.write(vec![record]).await {
+                        Ok(()) => answer(committed, Ok(())),
+                        Err((error, mut alone)) if shared.store.ping().await.is_err() => {
+                            // Not this event: the database went away. It and the rest are held.
+                            let held: Vec<(Record, Waiter)> = alone
+                                .pop()
+                                .map(|record| (record, committed))
+                                .into_iter()
+                                .chain(records)
+                                .collect();
+                            outage = Some((error, held));
+                            break;
                         }
-                        None if kept.len() < capacity => kept.push(record),
-                        None => {
-                            let dropped = shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                            if dropped.is_power_of_two() {
-                                tracing::warn!(
-                                    dropped,
-                                    "the ledger is down and its retry buffer is full: an event was dropped"
-                                );
-                            }
+                        Err((error, _)) => {
+                            shared.dropped.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(%error, event = id, "the ledger refused an event; it is dropped");
+                            answer(committed, Err(error.to_string()));
                         }
                     }
                 }
-                shared.kept.store(kept.len(), Ordering::Relaxed);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                if outage.is_none() {
+                    for barrier in barriers.drain(..) {
+                        let _ = barrier.send(Ok(()));
+                    }
+                    shared.kept.store(0, Ordering::Relaxed);
+                    mark_writable(&shared);
+                }
+                outage
             }
+            Err((error, events)) => Some((error, events.into_iter().zip(waiting).collect())),
+        };
+        if let Some((error, held)) = outage {
+            mark_failing(&shared, &error);
+            // The events of strict requests go: those requests answer 503 without a token. The
+            // others are kept, at most `capacity`, and retried.
+            let message = error.to_string();
+            for barrier in barriers.drain(..) {
+                let _ = barrier.send(Err(message.clone()));
+            }
+            for (record, committed) in held {
+                match committed {
+                    Some(committed) => {
+                        let _ = committed.send(Err(message.clone()));
+                    }
+                    None if kept.len() < capacity => kept.push(record),
+                    None => {
+                        let dropped = shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                        if dropped.is_power_of_two() {
+                            tracing::warn!(
+                                dropped,
+                                "the ledger is down and its retry buffer is full: an event was dropped"
+                            );
+                        }
+                    }
+                }
+            }
+            shared.kept.store(kept.len(), Ordering::Relaxed);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        } else {
+            backoff = Duration::from_millis(50);
         }
+    }
+}
+
+/// Who waits for a record's commit (a strict request), if anyone.
+type Waiter = Option<oneshot::Sender<Result<(), String>>>;
+
+fn answer(waiter: Waiter, result: Result<(), String>) {
+    if let Some(waiter) = waiter {
+        let _ = waiter.send(result);
+    }
+}
+
+/// After a commit of `count` events that `started` then: the ledger is writable, its kept events
+/// are written, and the log's tail is copied when the poller left one.
+async fn committed(shared: &Shared, count: usize, started: Instant) {
+    mark_writable(shared);
+    shared.kept.store(0, Ordering::Relaxed);
+    crate::metrics::metrics().ledger_commit(started.elapsed().as_secs_f64());
+    tracing::trace!(events = count, took_us = started.elapsed().as_micros() as u64, "ledger commit");
+    if shared.tail_due.swap(false, Ordering::AcqRel) {
+        checkpoint(shared, Checkpointer::Writer).await;
+        #[cfg(test)]
+        shared.writer_checkpoints.fetch_add(1, Ordering::Relaxed);
     }
 }
 
