@@ -4,7 +4,8 @@
 //! `registry-token ledger revoke`, is refused by every replica within a second; stopping
 //! PostgreSQL under load with strict durability gives 503s and never a token without its record,
 //! and service resumes when it comes back, without a restart. The policy bundle revisions recorded
-//! there are shared too, and only rise.
+//! there are shared too, and only rise; a replica asked for a new bundle while the record cannot be
+//! read refuses it until it can.
 //!
 //! PostgreSQL is required: when it is missing the test fails and says what to install; it never
 //! skips. One cluster serves the whole suite, which runs its scenarios in order (the outage one
@@ -50,6 +51,34 @@ fn allowed_again(client: &Client, caller: &str) {
     while client.get_bearer(&query(SERVICE, &[PULL]), caller).unwrap().status != 200 {
         assert!(since.elapsed() < Duration::from_secs(2), "a lifted revocation still refuses");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `registry-token bundle build` of the plan catalogue at `revision` into `out` (unsigned: the
+/// replica that serves it trusts no bundle key).
+fn build_bundle(dir: &std::path::Path, revision: u64, out: &std::path::Path) {
+    let settings = dir.join("bundle-settings.yaml");
+    std::fs::write(&settings, test_support::PLANS).unwrap();
+    let output = Command::new(BIN)
+        .args(["bundle", "build", "--policy", "builtin:plan-catalogue", "--settings"])
+        .arg(&settings)
+        .args(["--revision", &revision.to_string(), "--created-at", "2026-12-01T00:00:00Z", "--out"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Waits (at most 5 s) until the ledger's one bundle record is at `revision`.
+fn wait_for_recorded_revision(cluster: &PostgresCluster, revision: &str) {
+    let since = Instant::now();
+    loop {
+        let recorded = cluster.psql("SELECT revision FROM bundle_revisions");
+        if recorded.trim() == revision {
+            return;
+        }
+        assert!(since.elapsed() < Duration::from_secs(5), "revision {revision} not recorded: {recorded:?}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -205,6 +234,23 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(cluster.psql("SELECT count(*) FROM bundle_revisions").trim(), "0");
 
+    // A third replica serves a policy bundle file: the revision it starts on is recorded in the
+    // shared ledger, and during the outage below it refuses a new revision it cannot check
+    // against that record (a rollback guard that cannot be read fails closed).
+    let mut bundled = Fixture::with(|config| config.ledger.url = url.clone());
+    let live_bundle = bundled.root().join("live.tar.gz");
+    let next_bundle = bundled.root().join("rev2.tar.gz");
+    build_bundle(bundled.root(), 1, &live_bundle);
+    build_bundle(bundled.root(), 2, &next_bundle);
+    bundled.reconfigure(|config| {
+        config.policy.settings_file = None;
+        config.set("policy.bundle", live_bundle.to_str().unwrap());
+    });
+    let c = Server::start(BIN, &bundled.config_path);
+    let c_client = c.client();
+    readyz_until(&c_client, "replica C serving revision 1", |s| s["bundle"]["revision"] == 1);
+    wait_for_recorded_revision(&cluster, "1");
+
     // 5. PostgreSQL stops under load: strict durability answers 503 and never hands out a token
     //    without its record; service resumes when the database is back, with no restart.
     let received: Arc<Mutex<HashSet<String>>> = Arc::default();
@@ -254,6 +300,21 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
     assert_eq!(ready.status, 503, "not ready while the strict ledger cannot be written: {ready}");
     assert_eq!(ready.body["ledger"]["writable"], false);
     let during_outage = ok.load(Ordering::Relaxed);
+    // Replica C is asked to apply revision 2 while the record it must check it against cannot
+    // be read: refused, with why; revision 1 keeps serving.
+    std::fs::copy(&next_bundle, &live_bundle).unwrap();
+    c.signal("HUP");
+    let status = readyz_until(&c_client, "replica C's refusal shown", |s| {
+        s["bundle"]["last_refusal"]["reason"] == "unavailable"
+    });
+    let message = status["bundle"]["last_refusal"]["message"].as_str().unwrap();
+    assert!(
+        message
+            .contains("the ledger's record of the highest revision applied from this source cannot be read"),
+        "{status}"
+    );
+    assert!(message.contains("the bundle is applied only once it can be checked against it"), "{status}");
+    assert_eq!(status["bundle"]["revision"], 1, "{status}");
     cluster.start_again();
     let resumed_at = Instant::now();
     wait_for("tokens again after PostgreSQL came back", &|| {
@@ -284,6 +345,13 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
         println!("replica {name}: {alarms} warnings and errors in its log through the outage");
         assert!(alarms <= 50, "replica {name} logged {alarms} warnings and errors:\n{log}");
     }
+    // With the record readable again, the next reload applies revision 2 and raises the record.
+    c.signal("HUP");
+    readyz_until(&c_client, "replica C serving revision 2", |s| s["bundle"]["revision"] == 2);
+    wait_for_recorded_revision(&cluster, "2");
+    let reply = c_client.get_bearer(&query(SERVICE, &[PULL]), &bundled.token(|_| {})).unwrap();
+    assert_eq!(reply.status, 200, "{reply}");
+    assert_eq!(access(reply.body["token"].as_str().unwrap()), [PULL], "and it grants by it");
 
     let recorded: HashSet<String> = cluster
         .psql("SELECT token_jti FROM events WHERE outcome = 'issued'")
