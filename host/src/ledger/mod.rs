@@ -694,10 +694,10 @@ async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, cap
         let waiting: Vec<Waiter> = std::iter::repeat_with(|| None).take(retried).chain(waiting).collect();
         let mut written = shared.store.write(events).await;
         if let Err((error, events)) = written {
-            // The database answers: the batch failed on the way (a connection a restart broke, a
-            // pool that timed out while the database came back), or for something in it. Once
-            // more whole tells which; writing thousands of kept events one by one after an outage
-            // took seconds, and a transient error in one of them dropped it.
+            // When the database answers, the batch failed on the way (a connection a restart
+            // broke, a pool that timed out while the database came back) or for something in it.
+            // Once more whole tells which; writing thousands of kept events one by one after an
+            // outage took seconds, and a transient error in one of them dropped it.
             written = if shared.store.ping().await.is_ok() {
                 tracing::debug!(%error, "a ledger batch failed while the database answers; writing it once more");
                 shared.store.write(events).await
