@@ -713,7 +713,7 @@ async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, cap
                 committed(&shared, count, started).await;
                 None
             }
-            Err((error, events)) if shared.store.ping().await.is_ok() => {
+            Err((error, events)) if !error.is_unreachable() && shared.store.ping().await.is_ok() => {
                 // Refused twice while the database answers: something in this batch is refused.
                 // Each event alone, so that one bad event cannot hold up every later one.
                 tracing::warn!(%error, events = events.len(), "a ledger batch was refused; writing its events one by one");
@@ -723,7 +723,9 @@ async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, cap
                     let id = record.event.id.clone();
                     match shared.store.write(vec![record]).await {
                         Ok(()) => answer(committed, Ok(())),
-                        Err((error, mut alone)) if shared.store.ping().await.is_err() => {
+                        Err((error, mut alone))
+                            if error.is_unreachable() || shared.store.ping().await.is_err() =>
+                        {
                             // Not this event: the database went away. It and the rest are held.
                             let held: Vec<(Record, Waiter)> = alone
                                 .pop()

@@ -43,16 +43,32 @@ impl Row for tokio_postgres::Row {
     }
 }
 
-/// The error and its cause: tokio-postgres' own text is often just "db error".
+/// The error and its cause: tokio-postgres' own text is often just "db error". A lost connection,
+/// and the server's refusals that are about itself rather than the request (SQLSTATE classes 08
+/// connection exception, 53 insufficient resources, 57 operator intervention: a shutdown), are
+/// [`StoreError::Unreachable`].
 fn described(error: &tokio_postgres::Error) -> StoreError {
     match error.as_db_error() {
-        Some(db) => StoreError::Database(format!("{}: {}", db.code().code(), db.message())),
+        Some(db) => {
+            let code = db.code().code();
+            let text = format!("{code}: {}", db.message());
+            if ["08", "53", "57"].iter().any(|class| code.starts_with(class)) {
+                StoreError::Unreachable(text)
+            } else {
+                StoreError::Database(text)
+            }
+        }
+        None if error.is_closed()
+            || std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>()) =>
+        {
+            StoreError::Unreachable(error.to_string())
+        }
         None => StoreError::Database(error.to_string()),
     }
 }
 
 fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Database(format!("cannot reach PostgreSQL: {error}"))
+    StoreError::Unreachable(format!("cannot reach PostgreSQL: {error}"))
 }
 
 /// Unrelated to any application lock: taken while migrating so replicas that start together

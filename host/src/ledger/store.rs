@@ -553,9 +553,13 @@ pub(super) fn export_query(
 /// Why the database could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database answered with an error or could not be reached.
+    /// The database answered with an error.
     #[error("{0}")]
     Database(String),
+    /// The database could not be reached, or dropped the connection (a restart, a shutdown): what
+    /// was asked was not refused for what it holds.
+    #[error("{0}")]
+    Unreachable(String),
     /// The database's schema is newer than this binary.
     #[error(
         "the ledger {url} has schema version {found}, newer than this registry-token knows ({known}); \
@@ -572,6 +576,13 @@ pub enum StoreError {
     /// A row that this binary did not write.
     #[error("the ledger holds a row this registry-token cannot read: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether the database was not there to answer (so a retry, not a smaller request, is due).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, StoreError::Unreachable(_))
+    }
 }
 
 /// Any database error as a [`StoreError::Database`] (both backends' `map_err`).
