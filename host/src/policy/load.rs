@@ -4,6 +4,7 @@
 
 use super::cache::DecisionCache;
 use super::runtime::{Runtime, within};
+use super::snapshot::Configured;
 use super::{LoadError, Loaded, Policy, sha256_hex};
 use std::sync::Arc;
 
@@ -59,13 +60,12 @@ pub(super) async fn load(
         Err(fault) => return Err(LoadError::Configure { source_name: source, fault }),
     };
 
-    let snapshot = wizer
-        .snapshot_component(
-            &context,
-            &mut wasmtime_wizer::WasmtimeWizerComponent { store: &mut store, instance },
-        )
-        .await
-        .map_err(snapshot_error)?;
+    // Reading the state back runs wizer's accessors, not the guest's code, under a deadline of
+    // its own: a `configure` that finished just in time is not interrupted in the read-back.
+    Runtime::set_deadline(&mut store, timeout);
+    let mut configured = Configured::new(&mut store, instance);
+    let snapshot = wizer.snapshot_component(&context, &mut configured).await;
+    let snapshot = snapshot.and_then(|snapshot| configured.finish(snapshot)).map_err(snapshot_error)?;
     drop(store);
     drop(slot);
 

@@ -25,6 +25,7 @@ mod inspect;
 mod load;
 mod relink;
 mod runtime;
+mod snapshot;
 mod wit;
 
 use crate::access::{Caller, Resource};

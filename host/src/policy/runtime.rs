@@ -281,6 +281,13 @@ impl Runtime {
             GuestState { wasi, table: ResourceTable::new(), output, memory_cap: self.limits.memory_bytes };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state);
+        Self::set_deadline(&mut store, timeout);
+        store
+    }
+
+    /// Gives `store` a deadline `timeout` from now (replacing any earlier one): past it, the
+    /// guest's code is interrupted at its next epoch check.
+    pub fn set_deadline(store: &mut Store<GuestState>, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
@@ -290,7 +297,6 @@ impl Runtime {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        store
     }
 
     /// Names what went wrong in a store, with the guest's own output when it explains (a panic).
