@@ -184,7 +184,7 @@ fn a_100_kib_query_is_refused_and_the_server_keeps_serving() {
         ),
     );
     // hyper refuses a URI over 64 KiB before routing (414, no body); shorter ones over 16 KiB get
-    // the Docker error body from the handler (tests/hostile.rs).
+    // the Docker error body from the handler (tests/in_process/hostile.rs).
     assert_eq!(response.get(9..12), Some("414"), "{response}");
     let reply = client.get_bearer(&query(SERVICE, &["repository:team/app:pull"]), &token).unwrap();
     assert_eq!((reply.status.as_u16(), reply.body["token"].is_string()), (200, true));

@@ -4,11 +4,9 @@
 //! requests mint once. Each reused answer is still a ledger event (`reused: true`, the same `jti`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use axum::Router;
 use axum::http::StatusCode;
-use common::*;
+use crate::common::*;
 use registry_token::app::App;
 use registry_token::ledger::{Event, EventFilter, Millis, Outcome, Revocation, RevocationKind};
 use registry_token::mint::{SigningAlgorithm, keygen};

@@ -2,7 +2,7 @@
 //! and the validated-token cache (never past a token's `exp`, dropped when the keys change).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use axum::Router;
 use axum::routing::get;

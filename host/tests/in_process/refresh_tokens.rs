@@ -6,12 +6,10 @@
 //! containerd's ctr — are `tests/e2e/refresh.rs`.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::*;
+use crate::common::*;
 use registry_token::app::App;
 use registry_token::ledger::{Event, EventFilter, Millis, Outcome, Revocation, RevocationKind};
 use serde_json::{Value, json};

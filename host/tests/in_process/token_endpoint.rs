@@ -2,11 +2,9 @@
 //! OAuth2 form, asserting what a client sees (status, headers, body, the token's claims).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::*;
+use crate::common::*;
 use registry_token::mint::{SigningAlgorithm, SigningKey};
 
 #[tokio::test]

@@ -4,11 +4,9 @@
 //! or not at all.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use axum::body::Body;
 use axum::http::Request;
-use common::{Fixture, SERVICE, decode, get_basic, libtrust_kid_of, query, send};
+use crate::common::{Fixture, SERVICE, decode, get_basic, libtrust_kid_of, query, send};
 use jsonwebtoken::jwk::{Jwk, JwkSet, ThumbprintHash};
 use jsonwebtoken::{DecodingKey, Validation};
 use registry_token::app::Live;
