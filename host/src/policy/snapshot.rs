@@ -49,10 +49,16 @@ impl<'a, T: Send> Configured<'a, T> {
         }
     }
 
-    async fn call<R: Lift + Send + Sync + 'static>(&mut self, instance: &str, func: &str) -> wasmtime::Result<R> {
-        let missing = || wasmtime::format_err!("the instrumented component does not export {instance}#{func}");
+    async fn call<R: Lift + Send + Sync + 'static>(
+        &mut self,
+        instance: &str,
+        func: &str,
+    ) -> wasmtime::Result<R> {
+        let missing =
+            || wasmtime::format_err!("the instrumented component does not export {instance}#{func}");
         let (_, exported) = self.instance.get_export(&mut *self.store, None, instance).ok_or_else(missing)?;
-        let (_, index) = self.instance.get_export(&mut *self.store, Some(&exported), func).ok_or_else(missing)?;
+        let (_, index) =
+            self.instance.get_export(&mut *self.store, Some(&exported), func).ok_or_else(missing)?;
         let accessor = self.instance.get_typed_func::<(), (R,)>(&mut *self.store, index)?;
         let (value,) = accessor.call_async(&mut *self.store, ()).await?;
         Ok(value)
@@ -60,7 +66,12 @@ impl<'a, T: Send> Configured<'a, T> {
 }
 
 impl<T: Send> ComponentInstanceState for Configured<'_, T> {
-    async fn call_func_ret_list_u8(&mut self, instance: &str, func: &str, contents: impl FnOnce(&[u8]) + Send) {
+    async fn call_func_ret_list_u8(
+        &mut self,
+        instance: &str,
+        func: &str,
+        contents: impl FnOnce(&[u8]) + Send,
+    ) {
         self.read(instance, func, |store, list: WasmList<u8>| contents(list.as_le_slice(store))).await;
     }
 

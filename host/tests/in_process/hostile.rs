@@ -3,10 +3,10 @@
 //! and the server must serve a good request right after.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use crate::common::*;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use crate::common::*;
 use data_encoding::BASE64URL_NOPAD;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};

@@ -4,9 +4,9 @@
 //! or not at all.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use crate::common::{Fixture, SERVICE, decode, get_basic, libtrust_kid_of, query, send};
 use axum::body::Body;
 use axum::http::Request;
-use crate::common::{Fixture, SERVICE, decode, get_basic, libtrust_kid_of, query, send};
 use jsonwebtoken::jwk::{Jwk, JwkSet, ThumbprintHash};
 use jsonwebtoken::{DecodingKey, Validation};
 use registry_token::app::Live;

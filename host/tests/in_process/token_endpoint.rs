@@ -2,9 +2,9 @@
 //! OAuth2 form, asserting what a client sees (status, headers, body, the token's claims).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use crate::common::*;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use crate::common::*;
 use registry_token::mint::{SigningAlgorithm, SigningKey};
 
 #[tokio::test]
