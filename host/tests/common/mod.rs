@@ -102,6 +102,38 @@ impl Fixture {
     }
 }
 
+/// The service with its ledger open, on a clock the test moves, driven through the real router:
+/// what the refresh-token and token-reuse tests run against.
+pub struct LedgerWorld {
+    pub fixture: Fixture,
+    pub clock: TestClock,
+    pub app: Arc<App>,
+    pub router: Router,
+}
+
+impl LedgerWorld {
+    pub async fn new(edit: impl FnOnce(&mut test_support::Config)) -> LedgerWorld {
+        let fixture = Fixture::with(edit);
+        let clock = TestClock::new();
+        let app = fixture.service_with_ledger(&clock).await;
+        let router = registry_token::http::router(Arc::clone(&app));
+        LedgerWorld { fixture, clock, app, router }
+    }
+
+    pub fn ledger(&self) -> &registry_token::ledger::Ledger {
+        self.app.ledger.as_ref().unwrap()
+    }
+
+    /// Every event so far, oldest first, once the writer has caught up.
+    pub async fn events(&self) -> Vec<registry_token::ledger::Event> {
+        self.ledger().flush(std::time::Duration::from_secs(5)).await.unwrap();
+        let filter = registry_token::ledger::EventFilter { limit: 1000, ..Default::default() };
+        let mut events = self.ledger().events(&filter).await.unwrap();
+        events.reverse();
+        events
+    }
+}
+
 /// A clock a test moves by hand (Unix seconds), starting at the system's time.
 #[derive(Clone)]
 pub struct TestClock(Arc<std::sync::atomic::AtomicU64>);

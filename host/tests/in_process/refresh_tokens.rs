@@ -6,12 +6,11 @@
 //! containerd's ctr — are `tests/e2e/refresh.rs`.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use crate::common::*;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use crate::common::*;
-use registry_token::app::App;
-use registry_token::ledger::{Event, EventFilter, Millis, Outcome, Revocation, RevocationKind};
+use registry_token::ledger::{Event, Millis, Outcome, Revocation, RevocationKind};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use test_support::RefreshTokens;
@@ -20,26 +19,27 @@ const DAY: u64 = 86_400;
 const PULL: &str = "repository:team/app:pull";
 
 /// A service with a ledger, refresh tokens of `lifetime_days` and `idle_days`, on its own clock.
-struct World {
-    fixture: Fixture,
-    clock: TestClock,
-    app: Arc<App>,
-    router: Router,
+struct World(LedgerWorld);
+
+impl std::ops::Deref for World {
+    type Target = LedgerWorld;
+    fn deref(&self) -> &LedgerWorld {
+        &self.0
+    }
 }
 
 impl World {
     async fn new(lifetime_days: u32, idle_days: u32) -> World {
-        let fixture = Fixture::with(|config| {
-            config.refresh_tokens = RefreshTokens {
-                lifetime_days: Some(lifetime_days),
-                idle_days: Some(idle_days),
-                ..RefreshTokens::default()
-            };
-        });
-        let clock = TestClock::new();
-        let app = fixture.service_with_ledger(&clock).await;
-        let router = registry_token::http::router(Arc::clone(&app));
-        World { fixture, clock, app, router }
+        World(
+            LedgerWorld::new(|config| {
+                config.refresh_tokens = RefreshTokens {
+                    lifetime_days: Some(lifetime_days),
+                    idle_days: Some(idle_days),
+                    ..RefreshTokens::default()
+                };
+            })
+            .await,
+        )
     }
 
     /// `docker login`: GET with the Authority token, `offline_token=true`, `client_id=docker`;
@@ -70,19 +70,6 @@ impl World {
 
     async fn refresh_pull(&self, refresh_token: &str) -> Reply {
         self.refresh(refresh_token, SERVICE, "docker", PULL).await
-    }
-
-    fn ledger(&self) -> &registry_token::ledger::Ledger {
-        self.app.ledger.as_ref().unwrap()
-    }
-
-    /// Every event so far, oldest first, once the writer has caught up.
-    async fn events(&self) -> Vec<Event> {
-        self.ledger().flush(std::time::Duration::from_secs(5)).await.unwrap();
-        let mut events =
-            self.ledger().events(&EventFilter { limit: 1000, ..EventFilter::default() }).await.unwrap();
-        events.reverse();
-        events
     }
 
     async fn revoke(&self, kind: RevocationKind, value: &str) -> Revocation {
@@ -199,12 +186,14 @@ async fn the_database_holds_only_the_hash_of_a_refresh_token() {
     assert_eq!(world.refresh_pull(&refresh).await.status, StatusCode::OK);
     let events = world.events().await;
     let id = events[0].refresh_token_id.clone().unwrap();
-    drop(world.router);
-    drop(world.app);
+    // The service closes its ledger: what is on disk is all there is.
+    let World(LedgerWorld { fixture, router, app, .. }) = world;
+    drop(router);
+    drop(app);
 
     let mut database = Vec::new();
     for file in ["ledger.db", "ledger.db-wal"] {
-        database.extend(std::fs::read(world.fixture.root().join(file)).unwrap_or_default());
+        database.extend(std::fs::read(fixture.root().join(file)).unwrap_or_default());
     }
     let contains = |needle: &[u8]| database.windows(needle.len()).any(|w| w == needle);
     // What is recorded is found (its id, and its hash), so the silence below means something.

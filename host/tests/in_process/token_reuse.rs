@@ -4,31 +4,32 @@
 //! requests mint once. Each reused answer is still a ledger event (`reused: true`, the same `jti`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use axum::Router;
-use axum::http::StatusCode;
 use crate::common::*;
-use registry_token::app::App;
-use registry_token::ledger::{Event, EventFilter, Millis, Outcome, Revocation, RevocationKind};
+use axum::http::StatusCode;
+use registry_token::ledger::{Event, Millis, Outcome, Revocation, RevocationKind};
 use registry_token::mint::{SigningAlgorithm, keygen};
 use std::collections::HashSet;
-use std::sync::Arc;
 
 const PULL: &str = "repository:team/app:pull";
 
-struct World {
-    fixture: Fixture,
-    clock: TestClock,
-    app: Arc<App>,
-    router: Router,
+struct World(LedgerWorld);
+
+impl std::ops::Deref for World {
+    type Target = LedgerWorld;
+    fn deref(&self) -> &LedgerWorld {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut LedgerWorld {
+        &mut self.0
+    }
 }
 
 impl World {
     async fn new(edit: impl FnOnce(&mut test_support::Config)) -> World {
-        let fixture = Fixture::with(edit);
-        let clock = TestClock::new();
-        let app = fixture.service_with_ledger(&clock).await;
-        let router = registry_token::http::router(Arc::clone(&app));
-        World { fixture, clock, app, router }
+        World(LedgerWorld::new(edit).await)
     }
 
     /// The registry token `caller` gets for `scopes` of `service`, and the reply's `expires_in`
@@ -41,14 +42,6 @@ impl World {
             reply.body["expires_in"].as_u64().unwrap(),
             reply.body["issued_at"].as_str().unwrap().to_owned(),
         )
-    }
-
-    async fn events(&self) -> Vec<Event> {
-        let ledger = self.app.ledger.as_ref().unwrap();
-        ledger.flush(std::time::Duration::from_secs(5)).await.unwrap();
-        let mut events = ledger.events(&EventFilter { limit: 1000, ..EventFilter::default() }).await.unwrap();
-        events.reverse();
-        events
     }
 }
 
