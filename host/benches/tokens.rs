@@ -876,6 +876,7 @@ fn process_state(pid: u32) -> Option<char> {
 /// into `DIR/CONFIG-MIX-CONNECTIONS.data` (read it with `perf report -i`).
 fn profile_start(pid: u32, row: &str) -> Option<std::process::Child> {
     let dir = std::env::var_os("BENCH_PERF_DIR")?;
+    std::fs::create_dir_all(&dir).expect("BENCH_PERF_DIR: cannot create the directory");
     let output = Path::new(&dir).join(format!("{row}.data"));
     let child = std::process::Command::new("perf")
         .args(["record", "-F", "2000", "-g", "-q", "-p", &pid.to_string(), "-o"])
