@@ -300,7 +300,8 @@ fn bootstrap_development(config: &Config) -> Result<(), String> {
                 dir = dir.display(),
             ));
         }
-        let generated = mint::keygen::generate(dir, signing.algorithm, 2048).map_err(|e| e.to_string())?;
+        let generated = mint::keygen::generate(dir, signing.algorithm.unwrap_or_default(), 2048)
+            .map_err(|e| e.to_string())?;
         tracing::warn!(
             key = %generated.key_file.display(),
             cert = %generated.cert_file.display(),

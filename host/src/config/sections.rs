@@ -111,8 +111,9 @@ pub struct SigningConfig {
     /// The key set: exactly one `active` key signs, `published` and `retired` ones are published
     /// in `/.well-known/jwks.json` and `/certs.pem` so registries trust them across a rotation.
     pub keys: Vec<KeyEntry>,
-    /// `RS256` (default) or `ES256`.
-    pub algorithm: SigningAlgorithm,
+    /// The single key's (`key_file`): `RS256` (default) or `ES256`. An entry of `keys` says its
+    /// own (by default what its key is); this one set beside `keys` is refused, not ignored.
+    pub algorithm: Option<SigningAlgorithm>,
     /// `libtrust` (distribution 2.8, default) or `thumbprint` (RFC 7638).
     pub kid_format: KidFormat,
     /// Lifetime of minted tokens.
@@ -131,7 +132,7 @@ impl Default for SigningConfig {
             key_file: PathBuf::new(),
             cert_file: None,
             keys: Vec::new(),
-            algorithm: SigningAlgorithm::default(),
+            algorithm: None,
             kid_format: KidFormat::default(),
             lifetime_seconds: 300,
             max_lifetime_seconds: 300,
@@ -158,7 +159,7 @@ impl SigningConfig {
             cert_file: self.cert_file.clone(),
             status: KeyStatus::Active,
             retire_after: None,
-            algorithm: Some(self.algorithm),
+            algorithm: Some(self.algorithm.unwrap_or_default()),
             single: true,
         }]
     }

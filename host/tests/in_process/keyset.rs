@@ -150,6 +150,18 @@ async fn every_invalid_key_set_is_refused_with_a_message_naming_the_entry() {
             assert!(refused.contains(part.as_str()), "{name}: {refused:?} should say {part:?}");
         }
     }
+
+    // signing.algorithm is the single key's: beside a key set it would be silently ignored (the
+    // entries sign with what their keys are), so it is refused and the message says where it goes.
+    let mut fixture = fixture_with(|r| vec![entry(r, "a", "active"), entry(r, "b", "published")]);
+    assert_eq!(refusal(&fixture).await, None, "the set itself is valid");
+    fixture.reconfigure(|config| config.signing.algorithm = Some("ES256".into()));
+    let refused = refusal(&fixture).await.expect("signing.algorithm beside signing.keys was accepted");
+    assert!(
+        refused.contains("signing.algorithm is the algorithm of key_file")
+            && refused.contains("give the entry its own `algorithm:`"),
+        "{refused:?}"
+    );
 }
 
 fn cert_der(path: &Path) -> Vec<u8> {
