@@ -373,6 +373,7 @@ fn prepare_softhsm(root: &Path) {
     let signing = config["signing"].as_mapping_mut().unwrap();
     signing.remove("key_file");
     signing.remove("cert_file");
+    signing.remove("algorithm");
     signing.insert(
         "keys".into(),
         serde_norway::from_str(&format!(

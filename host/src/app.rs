@@ -229,6 +229,9 @@ impl Live {
         };
 
         let keys_set = load_keys(&config.signing)?;
+        if let Some(unused) = config.signing.unused_algorithm() {
+            tracing::warn!("{unused}");
+        }
 
         let previous_policy = previous.map(|p| &p.policy);
         let policy = match &bundle {

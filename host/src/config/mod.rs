@@ -251,11 +251,6 @@ fn check_keys(signing: &SigningConfig) -> Result<(), String> {
     if single || signing.cert_file.is_some() {
         return Err("signing: use either key_file/cert_file (one key) or keys (a key set), not both".into());
     }
-    if signing.algorithm.is_some() {
-        return Err("signing.algorithm is the algorithm of key_file (one key): with keys (a key set), give \
-                    the entry its own `algorithm:` (by default what its key is)"
-            .into());
-    }
     let active: Vec<String> = signing
         .keys
         .iter()

@@ -112,7 +112,8 @@ pub struct SigningConfig {
     /// in `/.well-known/jwks.json` and `/certs.pem` so registries trust them across a rotation.
     pub keys: Vec<KeyEntry>,
     /// The single key's (`key_file`): `RS256` (default) or `ES256`. An entry of `keys` says its
-    /// own (by default what its key is); this one set beside `keys` is refused, not ignored.
+    /// own (by default what its key is): this one is not used with `keys` (see
+    /// [`SigningConfig::unused_algorithm`]).
     pub algorithm: Option<SigningAlgorithm>,
     /// `libtrust` (distribution 2.8, default) or `thumbprint` (RFC 7638).
     pub kid_format: KidFormat,
@@ -146,6 +147,18 @@ impl SigningConfig {
     /// of the lifetime.
     pub fn reuse_window(&self) -> u64 {
         self.reuse_seconds.unwrap_or(self.lifetime_seconds / 10)
+    }
+
+    /// What to warn of when `algorithm` is written beside `keys`, where it is not used. (A warning,
+    /// not a refusal: a configuration that grew from the sample's single key into a key set often
+    /// keeps the sample's `algorithm: RS256`, and it worked before.)
+    pub fn unused_algorithm(&self) -> Option<String> {
+        let algorithm = self.algorithm.filter(|_| !self.keys.is_empty())?;
+        Some(format!(
+            "signing.algorithm ({}) is not used with signing.keys: each key signs with what it is (an RSA \
+             key RS256, a P-256 key ES256) unless its entry sets `algorithm:`; remove signing.algorithm",
+            algorithm.name()
+        ))
     }
 
     /// The key set as entries: `keys`, or the single `key_file`/`cert_file` as one active key.

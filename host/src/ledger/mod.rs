@@ -549,9 +549,12 @@ async fn poll_loop(shared: std::sync::Weak<Shared>) {
                 _ => break,
             }
         }
-        // While the ledger is failing, see whether it is back even with no traffic to write.
+        // While the ledger is failing, see whether it is back even with no traffic to write. With
+        // events held, the writer's own retries of them tell (a probe's one row may fit where
+        // they do not: a full file still rewrites a page it has).
         if !shared.writable.load(Ordering::Relaxed)
             && shared.queued.load(Ordering::Relaxed) == 0
+            && shared.kept.load(Ordering::Relaxed) == 0
             && shared.store.ping().await.is_ok()
         {
             mark_writable(&shared);
@@ -889,6 +892,75 @@ mod tests {
         assert_eq!(ledger.applied_bundle("a.tar.gz").await.unwrap(), None);
         assert!(ledger.record_applied_bundle(&applied("a.tar.gz", 1, "sha256:1")).await.unwrap());
         assert_eq!(ledger.applied_bundle("a.tar.gz").await.unwrap().unwrap().revision, 1);
+    }
+
+    /// A file that cannot grow (a full disk; here SQLite's own cap on its pages) is an outage,
+    /// not a refused event: a strict commit fails (no token), `/readyz` says the ledger is not
+    /// writable for as long as the events it holds cannot be written, and none of them is dropped:
+    /// they land once the file can grow again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_file_holds_events_and_refuses_strict_commits_until_it_can_grow_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            LedgerConfig { url: LedgerUrl::Sqlite(dir.path().join("ledger.db")), ..LedgerConfig::default() };
+        let ledger = Ledger::open(&config, true).await.unwrap().unwrap();
+        let Store::Sqlite(store) = &ledger.shared.store else { unreachable!("a SQLite ledger") };
+        let cap = |pages: i64| {
+            move |connection: &mut rusqlite::Connection| {
+                connection
+                    .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                    .map_err(store::database)
+            }
+        };
+        let event = |outcome| {
+            let mut event = Event::new(outcome);
+            event.message = Some("x".repeat(2000));
+            event
+        };
+        ledger.commit(event(Outcome::Issued)).await.unwrap();
+        // The file may keep its size (its pages) but not grow: the next commits soon need a page.
+        store.on_writer(cap(1)).await.unwrap();
+        let mut refused = None;
+        for _ in 0..1000 {
+            if let Err(unavailable) = ledger.commit(event(Outcome::Issued)).await {
+                refused = Some(unavailable);
+                break;
+            }
+        }
+        let refused = refused.expect("a commit into a file that cannot grow succeeded 1000 times");
+        assert!(refused.to_string().contains("full"), "{refused}");
+        let health = ledger.health();
+        assert!(!health.writable, "{health:?}");
+        assert!(
+            health.error.as_deref().is_some_and(|e| e.contains("database or disk is full")),
+            "{health:?}"
+        );
+        assert!(!ledger.can_issue());
+
+        // A denial meanwhile is held, through the writer's retries, and the ledger stays failing.
+        let denied = event(Outcome::Denied);
+        let id = denied.id.clone();
+        ledger.record(denied);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let health = ledger.health();
+        assert!(!health.writable && health.queued >= 1 && health.dropped == 0, "{health:?}");
+        assert!(ledger.commit(event(Outcome::Issued)).await.is_err(), "a strict commit while still full");
+        assert!(ledger.event(&id).await.unwrap().is_none(), "written while the file was full");
+
+        // Room again: the held denial lands, nothing was dropped, and strict commits succeed.
+        store.on_writer(cap(1 << 30)).await.unwrap();
+        let since = Instant::now();
+        while ledger.event(&id).await.unwrap().is_none() {
+            assert!(
+                since.elapsed() < Duration::from_secs(10),
+                "the held denial never landed: {:?}",
+                ledger.health()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ledger.commit(event(Outcome::Issued)).await.unwrap();
+        let health = ledger.health();
+        assert!(health.writable && health.dropped == 0, "{health:?}");
     }
 
     /// Under light traffic the poller copies the whole log between two commits and the next

@@ -169,7 +169,7 @@ impl Store {
 
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
-        client.simple_query("SELECT 1").await.map_err(|e| described(&e))?;
+        client.simple_query(store::PROBE).await.map_err(|e| described(&e))?;
         Ok(())
     }
 

@@ -130,7 +130,7 @@ impl Store {
             };
             match write_records(&mut connection, &records) {
                 Ok(()) => Ok(()),
-                Err(error) => Err((database(error), records)),
+                Err(error) => Err((described(error), records)),
             }
         })
         .await;
@@ -170,12 +170,18 @@ impl Store {
         .await
     }
 
+    /// Commits a write of its own (see [`store::PROBE`]): fails while the file cannot be written.
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {
-        Store::on(&self.writer, |connection| {
-            // Takes the write lock and gives it back: fails while the file cannot be written.
-            connection.execute_batch("BEGIN IMMEDIATE; ROLLBACK;").map_err(database)
-        })
-        .await
+        Store::on(&self.writer, |connection| connection.execute_batch(store::PROBE).map_err(described)).await
+    }
+
+    /// Runs `work` on the writer's connection (tests: `PRAGMA max_page_count` fills the file).
+    #[cfg(test)]
+    pub(crate) async fn on_writer<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        Store::on(&self.writer, work).await
     }
 
     pub(crate) async fn select<T: Send + 'static>(
@@ -266,6 +272,35 @@ impl Store {
             Ok(events)
         })
         .await
+    }
+}
+
+/// A write's error as a [`StoreError`]: when the file cannot take writes (the disk or the file is
+/// full, read-only, locked past the busy timeout, an I/O error, a corrupt or vanished file) it is
+/// [`StoreError::Unreachable`], like a PostgreSQL outage: the batch's events are held and retried
+/// and a strict ledger refuses to issue, rather than each event being written alone and dropped as
+/// if it were refused for what it holds. Anything else is about what was written.
+fn described(error: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::{
+        CannotOpen, DatabaseBusy, DatabaseCorrupt, DatabaseLocked, DiskFull, FileLockingProtocolFailed,
+        NoLargeFileSupport, NotADatabase, OutOfMemory, PermissionDenied, ReadOnly, SystemIoFailure,
+    };
+    match error.sqlite_error_code() {
+        Some(
+            CannotOpen
+            | DatabaseBusy
+            | DatabaseCorrupt
+            | DatabaseLocked
+            | DiskFull
+            | FileLockingProtocolFailed
+            | NoLargeFileSupport
+            | NotADatabase
+            | OutOfMemory
+            | PermissionDenied
+            | ReadOnly
+            | SystemIoFailure,
+        ) => StoreError::Unreachable(format!("the ledger file cannot be written: {error}")),
+        _ => database(error),
     }
 }
 

@@ -141,6 +141,10 @@ pub(super) const BUMP_REVISION: &str =
     "UPDATE ledger_state SET value = value + 1 WHERE name = 'revocations_revision'";
 
 pub(super) const REVISION: &str = "SELECT value FROM ledger_state WHERE name = 'revocations_revision'";
+/// A write that commits, to tell whether the database takes writes (`Store::ping`): a read, or a
+/// transaction rolled back, succeeds on a full disk or a read-only file too. One row, rewritten.
+pub(super) const PROBE: &str = "INSERT INTO ledger_state (name, value) VALUES ('write_probe', 0) \
+     ON CONFLICT (name) DO UPDATE SET value = ledger_state.value + 1";
 
 pub(super) const BUNDLE_COLUMNS: &str = "source, revision, content_sha256, applied_at_ms";
 
@@ -629,7 +633,7 @@ impl Store {
         }
     }
 
-    /// Whether a write would succeed now (for `/readyz` while the ledger is failing).
+    /// Whether a write succeeds now: a write of its own, committed ([`PROBE`]).
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(store) => store.ping().await,

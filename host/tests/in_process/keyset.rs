@@ -151,17 +151,18 @@ async fn every_invalid_key_set_is_refused_with_a_message_naming_the_entry() {
         }
     }
 
-    // signing.algorithm is the single key's: beside a key set it would be silently ignored (the
-    // entries sign with what their keys are), so it is refused and the message says where it goes.
+    // signing.algorithm is the single key's: beside a key set it is not used (each entry signs
+    // with what its key is), and the service says so at load instead of ignoring it silently.
     let mut fixture = fixture_with(|r| vec![entry(r, "a", "active"), entry(r, "b", "published")]);
-    assert_eq!(refusal(&fixture).await, None, "the set itself is valid");
+    let config = Config::load_with_env(&fixture.config_path, Vec::new()).unwrap();
+    assert_eq!(config.signing.unused_algorithm(), None);
     fixture.reconfigure(|config| config.signing.algorithm = Some("ES256".into()));
-    let refused = refusal(&fixture).await.expect("signing.algorithm beside signing.keys was accepted");
-    assert!(
-        refused.contains("signing.algorithm is the algorithm of key_file")
-            && refused.contains("give the entry its own `algorithm:`"),
-        "{refused:?}"
-    );
+    assert_eq!(refusal(&fixture).await, None, "a configuration that worked before still loads");
+    let config = Config::load_with_env(&fixture.config_path, Vec::new()).unwrap();
+    let warning = config.signing.unused_algorithm().expect("no warning for signing.algorithm beside keys");
+    assert!(warning.contains("signing.algorithm (ES256) is not used with signing.keys"), "{warning}");
+    let live = Live::build(config).await.unwrap();
+    assert_eq!(live.keys.minter().signer().algorithm().name(), "RS256", "key a is an RSA key");
 }
 
 fn cert_der(path: &Path) -> Vec<u8> {
