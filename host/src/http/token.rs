@@ -219,14 +219,18 @@ async fn exchange(
                 minted.lifetime,
             );
             match ledger.durability() {
-                Durability::Relaxed => ledger.keep_with(record.event, record.change).await,
+                Durability::Relaxed if !new_refresh_token => {
+                    ledger.keep_with(record.event, record.change).await
+                }
                 // A reused token's `issued` event was committed before it was first returned:
                 // the repeat is queued (never dropped: refused while the ledger cannot take it),
                 // as a denial is, and does not wait for a commit of its own.
                 Durability::Strict if record.event.reused && !new_refresh_token => {
                     ledger.keep_queued(record.event, record.change)
                 }
-                Durability::Strict => {
+                // Waits for its commit: a strict token, and a new refresh token in either
+                // durability (handed out only once the ledger can recognise it).
+                Durability::Strict | Durability::Relaxed => {
                     let committed = ledger.keep_with(record.event.clone(), record.change).await;
                     note_if_not_returned(ledger, &record.event, &committed);
                     committed
@@ -300,8 +304,8 @@ fn count_issued(live: &Live, service: &str, ask: &Ask<'_>) {
     metrics().issued(service, live.keys.minter().signer().algorithm().name(), via);
 }
 
-/// A strict commit of `issued` that timed out may yet land: a `fault` event then says its token
-/// was not returned.
+/// A commit of `issued` waited for (strict, or with a new refresh token) that timed out may yet
+/// land: a `fault` event then says its token was not returned.
 fn note_if_not_returned(ledger: &Ledger, issued: &Event, committed: &Result<(), Unavailable>) {
     if let Err(unavailable) = committed
         && unavailable.may_land
