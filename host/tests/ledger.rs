@@ -272,6 +272,15 @@ fn each_kind_of_revocation_refuses_at_once_with_its_reason_and_lifts() {
         json!({"kind": "subject", "value": "nobody", "reason": "r", "expires_at": "2099-01-01T05:00:00.000+05:00"}),
     );
     assert_eq!(offset["expires_at"], "2099-01-01T00:00:00.000Z", "{offset}");
+    // Unix seconds, as a JSON number or as text, are the same instant.
+    for seconds in [json!(4_070_908_800_i64), json!("4070908800")] {
+        let revocation = revoke(
+            &admin,
+            &token,
+            json!({"kind": "subject", "value": "nobody", "reason": "r", "expires_at": seconds}),
+        );
+        assert_eq!(revocation["expires_at"], "2099-01-01T00:00:00.000Z", "{revocation}");
+    }
 }
 
 #[test]
@@ -586,6 +595,8 @@ fn the_admin_api_refuses_bad_input_and_bad_credentials_and_writes_nothing() {
         (r#"{"kind": "subject", "value": "nul\u0000", "reason": "r"}"#, "value contains '\\0'"),
         (r#"{"kind": "subject", "value": "x", "reason": "r\u0000"}"#, "control characters"),
         (r#"{"kind": "subject", "value": "x", "reason": "r", "expires_at": "tomorrow"}"#, "expires_at"),
+        (r#"{"kind": "subject", "value": "x", "reason": "r", "expires_at": 1.5e12}"#, "or Unix seconds"),
+        (r#"{"kind": "subject", "value": "x", "reason": "r", "expires_at": true}"#, "or Unix seconds"),
         (
             r#"{"kind": "subject", "value": "x", "reason": "r", "expires_at": "2001-01-01T00:00:00Z"}"#,
             "not in the future",

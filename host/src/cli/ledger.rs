@@ -259,11 +259,16 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
         LedgerCommand::Revoke { config, kind, value, reason, expires_at, tenant } => {
             let ledger = open(&config, IfMissing::Create).await?;
             let now = Millis::now();
-            // A mistyped id would revoke nothing, silently: say so instead.
-            if RevocationKind::from_name(&kind) == Some(RevocationKind::RefreshToken)
-                && ledger.refresh_token(&value).await.map_err(|e| e.to_string())?.is_none()
-            {
-                return Err(format!("no refresh token {value} (ids are listed by `ledger refresh-tokens`)"));
+            // A mistyped id, or another tenant's token, would revoke nothing, silently: say so.
+            if RevocationKind::from_name(&kind) == Some(RevocationKind::RefreshToken) {
+                let Some(token) = ledger.refresh_token(&value).await.map_err(|e| e.to_string())? else {
+                    return Err(format!(
+                        "no refresh token {value} (ids are listed by `ledger refresh-tokens`)"
+                    ));
+                };
+                if let Some(beyond) = token.beyond(tenant.as_deref()) {
+                    return Err(beyond);
+                }
             }
             let request = RevocationRequest::new(
                 &kind,

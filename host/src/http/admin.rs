@@ -152,6 +152,18 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
+/// The query's parameters, each given at most once (a repeated filter is refused, not half-applied).
+fn once_each(params: &Params) -> Result<Vec<(&str, &str)>, AdminError> {
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for (name, value) in params.iter() {
+        if seen.iter().any(|(before, _)| *before == name) {
+            return Err(AdminError::BadRequest(format!("{name} is given more than once")));
+        }
+        seen.push((name, value));
+    }
+    Ok(seen)
+}
+
 fn ledger(app: &AppState) -> Result<&Ledger, AdminError> {
     app.ledger.as_ref().ok_or(AdminError::LedgerOff)
 }
@@ -184,13 +196,8 @@ pub(super) async fn list_events(
     let params = Params::parse(uri.query().unwrap_or("").as_bytes())
         .map_err(|error| AdminError::BadRequest(error.to_string()))?;
     let mut filter = EventFilter { limit: DEFAULT_PAGE, ..EventFilter::default() };
-    let mut seen: Vec<&str> = Vec::new();
     let mut cursor = None;
-    for (name, value) in params.iter() {
-        if seen.contains(&name) {
-            return Err(AdminError::BadRequest(format!("{name} is given more than once")));
-        }
-        seen.push(name);
+    for (name, value) in once_each(&params)? {
         match name {
             "sub" => filter.sub = Some(identifier(name, value)?),
             "licence" | "license" => filter.licence = Some(identifier(name, value)?),
@@ -306,8 +313,9 @@ struct NewRevocation {
     kind: String,
     value: String,
     reason: String,
+    /// RFC 3339 text, or Unix seconds as a number or as text.
     #[serde(default)]
-    expires_at: Option<String>,
+    expires_at: Option<serde_json::Value>,
     /// For a global administrator: confine the revocation to this tenant's callers.
     #[serde(default)]
     tenant: Option<String>,
@@ -429,11 +437,21 @@ pub(super) async fn create_revocation(
         }
     }
     let now = Millis::now();
+    let expires_at = match &asked.expires_at {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(text)) => Some(text.clone()),
+        Some(serde_json::Value::Number(seconds)) if seconds.is_i64() => Some(seconds.to_string()),
+        Some(_) => {
+            return Err(AdminError::BadRequest(
+                "expires_at is RFC 3339 text (2026-12-31T00:00:00Z) or Unix seconds".into(),
+            ));
+        }
+    };
     let mut request = RevocationRequest::new(
         &asked.kind,
         &asked.value,
         &asked.reason,
-        asked.expires_at.as_deref(),
+        expires_at.as_deref(),
         asked.tenant.as_deref(),
         now,
     )
@@ -441,6 +459,19 @@ pub(super) async fn create_revocation(
     if let Some(own) = admin.tenant() {
         // Whatever it names, it applies to this tenant's callers only.
         request.tenant = Some(own.to_owned());
+    }
+    if request.kind == RevocationKind::RefreshToken {
+        // A refresh token this administrator may see (another tenant's is not found, as with
+        // DELETE /admin/v1/refresh-tokens/ID), and one the revocation's tenant can apply to: a
+        // revocation that could never apply would read as done while the token keeps working.
+        let token = ledger
+            .refresh_token(&request.value)
+            .await?
+            .filter(|token| admin.may_see(token.tenant.as_deref()))
+            .ok_or_else(|| AdminError::NotFound(format!("no refresh token {}", request.value)))?;
+        if let Some(beyond) = token.beyond(request.tenant.as_deref()) {
+            return Err(AdminError::BadRequest(beyond));
+        }
     }
     let revocation = request.into_revocation(&admin.caller.subject, admin.tenant(), now);
     let audit = admin.audit(Outcome::RevocationCreated, &revocation, client_addr);
@@ -497,7 +528,7 @@ pub(super) async fn list_refresh_tokens(
     let params = Params::parse(uri.query().unwrap_or("").as_bytes())
         .map_err(|error| AdminError::BadRequest(error.to_string()))?;
     let mut filter = RefreshTokenFilter { limit: DEFAULT_PAGE, ..RefreshTokenFilter::default() };
-    for (name, value) in params.iter() {
+    for (name, value) in once_each(&params)? {
         match name {
             "sub" => filter.sub = Some(identifier(name, value)?),
             "tenant" => filter.tenant = Some(identifier(name, value)?),
@@ -533,17 +564,32 @@ pub(super) async fn delete_refresh_token(
     }
     let params = Params::parse(uri.query().unwrap_or("").as_bytes())
         .map_err(|error| AdminError::BadRequest(error.to_string()))?;
-    let reason = params.first("reason").unwrap_or("revoked through the admin API");
+    let mut reason = "revoked through the admin API";
+    for (name, value) in once_each(&params)? {
+        match name {
+            "reason" => reason = value,
+            other => {
+                return Err(AdminError::BadRequest(format!(
+                    "unknown parameter {:?}; the only one is reason",
+                    crate::authority::shorten(other)
+                )));
+            }
+        }
+    }
+    let now = Millis::now();
+    // Checked before anything is looked up: a bad reason is a 400 whether or not it is needed.
+    let mut request = RevocationRequest::new("refresh_token", &id, reason, None, None, now)
+        .map_err(AdminError::BadRequest)?;
     let Some(token) = ledger.refresh_token(&id).await?.filter(|t| admin.may_see(t.tenant.as_deref())) else {
         return Err(AdminError::NotFound(format!("no refresh token {id}")));
     };
-    let now = Millis::now();
-    let already = ledger.revocations().await?.into_iter().any(|r| {
-        r.kind == RevocationKind::RefreshToken && r.value == id && r.expires_at.is_none_or(|e| now < e)
-    });
+    // Already stopped by a revocation in force (one confined to another tenant does not stop it).
+    let already = ledger
+        .revocations()
+        .await?
+        .into_iter()
+        .any(|r| token.stopped_by(&r) && r.expires_at.is_none_or(|e| now < e));
     if !already {
-        let mut request = RevocationRequest::new("refresh_token", &id, reason, None, None, now)
-            .map_err(AdminError::BadRequest)?;
         // The administrator's own tenant, as its token says (not an input to check).
         request.tenant = admin.tenant().map(str::to_owned);
         let revocation = request.into_revocation(&admin.caller.subject, admin.tenant(), now);

@@ -115,6 +115,26 @@ impl RefreshError {
 }
 
 impl RefreshToken {
+    /// Why a `refresh_token` revocation of this token confined to `tenant` could never apply
+    /// (the token is another tenant's), if it could not.
+    pub fn beyond(&self, tenant: Option<&str>) -> Option<String> {
+        let tenant = tenant?;
+        (self.tenant.as_deref() != Some(tenant)).then(|| {
+            format!(
+                "refresh token {} is not of tenant {tenant}: a revocation confined to that tenant would never \
+                 apply to it; leave tenant out",
+                self.id
+            )
+        })
+    }
+
+    /// Whether `revocation` (in force) stops this token.
+    pub fn stopped_by(&self, revocation: &super::Revocation) -> bool {
+        revocation.kind == super::RevocationKind::RefreshToken
+            && revocation.value == self.id
+            && revocation.tenant.as_ref().is_none_or(|tenant| self.tenant.as_ref() == Some(tenant))
+    }
+
     /// A new refresh token for `caller` (whose Authority token came from `caller_iss` with
     /// `caller_jti`), bound to `binding`, issued `now`, with the token text to hand out (once;
     /// only its hash is kept).

@@ -73,11 +73,16 @@ impl World {
     }
 
     async fn revoke(&self, kind: RevocationKind, value: &str) -> Revocation {
+        self.revoke_in(kind, value, None).await
+    }
+
+    /// A revocation confined to `tenant`'s callers, written to the ledger directly.
+    async fn revoke_in(&self, kind: RevocationKind, value: &str, tenant: Option<&str>) -> Revocation {
         let revocation = Revocation {
             id: uuid_v7(),
             kind,
             value: value.to_owned(),
-            tenant: None,
+            tenant: tenant.map(str::to_owned),
             reason: "left the company".into(),
             created_at: Millis::now(),
             expires_at: None,
@@ -413,6 +418,15 @@ async fn admin_get(router: &Router, token: &str, uri: &str) -> Reply {
     get_bearer(router, uri, token).await
 }
 
+async fn admin_post(router: &Router, token: &str, body: &Value) -> Reply {
+    let request = Request::post("/admin/v1/revocations")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    send(router, request).await
+}
+
 async fn admin_delete(router: &Router, token: &str, uri: &str) -> Reply {
     let request =
         Request::delete(uri).header("authorization", format!("Bearer {token}")).body(Body::empty()).unwrap();
@@ -471,7 +485,23 @@ async fn administrators_list_and_revoke_refresh_tokens_within_their_tenant() {
     );
     let refused = admin_delete(&admin, &acme, &format!("/admin/v1/refresh-tokens/{gus_id}")).await;
     assert_eq!(refused.status, StatusCode::NOT_FOUND, "{refused}");
+    // Nor through POST /admin/v1/revocations: another tenant's refresh token is not found there
+    // either, and a global administrator cannot confine a token's revocation to a tenant the
+    // token is not of (it would never apply, and read as done).
+    let asked = json!({"kind": "refresh_token", "value": gus_id, "reason": "x"});
+    let refused = admin_post(&admin, &acme, &asked).await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND, "{refused}");
+    let asked = json!({"kind": "refresh_token", "value": gus_id, "reason": "x", "tenant": "acme"});
+    let refused = admin_post(&admin, &root, &asked).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(refused.text.contains(&format!("refresh token {gus_id} is not of tenant acme")), "{refused}");
     assert_eq!(world.refresh_pull(&globex).await.status, StatusCode::OK, "untouched");
+    assert!(world.ledger().revocations().await.unwrap().is_empty(), "nothing written");
+
+    // A revocation of alice's token confined to another tenant (one an older release let be
+    // written) never stopped it, and does not pass for "already revoked" below.
+    world.revoke_in(RevocationKind::RefreshToken, &alice_id, Some("globex")).await;
+    assert_eq!(world.refresh_pull(&alice).await.status, StatusCode::OK, "not stopped by globex's");
 
     // Revoking one stops it at once, and the listing says so.
     let revoked =
@@ -482,25 +512,31 @@ async fn administrators_list_and_revoke_refresh_tokens_within_their_tenant() {
     assert_refused(&world.refresh_pull(&alice).await, "laptop lost");
     let listed = admin_get(&admin, &acme, "/admin/v1/refresh-tokens?sub=alice").await;
     assert_eq!(listed.body["refresh_tokens"][0]["state"], "revoked", "{listed}");
-    // Twice is once.
+    // Twice is once (globex's confined one, and acme's).
     assert_eq!(
         admin_delete(&admin, &root, &format!("/admin/v1/refresh-tokens/{alice_id}")).await.status,
         StatusCode::NO_CONTENT
     );
     let made = world.ledger().revocations().await.unwrap();
-    assert_eq!(made.iter().filter(|r| r.kind == RevocationKind::RefreshToken).count(), 1);
+    assert_eq!(made.iter().filter(|r| r.kind == RevocationKind::RefreshToken).count(), 2);
 
-    // Bad input: 400 or 404, nothing written.
+    // Bad input: 400 or 404, nothing written — a bad query too when the token is revoked already.
+    let alice_uri = format!("/admin/v1/refresh-tokens/{alice_id}");
     for (uri, status) in [
-        ("/admin/v1/refresh-tokens/not-a-uuid", StatusCode::BAD_REQUEST),
-        ("/admin/v1/refresh-tokens/0190b6a4-0000-7000-8000-000000000000", StatusCode::NOT_FOUND),
+        ("/admin/v1/refresh-tokens/not-a-uuid".to_owned(), StatusCode::BAD_REQUEST),
+        ("/admin/v1/refresh-tokens/0190b6a4-0000-7000-8000-000000000000".to_owned(), StatusCode::NOT_FOUND),
+        (format!("{alice_uri}?reason="), StatusCode::BAD_REQUEST),
+        (format!("{alice_uri}?reason=a%0Ab"), StatusCode::BAD_REQUEST),
+        (format!("{alice_uri}?reason=a&reason=b"), StatusCode::BAD_REQUEST),
+        (format!("{alice_uri}?reasn=laptop"), StatusCode::BAD_REQUEST),
     ] {
-        assert_eq!(admin_delete(&admin, &root, uri).await.status, status, "{uri}");
+        assert_eq!(admin_delete(&admin, &root, &uri).await.status, status, "{uri}");
     }
     for uri in [
         "/admin/v1/refresh-tokens?sub=a'b",
         "/admin/v1/refresh-tokens?limit=0",
         "/admin/v1/refresh-tokens?token=x",
+        "/admin/v1/refresh-tokens?sub=alice&sub=gus",
     ] {
         assert_eq!(admin_get(&admin, &root, uri).await.status, StatusCode::BAD_REQUEST, "{uri}");
     }
