@@ -69,7 +69,19 @@ pub async fn fetch(
             read_file(path, options.max_bytes).map(|bytes| Fetch::New(Fetched { bytes, version: None }))
         }
         BundleSource::Https(url) => fetch_https(url, options, known).await,
-        BundleSource::Oci(reference) => fetch_oci(reference, options, known).await,
+        // The OCI client bounds each read and connection, not the whole pull: a registry that
+        // sends a byte now and then would hold the fetch (and at start, or in the reloader, all
+        // that waits on it) for ever. The HTTPS client has a total timeout of its own.
+        BundleSource::Oci(reference) => {
+            tokio::time::timeout(options.timeout, fetch_oci(reference, options, known)).await.unwrap_or_else(
+                |_| {
+                    Err(BundleError::Unavailable(format!(
+                        "oci://{reference}: the pull did not finish within {:?}",
+                        options.timeout
+                    )))
+                },
+            )
+        }
     }
 }
 
@@ -310,4 +322,54 @@ pub async fn push(
     manifest.artifact_type = Some(ARTIFACT_TYPE.to_owned());
     client.push(&reference, &layers, config, &auth, Some(manifest)).await.map_err(|e| failed(&e))?;
     client.fetch_manifest_digest(&reference, &auth).await.map_err(|e| failed(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A registry that answers every request with a manifest it sends a byte at a time, each
+    /// well within the read timeout: the pull as a whole still ends at `timeout`.
+    #[tokio::test]
+    async fn an_oci_pull_that_trickles_ends_at_its_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let registry = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(4) {
+                let Ok(mut stream) = stream else { return };
+                std::thread::spawn(move || {
+                    let mut request = [0u8; 4096];
+                    let _ = stream.read(&mut request);
+                    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+                                Content-Length: 100000\r\n\r\n";
+                    if stream.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    for _ in 0..100 {
+                        std::thread::sleep(Duration::from_millis(200));
+                        if stream.write_all(b" ").is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let options = FetchOptions {
+            max_bytes: 1 << 20,
+            ca_file: None,
+            username: None,
+            password_file: None,
+            timeout: Duration::from_secs(2),
+        };
+        let source = BundleSource::Oci(format!("{registry}/team/policy:live"));
+        let started = std::time::Instant::now();
+        let result = fetch(&source, &options, None).await;
+        let took = started.elapsed();
+        let Err(BundleError::Unavailable(message)) = result else {
+            panic!("a trickling registry gave {:?}", result.map(|_| "a bundle"))
+        };
+        assert!(message.contains("did not finish within 2s"), "{message}");
+        assert!(took < Duration::from_secs(6), "the pull ended after {took:?}");
+    }
 }
