@@ -133,8 +133,16 @@ impl CodeCache {
         if !file_meta.file_type().is_file() {
             return Err("it is not a regular file".to_owned());
         }
-        if file_meta.uid() != dir_meta.uid() {
-            return Err("it belongs to another user than the directory".to_owned());
+        // Only this service's user (or root) may have placed it, or made the directory it is in:
+        // another user's compiled code would run as the policy.
+        let me = rustix::process::geteuid().as_raw();
+        for (what, meta) in [("the directory", &dir_meta), ("the file", &file_meta)] {
+            if meta.uid() != me && meta.uid() != 0 {
+                return Err(format!(
+                    "{what} belongs to uid {}, neither this service's user ({me}) nor root",
+                    meta.uid()
+                ));
+            }
         }
         for (what, meta) in [("the directory", &dir_meta), ("the file", &file_meta)] {
             if meta.mode() & 0o022 != 0 {
@@ -186,7 +194,7 @@ impl CodeCache {
 fn deserialize(engine: &Engine, compiled: &[u8]) -> wasmtime::Result<Component> {
     // SAFETY: wasmtime requires that the bytes come from `Engine::precompile_component` of a
     // compatible engine and were not tampered with. They either were produced by `engine` in this
-    // process a moment ago, or passed `read_verified`: a file only this user can write, whose
+    // process a moment ago, or passed `read_verified`: a file only this user (or root) can write, whose
     // header names this module and this engine configuration, and whose checksum matches. wasmtime
     // then checks the version and configuration in the bytes themselves.
     unsafe { Component::deserialize(engine, compiled) }
@@ -284,5 +292,39 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
         let outcome = cache.component_with_outcome(&engine, &answer_wasm).unwrap().1;
         assert!(matches!(&outcome, Outcome::Refused(r) if r.contains("writable")), "{outcome:?}");
+    }
+
+    /// An entry another user placed (mode 0600, a valid header and checksum: what that user's own
+    /// run of the same binary writes) in a directory that user made is refused: its code would run
+    /// as the policy. Needs root, as the test command does (it installs packages): only root can
+    /// give a file to another user.
+    #[test]
+    fn an_entry_or_directory_of_another_user_is_refused() {
+        assert_eq!(
+            rustix::process::geteuid().as_raw(),
+            0,
+            "this test gives files to another user: run it as root"
+        );
+        let nobody = 65534;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let cache = CodeCache::new(dir.path(), &engine);
+        let module = wat(ANSWER);
+        cache.component(&engine, &module).unwrap();
+        let path = cache.entry_path(&module);
+        std::os::unix::fs::chown(&path, Some(nobody), None).unwrap();
+        let outcome = cache.component_with_outcome(&engine, &module).unwrap().1;
+        assert!(
+            matches!(&outcome, Outcome::Refused(r) if r.contains("the file belongs to uid 65534")),
+            "{outcome:?}"
+        );
+        // Replaced by this user's own entry; then the directory is given away.
+        assert_eq!(cache.component_with_outcome(&engine, &module).unwrap().1, Outcome::Hit);
+        std::os::unix::fs::chown(dir.path(), Some(nobody), None).unwrap();
+        let outcome = cache.component_with_outcome(&engine, &module).unwrap().1;
+        assert!(
+            matches!(&outcome, Outcome::Refused(r) if r.contains("the directory belongs to uid 65534")),
+            "{outcome:?}"
+        );
     }
 }
