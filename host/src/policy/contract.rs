@@ -20,6 +20,12 @@ pub const MAX_ANNOTATIONS: usize = 8;
 pub const MAX_ANNOTATION_KEY: usize = 64;
 /// Longest annotation value, in bytes.
 pub const MAX_ANNOTATION_VALUE: usize = 256;
+/// The most the host copies out of a guest for one answer (its text and lists, counted as
+/// wasmtime lifts them, before any check above): the bound on what a hostile guest can make the
+/// host allocate per evaluation. Strings in a guest's memory may overlap, so without it a guest
+/// in 16 MiB could name one string a million times. Far above any answer that passes the checks
+/// (at most 100 resources of a few hundred bytes, a 4 KiB note, eight annotations).
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
 
 /// What the host asks, before it is put in a contract version's types.
 pub(super) struct Request<'a> {

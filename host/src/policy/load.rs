@@ -63,6 +63,9 @@ pub(super) async fn load(
     // Reading the state back runs wizer's accessors, not the guest's code, under a deadline of
     // its own: a `configure` that finished just in time is not interrupted in the read-back.
     Runtime::set_deadline(&mut store, timeout);
+    // Each accessor call copies a whole memory out: allow the largest memory the limits allow
+    // (wasmtime's default, 128 MiB, is less than `policy.memory_mib` may be).
+    store.set_hostcall_fuel(runtime.limits().memory_bytes.saturating_add(1 << 20));
     let mut configured = Configured::new(&mut store, instance);
     let snapshot = wizer.snapshot_component(&context, &mut configured).await;
     let snapshot = snapshot.and_then(|snapshot| configured.finish(snapshot)).map_err(snapshot_error)?;

@@ -472,6 +472,7 @@ impl Policy {
         let _slot = runtime.slot().await;
         let timeout = runtime.limits().timeout;
         let mut store = runtime.store(timeout);
+        store.set_hostcall_fuel(contract::MAX_ANSWER_BYTES);
         let request = contract::Request { caller, service, requested, time };
         let answer = within(timeout, self.inner.pre.evaluate(&mut store, &request))
             .await?

@@ -312,6 +312,14 @@ impl Runtime {
                 Fault::Panic(message.collect::<Vec<_>>().join(" ").trim().to_owned())
             }
             Some(trap) => Fault::Trap(trap.to_string()),
+            // The store's hostcall fuel ran out while wasmtime copied the answer (its error type
+            // is private; its text is tested in policy_runtime's malformed answers).
+            None if error.root_cause().to_string().starts_with("too much data is being copied") => {
+                Fault::Malformed(format!(
+                    "the answer is larger than the {} MiB the host copies out of a policy",
+                    super::contract::MAX_ANSWER_BYTES >> 20
+                ))
+            }
             None => Fault::Trap(error.root_cause().to_string()),
         }
     }

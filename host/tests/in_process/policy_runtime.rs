@@ -231,6 +231,14 @@ async fn malformed_answers_are_faults() {
             let fault = fault_then_recover(&policy, name).await;
             assert_eq!(fault.kind(), "malformed", "{contract} {name}: {fault}");
         }
+        // An answer larger than the host copies out (here one 5 MiB note: overlapping strings
+        // could make it any size) is refused while it is copied, not after.
+        let fault = fault_then_recover(&policy, "hostile/flood").await;
+        assert_eq!(
+            fault,
+            Fault::Malformed("the answer is larger than the 4 MiB the host copies out of a policy".into()),
+            "{contract}"
+        );
     }
 }
 

@@ -77,6 +77,8 @@ impl Policy for Hostile {
                     .collect();
                 Decision::grant(granted)
             }
+            // More than the host copies out of one answer (4 MiB), in 16 MiB of memory.
+            "hostile/flood" => Decision::grant_with_note(request.resources.clone(), "f".repeat(5 << 20)),
             // The longest note the host accepts (4 KiB): for the decision cache's byte bound.
             "hostile/long-note" => Decision::grant_with_note(request.resources.clone(), "n".repeat(4096)),
             "hostile/bad-reason" => Decision::deny("Not Kebab Case", "nope"),
