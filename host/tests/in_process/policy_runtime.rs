@@ -264,6 +264,18 @@ async fn guests_see_no_clock_environment_or_files() {
     }
 }
 
+/// A policy may grow its memory while it configures, up to `policy.memory_mib`: past wasmtime's
+/// default 128 MiB of hostcall fuel too, the snapshot reads the whole memory back.
+#[tokio::test]
+async fn a_configured_memory_past_128_mib_is_snapshotted() {
+    let module = std::fs::read(test_support::HOSTILE_GUEST_WASM).unwrap();
+    let limits = Limits { memory_bytes: 256 << 20, ..Limits::default() };
+    let policy = Policy::load(&module, "h", r#"{"configure": "grow"}"#, limits, 0).await.unwrap();
+    let asked = [Resource::new("repository", "team/app", &["pull"])];
+    let decision = policy.evaluate(&caller("team"), "s", &asked, 0).await.unwrap();
+    assert_eq!(granted(&decision), ["repository:team/app:pull"]);
+}
+
 #[tokio::test]
 async fn hostile_configure_is_refused_at_load() {
     let module = std::fs::read(test_support::HOSTILE_GUEST_WASM).unwrap();

@@ -3,7 +3,7 @@
 //! The first requested repository name picks the behaviour (`hostile/loop`, `hostile/bomb`,
 //! `hostile/slow`, ...);
 //! any other request is granted in full. Settings `{"refuse": "why"}` make `configure` fail and
-//! `{"configure": "loop"}` / `"panic"` / `"sleep"` make it misbehave. `hostile/lifetime`,
+//! `{"configure": "loop"}` / `"panic"` / `"sleep"` make it misbehave (`"grow"`: a memory past 128 MiB). `hostile/lifetime`,
 //! `hostile/time` and the `hostile/*-annotation*` names exercise what 0.2.0 added.
 
 use registry_policy::{Decision, Policy, Request, Resource};
@@ -28,6 +28,12 @@ impl Policy for Hostile {
         match settings.get("configure").and_then(|v| v.as_str()) {
             Some("loop") => spin(),
             Some("panic") => panic!("hostile guest panicked while configuring"),
+            // Grows its memory past 128 MiB (freed, but a memory never shrinks): the snapshot reads
+            // all of it back.
+            Some("grow") => {
+                std::hint::black_box(vec![0u8; 130 << 20]);
+                Ok(Hostile { slow_iterations })
+            }
             Some("sleep") => {
                 std::thread::sleep(std::time::Duration::from_secs(60));
                 Ok(Hostile { slow_iterations })
