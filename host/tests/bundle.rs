@@ -437,6 +437,23 @@ fn every_refusal_names_its_cause_and_hostile_archives_are_refused_before_anythin
         assert!(message.contains(expected), "{name}: sign: {message}");
         assert_eq!(listing(&work), before, "{name}: a refused bundle changed the directory");
     }
+
+    // Through a pipe, whose length reads 0: cut off at the limit all the same, not read whole.
+    let mut inspect = Command::new(BIN)
+        .args(["bundle", "inspect", "--max-bytes", "1048576", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = inspect.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || stdin.write_all(&vec![0u8; 4 << 20]).is_ok());
+    let output = inspect.wait_with_output().unwrap();
+    let fed_whole = feeder.join().unwrap();
+    assert!(!output.status.success(), "{}", text(&output.stdout));
+    let message = text(&output.stderr);
+    assert!(message.contains("grew past the limit of 1048576 bytes (--max-bytes)"), "{message}");
+    assert!(!fed_whole, "the command read all 4 MiB of the pipe");
 }
 
 /// Waits until `check` holds, or fails with `what` and the last value seen.

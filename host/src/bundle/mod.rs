@@ -29,7 +29,7 @@ mod build;
 mod source;
 
 pub use build::{BuildInputs, PolicyInput, build};
-pub use source::{Fetch, FetchOptions, Fetched, fetch, push};
+pub use source::{Fetch, FetchOptions, Fetched, fetch, push, read_file};
 
 use crate::jws::{JwsError, TrustedKeys};
 use crate::ledger::Revocation;

@@ -85,7 +85,8 @@ pub async fn fetch(
     }
 }
 
-fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, BundleError> {
+/// A bundle file, at most `max_bytes` of it (read up to one byte more, whatever its metadata says).
+pub fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, BundleError> {
     let unreadable =
         |e: std::io::Error| BundleError::Unavailable(format!("cannot read {}: {e}", path.display()));
     let file = std::fs::File::open(path).map_err(unreadable)?;
@@ -260,6 +261,13 @@ async fn fetch_oci(
             "oci://{reference_text}: its manifest is not an OCI image manifest: {e}"
         ))
     })?;
+    // A bundle is one layer of the registry's own: never a "foreign" layer whose `urls` would send
+    // the pull to wherever the manifest says.
+    if manifest.layers.iter().any(|layer| layer.urls.as_ref().is_some_and(|urls| !urls.is_empty())) {
+        return Err(BundleError::Malformed(format!(
+            "oci://{reference_text}: a layer names URLs to fetch it from; a bundle is pulled from the registry only"
+        )));
+    }
     let [layer] = manifest.layers.as_slice() else {
         return Err(BundleError::Malformed(format!(
             "oci://{reference_text} has {} layers; a bundle is one layer of type {MEDIA_TYPE}",
@@ -329,47 +337,80 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
-    /// A registry that answers every request with a manifest it sends a byte at a time, each
-    /// well within the read timeout: the pull as a whole still ends at `timeout`.
-    #[tokio::test]
-    async fn an_oci_pull_that_trickles_ends_at_its_timeout() {
+    /// A registry on 127.0.0.1 that answers each of its first few requests with `head`, then
+    /// `body` a piece at a time (`pause` between pieces).
+    fn registry(head: String, body: Vec<u8>, pieces: usize, pause: Duration) -> std::net::SocketAddr {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let registry = listener.local_addr().unwrap();
+        let address = listener.local_addr().unwrap();
         std::thread::spawn(move || {
             for stream in listener.incoming().take(4) {
                 let Ok(mut stream) = stream else { return };
+                let (head, body) = (head.clone(), body.clone());
                 std::thread::spawn(move || {
                     let mut request = [0u8; 4096];
                     let _ = stream.read(&mut request);
-                    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
-                                Content-Length: 100000\r\n\r\n";
                     if stream.write_all(head.as_bytes()).is_err() {
                         return;
                     }
-                    for _ in 0..100 {
-                        std::thread::sleep(Duration::from_millis(200));
-                        if stream.write_all(b" ").is_err() {
+                    for piece in body.chunks(body.len().div_ceil(pieces).max(1)) {
+                        std::thread::sleep(pause);
+                        if stream.write_all(piece).is_err() {
                             return;
                         }
                     }
                 });
             }
         });
-        let options = FetchOptions {
-            max_bytes: 1 << 20,
-            ca_file: None,
-            username: None,
-            password_file: None,
-            timeout: Duration::from_secs(2),
-        };
+        address
+    }
+
+    fn options(timeout: Duration) -> FetchOptions {
+        FetchOptions { max_bytes: 1 << 20, ca_file: None, username: None, password_file: None, timeout }
+    }
+
+    fn manifest_head(length: usize) -> String {
+        format!("HTTP/1.1 200 OK\r\nContent-Type: {OCI_IMAGE_MEDIA_TYPE}\r\nContent-Length: {length}\r\n\r\n")
+    }
+
+    /// A manifest sent a byte at a time, each well within the read timeout: the pull as a whole
+    /// still ends at `timeout`.
+    #[tokio::test]
+    async fn an_oci_pull_that_trickles_ends_at_its_timeout() {
+        let registry = registry(manifest_head(100), vec![b' '; 100], 100, Duration::from_millis(200));
         let source = BundleSource::Oci(format!("{registry}/team/policy:live"));
         let started = std::time::Instant::now();
-        let result = fetch(&source, &options, None).await;
+        let result = fetch(&source, &options(Duration::from_secs(2)), None).await;
         let took = started.elapsed();
         let Err(BundleError::Unavailable(message)) = result else {
             panic!("a trickling registry gave {:?}", result.map(|_| "a bundle"))
         };
         assert!(message.contains("did not finish within 2s"), "{message}");
         assert!(took < Duration::from_secs(6), "the pull ended after {took:?}");
+    }
+
+    /// A manifest whose layer names URLs (a "foreign" layer) is refused before any blob is
+    /// fetched: the pull never goes where a registry's manifest says.
+    #[tokio::test]
+    async fn a_layer_with_urls_is_refused() {
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_IMAGE_MEDIA_TYPE,
+            "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": format!("sha256:{}", "0".repeat(64)), "size": 2},
+            "layers": [{
+                "mediaType": MEDIA_TYPE,
+                "digest": format!("sha256:{}", "1".repeat(64)),
+                "size": 10,
+                "urls": ["http://127.0.0.1:9/elsewhere"],
+            }],
+        })
+        .to_string()
+        .into_bytes();
+        let registry = registry(manifest_head(manifest.len()), manifest, 1, Duration::ZERO);
+        let source = BundleSource::Oci(format!("{registry}/team/policy:live"));
+        let result = fetch(&source, &options(Duration::from_secs(5)), None).await;
+        let Err(BundleError::Malformed(message)) = result else {
+            panic!("a foreign layer gave {:?}", result.map(|_| "a bundle"))
+        };
+        assert!(message.contains("a layer names URLs"), "{message}");
     }
 }

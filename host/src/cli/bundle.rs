@@ -198,15 +198,10 @@ async fn forget_revision(config: &ConfigArg, source: Option<String>) -> Result<E
     Ok(ExitCode::SUCCESS)
 }
 
+/// The bundle at `path`, read as the server reads one: at most `max_bytes`, whatever the file
+/// says its length is (a pipe or `/dev/stdin` says 0).
 fn read(path: &Path, max_bytes: u64) -> Result<Vec<u8>, String> {
-    let length = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
-    if length > max_bytes {
-        return Err(format!(
-            "{}: {length} bytes, more than the limit of {max_bytes} (--max-bytes)",
-            path.display()
-        ));
-    }
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    crate::bundle::read_file(path, max_bytes).map_err(|e| format!("{e} (--max-bytes)"))
 }
 
 fn open_unverified(path: &Path, max_bytes: u64) -> Result<Bundle, String> {
