@@ -364,6 +364,19 @@ fn the_command_line_revokes_a_running_server_within_a_second_and_reads_the_ledge
     assert!(listed["revocations"].as_array().unwrap().iter().any(|r| r["value"] == "-Wq-jti"), "{listed}");
     let events = ledger_cli(&fixture, &["events", "--jti", "-Wq-jti"]);
     assert!(events.status.success(), "{}", String::from_utf8_lossy(&events.stderr));
+
+    // Filters are checked as the admin API checks them, before the ledger is read.
+    for (args, says) in [
+        (&["events", "--sub", "a'b"][..], "--sub contains '\\''"),
+        (&["events", "--tenant", ""][..], "--tenant is empty"),
+        (&["events", "--limit", "0"][..], "--limit 0 would list nothing"),
+        (&["refresh-tokens", "--sub", "al ice"][..], "--sub contains ' '"),
+    ] {
+        let bad = ledger_cli(&fixture, args);
+        assert_eq!(bad.status.code(), Some(2), "{args:?}");
+        let said = String::from_utf8_lossy(&bad.stderr);
+        assert!(said.contains(says), "{args:?}: {said}");
+    }
 }
 
 #[test]

@@ -210,12 +210,27 @@ fn cli_audit(outcome: Outcome, revocation: &Revocation) -> Event {
     Event::revocation_audit(outcome, revocation, &actor())
 }
 
+/// A filter naming something, checked as the admin API checks it (an empty one, or one with a
+/// quote or a space, could only ever list nothing).
+fn name_filter(flag: &str, value: Option<String>) -> Result<Option<String>, String> {
+    value
+        .map(|value| crate::http::identifier(&format!("--{flag}"), &value).map_err(|e| e.to_string()))
+        .transpose()
+}
+
+fn at_least_one(limit: usize) -> Result<(), String> {
+    if limit == 0 { Err("--limit 0 would list nothing; give at least 1".into()) } else { Ok(()) }
+}
+
 pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
     match command {
         LedgerCommand::Events { config, sub, licence, tenant, outcome, jti, since, until, limit, json } => {
             // Checked before the ledger is opened: a mistyped filter is the caller's to fix.
             let outcome =
                 outcome.map(|name| Outcome::parse(&name).map_err(|e| format!("--{e}"))).transpose()?;
+            let (sub, licence) = (name_filter("sub", sub)?, name_filter("licence", licence)?);
+            let (tenant, jti) = (name_filter("tenant", tenant)?, name_filter("jti", jti)?);
+            at_least_one(limit)?;
             let ledger = open(&config, IfMissing::Refuse).await?;
             let time = |value: Option<String>, name: &str| {
                 value.map(|v| Millis::parse(&v).map_err(|e| format!("--{name}: {e}"))).transpose()
@@ -242,6 +257,8 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
             }
         }
         LedgerCommand::RefreshTokens { config, sub, tenant, limit, json } => {
+            let (sub, tenant) = (name_filter("sub", sub)?, name_filter("tenant", tenant)?);
+            at_least_one(limit)?;
             let ledger = open(&config, IfMissing::Refuse).await?;
             let filter = RefreshTokenFilter { sub, tenant, limit };
             let tokens = ledger.refresh_tokens(&filter).await.map_err(|e| e.to_string())?;

@@ -171,7 +171,7 @@ fn ledger(app: &AppState) -> Result<&Ledger, AdminError> {
 /// A value that names something (a subject, licence, tenant, client, jti, or a filter of one):
 /// letters, digits and `. _ : @ / + = | - ~`, at most 256 bytes. Quotes, spaces, NULs and the
 /// like are refused, so a value is always safe to show and to compare.
-fn identifier(name: &str, value: &str) -> Result<String, AdminError> {
+pub(crate) fn identifier(name: &str, value: &str) -> Result<String, AdminError> {
     if value.is_empty() {
         return Err(AdminError::BadRequest(format!("{name} is empty")));
     }

@@ -16,6 +16,7 @@ mod keys;
 mod line;
 mod token;
 
+pub(crate) use admin::identifier;
 pub use admin::{AdminError, RevocationRequest};
 pub use error::{ApiError, OAuth};
 pub use extract::MAX_QUERY_BYTES;
