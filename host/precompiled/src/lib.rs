@@ -133,8 +133,8 @@ impl CodeCache {
         if !file_meta.file_type().is_file() {
             return Err("it is not a regular file".to_owned());
         }
-        // Only this service's user (or root) may have placed it, or made the directory it is in:
-        // another user's compiled code would run as the policy.
+        // Only this service's user (or root) may have placed it, or made the directory it is in,
+        // and nobody else may write either: another user's compiled code would run as the policy.
         let me = rustix::process::geteuid().as_raw();
         for (what, meta) in [("the directory", &dir_meta), ("the file", &file_meta)] {
             if meta.uid() != me && meta.uid() != 0 {
@@ -143,8 +143,6 @@ impl CodeCache {
                     meta.uid()
                 ));
             }
-        }
-        for (what, meta) in [("the directory", &dir_meta), ("the file", &file_meta)] {
             if meta.mode() & 0o022 != 0 {
                 return Err(format!(
                     "{what} is writable by group or others (mode {:o})",

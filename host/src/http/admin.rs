@@ -583,12 +583,14 @@ pub(super) async fn delete_refresh_token(
     let Some(token) = ledger.refresh_token(&id).await?.filter(|t| admin.may_see(t.tenant.as_deref())) else {
         return Err(AdminError::NotFound(format!("no refresh token {id}")));
     };
-    // Already stopped by a revocation in force (one confined to another tenant does not stop it).
+    // Already stopped by a refresh_token revocation in force (one confined to another tenant does
+    // not stop it): the request path's own test of a revocation.
+    let presented = Presented { caller_jti: None, refresh_token: Some(token.id.as_str()) };
     let already = ledger
         .revocations()
         .await?
         .into_iter()
-        .any(|r| token.stopped_by(&r) && r.expires_at.is_none_or(|e| now < e));
+        .any(|r| r.kind == RevocationKind::RefreshToken && r.applies_to(&token.caller, presented, now));
     if !already {
         // The administrator's own tenant, as its token says (not an input to check).
         request.tenant = admin.tenant().map(str::to_owned);

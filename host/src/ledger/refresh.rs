@@ -128,13 +128,6 @@ impl RefreshToken {
         })
     }
 
-    /// Whether `revocation` (in force) stops this token.
-    pub fn stopped_by(&self, revocation: &super::Revocation) -> bool {
-        revocation.kind == super::RevocationKind::RefreshToken
-            && revocation.value == self.id
-            && revocation.tenant.as_ref().is_none_or(|tenant| self.tenant.as_ref() == Some(tenant))
-    }
-
     /// A new refresh token for `caller` (whose Authority token came from `caller_iss` with
     /// `caller_jti`), bound to `binding`, issued `now`, with the token text to hand out (once;
     /// only its hash is kept).

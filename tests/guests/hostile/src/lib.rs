@@ -3,8 +3,9 @@
 //! The first requested repository name picks the behaviour (`hostile/loop`, `hostile/bomb`,
 //! `hostile/slow`, ...);
 //! any other request is granted in full. Settings `{"refuse": "why"}` make `configure` fail and
-//! `{"configure": "loop"}` / `"panic"` / `"sleep"` make it misbehave (`"grow"`: a memory past 128 MiB). `hostile/lifetime`,
-//! `hostile/time` and the `hostile/*-annotation*` names exercise what 0.2.0 added.
+//! `{"configure": "loop"}` / `"panic"` / `"sleep"` make it misbehave (`"grow"`: a memory past
+//! 128 MiB). `hostile/lifetime`, `hostile/time` and the `hostile/*-annotation*` names exercise
+//! what 0.2.0 added.
 
 use registry_policy::{Decision, Policy, Request, Resource};
 use std::sync::atomic::{AtomicU32, Ordering};
