@@ -4,11 +4,13 @@
 //! cargo bench -p registry-token --bench tokens             # full run, about six minutes
 //! cargo bench -p registry-token --bench tokens -- --quick  # shorter load phases
 //! cargo bench -p registry-token --bench tokens -- --stages # signing and stages, no load
+//! cargo bench -p registry-token --bench tokens -- --ledger # the SQLite ledger stage alone
 //! ```
 //!
 //! 1. The raw sign rate of the project's own signer on 1 and 2 threads (RS256 and ES256): the floor.
 //! 2. Each stage of a request, alone: caller-token validation, scope parsing, policy evaluation on a
-//!    fresh instance (no decision cache), signing, response encoding.
+//!    fresh instance (no decision cache), signing, response encoding; and the strict SQLite
+//!    ledger alone (CPU and bytes written per event, events per commit).
 //! 3. The release server, started with a realistic configuration (the plan catalogue with 50
 //!    plans), driven over loopback by wrk (Debian's package) at 16 and 64 connections in two mixes:
 //!    *hot* (one caller repeating, with token reuse on and off) and *cold* (every request a
@@ -67,6 +69,13 @@ fn main() {
     println!("registry-token benchmark — {} cores, {}", cores(), cpu_model());
     println!();
 
+    if std::env::args().any(|a| a == "--ledger") {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        ledger_section(&runtime, root);
+        return;
+    }
+
     // 1. The floor.
     let rs = SigningKey::from_file(&root.join("rs/signing-key.pem"), SigningAlgorithm::RS256).unwrap();
     let es = SigningKey::from_file(&root.join("es/signing-key.pem"), SigningAlgorithm::ES256).unwrap();
@@ -95,6 +104,7 @@ fn main() {
     println!("|---|---:|---:|");
     runtime.block_on(stages(root));
     println!();
+    ledger_section(&runtime, root);
     if stages_only {
         return;
     }
@@ -673,6 +683,108 @@ async fn stages(root: &Path) {
             );
         }
     }
+}
+
+const LEDGER_STAGE_EVENTS: usize = 20_000;
+
+fn ledger_section(runtime: &tokio::runtime::Runtime, root: &Path) {
+    println!(
+        "## The SQLite ledger alone, strict (16 tasks each committing one event at a time, {LEDGER_STAGE_EVENTS} events)"
+    );
+    println!(
+        "| events | per event (wall) | CPU per event (user + system) | written per event | events per commit |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    runtime.block_on(ledger_stage(root));
+    println!();
+}
+
+/// The strict SQLite ledger with nothing else running: 16 tasks, as 16 connections would, each
+/// committing an `issued` event and waiting for it, on a fresh file. *hot*: one caller repeating;
+/// *cold*: every event a distinct subject, licence and caller `jti`. CPU is the whole process's
+/// (the writer, the wake-ups, the kernel's share of the writes); "written" is what went to
+/// `write`/`pwrite` (`/proc/self/io`'s `wchar`).
+async fn ledger_stage(root: &Path) {
+    use registry_token::config::{Durability, LedgerConfig, LedgerUrl};
+    use registry_token::ledger::{Event, IssuedToken, Ledger, Outcome};
+    for mix in ["hot", "cold"] {
+        let config = LedgerConfig {
+            url: LedgerUrl::Sqlite(root.join(format!("ledger-stage-{mix}.db"))),
+            durability: Durability::Strict,
+            ..LedgerConfig::default()
+        };
+        let ledger = Arc::new(Ledger::open(&config, true).await.unwrap().unwrap());
+        let event = move |n: usize| {
+            let mut event = Event::new(Outcome::Issued);
+            let who = if mix == "hot" { 0 } else { n };
+            event.sub = Some(format!("ci-bot-{who}"));
+            event.client_id = Some("ci".into());
+            event.tenant = Some("tenant-a".into());
+            event.plan = Some("team".into());
+            event.licence = Some(format!("LIC-{who:08}"));
+            event.iss = Some(ISSUER.into());
+            // An Authority's `jti`s are random (OpenIddict's are GUIDs).
+            event.jti = Some(if mix == "hot" { "caller-jti".into() } else { random_id() });
+            event.client_addr = Some("127.0.0.1".into());
+            event.service = Some(SERVICE.into());
+            event.requested = vec![format!("repository:team-25/app-{who}:pull,push")];
+            event.granted = vec![format!("repository:team-25/app-{who}:pull")];
+            event.policy_digest = Some(format!("sha256:{}", "a".repeat(64)));
+            event.settings_version = Some("b".repeat(64));
+            event.token = Some(IssuedToken {
+                jti: registry_token::mint::new_jti().unwrap(),
+                exp: 1_900_000_000,
+                kid: "ABCD:EFGH:IJKL:MNOP:QRST:UVWX:YZ23:4567:ABCD:EFGH:IJKL:MNOP".into(),
+            });
+            event
+        };
+        let pid = std::process::id();
+        let (cpu, written, commits) = (cpu_micros(pid), written_bytes(), ledger.commits());
+        let started = Instant::now();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (ledger, next) = (Arc::clone(&ledger), Arc::clone(&next));
+                tokio::spawn(async move {
+                    loop {
+                        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if n >= LEDGER_STAGE_EVENTS {
+                            break;
+                        }
+                        ledger.commit(event(n)).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let wall = started.elapsed().as_secs_f64() * 1e6;
+        let events = LEDGER_STAGE_EVENTS as f64;
+        let cpu = (cpu_micros(pid) - cpu) as f64;
+        let written = (written_bytes() - written) as f64;
+        let commits = (ledger.commits() - commits) as f64;
+        println!(
+            "| {mix} | {:.1} µs | {:.1} µs | {:.1} KiB | {:.1} |",
+            wall / events,
+            cpu / events,
+            written / events / 1024.0,
+            events / commits
+        );
+    }
+}
+
+/// 128 random bits, base64url.
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).unwrap();
+    BASE64URL_NOPAD.encode(&bytes)
+}
+
+/// Bytes this process has handed to `write` and its kind (`/proc/self/io`).
+fn written_bytes() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap();
+    io.lines().find_map(|l| l.strip_prefix("wchar: ")).unwrap().trim().parse().unwrap()
 }
 
 /// An Authority token signed with the development Authority's key (parsed once, aws-lc).

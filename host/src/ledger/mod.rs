@@ -141,6 +141,8 @@ struct Shared {
     tail_due: AtomicBool,
     /// The last checkpoint failed (logged once until one succeeds again).
     checkpoint_failing: AtomicBool,
+    /// Transactions the writer committed since start.
+    commits: AtomicU64,
     /// Checkpoints the writer made (SQLite).
     #[cfg(test)]
     writer_checkpoints: AtomicU64,
@@ -188,6 +190,7 @@ impl Ledger {
             kept: AtomicUsize::new(0),
             tail_due: AtomicBool::new(false),
             checkpoint_failing: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
             #[cfg(test)]
             writer_checkpoints: AtomicU64::new(0),
             retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
@@ -346,6 +349,12 @@ impl Ledger {
     /// The revocation in force that refuses `caller` (who presented `tokens`) at `now`.
     pub fn revoked(&self, caller: &Caller, tokens: Presented<'_>, now: Millis) -> Option<Revocation> {
         self.shared.revocations.load().check(caller, tokens, now).cloned()
+    }
+
+    /// Transactions the writer has committed since start: events ÷ commits is how many requests
+    /// shared each (the benchmark's ledger stage).
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
     }
 
     /// The revision of the revocations in force: it changes whenever they do (here or, after the
@@ -805,6 +814,7 @@ fn answer(waiter: Waiter, result: Result<(), String>) {
 async fn committed(shared: &Shared, count: usize, started: Instant) {
     mark_writable(shared);
     shared.kept.store(0, Ordering::Relaxed);
+    shared.commits.fetch_add(1, Ordering::Relaxed);
     crate::metrics::metrics().ledger_commit(started.elapsed().as_secs_f64());
     tracing::trace!(events = count, took_us = started.elapsed().as_micros() as u64, "ledger commit");
     if shared.tail_due.swap(false, Ordering::AcqRel) {

@@ -375,9 +375,7 @@ impl Minter {
             granted: exp - now,
             limited_by: limit,
         });
-        let mut jti = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut jti).map_err(|_| SignError::Crypto)?;
-        let jti = BASE64URL_NOPAD.encode(&jti);
+        let jti = new_jti()?;
         let claims = Claims {
             iss: &self.issuer,
             sub: subject,
@@ -467,6 +465,13 @@ impl Unsigned {
             lifetime,
         }
     }
+}
+
+/// A registry token's `jti`: 128 random bits, base64url (22 characters).
+pub fn new_jti() -> Result<String, SignError> {
+    let mut jti = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut jti).map_err(|_| SignError::Crypto)?;
+    Ok(BASE64URL_NOPAD.encode(&jti))
 }
 
 /// `2026-11-28T15:34:47Z`: RFC 3339, UTC, with a `T` (a space breaks skopeo).
