@@ -52,7 +52,11 @@ async fn minted_tokens_have_the_claims_and_types_the_registry_checks() {
         assert!(claims[name].is_u64(), "{name} must be an integer: {}", claims[name]);
     }
     assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 300);
-    assert_eq!(claims["jti"].as_str().unwrap().len(), 22, "16 random bytes, base64url");
+    assert_eq!(
+        claims["jti"].as_str().unwrap().len(),
+        22,
+        "16 bytes (the millisecond and 80 random bits), base64url"
+    );
 
     // The signature verifies with the public key of the certificate's key.
     let public = pem::encode(&pem::Pem::new("PUBLIC KEY", key.spki_der().to_vec()));
