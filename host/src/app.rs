@@ -195,13 +195,17 @@ impl Live {
             {
                 previous.validator.keys().clone()
             }
+            // At start, the service comes up and refuses callers until a fetch succeeds; on a
+            // reload, a URL that does not answer fails the reload and the keys in use stay.
             JwksSource::Url(url) => {
-                KeySource::from_url(
-                    url,
+                let (refresh, min_refetch) = (
                     Duration::from_secs(authority.jwks_refresh_seconds),
                     Duration::from_secs(authority.jwks_min_refetch_seconds),
-                )
-                .await?
+                );
+                match previous {
+                    None => KeySource::from_url(url, refresh, min_refetch).await?,
+                    Some(_) => KeySource::fetched_from_url(url, refresh, min_refetch).await?,
+                }
             }
             // An offline site: the configuration names no Authority, the bundle carries its keys.
             JwksSource::Bundle => {

@@ -64,6 +64,26 @@ impl KeySource {
         refresh_every: Duration,
         min_refetch: Duration,
     ) -> Result<KeySource, JwksError> {
+        KeySource::remote(url, refresh_every, min_refetch, false).await
+    }
+
+    /// [`KeySource::from_url`], but a first fetch that fails is an error: a reload to a new URL
+    /// (or new refresh settings) while the Authority does not answer keeps the keys it has rather
+    /// than trading them for none.
+    pub async fn fetched_from_url(
+        url: &str,
+        refresh_every: Duration,
+        min_refetch: Duration,
+    ) -> Result<KeySource, JwksError> {
+        KeySource::remote(url, refresh_every, min_refetch, true).await
+    }
+
+    async fn remote(
+        url: &str,
+        refresh_every: Duration,
+        min_refetch: Duration,
+        must_fetch: bool,
+    ) -> Result<KeySource, JwksError> {
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .redirect(reqwest::redirect::Policy::custom(|attempt| {
@@ -86,8 +106,10 @@ impl KeySource {
             min_refetch,
             refetch: tokio::sync::Mutex::new(()),
         });
-        if let Err(e) = remote.refresh().await {
-            tracing::error!("{e}; caller tokens are refused until the JWKS can be fetched");
+        match remote.refresh().await {
+            Err(e) if must_fetch => return Err(e),
+            Err(e) => tracing::error!("{e}; caller tokens are refused until the JWKS can be fetched"),
+            Ok(()) => {}
         }
         RemoteJwks::spawn_refresher(Arc::downgrade(&remote), refresh_every);
         Ok(KeySource::Remote(remote))

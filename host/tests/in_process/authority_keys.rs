@@ -195,3 +195,42 @@ async fn a_reload_during_an_authority_outage_keeps_the_keys_it_has() {
     assert!(service.live().is_ready(), "keys still loaded");
     assert_eq!(server.hits.load(Ordering::SeqCst), 1, "the reload did not refetch");
 }
+
+/// An operator moves `jwks_url` to an Authority that does not answer (a typo, a host not up yet)
+/// and reloads: the reload fails and says why, and the keys in use keep validating callers. The
+/// same reload once the new URL answers is applied, and its keys are the ones used.
+#[tokio::test]
+async fn a_reload_to_a_jwks_url_that_does_not_answer_fails_and_keeps_the_keys_in_use() {
+    use axum::http::StatusCode;
+    let old = jwks_server(String::new()).await;
+    let url = old.url.clone();
+    let mut fixture = common::Fixture::with(|config| {
+        config.authority.jwks_file = None;
+        config.authority.jwks_url = Some(url);
+    });
+    let jwks = std::fs::read_to_string(fixture.root().join("authority/jwks.json")).unwrap();
+    *old.document.lock().unwrap() = jwks.clone();
+    let service = fixture.service().await;
+    let router = registry_token::http::router(service.clone());
+    let token = fixture.token(|_| {});
+    let uri = common::query(common::SERVICE, &["repository:team/app:pull"]);
+    assert_eq!(common::get_basic(&router, &uri, &token).await.status, StatusCode::OK);
+
+    let new = jwks_server("upstream unavailable".into()).await;
+    let new_url = new.url.clone();
+    fixture.reconfigure(|config| config.authority.jwks_url = Some(new_url));
+    let error = service.reload().await.expect_err("a reload to keys that cannot be fetched");
+    assert!(error.to_string().contains(&new.url), "the error names the URL: {error}");
+    assert_eq!(new.hits.load(Ordering::SeqCst), 1);
+    let reply = common::get_basic(&router, &uri, &token).await;
+    assert_eq!(reply.status, StatusCode::OK, "the keys in use still validate: {}", reply.body);
+    assert!(service.live().is_ready());
+
+    *new.document.lock().unwrap() = jwks;
+    service.reload().await.unwrap();
+    let before = old.hits.load(Ordering::SeqCst);
+    let fresh = fixture.token(|request| request.subject = "bob".into());
+    assert_eq!(common::get_basic(&router, &uri, &fresh).await.status, StatusCode::OK);
+    assert_eq!(new.hits.load(Ordering::SeqCst), 2, "the applied reload fetched from the new URL");
+    assert_eq!(old.hits.load(Ordering::SeqCst), before, "and the old URL is no longer asked");
+}
