@@ -132,6 +132,30 @@ pub enum BuildError {
 /// record, or no ledger); an error is what reading it said.
 pub type BundleRecord = Result<Option<AppliedBundle>, String>;
 
+/// What `serve` reads once (the listeners, the router's body limit, shutdown, the watch) and the
+/// ledger it opened: a reload that changes them warns that they take effect at the next restart
+/// and keeps the running values, so that nothing reads a setting the service does not run with
+/// (a new `ledger.url: none` turned refresh tokens off while the old ledger still served).
+fn keep_restart_only(old: &Config, new: &mut Config) {
+    fn keep<T: PartialEq + Clone>(key: &str, old: &T, new: &mut T) {
+        if old != new {
+            tracing::warn!(key, "{key} changed; it takes effect at the next restart");
+            new.clone_from(old);
+        }
+    }
+    keep("listen", &old.listen, &mut new.listen);
+    keep("http.max_body_bytes", &old.http.max_body_bytes, &mut new.http.max_body_bytes);
+    keep(
+        "http.shutdown_grace_seconds",
+        &old.http.shutdown_grace_seconds,
+        &mut new.http.shutdown_grace_seconds,
+    );
+    keep("watch", &old.watch, &mut new.watch);
+    keep("ledger", &old.ledger, &mut new.ledger);
+    keep("admin.listen", &old.admin.listen, &mut new.admin.listen);
+    keep("admin.metrics", &old.admin.metrics, &mut new.admin.metrics);
+}
+
 /// The ledger's record of the bundles applied from `config`'s `policy.bundle`.
 pub async fn bundle_record(ledger: Option<&Ledger>, config: &Config) -> BundleRecord {
     match (ledger, &config.policy.bundle) {
@@ -692,26 +716,9 @@ impl App {
         let Some(path) = self.config_path.clone() else {
             return Err(BuildError::NoConfigFile);
         };
-        let config = Config::load(&path)?;
+        let mut config = Config::load(&path)?;
         let current = self.live();
-        // Read once by `serve`: the listener, the router's body limit, shutdown and the watch.
-        let (old, new) = (&current.config, &config);
-        for (key, changed) in [
-            ("listen", old.listen != new.listen),
-            ("http.max_body_bytes", old.http.max_body_bytes != new.http.max_body_bytes),
-            (
-                "http.shutdown_grace_seconds",
-                old.http.shutdown_grace_seconds != new.http.shutdown_grace_seconds,
-            ),
-            ("watch", old.watch != new.watch),
-            ("ledger", old.ledger != new.ledger),
-            ("admin.listen", old.admin.listen != new.admin.listen),
-            ("admin.metrics", old.admin.metrics != new.admin.metrics),
-        ] {
-            if changed {
-                tracing::warn!(key, "{key} changed; it takes effect at the next restart");
-            }
-        }
+        keep_restart_only(&current.config, &mut config);
         self.build_and_swap(config, current, None).await
     }
 

@@ -405,6 +405,20 @@ async fn refresh_tokens_can_be_turned_off_and_need_a_ledger() {
     );
 }
 
+/// `ledger` takes effect at the next restart: a reload that sets `ledger.url: none` warns and
+/// leaves the running ledger, and the refresh tokens it keeps, as they are.
+#[tokio::test]
+async fn a_reload_that_drops_the_ledger_leaves_refresh_tokens_on_until_the_restart() {
+    let mut world = LedgerWorld::new(|_| {}).await;
+    world.fixture.reconfigure(|config| config.ledger.url = "none".into());
+    world.app.reload().await.unwrap();
+    let caller = world.fixture.token_at(world.clock.now(), |_| {});
+    let uri = format!("{}&client_id=docker&offline_token=true", query(SERVICE, &[]));
+    let reply = get_basic(&world.router, &uri, &caller).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply}");
+    assert!(reply.body["refresh_token"].is_string(), "the running ledger still keeps them: {reply}");
+}
+
 /// An administrator's token: `registry.admin`, of `tenant` (or global).
 fn admin_token(fixture: &Fixture, tenant: Option<&str>) -> String {
     fixture.token(|r| {
