@@ -291,7 +291,7 @@ impl Live {
         let admin_requirements =
             Requirements { required_scope: config.admin.required_scope.clone(), ..requirements.clone() };
         // Administrators are few: a small cache spares them a signature check per admin request.
-        let admin_validator = Validator::new(keys.clone(), admin_requirements, 64);
+        let admin_validator = Validator::new(keys.clone(), admin_requirements, 64).uncounted();
         let validator = Validator::new(keys, requirements, config.cache.caller_tokens);
         let reuse = ReuseCache::new(config.cache.tokens, config.signing.reuse_window());
         Ok(Live { config, validator, policy, keys: keys_set, admin_validator, reuse, bundle })

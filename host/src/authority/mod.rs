@@ -40,6 +40,9 @@ pub struct Validator {
     keys: KeySource,
     requirements: Requirements,
     cache: Option<bounded::Cache<Arc<str>, CachedValidation>>,
+    /// Whether its cache counts in `registry_token_cache_requests_total{cache="caller_tokens"}`:
+    /// the token endpoint's does, the admin listener's does not.
+    counted: bool,
 }
 
 #[derive(Clone)]
@@ -61,7 +64,14 @@ impl std::fmt::Debug for Validator {
 impl Validator {
     /// A validator remembering valid tokens in up to `cache_capacity` KiB (0: none).
     pub fn new(keys: KeySource, requirements: Requirements, cache_capacity: usize) -> Validator {
-        Validator { keys, requirements, cache: bounded::cache(cache_capacity) }
+        Validator { keys, requirements, cache: bounded::cache(cache_capacity), counted: true }
+    }
+
+    /// This validator's cache lookups are not callers': they stay out of the cache metric (the
+    /// admin listener's, whose scrapes would otherwise read as caller traffic).
+    #[must_use]
+    pub fn uncounted(self) -> Validator {
+        Validator { counted: false, ..self }
     }
 
     /// Where the keys come from.
@@ -77,13 +87,13 @@ impl Validator {
         {
             let hit = hit.value;
             if now < hit.validated.expires_at && hit.keys_generation == generation {
-                crate::metrics::metrics().cache(CacheName::CallerTokens, true);
+                self.count(true);
                 return Ok(hit.validated);
             }
             cache.remove(token);
         }
         if self.cache.is_some() {
-            crate::metrics::metrics().cache(CacheName::CallerTokens, false);
+            self.count(false);
         }
         let validated = Arc::new(verify(token, now, &self.keys, &self.requirements).await?);
         if let Some(cache) = &self.cache {
@@ -92,6 +102,14 @@ impl Validator {
             cache.insert(Arc::from(token), Weighed::new(entry, bytes));
         }
         Ok(validated)
+    }
+}
+
+impl Validator {
+    fn count(&self, hit: bool) {
+        if self.counted {
+            crate::metrics::metrics().cache(CacheName::CallerTokens, hit);
+        }
     }
 }
 
