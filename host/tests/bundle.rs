@@ -1109,6 +1109,13 @@ fn the_offline_kit_decides_exactly_as_the_online_instance_its_bundle_was_built_f
     assert_eq!(seen("an expired revocation")["status"], 200);
     assert_eq!(seen("the policy's revoked licence")["code"], "DENIED");
     assert_eq!(seen("an expired caller token")["status"], 401);
+    // Both count the same revocations in force (the offline instance's are its bundle's), eve's
+    // lapsed.
+    for (kind, expected) in [("subject", 1.0), ("tenant", 1.0), ("caller_token", 1.0), ("licence", 1.0)] {
+        let series = format!("registry_token_revocations_active{{kind=\"{kind}\"}}");
+        assert_eq!(counter(&online_server.admin(), &series), expected, "online: {series}");
+        assert_eq!(counter(&offline_server.admin(), &series), expected, "offline: {series}");
+    }
 }
 
 #[test]

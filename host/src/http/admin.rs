@@ -619,11 +619,7 @@ pub(super) async fn scrape(
     let keys = live.keys.summary((app.clock)());
     let snapshot = crate::metrics::Snapshot {
         ledger_queue: app.ledger.as_ref().map_or(0, |ledger| ledger.health().queued),
-        revocations: app
-            .ledger
-            .as_ref()
-            .map(|ledger| ledger.active_revocations(Millis::now()))
-            .unwrap_or_default(),
+        revocations: revocations_in_force(&app, &live, Millis::now()),
         signing_keys: keys
             .iter()
             .map(|(kid, status, algorithm, _)| (kid.as_str(), *status, *algorithm))
@@ -632,4 +628,23 @@ pub(super) async fn scrape(
     };
     let body = crate::metrics::metrics().render(&snapshot);
     Ok(([(axum::http::header::CONTENT_TYPE, crate::metrics::Metrics::CONTENT_TYPE)], body).into_response())
+}
+
+/// The revocations this replica enforces, by kind: the ledger's and the policy bundle's (an
+/// offline site may have only the latter).
+fn revocations_in_force(
+    app: &crate::app::App,
+    live: &crate::app::Live,
+    now: Millis,
+) -> Vec<(&'static str, usize)> {
+    let ledger = app.ledger.as_ref().map(|ledger| ledger.active_revocations(now));
+    let bundle = live.bundle.as_ref().map(|bundle| bundle.revocations.active_by_kind(now));
+    match (ledger, bundle) {
+        (Some(ledger), Some(bundle)) => ledger
+            .into_iter()
+            .zip(bundle)
+            .map(|((kind, from_ledger), (_, from_bundle))| (kind, from_ledger + from_bundle))
+            .collect(),
+        (one, other) => one.or(other).unwrap_or_default(),
+    }
 }
