@@ -583,14 +583,17 @@ pub(super) async fn delete_refresh_token(
     let Some(token) = ledger.refresh_token(&id).await?.filter(|t| admin.may_see(t.tenant.as_deref())) else {
         return Err(AdminError::NotFound(format!("no refresh token {id}")));
     };
-    // Already stopped by a refresh_token revocation in force (one confined to another tenant does
-    // not stop it): the request path's own test of a revocation.
+    // Already stopped for good: a refresh_token revocation in force (the request path's own test;
+    // one confined to another tenant does not stop it) that does not lapse and that no
+    // administrator with less reach than this one may lift (a tenant administrator may lift its
+    // tenant's own). Anything less, and this administrator's revocation is written.
     let presented = Presented { caller_jti: None, refresh_token: Some(token.id.as_str()) };
-    let already = ledger
-        .revocations()
-        .await?
-        .into_iter()
-        .any(|r| r.kind == RevocationKind::RefreshToken && r.applies_to(&token.caller, presented, now));
+    let already = ledger.revocations().await?.into_iter().any(|r| {
+        r.kind == RevocationKind::RefreshToken
+            && r.applies_to(&token.caller, presented, now)
+            && r.expires_at.is_none()
+            && (r.created_by_tenant.is_none() || r.created_by_tenant.as_deref() == admin.tenant())
+    });
     if !already {
         // The administrator's own tenant, as its token says (not an input to check).
         request.tenant = admin.tenant().map(str::to_owned);
