@@ -134,6 +134,25 @@ fn an_exposed_signing_key_is_refused_with_the_fix() {
     assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
 }
 
+/// The sample configuration's trial setting, `development.create_missing_keys`, beside a key set
+/// made with `keygen` (as the sample's comment on `keys` says to do): the service starts and signs
+/// with the set's key; there is no single key for the setting to create.
+#[test]
+fn a_key_set_starts_with_the_samples_create_missing_keys_on() {
+    let fixture = Fixture::with(|config| {
+        let key = std::mem::take(&mut config.signing.key_file);
+        let cert = config.signing.cert_file.take().unwrap();
+        config.signing.keys = vec![test_support::SigningKey::files(&key, &cert, "active")];
+        config.set("development.create_missing_keys", true);
+    });
+    let server = Server::start(BIN, &fixture.config_path);
+    let uri = query(SERVICE, &["repository:team/app:pull"]);
+    let reply = server.client().get_basic(&uri, "alice", &fixture.token(|_| {})).unwrap();
+    assert_eq!(reply.status, 200, "{reply}");
+    let kid = libtrust_kid_of(&fixture.root().join("keys/signing-cert.pem"));
+    assert_eq!(decode(reply.body["token"].as_str().unwrap()).0["kid"], kid);
+}
+
 #[test]
 fn a_component_of_another_world_never_starts_serving() {
     let fixture = Fixture::with(|config| {

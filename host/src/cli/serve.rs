@@ -284,7 +284,8 @@ impl FileWatcher {
 /// development Authority, loudly. For trials on a fresh clone only.
 fn bootstrap_development(config: &Config) -> Result<(), String> {
     let signing = &config.signing;
-    if !signing.key_file.exists() {
+    // The single-key form only: a key set's files are the operator's, made with `keygen`.
+    if signing.keys.is_empty() && !signing.key_file.exists() {
         let dir = signing.key_file.parent().unwrap_or(Path::new("."));
         let expected_names = signing.key_file.file_name() == Some(mint::keygen::KEY_FILE.as_ref())
             && signing.cert_file.as_ref().is_none_or(|c| {
