@@ -96,9 +96,12 @@ pub fn generate_as(
     };
     let key_pem = super::secret_pem::encode("PRIVATE KEY", &pkcs8);
 
-    let rcgen_key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8.to_vec().into(), sign_algorithm)
-        .map_err(|e| generate_error(&e))?;
-    let cert = self_signed(&rcgen_key)?;
+    // rcgen keeps a copy of the key: wiped when it is dropped, like every other buffer of it.
+    let rcgen_key = Zeroizing::new(
+        rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&(&pkcs8[..]).into(), sign_algorithm)
+            .map_err(|e| generate_error(&e))?,
+    );
+    let cert = self_signed(&*rcgen_key)?;
 
     write_new(&key_file, key_pem.as_bytes(), 0o600)?;
     write_new(&cert_file, cert.as_bytes(), 0o644)?;
