@@ -536,8 +536,8 @@ impl std::fmt::Debug for App {
 impl App {
     /// A service over already-built state. `config_path` is re-read on [`App::reload`].
     pub fn new(live: Live, config_path: Option<PathBuf>, clock: Clock) -> App {
-        if let Some(live_bundle) = &live.bundle {
-            crate::metrics::metrics().bundle_applied(live_bundle.bundle.manifest().revision);
+        if live.bundle.is_some() {
+            crate::metrics::metrics().bundle_applied();
         }
         App {
             live: ArcSwap::from_pointee(live),
@@ -671,7 +671,7 @@ impl App {
                 let Some(now) = &live.bundle else { return };
                 if before.bundle.as_ref().is_none_or(|was| was.bundle.sha256() != now.bundle.sha256()) {
                     let manifest = now.bundle.manifest();
-                    crate::metrics::metrics().bundle_applied(manifest.revision);
+                    crate::metrics::metrics().bundle_applied();
                     tracing::info!(
                         bundle = %now.source,
                         revision = manifest.revision,

@@ -73,6 +73,8 @@ pub struct Snapshot<'a> {
     pub signing_keys: Vec<(&'a str, &'a str, &'a str)>,
     /// The live policy's digest and settings version.
     pub policy: Option<(&'a str, &'a str)>,
+    /// The live policy bundle's revision (`None`: no `policy.bundle`, the gauge reads 0).
+    pub bundle_revision: Option<u64>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -326,11 +328,10 @@ impl Metrics {
         }
     }
 
-    /// A policy bundle of `revision` was applied.
-    pub fn bundle_applied(&self, revision: u64) {
+    /// A policy bundle was applied (its revision is read from the live state at each scrape).
+    pub fn bundle_applied(&self) {
         if self.enabled() {
             self.bundles_applied.inc();
-            self.bundle_revision.set(i64::try_from(revision).unwrap_or(i64::MAX));
         }
     }
 
@@ -359,6 +360,9 @@ impl Metrics {
         for (kid, status, algorithm) in &snapshot.signing_keys {
             self.signing_key_info.with_label_values(&[kid, status, algorithm]).set(1);
         }
+        // What is live at the scrape: a reload that drops `policy.bundle` drops the revision too.
+        self.bundle_revision
+            .set(snapshot.bundle_revision.map_or(0, |r| i64::try_from(r).unwrap_or(i64::MAX)));
         self.policy_info.reset();
         if let Some((digest, settings)) = snapshot.policy {
             self.policy_info.with_label_values(&[digest, settings]).set(1);

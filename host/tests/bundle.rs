@@ -585,6 +585,23 @@ fn a_bundle_file_is_served_a_newer_revision_applied_and_a_rollback_or_unsigned_o
             "revision 2 still decides"
         );
     }
+    // Back to a settings file: no bundle is live, and the revision gauge no longer names one.
+    fixture.reconfigure(|config| {
+        config.set("policy.bundle", serde_norway::Value::Null);
+        config.set("policy.bundle_keys", Vec::<String>::new());
+        config.policy.settings_file = Some(root.join("plans.yaml"));
+    });
+    server.signal("HUP");
+    wait_for("the bundle dropped", Duration::from_secs(20), || {
+        let status = readyz(&client);
+        (status["bundle"].is_null(), status)
+    });
+    assert_eq!(counter(&admin, "registry_token_bundle_revision"), 0.0);
+    fixture.reconfigure(|config| {
+        config.set("policy.bundle", path(&live));
+        config.set("policy.bundle_keys", vec![path(&cert).to_owned()]);
+        config.policy.settings_file = None;
+    });
     drop(server);
 
     // The ledger remembers revision 2 as the highest applied from this source, so a restart

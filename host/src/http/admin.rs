@@ -628,6 +628,7 @@ pub(super) async fn scrape(
             .map(|(kid, status, algorithm, _)| (kid.as_str(), *status, *algorithm))
             .collect(),
         policy: Some((live.policy.digest(), live.policy.settings_version())),
+        bundle_revision: live.bundle.as_ref().map(|bundle| bundle.bundle.manifest().revision),
     };
     let body = crate::metrics::metrics().render(&snapshot);
     Ok(([(axum::http::header::CONTENT_TYPE, crate::metrics::Metrics::CONTENT_TYPE)], body).into_response())
