@@ -299,6 +299,9 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
     let ready = a.admin().get("/readyz").unwrap();
     assert_eq!(ready.status, 503, "not ready while the strict ledger cannot be written: {ready}");
     assert_eq!(ready.body["ledger"]["writable"], false);
+    // Replica C has no traffic and nothing to write: its revocation poll tells it.
+    readyz_until(&c.admin(), "idle replica C not ready", |s| s["ledger"]["writable"] == false);
+    assert_eq!(c.admin().get("/readyz").unwrap().status, 503);
     let during_outage = ok.load(Ordering::Relaxed);
     // Replica C is asked to apply revision 2 while the record it must check it against cannot
     // be read: refused, with why; revision 1 keeps serving.
@@ -345,6 +348,7 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
         println!("replica {name}: {alarms} warnings and errors in its log through the outage");
         assert!(alarms <= 50, "replica {name} logged {alarms} warnings and errors:\n{log}");
     }
+    readyz_until(&c.admin(), "idle replica C ready again", |s| s["ledger"]["writable"] == true);
     // With the record readable again, the next reload applies revision 2 and raises the record.
     c.signal("HUP");
     readyz_until(&c_client, "replica C serving revision 2", |s| s["bundle"]["revision"] == 2);

@@ -535,11 +535,20 @@ async fn poll_loop(shared: std::sync::Weak<Shared>) {
                 tracing::info!("revocations can be read again");
             }
             Ok(()) => {}
-            Err(error) if !failing => {
-                failing = true;
-                tracing::error!(%error, "cannot read the revocations; the last ones read stay in force");
+            Err(error) => {
+                if !failing {
+                    failing = true;
+                    tracing::error!(%error, "cannot read the revocations; the last ones read stay in force");
+                }
+                // A replica with nothing to write learns here, not at its next request, that its
+                // ledger cannot be written, and `/readyz` says so at once. Only a write that fails
+                // counts (the probe commits one): a read may fail for less.
+                if shared.writable.load(Ordering::Relaxed)
+                    && let Err(probe) = shared.store.ping().await
+                {
+                    mark_failing(&shared, &probe);
+                }
             }
-            Err(_) => {}
         }
         // The bulk of the log is copied here, beside the commits. When it was all copied and
         // nothing committed meanwhile, the next commit starts the log again by itself; otherwise
