@@ -414,6 +414,59 @@ fn keys_rotate_under_load_sign_es256_and_sign_from_softhsm2_against_registry_2_8
     eprintln!("SoftHSM2: signing again {:?} after the token came back", back.elapsed());
     suite.push_and_pull("team/hsm", "SoftHSM2 after recovery");
 
+    // A failover to a token with the same labels and another key under them: 503, never a token
+    // signed by a key no registry trusts; the right token back: signed again.
+    let other = tempfile::tempdir().unwrap();
+    let other_conf = init_softhsm(other.path());
+    run_ok(
+        Command::new(BIN)
+            .env("SOFTHSM2_CONF", &other_conf)
+            .args(["keys", "new", "--pkcs11", SOFTHSM_MODULE, "--token-label", TOKEN_LABEL])
+            .args(["--key-label", HSM_KEY, "--algorithm", "RS256", "--pin-file"])
+            .arg(other.path().join("hsm/pin"))
+            .arg("--dir")
+            .arg(other.path().join("keys")),
+    );
+    std::fs::rename(&tokens, &away).unwrap();
+    std::fs::rename(other.path().join("hsm/tokens"), &tokens).unwrap();
+    // Every answer a 503, through the module's reconnects, until one has found the other key.
+    let swapped = Instant::now();
+    loop {
+        let (status, token, body) = suite.token("repository:team/hsm:pull");
+        assert_eq!(status, 503, "a token from another key: {body}");
+        assert!(token.is_empty() && body.to_string().contains("HSM is unavailable"), "{body}");
+        let log = suite.server.stderr();
+        if log.contains("does not verify with its public key (the one published)") {
+            break;
+        }
+        assert!(
+            swapped.elapsed() < Duration::from_secs(15),
+            "the log never said why:\n{}",
+            &log[log.len().saturating_sub(3000)..]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for _ in 0..3 {
+        assert_eq!(suite.token("repository:team/hsm:pull").0, 503, "and stays refused");
+    }
+    std::fs::rename(&tokens, other.path().join("hsm/tokens")).unwrap();
+    std::fs::rename(&away, &tokens).unwrap();
+    let back = Instant::now();
+    loop {
+        let (status, token, body) = suite.token("repository:team/hsm:pull");
+        if status == 200 {
+            assert_eq!(header_of(&token)["kid"], kid_h.as_str());
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "no recovery after the right token came back: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    suite.push_and_pull("team/hsm", "SoftHSM2 after the failover was undone");
+
     // ES256 from the HSM too.
     let kid_hsm_ec = suite.kid(HSM_EC_KEY);
     let keys = vec![suite.hsm_key(HSM_EC_KEY), suite.retired(HSM_KEY), suite.retired("a")];

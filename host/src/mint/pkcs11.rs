@@ -262,12 +262,12 @@ impl HsmKey {
             Some(context) if state.generation == generation => context,
             _ => return Err(HsmError::Unavailable("the module was reset".into())),
         };
-        let pooled = match self.take_idle(generation) {
-            Some(pooled) => pooled,
+        let (pooled, found_now) = match self.take_idle(generation) {
+            Some(pooled) => (pooled, false),
             None => {
                 let session = open_session(context, &self.location, false)?;
                 let key = find_one(&session, ObjectClass::PRIVATE_KEY, &self.location)?;
-                Pooled { generation, session, key }
+                (Pooled { generation, session, key }, true)
             }
         };
         let signature = match self.algorithm {
@@ -277,6 +277,16 @@ impl HsmKey {
             }
         }
         .map_err(|e| unavailable("C_Sign", e))?;
+        // A key found by its label now may not be the one published: after a reconnect the label
+        // may name another key (a token failed over, or a key replaced). Its first signature must
+        // verify with the published public key, or nothing it signed is handed out.
+        if found_now && !self.verifies(message, &signature) {
+            return Err(HsmError::Unavailable(format!(
+                "{:?}: what the key under this label signs does not verify with its public key (the one \
+                 published); a token that failed over, or a key replaced?",
+                self.location
+            )));
+        }
         // The context is still current (the read lock is held): the session may be reused.
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < self.max_idle {
@@ -298,16 +308,18 @@ impl HsmKey {
     }
 
     /// Signs a probe and verifies it with the public key: the key signs what is published.
+    /// (A session's first signature is verified as it is made: [`HsmKey::sign`].)
     fn check_signature(&self) -> Result<(), HsmError> {
-        let probe = b"registry-token: the HSM key signs what its public key verifies";
-        let signature = self.sign(probe)?;
+        self.sign(b"registry-token: the HSM key signs what its public key verifies").map(|_| ())
+    }
+
+    /// Whether `signature` of `message` verifies with the key's public key.
+    fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         let algorithm: &'static dyn aws_lc_rs::signature::VerificationAlgorithm = match self.algorithm {
             SigningAlgorithm::RS256 => &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
             SigningAlgorithm::ES256 => &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
         };
-        super::verify_with_spki(algorithm, self.public.spki_der(), probe, &signature).map_err(|()| {
-            HsmError::Setup(format!("{:?}: its signature does not verify with its public key", self.location))
-        })
+        super::verify_with_spki(algorithm, self.public.spki_der(), message, signature).is_ok()
     }
 }
 
