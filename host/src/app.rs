@@ -222,14 +222,13 @@ impl Live {
             // At start, the service comes up and refuses callers until a fetch succeeds; on a
             // reload, a URL that does not answer fails the reload and the keys in use stay.
             JwksSource::Url(url) => {
-                let (refresh, min_refetch) = (
+                KeySource::from_url(
+                    url,
                     Duration::from_secs(authority.jwks_refresh_seconds),
                     Duration::from_secs(authority.jwks_min_refetch_seconds),
-                );
-                match previous {
-                    None => KeySource::from_url(url, refresh, min_refetch).await?,
-                    Some(_) => KeySource::fetched_from_url(url, refresh, min_refetch).await?,
-                }
+                    previous.is_some(),
+                )
+                .await?
             }
             // An offline site: the configuration names no Authority, the bundle carries its keys.
             JwksSource::Bundle => {

@@ -88,6 +88,22 @@ impl Suite {
         }
     }
 
+    /// Asks for tokens until one is signed by `kid` (each answer before it a 503), at most 15 s
+    /// after `what`; returns how long it took.
+    fn signing_again(&self, kid: &str, what: &str) -> Duration {
+        let since = Instant::now();
+        loop {
+            let (status, token, body) = self.token("repository:team/hsm:pull");
+            if status == 200 {
+                assert_eq!(header_of(&token)["kid"], kid);
+                return since.elapsed();
+            }
+            assert_eq!(status, 503, "{body}");
+            assert!(since.elapsed() < Duration::from_secs(15), "no recovery after {what}: {body}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn kid(&self, name: &str) -> String {
         libtrust_kid_of(&self.root().join(format!("keys/{name}.crt")))
     }
@@ -400,18 +416,8 @@ fn keys_rotate_under_load_sign_es256_and_sign_from_softhsm2_against_registry_2_8
     let (status, _, _) = suite.token("repository:team/hsm:pull");
     assert_eq!(status, 503, "still no token while the HSM is away");
     std::fs::rename(&away, &tokens).unwrap();
-    let back = Instant::now();
-    loop {
-        let (status, token, body) = suite.token("repository:team/hsm:pull");
-        if status == 200 {
-            assert_eq!(header_of(&token)["kid"], kid_h.as_str());
-            break;
-        }
-        assert_eq!(status, 503, "{body}");
-        assert!(back.elapsed() < Duration::from_secs(15), "no recovery after the HSM came back: {body}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    eprintln!("SoftHSM2: signing again {:?} after the token came back", back.elapsed());
+    let back = suite.signing_again(&kid_h, "the HSM came back");
+    eprintln!("SoftHSM2: signing again {back:?} after the token came back");
     suite.push_and_pull("team/hsm", "SoftHSM2 after recovery");
 
     // A failover to a token with the same labels and another key under them: 503, never a token
@@ -451,20 +457,7 @@ fn keys_rotate_under_load_sign_es256_and_sign_from_softhsm2_against_registry_2_8
     }
     std::fs::rename(&tokens, other.path().join("hsm/tokens")).unwrap();
     std::fs::rename(&away, &tokens).unwrap();
-    let back = Instant::now();
-    loop {
-        let (status, token, body) = suite.token("repository:team/hsm:pull");
-        if status == 200 {
-            assert_eq!(header_of(&token)["kid"], kid_h.as_str());
-            break;
-        }
-        assert_eq!(status, 503, "{body}");
-        assert!(
-            back.elapsed() < Duration::from_secs(15),
-            "no recovery after the right token came back: {body}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    suite.signing_again(&kid_h, "the right token came back");
     suite.push_and_pull("team/hsm", "SoftHSM2 after the failover was undone");
 
     // ES256 from the HSM too.

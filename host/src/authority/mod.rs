@@ -103,9 +103,7 @@ impl Validator {
         }
         Ok(validated)
     }
-}
 
-impl Validator {
     fn count(&self, hit: bool) {
         if self.counted {
             crate::metrics::metrics().cache(CacheName::CallerTokens, hit);

@@ -57,28 +57,11 @@ impl KeySource {
 
     /// A JWKS URL, refetched every `refresh_every`, and on an unknown `kid` at most once per
     /// `min_refetch` (so a flood of tokens with made-up key ids cannot become a flood of requests to
-    /// the Authority). The first fetch happens here; if it fails the error is logged and tokens are
-    /// refused as `KeysUnavailable` until a later fetch succeeds.
+    /// the Authority). The first fetch happens here. If it fails: with `must_fetch` (a reload, which
+    /// keeps the keys it has rather than trading them for none) that is the error; without (the
+    /// start), the error is logged and tokens are refused as `KeysUnavailable` until a later fetch
+    /// succeeds.
     pub async fn from_url(
-        url: &str,
-        refresh_every: Duration,
-        min_refetch: Duration,
-    ) -> Result<KeySource, JwksError> {
-        KeySource::remote(url, refresh_every, min_refetch, false).await
-    }
-
-    /// [`KeySource::from_url`], but a first fetch that fails is an error: a reload to a new URL
-    /// (or new refresh settings) while the Authority does not answer keeps the keys it has rather
-    /// than trading them for none.
-    pub async fn fetched_from_url(
-        url: &str,
-        refresh_every: Duration,
-        min_refetch: Duration,
-    ) -> Result<KeySource, JwksError> {
-        KeySource::remote(url, refresh_every, min_refetch, true).await
-    }
-
-    async fn remote(
         url: &str,
         refresh_every: Duration,
         min_refetch: Duration,

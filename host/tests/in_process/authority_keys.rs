@@ -74,7 +74,8 @@ async fn a_jwks_url_is_fetched_and_a_rotated_key_is_picked_up_on_its_first_use()
     let read = |d: &Path| std::fs::read_to_string(d.join("jwks.json")).unwrap();
     let server = jwks_server(read(&first)).await;
 
-    let keys = KeySource::from_url(&server.url, Duration::from_secs(300), Duration::ZERO).await.unwrap();
+    let keys =
+        KeySource::from_url(&server.url, Duration::from_secs(300), Duration::ZERO, false).await.unwrap();
     assert!(keys.is_ready());
     assert_eq!(server.hits.load(Ordering::SeqCst), 1);
     let now = registry_token::app::system_clock()();
@@ -101,8 +102,9 @@ async fn unavailable_keys_refuse_callers_and_made_up_kids_do_not_flood_the_autho
     // The JWKS is unavailable at start (a 404 page): the service starts, refuses callers as
     // "keys unavailable", and recovers on the first fetch that works.
     let server = jwks_server("not a jwks".into()).await;
-    let keys =
-        KeySource::from_url(&server.url, Duration::from_secs(300), Duration::from_secs(30)).await.unwrap();
+    let keys = KeySource::from_url(&server.url, Duration::from_secs(300), Duration::from_secs(30), false)
+        .await
+        .unwrap();
     assert!(!keys.is_ready());
     let validator = Validator::new(keys, requirements(), 16);
     let now = registry_token::app::system_clock()();
@@ -124,8 +126,9 @@ async fn unavailable_keys_refuse_callers_and_made_up_kids_do_not_flood_the_autho
 async fn an_oversized_or_empty_jwks_is_refused() {
     let huge = format!("{{\"keys\": [], \"padding\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
     let server = jwks_server(huge).await;
-    let keys =
-        KeySource::from_url(&server.url, Duration::from_secs(300), Duration::from_secs(30)).await.unwrap();
+    let keys = KeySource::from_url(&server.url, Duration::from_secs(300), Duration::from_secs(30), false)
+        .await
+        .unwrap();
     assert!(!keys.is_ready(), "a 2 MiB document is not read");
 
     let error = registry_token::authority::KeySet::from_json(
