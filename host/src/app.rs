@@ -36,13 +36,13 @@ pub struct Live {
     /// The configuration this was built from.
     pub config: Config,
     /// Validates caller tokens against the Authority's keys.
-    pub validator: Validator,
+    pub validator: Arc<Validator>,
     /// The authorization policy.
     pub policy: Policy,
     /// The signing keys: the active one mints, all are published.
-    pub keys: KeySet,
+    pub keys: Arc<KeySet>,
     /// Validates administrators' tokens: the same Authority and keys, `admin.required_scope`.
-    pub admin_validator: Validator,
+    pub admin_validator: Arc<Validator>,
     /// Tokens minted recently, for identical requests (`signing.reuse_seconds`); dropped with
     /// this state, so a reload (policy, settings, keys) never reuses an older token.
     pub reuse: Option<ReuseCache>,
@@ -64,6 +64,9 @@ pub struct LiveBundle {
     pub version: Option<String>,
     /// Its `revocations.json`, indexed: the host checks them as it checks the ledger's.
     pub revocations: Arc<RevocationSet>,
+    /// `policy.bundle_keys` as read at the last start or reload: a poll checks a new bundle
+    /// against these, not against whatever the files say now.
+    trusted: Arc<TrustedKeys>,
 }
 
 impl std::fmt::Debug for LiveBundle {
@@ -175,21 +178,22 @@ impl Live {
 
     /// [`Live::build`] for a reload of `previous`: the policy engine is reused when it can be.
     pub async fn build_after(config: Config, previous: Option<&Live>) -> Result<Live, BuildError> {
-        Live::build_with(config, previous, None, Ok(None)).await
+        Live::build_with(config, previous, Ok(None)).await
     }
 
-    /// [`Live::build_after`] with the bundle already `fetched` (by a poll), instead of fetching it,
-    /// and a bundle that is not the live one checked against the ledger's `record` too.
+    /// [`Live::build_after`], with a bundle that is not the live one checked against the ledger's
+    /// `record` too.
     pub async fn build_with(
         config: Config,
         previous: Option<&Live>,
-        fetched: Option<Fetched>,
         record: BundleRecord,
     ) -> Result<Live, BuildError> {
         let bundle = match &config.policy.bundle {
             Some(bundle_config) => {
                 let live = previous.and_then(|p| p.bundle.as_ref());
-                Some(open_bundle(bundle_config, live, fetched, &record).await?)
+                let trusted = TrustedKeys::from_files(&bundle_config.keys)
+                    .map_err(|e| BuildError::BundleKeys(e.to_string()))?;
+                Some(open_bundle(bundle_config, live, None, &record, Arc::new(trusted)).await?)
             }
             None => None,
         };
@@ -237,22 +241,8 @@ impl Live {
                         crate::config::ConfigError("authority: set jwks_file or jwks_url".into()).into()
                     );
                 };
-                let jwks = live_bundle.bundle.authority_jwks().ok_or_else(|| BuildError::Bundle {
-                    source_name: live_bundle.source.to_string(),
-                    error: BundleError::Missing(format!(
-                        "missing file {}: the configuration names no authority.jwks_file or jwks_url, so the \
-                         Authority's keys must come in the bundle",
-                        bundle::AUTHORITY_JWKS
-                    )),
-                })?;
-                KeySource::from_json(jwks, &format!("the policy bundle's {}", bundle::AUTHORITY_JWKS))?
+                bundle_authority_keys(live_bundle)?
             }
-        };
-        let requirements = Requirements {
-            issuer: config.authority.issuer.clone(),
-            audiences: config.authority.audiences.clone(),
-            required_scope: config.authority.required_scope.clone(),
-            leeway_seconds: config.authority.leeway_seconds,
         };
 
         let keys_set = load_keys(&config.signing)?;
@@ -262,38 +252,39 @@ impl Live {
 
         let previous_policy = previous.map(|p| &p.policy);
         let policy = match &bundle {
-            Some(live_bundle) => {
-                let carried = &live_bundle.bundle;
-                let source = format!(
-                    "{} (bundle revision {})",
-                    carried.manifest().policy,
-                    carried.manifest().revision
-                );
-                let module = carried.policy();
-                // A bundle whose policy does not load with its settings is a refused bundle.
-                load_module(
-                    module.wasm(),
-                    &source,
-                    carried.settings_json(),
-                    &config.policy,
-                    config.cache.decisions,
-                    previous_policy,
-                )
-                .await
-                .map_err(|error| BuildError::Bundle {
-                    source_name: live_bundle.source.to_string(),
-                    error: BundleError::Policy(error.to_string()),
-                })?
-            }
+            Some(live_bundle) => bundle_policy(&config, live_bundle, previous_policy).await?,
             None => load_policy(&config.policy, config.cache.decisions, previous_policy).await?,
         };
-        let admin_requirements =
-            Requirements { required_scope: config.admin.required_scope.clone(), ..requirements.clone() };
-        // Administrators are few: a small cache spares them a signature check per admin request.
-        let admin_validator = Validator::new(keys.clone(), admin_requirements, 64).uncounted();
-        let validator = Validator::new(keys, requirements, config.cache.caller_tokens);
+        let (validator, admin_validator) = validators(&config, keys);
         let reuse = ReuseCache::new(config.cache.tokens, config.signing.reuse_window());
-        Ok(Live { config, validator, policy, keys: keys_set, admin_validator, reuse, bundle })
+        Ok(Live { config, validator, policy, keys: Arc::new(keys_set), admin_validator, reuse, bundle })
+    }
+
+    /// `current` with the bundle a poll `fetched` from `current`'s `live_bundle` source. Only
+    /// what the bundle carries is new: its policy, settings and revocations (and the Authority's
+    /// keys at an offline site). The signing keys, the Authority's keys from the configuration and
+    /// `policy.bundle_keys` stay as the last start or reload read them: files changed on disk
+    /// since wait for a reload, as they would without a bundle.
+    async fn with_polled_bundle(
+        current: &Live,
+        bundle_config: &BundleConfig,
+        live_bundle: &LiveBundle,
+        fetched: Fetched,
+        record: BundleRecord,
+    ) -> Result<Live, BuildError> {
+        let config = current.config.clone();
+        let trusted = Arc::clone(&live_bundle.trusted);
+        let bundle = open_bundle(bundle_config, Some(live_bundle), Some(fetched), &record, trusted).await?;
+        let (validator, admin_validator) = match config.authority.jwks {
+            JwksSource::Bundle => validators(&config, bundle_authority_keys(&bundle)?),
+            JwksSource::File(_) | JwksSource::Url(_) => {
+                (Arc::clone(&current.validator), Arc::clone(&current.admin_validator))
+            }
+        };
+        let policy = bundle_policy(&config, &bundle, Some(&current.policy)).await?;
+        let reuse = ReuseCache::new(config.cache.tokens, config.signing.reuse_window());
+        let keys = Arc::clone(&current.keys);
+        Ok(Live { config, validator, policy, keys, admin_validator, reuse, bundle: Some(bundle) })
     }
 
     /// Whether the service can issue tokens (for `/readyz`).
@@ -321,9 +312,9 @@ async fn open_bundle(
     live: Option<&LiveBundle>,
     fetched: Option<Fetched>,
     record: &BundleRecord,
+    keys: Arc<TrustedKeys>,
 ) -> Result<LiveBundle, BuildError> {
     let refused = |error: BundleError| BuildError::Bundle { source_name: config.source.to_string(), error };
-    let keys = TrustedKeys::from_files(&config.keys).map_err(|e| BuildError::BundleKeys(e.to_string()))?;
     let same_source = live.filter(|l| l.source == config.source);
     let (bytes, version) = match fetched {
         Some(Fetched { bytes, version }) => (Arc::new(bytes), version),
@@ -374,7 +365,55 @@ async fn open_bundle(
         );
     }
     let revocations = Arc::new(RevocationSet::new(opened.revocations().to_vec()));
-    Ok(LiveBundle { source: config.source.clone(), bundle: opened, bytes, version, revocations })
+    Ok(LiveBundle { source: config.source.clone(), bundle: opened, bytes, version, revocations, trusted: keys })
+}
+
+/// The Authority's keys an offline site's bundle carries (`authority.jwks: bundle`).
+fn bundle_authority_keys(live_bundle: &LiveBundle) -> Result<KeySource, BuildError> {
+    let jwks = live_bundle.bundle.authority_jwks().ok_or_else(|| BuildError::Bundle {
+        source_name: live_bundle.source.to_string(),
+        error: BundleError::Missing(format!(
+            "missing file {}: the configuration names no authority.jwks_file or jwks_url, so the \
+             Authority's keys must come in the bundle",
+            bundle::AUTHORITY_JWKS
+        )),
+    })?;
+    Ok(KeySource::from_json(jwks, &format!("the policy bundle's {}", bundle::AUTHORITY_JWKS))?)
+}
+
+/// The policy `live_bundle` carries, loaded with its settings under `config`'s limits.
+async fn bundle_policy(
+    config: &Config,
+    live_bundle: &LiveBundle,
+    previous: Option<&Policy>,
+) -> Result<Policy, BuildError> {
+    let carried = &live_bundle.bundle;
+    let source = format!("{} (bundle revision {})", carried.manifest().policy, carried.manifest().revision);
+    let module = carried.policy();
+    // A bundle whose policy does not load with its settings is a refused bundle.
+    load_module(module.wasm(), &source, carried.settings_json(), &config.policy, config.cache.decisions, previous)
+        .await
+        .map_err(|error| BuildError::Bundle {
+            source_name: live_bundle.source.to_string(),
+            error: BundleError::Policy(error.to_string()),
+        })
+}
+
+/// The validators of callers' and administrators' tokens against the Authority's `keys`.
+fn validators(config: &Config, keys: KeySource) -> (Arc<Validator>, Arc<Validator>) {
+    let authority = &config.authority;
+    let requirements = Requirements {
+        issuer: authority.issuer.clone(),
+        audiences: authority.audiences.clone(),
+        required_scope: authority.required_scope.clone(),
+        leeway_seconds: authority.leeway_seconds,
+    };
+    let admin_requirements =
+        Requirements { required_scope: config.admin.required_scope.clone(), ..requirements.clone() };
+    // Administrators are few: a small cache spares them a signature check per admin request.
+    let admin_validator = Validator::new(keys.clone(), admin_requirements, 64).uncounted();
+    let validator = Validator::new(keys, requirements, config.cache.caller_tokens);
+    (Arc::new(validator), Arc::new(admin_validator))
 }
 
 /// How the configured bundle is fetched.
@@ -496,6 +535,14 @@ pub fn settings_json(path: &Path) -> Result<String, BuildError> {
 pub fn yaml_to_json(text: &str) -> Result<String, String> {
     let value: serde_json::Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
     Ok(value.to_string())
+}
+
+/// What a new [`Live`] is built from.
+enum Rebuild {
+    /// A configuration (a reload): everything it names is read again.
+    Config(Config),
+    /// A new bundle from the live one's source (a poll): only what the bundle carries is new.
+    Bundle(Fetched),
 }
 
 /// A bundle that was refused, as `/readyz` shows it.
@@ -635,8 +682,7 @@ impl App {
                 return Ok(false);
             }
             Ok(Fetch::New(fetched)) => {
-                let config = current.config.clone();
-                self.build_and_swap(config, Arc::clone(&current), Some(fetched)).await.map(|()| true)
+                self.build_and_swap(Rebuild::Bundle(fetched), Arc::clone(&current)).await.map(|()| true)
             }
             Err(error) => Err(refused(error)),
         };
@@ -718,22 +764,33 @@ impl App {
         let mut config = Config::load(&path)?;
         let current = self.live();
         keep_restart_only(&current.config, &mut config);
-        self.build_and_swap(config, current, None).await
+        self.build_and_swap(Rebuild::Config(config), current).await
     }
 
-    /// Builds a new `Live` from `config` after `current` and swaps it in.
-    async fn build_and_swap(
-        &self,
-        config: Config,
-        current: Arc<Live>,
-        fetched: Option<Fetched>,
-    ) -> Result<(), BuildError> {
-        let record = bundle_record(self.ledger.as_ref(), &config).await;
+    /// Builds a new `Live` after `current` and swaps it in.
+    async fn build_and_swap(&self, rebuild: Rebuild, current: Arc<Live>) -> Result<(), BuildError> {
+        let config = match &rebuild {
+            Rebuild::Config(config) => config,
+            Rebuild::Bundle(_) => &current.config,
+        };
+        let record = bundle_record(self.ledger.as_ref(), config).await;
         // Compiling a policy takes a few hundred milliseconds of CPU: keep it off the workers.
         let started = std::time::Instant::now();
         let handle = tokio::runtime::Handle::current();
         let built = tokio::task::spawn_blocking(move || {
-            handle.block_on(Live::build_with(config, Some(&current), fetched, record))
+            handle.block_on(async {
+                match rebuild {
+                    Rebuild::Config(config) => Live::build_with(config, Some(&current), record).await,
+                    Rebuild::Bundle(fetched) => {
+                        let (Some(bundle_config), Some(live_bundle)) =
+                            (&current.config.policy.bundle, &current.bundle)
+                        else {
+                            return Err(BuildError::ReloadTask("a bundle was polled without one live".into()));
+                        };
+                        Live::with_polled_bundle(&current, bundle_config, live_bundle, fetched, record).await
+                    }
+                }
+            })
         })
         .await
         .map_err(|e| BuildError::ReloadTask(e.to_string()))??;

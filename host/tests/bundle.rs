@@ -851,12 +851,36 @@ fn a_bundle_from_an_https_url_is_polled_a_new_revision_picked_up_and_an_old_one_
         (count >= 2, count)
     });
 
+    // A poll applies what the bundle carries and nothing else: files changed on disk since the
+    // start wait for a reload. Here a new signing key (not yet trusted by any registry), an
+    // Authority key file and a bundle_keys file being rewritten (unreadable for now).
+    let kid = readyz(&client)["signing"]["kid"].clone();
+    let on_disk = [root.join("keys/signing-key.pem"), root.join("keys/signing-cert.pem")];
+    let saved = on_disk.clone().map(|file| std::fs::read(file).unwrap());
+    ok(&["keygen", "--out", path(&root.join("next-key"))]);
+    for (file, name) in on_disk.iter().zip(["signing-key.pem", "signing-cert.pem"]) {
+        std::fs::copy(root.join("next-key").join(name), file).unwrap();
+    }
+    let half_written = [root.join("authority/jwks.json"), cert.clone()];
+    let saved_half = half_written.clone().map(|file| std::fs::read(file).unwrap());
+    for file in &half_written {
+        std::fs::write(file, "{\"keys\": [").unwrap();
+    }
     https.serve(&rev2);
     wait_for("revision 2 picked up by polling", Duration::from_secs(30), || {
         let status = readyz(&client);
         (status["bundle"]["revision"] == 2, status)
     });
     assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull,push"]);
+    assert_eq!(readyz(&client)["signing"]["kid"], kid, "a poll signs with the key the service started with");
+    let reply = client
+        .get_basic(&query(SERVICE, &["repository:team/app:pull"]), "alice", &fixture.token(|_| {}))
+        .unwrap();
+    let header = jsonwebtoken::decode_header(reply.body["token"].as_str().unwrap()).unwrap();
+    assert_eq!(Some(header.kid.unwrap().as_str()), kid.as_str(), "{reply}");
+    for (file, bytes) in on_disk.iter().chain(&half_written).zip(saved.iter().chain(&saved_half)) {
+        std::fs::write(file, bytes).unwrap();
+    }
 
     https.serve(&rev1);
     let status = wait_for("the rollback refused", Duration::from_secs(30), || {

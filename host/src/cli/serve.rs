@@ -40,7 +40,7 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
         ),
     }
     let record = app::bundle_record(ledger.as_ref(), &config).await;
-    let live = Live::build_with(config, None, None, record).await.map_err(|e| e.to_string())?;
+    let live = Live::build_with(config, None, record).await.map_err(|e| e.to_string())?;
     tracing::info!(
         policy = live.policy.source(),
         digest = live.policy.digest(),
