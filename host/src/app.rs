@@ -365,7 +365,14 @@ async fn open_bundle(
         );
     }
     let revocations = Arc::new(RevocationSet::new(opened.revocations().to_vec()));
-    Ok(LiveBundle { source: config.source.clone(), bundle: opened, bytes, version, revocations, trusted: keys })
+    Ok(LiveBundle {
+        source: config.source.clone(),
+        bundle: opened,
+        bytes,
+        version,
+        revocations,
+        trusted: keys,
+    })
 }
 
 /// The Authority's keys an offline site's bundle carries (`authority.jwks: bundle`).
@@ -391,12 +398,19 @@ async fn bundle_policy(
     let source = format!("{} (bundle revision {})", carried.manifest().policy, carried.manifest().revision);
     let module = carried.policy();
     // A bundle whose policy does not load with its settings is a refused bundle.
-    load_module(module.wasm(), &source, carried.settings_json(), &config.policy, config.cache.decisions, previous)
-        .await
-        .map_err(|error| BuildError::Bundle {
-            source_name: live_bundle.source.to_string(),
-            error: BundleError::Policy(error.to_string()),
-        })
+    load_module(
+        module.wasm(),
+        &source,
+        carried.settings_json(),
+        &config.policy,
+        config.cache.decisions,
+        previous,
+    )
+    .await
+    .map_err(|error| BuildError::Bundle {
+        source_name: live_bundle.source.to_string(),
+        error: BundleError::Policy(error.to_string()),
+    })
 }
 
 /// The validators of callers' and administrators' tokens against the Authority's `keys`.
@@ -785,7 +799,9 @@ impl App {
                         let (Some(bundle_config), Some(live_bundle)) =
                             (&current.config.policy.bundle, &current.bundle)
                         else {
-                            return Err(BuildError::ReloadTask("a bundle was polled without one live".into()));
+                            return Err(BuildError::ReloadTask(
+                                "a bundle was polled without one live".into(),
+                            ));
                         };
                         Live::with_polled_bundle(&current, bundle_config, live_bundle, fetched, record).await
                     }
