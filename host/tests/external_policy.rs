@@ -160,6 +160,44 @@ fn the_javascript_plan_catalogue_passes_the_rust_ones_cases() {
     assert_eq!(javascript, run(None), "the same cases, the same result");
     assert_eq!(javascript, "49 passed, 0 failed");
 
+    // The same settings: what the Rust policy refuses for its type, so does the JavaScript one
+    // (which would otherwise take a string for a list of its characters, a list for a map).
+    let rule = "plans:\n  team:\n    - repositories: [\"team/*\"]\n      actions: [pull]\n";
+    for (mistyped, field) in [
+        ("revoked_licenses: LIC-0002", "revoked_licenses"),
+        ("revoked_licenses: [12345]", "revoked_licenses[0]"),
+        ("revoked_licenses: null", "revoked_licenses"),
+        ("license_expiry: [2026-12-31T00:00:00Z]", "license_expiry"),
+        ("license_expiry: {LIC-0003: 20261231}", "license_expiry.LIC-0003"),
+        ("plans: [team]", "plans"),
+        (
+            "plans:\n  team:\n    - repositories: [team/a, 7]\n      actions: [pull]",
+            "plans.team[0].repositories[1]",
+        ),
+    ] {
+        let settings = dir.path().join("mistyped.yaml");
+        let text = if mistyped.starts_with("plans") {
+            format!("{mistyped}\n")
+        } else {
+            format!("{rule}{mistyped}\n")
+        };
+        std::fs::write(&settings, text).unwrap();
+        for policy in [Some(wasm.as_path()), None] {
+            let mut command = Command::new(BIN);
+            command.args(["policy", "test", "--settings"]).arg(&settings);
+            if let Some(policy) = policy {
+                command.arg("--policy").arg(policy);
+            }
+            let output = command.arg(&cases).output().unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                !output.status.success() && stderr.contains(&format!("refused its settings: {field}: ")),
+                "{policy:?} with {mistyped:?}: {stderr}{}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+    }
+
     // Those cases ran with QuickJS's function table made its own (policy/relink.rs), as the
     // server loads it: inspect says how many slots are filled lazily instead of per instance.
     let inspect = Command::new(BIN).args(["policy", "inspect", "--json"]).arg(&wasm).output().unwrap();

@@ -19,6 +19,11 @@ function compileRule(name, rule) {
   }
   if (!Array.isArray(rule.repositories)) throw `${name}.repositories: expected a list`;
   if (!Array.isArray(rule.actions)) throw `${name}.actions: expected a list`;
+  for (const [field, list] of [["repositories", rule.repositories], ["actions", rule.actions]]) {
+    list.forEach((item, i) => {
+      if (typeof item !== "string") throw `${name}.${field}[${i}]: ${JSON.stringify(item)} is not a string`;
+    });
+  }
   if (rule.repositories.length === 0) throw `${name}: repositories is empty`;
   if (rule.actions.length === 0) throw `${name}: actions is empty`;
   const lifetime = rule.lifetime_seconds ?? null;
@@ -44,20 +49,37 @@ function configure(settings) {
     if (!SETTINGS_KEYS.has(key)) throw `unknown field \`${key}\``;
   }
   if (settings.plans === undefined) throw "missing field `plans`";
+  // The types the Rust policy's serde checks: JavaScript would take a string for a list (a set of
+  // its characters) or a list for a map (keyed "0", "1", …) and revoke or expire nothing.
   const plans = new Map();
-  for (const [plan, rules] of Object.entries(settings.plans)) {
+  for (const [plan, rules] of Object.entries(mapOf("plans", settings.plans))) {
     if (!Array.isArray(rules)) throw `plans.${plan}: expected a list of rules`;
     plans.set(plan, rules.map((rule, i) => compileRule(`plans.${plan}[${i}]`, rule)));
   }
+  const revoked = settings.revoked_licenses === undefined ? [] : settings.revoked_licenses;
+  if (!Array.isArray(revoked)) throw `revoked_licenses: expected a list of licences, not ${JSON.stringify(revoked)}`;
+  revoked.forEach((license, i) => {
+    if (typeof license !== "string") throw `revoked_licenses[${i}]: ${JSON.stringify(license)} is not a string`;
+  });
   const expiry = new Map();
-  for (const [license, date] of Object.entries(settings.license_expiry ?? {})) {
+  const expiring = settings.license_expiry === undefined ? {} : mapOf("license_expiry", settings.license_expiry);
+  for (const [license, date] of Object.entries(expiring)) {
+    if (typeof date !== "string") throw `license_expiry.${license}: ${JSON.stringify(date)} is not a string`;
     const seconds = /^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?[Zz]$/.test(date) ? Date.parse(date) / 1000 : NaN;
     if (!Number.isFinite(seconds)) {
       throw `license_expiry.${license}: ${JSON.stringify(date)} is not an RFC 3339 UTC time (2026-12-31T00:00:00Z)`;
     }
     expiry.set(license, { seconds: Math.floor(seconds), date });
   }
-  return { plans, revoked: new Set(settings.revoked_licenses ?? []), expiry };
+  return { plans, revoked: new Set(revoked), expiry };
+}
+
+/** `value` if it is a map (a JSON object); throws naming `field` otherwise. */
+function mapOf(field, value) {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    throw `${field}: expected a map, not ${JSON.stringify(value)}`;
+  }
+  return value;
 }
 
 function nothingGranted(request, why) {
