@@ -32,10 +32,11 @@ fn repo() -> std::path::PathBuf {
 }
 
 /// The shipped cases without those only a 0.2.0 guest can pass (a lifetime asked for,
-/// annotations, an expiry decided from the request time).
+/// annotations, an expiry decided from the request time), and settings without the expiries.
 fn cases_for_contract_0_1(dir: &Path) -> std::path::PathBuf {
     let text = std::fs::read_to_string(repo().join("policies/plan-catalogue/cases.yaml")).unwrap();
     let mut file: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    file["settings"].as_mapping_mut().unwrap().remove("license_expiry").unwrap();
     let cases = file["cases"].as_sequence_mut().unwrap();
     let before = cases.len();
     cases.retain(|case| {
@@ -79,10 +80,34 @@ fn the_plan_catalogue_of_each_contract_version_passes_its_cases() {
     assert_eq!(contract("builtin:plan-catalogue"), "stellaops:registry-policy@0.2.0");
     assert_eq!(contract(PLAN_CATALOGUE_V0_1_WASM), "stellaops:registry-policy@0.1.0");
 
-    // And the 0.1.0 build fails what only 0.2.0 can express, as it must.
+    // And the 0.1.0 build refuses what only 0.2.0 can decide (an expiry needs the request's time:
+    // without it no licence would ever expire), and fails the cases only 0.2.0 can express.
     let full =
         registry_token(&["policy", "test", "--policy", PLAN_CATALOGUE_V0_1_WASM, cases.to_str().unwrap()]);
-    assert_eq!(stdout(&full).lines().last(), Some("42 passed, 7 failed"));
+    assert!(!full.status.success());
+    assert!(
+        stderr(&full).contains("refused its settings: license_expiry needs the request's time"),
+        "{}",
+        stderr(&full)
+    );
+    let without_expiry = dir.path().join("cases-without-expiry.yaml");
+    let text = std::fs::read_to_string(&old_cases).unwrap();
+    let mut file: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    let all: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(&cases).unwrap()).unwrap();
+    file["cases"] = all["cases"].clone();
+    file["cases"]
+        .as_sequence_mut()
+        .unwrap()
+        .retain(|case| case.get("deny").and_then(|d| d.as_str()) != Some("licence-expired"));
+    std::fs::write(&without_expiry, serde_norway::to_string(&file).unwrap()).unwrap();
+    let full = registry_token(&[
+        "policy",
+        "test",
+        "--policy",
+        PLAN_CATALOGUE_V0_1_WASM,
+        without_expiry.to_str().unwrap(),
+    ]);
+    assert_eq!(stdout(&full).lines().last(), Some("42 passed, 6 failed"));
 }
 
 #[test]

@@ -102,6 +102,12 @@ impl TypedPolicy for PlanCatalogue {
             plans.insert(plan, rules);
         }
         let revoked_licenses = settings.revoked_licenses.into_iter().collect();
+        // Contract 0.1.0 gives no request time: an expiry would never be reached (fail open).
+        if cfg!(feature = "contract-0-1") && !settings.license_expiry.is_empty() {
+            return Err("license_expiry needs the request's time, which contract 0.1.0 does not give: \
+                        use the build for contract 0.2.0"
+                .to_owned());
+        }
         let license_expiry = settings
             .license_expiry
             .into_iter()
