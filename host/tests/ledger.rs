@@ -440,6 +440,31 @@ fn ledger_commands_refuse_a_ledger_that_is_not_there_and_revoke_says_it_creates_
         );
         assert!(!missing.exists(), "{args:?} created {}", missing.display());
     }
+    // A mistyped revocation or filter is refused before the ledger is opened, so neither is an
+    // empty one created nor a database asked.
+    for (args, error) in [
+        (&["ledger", "revoke", "subjct", "alice", "--reason", "typo"][..], "is not one of"),
+        (&["ledger", "revoke", "subject", "alice", "--reason", ""], "reason"),
+        (
+            &[
+                "ledger",
+                "revoke",
+                "subject",
+                "alice",
+                "--reason",
+                "r",
+                "--expires-at",
+                "2001-01-01T00:00:00Z",
+            ],
+            "not in the future",
+        ),
+        (&["ledger", "events", "--since", "yesterday"], "--since"),
+    ] {
+        let (code, stderr) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(error) && !stderr.contains("ledger at"), "{args:?}: {stderr}");
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+    }
 
     let (code, stderr) = run(&["ledger", "revoke", "subject", "alice", "--reason", "set up offline"]);
     assert_eq!(code, Some(0), "{stderr}");

@@ -231,21 +231,13 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
             let (sub, licence) = (name_filter("sub", sub)?, name_filter("licence", licence)?);
             let (tenant, jti) = (name_filter("tenant", tenant)?, name_filter("jti", jti)?);
             at_least_one(limit)?;
-            let ledger = open(&config, IfMissing::Refuse).await?;
             let time = |value: Option<String>, name: &str| {
                 value.map(|v| Millis::parse(&v).map_err(|e| format!("--{name}: {e}"))).transpose()
             };
-            let filter = EventFilter {
-                sub,
-                licence,
-                tenant,
-                outcome,
-                jti,
-                since: time(since, "since")?,
-                until: time(until, "until")?,
-                before_id: None,
-                limit,
-            };
+            let (since, until) = (time(since, "since")?, time(until, "until")?);
+            let ledger = open(&config, IfMissing::Refuse).await?;
+            let filter =
+                EventFilter { sub, licence, tenant, outcome, jti, since, until, before_id: None, limit };
             let events = ledger.events(&filter).await.map_err(|e| e.to_string())?;
             if json {
                 let document = serde_json::json!({ "events": events });
@@ -274,8 +266,18 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
             }
         }
         LedgerCommand::Revoke { config, kind, value, reason, expires_at, tenant } => {
-            let ledger = open(&config, IfMissing::Create).await?;
             let now = Millis::now();
+            // Checked before the ledger is opened, which creates it when it is not there yet: a
+            // mistyped revocation must not leave an empty ledger behind.
+            let request = RevocationRequest::new(
+                &kind,
+                &value,
+                &reason,
+                expires_at.as_deref(),
+                tenant.as_deref(),
+                now,
+            )?;
+            let ledger = open(&config, IfMissing::Create).await?;
             // A mistyped id, or another tenant's token, would revoke nothing, silently: say so.
             if RevocationKind::from_name(&kind) == Some(RevocationKind::RefreshToken) {
                 let Some(token) = ledger.refresh_token(&value).await.map_err(|e| e.to_string())? else {
@@ -287,14 +289,6 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
                     return Err(beyond);
                 }
             }
-            let request = RevocationRequest::new(
-                &kind,
-                &value,
-                &reason,
-                expires_at.as_deref(),
-                tenant.as_deref(),
-                now,
-            )?;
             let revocation = request.into_revocation(&actor(), None, now);
             let audit = cli_audit(Outcome::RevocationCreated, &revocation);
             ledger.revoke(&revocation, audit).await.map_err(|e| e.to_string())?;
