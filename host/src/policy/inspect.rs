@@ -1,7 +1,7 @@
 //! What a policy component is, without its settings: the contract version it implements, the
 //! metadata an SDK embedded (`registry-policy-metadata`), its imports (and whether the host would
-//! refuse one), its digest, size and how long it takes to compile. `policy inspect` prints it;
-//! the bundle code reads the contract version from it.
+//! refuse one), its digest, size and how long it takes to compile. `policy inspect` prints it.
+//! (The bundle code reads the contract version with `policy::wit_version`, from names alone.)
 
 use super::runtime::Runtime;
 use super::{Contract, Limits, sha256_hex};

@@ -1,6 +1,7 @@
-//! Loading a policy: compile → type-check against the world → instrument for wizer → instantiate
-//! → `configure(settings)` → snapshot the configured instance → compile the snapshot →
-//! type-check it → one trial instantiation. Settings are parsed once, here, never per request.
+//! Loading a policy: take it out of a componentize-qjs composition (`compose`) → give QuickJS its
+//! own function table (`relink`) → instrument for wizer → compile → type-check against the world
+//! → instantiate → `configure(settings)` → snapshot the configured instance → compile the
+//! snapshot → type-check it → one trial instantiation. Settings are parsed once, here, never per request.
 
 use super::cache::DecisionCache;
 use super::runtime::{Runtime, within};
