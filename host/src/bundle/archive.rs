@@ -43,15 +43,21 @@ pub(super) fn read(bytes: &[u8], max_bytes: u64) -> Result<BTreeMap<&'static str
         )));
     }
     let stream =
-        Capped { inner: flate2::read::GzDecoder::new(bytes), read: 0, limit: max_bytes, exceeded: false };
+        Capped { inner: flate2::bufread::GzDecoder::new(bytes), read: 0, limit: max_bytes, exceeded: false };
     let mut archive = tar::Archive::new(stream);
     let entries = read_entries(&mut archive, max_bytes);
     let mut stream = archive.into_inner();
     // The rest of the stream (the tar's end, any padding) is read too: it counts towards the limit,
-    // and the gzip checksum is verified at its end.
+    // and the gzip checksum is verified at its end. Nothing may follow the gzip stream: bytes
+    // appended to a bundle would change its file's hash but not what it holds.
     let result = entries.and_then(|files| {
         std::io::copy(&mut stream, &mut std::io::sink()).map_err(malformed)?;
-        Ok(files)
+        match stream.inner.get_ref().len() {
+            0 => Ok(files),
+            after => Err(BundleError::Malformed(format!(
+                "not a gzip'd tar: {after} bytes follow the end of its gzip stream"
+            ))),
+        }
     });
     match result {
         Err(_) if stream.exceeded => Err(BundleError::TooLarge(format!(
@@ -171,6 +177,18 @@ mod tests {
         let first = write(&files()).unwrap();
         assert_eq!(first, write(&files()).unwrap());
         assert_eq!(read(&first, 1 << 20).unwrap(), files());
+    }
+
+    #[test]
+    fn bytes_after_the_gzip_stream_are_refused() {
+        let bundle = write(&files()).unwrap();
+        for after in [&b"junk"[..], &bundle] {
+            let error = read(&[bundle.as_slice(), after].concat(), 1 << 20).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("{} bytes follow the end of its gzip stream", after.len())),
+                "{error}"
+            );
+        }
     }
 
     #[test]
