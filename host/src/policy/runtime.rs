@@ -81,7 +81,10 @@ pub struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
     output: MemoryOutputPipe,
+    /// The cap on all of the store's linear memories together (a QuickJS guest has two).
     memory_cap: usize,
+    /// What the store's linear memories take together, as they were created and grown.
+    memory_used: usize,
 }
 
 impl WasiView for GuestState {
@@ -91,15 +94,19 @@ impl WasiView for GuestState {
 }
 
 impl wasmtime::ResourceLimiter for GuestState {
+    /// Called as each memory is created (from 0) and grown: the cap holds for their sum, so a
+    /// guest cannot take it once per memory.
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_cap {
+        let used = self.memory_used.saturating_sub(current).saturating_add(desired);
+        if used > self.memory_cap {
             return Err(MemoryCapReached.into());
         }
+        self.memory_used = used;
         Ok(true)
     }
 
@@ -277,8 +284,13 @@ impl Runtime {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let state =
-            GuestState { wasi, table: ResourceTable::new(), output, memory_cap: self.limits.memory_bytes };
+        let state = GuestState {
+            wasi,
+            table: ResourceTable::new(),
+            output,
+            memory_cap: self.limits.memory_bytes,
+            memory_used: 0,
+        };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state);
         Self::set_deadline(&mut store, timeout);
@@ -427,4 +439,31 @@ fn spawn_ticker(engine: &Engine, tick: Duration) -> std::io::Result<()> {
 /// An error with its causes, for load-time messages (never sent to clients).
 fn chain(error: &wasmtime::Error) -> String {
     error.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component of two core modules, each with a linear memory of `pages` 64 KiB pages.
+    fn two_memories(runtime: &Runtime, pages: u32) -> Component {
+        let text = format!(
+            "(component (core module $a (memory {pages})) (core module $b (memory {pages}))
+               (core instance (instantiate $a)) (core instance (instantiate $b)))"
+        );
+        Component::new(runtime.engine(), wat::parse_str(text).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_memory_cap_holds_for_all_of_a_stores_memories_together() {
+        let runtime = Runtime::new(Limits { memory_bytes: 16 << 20, ..Limits::default() }, None).unwrap();
+        let linker = Linker::<GuestState>::new(runtime.engine());
+        // 2 × 6.25 MiB fit in 16 MiB.
+        let mut store = runtime.store(Duration::from_secs(5));
+        linker.instantiate_async(&mut store, &two_memories(&runtime, 100)).await.unwrap();
+        // 2 × 12.5 MiB do not, though each alone would.
+        let mut store = runtime.store(Duration::from_secs(5));
+        let error = linker.instantiate_async(&mut store, &two_memories(&runtime, 200)).await.unwrap_err();
+        assert!(error.chain().any(|cause| cause.is::<MemoryCapReached>()), "{error:?}");
+    }
 }
