@@ -682,6 +682,10 @@ fn the_admin_api_refuses_bad_input_and_bad_credentials_and_writes_nothing() {
         let reply = admin.get_bearer(&format!("/admin/v1/events{query}"), &token).unwrap();
         assert_eq!(reply.status, 400, "{query}: {reply}");
     }
+    // One filter under its two spellings is given twice too.
+    let reply = admin.get_bearer("/admin/v1/events?licence=A&license=B", &token).unwrap();
+    assert_eq!(reply.status, 400, "{reply}");
+    assert_eq!(reply.body["message"], "licence is given more than once (as licence and license)", "{reply}");
     assert_eq!(admin.get_bearer("/admin/v1/events/not-a-uuid", &token).unwrap().status, 400);
     assert_eq!(admin.delete_bearer("/admin/v1/revocations/1%27%20OR%201=1", &token).unwrap().status, 400);
     assert_eq!(admin.get_bearer("/admin/v1/nothing", &token).unwrap().status, 404);

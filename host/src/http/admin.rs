@@ -152,12 +152,15 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-/// The query's parameters, each given at most once (a repeated filter is refused, not half-applied).
+/// The query's parameters, each given at most once, under either spelling (`licence`, `license`):
+/// a repeated filter is refused, not half-applied.
 fn once_each(params: &Params) -> Result<Vec<(&str, &str)>, AdminError> {
+    let filter = |name: &str| if name == "license" { "licence" } else { name }.to_owned();
     let mut seen: Vec<(&str, &str)> = Vec::new();
     for (name, value) in params.iter() {
-        if seen.iter().any(|(before, _)| *before == name) {
-            return Err(AdminError::BadRequest(format!("{name} is given more than once")));
+        if let Some((before, _)) = seen.iter().find(|(before, _)| filter(before) == filter(name)) {
+            let spelled = if *before == name { String::new() } else { format!(" (as {before} and {name})") };
+            return Err(AdminError::BadRequest(format!("{} is given more than once{spelled}", filter(name))));
         }
         seen.push((name, value));
     }
