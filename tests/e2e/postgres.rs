@@ -248,6 +248,8 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
     });
     let c = Server::start(BIN, &bundled.config_path);
     let c_client = c.client();
+    // A fourth replica, stopped during the outage below with events it could not write.
+    let mut d = Server::start(BIN, &fixture.config_path);
     readyz_until(&c_client, "replica C serving revision 1", |s| s["bundle"]["revision"] == 1);
     wait_for_recorded_revision(&cluster, "1");
 
@@ -318,6 +320,15 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
     );
     assert!(message.contains("the bundle is applied only once it can be checked against it"), "{status}");
     assert_eq!(status["bundle"]["revision"], 1, "{status}");
+    // Replica D is stopped holding events it cannot write (refusals are queued, not refused):
+    // it says they are lost and exits with an error, not as a clean stop.
+    for _ in 0..3 {
+        assert_eq!(d.client().get_bearer(&query(SERVICE, &[PULL]), "not.a.token").unwrap().status, 401);
+    }
+    d.signal("TERM");
+    let exit = d.wait(Duration::from_secs(30));
+    assert_eq!(exit.code(), Some(2), "{}", d.stderr());
+    assert!(d.stderr().contains("ledger events unwritten (lost)"), "{}", d.stderr());
     cluster.start_again();
     let resumed_at = Instant::now();
     wait_for("tokens again after PostgreSQL came back", &|| {

@@ -110,7 +110,11 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
     if let Some(ledger) = &service.ledger
         && let Err(error) = ledger.flush(Duration::from_secs(5)).await
     {
-        tracing::error!(%error, queued = ledger.health().queued, "events still queued at exit are lost");
+        let queued = ledger.health().queued;
+        tracing::error!(%error, queued, "events still queued at exit are lost");
+        // Not a clean stop: a supervisor (and whoever reads its log) must see that audit events
+        // were lost.
+        return Err(format!("stopped with {queued} ledger events unwritten (lost): {error}"));
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
