@@ -2,9 +2,9 @@
 //! `bundle push`, which puts one in a registry as an OCI artifact of its own media type.
 //!
 //! Every fetch is bounded by the size limit before the bytes are kept: a file by its length, an
-//! HTTPS answer by its `Content-Length` and then by what arrives, an OCI layer by the size its
-//! manifest declares and then by what arrives (whose SHA-256 must be the digest the manifest
-//! names). HTTPS fetches are conditional (`If-None-Match` with the last `ETag`), OCI ones compare
+//! HTTPS answer by its `Content-Length` and then by what arrives, an OCI manifest by 4 MiB (read
+//! here, not by oci-client, which reads one whole), an OCI layer by the size its manifest declares
+//! and then by what arrives (whose SHA-256 must be the digest the manifest names). HTTPS fetches are conditional (`If-None-Match` with the last `ETag`), OCI ones compare
 //! the manifest's digest: an unchanged bundle is not downloaded again.
 
 use super::{ARTIFACT_TYPE, BundleError, CONFIG_MEDIA_TYPE, MEDIA_TYPE};
@@ -186,13 +186,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 /// sidecar on the same host), HTTPS trusting `ca_file` too otherwise.
 fn oci_client(reference: &Reference, options: &FetchOptions) -> Result<Client, BundleError> {
     let registry = reference.registry().to_owned();
-    let host = registry.rsplit_once(':').map_or(registry.as_str(), |(host, _)| host);
-    let loopback = host == "localhost"
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    let loopback = is_loopback(reference);
     let extra_root_certificates = extra_roots(options.ca_file.as_deref())?
         .into_iter()
         .map(|data| Certificate { encoding: CertificateEncoding::Pem, data })
@@ -208,6 +202,93 @@ fn oci_client(reference: &Reference, options: &FetchOptions) -> Result<Client, B
     };
     Client::try_from(config)
         .map_err(|e| BundleError::Unavailable(format!("cannot set up the OCI client: {e}")))
+}
+
+/// Whether `reference`'s registry is on this host (spoken to over plain HTTP).
+fn is_loopback(reference: &Reference) -> bool {
+    let registry = reference.registry();
+    let host = registry.rsplit_once(':').map_or(registry, |(host, _)| host);
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The largest manifest read (distribution's own limit): a bundle's is a few hundred bytes.
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// The manifest `reference` names, and its digest, read at most [`MAX_MANIFEST_BYTES`] of it
+/// (oci-client reads a manifest whole, whatever its size). Authenticates through `client`, which
+/// keeps the token for the layer's pull.
+async fn pull_manifest(
+    client: &Client,
+    reference: &Reference,
+    auth: &RegistryAuth,
+    options: &FetchOptions,
+    reference_text: &str,
+) -> Result<(Vec<u8>, String), BundleError> {
+    let failed =
+        |reason: String| BundleError::Unavailable(format!("cannot pull oci://{reference_text}: {reason}"));
+    let token = client
+        .auth(reference, auth, oci_client::RegistryOperation::Pull)
+        .await
+        .map_err(|e| failed(error_chain(&e)))?;
+    let mut builder = reqwest::Client::builder()
+        .timeout(options.timeout)
+        .https_only(!is_loopback(reference))
+        .redirect(reqwest::redirect::Policy::limited(3));
+    for pem in extra_roots(options.ca_file.as_deref())? {
+        let certificate = reqwest::Certificate::from_pem(&pem).map_err(|e| failed(e.to_string()))?;
+        builder = builder.add_root_certificate(certificate);
+    }
+    let http = builder.build().map_err(|e| failed(e.to_string()))?;
+    let url = format!(
+        "{scheme}://{registry}/v2/{repository}/manifests/{name}",
+        scheme = if is_loopback(reference) { "http" } else { "https" },
+        registry = reference.resolve_registry(),
+        repository = reference.repository(),
+        name = reference.digest().or(reference.tag()).unwrap_or("latest"),
+    );
+    let mut request = http.get(&url).header(reqwest::header::ACCEPT, OCI_IMAGE_MEDIA_TYPE);
+    request = match (token, auth) {
+        (Some(token), _) => request.bearer_auth(token),
+        (None, RegistryAuth::Basic(username, password)) => request.basic_auth(username, Some(password)),
+        (None, _) => request,
+    };
+    let mut response = request.send().await.map_err(|e| failed(error_chain(&e)))?;
+    if !response.status().is_success() {
+        return Err(failed(format!("HTTP {} for its manifest", response.status())));
+    }
+    let too_large = || {
+        BundleError::TooLarge(format!(
+            "oci://{reference_text}: its manifest is more than {MAX_MANIFEST_BYTES} bytes; a bundle's is a few hundred"
+        ))
+    };
+    if response.content_length().is_some_and(|length| length > MAX_MANIFEST_BYTES as u64) {
+        return Err(too_large());
+    }
+    let said =
+        response.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| failed(error_chain(&e)))? {
+        if bytes.len() + chunk.len() > MAX_MANIFEST_BYTES {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let digest = format!("sha256:{}", data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(&bytes)));
+    for (whose, expected) in [("the registry", said.as_deref()), ("the reference", reference.digest())] {
+        if let Some(expected) = expected
+            && expected != digest
+        {
+            return Err(BundleError::Digest(format!(
+                "oci://{reference_text}: its manifest is {digest}, not the {expected} {whose} names"
+            )));
+        }
+    }
+    Ok((bytes, digest))
 }
 
 /// Who to be at the registry: anonymous, or the user name and the password file's first line.
@@ -251,8 +332,7 @@ async fn fetch_oci(
     let reference = parse_reference(reference_text)?;
     let client = oci_client(&reference, options)?;
     let auth = credentials(options)?;
-    let (manifest_bytes, digest) =
-        client.pull_manifest_raw(&reference, &auth, &[OCI_IMAGE_MEDIA_TYPE]).await.map_err(|e| failed(&e))?;
+    let (manifest_bytes, digest) = pull_manifest(&client, &reference, &auth, options, reference_text).await?;
     if known == Some(digest.as_str()) {
         return Ok(Fetch::Unchanged);
     }
@@ -392,6 +472,24 @@ mod tests {
         };
         assert!(message.contains("did not finish within 2s"), "{message}");
         assert!(took < Duration::from_secs(6), "the pull ended after {took:?}");
+    }
+
+    /// A manifest larger than any bundle's is refused once the limit is reached, whether the
+    /// registry says its length or not, instead of being read whole (as oci-client would).
+    #[tokio::test]
+    async fn a_huge_manifest_is_refused_at_the_limit() {
+        let huge = vec![b' '; 3 * MAX_MANIFEST_BYTES];
+        let unsaid =
+            format!("HTTP/1.1 200 OK\r\nContent-Type: {OCI_IMAGE_MEDIA_TYPE}\r\nConnection: close\r\n\r\n");
+        for head in [manifest_head(huge.len()), unsaid] {
+            let registry = registry(head, huge.clone(), 64, Duration::ZERO);
+            let source = BundleSource::Oci(format!("{registry}/team/policy:live"));
+            let result = fetch(&source, &options(Duration::from_secs(10)), None).await;
+            let Err(BundleError::TooLarge(message)) = result else {
+                panic!("a huge manifest gave {:?}", result.map(|_| "a bundle"))
+            };
+            assert!(message.contains("its manifest is more than 4194304 bytes"), "{message}");
+        }
     }
 
     /// A manifest whose layer names URLs (a "foreign" layer) is refused before any blob is
