@@ -63,6 +63,16 @@ cases:
     assert!(stdout.contains("expected grant [repository:team/app:pull,push]"), "{stdout}");
     assert!(stdout.contains("actual   grant [repository:team/app:pull]"), "{stdout}");
     assert_eq!(stdout.lines().last(), Some("1 passed, 1 failed"));
+
+    // A file without cases would pass while testing nothing: refused.
+    std::fs::write(&cases, "settings: {plans: {}}\ncases: []\n").unwrap();
+    let output = run(&["policy", "test", cases.to_str().unwrap()]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no cases; a case file without any would pass while testing nothing"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -358,18 +358,9 @@ async fn test(max_bytes: u64, timeout_ms: u64, memory_mib: u64, path: &Path) -> 
     let policy = load_module(module.wasm(), &source, bundle.settings_json(), &limits, 0, None)
         .await
         .map_err(|e| e.to_string())?;
-    let (mut passed, mut failed) = (0usize, 0usize);
-    for outcome in cases::run(&policy, &file).await {
-        match outcome.failure {
-            None => passed += 1,
-            Some(failure) => {
-                failed += 1;
-                println!("FAIL {origin}: {}\n    {failure}", outcome.name);
-            }
-        }
-    }
-    println!("{passed} passed, {failed} failed");
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let mut tally = cases::Tally::default();
+    tally.run(&policy, &file, &origin).await?;
+    Ok(tally.report())
 }
 
 async fn push(path: &Path, reference: &str, options: &FetchOptions) -> Result<ExitCode, String> {

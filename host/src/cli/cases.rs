@@ -213,6 +213,41 @@ pub async fn run(policy: &Policy, file: &CaseFile) -> Vec<CaseResult> {
     outcomes
 }
 
+/// The cases passed and failed over one or more case files (`policy test`, `bundle test`).
+#[derive(Debug, Default)]
+pub struct Tally {
+    passed: usize,
+    failed: usize,
+}
+
+impl Tally {
+    /// Runs `file` (read from `origin`) through `policy`, printing each failure. A file without
+    /// cases is an error: it would pass while testing nothing.
+    pub async fn run(&mut self, policy: &Policy, file: &CaseFile, origin: &str) -> Result<(), String> {
+        if file.cases.is_empty() {
+            return Err(format!(
+                "{origin}: no cases; a case file without any would pass while testing nothing"
+            ));
+        }
+        for outcome in run(policy, file).await {
+            match outcome.failure {
+                None => self.passed += 1,
+                Some(failure) => {
+                    self.failed += 1;
+                    println!("FAIL {origin}: {}\n    {failure}", outcome.name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Prints `N passed, N failed`; the exit code says whether any failed.
+    pub fn report(&self) -> std::process::ExitCode {
+        println!("{} passed, {} failed", self.passed, self.failed);
+        if self.failed == 0 { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE }
+    }
+}
+
 async fn run_case(policy: &Policy, file: &CaseFile, case: &Case) -> Result<(), String> {
     let expectations = [case.grant.is_some(), case.deny.is_some(), case.fault.is_some()];
     if expectations.iter().filter(|e| **e).count() > 1 {

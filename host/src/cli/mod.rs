@@ -336,23 +336,14 @@ fn policy_config(source: &PolicySource) -> PolicyConfig {
 }
 
 async fn policy_test(source: &PolicySource, files: &[PathBuf]) -> Result<ExitCode, String> {
-    let (mut passed, mut failed) = (0usize, 0usize);
+    let mut tally = cases::Tally::default();
     for path in files {
         let (file, settings) = cases::read(path, source.settings.as_deref())?;
         let policy =
             load_policy_with(&policy_config(source), &settings, 0, None).await.map_err(|e| e.to_string())?;
-        for outcome in cases::run(&policy, &file).await {
-            match outcome.failure {
-                None => passed += 1,
-                Some(failure) => {
-                    failed += 1;
-                    println!("FAIL {}: {}\n    {failure}", path.display(), outcome.name);
-                }
-            }
-        }
+        tally.run(&policy, &file, &path.display().to_string()).await?;
     }
-    println!("{passed} passed, {failed} failed");
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(tally.report())
 }
 
 async fn policy_bench(source: &PolicySource, runs: usize, files: &[PathBuf]) -> Result<ExitCode, String> {
