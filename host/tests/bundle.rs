@@ -1190,6 +1190,11 @@ fn a_ledger_export_is_deterministic_signed_and_an_edited_line_is_named() {
         std::fs::read(root.join("second.jsonl.sig")).unwrap(),
         "RS256 over the same lines: the same signature"
     );
+    // A kid names the key given to sign with; without one it would be ignored, so it is refused.
+    let nowhere = root.join("nowhere.jsonl");
+    let said = refused(&["ledger", "export", "--config", &config, "--kid", "mine", "--out", path(&nowhere)]);
+    assert!(said.contains("--kid") && said.contains("--key"), "{said}");
+    assert!(!nowhere.exists());
     let exported = std::fs::read_to_string(&first).unwrap();
     let lines: Vec<&str> = exported.lines().collect();
     assert_eq!(lines.len(), 4);

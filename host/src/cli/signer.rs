@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 /// `--key FILE`, or `--pkcs11 MODULE --token-label T --key-label K --pin-file P`; and `--kid`.
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("signing_key").args(["key", "pkcs11"]).multiple(false))]
 pub(super) struct SignerArgs {
     /// The private key (PEM, mode 0600): an RSA key signs RS256, a P-256 key ES256.
     #[arg(long, value_name = "FILE", conflicts_with = "pkcs11")]
@@ -27,8 +28,8 @@ pub(super) struct SignerArgs {
     pin_file: Option<PathBuf>,
     /// The `kid` the signature names; default: the key's RFC 7638 thumbprint (a PEM key or
     /// certificate given to the verifier is known by it, and a JWKS written by `keys export` names
-    /// keys so).
-    #[arg(long)]
+    /// keys so). Only with a key to sign with.
+    #[arg(long, requires = "signing_key")]
     kid: Option<String>,
 }
 
