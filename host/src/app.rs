@@ -554,7 +554,7 @@ pub fn yaml_to_json(text: &str) -> Result<String, String> {
 /// What a new [`Live`] is built from.
 enum Rebuild {
     /// A configuration (a reload): everything it names is read again.
-    Config(Config),
+    Config(Box<Config>),
     /// A new bundle from the live one's source (a poll): only what the bundle carries is new.
     Bundle(Fetched),
 }
@@ -778,7 +778,7 @@ impl App {
         let mut config = Config::load(&path)?;
         let current = self.live();
         keep_restart_only(&current.config, &mut config);
-        self.build_and_swap(Rebuild::Config(config), current).await
+        self.build_and_swap(Rebuild::Config(Box::new(config)), current).await
     }
 
     /// Builds a new `Live` after `current` and swaps it in.
@@ -794,7 +794,7 @@ impl App {
         let built = tokio::task::spawn_blocking(move || {
             handle.block_on(async {
                 match rebuild {
-                    Rebuild::Config(config) => Live::build_with(config, Some(&current), record).await,
+                    Rebuild::Config(config) => Live::build_with(*config, Some(&current), record).await,
                     Rebuild::Bundle(fetched) => {
                         let (Some(bundle_config), Some(live_bundle)) =
                             (&current.config.policy.bundle, &current.bundle)
