@@ -239,3 +239,40 @@ fn with_watch_on_a_changed_settings_file_reloads_by_itself() {
     assert!(server.stderr().contains("a watched file changed: reloading"));
     eprintln!("watch: reloaded {:?} after the file changed", changed.elapsed());
 }
+
+/// A Kubernetes ConfigMap volume: `plans.yaml` links to `..data/plans.yaml`, and an update makes
+/// a new directory and swaps the `..data` link to it (no file named `plans.yaml` changes).
+#[test]
+fn with_watch_a_kubernetes_volume_update_reloads_by_itself() {
+    let mut fixture = Fixture::with(|config| config.watch = Some(true));
+    let volume = fixture.root().join("configmap");
+    let version = |name: &str, revoked: &[&str]| {
+        std::fs::create_dir_all(volume.join(name)).unwrap();
+        std::fs::write(volume.join(name).join("plans.yaml"), plans_revoking(revoked)).unwrap();
+    };
+    version("..2026_12_04_10_00_00.1", &["LIC-0002"]);
+    std::os::unix::fs::symlink("..2026_12_04_10_00_00.1", volume.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/plans.yaml", volume.join("plans.yaml")).unwrap();
+    fixture.reconfigure(|config| config.policy.settings_file = Some(volume.join("plans.yaml")));
+    let server = Server::start(BIN, &fixture.config_path);
+    let client = server.client();
+    let token = fixture.token(|t| t.license = Some("LIC-0003".into()));
+    let pull = query(SERVICE, &["repository:team/app:pull"]);
+    assert_eq!(client.get_bearer(&pull, &token).unwrap().status, 200);
+
+    // The kubelet's update: a new directory, a new link, renamed over `..data`.
+    let before = client.settings_version();
+    version("..2026_12_04_10_05_00.2", &["LIC-0002", "LIC-0003"]);
+    std::os::unix::fs::symlink("..2026_12_04_10_05_00.2", volume.join("..data_tmp")).unwrap();
+    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+    let changed = Instant::now();
+    while client.settings_version() == before {
+        assert!(
+            changed.elapsed() < Duration::from_secs(10),
+            "no reload after the swap:\n{}",
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(client.get_bearer(&pull, &token).unwrap().status, 403);
+}

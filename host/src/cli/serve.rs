@@ -229,7 +229,11 @@ fn watched_files(config_path: &Path, config: &Config) -> Vec<PathBuf> {
 }
 
 /// Watches the directories of a set of files (editors replace files by renaming, which a watch on
-/// the file itself would miss) and reports changes to those files.
+/// the file itself would miss) and reports changes to those files. A Kubernetes ConfigMap or
+/// Secret volume changes none of its files' names: each is a link through `..data`, which the
+/// kubelet swaps for a new directory; a change to `..data` beside a watched file is reported too.
+const KUBERNETES_DATA: &str = "..data";
+
 struct FileWatcher {
     watcher: notify::RecommendedWatcher,
     files: Arc<std::sync::Mutex<Vec<PathBuf>>>,
@@ -246,10 +250,12 @@ impl FileWatcher {
                 return;
             }
             let ours = wanted.lock().is_ok_and(|files| {
-                event
-                    .paths
-                    .iter()
-                    .any(|p| files.iter().any(|f| p.file_name() == f.file_name() && p.parent() == f.parent()))
+                event.paths.iter().any(|p| {
+                    let swapped = p.file_name().is_some_and(|name| name == KUBERNETES_DATA);
+                    files
+                        .iter()
+                        .any(|f| (swapped || p.file_name() == f.file_name()) && p.parent() == f.parent())
+                })
             });
             if ours {
                 let _ = changed.send(());
