@@ -5,16 +5,24 @@
 //! (every call "not available": a policy loads no modules at run time), so the loader takes the
 //! policy component out of the composition and loads it alone.
 //!
-//! Only that shape is unwrapped, and strictly: a component with no code of its own (no core
-//! module, core instance or canonical function: nothing it exports can be made by it), exactly
-//! two nested components, one importing the module loader (the policy) and one exporting the
-//! module loader and nothing else (the stub), and no module loader among its own imports. Then
-//! everything the composition can export comes from the policy: loading the policy alone runs
-//! the same code. Anything else (a "guard" around the policy, say) is loaded as it is, and
+//! Only that shape is unwrapped, and strictly, so that loading the policy alone runs exactly the
+//! code the composition would:
+//! * exactly two nested components, each instantiated once: the policy (it imports the module
+//!   loader) and the stub (it imports nothing and exports the module loader, nothing else);
+//! * the outer component makes nothing of its own: no core module, core instance or canonical
+//!   function, no instance from exports, no component or module taken from an instance;
+//! * from the stub's instance it takes the module loader only; everything it exports is the
+//!   policy's (a function or instance of the policy's instance), and it does not import the
+//!   module loader itself.
+//!
+//! Anything else (a "guard" around the policy, say, however it is wired) is loaded as it is, and
 //! refused if it is not a policy.
 
 use super::runtime::MODULE_LOADER;
-use wasmparser::{Parser, Payload};
+use wasmparser::{
+    ComponentAlias, ComponentExternalKind, ComponentInstance, ComponentOuterAliasKind, ComponentTypeRef,
+    Parser, Payload,
+};
 
 /// The component to load for `module`: the policy component inside a componentize-qjs
 /// composition, or `module` itself.
@@ -22,11 +30,39 @@ pub fn policy_component(module: &[u8]) -> &[u8] {
     composed_policy(module).unwrap_or(module)
 }
 
-/// A component nested in the outermost one: where it is, and how it names the module loader.
+/// A component nested in the outermost one: where it is, what it imports and exports.
 struct Nested {
     range: std::ops::Range<usize>,
-    imports_loader: bool,
+    imports: Vec<String>,
     exports: Vec<String>,
+}
+
+impl Nested {
+    fn is_policy(&self) -> bool {
+        self.imports.iter().any(|name| is_loader(name))
+    }
+
+    fn is_stub(&self) -> bool {
+        self.imports.is_empty() && matches!(self.exports.as_slice(), [name] if is_loader(name))
+    }
+}
+
+/// The module loader's interface name, with or without a version.
+fn is_loader(name: &str) -> bool {
+    name.strip_prefix(MODULE_LOADER).is_some_and(|rest| rest.is_empty() || rest.starts_with('@'))
+}
+
+/// Where an instance or function of the outer component comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The host (an import).
+    Import,
+    /// The policy's instance, or something of it.
+    Policy,
+    /// The stub's instance.
+    Stub,
+    /// The module loader the stub exports.
+    Loader,
 }
 
 fn composed_policy(module: &[u8]) -> Option<&[u8]> {
@@ -34,64 +70,125 @@ fn composed_policy(module: &[u8]) -> Option<&[u8]> {
         return None;
     }
     let mut nested: Vec<Nested> = Vec::new();
-    let mut outer_imports_loader = false;
-    let mut outer_has_code = false;
+    // The outer component's index spaces that matter: components, instances, functions.
+    let (mut components, mut instances, mut funcs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut instantiated: Vec<usize> = Vec::new();
     let mut depth = 0usize;
     for payload in Parser::new(0).parse_all(module) {
         let payload = payload.ok()?;
-        match payload {
-            Payload::Version { .. } => depth += 1,
-            Payload::End(_) => depth = depth.saturating_sub(1),
-            Payload::ComponentSection { unchecked_range, .. } if depth == 1 => {
-                nested.push(Nested { range: unchecked_range, imports_loader: false, exports: Vec::new() });
-            }
-            Payload::ModuleSection { .. }
-            | Payload::InstanceSection(_)
-            | Payload::ComponentCanonicalSection(_)
-                if depth == 1 =>
-            {
-                outer_has_code = true;
-            }
-            Payload::ComponentImportSection(imports) if depth <= 2 => {
+        match (depth, payload) {
+            (_, Payload::Version { .. }) => depth += 1,
+            (_, Payload::End(_)) => depth = depth.saturating_sub(1),
+            (2, Payload::ComponentImportSection(imports)) => {
                 for import in imports {
-                    if !import.ok()?.name.name.starts_with(MODULE_LOADER) {
-                        continue;
-                    }
-                    match (depth, nested.last_mut()) {
-                        (1, _) => outer_imports_loader = true,
-                        (_, Some(component)) => component.imports_loader = true,
-                        (_, None) => {}
-                    }
+                    nested.last_mut()?.imports.push(import.ok()?.name.name.to_owned());
                 }
             }
-            Payload::ComponentExportSection(exports) if depth == 2 => {
+            (2, Payload::ComponentExportSection(exports)) => {
                 for export in exports {
-                    let name = export.ok()?.name.name.to_owned();
-                    if let Some(component) = nested.last_mut() {
-                        component.exports.push(name);
+                    nested.last_mut()?.exports.push(export.ok()?.name.name.to_owned());
+                }
+            }
+            (1, Payload::ComponentSection { unchecked_range, .. }) => {
+                components.push(nested.len());
+                nested.push(Nested { range: unchecked_range, imports: Vec::new(), exports: Vec::new() });
+            }
+            (1, Payload::ComponentImportSection(imports)) => {
+                for import in imports {
+                    let import = import.ok()?;
+                    if is_loader(import.name.name) {
+                        return None;
+                    }
+                    match import.ty {
+                        ComponentTypeRef::Instance(_) => instances.push(Origin::Import),
+                        ComponentTypeRef::Func(_) => funcs.push(Origin::Import),
+                        ComponentTypeRef::Type(_) => {}
+                        _ => return None,
                     }
                 }
             }
+            (1, Payload::ComponentTypeSection(_) | Payload::CustomSection(_)) => {}
+            (1, Payload::ComponentInstanceSection(section)) => {
+                for instance in section {
+                    let ComponentInstance::Instantiate { component_index, .. } = instance.ok()? else {
+                        return None;
+                    };
+                    let index = *components.get(component_index as usize)?;
+                    instantiated.push(index);
+                    instances.push(if nested[index].is_policy() { Origin::Policy } else { Origin::Stub });
+                }
+            }
+            (1, Payload::ComponentAliasSection(section)) => {
+                for alias in section {
+                    match alias.ok()? {
+                        ComponentAlias::InstanceExport { kind, instance_index, name } => {
+                            let from = *instances.get(instance_index as usize)?;
+                            match (kind, from) {
+                                (ComponentExternalKind::Type, _) => {}
+                                (ComponentExternalKind::Instance, Origin::Stub) if is_loader(name) => {
+                                    instances.push(Origin::Loader)
+                                }
+                                (ComponentExternalKind::Instance, Origin::Import | Origin::Policy) => {
+                                    instances.push(from)
+                                }
+                                (ComponentExternalKind::Func, Origin::Import | Origin::Policy) => {
+                                    funcs.push(from)
+                                }
+                                _ => return None,
+                            }
+                        }
+                        ComponentAlias::Outer { kind: ComponentOuterAliasKind::Type, .. } => {}
+                        _ => return None,
+                    }
+                }
+            }
+            (1, Payload::ComponentExportSection(exports)) => {
+                for export in exports {
+                    let export = export.ok()?;
+                    let space = match export.kind {
+                        ComponentExternalKind::Type => continue,
+                        ComponentExternalKind::Func => &mut funcs,
+                        ComponentExternalKind::Instance => &mut instances,
+                        _ => return None,
+                    };
+                    if space.get(export.index as usize) != Some(&Origin::Policy) {
+                        return None;
+                    }
+                    space.push(Origin::Policy);
+                }
+            }
+            // Code of the outer component's own, or anything not expected there.
+            (1, _) => return None,
             _ => {}
         }
     }
-    if outer_imports_loader || outer_has_code {
-        return None;
-    }
     let [first, second] = nested.as_slice() else { return None };
-    let (policy, stub) = if first.imports_loader { (first, second) } else { (second, first) };
-    let stub_only_loads =
-        !stub.imports_loader && stub.exports.iter().all(|name| name.starts_with(MODULE_LOADER));
-    if policy.imports_loader && stub_only_loads { module.get(policy.range.clone()) } else { None }
+    let (policy, stub) = if first.is_policy() { (first, second) } else { (second, first) };
+    instantiated.sort_unstable();
+    let each_once = instantiated == [0, 1];
+    if each_once && policy.is_policy() && stub.is_stub() { module.get(policy.range.clone()) } else { None }
 }
 
 #[cfg(test)]
 mod tests {
     use super::policy_component;
 
-    /// A composition as componentize-qjs makes one, with `extra` inside the outer component and
-    /// `stub_extra` inside the stub.
-    fn composition(extra: &str, stub_extra: &str) -> Vec<u8> {
+    /// The parts of a composition a test changes: what the stub's loader instance exports
+    /// besides `load`, what the stub exports besides the loader, what the outer component holds
+    /// besides the two instances, and what it exports.
+    #[derive(Default)]
+    struct Shape {
+        loader: &'static str,
+        stub: &'static str,
+        outer: &'static str,
+        export: Option<&'static str>,
+    }
+
+    /// A composition as componentize-qjs makes one (policy, stub, the policy's exports
+    /// re-exported), changed by `shape`.
+    fn composition(shape: Shape) -> Vec<u8> {
+        let Shape { loader, stub, outer, export } = shape;
+        let export = export.unwrap_or(r#"(export "evaluate" (func $policy "evaluate"))"#);
         let text = format!(
             r#"(component
                 (component $policy
@@ -100,43 +197,66 @@ mod tests {
                   (core instance $i (instantiate $m))
                   (func (export "evaluate") (canon lift (core func $i "evaluate"))))
                 (component $stub
-                  (core module $m (func (export "load") (param i32)))
+                  (core module $m (func (export "load") (param i32)) (func (export "evaluate")))
                   (core instance $i (instantiate $m))
                   (func $load (param "id" u32) (canon lift (core func $i "load")))
-                  (instance $loader (export "load" (func $load)))
+                  (func $guard (canon lift (core func $i "evaluate")))
+                  (instance $loader (export "load" (func $load)) {loader})
                   (export "local:init/module-loader" (instance $loader))
-                  {stub_extra})
+                  {stub})
                 (instance $stub (instantiate $stub))
                 (instance $policy (instantiate $policy
                   (with "local:init/module-loader" (instance $stub "local:init/module-loader"))))
-                {extra}
-                (export "evaluate" (func $policy "evaluate")))"#
+                {outer}
+                {export})"#
         );
         wat::parse_str(text).unwrap()
     }
 
     #[test]
     fn the_policy_is_taken_out_of_a_composition_of_policy_and_loader_stub_only() {
-        let plain = composition("", "");
+        let plain = composition(Shape::default());
         let loaded = policy_component(&plain);
         assert!(loaded.len() < plain.len(), "the policy alone is loaded");
         assert!(wasmparser::Parser::is_component(loaded));
+        assert_eq!(policy_component(b"not wasm"), b"not wasm");
+        assert_eq!(policy_component(loaded), loaded, "a policy alone is loaded as it is");
 
         // Anything that could run besides the policy keeps the composition whole (and so
-        // refused as a policy): a third component, code of the outer one's own, a stub that
-        // exports more than the loader.
+        // refused as a policy).
         let guard = r#"(component $guard (core module $m (func (export "evaluate")))
                          (core instance $i (instantiate $m))
                          (func (export "evaluate") (canon lift (core func $i "evaluate"))))"#;
         let own_code = r#"(core module $own (func (export "evaluate")))
                           (core instance $own (instantiate $own))
                           (func $own (canon lift (core func $own "evaluate")))"#;
-        let stub_more = r#"(export "evaluate" (func $load))"#;
-        for (what, bytes) in [
-            ("a third component", composition(guard, "")),
-            ("code of its own", composition(own_code, "")),
-            ("a stub that exports more", composition("", stub_more)),
+        let from_the_loader = r#"(alias export $stub "local:init/module-loader" (instance $loader))
+                                 (alias export $loader "evaluate" (func $guarded))"#;
+        for (what, shape) in [
+            ("a third component", Shape { outer: guard, ..Shape::default() }),
+            ("code of its own", Shape { outer: own_code, ..Shape::default() }),
+            (
+                "a stub that exports more",
+                Shape { stub: r#"(export "evaluate" (func $guard))"#, ..Shape::default() },
+            ),
+            (
+                "a stub exporting a second loader-like name",
+                Shape {
+                    stub: r#"(export "local:init/module-loader-guard" (func $guard))"#,
+                    ..Shape::default()
+                },
+            ),
+            (
+                "an export taken from the stub's loader instance",
+                Shape {
+                    loader: r#"(export "evaluate" (func $guard))"#,
+                    outer: from_the_loader,
+                    export: Some(r#"(export "evaluate" (func $guarded))"#),
+                    ..Shape::default()
+                },
+            ),
         ] {
+            let bytes = composition(shape);
             assert_eq!(policy_component(&bytes).len(), bytes.len(), "{what}: loaded whole");
         }
     }
