@@ -100,8 +100,13 @@ impl wasmtime::ResourceLimiter for GuestState {
         &mut self,
         current: usize,
         desired: usize,
-        _max: Option<usize>,
+        max: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // Past the memory's own maximum the growth fails anyway (`memory.grow` gives -1): not
+        // counted, or a guest probing its limit would be charged for memory it never got.
+        if max.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
         let used = self.memory_used.saturating_sub(current).saturating_add(desired);
         if used > self.memory_cap {
             return Err(MemoryCapReached.into());
