@@ -471,4 +471,19 @@ mod tests {
         let error = linker.instantiate_async(&mut store, &two_memories(&runtime, 200)).await.unwrap_err();
         assert!(error.chain().any(|cause| cause.is::<MemoryCapReached>()), "{error:?}");
     }
+
+    #[tokio::test]
+    async fn a_growth_past_a_memorys_own_maximum_is_not_charged_to_the_cap() {
+        let runtime = Runtime::new(Limits { memory_bytes: 16 << 20, ..Limits::default() }, None).unwrap();
+        let linker = Linker::<GuestState>::new(runtime.engine());
+        // The first memory asks for 15.6 MiB past its maximum of two pages (and gets -1); the
+        // second then takes 12.5 MiB, which fits beside the first's real 64 KiB.
+        let text = "(component
+            (core module $a (memory 1 2) (func $probe (drop (memory.grow (i32.const 250)))) (start $probe))
+            (core module $b (memory 200))
+            (core instance (instantiate $a)) (core instance (instantiate $b)))";
+        let component = Component::new(runtime.engine(), wat::parse_str(text).unwrap()).unwrap();
+        let mut store = runtime.store(Duration::from_secs(5));
+        linker.instantiate_async(&mut store, &component).await.unwrap();
+    }
 }
