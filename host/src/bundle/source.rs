@@ -258,8 +258,17 @@ async fn pull_manifest(
         (None, _) => request,
     };
     let mut response = request.send().await.map_err(|e| failed(error_chain(&e)))?;
-    if !response.status().is_success() {
-        return Err(failed(format!("HTTP {} for its manifest", response.status())));
+    if response.status() != reqwest::StatusCode::OK {
+        // The registry's error (distribution's JSON `errors`), cut short: it says why.
+        let status = response.status();
+        let mut said = Vec::new();
+        while said.len() < 512
+            && let Ok(Some(chunk)) = response.chunk().await
+        {
+            said.extend_from_slice(&chunk);
+        }
+        let said = String::from_utf8_lossy(&said[..said.len().min(512)]).trim().to_owned();
+        return Err(failed(format!("HTTP {status} for its manifest: {said}")));
     }
     let too_large = || {
         BundleError::TooLarge(format!(
@@ -490,6 +499,29 @@ mod tests {
             };
             assert!(message.contains("its manifest is more than 4194304 bytes"), "{message}");
         }
+    }
+
+    /// A registry's refusal is quoted (cut short) in the error: it says why.
+    #[tokio::test]
+    async fn a_refused_manifest_pull_says_what_the_registry_said() {
+        let body = format!(
+            r#"{{"errors":[{{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}}]}}{}"#,
+            " ".repeat(4096)
+        );
+        let head = format!(
+            "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            body.len()
+        );
+        let registry = registry(head, body.into_bytes(), 1, Duration::ZERO);
+        let source = BundleSource::Oci(format!("{registry}/team/policy:live"));
+        let result = fetch(&source, &options(Duration::from_secs(5)), None).await;
+        let Err(BundleError::Unavailable(message)) = result else {
+            panic!("a 404 gave {:?}", result.map(|_| "a bundle"))
+        };
+        assert!(message.contains("HTTP 404 Not Found for its manifest"), "{message}");
+        assert!(message.contains("MANIFEST_UNKNOWN"), "{message}");
+        assert!(message.len() < 700, "cut short: {message}");
     }
 
     /// A manifest whose layer names URLs (a "foreign" layer) is refused before any blob is
