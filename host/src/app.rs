@@ -260,18 +260,20 @@ impl Live {
         Ok(Live { config, validator, policy, keys: Arc::new(keys_set), admin_validator, reuse, bundle })
     }
 
-    /// `current` with the bundle a poll `fetched` from `current`'s `live_bundle` source. Only
+    /// `current` with the bundle a poll `fetched` from the live bundle's source. Only
     /// what the bundle carries is new: its policy, settings and revocations (and the Authority's
     /// keys at an offline site). The signing keys, the Authority's keys from the configuration and
     /// `policy.bundle_keys` stay as the last start or reload read them: files changed on disk
     /// since wait for a reload, as they would without a bundle.
     async fn with_polled_bundle(
         current: &Live,
-        bundle_config: &BundleConfig,
-        live_bundle: &LiveBundle,
         fetched: Fetched,
         record: BundleRecord,
     ) -> Result<Live, BuildError> {
+        let (Some(bundle_config), Some(live_bundle)) = (&current.config.policy.bundle, &current.bundle)
+        else {
+            return Err(BuildError::ReloadTask("a bundle was polled without one live".into()));
+        };
         let config = current.config.clone();
         let trusted = Arc::clone(&live_bundle.trusted);
         let bundle = open_bundle(bundle_config, Some(live_bundle), Some(fetched), &record, trusted).await?;
@@ -795,16 +797,7 @@ impl App {
             handle.block_on(async {
                 match rebuild {
                     Rebuild::Config(config) => Live::build_with(*config, Some(&current), record).await,
-                    Rebuild::Bundle(fetched) => {
-                        let (Some(bundle_config), Some(live_bundle)) =
-                            (&current.config.policy.bundle, &current.bundle)
-                        else {
-                            return Err(BuildError::ReloadTask(
-                                "a bundle was polled without one live".into(),
-                            ));
-                        };
-                        Live::with_polled_bundle(&current, bundle_config, live_bundle, fetched, record).await
-                    }
+                    Rebuild::Bundle(fetched) => Live::with_polled_bundle(&current, fetched, record).await,
                 }
             })
         })
