@@ -104,6 +104,9 @@ impl Store {
             self.pool.get().await.map_err(|e| {
                 StoreError::Database(format!("cannot connect to the ledger {}: {e}", self.url))
             })?;
+        // A migration may index a large table, and a replica starting meanwhile waits for the lock:
+        // neither is held to the statement timeout of the service's queries (restored after).
+        client.batch_execute("SET statement_timeout = 0").await.map_err(|e| described(&e))?;
         // Held for the whole migration, the table of versions included: replicas starting together
         // apply each migration once.
         client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(|e| described(&e))?;
@@ -112,6 +115,7 @@ impl Store {
             .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(|e| described(&e))?;
+        client.batch_execute("RESET statement_timeout").await.map_err(|e| described(&e))?;
         migrated
     }
 

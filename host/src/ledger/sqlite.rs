@@ -1,5 +1,7 @@
 //! The embedded ledger: one SQLite file in WAL mode, written by one connection (the writer task's
-//! batches and the admin changes), read by another. Every call runs on tokio's
+//! batches and the admin changes), read by two others: one for what the service reads to serve
+//! tokens (refresh tokens, revocations, the WAL checkpoint) and one for the audit trail's listings
+//! and exports, so that a long listing never holds up a token. Every call runs on tokio's
 //! blocking pool, so nothing blocks an async worker.
 
 use super::event::{Event, Millis};
@@ -40,6 +42,16 @@ impl Checkpoint {
 pub(crate) struct Store {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
+    audit: Arc<Mutex<Connection>>,
+}
+
+/// Which read connection a `SELECT` runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reader {
+    /// What serving tokens reads: short lookups by key.
+    Service,
+    /// Listings and exports of the audit trail, which may scan many events.
+    Audit,
 }
 
 impl ToSql for Param {
@@ -103,8 +115,8 @@ impl Store {
         };
         let mut writer = open()?;
         migrate(&mut writer, &path)?;
-        let reader = open()?;
-        Ok(Store { writer: Arc::new(Mutex::new(writer)), reader: Arc::new(Mutex::new(reader)) })
+        let [reader, audit] = [open()?, open()?].map(|connection| Arc::new(Mutex::new(connection)));
+        Ok(Store { writer: Arc::new(Mutex::new(writer)), reader, audit })
     }
 
     async fn on<T: Send + 'static>(
@@ -186,11 +198,16 @@ impl Store {
 
     pub(crate) async fn select<T: Send + 'static>(
         &self,
+        on: Reader,
         statement: String,
         params: Vec<Param>,
         read: fn(&dyn Row) -> Result<T, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
-        Store::on(&self.reader, move |connection| {
+        let connection = match on {
+            Reader::Service => &self.reader,
+            Reader::Audit => &self.audit,
+        };
+        Store::on(connection, move |connection| {
             let mut prepared = connection.prepare_cached(&sql(&statement)).map_err(database)?;
             let mut rows = prepared.query(rusqlite::params_from_iter(params.iter())).map_err(database)?;
             let mut out = Vec::new();
@@ -386,7 +403,7 @@ mod tests {
             .unwrap();
         assert_eq!(version, store::known_version());
         let sql = format!("SELECT {} FROM events", store::EVENT_COLUMNS);
-        let events = store.select(sql, Vec::new(), store::event_from).await.unwrap();
+        let events = store.select(Reader::Service, sql, Vec::new(), store::event_from).await.unwrap();
         assert_eq!(events.len(), 1);
         let event = &events[0];
         assert_eq!((event.outcome, event.sub.as_deref()), (Outcome::Issued, Some("alice")));
@@ -401,10 +418,73 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (sync, expected) in [(SqliteSync::Full, 2), (SqliteSync::Normal, 1)] {
             let store = Store::open(&dir.path().join(format!("{expected}.db")), sync).await.unwrap();
-            for connection in [&store.writer, &store.reader] {
+            for connection in [&store.writer, &store.reader, &store.audit] {
                 let found: i64 =
                     connection.lock().unwrap().query_row("PRAGMA synchronous", [], |row| row.get(0)).unwrap();
                 assert_eq!(found, expected, "{sync:?}");
+            }
+        }
+    }
+
+    /// The audit trail's listings run on a connection of their own: while one is under way (its
+    /// connection held here, as a listing that scans a large ledger holds it), the lookups that
+    /// serve tokens (a refresh token, the revocations) still answer.
+    #[tokio::test]
+    async fn a_long_audit_listing_does_not_hold_up_token_lookups() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = Store::open(&dir.path().join("ledger.db"), SqliteSync::Full).await.unwrap();
+        let audit = Arc::clone(&sqlite.audit);
+        let store = store::Store::Sqlite(sqlite);
+        let listing = store::EventFilter { limit: 10, ..Default::default() };
+        let patience = std::time::Duration::from_secs(30);
+
+        let held = audit.lock().unwrap();
+        let found = tokio::time::timeout(patience, store.refresh_token_by_hash(&"0".repeat(64))).await;
+        assert!(matches!(found, Ok(Ok(None))), "{found:?}");
+        let revocations = tokio::time::timeout(patience, store.revocations()).await;
+        assert!(matches!(revocations, Ok(Ok(ref found)) if found.is_empty()), "{revocations:?}");
+        // The listing itself waits for its connection, which proves it is the one held.
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(200), store.events(&listing)).await;
+        assert!(waiting.is_err(), "a listing ran while its connection was held: {waiting:?}");
+        drop(held);
+        let listed = tokio::time::timeout(patience, store.events(&listing)).await;
+        assert!(matches!(listed, Ok(Ok(ref events)) if events.is_empty()), "{listed:?}");
+    }
+
+    /// Every listing the admin API offers without a time window reads its page in index order,
+    /// newest first, and stops there: none sorts all the events it matches (SQLite's plan would say
+    /// `USE TEMP B-TREE FOR ORDER BY`), which on a large ledger took seconds a page. (A `jti`
+    /// matches one caller token's exchanges or one registry token's: those few are sorted.)
+    #[tokio::test]
+    async fn listings_without_a_window_read_an_index_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ledger.db"), SqliteSync::Full).await.unwrap();
+        let text = |value: &str| Some(value.to_owned());
+        let base = store::EventFilter { limit: 100, ..Default::default() };
+        let filters = [
+            store::EventFilter { tenant: text("acme"), ..base.clone() },
+            store::EventFilter { tenant: text("acme"), outcome: Some(Outcome::Denied), ..base.clone() },
+            store::EventFilter { tenant: text("acme"), sub: text("alice"), ..base.clone() },
+            store::EventFilter { tenant: text("acme"), licence: text("LIC-1"), ..base.clone() },
+            store::EventFilter { sub: text("alice"), ..base.clone() },
+            store::EventFilter { licence: text("LIC-1"), ..base.clone() },
+            store::EventFilter { outcome: Some(Outcome::Fault), ..base.clone() },
+            base.clone(),
+        ];
+        for filter in filters {
+            for before_id in [None, text("019a0000-0000-7000-8000-000000000000")] {
+                let filter = store::EventFilter { before_id, ..filter.clone() };
+                let (statement, params) = store::events_query(&filter);
+                let connection = store.reader.lock().unwrap();
+                let mut plan =
+                    connection.prepare(&format!("EXPLAIN QUERY PLAN {}", sql(&statement))).unwrap();
+                let steps: Vec<String> = plan
+                    .query_map(rusqlite::params_from_iter(params.iter()), |row| row.get(3))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                assert!(!steps.iter().any(|step| step.contains("TEMP B-TREE")), "{filter:?}: {steps:?}");
             }
         }
     }

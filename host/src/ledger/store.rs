@@ -2,8 +2,9 @@
 //! written once with `$n` placeholders (PostgreSQL's); SQLite reads them as `?n`.
 
 use super::event::{AppliedBundle, Event, IssuedToken, Millis, Outcome, Revocation, RevocationKind};
+use super::postgres;
 use super::refresh::RefreshToken;
-use super::{postgres, sqlite};
+use super::sqlite::{self, Reader};
 use crate::access::Caller;
 
 /// The schema, one entry per version, applied in order and never edited once released (a change
@@ -90,6 +91,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
         content_sha256 TEXT NOT NULL,
         applied_at_ms BIGINT NOT NULL
     );",
+    // 4: a tenant's events, newest first, read in index order: the index of version 1 put the
+    // outcome before the id, so every page of a tenant's listing sorted all of its events.
+    "DROP INDEX events_tenant;
+    CREATE INDEX events_tenant_id ON events (tenant, id);",
 ];
 
 /// The schema version this binary writes.
@@ -643,7 +648,7 @@ impl Store {
 
     pub(super) async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
         let (sql, params) = events_query(filter);
-        self.select(sql, params, event_from).await
+        self.select(Reader::Audit, sql, params, event_from).await
     }
 
     pub(super) async fn export_page(
@@ -654,15 +659,12 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
         let (sql, params) = export_query(since, until, after_id, limit);
-        match self {
-            Store::Sqlite(store) => store.select(sql, params, event_from).await,
-            Store::Postgres(store) => store.select(&sql, params, event_from).await,
-        }
+        self.select(Reader::Audit, sql, params, event_from).await
     }
 
     pub(super) async fn event(&self, id: &str) -> Result<Option<Event>, StoreError> {
         let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1");
-        self.first(sql, vec![Param::Text(Some(id.to_owned()))], event_from).await
+        self.first(Reader::Audit, sql, vec![Param::Text(Some(id.to_owned()))], event_from).await
     }
 
     /// The refresh token whose text hashes to `token_hash`.
@@ -671,13 +673,13 @@ impl Store {
         token_hash: &str,
     ) -> Result<Option<RefreshToken>, StoreError> {
         let sql = format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE token_hash = $1");
-        self.first(sql, vec![Param::Text(Some(token_hash.to_owned()))], refresh_from).await
+        self.first(Reader::Service, sql, vec![Param::Text(Some(token_hash.to_owned()))], refresh_from).await
     }
 
     /// The refresh token `id`.
     pub(super) async fn refresh_token(&self, id: &str) -> Result<Option<RefreshToken>, StoreError> {
         let sql = format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE id = $1");
-        self.first(sql, vec![Param::Text(Some(id.to_owned()))], refresh_from).await
+        self.first(Reader::Audit, sql, vec![Param::Text(Some(id.to_owned()))], refresh_from).await
     }
 
     pub(super) async fn refresh_tokens(
@@ -685,33 +687,36 @@ impl Store {
         filter: &RefreshTokenFilter,
     ) -> Result<Vec<RefreshToken>, StoreError> {
         let (sql, params) = refresh_tokens_query(filter);
-        self.select(sql, params, refresh_from).await
+        self.select(Reader::Audit, sql, params, refresh_from).await
     }
 
+    /// Runs `sql` on the `on` connection (SQLite; PostgreSQL's pool gives every query its own).
     async fn select<T: Send + 'static>(
         &self,
+        on: Reader,
         sql: String,
         params: Vec<Param>,
         read: fn(&dyn Row) -> Result<T, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
         match self {
-            Store::Sqlite(store) => store.select(sql, params, read).await,
+            Store::Sqlite(store) => store.select(on, sql, params, read).await,
             Store::Postgres(store) => store.select(&sql, params, read).await,
         }
     }
 
     async fn first<T: Send + 'static>(
         &self,
+        on: Reader,
         sql: String,
         params: Vec<Param>,
         read: fn(&dyn Row) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
-        Ok(self.select(sql, params, read).await?.into_iter().next())
+        Ok(self.select(on, sql, params, read).await?.into_iter().next())
     }
 
     pub(super) async fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
         let sql = format!("SELECT {REVOCATION_COLUMNS} FROM revocations ORDER BY id");
-        self.select(sql, Vec::new(), revocation_from).await
+        self.select(Reader::Service, sql, Vec::new(), revocation_from).await
     }
 
     /// The record of the bundles applied: of `source`, or of every source.
@@ -724,7 +729,7 @@ impl Store {
             None => ("", Vec::new()),
         };
         let sql = format!("SELECT {BUNDLE_COLUMNS} FROM bundle_revisions{condition} ORDER BY source");
-        self.select(sql, params, applied_bundle_from).await
+        self.select(Reader::Service, sql, params, applied_bundle_from).await
     }
 
     /// Runs one statement outside the event queue, committed; the rows it changed.
@@ -741,7 +746,7 @@ impl Store {
 
     pub(super) async fn revision(&self) -> Result<i64, StoreError> {
         let read = |row: &dyn Row| row.int(0).map(Option::unwrap_or_default);
-        Ok(self.first(REVISION.to_owned(), Vec::new(), read).await?.unwrap_or_default())
+        Ok(self.first(Reader::Service, REVISION.to_owned(), Vec::new(), read).await?.unwrap_or_default())
     }
 
     /// Runs `statements` and then writes `audit`, in one transaction, bumping the revocations'
