@@ -90,12 +90,10 @@ pub(super) async fn export(
         .map_err(|e| format!("cannot write in {}: {e}", directory.display()))?;
     let mut whole = Sha256::new();
     let mut line_sha256 = Vec::new();
+    let window = ledger.export_window(since_at, until_at).await.map_err(|e| e.to_string())?;
     let mut after: Option<String> = None;
-    loop {
-        let page = ledger
-            .export_page(since_at, until_at, after.as_deref(), PAGE)
-            .await
-            .map_err(|e| e.to_string())?;
+    while let Some(window) = &window {
+        let page = ledger.export_page(window, after.as_deref(), PAGE).await.map_err(|e| e.to_string())?;
         for event in &page {
             let mut value = serde_json::to_value(event).map_err(|e| e.to_string())?;
             value.sort_all_objects();

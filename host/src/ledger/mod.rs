@@ -21,7 +21,7 @@ pub use event::{
     RevocationKind, RevocationSet,
 };
 pub use refresh::{RefreshError, RefreshToken};
-pub use store::{Change, EventFilter, RefreshTokenFilter, StoreError};
+pub use store::{Change, EventFilter, ExportWindow, RefreshTokenFilter, StoreError};
 
 use crate::access::Caller;
 use crate::config::{Durability, LedgerConfig, LedgerUrl};
@@ -434,16 +434,25 @@ impl Ledger {
         self.shared.store.events(filter).await
     }
 
-    /// One page of an export: events at or after `since` and before `until`, in id order (which
-    /// is time order), after `after_id`; at most `limit`.
-    pub async fn export_page(
+    /// What an export of the events at or after `since` and before `until` covers, as the
+    /// ledger stands now (events committed later are not in it); `None` when it has none.
+    pub async fn export_window(
         &self,
         since: Option<Millis>,
         until: Option<Millis>,
+    ) -> Result<Option<ExportWindow>, StoreError> {
+        self.shared.store.export_window(since, until).await
+    }
+
+    /// One page of an export of `window`, in id order (which is time order), after `after_id`;
+    /// at most `limit`.
+    pub async fn export_page(
+        &self,
+        window: &ExportWindow,
         after_id: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        self.shared.store.export_page(since, until, after_id, limit).await
+        self.shared.store.export_page(window, after_id, limit).await
     }
 
     /// The event `id`.

@@ -430,6 +430,7 @@ mod tests {
     /// connection held here, as a listing that scans a large ledger holds it), the lookups that
     /// serve tokens (a refresh token, the revocations) still answer.
     #[tokio::test]
+    #[allow(clippy::await_holding_lock, reason = "the held connection is what the test is about")]
     async fn a_long_audit_listing_does_not_hold_up_token_lookups() {
         let dir = tempfile::tempdir().unwrap();
         let sqlite = Store::open(&dir.path().join("ledger.db"), SqliteSync::Full).await.unwrap();
@@ -450,6 +451,16 @@ mod tests {
         drop(held);
         let listed = tokio::time::timeout(patience, store.events(&listing)).await;
         assert!(matches!(listed, Ok(Ok(ref events)) if events.is_empty()), "{listed:?}");
+    }
+
+    /// The steps of SQLite's plan for `statement`.
+    fn plan(store: &Store, statement: &str, params: &[Param]) -> Vec<String> {
+        let connection = store.reader.lock().unwrap();
+        let mut plan = connection.prepare(&format!("EXPLAIN QUERY PLAN {}", sql(statement))).unwrap();
+        plan.query_map(rusqlite::params_from_iter(params.iter()), |row| row.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
     }
 
     /// Every listing the admin API offers without a time window reads its page in index order,
@@ -476,16 +487,80 @@ mod tests {
             for before_id in [None, text("019a0000-0000-7000-8000-000000000000")] {
                 let filter = store::EventFilter { before_id, ..filter.clone() };
                 let (statement, params) = store::events_query(&filter);
-                let connection = store.reader.lock().unwrap();
-                let mut plan =
-                    connection.prepare(&format!("EXPLAIN QUERY PLAN {}", sql(&statement))).unwrap();
-                let steps: Vec<String> = plan
-                    .query_map(rusqlite::params_from_iter(params.iter()), |row| row.get(3))
-                    .unwrap()
-                    .collect::<Result<_, _>>()
-                    .unwrap();
+                let steps = plan(&store, &statement, &params);
                 assert!(!steps.iter().any(|step| step.contains("TEMP B-TREE")), "{filter:?}: {steps:?}");
             }
         }
+    }
+
+    /// An export walks its window in id order a page at a time: every event of the window once
+    /// and none outside it, whatever the page size, an event whose id was made after its time (a
+    /// clock stepped back) included; and no page sorts the rest of the window, as each used to.
+    #[tokio::test]
+    async fn an_export_pages_through_its_window_in_id_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = Store::open(&dir.path().join("ledger.db"), SqliteSync::Full).await.unwrap();
+        let store = store::Store::Sqlite(sqlite);
+        let event = |id_ms: u64, time: i64| {
+            let mut event = Event::new(Outcome::Issued);
+            let unique = [(id_ms % 251) as u8, (time % 251) as u8, 0, 0, 0, 0, 0, 0, 0, 0];
+            event.id = uuid::Builder::from_unix_timestamp_millis(id_ms, &unique).into_uuid().to_string();
+            event.time = Millis(time);
+            event
+        };
+        let base = 1_760_000_000_000;
+        let mut events: Vec<Event> = (0..30).map(|n| event(base as u64 + n, base + n as i64)).collect();
+        events.push(event(base as u64 + 25, base + 5)); // made at +25 for +5: before the window
+        events.push(event(base as u64 + 40, base + 15)); // made at +40 for +15: in it, the last id
+        store
+            .write(events.iter().map(|e| Record { event: e.clone(), change: None }).collect())
+            .await
+            .unwrap();
+
+        let export = async |since: Option<i64>, until: Option<i64>, page: usize| {
+            let Some(window) = store.export_window(since.map(Millis), until.map(Millis)).await.unwrap()
+            else {
+                return Vec::new();
+            };
+            let (mut ids, mut after) = (Vec::new(), None::<String>);
+            loop {
+                let found = store.export_page(&window, after.as_deref(), page).await.unwrap();
+                ids.extend(found.iter().map(|e| e.id.clone()));
+                match found.last() {
+                    Some(last) if found.len() == page => after = Some(last.id.clone()),
+                    _ => return ids,
+                }
+            }
+        };
+        let expected = |since: Option<i64>, until: Option<i64>| {
+            let mut ids: Vec<String> = events
+                .iter()
+                .filter(|e| since.is_none_or(|s| e.time.0 >= s) && until.is_none_or(|u| e.time.0 < u))
+                .map(|e| e.id.clone())
+                .collect();
+            ids.sort();
+            ids
+        };
+        let windows = [
+            (Some(base + 10), Some(base + 20)),
+            (None, Some(base + 20)),
+            (Some(base + 10), None),
+            (None, None),
+            (Some(base + 100), None),
+        ];
+        for (since, until) in windows {
+            let wanted = expected(since, until);
+            for page in [1, 2, 3, 1000] {
+                assert_eq!(export(since, until, page).await, wanted, "{since:?}..{until:?} by {page}");
+            }
+        }
+        assert_eq!(expected(Some(base + 10), Some(base + 20)).len(), 11);
+
+        let store::Store::Sqlite(sqlite) = &store else { unreachable!() };
+        let window =
+            store.export_window(Some(Millis(base)), Some(Millis(base + 100))).await.unwrap().unwrap();
+        let (statement, params) = store::export_query(&window, Some(&events[3].id), 1000);
+        let steps = plan(sqlite, &statement, &params);
+        assert!(!steps.iter().any(|step| step.contains("TEMP B-TREE")), "{steps:?}");
     }
 }

@@ -527,35 +527,78 @@ pub(super) fn events_query(filter: &EventFilter) -> (String, Vec<Param>) {
     (sql, params)
 }
 
-/// `SELECT` of one page of an export: events at or after `since` and before `until`, oldest id
-/// first, after `after_id` (the last id of the previous page).
-pub(super) fn export_query(
+/// What an export covers: events at or after `since` and before `until`, which all lie between
+/// the ids `first` and `last` (both included; see [`export_window_query`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportWindow {
+    pub since: Option<Millis>,
+    pub until: Option<Millis>,
+    pub first: String,
+    pub last: String,
+}
+
+/// The time conditions of an export, numbered from `params.len() + 1`. `plain: false` writes the
+/// column as `+time_ms`, which keeps SQLite from reading the window through the time index: a
+/// page then walks the ids in order and stops when full, instead of sorting the rest of the
+/// window (every page of a large export did).
+fn window_conditions(
     since: Option<Millis>,
     until: Option<Millis>,
-    after_id: Option<&str>,
-    limit: usize,
-) -> (String, Vec<Param>) {
+    plain: bool,
+    params: &mut Vec<Param>,
+) -> Vec<String> {
+    let column = if plain { "time_ms" } else { "+time_ms" };
     let mut conditions = Vec::new();
-    let mut params = Vec::new();
     if let Some(since) = since {
         params.push(Param::Int(Some(since.0)));
-        conditions.push(format!("time_ms >= ${}", params.len()));
+        conditions.push(format!("{column} >= ${}", params.len()));
     }
     if let Some(until) = until {
         params.push(Param::Int(Some(until.0)));
-        conditions.push(format!("time_ms < ${}", params.len()));
+        conditions.push(format!("{column} < ${}", params.len()));
     }
-    if let Some(after_id) = after_id {
-        params.push(Param::Text(Some(after_id.to_owned())));
-        conditions.push(format!("id > ${}", params.len()));
-    }
-    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events");
+    conditions
+}
+
+/// `SELECT` of the first and last id of the events at or after `since` and before `until` (one
+/// pass over the window, through the time index), and its parameters.
+pub(super) fn export_window_query(since: Option<Millis>, until: Option<Millis>) -> (String, Vec<Param>) {
+    let mut params = Vec::new();
+    let conditions = window_conditions(since, until, true, &mut params);
+    let mut sql = "SELECT MIN(id), MAX(id) FROM events".to_owned();
     if !conditions.is_empty() {
         sql.push_str(" WHERE ");
         sql.push_str(&conditions.join(" AND "));
     }
+    (sql, params)
+}
+
+/// `SELECT` of one page of an export: the events of `window`, oldest id first, after `after_id`
+/// (the last id of the previous page).
+pub(super) fn export_query(
+    window: &ExportWindow,
+    after_id: Option<&str>,
+    limit: usize,
+) -> (String, Vec<Param>) {
+    let mut params = vec![Param::Text(Some(window.last.clone()))];
+    let mut conditions = vec!["id <= $1".to_owned()];
+    match after_id {
+        Some(after_id) => {
+            params.push(Param::Text(Some(after_id.to_owned())));
+            conditions.push(format!("id > ${}", params.len()));
+        }
+        None => {
+            params.push(Param::Text(Some(window.first.clone())));
+            conditions.push(format!("id >= ${}", params.len()));
+        }
+    }
+    conditions.extend(window_conditions(window.since, window.until, false, &mut params));
     params.push(Param::Int(Some(i64::try_from(limit).unwrap_or(i64::MAX))));
-    sql.push_str(&format!(" ORDER BY id ASC LIMIT ${}", params.len()));
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE {} ORDER BY id ASC LIMIT ${}",
+        conditions.join(" AND "),
+        params.len()
+    );
     (sql, params)
 }
 
@@ -651,14 +694,27 @@ impl Store {
         self.select(Reader::Audit, sql, params, event_from).await
     }
 
-    pub(super) async fn export_page(
+    /// The ids an export of `since..until` lies between; `None` when no event is in it.
+    pub(super) async fn export_window(
         &self,
         since: Option<Millis>,
         until: Option<Millis>,
+    ) -> Result<Option<ExportWindow>, StoreError> {
+        let (sql, params) = export_window_query(since, until);
+        let read = |row: &dyn Row| Ok((row.text(0)?, row.text(1)?));
+        Ok(match self.first(Reader::Audit, sql, params, read).await? {
+            Some((Some(first), Some(last))) => Some(ExportWindow { since, until, first, last }),
+            _ => None,
+        })
+    }
+
+    pub(super) async fn export_page(
+        &self,
+        window: &ExportWindow,
         after_id: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let (sql, params) = export_query(since, until, after_id, limit);
+        let (sql, params) = export_query(window, after_id, limit);
         self.select(Reader::Audit, sql, params, event_from).await
     }
 
