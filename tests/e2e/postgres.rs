@@ -109,6 +109,11 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
     for client in [&a_client, &b_client] {
         assert_eq!(client.get_bearer(&query(SERVICE, &[PULL]), &alice).unwrap().status, 200);
     }
+    // PostgreSQL's text holds no NUL: a caller whose claim has one still gets its token (strict:
+    // its event was committed), recorded with U+FFFD in its place.
+    let nul = fixture.token(|r| r.subject = "nul\0sub".into());
+    assert_eq!(a_client.get_bearer(&query(SERVICE, &[PULL]), &nul).unwrap().status, 200);
+    assert_eq!(cluster.psql("SELECT sub FROM events WHERE sub LIKE 'nul%'").trim(), "nul\u{fffd}sub");
 
     // 1. Through replica A's admin API; replica B refuses within a second.
     let body = json!({"kind": "subject", "value": "alice", "reason": "badge returned"}).to_string();

@@ -21,6 +21,10 @@ impl ToSql for Param {
         out: &mut bytes::BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         match self {
+            // PostgreSQL's text cannot hold a NUL: the statement, and with it the whole batch of
+            // events, would fail. A NUL (only a caller's own claims can carry one) is stored as
+            // U+FFFD, the replacement character, and everything else as it is.
+            Param::Text(Some(text)) if text.contains('\0') => text.replace('\0', "\u{fffd}").to_sql(ty, out),
             Param::Text(text) => text.to_sql(ty, out),
             Param::Int(int) => int.to_sql(ty, out),
         }
@@ -252,5 +256,23 @@ impl Store {
         }
         transaction.commit().await.map_err(|e| described(&e))?;
         Ok(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A NUL in a caller's claim is written as U+FFFD; other text, and no text, as they are.
+    #[test]
+    fn a_nul_is_written_as_the_replacement_character() {
+        let encoded = |param: Param| {
+            let mut out = bytes::BytesMut::new();
+            let null = matches!(param.to_sql(&Type::TEXT, &mut out).unwrap(), IsNull::Yes);
+            (null, String::from_utf8(out.to_vec()).unwrap())
+        };
+        assert_eq!(encoded(Param::Text(Some("ali\0ce\0".into()))), (false, "ali\u{fffd}ce\u{fffd}".into()));
+        assert_eq!(encoded(Param::Text(Some("alice é".into()))), (false, "alice é".into()));
+        assert_eq!(encoded(Param::Text(None)), (true, String::new()));
     }
 }
