@@ -12,7 +12,8 @@ use data_encoding::BASE64;
 use std::net::{IpAddr, SocketAddr};
 
 /// Longest accepted query string: a blob mount's two scopes take a few hundred bytes, and
-/// `scope::MAX_RESOURCES` scopes fit. (URIs over 64 KiB never get here: hyper answers 414 itself.)
+/// `scope::MAX_RESOURCES` scopes of names up to about 120 bytes fit (a longer request is a POST
+/// form). (URIs over 64 KiB never get here: hyper answers 414 itself.)
 pub const MAX_QUERY_BYTES: usize = 16 * 1024;
 
 /// Decoded `application/x-www-form-urlencoded` pairs, in order, repeats kept (`scope` repeats).
@@ -96,7 +97,8 @@ impl FromRequest<super::AppState> for Form {
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().starts_with("application/x-www-form-urlencoded"));
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
         // Read once at start, like the router's limit itself (a change needs a restart).
         let limit = state.live().config.http.max_body_bytes;
         let body = Bytes::from_request(request, state).await.map_err(|rejection| {
@@ -140,7 +142,10 @@ pub(super) fn credential_of(headers: &HeaderMap) -> Result<Option<String>, ApiEr
     let value = value.to_str().map_err(|_| ApiError::Credential("the Authorization header is not ASCII"))?;
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     let rest = rest.trim();
-    if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
+    if scheme.eq_ignore_ascii_case("bearer") {
+        if rest.is_empty() {
+            return Err(ApiError::Credential("the Bearer token is empty"));
+        }
         return Ok(Some(rest.to_owned()));
     }
     if !scheme.eq_ignore_ascii_case("basic") {

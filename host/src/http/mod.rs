@@ -39,7 +39,15 @@ pub type AppState = Arc<App>;
 /// The main listener's router: the token endpoint, the published signing keys and the probes.
 pub fn router(app: AppState) -> Router {
     let routes = Router::new()
-        .route("/token", get(token::get_token).post(token::post_token).fallback(not_allowed("GET, POST")))
+        // HEAD is refused: axum would run the whole exchange for it (sign, record an `issued`
+        // event, even store a refresh token) and drop the token with the body.
+        .route(
+            "/token",
+            get(token::get_token)
+                .post(token::post_token)
+                .head(not_allowed("GET, POST"))
+                .fallback(not_allowed("GET, POST")),
+        )
         .route("/.well-known/jwks.json", probe(get(keys::jwks)))
         .route("/certs.pem", probe(get(keys::certificates)))
         .merge(probes());

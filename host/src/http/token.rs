@@ -48,11 +48,16 @@ struct PostResponse<'a> {
     refresh_token: Option<&'a str>,
 }
 
-/// What both forms ask: a token for `service` granting (some of) `requested`.
+/// What both forms ask: a token for `service` granting (some of) `requested`, from the client
+/// named `client_id` (a refresh token is bound to it).
 struct Exchange {
     service: String,
     requested: Vec<Resource>,
+    client_id: Option<String>,
 }
+
+/// Longest `client_id` accepted (Docker sends `docker`, containerd `containerd-client`).
+const MAX_CLIENT_ID_BYTES: usize = 256;
 
 impl Exchange {
     /// Checks `service` against the configuration and parses the `scope` values.
@@ -68,8 +73,19 @@ impl Exchange {
             }
         };
         let requested = scope::parse_scopes(params.all("scope"))?;
+        // Stored with a refresh token and quoted in its errors: RFC 6749's characters only (a NUL
+        // would fail a PostgreSQL ledger's whole batch of events).
+        let client_id = params.first("client_id");
+        if let Some(client_id) = client_id
+            && (client_id.len() > MAX_CLIENT_ID_BYTES
+                || !client_id.bytes().all(|b| (0x20..=0x7e).contains(&b)))
+        {
+            return Err(ApiError::BadRequest(format!(
+                "client_id must be printable ASCII of at most {MAX_CLIENT_ID_BYTES} bytes"
+            )));
+        }
         line::note(|line| line.service = Some(service.clone()));
-        Ok(Exchange { service, requested })
+        Ok(Exchange { service, requested, client_id: client_id.map(str::to_owned) })
     }
 }
 
@@ -400,7 +416,7 @@ async fn authenticate(
     record.event.refresh_token_id = Some(token.id.clone());
     let issuer = token.caller_iss.as_deref().unwrap_or(&live.config.authority.issuer);
     record.event.set_caller(&token.caller, issuer, token.caller_jti.as_deref());
-    let binding = Binding { service: &exchange.service, client_id: ask.params.first("client_id") };
+    let binding = Binding { service: &exchange.service, client_id: exchange.client_id.as_deref() };
     token.check(binding, Millis::from_seconds(now)).map_err(refused)?;
     let validated = Validated {
         caller: token.caller.clone(),
@@ -519,7 +535,7 @@ async fn issue<'l>(
         (false, _) => None,
         // Never rotated: the Docker engine keeps the refresh token it has.
         (true, Some(_)) => Some(Zeroizing::new(ask.credential.to_owned())),
-        (true, None) => issue_refresh_token(live, ask, exchange, &validated, now, record)?,
+        (true, None) => issue_refresh_token(live, exchange, &validated, now, record)?,
     };
     Ok((Issued { minted, granted, refresh_token }, offer))
 }
@@ -650,7 +666,6 @@ fn signing_failed(error: SignError) -> ApiError {
 /// ledger to keep them).
 fn issue_refresh_token(
     live: &Live,
-    ask: &Ask<'_>,
     exchange: &Exchange,
     validated: &Validated,
     now: u64,
@@ -664,7 +679,7 @@ fn issue_refresh_token(
         absolute_seconds: u64::from(settings.lifetime_days) * 86_400,
         idle_seconds: (settings.idle_days > 0).then(|| u64::from(settings.idle_days) * 86_400),
     };
-    let binding = Binding { service: &exchange.service, client_id: ask.params.first("client_id") };
+    let binding = Binding { service: &exchange.service, client_id: exchange.client_id.as_deref() };
     let (token, secret) = RefreshToken::issue(
         &validated.caller,
         &live.config.authority.issuer,

@@ -347,7 +347,7 @@ async fn hostile_requests_get_a_4xx_with_the_docker_error_body() {
     let reply = get_bearer(&router, &query(SERVICE, &many), &token).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert!(
-        reply.message().contains("too many scopes: 101 resources requested, at most 100"),
+        reply.message().contains("too many scopes: more than 100 resources requested, at most 100"),
         "{}",
         reply.message()
     );
@@ -390,7 +390,30 @@ async fn hostile_requests_get_a_4xx_with_the_docker_error_body() {
         .body(Body::empty())
         .unwrap();
     assert_eq!(send(&router, non_ascii).await.status, StatusCode::UNAUTHORIZED);
-    tried += 10;
+    let empty_bearer =
+        Request::get(query(SERVICE, &[])).header("authorization", "Bearer  ").body(Body::empty()).unwrap();
+    let reply = send(&router, empty_bearer).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.message(), "the Bearer token is empty");
+
+    // HEAD would run the whole exchange and drop the token with the body: refused.
+    let head = Request::head(query(SERVICE, &["repository:team/app:pull"]))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let reply = send(&router, head).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.headers["allow"], "GET, POST");
+
+    // A client_id is stored with a refresh token and quoted in its errors: printable ASCII only.
+    let long = "c".repeat(257);
+    for client_id in ["a%00b", "docker%0Aevil", "d%C3%A9j%C3%A0", long.as_str()] {
+        let uri = format!("{}&offline_token=true&client_id={client_id}", query(SERVICE, &[]));
+        let reply = get_bearer(&router, &uri, &token).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{client_id}");
+        assert_eq!(reply.message(), "client_id must be printable ASCII of at most 256 bytes", "{client_id}");
+    }
+    tried += 16;
 
     // Unharmed.
     let reply = get_bearer(&router, &query(SERVICE, &["repository:team/app:pull"]), &token).await;

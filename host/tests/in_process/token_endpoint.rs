@@ -485,6 +485,22 @@ async fn a_body_that_cannot_be_read_is_a_400_not_a_413() {
     assert!(!reply.message().contains("larger than"), "{}", reply.body);
     assert_eq!(reply.body["error"], "invalid_request", "in the OAuth2 form: {}", reply.body);
 
+    // A media type is case-insensitive, and may carry parameters; another type is refused.
+    let form = format!("grant_type=password&service={SERVICE}&password={}", fixture.token(|_| {}));
+    for (content_type, status) in [
+        ("Application/X-WWW-Form-URLEncoded", StatusCode::OK),
+        ("application/x-www-form-urlencoded; charset=utf-8", StatusCode::OK),
+        ("application/x-www-form-urlencodedx", StatusCode::BAD_REQUEST),
+        ("application/json", StatusCode::BAD_REQUEST),
+    ] {
+        let request = Request::post("/token")
+            .header("content-type", content_type)
+            .body(Body::from(form.clone()))
+            .unwrap();
+        let reply = send(&router, request).await;
+        assert_eq!(reply.status, status, "{content_type}: {}", reply.body);
+    }
+
     // A body over the limit is still the 413 it was.
     let limit = fixture.config().http.max_body_bytes;
     let form = format!("grant_type=password&password={}", "x".repeat(limit + 1));
