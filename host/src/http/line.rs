@@ -35,6 +35,45 @@ pub(crate) struct Line {
     pub event: Option<String>,
 }
 
+impl Line {
+    /// What `other` noted, over what this one did.
+    fn merge(&mut self, other: Line) {
+        let Line { sub, service, granted, note, lifetime, refused, event } = other;
+        let take = |mine: &mut Option<String>, theirs: Option<String>| {
+            if theirs.is_some() {
+                *mine = theirs;
+            }
+        };
+        take(&mut self.sub, sub);
+        take(&mut self.service, service);
+        take(&mut self.granted, granted);
+        take(&mut self.note, note);
+        take(&mut self.lifetime, lifetime);
+        take(&mut self.refused, refused);
+        take(&mut self.event, event);
+    }
+}
+
+/// Runs `work` in a task of its own, which goes on to its end if the request is dropped; what it
+/// notes reaches the request's line when it returns. A panic in it is the caller's again; the
+/// error is the task's cancellation (the runtime stopping).
+pub(crate) async fn detached<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    let task = tokio::spawn(LINE.scope(RefCell::new(Line::default()), async move {
+        let out = work.await;
+        (out, LINE.with(RefCell::take))
+    }));
+    match task.await {
+        Ok((out, noted)) => {
+            note(|line| line.merge(noted));
+            Ok(out)
+        }
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(error) => Err(error),
+    }
+}
+
 /// Notes something about the current request for its log line; outside a request, nothing.
 pub(crate) fn note(write: impl FnOnce(&mut Line)) {
     let _ = LINE.try_with(|line| write(&mut line.borrow_mut()));

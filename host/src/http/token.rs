@@ -117,10 +117,8 @@ pub(super) async fn get_token(
     Query(params): Query,
     Credential(credential): Credential,
 ) -> Result<Response, ApiError> {
-    let live = app.live();
     let offline = params.first("offline_token").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let ask = Ask { params: &params, credential: &credential, offline, conflicting: false };
-    let issued = exchange(&app, &live, ask, client_addr).await?;
+    let issued = exchange_to_the_end(&app, params, credential, offline, false, client_addr).await?;
     let body = get_response_body(&issued.minted, issued.refresh_token.as_deref().map(String::as_str));
     Ok(no_store(([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()))
 }
@@ -149,7 +147,6 @@ pub(super) async fn post_token(
     headers: HeaderMap,
     Form(params): Form,
 ) -> Result<Response, OAuth> {
-    let live = app.live();
     let (credential, offline) = match params.first("grant_type") {
         None => return Err(ApiError::BadRequest("grant_type is required".into()).into()),
         // Only our own refresh token comes back: an Authority token is never handed out as one.
@@ -163,8 +160,8 @@ pub(super) async fn post_token(
     // A client sends its credential once; a different one beside it (a Basic password that is
     // another caller's token) is not a second chance to be believed.
     let conflicting = credential_of(&headers)?.is_some_and(|header| header != credential);
-    let ask = Ask { params: &params, credential, offline, conflicting };
-    let issued = exchange(&app, &live, ask, client_addr).await?;
+    let credential = credential.to_owned();
+    let issued = exchange_to_the_end(&app, params, credential, offline, conflicting, client_addr).await?;
     let body = PostResponse {
         access_token: &issued.minted.token,
         scope: scope_string(&issued.granted),
@@ -173,6 +170,29 @@ pub(super) async fn post_token(
         refresh_token: issued.refresh_token.as_deref().map(String::as_str),
     };
     Ok(no_store(axum::Json(body).into_response()))
+}
+
+/// [`exchange`] in a task of its own, which runs to its end even when the client hangs up: hyper
+/// then drops the handler, and the exchange's event (queued once its outcome is known) would go
+/// with it.
+async fn exchange_to_the_end(
+    app: &AppState,
+    params: Params,
+    credential: String,
+    offline: bool,
+    conflicting: bool,
+    client_addr: Option<String>,
+) -> Result<Issued, ApiError> {
+    let app = Arc::clone(app);
+    let exchanged = line::detached(async move {
+        let live = app.live();
+        let ask = Ask { params: &params, credential: &credential, offline, conflicting };
+        exchange(&app, &live, ask, client_addr).await
+    });
+    exchanged.await.unwrap_or_else(|error| {
+        tracing::error!(%error, "an exchange's task was cancelled (the service is stopping)");
+        Err(ApiError::Signing)
+    })
 }
 
 /// Both forms, once the credential is read: authenticate, decide, mint — and record the exchange

@@ -508,3 +508,37 @@ async fn a_body_that_cannot_be_read_is_a_400_not_a_413() {
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", reply.body);
     assert!(reply.message().contains(&format!("larger than {limit} bytes")), "{}", reply.body);
 }
+
+/// A client that hangs up while its exchange is under way (here: a policy that takes its whole
+/// 1 s deadline) does not take the exchange's event with it: the exchange runs to its end and is
+/// recorded.
+#[tokio::test]
+async fn an_exchange_whose_client_hangs_up_is_still_recorded() {
+    use tower::ServiceExt;
+    let world = LedgerWorld::new(|config| {
+        config.policy.module = Some(test_support::HOSTILE_GUEST_WASM.into());
+        config.policy.timeout_ms = Some(1000);
+    })
+    .await;
+    let asked = "repository:hostile/sleep:pull";
+    let request = Request::get(query(SERVICE, &[asked]))
+        .header("authorization", format!("Bearer {}", world.fixture.token(|_| {})))
+        .body(Body::empty())
+        .unwrap();
+    let hung_up =
+        tokio::time::timeout(std::time::Duration::from_millis(200), world.router.clone().oneshot(request))
+            .await;
+    assert!(hung_up.is_err(), "the policy answered within 200 ms");
+
+    let since = std::time::Instant::now();
+    loop {
+        let events = world.events().await;
+        if let Some(event) = events.iter().find(|e| e.requested == [asked]) {
+            assert_eq!(event.outcome, registry_token::ledger::Outcome::Fault, "{event:?}");
+            assert_eq!(event.reason.as_deref(), Some("deadline"), "{event:?}");
+            break;
+        }
+        assert!(since.elapsed().as_secs() < 10, "no event for the exchange whose client hung up: {events:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
