@@ -1295,4 +1295,35 @@ fn a_bundle_and_a_ledger_export_signed_by_a_key_in_softhsm2_verify_with_its_cert
     hsm(&args);
     let stdout = ok(&["ledger", "verify", "--config", &config, "--key", path(&cert), path(&export)]);
     assert!(stdout.contains("1 events") && stdout.contains("(ES256): verified"), "{stdout}");
+
+    // The public object under the key's label becomes another key's (a key made again by hand
+    // over a leftover public object): the key is refused when opened, and nothing is signed.
+    let mut new = vec!["keys", "new", "--algorithm", "ES256", "--dir", path(&keys)];
+    new.extend_from_slice(&pkcs11);
+    *new.iter_mut().find(|arg| **arg == "signer").unwrap() = "other";
+    hsm(&new);
+    let other_cert = pem::parse(std::fs::read(keys.join("other.crt")).unwrap()).unwrap();
+    let (_, other_cert) = x509_parser::parse_x509_certificate(other_cert.contents()).unwrap();
+    let other_public = root.join("other.der");
+    std::fs::write(&other_public, other_cert.public_key().raw).unwrap();
+    let tool = test_support::require_program("pkcs11-tool", "install it with `apt-get install -y opensc`");
+    let pin_text = std::fs::read_to_string(&pin).unwrap();
+    for edit in [
+        vec!["--delete-object", "--type", "pubkey", "--label", "signer"],
+        vec!["--write-object", path(&other_public), "--type", "pubkey", "--label", "signer"],
+    ] {
+        let output = Command::new(&tool)
+            .env("SOFTHSM2_CONF", &conf)
+            .args(["--module", module, "--token-label", "bundles", "--login", "--pin", pin_text.trim()])
+            .args(&edit)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "pkcs11-tool {edit:?}: {}", text(&output.stderr));
+    }
+    let before = std::fs::read(&bundle).unwrap();
+    let output = Command::new(BIN).env("SOFTHSM2_CONF", &conf).args(&sign).output().unwrap();
+    let said = text(&output.stderr);
+    assert!(!output.status.success(), "signed with a key its public object does not match");
+    assert!(said.contains("does not verify with the public key of the same label"), "{said}");
+    assert_eq!(std::fs::read(&bundle).unwrap(), before, "the bundle is as it was");
 }

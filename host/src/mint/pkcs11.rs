@@ -307,10 +307,20 @@ impl HsmKey {
         None
     }
 
-    /// Signs a probe and verifies it with the public key: the key signs what is published.
-    /// (A session's first signature is verified as it is made: [`HsmKey::sign`].)
+    /// Signs a probe and verifies it with the public key: the key signs what is published. (The
+    /// probe is signed on the session `open` pooled, which [`HsmKey::sign`] does not check: it
+    /// checks the first signature of each session it opens itself.)
     fn check_signature(&self) -> Result<(), HsmError> {
-        self.sign(b"registry-token: the HSM key signs what its public key verifies").map(|_| ())
+        let probe = b"registry-token: the HSM key signs what its public key verifies";
+        let signature = self.sign(probe)?;
+        if self.verifies(probe, &signature) {
+            return Ok(());
+        }
+        Err(HsmError::Setup(format!(
+            "{:?}: what the private key signs does not verify with the public key of the same label \
+             (the one that would be published); is the public object left from another key?",
+            self.location
+        )))
     }
 
     /// Whether `signature` of `message` verifies with the key's public key.
