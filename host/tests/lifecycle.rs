@@ -104,6 +104,30 @@ fn with_log_format_json_each_request_is_one_object_naming_who_got_what_and_never
     assert_ne!(denied["event"], fields["event"]);
 }
 
+/// A JWKS padded with ten thousand unusable entries loads its one good key, and the log names a
+/// few of the rest and counts the others in one line, instead of a line each.
+#[test]
+fn a_jwks_full_of_unusable_keys_logs_a_few_lines_not_one_each() {
+    let fixture = Fixture::new();
+    let jwks_path = fixture.root().join("authority/jwks.json");
+    let mut jwks: serde_json::Value = serde_json::from_slice(&std::fs::read(&jwks_path).unwrap()).unwrap();
+    let keys = jwks["keys"].as_array_mut().unwrap();
+    assert_eq!(keys.len(), 1);
+    let good = keys.remove(0);
+    keys.extend(std::iter::repeat_n(serde_json::json!({}), 10_000));
+    keys.push(good);
+    std::fs::write(&jwks_path, jwks.to_string()).unwrap();
+
+    let server = Server::start(BIN, &fixture.config_path);
+    let reply =
+        server.client().get_bearer(&query(SERVICE, &["repository:team/app:pull"]), &fixture.token(|_| {}));
+    assert_eq!(reply.unwrap().status, 200);
+    let log = server.stderr();
+    let named = log.lines().filter(|line| line.contains("JWKS key ignored")).count();
+    assert_eq!(named, 8, "{log}");
+    assert!(log.contains("9992 more JWKS keys ignored"), "{log}");
+}
+
 #[test]
 fn a_log_filter_that_does_not_parse_is_reported_and_logging_stays_at_info() {
     let fixture = Fixture::new();

@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 /// Keys beyond this many are ignored (with a warning); Authorities publish a handful.
 const MAX_KEYS: usize = 64;
+/// Keys ignored that are named in the log, each on its line.
+const MAX_REPORTED: usize = 8;
 
 /// Why a JWKS could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +79,7 @@ impl KeySet {
         let Some(entries) = document.get("keys").and_then(Value::as_array) else {
             return Err(invalid("no \"keys\" array".to_owned()));
         };
-        let mut keys = Vec::new();
+        let (mut keys, mut ignored) = (Vec::new(), 0);
         for (index, entry) in entries.iter().enumerate() {
             if keys.len() == MAX_KEYS {
                 tracing::warn!(%origin, "JWKS has more than {MAX_KEYS} keys; the rest are ignored");
@@ -85,8 +87,17 @@ impl KeySet {
             }
             match verify_key(entry) {
                 Ok(key) => keys.push(Arc::new(key)),
-                Err(reason) => tracing::warn!(%origin, index, "JWKS key ignored: {reason}"),
+                // Each named up to a few; past that one line says how many (a megabyte of `{}`
+                // would otherwise log a third of a million lines at every fetch).
+                Err(reason) if ignored < MAX_REPORTED => {
+                    ignored += 1;
+                    tracing::warn!(%origin, index, "JWKS key ignored: {reason}");
+                }
+                Err(_) => ignored += 1,
             }
+        }
+        if ignored > MAX_REPORTED {
+            tracing::warn!(%origin, "{} more JWKS keys ignored", ignored - MAX_REPORTED);
         }
         if keys.is_empty() {
             return Err(invalid("it holds no usable signature keys".to_owned()));
