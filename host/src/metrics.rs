@@ -37,12 +37,16 @@ pub struct Metrics {
     authority_key_fetches: IntCounterVec,
     ledger_commit: Histogram,
     ledger_queue: IntGauge,
+    ledger_dropped: IntCounter,
     revocations_active: IntGaugeVec,
     signing_key_info: IntGaugeVec,
     policy_info: IntGaugeVec,
     bundles_applied: IntCounter,
     bundle_refusals: IntCounterVec,
     bundle_revision: IntGauge,
+    /// Held through a scrape: the gauges it sets from its snapshot are reset first, and another
+    /// scrape reading meanwhile would miss them.
+    rendering: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -200,6 +204,15 @@ impl Metrics {
                 IntGauge::new("registry_token_ledger_queue_events", "Ledger events waiting to be written.")
                     .expect("valid gauge"),
             ),
+            ledger_dropped: register(
+                &r,
+                IntCounter::new(
+                    "registry_token_ledger_events_dropped_total",
+                    "Ledger events dropped: the queue was full (relaxed), crowded (a refused caller's), or \
+                     the database refused the event itself.",
+                )
+                .expect("valid counter"),
+            ),
             revocations_active: gauge_vec(
                 &r,
                 "registry_token_revocations_active",
@@ -238,6 +251,7 @@ impl Metrics {
                 IntGauge::new("registry_token_bundle_revision", "The revision of the live policy bundle.")
                     .expect("valid gauge"),
             ),
+            rendering: std::sync::Mutex::new(()),
             registry: r,
         };
         let build =
@@ -349,8 +363,16 @@ impl Metrics {
         }
     }
 
+    /// One ledger event dropped.
+    pub fn ledger_event_dropped(&self) {
+        if self.enabled() {
+            self.ledger_dropped.inc();
+        }
+    }
+
     /// The exposition, in the Prometheus text format, with the gauges of `snapshot`.
     pub fn render(&self, snapshot: &Snapshot<'_>) -> String {
+        let _one_at_a_time = self.rendering.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.ledger_queue.set(i64::try_from(snapshot.ledger_queue).unwrap_or(i64::MAX));
         self.revocations_active.reset();
         for (kind, count) in &snapshot.revocations {
@@ -377,4 +399,38 @@ impl Metrics {
 
     /// The exposition's `Content-Type`.
     pub const CONTENT_TYPE: &'static str = "text/plain; version=0.0.4; charset=utf-8";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scrapes at the same moment each see every series: a scrape resets the gauges it sets from
+    /// its snapshot, and one reading meanwhile saw none of them.
+    #[test]
+    fn scrapes_at_the_same_moment_each_see_every_series() {
+        let snapshot = Snapshot {
+            ledger_queue: 0,
+            revocations: vec![("subject", 1)],
+            signing_keys: vec![("kid-a", "active", "RS256")],
+            policy: Some(("sha256:0", "v1")),
+            bundle_revision: None,
+        };
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..500 {
+                        let exposition = metrics().render(&snapshot);
+                        for series in [
+                            "registry_token_signing_key_info{",
+                            "registry_token_policy_info{",
+                            "registry_token_revocations_active{",
+                        ] {
+                            assert!(exposition.contains(series), "{series} missing from a scrape");
+                        }
+                    }
+                });
+            }
+        });
+    }
 }

@@ -152,6 +152,14 @@ struct Shared {
     awaited_queued: tokio::sync::Notify,
 }
 
+impl Shared {
+    /// Counts one event dropped (in `/readyz` and in metrics); the count since start.
+    fn drop_one(&self) -> u64 {
+        crate::metrics::metrics().ledger_event_dropped();
+        self.dropped.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
 /// A handle on the ledger: cheap to clone, shared by the request path and the admin API.
 #[derive(Clone)]
 pub struct Ledger {
@@ -228,7 +236,7 @@ impl Ledger {
         // such events make way for those of callers who were validated (and for strict tokens).
         let crowded = queue.capacity() < queue.max_capacity() / 2;
         if crowded && event.outcome == Outcome::Refused {
-            let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let dropped = self.shared.drop_one();
             if dropped.is_power_of_two() {
                 tracing::warn!(
                     dropped,
@@ -241,7 +249,7 @@ impl Ledger {
         let record = Record { event, change };
         if let Err(refused) = queue.try_send(Pending { record: Some(record), committed: None }) {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let dropped = self.shared.drop_one();
             if dropped.is_power_of_two() {
                 let event = match &refused {
                     mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => {
@@ -767,7 +775,7 @@ async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, cap
                             break;
                         }
                         Err((error, _)) => {
-                            shared.dropped.fetch_add(1, Ordering::Relaxed);
+                            shared.drop_one();
                             tracing::error!(%error, event = id, "the ledger refused an event; it is dropped");
                             answer(committed, Err(error.to_string()));
                         }
@@ -799,7 +807,7 @@ async fn write_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>, cap
                     }
                     None if kept.len() < capacity => kept.push(record),
                     None => {
-                        let dropped = shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                        let dropped = shared.drop_one();
                         if dropped.is_power_of_two() {
                             tracing::warn!(
                                 dropped,
@@ -1015,5 +1023,58 @@ mod tests {
         assert!(restarts >= commits - 1, "the log started again {restarts} times in {commits} commits");
         let writer = ledger.shared.writer_checkpoints.load(Ordering::Relaxed);
         assert_eq!(writer, 0, "the writer checkpointed {writer} times beside an idle poller");
+    }
+
+    /// What a relaxed ledger drops while its database cannot take events (the queue full) is
+    /// counted in `/readyz` and in the metrics alike, so it can be alerted on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropped_events_are_counted_in_the_metrics_too() {
+        let scraped = || {
+            let snapshot = crate::metrics::Snapshot {
+                ledger_queue: 0,
+                revocations: Vec::new(),
+                signing_keys: Vec::new(),
+                policy: None,
+                bundle_revision: None,
+            };
+            let exposition = crate::metrics::metrics().render(&snapshot);
+            let line = exposition
+                .lines()
+                .find_map(|line| line.strip_prefix("registry_token_ledger_events_dropped_total "))
+                .map(str::to_owned);
+            line.unwrap_or_else(|| panic!("no dropped-events counter in\n{exposition}"))
+                .parse::<u64>()
+                .unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let config = LedgerConfig {
+            url: LedgerUrl::Sqlite(dir.path().join("ledger.db")),
+            durability: Durability::Relaxed,
+            queue_events: 4,
+            ..LedgerConfig::default()
+        };
+        let ledger = Ledger::open(&config, true).await.unwrap().unwrap();
+        let Store::Sqlite(store) = &ledger.shared.store else { unreachable!("a SQLite ledger") };
+        let big = |outcome| {
+            let mut event = Event::new(outcome);
+            event.message = Some("x".repeat(4000));
+            event
+        };
+        ledger.record(big(Outcome::Issued));
+        ledger.flush(Duration::from_secs(5)).await.unwrap();
+        store
+            .on_writer(|connection| {
+                connection.query_row("PRAGMA max_page_count = 1", [], |_| Ok(())).map_err(store::database)
+            })
+            .await
+            .unwrap();
+        let before = scraped();
+        for _ in 0..200 {
+            ledger.record(big(Outcome::Denied));
+        }
+        let dropped = ledger.health().dropped;
+        assert!(dropped > 0, "{:?}", ledger.health());
+        // Other tests of this process may drop events too: at least these were counted.
+        assert!(scraped() - before >= dropped, "{dropped} dropped, counted {}", scraped() - before);
     }
 }
