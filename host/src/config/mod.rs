@@ -162,7 +162,7 @@ impl Config {
         // A reused token must keep at least 80 % of its lifetime: more than a fifth of it would be
         // cut short anyway.
         if let Some(reuse) = signing.reuse_seconds
-            && reuse * 5 > signing.lifetime_seconds
+            && reuse.saturating_mul(5) > signing.lifetime_seconds
         {
             return Err(format!(
                 "signing.reuse_seconds ({reuse}) may be at most a fifth of signing.lifetime_seconds ({}): a \

@@ -118,6 +118,11 @@ async fn a_reused_token_never_has_less_than_80_percent_of_its_lifetime_left() {
     let fixture = Fixture::with(|config| config.signing.reuse_seconds = Some(61));
     let error = registry_token::config::Config::load_with_env(&fixture.config_path, Vec::new()).unwrap_err();
     assert!(error.to_string().contains("signing.reuse_seconds (61) may be at most a fifth"), "{error}");
+    // So is one whose fifth-check would overflow (times five, it wraps to 4 in 64 bits).
+    let huge = u64::MAX / 5 + 1;
+    let fixture = Fixture::with(|config| config.signing.reuse_seconds = Some(huge));
+    let error = registry_token::config::Config::load_with_env(&fixture.config_path, Vec::new()).unwrap_err();
+    assert!(error.to_string().contains(&format!("signing.reuse_seconds ({huge}) may be at most")), "{error}");
 }
 
 #[tokio::test]
