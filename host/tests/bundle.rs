@@ -970,15 +970,16 @@ fn the_offline_kit_decides_exactly_as_the_online_instance_its_bundle_was_built_f
     let revoked_jti_token = online.token(|r| r.subject = "frank".into());
     let (_, claims) = decode(&revoked_jti_token);
     let jti = claims["jti"].as_str().unwrap().to_owned();
-    // A revocation that expires in a few seconds: lapsed by the time the requests are made.
-    let lapses_at = std::time::SystemTime::now() + Duration::from_secs(3);
+    // A revocation that expires in a few seconds: lapsed by the time the requests are made. Made
+    // first, and seconds ahead (the time is cut to whole seconds): one in the past is refused.
+    let lapses_at = std::time::SystemTime::now() + Duration::from_secs(5);
     let lapses = humantime::format_rfc3339_seconds(lapses_at).to_string();
     for revoke in [
+        vec!["subject", "eve", "--reason", "suspended", "--expires-at", lapses.as_str()],
         vec!["subject", "mallory", "--reason", "left the company"],
         vec!["tenant", "globex", "--reason", "contract ended"],
         vec!["caller_token", jti.as_str(), "--reason", "leaked"],
         vec!["licence", "LIC-0007", "--reason", "unpaid", "--tenant", "acme"],
-        vec!["subject", "eve", "--reason", "suspended", "--expires-at", lapses.as_str()],
     ] {
         let mut args = vec!["ledger", "revoke", "--config", config.as_str()];
         args.extend(revoke);

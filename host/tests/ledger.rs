@@ -244,16 +244,19 @@ fn each_kind_of_revocation_refuses_at_once_with_its_reason_and_lifts() {
         404
     );
 
-    // A revocation with an expiry stops applying by itself.
-    let soon =
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(2)).to_string();
+    // A revocation with an expiry stops applying by itself. (Seconds ahead: the time is cut to
+    // whole seconds, and the revocation must still be in force at the next request.)
+    let lapses_at = std::time::SystemTime::now() + Duration::from_secs(4);
+    let soon = humantime::format_rfc3339_seconds(lapses_at).to_string();
     revoke(
         &admin,
         &token,
         json!({"kind": "subject", "value": "alice", "reason": "cooling off", "expires_at": soon}),
     );
     assert_eq!(client.get_bearer(&query(SERVICE, &[PULL]), &caller).unwrap().status, 403);
-    std::thread::sleep(Duration::from_millis(3100));
+    if let Ok(left) = lapses_at.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(left + Duration::from_millis(100));
+    }
     assert_eq!(
         client.get_bearer(&query(SERVICE, &[PULL]), &caller).unwrap().status,
         200,

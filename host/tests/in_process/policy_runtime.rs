@@ -105,7 +105,8 @@ async fn an_endless_loop_is_stopped_by_the_deadline() {
         let started = Instant::now();
         let fault = fault_then_recover(&policy, "hostile/loop").await;
         assert_eq!(fault, Fault::Deadline(Duration::from_millis(50)), "{contract}");
-        assert!(started.elapsed() < Duration::from_millis(100), "{contract}: took {:?}", started.elapsed());
+        // The deadline, the epoch tick and a second evaluation, with room for a loaded machine.
+        assert!(started.elapsed() < Duration::from_millis(400), "{contract}: took {:?}", started.elapsed());
     }
 }
 
