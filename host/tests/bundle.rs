@@ -475,13 +475,15 @@ fn readyz(client: &Client) -> Value {
     client.get("/readyz").unwrap().body
 }
 
-/// A counter's value in `/metrics`, 0 when absent.
-fn counter(admin: &Client, series: &str) -> f64 {
+/// A series' value in `/metrics`, if it is there.
+fn series(admin: &Client, name: &str) -> Option<f64> {
     let metrics = admin.get("/metrics").unwrap().text;
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or(0.0)
+    metrics.lines().find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+}
+
+/// A labelled counter's value in `/metrics`, 0 when absent (it is, until first counted).
+fn counter(admin: &Client, name: &str) -> f64 {
+    series(admin, name).unwrap_or(0.0)
 }
 
 /// The access a team member of acme gets to `team/app` and `readonly`'s to it.
@@ -549,7 +551,7 @@ fn a_bundle_file_is_served_a_newer_revision_applied_and_a_rollback_or_unsigned_o
         (status["bundle"]["revision"] == 2, status)
     });
     assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull,push"]);
-    assert_eq!(counter(&admin, "registry_token_bundle_revision"), 2.0);
+    assert_eq!(series(&admin, "registry_token_bundle_revision"), Some(2.0));
 
     // Refused, each with its reason, while revision 2 keeps serving: a rollback to 1, an unsigned
     // revision 3, a revision 3 whose settings were changed after it was signed.
@@ -596,7 +598,7 @@ fn a_bundle_file_is_served_a_newer_revision_applied_and_a_rollback_or_unsigned_o
         let status = readyz(&client);
         (status["bundle"].is_null(), status)
     });
-    assert_eq!(counter(&admin, "registry_token_bundle_revision"), 0.0);
+    assert_eq!(series(&admin, "registry_token_bundle_revision"), Some(0.0));
     fixture.reconfigure(|config| {
         config.set("policy.bundle", path(&live));
         config.set("policy.bundle_keys", vec![path(&cert).to_owned()]);
