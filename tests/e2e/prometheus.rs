@@ -208,6 +208,7 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
         ("registry_token_cache_requests_total", vec!["cache=\"caller_tokens\"", "result=\"miss\""], 8.0),
         ("registry_token_build_info", vec![&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))], 1.0),
         ("registry_token_ledger_queue_events", vec![], 0.0),
+        ("registry_token_ledger_events_dropped_total", vec![], 0.0),
         ("registry_token_revocations_active", vec!["kind=\"subject\""], 1.0),
         ("registry_token_revocations_active", vec!["kind=\"licence\""], 0.0),
     ] {
@@ -259,7 +260,7 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
     assert!(checked.status.success() && said.trim().is_empty(), "promtool check metrics: {said}");
     let rules = Command::new(&promtool).args(["check", "rules", RULES]).output().unwrap();
     assert!(rules.status.success(), "{}", String::from_utf8_lossy(&rules.stdout));
-    assert!(String::from_utf8_lossy(&rules.stdout).contains("SUCCESS: 3 rules found"));
+    assert!(String::from_utf8_lossy(&rules.stdout).contains("SUCCESS: 4 rules found"));
 
     // A real Prometheus scraping the operator listener every second.
     let dir = tempfile::tempdir().unwrap();
