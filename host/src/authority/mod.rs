@@ -19,6 +19,7 @@ mod source;
 
 pub use claims::caller_from_claims;
 pub use keyset::{JwksError, KeySet};
+pub(crate) use source::shown_url;
 pub use source::{KeySource, RemoteJwks, acceptable_jwks_url};
 
 use crate::access::Caller;

@@ -79,9 +79,10 @@ impl KeySource {
                 }
             }))
             .build()
-            .map_err(|e| JwksError::Fetch { url: url.to_owned(), reason: e.to_string() })?;
+            .map_err(|e| JwksError::Fetch { url: shown_url(url), reason: e.to_string() })?;
         let remote = Arc::new(RemoteJwks {
             url: url.to_owned(),
+            shown: shown_url(url),
             client,
             keys: ArcSwap::from_pointee(KeySet::default()),
             generation: std::sync::atomic::AtomicU64::new(0),
@@ -142,6 +143,8 @@ impl KeySource {
 /// A JWKS fetched over HTTP(S).
 pub struct RemoteJwks {
     url: String,
+    /// `url` as logs and errors show it: without credentials or query.
+    shown: String,
     client: reqwest::Client,
     keys: ArcSwap<KeySet>,
     generation: std::sync::atomic::AtomicU64,
@@ -152,14 +155,16 @@ pub struct RemoteJwks {
 
 impl std::fmt::Debug for RemoteJwks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteJwks").field("url", &self.url).field("keys", &self.keys.load()).finish()
+        f.debug_struct("RemoteJwks").field("url", &self.shown).field("keys", &self.keys.load()).finish()
     }
 }
 
 impl RemoteJwks {
     async fn fetch(&self) -> Result<KeySet, JwksError> {
-        let error = |reason: String| JwksError::Fetch { url: self.url.clone(), reason };
-        let mut response = self.client.get(&self.url).send().await.map_err(|e| error(e.to_string()))?;
+        let error = |reason: String| JwksError::Fetch { url: self.shown.clone(), reason };
+        // reqwest's errors name the URL: it is shown once, as `shown`.
+        let failed = |e: reqwest::Error| error(e.without_url().to_string());
+        let mut response = self.client.get(&self.url).send().await.map_err(failed)?;
         if !response.status().is_success() {
             return Err(error(format!("HTTP {}", response.status())));
         }
@@ -170,7 +175,7 @@ impl RemoteJwks {
             }
             body.extend_from_slice(&chunk);
         }
-        KeySet::from_json(&body, &self.url)
+        KeySet::from_json(&body, &self.shown)
     }
 
     async fn refresh(&self) -> Result<(), JwksError> {
@@ -181,7 +186,7 @@ impl RemoteJwks {
         crate::metrics::metrics().keys_fetch(fetched.is_ok());
         let keys = fetched?;
         if keys.fingerprint() != self.keys.load().fingerprint() {
-            tracing::info!(url = %self.url, keys = keys.len(), "the Authority's JWKS changed");
+            tracing::info!(url = %self.shown, keys = keys.len(), "the Authority's JWKS changed");
             self.keys.store(Arc::new(keys));
             self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
@@ -217,9 +222,41 @@ impl RemoteJwks {
     }
 }
 
+/// `url` without what may be a secret: its user and password, and its query.
+pub(crate) fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            if parsed.query().is_some() {
+                parsed.set_query(Some("..."));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::acceptable_jwks_url;
+    use super::{KeySource, acceptable_jwks_url};
+    use std::time::Duration;
+
+    /// Credentials in the JWKS URL (its user and password, or a token in its query) appear in no
+    /// error: a reload refused because the Authority is unreachable says where, not with what.
+    #[tokio::test]
+    async fn a_jwks_url_is_shown_without_its_credentials() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("http://jwks-user:pa55word@127.0.0.1:{port}/jwks.json?access_token=t0ken");
+        let error = KeySource::from_url(&url, Duration::from_secs(60), Duration::from_secs(1), true)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(&format!("http://127.0.0.1:{port}/jwks.json?...")), "{error}");
+        for secret in ["jwks-user", "pa55word", "t0ken"] {
+            assert!(!error.contains(secret), "{secret} in {error}");
+        }
+    }
 
     #[test]
     fn keys_come_over_https_or_from_this_host_only() {

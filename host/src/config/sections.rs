@@ -79,8 +79,9 @@ impl TryFrom<AuthoritySection> for AuthorityConfig {
             (Some(file), None) => JwksSource::File(file),
             (None, Some(url)) if !crate::authority::acceptable_jwks_url(&url) => {
                 return Err(format!(
-                    "jwks_url: {url:?} must be an https URL (plain http only to a loopback address): \
-                     whoever can change the keys in transit can forge any caller"
+                    "jwks_url: {:?} must be an https URL (plain http only to a loopback address): \
+                     whoever can change the keys in transit can forge any caller",
+                    crate::authority::shown_url(&url)
                 ));
             }
             (None, Some(url)) => JwksSource::Url(url),
