@@ -222,7 +222,8 @@ impl RemoteJwks {
     }
 }
 
-/// `url` without what may be a secret: its user and password, and its query.
+/// `url` without what may be a secret: its user and password, and its query. (Of text that is
+/// not a URL, what stands before an `@` and after a `?`.)
 pub(crate) fn shown_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut parsed) => {
@@ -233,7 +234,10 @@ pub(crate) fn shown_url(url: &str) -> String {
             }
             parsed.to_string()
         }
-        Err(_) => "(not a URL)".to_owned(),
+        Err(_) => {
+            let before_query = url.split('?').next().unwrap_or(url);
+            before_query.rsplit('@').next().unwrap_or(before_query).to_owned()
+        }
     }
 }
 

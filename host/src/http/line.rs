@@ -35,38 +35,20 @@ pub(crate) struct Line {
     pub event: Option<String>,
 }
 
-impl Line {
-    /// What `other` noted, over what this one did.
-    fn merge(&mut self, other: Line) {
-        let Line { sub, service, granted, note, lifetime, refused, event } = other;
-        let take = |mine: &mut Option<String>, theirs: Option<String>| {
-            if theirs.is_some() {
-                *mine = theirs;
-            }
-        };
-        take(&mut self.sub, sub);
-        take(&mut self.service, service);
-        take(&mut self.granted, granted);
-        take(&mut self.note, note);
-        take(&mut self.lifetime, lifetime);
-        take(&mut self.refused, refused);
-        take(&mut self.event, event);
-    }
-}
-
-/// Runs `work` in a task of its own, which goes on to its end if the request is dropped; what it
-/// notes reaches the request's line when it returns. A panic in it is the caller's again; the
-/// error is the task's cancellation (the runtime stopping).
+/// Runs `work` in a task of its own, which goes on to its end if the request is dropped; the
+/// request's line goes with it and comes back with what it noted. A panic in it is the caller's
+/// again; the error is the task's cancellation (the runtime stopping).
 pub(crate) async fn detached<T: Send + 'static>(
     work: impl Future<Output = T> + Send + 'static,
 ) -> Result<T, tokio::task::JoinError> {
-    let task = tokio::spawn(LINE.scope(RefCell::new(Line::default()), async move {
+    let line = LINE.try_with(RefCell::take).unwrap_or_default();
+    let task = tokio::spawn(LINE.scope(RefCell::new(line), async move {
         let out = work.await;
         (out, LINE.with(RefCell::take))
     }));
     match task.await {
-        Ok((out, noted)) => {
-            note(|line| line.merge(noted));
+        Ok((out, line)) => {
+            let _ = LINE.try_with(|current| current.replace(line));
             Ok(out)
         }
         Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),

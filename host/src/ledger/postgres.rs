@@ -115,11 +115,9 @@ impl Store {
         // apply each migration once.
         client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(|e| described(&e))?;
         let migrated = self.migrate_locked(&mut client).await;
-        client
-            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(|e| described(&e))?;
+        let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
         client.batch_execute("RESET statement_timeout").await.map_err(|e| described(&e))?;
+        unlocked.map_err(|e| described(&e))?;
         migrated
     }
 

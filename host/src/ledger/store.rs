@@ -537,17 +537,16 @@ pub struct ExportWindow {
     pub last: String,
 }
 
-/// The time conditions of an export, numbered from `params.len() + 1`. `plain: false` writes the
-/// column as `+time_ms`, which keeps SQLite from reading the window through the time index: a
-/// page then walks the ids in order and stops when full, instead of sorting the rest of the
-/// window (every page of a large export did).
+/// The time conditions of an export on `column`, numbered from `params.len() + 1`. A page writes
+/// the column as `+time_ms`, which keeps SQLite from reading the window through the time index:
+/// it then walks the ids in order and stops when full, instead of sorting the rest of the window
+/// (every page of a large export did).
 fn window_conditions(
+    column: &str,
     since: Option<Millis>,
     until: Option<Millis>,
-    plain: bool,
     params: &mut Vec<Param>,
 ) -> Vec<String> {
-    let column = if plain { "time_ms" } else { "+time_ms" };
     let mut conditions = Vec::new();
     if let Some(since) = since {
         params.push(Param::Int(Some(since.0)));
@@ -564,7 +563,7 @@ fn window_conditions(
 /// pass over the window, through the time index), and its parameters.
 pub(super) fn export_window_query(since: Option<Millis>, until: Option<Millis>) -> (String, Vec<Param>) {
     let mut params = Vec::new();
-    let conditions = window_conditions(since, until, true, &mut params);
+    let conditions = window_conditions("time_ms", since, until, &mut params);
     let mut sql = "SELECT MIN(id), MAX(id) FROM events".to_owned();
     if !conditions.is_empty() {
         sql.push_str(" WHERE ");
@@ -592,7 +591,7 @@ pub(super) fn export_query(
             conditions.push(format!("id >= ${}", params.len()));
         }
     }
-    conditions.extend(window_conditions(window.since, window.until, false, &mut params));
+    conditions.extend(window_conditions("+time_ms", window.since, window.until, &mut params));
     params.push(Param::Int(Some(i64::try_from(limit).unwrap_or(i64::MAX))));
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE {} ORDER BY id ASC LIMIT ${}",
