@@ -9,8 +9,9 @@
 //! 2. **ES256**: a P-256 key signs; skopeo pushes and pulls through registry 2.8.
 //! 3. **SoftHSM2**: a key generated inside a SoftHSM2 token (initialised here, in a temporary
 //!    directory, through `SOFTHSM2_CONF`) signs; the configuration names only labels, no key file
-//!    exists, and the token reports the key sensitive and never extractable. With the token gone the endpoint answers 503; when it
-//!    returns, tokens are signed again.
+//!    exists, and the token reports the key sensitive and never extractable. With the token gone the
+//!    endpoint answers 503; when it returns, tokens are signed again. A PIN the token refuses is
+//!    tried once, not at every reconnect, and a reload with the right one signs again.
 //! 4. **Retirement**: a token signed by `a` keeps working until `a` leaves the set and the
 //!    registry's bundle, written by `keys export` (the same documents the server publishes), no
 //!    longer has its certificate (the registry restarted to reread it); then the registry refuses it.
@@ -459,6 +460,47 @@ fn keys_rotate_under_load_sign_es256_and_sign_from_softhsm2_against_registry_2_8
     std::fs::rename(&away, &tokens).unwrap();
     suite.signing_again(&kid_h, "the right token came back");
     suite.push_and_pull("team/hsm", "SoftHSM2 after the failover was undone");
+
+    // The PIN changed in the token (its officer's doing) and the module reconnected: the old PIN
+    // is tried once, not once a second (a real HSM locks the PIN after a few wrong ones); a
+    // reload with the new PIN signs again.
+    const NEW_PIN: &str = "5832-test-pin-2";
+    let tool = test_support::require_program("pkcs11-tool", "install it with `apt-get install -y opensc`");
+    run_ok(
+        Command::new(tool)
+            .env("SOFTHSM2_CONF", &suite.softhsm_conf)
+            .args(["--module", SOFTHSM_MODULE, "--token-label", TOKEN_LABEL, "--login", "--pin", PIN])
+            .args(["--change-pin", "--new-pin", NEW_PIN]),
+    );
+    std::fs::rename(&tokens, &away).unwrap();
+    assert_eq!(suite.token("repository:team/hsm:pull").0, 503, "the token is away");
+    std::fs::rename(&away, &tokens).unwrap();
+    let wrong = "is wrong";
+    let back = Instant::now();
+    while !suite.server.stderr().contains(wrong) {
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "the wrong PIN was never tried:\n{}",
+            suite.server.stderr()
+        );
+        assert_eq!(suite.token("repository:team/hsm:pull").0, 503);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Three seconds of requests: without the latch the module reconnects and logs in once a second.
+    let tried = Instant::now();
+    while tried.elapsed() < Duration::from_secs(3) {
+        let (status, token, body) = suite.token("repository:team/hsm:pull");
+        assert_eq!(status, 503, "{body}");
+        assert!(token.is_empty());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = suite.server.stderr();
+    assert_eq!(log.matches(wrong).count(), 1, "the wrong PIN was tried more than once:\n{log}");
+    assert!(log.contains("refused this PIN before; signing does not try it again"), "{log}");
+    let pin_file = suite.root().join("hsm/pin");
+    std::fs::write(&pin_file, format!("{NEW_PIN}\n")).unwrap();
+    suite.server.signal("HUP");
+    suite.signing_again(&kid_h, "a reload with the new PIN");
 
     // ES256 from the HSM too.
     let kid_hsm_ec = suite.kid(HSM_EC_KEY);

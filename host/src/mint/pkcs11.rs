@@ -11,6 +11,10 @@
 //!   of an earlier context are forgotten, never closed: after `C_Finalize` their handles may name
 //!   new sessions. Callers fail with [`HsmError`] meanwhile, which the token endpoint answers
 //!   with 503: nothing is ever signed otherwise.
+//! - **A wrong PIN is not tried again** by the signing path: every wrong attempt counts toward
+//!   the token's lockout (a real HSM locks the user PIN after a few, and only its security
+//!   officer can unlock it). A PIN a token refused is tried again only when a key is opened:
+//!   at the start and at a reload, which also reread the PIN file.
 //!
 //! Everything here blocks on the module: the async side ([`super::Signer`]) runs it on the
 //! blocking pool, bounded by the number of sessions and by a deadline.
@@ -23,7 +27,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -105,6 +109,20 @@ struct Module {
     /// Readers use the context (sessions, signatures); a reset takes it for writing, so it never
     /// finalizes under a call in flight.
     state: RwLock<ModuleState>,
+    /// Per token label, the digests of the PINs it refused (each until it is accepted).
+    refused_pins: Mutex<HashMap<String, HashSet<[u8; 32]>>>,
+    /// Held across `C_Login` (never the map's lock, which every signature takes): sessions opened
+    /// at once after a reconnect try a PIN once between them.
+    logging_in: Mutex<()>,
+}
+
+/// Whether a login may try a PIN its token refused before.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Opening a key (start, reload, a command): the operator acted, so the PIN is tried once.
+    Refused,
+    /// Signing: a refused PIN is not tried again.
+    Never,
 }
 
 #[derive(Debug, Default)]
@@ -125,8 +143,63 @@ impl Module {
         let mut modules = MODULES.lock().unwrap_or_else(PoisonError::into_inner);
         modules
             .entry(path.to_owned())
-            .or_insert_with(|| Arc::new(Module { path: path.to_owned(), state: RwLock::default() }))
+            .or_insert_with(|| {
+                Arc::new(Module {
+                    path: path.to_owned(),
+                    state: RwLock::default(),
+                    refused_pins: Mutex::default(),
+                    logging_in: Mutex::default(),
+                })
+            })
             .clone()
+    }
+
+    /// The error for a PIN `location`'s token refused before, if it did.
+    fn refused(&self, location: &HsmLocation) -> Option<HsmError> {
+        let refused = self.refused_pins.lock().unwrap_or_else(PoisonError::into_inner);
+        refused
+            .get(&location.token_label)
+            .is_some_and(|pins| pins.contains(&pin_digest(&location.pin)))
+            .then(|| refused_error(location))
+    }
+
+    /// Logs `session` in with `location`'s PIN, unless the token refused that PIN before and
+    /// `retry` is [`Retry::Never`]; remembers a refusal, and forgets it once the PIN is accepted.
+    fn login(&self, session: &Session, location: &HsmLocation, retry: Retry) -> Result<(), HsmError> {
+        let _one_at_a_time = self.logging_in.lock().unwrap_or_else(PoisonError::into_inner);
+        if retry == Retry::Never
+            && let Some(refused) = self.refused(location)
+        {
+            return Err(refused);
+        }
+        let digest = pin_digest(&location.pin);
+        let remember = |refused: bool| {
+            let mut pins = self.refused_pins.lock().unwrap_or_else(PoisonError::into_inner);
+            let token = pins.entry(location.token_label.clone()).or_default();
+            if refused { token.insert(digest) } else { token.remove(&digest) }
+        };
+        let pin = AuthPin::new(location.pin.as_str().into());
+        match session.login(UserType::User, Some(&pin)) {
+            Ok(()) => {
+                remember(false);
+                Ok(())
+            }
+            // Another session logged the application in: this PIN was not checked.
+            Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange, _)) => {
+                remember(true);
+                Err(HsmError::Setup(format!(
+                    "the PIN for token {:?} is wrong; signing will not try it again (each wrong attempt \
+                     counts toward the token's lockout): correct the PIN file and reload",
+                    location.token_label
+                )))
+            }
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(HsmError::Setup(format!(
+                "the user PIN of token {:?} is locked; its security officer must unlock it",
+                location.token_label
+            ))),
+            Err(e) => Err(unavailable("C_Login", e)),
+        }
     }
 
     /// The current context's generation, initializing one if there is none.
@@ -211,7 +284,7 @@ impl HsmKey {
         let state = module.state.read().unwrap_or_else(PoisonError::into_inner);
         let context =
             state.context.as_ref().ok_or_else(|| HsmError::Unavailable("the module was reset".into()))?;
-        let session = open_session(context, &location, false)?;
+        let session = open_session(&module, context, &location, false, Retry::Refused)?;
         let key = find_one(&session, ObjectClass::PRIVATE_KEY, &location)?;
         let public = read_public(&session, key, &location)?;
         let protection = read_protection(&session, key)?;
@@ -248,6 +321,10 @@ impl HsmKey {
     /// Signs `message` as a JWS (RS256: PKCS#1 v1.5 over SHA-256; ES256: r‖s over its SHA-256).
     /// Blocks on the module.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+        // Before connecting: a refused PIN is no reason to reset the module every second.
+        if let Some(refused) = self.module.refused(&self.location) {
+            return Err(refused);
+        }
         let generation = self.module.connect()?;
         let result = self.sign_in(generation, message);
         if result.is_err() {
@@ -265,7 +342,7 @@ impl HsmKey {
         let (pooled, found_now) = match self.take_idle(generation) {
             Some(pooled) => (pooled, false),
             None => {
-                let session = open_session(context, &self.location, false)?;
+                let session = open_session(&self.module, context, &self.location, false, Retry::Never)?;
                 let key = find_one(&session, ObjectClass::PRIVATE_KEY, &self.location)?;
                 (Pooled { generation, session, key }, true)
             }
@@ -347,7 +424,13 @@ impl Drop for HsmKey {
     }
 }
 
-fn open_session(context: &Pkcs11, location: &HsmLocation, read_write: bool) -> Result<Session, HsmError> {
+fn open_session(
+    module: &Module,
+    context: &Pkcs11,
+    location: &HsmLocation,
+    read_write: bool,
+    retry: Retry,
+) -> Result<Session, HsmError> {
     let slots = context.get_slots_with_token().map_err(|e| unavailable("C_GetSlotList", e))?;
     let slot = slots
         .into_iter()
@@ -363,14 +446,20 @@ fn open_session(context: &Pkcs11, location: &HsmLocation, read_write: bool) -> R
         })?;
     let session = if read_write { context.open_rw_session(slot) } else { context.open_ro_session(slot) }
         .map_err(|e| unavailable("C_OpenSession", e))?;
-    let pin = AuthPin::new(location.pin.as_str().into());
-    match session.login(UserType::User, Some(&pin)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
-        Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange, _)) => {
-            Err(HsmError::Setup(format!("the PIN for token {:?} is wrong", location.token_label)))
-        }
-        Err(e) => Err(unavailable("C_Login", e)),
-    }
+    module.login(&session, location, retry)?;
+    Ok(session)
+}
+
+fn pin_digest(pin: &str) -> [u8; 32] {
+    Sha256::digest(pin.as_bytes()).into()
+}
+
+fn refused_error(location: &HsmLocation) -> HsmError {
+    HsmError::Setup(format!(
+        "token {:?} refused this PIN before; signing does not try it again (each wrong attempt counts \
+         toward the token's lockout): correct the PIN file and reload",
+        location.token_label
+    ))
 }
 
 fn find_all(
@@ -471,7 +560,7 @@ pub fn generate(location: &HsmLocation, algorithm: SigningAlgorithm, bits: u32) 
         let state = module.state.read().unwrap_or_else(PoisonError::into_inner);
         let context =
             state.context.as_ref().ok_or_else(|| HsmError::Unavailable("the module was reset".into()))?;
-        let session = open_session(context, location, true)?;
+        let session = open_session(&module, context, location, true, Retry::Refused)?;
         for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
             if !find_all(&session, class, location)?.is_empty() {
                 return Err(HsmError::Setup(format!(
