@@ -241,6 +241,9 @@ pub fn main() -> ExitCode {
             Command::Bundle(command) => bundle::run(command).await,
         }
     });
+    // A call stuck in a blocking thread (an HSM that stopped answering past its deadline) must not
+    // keep the process from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
         Ok(code) => code,
         Err(message) => {
