@@ -105,10 +105,15 @@ impl KeySet {
         Ok(KeySet { keys })
     }
 
-    /// The key for `kid`; a token without `kid` only matches a JWKS holding exactly one key.
-    pub(super) fn find(&self, kid: Option<&str>) -> Option<Arc<VerifyKey>> {
+    /// The key for `kid` and the token's `algorithm` (an Authority may publish one key under one
+    /// `kid` for two algorithms, RS256 and PS256 say); else the first for `kid`, whose algorithm
+    /// the caller then refuses. A token without `kid` only matches a JWKS holding exactly one key.
+    pub(super) fn find(&self, kid: Option<&str>, algorithm: Algorithm) -> Option<Arc<VerifyKey>> {
         match kid {
-            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)).cloned(),
+            Some(kid) => {
+                let named = || self.keys.iter().filter(move |k| k.kid.as_deref() == Some(kid));
+                named().find(|k| k.algorithm == algorithm).or_else(|| named().next()).cloned()
+            }
             None if self.keys.len() == 1 => self.keys.first().cloned(),
             None => None,
         }

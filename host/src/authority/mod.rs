@@ -245,7 +245,7 @@ pub async fn verify(
     }
     let algorithm = accepted_algorithm(&header.alg)?;
 
-    let key = keys.find(header.kid.as_deref()).await?;
+    let key = keys.find(header.kid.as_deref(), algorithm).await?;
     if key.algorithm != algorithm {
         return Err(AuthError::AlgorithmMismatch {
             header: header.alg.clone(),

@@ -116,7 +116,11 @@ impl KeySource {
         }
     }
 
-    pub(super) async fn find(&self, kid: Option<&str>) -> Result<Arc<VerifyKey>, AuthError> {
+    pub(super) async fn find(
+        &self,
+        kid: Option<&str>,
+        algorithm: jsonwebtoken::Algorithm,
+    ) -> Result<Arc<VerifyKey>, AuthError> {
         let unknown = || {
             AuthError::UnknownKey(match kid {
                 Some(kid) => format!("{:?}", super::shorten(kid)),
@@ -124,9 +128,9 @@ impl KeySource {
             })
         };
         match self {
-            KeySource::File(set) => set.find(kid).ok_or_else(unknown),
+            KeySource::File(set) => set.find(kid, algorithm).ok_or_else(unknown),
             KeySource::Remote(remote) => {
-                if let Some(key) = remote.keys.load().find(kid) {
+                if let Some(key) = remote.keys.load().find(kid, algorithm) {
                     return Ok(key);
                 }
                 remote.refetch_for_unknown_kid().await;
@@ -134,7 +138,7 @@ impl KeySource {
                 if keys.is_empty() {
                     return Err(AuthError::KeysUnavailable);
                 }
-                keys.find(kid).ok_or_else(unknown)
+                keys.find(kid, algorithm).ok_or_else(unknown)
             }
         }
     }

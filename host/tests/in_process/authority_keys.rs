@@ -161,6 +161,35 @@ async fn a_cached_validation_ends_at_the_tokens_exp() {
     }
 }
 
+/// An Authority may publish one key under one `kid` for two algorithms. Listed PS256 first, an
+/// RS256 token still verifies with the RS256 entry (it was refused for the first entry's
+/// algorithm); a PS256 token is checked against the PS256 entry.
+#[tokio::test]
+async fn a_kid_published_for_two_algorithms_verifies_with_the_tokens_own() {
+    let dir = tempfile::tempdir().unwrap();
+    dev_authority::init(dir.path(), ISSUER).unwrap();
+    let published: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("jwks.json")).unwrap()).unwrap();
+    let mut rs256 = published["keys"][0].clone();
+    rs256["alg"] = "RS256".into();
+    let mut ps256 = rs256.clone();
+    ps256["alg"] = "PS256".into();
+    let document = serde_json::json!({ "keys": [ps256, rs256] }).to_string();
+    let keys = KeySource::from_json(document.as_bytes(), "two algorithms").unwrap();
+    let validator = Validator::new(keys, requirements(), 16);
+    let now = 1_900_000_000;
+    let validated = validator.validate(&token(dir.path(), 600, now), now).await;
+    assert_eq!(validated.unwrap().caller.subject, "alice");
+    // The same signature presented as PS256 meets the PS256 entry, and fails as a PS256 one.
+    let rs = token(dir.path(), 600, now + 1);
+    let header = data_encoding::BASE64URL_NOPAD.decode(rs.split('.').next().unwrap().as_bytes()).unwrap();
+    let mut header: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    header["alg"] = "PS256".into();
+    let header = data_encoding::BASE64URL_NOPAD.encode(header.to_string().as_bytes());
+    let forged = format!("{header}.{}", rs.split_once('.').unwrap().1);
+    assert_eq!(validator.validate(&forged, now).await.unwrap_err(), AuthError::BadSignature);
+}
+
 /// An operator revokes a licence and reloads while the Authority is down: the reload applies, and
 /// the keys fetched before the outage keep validating callers (a reload with the same `jwks_url`
 /// keeps its keys instead of starting again from none).
