@@ -511,6 +511,22 @@ fn a_tenant_administrator_reads_and_revokes_only_within_its_tenant() {
     let listed = admin.get_bearer("/admin/v1/revocations", &acme).unwrap();
     assert_eq!(listed.body["revocations"], json!([]), "the global revocation is not its to see");
 
+    // A tenant claim that is null or empty is no global administrator's token.
+    let null_tenant = fixture.token(|r| {
+        r.subject = "half-admin".into();
+        r.scope = "registry.admin".into();
+        r.tenant = None;
+        r.extra.insert("stellaops:tenant".into(), Value::Null);
+    });
+    let empty_tenant = admin_token(&fixture, "empty-admin", Some(""));
+    for token in [&null_tenant, &empty_tenant] {
+        for path in ["/admin/v1/events?tenant=globex", "/admin/v1/events", "/admin/v1/revocations"] {
+            let reply = admin.get_bearer(path, token).unwrap();
+            assert_eq!(reply.status, 403, "{path}: {reply}");
+            assert!(reply.to_string().contains("stellaops:tenant is null or empty"), "{reply}");
+        }
+    }
+
     // Revoking: every way out of its tenant is a 403 that writes nothing.
     let before = (
         events(&admin, &global, "?limit=1000").len(),

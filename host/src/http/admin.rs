@@ -3,7 +3,8 @@
 //! carrying `admin.required_scope`.
 //!
 //! Tenant-aware: an administrator whose token carries `stellaops:tenant` sees only that tenant's
-//! events and revocations, and revokes only within it; only one without a tenant acts globally.
+//! events and revocations, and revokes only within it; only one without the claim acts globally
+//! (a null or empty one is refused).
 //! Anything else is a 403 and writes nothing. Bad input is a 400 that writes nothing.
 
 use super::AppState;
@@ -144,12 +145,28 @@ impl FromRequestParts<AppState> for Admin {
         if let Some(revocation) = revoked {
             return Err(AdminError::Forbidden(revocation.message()));
         }
+        // Only a token without the claim is a global administrator's: a null or empty tenant
+        // (an Authority's way of writing "none" for a tenant's administrator, perhaps) is refused,
+        // never read as "every tenant".
+        if validated.caller.tenant.as_deref() == Some("") || has_null_tenant(&validated.caller.claims_json) {
+            return Err(AdminError::Forbidden(
+                "the token's stellaops:tenant is null or empty: an administrator's token names its \
+                 tenant, or has no stellaops:tenant claim at all (a global administrator)"
+                    .into(),
+            ));
+        }
         Ok(Admin {
             caller: validated.caller.clone(),
             jti: validated.jti.clone(),
             issuer: live.config.authority.issuer.clone(),
         })
     }
+}
+
+/// Whether the claims (as validated, so one JSON object) hold `"stellaops:tenant": null`.
+fn has_null_tenant(claims_json: &str) -> bool {
+    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(claims_json)
+        .map_or(true, |claims| claims.get("stellaops:tenant").is_some_and(serde_json::Value::is_null))
 }
 
 /// The query's parameters, each given at most once, under either spelling (`licence`, `license`):
