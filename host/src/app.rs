@@ -587,6 +587,9 @@ pub struct App {
     bundle_recorded: Mutex<Option<(String, String)>>,
     /// The clock requests use.
     pub clock: Clock,
+    /// The exchanges running in tasks of their own (see [`crate::http`]'s token endpoint): a
+    /// stop waits for them, so that none is cut off before its event is queued.
+    pub exchanges: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for App {
@@ -608,6 +611,7 @@ impl App {
             ledger: None,
             bundle_recorded: Mutex::new(None),
             clock,
+            exchanges: tokio_util::task::TaskTracker::new(),
         }
     }
 

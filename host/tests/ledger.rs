@@ -403,6 +403,43 @@ fn the_ledger_works_while_the_service_is_down_and_after_a_restart() {
     assert_eq!(outcomes, ["denied", "revocation_created", "issued"]);
 }
 
+/// A client that hangs up mid-exchange (here: a policy that takes its whole 1.5 s deadline) and a
+/// SIGTERM right after: the stop waits for the exchange, which runs on in a task of its own, so its
+/// event is in the ledger and the stop is clean.
+#[test]
+fn a_stop_waits_for_the_exchange_of_a_client_that_hung_up() {
+    use std::io::Write;
+    let fixture = Fixture::with(|config| {
+        config.policy.module = Some(test_support::HOSTILE_GUEST_WASM.into());
+        config.policy.settings_file = None;
+        config.policy.timeout_ms = Some(1500);
+    });
+    let mut server = Server::start(BIN, &fixture.config_path);
+    let asked = "repository:hostile/sleep:pull";
+    let mut stream = std::net::TcpStream::connect(server.address()).unwrap();
+    write!(
+        stream,
+        "GET {} HTTP/1.1\r\nHost: registry-token\r\nAuthorization: Bearer {}\r\n\r\n",
+        query(SERVICE, &[asked]),
+        fixture.token(|_| {})
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stream);
+    std::thread::sleep(Duration::from_millis(100));
+    server.signal("TERM");
+    let status = server.wait(Duration::from_secs(20));
+    assert!(status.success(), "{status}: {}", server.stderr());
+    let output = ledger_cli(&fixture, &["events", "--json"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let listed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let events = listed["events"].as_array().unwrap();
+    let event = events.iter().find(|e| e["requested"] == json!([asked]));
+    let event = event.unwrap_or_else(|| panic!("the exchange was cut off: {events:#?}\n{}", server.stderr()));
+    assert_eq!(event["outcome"], "fault", "{event}");
+    assert_eq!(event["reason"], "deadline", "{event}");
+}
+
 /// A relative `ledger.url` is from the working directory: a command run elsewhere than the service
 /// must not create an empty ledger there and report nothing (or build a bundle without the
 /// revocations). Commands that read refuse; `ledger revoke` may set a ledger up, and says so.

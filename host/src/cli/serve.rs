@@ -73,7 +73,8 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
 
     spawn_reloader(Arc::clone(&service), config_path)?;
 
-    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    // When the stop began: the grace period runs from there.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(None::<tokio::time::Instant>);
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     tokio::spawn(async move {
@@ -81,10 +82,11 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
             _ = terminate.recv() => tracing::info!("SIGTERM: draining in-flight requests"),
             _ = interrupt.recv() => tracing::info!("SIGINT: draining in-flight requests"),
         }
-        let _ = stopping_tx.send(true);
+        let _ = stopping_tx.send(Some(tokio::time::Instant::now()));
     });
-    let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = stopping.wait_for(|stop| *stop).await;
+    type Stopping = tokio::sync::watch::Receiver<Option<tokio::time::Instant>>;
+    let stopped = |mut stopping: Stopping| async move {
+        let _ = stopping.wait_for(Option::is_some).await;
     };
     let server = axum::serve(
         listener,
@@ -96,16 +98,33 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
         http::admin_router(Arc::clone(&service)).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(stopped(stopping.clone()));
-    let deadline = async {
-        stopped(stopping).await;
-        tokio::time::sleep(grace).await;
+    let grace_over = |mut stopping: Stopping| async move {
+        let began = stopping.wait_for(Option::is_some).await.ok().and_then(|began| *began);
+        tokio::time::sleep_until(began.unwrap_or_else(tokio::time::Instant::now) + grace).await;
     };
+    let deadline = grace_over(stopping.clone());
     let both = async { tokio::try_join!(server.into_future(), admin.into_future()) };
     tokio::select! {
         served = both => {
             served.map_err(|e| format!("the server failed: {e}"))?;
         }
         () = deadline => tracing::warn!(?grace, "shutdown grace period over; exiting with requests in flight"),
+    }
+    // Exchanges whose clients hung up run on in tasks of their own, within the same grace period:
+    // one cut off here would never queue its event.
+    service.exchanges.close();
+    let unfinished = tokio::select! {
+        () = service.exchanges.wait() => 0,
+        () = grace_over(stopping) => service.exchanges.len(),
+    };
+    if unfinished > 0 {
+        match service.ledger {
+            Some(_) => tracing::error!(
+                unfinished,
+                "exchanges still running when the grace period ended: their events are lost"
+            ),
+            None => tracing::warn!(unfinished, "exchanges still running when the grace period ended"),
+        }
     }
     if let Some(ledger) = &service.ledger
         && let Err(error) = ledger.flush(Duration::from_secs(5)).await
@@ -115,6 +134,9 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
         // Not a clean stop: a supervisor (and whoever reads its log) must see that audit events
         // were lost.
         return Err(format!("stopped with {queued} ledger events unwritten (lost): {error}"));
+    }
+    if unfinished > 0 && service.ledger.is_some() {
+        return Err(format!("stopped with {unfinished} exchanges unfinished: their ledger events are lost"));
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

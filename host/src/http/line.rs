@@ -35,14 +35,15 @@ pub(crate) struct Line {
     pub event: Option<String>,
 }
 
-/// Runs `work` in a task of its own, which goes on to its end if the request is dropped; the
-/// request's line goes with it and comes back with what it noted. A panic in it is the caller's
-/// again; the error is the task's cancellation (the runtime stopping).
+/// Runs `work` in a task of its own, tracked by `tracker`, which goes on to its end if the request
+/// is dropped; the request's line goes with it and comes back with what it noted. A panic in it is
+/// the caller's again; the error is the task's cancellation (the runtime stopping).
 pub(crate) async fn detached<T: Send + 'static>(
+    tracker: &tokio_util::task::TaskTracker,
     work: impl Future<Output = T> + Send + 'static,
 ) -> Result<T, tokio::task::JoinError> {
     let line = LINE.try_with(RefCell::take).unwrap_or_default();
-    let task = tokio::spawn(LINE.scope(RefCell::new(line), async move {
+    let task = tracker.spawn(LINE.scope(RefCell::new(line), async move {
         let out = work.await;
         (out, LINE.with(RefCell::take))
     }));

@@ -174,7 +174,7 @@ pub(super) async fn post_token(
 
 /// [`exchange`] in a task of its own, which runs to its end even when the client hangs up: hyper
 /// then drops the handler, and the exchange's event (queued once its outcome is known) would go
-/// with it.
+/// with it. The service's stop waits for these tasks (`App::exchanges`).
 async fn exchange_to_the_end(
     app: &AppState,
     params: Params,
@@ -183,11 +183,11 @@ async fn exchange_to_the_end(
     conflicting: bool,
     client_addr: Option<String>,
 ) -> Result<Issued, ApiError> {
-    let app = Arc::clone(app);
-    let exchanged = line::detached(async move {
-        let live = app.live();
+    let shared = Arc::clone(app);
+    let exchanged = line::detached(&app.exchanges, async move {
+        let live = shared.live();
         let ask = Ask { params: &params, credential: &credential, offline, conflicting };
-        exchange(&app, &live, ask, client_addr).await
+        exchange(&shared, &live, ask, client_addr).await
     });
     exchanged.await.unwrap_or_else(|error| {
         tracing::error!(%error, "an exchange's task was cancelled (the service is stopping)");
