@@ -203,6 +203,50 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // 3b. A dozen audit listings that cannot end (another session holds a lock on the refresh
+    //     tokens, so each waits out its statement timeout) take at most two of replica A's eight
+    //     connections: its strict exchanges are still committed and answered meanwhile.
+    let mut locker = cluster.session();
+    {
+        use std::io::Write;
+        let stdin = locker.stdin.as_mut().unwrap();
+        writeln!(stdin, "BEGIN; LOCK TABLE refresh_tokens IN ACCESS EXCLUSIVE MODE;").unwrap();
+        stdin.flush().unwrap();
+    }
+    let locked = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                  WHERE c.relname = 'refresh_tokens' AND l.mode = 'AccessExclusiveLock' AND l.granted";
+    let since = Instant::now();
+    while cluster.psql(locked).trim() != "1" {
+        assert!(since.elapsed() < Duration::from_secs(10), "psql never took the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let listings: Vec<_> = (0..12)
+        .map(|_| {
+            let (admin_client, token) = (a.admin(), admin.clone());
+            std::thread::spawn(move || admin_client.get_bearer("/admin/v1/refresh-tokens", &token).unwrap())
+        })
+        .collect();
+    let bob = fixture.token(|r| r.subject = "bob".into());
+    let since = Instant::now();
+    let mut exchanges = 0;
+    while since.elapsed() < Duration::from_secs(6) {
+        let reply = a_client.get_bearer(&query(SERVICE, &[PULL]), &bob).unwrap();
+        assert_eq!(reply.status, 200, "an exchange beside stuck audit listings: {reply}");
+        exchanges += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    {
+        use std::io::Write;
+        let stdin = locker.stdin.as_mut().unwrap();
+        writeln!(stdin, "COMMIT;").unwrap();
+    }
+    drop(locker.stdin.take());
+    assert!(locker.wait().unwrap().success());
+    let statuses: Vec<u16> = listings.into_iter().map(|l| l.join().unwrap().status.as_u16()).collect();
+    println!("{exchanges} exchanges answered beside 12 stuck audit listings, which answered {statuses:?}");
+    assert!(statuses.iter().all(|s| [200, 503].contains(s)), "{statuses:?}");
+    assert!(statuses.contains(&200), "the listings run once the lock is gone: {statuses:?}");
+
     // 4. The highest policy bundle revision applied from a source, shared by every replica: a
     //    record only rises (replicas may apply revisions in any order) and is forgotten on request.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -3,7 +3,7 @@
 //! service resumes when the database comes back, without a restart.
 
 use super::event::{Event, Millis};
-use super::store::{self, Param, Record, Row, StoreError, database};
+use super::store::{self, Param, Reader, Record, Row, StoreError, database};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use std::time::Duration;
 use tokio_postgres::NoTls;
@@ -12,7 +12,16 @@ use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 pub(crate) struct Store {
     pool: Pool,
     url: String,
+    /// Listings and exports of the audit trail at once, at most [`AUDIT_READS`] of the pool's
+    /// connections: however many an administrator starts, the writer, the revocation poll and
+    /// refresh-token lookups keep the rest.
+    audit_reads: tokio::sync::Semaphore,
 }
+
+/// Of the pool's 8 connections, how many audit listings and exports may hold at once.
+const AUDIT_READS: usize = 2;
+/// How long an audit listing waits for its turn before it is refused.
+const AUDIT_WAIT: Duration = Duration::from_secs(10);
 
 impl ToSql for Param {
     fn to_sql(
@@ -98,7 +107,8 @@ impl Store {
             .timeouts(Timeouts { wait: timeout, create: timeout, recycle: timeout })
             .build()
             .map_err(database)?;
-        let store = Store { pool, url: shown.to_owned() };
+        let store =
+            Store { pool, url: shown.to_owned(), audit_reads: tokio::sync::Semaphore::new(AUDIT_READS) };
         store.migrate().await?;
         Ok(store)
     }
@@ -179,12 +189,29 @@ impl Store {
         Ok(())
     }
 
+    /// Runs `statement`; an [`Reader::Audit`] one waits for one of the audit readers' turns.
     pub(crate) async fn select<T>(
         &self,
+        on: Reader,
         statement: &str,
         params: Vec<Param>,
         read: fn(&dyn Row) -> Result<T, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
+        let _turn = match on {
+            Reader::Service => None,
+            Reader::Audit => Some(
+                tokio::time::timeout(AUDIT_WAIT, self.audit_reads.acquire())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .ok_or_else(|| {
+                        StoreError::Database(format!(
+                            "{AUDIT_READS} audit listings or exports are running and none ended within \
+                             {AUDIT_WAIT:?}; try again later"
+                        ))
+                    })?,
+            ),
+        };
         let client = self.pool.get().await.map_err(pool_error)?;
         let prepared = client.prepare_cached(statement).await.map_err(|e| described(&e))?;
         let rows = client.query_raw(&prepared, params.iter()).await.map_err(|e| described(&e))?;

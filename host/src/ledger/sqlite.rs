@@ -5,7 +5,7 @@
 //! blocking pool, so nothing blocks an async worker.
 
 use super::event::{Event, Millis};
-use super::store::{self, Param, Record, Row, StoreError, database};
+use super::store::{self, Param, Reader, Record, Row, StoreError, database};
 use crate::config::SqliteSync;
 use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
@@ -43,15 +43,6 @@ pub(crate) struct Store {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
     audit: Arc<Mutex<Connection>>,
-}
-
-/// Which read connection a `SELECT` runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reader {
-    /// What serving tokens reads: short lookups by key.
-    Service,
-    /// Listings and exports of the audit trail, which may scan many events.
-    Audit,
 }
 
 impl ToSql for Param {
@@ -444,6 +435,12 @@ mod tests {
         assert!(matches!(found, Ok(Ok(None))), "{found:?}");
         let revocations = tokio::time::timeout(patience, store.revocations()).await;
         assert!(matches!(revocations, Ok(Ok(ref found)) if found.is_empty()), "{revocations:?}");
+        // Nor the lookups of one refresh token or one event by id (revoking a refresh token).
+        let id = "0192f1c4-0000-7000-8000-000000000000";
+        let found = tokio::time::timeout(patience, store.refresh_token(id)).await;
+        assert!(matches!(found, Ok(Ok(None))), "{found:?}");
+        let found = tokio::time::timeout(patience, store.event(id)).await;
+        assert!(matches!(found, Ok(Ok(None))), "{found:?}");
         // The listing itself waits for its connection, which proves it is the one held.
         let waiting =
             tokio::time::timeout(std::time::Duration::from_millis(200), store.events(&listing)).await;

@@ -4,8 +4,19 @@
 use super::event::{AppliedBundle, Event, IssuedToken, Millis, Outcome, Revocation, RevocationKind};
 use super::postgres;
 use super::refresh::RefreshToken;
-use super::sqlite::{self, Reader};
+use super::sqlite;
 use crate::access::Caller;
+
+/// What kind of read a `SELECT` is: SQLite runs each kind on a connection of its own; PostgreSQL
+/// lets only a few audit reads hold its pool's connections at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reader {
+    /// What serving tokens reads, and every lookup of one row by its key (an administrator
+    /// stopping a refresh token must not wait behind a listing).
+    Service,
+    /// Listings and exports of the audit trail, which may scan many events.
+    Audit,
+}
 
 /// The schema, one entry per version, applied in order and never edited once released (a change
 /// is a new entry). The version a database is at is the number of entries applied.
@@ -719,7 +730,7 @@ impl Store {
 
     pub(super) async fn event(&self, id: &str) -> Result<Option<Event>, StoreError> {
         let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1");
-        self.first(Reader::Audit, sql, vec![Param::Text(Some(id.to_owned()))], event_from).await
+        self.first(Reader::Service, sql, vec![Param::Text(Some(id.to_owned()))], event_from).await
     }
 
     /// The refresh token whose text hashes to `token_hash`.
@@ -734,7 +745,7 @@ impl Store {
     /// The refresh token `id`.
     pub(super) async fn refresh_token(&self, id: &str) -> Result<Option<RefreshToken>, StoreError> {
         let sql = format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE id = $1");
-        self.first(Reader::Audit, sql, vec![Param::Text(Some(id.to_owned()))], refresh_from).await
+        self.first(Reader::Service, sql, vec![Param::Text(Some(id.to_owned()))], refresh_from).await
     }
 
     pub(super) async fn refresh_tokens(
@@ -755,7 +766,7 @@ impl Store {
     ) -> Result<Vec<T>, StoreError> {
         match self {
             Store::Sqlite(store) => store.select(on, sql, params, read).await,
-            Store::Postgres(store) => store.select(&sql, params, read).await,
+            Store::Postgres(store) => store.select(on, &sql, params, read).await,
         }
     }
 

@@ -129,6 +129,21 @@ impl PostgresCluster {
         self.psql_in(DATABASE, sql)
     }
 
+    /// A psql session on the `registry_token` database that reads its SQL from standard input
+    /// (piped), for a test that holds a transaction open (a lock, say) while it does something
+    /// else: write `COMMIT;` and close standard input to end it.
+    pub fn session(&self) -> std::process::Child {
+        let mut command = Command::new(&self.bin.psql);
+        command
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", ROLE, "-d", DATABASE])
+            .env("PGCONNECT_TIMEOUT", "5")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .current_dir(self.dir.path());
+        command.spawn().unwrap_or_else(|e| panic!("cannot start psql: {e}"))
+    }
+
     /// What the server has logged so far.
     pub fn log(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(self.log_path()).unwrap_or_default()).into_owned()
