@@ -983,7 +983,8 @@ fn the_offline_kit_decides_exactly_as_the_online_instance_its_bundle_was_built_f
         vec!["caller_token", jti.as_str(), "--reason", "leaked"],
         vec!["licence", "LIC-0007", "--reason", "unpaid", "--tenant", "acme"],
     ] {
-        let mut args = vec!["ledger", "revoke", "--config", config.as_str()];
+        // `--create`: no service has run on this ledger yet.
+        let mut args = vec!["ledger", "revoke", "--create", "--config", config.as_str()];
         args.extend(revoke);
         ok(&args);
     }
@@ -1169,7 +1170,17 @@ fn a_ledger_export_is_deterministic_signed_and_an_edited_line_is_named() {
     let config = path(&fixture.config_path).to_owned();
     // Events without a server: each revocation and lift is one.
     for subject in ["alice", "bob", "carol", "dave"] {
-        ok(&["ledger", "revoke", "--config", &config, "subject", subject, "--reason", "audit test"]);
+        ok(&[
+            "ledger",
+            "revoke",
+            "--create",
+            "--config",
+            &config,
+            "subject",
+            subject,
+            "--reason",
+            "audit test",
+        ]);
     }
     let until = "2100-01-01T00:00:00Z";
     let (first, second) = (root.join("first.jsonl"), root.join("second.jsonl"));
@@ -1291,7 +1302,7 @@ fn a_bundle_and_a_ledger_export_signed_by_a_key_in_softhsm2_verify_with_its_cert
     assert!(stdout.contains("verified: signed by kid"), "{stdout}");
 
     let config = path(&fixture.config_path).to_owned();
-    ok(&["ledger", "revoke", "--config", &config, "subject", "mallory", "--reason", "hsm test"]);
+    ok(&["ledger", "revoke", "--create", "--config", &config, "subject", "mallory", "--reason", "hsm test"]);
     let export = root.join("export.jsonl");
     let mut args = vec!["ledger", "export", "--config", &config, "--out", path(&export)];
     args.extend_from_slice(&pkcs11);

@@ -441,10 +441,11 @@ fn a_stop_waits_for_the_exchange_of_a_client_that_hung_up() {
 }
 
 /// A relative `ledger.url` is from the working directory: a command run elsewhere than the service
-/// must not create an empty ledger there and report nothing (or build a bundle without the
-/// revocations). Commands that read refuse; `ledger revoke` may set a ledger up, and says so.
+/// must not create an empty ledger there and report nothing, build a bundle without the
+/// revocations, or report a revocation no service will ever read. Every command refuses; only
+/// `ledger revoke --create` sets a ledger up, and says so.
 #[test]
-fn ledger_commands_refuse_a_ledger_that_is_not_there_and_revoke_says_it_creates_one() {
+fn ledger_commands_refuse_a_ledger_that_is_not_there_and_only_revoke_create_makes_one() {
     let fixture = Fixture::new();
     let text = std::fs::read_to_string(&fixture.config_path).unwrap();
     let absolute = format!("sqlite://{}", fixture.root().join("ledger.db").display());
@@ -471,6 +472,16 @@ fn ledger_commands_refuse_a_ledger_that_is_not_there_and_revoke_says_it_creates_
         &["ledger", "unrevoke", "0192f1c4-0000-7000-8000-000000000000"],
         &["ledger", "export", "--out", "export.jsonl"],
         &["bundle", "revisions"],
+        &["ledger", "revoke", "subject", "alice", "--reason", "from the wrong directory"],
+        &[
+            "ledger",
+            "revoke",
+            "refresh_token",
+            "0192f1c4-0000-7000-8000-000000000000",
+            "--reason",
+            "r",
+            "--create",
+        ],
     ] {
         let (code, stderr) = run(args);
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
@@ -506,7 +517,10 @@ fn ledger_commands_refuse_a_ledger_that_is_not_there_and_revoke_says_it_creates_
         assert!(!missing.exists(), "{args:?} created {}", missing.display());
     }
 
-    let (code, stderr) = run(&["ledger", "revoke", "subject", "alice", "--reason", "set up offline"]);
+    let (_, stderr) = run(&["ledger", "revoke", "subject", "alice", "--reason", "from the wrong directory"]);
+    assert!(stderr.contains("`ledger revoke --create` sets up a ledger"), "{stderr}");
+    let (code, stderr) =
+        run(&["ledger", "revoke", "subject", "alice", "--reason", "set up offline", "--create"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains(&format!("there was no ledger at {}", missing.display())), "{stderr}");
     assert!(missing.exists());
@@ -810,9 +824,9 @@ fn readyz_reports_the_ledger_and_ledger_none_turns_it_off_loudly() {
 fn a_ledger_with_a_newer_schema_is_refused_with_a_clear_message() {
     let fixture = Fixture::new();
     let path = fixture.root().join("ledger.db");
-    // Created and migrated by the command line (`ledger revoke` sets a ledger up); then a newer
-    // binary's migration is faked.
-    let created = ledger_cli(&fixture, &["revoke", "subject", "nobody", "--reason", "set up"]);
+    // Created and migrated by the command line (`ledger revoke --create` sets a ledger up); then a
+    // newer binary's migration is faked.
+    let created = ledger_cli(&fixture, &["revoke", "subject", "nobody", "--reason", "set up", "--create"]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let connection = rusqlite::Connection::open(&path).unwrap();
     connection.execute("INSERT INTO schema_migrations (version, applied_at_ms) VALUES (99, 0)", []).unwrap();
@@ -823,6 +837,50 @@ fn a_ledger_with_a_newer_schema_is_refused_with_a_clear_message() {
     // The known version grows with each migration; the message names both.
     assert!(stderr.contains("has schema version 99, newer than this registry-token knows ("), "{stderr}");
     assert!(stderr.contains("run a newer registry-token"), "{stderr}");
+}
+
+/// A command never migrates a ledger a service runs on (a newer binary on an auditor's machine
+/// would leave the older replicas unable to start): one of an older schema is refused and left as
+/// it was; once the service of this version has started on it, the command reads it.
+#[test]
+fn a_command_does_not_migrate_a_ledger_of_an_older_schema() {
+    let fixture = Fixture::new();
+    let path = fixture.root().join("ledger.db");
+    let created = ledger_cli(&fixture, &["revoke", "subject", "nobody", "--reason", "set up", "--create"]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    // Back to schema 3, as the previous release left it.
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    connection
+        .execute_batch(
+            "DROP INDEX events_tenant_id; CREATE INDEX events_tenant ON events (tenant, outcome, id);
+             DELETE FROM schema_migrations WHERE version > 3;",
+        )
+        .unwrap();
+    let schema = |connection: &rusqlite::Connection| -> (i64, i64) {
+        let version = connection.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0));
+        let old_index = connection.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'events_tenant'",
+            [],
+            |r| r.get(0),
+        );
+        (version.unwrap(), old_index.unwrap())
+    };
+    assert_eq!(schema(&connection), (3, 1));
+    for args in [&["events"][..], &["revocations"], &["revoke", "subject", "eve", "--reason", "r"]] {
+        let output = ledger_cli(&fixture, args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("has schema version 3, older than this registry-token's"), "{stderr}");
+        assert!(stderr.contains("a command does not migrate a ledger"), "{stderr}");
+        assert_eq!(schema(&connection), (3, 1), "{args:?} changed the schema");
+    }
+    let mut server = Server::start(BIN, &fixture.config_path);
+    server.signal("TERM");
+    assert!(server.wait(Duration::from_secs(20)).success(), "{}", server.stderr());
+    assert_eq!(schema(&connection).1, 0, "the service migrated it");
+    let output = ledger_cli(&fixture, &["revocations"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("subject nobody"));
 }
 
 #[test]

@@ -7,7 +7,7 @@
 use crate::config::{Config, LedgerConfig, LedgerUrl};
 use crate::http::RevocationRequest;
 use crate::ledger::{
-    Event, EventFilter, Ledger, Millis, Outcome, RefreshTokenFilter, Revocation, RevocationKind,
+    Event, EventFilter, Ledger, Migrate, Millis, Outcome, RefreshTokenFilter, Revocation, RevocationKind,
 };
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -83,6 +83,10 @@ pub(super) enum LedgerCommand {
         /// Apply it to this tenant's callers only.
         #[arg(long)]
         tenant: Option<String>,
+        /// Create the SQLite ledger if it is not there (setting revocations up before any service
+        /// uses it); without it, a missing ledger is refused.
+        #[arg(long)]
+        create: bool,
     },
     /// List revocations (expired ones until pruned).
     Revocations {
@@ -153,7 +157,10 @@ impl ConfigArg {
 pub(super) enum IfMissing {
     /// Refuse: a command that reads (or changes what is there) would report an empty ledger.
     Refuse,
-    /// Create it, and say so: `ledger revoke` may set up a ledger before any service uses it.
+    /// Refuse, and say that `ledger revoke --create` would create it.
+    RefuseUnlessCreate,
+    /// Create it, and say so: `ledger revoke --create` sets up a ledger before any service
+    /// uses it.
     Create,
 }
 
@@ -178,11 +185,16 @@ pub(super) async fn open_configured(
         let whole = std::path::absolute(path).unwrap_or_else(|_| path.clone());
         let url = &ledger.url;
         match missing {
-            IfMissing::Refuse => {
+            IfMissing::Refuse | IfMissing::RefuseUnlessCreate => {
                 return Err(format!(
                     "there is no ledger at {} (ledger.url {url}; a relative path is from the working \
-                     directory): run this where the service runs, or start the service once",
-                    whole.display()
+                     directory): run this where the service runs, or start the service once{}",
+                    whole.display(),
+                    match missing {
+                        IfMissing::RefuseUnlessCreate =>
+                            " (`ledger revoke --create` sets up a ledger no service uses yet)",
+                        _ => "",
+                    }
                 ));
             }
             IfMissing::Create => eprintln!(
@@ -192,7 +204,13 @@ pub(super) async fn open_configured(
             ),
         }
     }
-    Ledger::open(ledger, false).await.map_err(|e| format!("the ledger: {e}"))
+    // Only a ledger this command creates is given a schema; one a service runs on is never
+    // migrated by a command (older replicas would then refuse it).
+    let migrate = match (&ledger.url, missing) {
+        (LedgerUrl::Sqlite(path), IfMissing::Create) if !path.exists() => Migrate::Apply,
+        _ => Migrate::Never,
+    };
+    Ledger::open_for_command(ledger, migrate).await.map_err(|e| format!("the ledger: {e}"))
 }
 
 /// Who acts from the command line: `cli:` and the local user.
@@ -265,10 +283,10 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
                 }
             }
         }
-        LedgerCommand::Revoke { config, kind, value, reason, expires_at, tenant } => {
+        LedgerCommand::Revoke { config, kind, value, reason, expires_at, tenant, create } => {
             let now = Millis::now();
-            // Checked before the ledger is opened, which creates it when it is not there yet: a
-            // mistyped revocation must not leave an empty ledger behind.
+            // Checked before the ledger is opened, which `--create` creates when it is not there
+            // yet: a mistyped revocation must not leave an empty ledger behind.
             let request = RevocationRequest::new(
                 &kind,
                 &value,
@@ -277,9 +295,16 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
                 tenant.as_deref(),
                 now,
             )?;
-            let ledger = open(&config, IfMissing::Create).await?;
+            // A new ledger holds no refresh token to revoke.
+            let refresh_token = RevocationKind::from_name(&kind) == Some(RevocationKind::RefreshToken);
+            let missing = match (create, refresh_token) {
+                (_, true) => IfMissing::Refuse,
+                (true, false) => IfMissing::Create,
+                (false, false) => IfMissing::RefuseUnlessCreate,
+            };
+            let ledger = open(&config, missing).await?;
             // A mistyped id, or another tenant's token, would revoke nothing, silently: say so.
-            if RevocationKind::from_name(&kind) == Some(RevocationKind::RefreshToken) {
+            if refresh_token {
                 let Some(token) = ledger.refresh_token(&value).await.map_err(|e| e.to_string())? else {
                     return Err(format!(
                         "no refresh token {value} (ids are listed by `ledger refresh-tokens`)"

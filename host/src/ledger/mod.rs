@@ -21,7 +21,7 @@ pub use event::{
     RevocationKind, RevocationSet,
 };
 pub use refresh::{RefreshError, RefreshToken};
-pub use store::{Change, EventFilter, ExportWindow, RefreshTokenFilter, StoreError};
+pub use store::{Change, EventFilter, ExportWindow, Migrate, RefreshTokenFilter, StoreError};
 
 use crate::access::Caller;
 use crate::config::{Durability, LedgerConfig, LedgerUrl};
@@ -178,11 +178,30 @@ impl Ledger {
     /// `serving` — starts the writer, the revocation poller and the pruner. `Ok(None)` for
     /// `url: none`.
     pub async fn open(config: &LedgerConfig, serving: bool) -> Result<Option<Ledger>, StoreError> {
+        Ledger::open_with(config, serving, Migrate::Apply).await
+    }
+
+    /// The ledger `config` names, for a command (it writes nothing in the background): with
+    /// [`Migrate::Never`], a ledger of another schema version is refused, never migrated.
+    pub async fn open_for_command(
+        config: &LedgerConfig,
+        migrate: Migrate,
+    ) -> Result<Option<Ledger>, StoreError> {
+        Ledger::open_with(config, false, migrate).await
+    }
+
+    async fn open_with(
+        config: &LedgerConfig,
+        serving: bool,
+        migrate: Migrate,
+    ) -> Result<Option<Ledger>, StoreError> {
         let url = config.url.to_string();
         let store = match &config.url {
             LedgerUrl::None => return Ok(None),
-            LedgerUrl::Sqlite(path) => Store::Sqlite(sqlite::Store::open(path, config.sqlite_sync()).await?),
-            LedgerUrl::Postgres(full) => Store::Postgres(postgres::Store::open(full, &url).await?),
+            LedgerUrl::Sqlite(path) => {
+                Store::Sqlite(sqlite::Store::open(path, config.sqlite_sync(), migrate).await?)
+            }
+            LedgerUrl::Postgres(full) => Store::Postgres(postgres::Store::open(full, &url, migrate).await?),
         };
         let shared = Arc::new(Shared {
             store,

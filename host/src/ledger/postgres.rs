@@ -3,7 +3,7 @@
 //! service resumes when the database comes back, without a restart.
 
 use super::event::{Event, Millis};
-use super::store::{self, Param, Reader, Record, Row, StoreError, database};
+use super::store::{self, Migrate, Param, Reader, Record, Row, StoreError, database};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use std::time::Duration;
 use tokio_postgres::NoTls;
@@ -89,8 +89,9 @@ fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
 const MIGRATION_LOCK: i64 = 0x7265_6769_7374_7279; // "registry"
 
 impl Store {
-    /// Connects to `url` (a `postgres://` URL; `shown` is it without a password) and migrates.
-    pub(crate) async fn open(url: &str, shown: &str) -> Result<Store, StoreError> {
+    /// Connects to `url` (a `postgres://` URL; `shown` is it without a password), and migrates
+    /// the database or requires it to be of this binary's version (`migrate`).
+    pub(crate) async fn open(url: &str, shown: &str, migrate: Migrate) -> Result<Store, StoreError> {
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError::Database(format!("{shown} is not a PostgreSQL URL: {e}")))?;
         // No statement may hold a pooled connection for long: a slow admin query must not starve
@@ -109,8 +110,33 @@ impl Store {
             .map_err(database)?;
         let store =
             Store { pool, url: shown.to_owned(), audit_reads: tokio::sync::Semaphore::new(AUDIT_READS) };
-        store.migrate().await?;
+        match migrate {
+            Migrate::Apply => store.migrate().await?,
+            Migrate::Never => store.require_current().await?,
+        }
         Ok(store)
+    }
+
+    /// The database's schema is this binary's, or an error (it is not changed).
+    async fn require_current(&self) -> Result<(), StoreError> {
+        let client =
+            self.pool.get().await.map_err(|e| {
+                StoreError::Database(format!("cannot connect to the ledger {}: {e}", self.url))
+            })?;
+        let versioned: bool = client
+            .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+            .await
+            .map_err(|e| described(&e))?
+            .get(0);
+        let version: i64 = match versioned {
+            true => client
+                .query_one("SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations", &[])
+                .await
+                .map_err(|e| described(&e))?
+                .get(0),
+            false => 0,
+        };
+        store::require_version(version, &self.url)
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {

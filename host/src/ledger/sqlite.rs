@@ -5,7 +5,7 @@
 //! blocking pool, so nothing blocks an async worker.
 
 use super::event::{Event, Millis};
-use super::store::{self, Param, Reader, Record, Row, StoreError, database};
+use super::store::{self, Migrate, Param, Reader, Record, Row, StoreError, database};
 use crate::config::SqliteSync;
 use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
@@ -72,13 +72,16 @@ fn sql(statement: &str) -> String {
 }
 
 impl Store {
-    /// Opens (creating it and its directory if needed) and migrates the file at `path`.
-    pub(crate) async fn open(path: &Path, sync: SqliteSync) -> Result<Store, StoreError> {
+    /// Opens (creating it and its directory if needed) the file at `path`, and migrates it or
+    /// requires it to be of this binary's version (`migrate`).
+    pub(crate) async fn open(path: &Path, sync: SqliteSync, migrate: Migrate) -> Result<Store, StoreError> {
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || Store::open_blocking(path, sync)).await.map_err(database)?
+        tokio::task::spawn_blocking(move || Store::open_blocking(path, sync, migrate))
+            .await
+            .map_err(database)?
     }
 
-    fn open_blocking(path: PathBuf, sync: SqliteSync) -> Result<Store, StoreError> {
+    fn open_blocking(path: PathBuf, sync: SqliteSync, migrate: Migrate) -> Result<Store, StoreError> {
         let fail = |what: &str, error: &dyn std::fmt::Display| {
             StoreError::Database(format!("the ledger {}: {what}: {error}", path.display()))
         };
@@ -105,7 +108,10 @@ impl Store {
             Ok::<_, StoreError>(connection)
         };
         let mut writer = open()?;
-        migrate(&mut writer, &path)?;
+        match migrate {
+            Migrate::Apply => apply_migrations(&mut writer, &path)?,
+            Migrate::Never => require_current(&writer, &path)?,
+        }
         let [reader, audit] = [open()?, open()?].map(|connection| Arc::new(Mutex::new(connection)));
         Ok(Store { writer: Arc::new(Mutex::new(writer)), reader, audit })
     }
@@ -329,9 +335,25 @@ fn write_records(connection: &mut Connection, records: &[Record]) -> rusqlite::R
     transaction.commit()
 }
 
+/// The file's schema is this binary's, or an error (it is not changed).
+fn require_current(connection: &Connection, path: &Path) -> Result<(), StoreError> {
+    let versioned: bool = connection
+        .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE name = 'schema_migrations'", [], |row| {
+            row.get(0)
+        })
+        .map_err(database)?;
+    let version: i64 = match versioned {
+        true => connection
+            .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |row| row.get(0))
+            .map_err(database)?,
+        false => 0,
+    };
+    store::require_version(version, &format!("sqlite://{}", path.display()))
+}
+
 /// Applies the migrations this file lacks, each in its own transaction, under SQLite's write lock
 /// (so two processes starting on one file do not both apply one).
-fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
+fn apply_migrations(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let url = format!("sqlite://{}", path.display());
     connection.execute(store::MIGRATIONS_TABLE, []).map_err(database)?;
     loop {
@@ -385,7 +407,7 @@ mod tests {
                 .unwrap();
             transaction.commit().unwrap();
         }
-        let store = Store::open(&path, SqliteSync::Full).await.unwrap();
+        let store = Store::open(&path, SqliteSync::Full, Migrate::Apply).await.unwrap();
         let version: i64 = store
             .reader
             .lock()
@@ -408,7 +430,8 @@ mod tests {
     async fn the_sync_setting_is_the_one_configured() {
         let dir = tempfile::tempdir().unwrap();
         for (sync, expected) in [(SqliteSync::Full, 2), (SqliteSync::Normal, 1)] {
-            let store = Store::open(&dir.path().join(format!("{expected}.db")), sync).await.unwrap();
+            let store =
+                Store::open(&dir.path().join(format!("{expected}.db")), sync, Migrate::Apply).await.unwrap();
             for connection in [&store.writer, &store.reader, &store.audit] {
                 let found: i64 =
                     connection.lock().unwrap().query_row("PRAGMA synchronous", [], |row| row.get(0)).unwrap();
@@ -424,7 +447,8 @@ mod tests {
     #[allow(clippy::await_holding_lock, reason = "the held connection is what the test is about")]
     async fn a_long_audit_listing_does_not_hold_up_token_lookups() {
         let dir = tempfile::tempdir().unwrap();
-        let sqlite = Store::open(&dir.path().join("ledger.db"), SqliteSync::Full).await.unwrap();
+        let sqlite =
+            Store::open(&dir.path().join("ledger.db"), SqliteSync::Full, Migrate::Apply).await.unwrap();
         let audit = Arc::clone(&sqlite.audit);
         let store = store::Store::Sqlite(sqlite);
         let listing = store::EventFilter { limit: 10, ..Default::default() };
@@ -467,7 +491,8 @@ mod tests {
     #[tokio::test]
     async fn listings_without_a_window_read_an_index_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("ledger.db"), SqliteSync::Full).await.unwrap();
+        let store =
+            Store::open(&dir.path().join("ledger.db"), SqliteSync::Full, Migrate::Apply).await.unwrap();
         let text = |value: &str| Some(value.to_owned());
         let base = store::EventFilter { limit: 100, ..Default::default() };
         let filters = [
@@ -496,7 +521,8 @@ mod tests {
     #[tokio::test]
     async fn an_export_pages_through_its_window_in_id_order() {
         let dir = tempfile::tempdir().unwrap();
-        let sqlite = Store::open(&dir.path().join("ledger.db"), SqliteSync::Full).await.unwrap();
+        let sqlite =
+            Store::open(&dir.path().join("ledger.db"), SqliteSync::Full, Migrate::Apply).await.unwrap();
         let store = store::Store::Sqlite(sqlite);
         let event = |id_ms: u64, time: i64| {
             let mut event = Event::new(Outcome::Issued);

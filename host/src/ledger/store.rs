@@ -124,6 +124,26 @@ pub(super) fn check_version(found: i64, url: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Whether opening a ledger applies the migrations it lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migrate {
+    /// The service (and a command that creates a ledger): migrate.
+    Apply,
+    /// A command on a ledger a service runs on: never change its schema (a newer binary on an
+    /// auditor's machine must not migrate a ledger older replicas still use); one of another
+    /// version is refused.
+    Never,
+}
+
+/// `found` (a command's view of the schema, [`Migrate::Never`]): exactly this binary's version.
+pub(super) fn require_version(found: i64, url: &str) -> Result<(), StoreError> {
+    check_version(found, url)?;
+    if found < known_version() {
+        return Err(StoreError::OlderSchema { url: url.to_owned(), found, known: known_version() });
+    }
+    Ok(())
+}
+
 pub(super) const EVENT_COLUMNS: &str = "id, time_ms, outcome, reason, message, sub, client_id, tenant, plan, \
      licence, iss, jti, client_addr, service, requested, granted, policy_digest, settings_version, token_jti, \
      token_exp, signing_kid, via, refresh_token_id, reused, annotations, lifetime";
@@ -628,6 +648,21 @@ pub enum StoreError {
          run a newer registry-token, or point ledger.url at another database"
     )]
     NewerSchema {
+        /// The ledger.
+        url: String,
+        /// Its version.
+        found: i64,
+        /// This binary's.
+        known: i64,
+    },
+    /// The database's schema is older than this binary's, and it was opened by a command, which
+    /// never migrates (only the service does, at its start).
+    #[error(
+        "the ledger {url} has schema version {found}, older than this registry-token's ({known}); a \
+         command does not migrate a ledger: start the service of this version on it once (it migrates \
+         at start), or run the registry-token the service runs"
+    )]
+    OlderSchema {
         /// The ledger.
         url: String,
         /// Its version.
