@@ -461,8 +461,9 @@ impl Ledger {
         self.shared.store.events(filter).await
     }
 
-    /// What an export of the events at or after `since` and before `until` covers, as the
-    /// ledger stands now (events committed later are not in it); `None` when it has none.
+    /// What an export of the events at or after `since` and before `until` covers: the ids the
+    /// window holds now, first to last (an event committed later with an id in between is read if
+    /// its page has not been: not a snapshot); `None` when it has none.
     pub async fn export_window(
         &self,
         since: Option<Millis>,
