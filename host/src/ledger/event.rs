@@ -430,7 +430,7 @@ impl Revocation {
 }
 
 /// The revocations in force, indexed for the request path.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RevocationSet {
     by_value: std::collections::HashMap<(RevocationKind, String), Vec<Revocation>>,
 }
@@ -442,6 +442,23 @@ impl RevocationSet {
         for revocation in revocations {
             set.by_value.entry((revocation.kind, revocation.value.clone())).or_default().push(revocation);
         }
+        set
+    }
+
+    /// This set and `revocation` (committed here, before a read of the ledger has it).
+    pub fn and(&self, revocation: Revocation) -> RevocationSet {
+        let mut set = self.clone();
+        set.by_value.entry((revocation.kind, revocation.value.clone())).or_default().push(revocation);
+        set
+    }
+
+    /// This set without the revocation `id` (lifted here, before a read of the ledger says so).
+    pub fn without(&self, id: &str) -> RevocationSet {
+        let mut set = self.clone();
+        for list in set.by_value.values_mut() {
+            list.retain(|revocation| revocation.id != id);
+        }
+        set.by_value.retain(|_, list| !list.is_empty());
         set
     }
 

@@ -146,6 +146,9 @@ struct Shared {
     /// Checkpoints the writer made (SQLite).
     #[cfg(test)]
     writer_checkpoints: AtomicU64,
+    /// Makes every read of the revocations fail (a database that commits, then cannot be read).
+    #[cfg(test)]
+    revocations_unreadable: AtomicBool,
     retention: Duration,
     /// Rung when an event someone waits for (or a barrier) is queued: a writer gathering events
     /// nobody waits for commits then, without being woken by each of those.
@@ -220,6 +223,8 @@ impl Ledger {
             commits: AtomicU64::new(0),
             #[cfg(test)]
             writer_checkpoints: AtomicU64::new(0),
+            #[cfg(test)]
+            revocations_unreadable: AtomicBool::new(false),
             retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
             awaited_queued: tokio::sync::Notify::new(),
         });
@@ -498,10 +503,11 @@ impl Ledger {
     pub async fn revoke(&self, revocation: &Revocation, audit: Event) -> Result<(), StoreError> {
         let params = store::revocation_params(revocation);
         self.shared.store.change_revocations(store::INSERT_REVOCATION, params, audit).await?;
-        // Committed: a failure to read it back now is the poller's to repair, not an error to
-        // answer (a retry would revoke twice).
+        // Committed: a failure to read it back is not an error to answer (a retry would revoke
+        // twice), and this replica applies it now rather than at a later poll, as promised.
         if let Err(error) = refresh_revocations(&self.shared).await {
-            tracing::warn!(%error, "revocation committed; this replica applies it at its next poll");
+            tracing::warn!(%error, "revocation committed and applied here; the ledger is read again at the next poll");
+            self.shared.revocations.rcu(|set| set.and(revocation.clone()));
         }
         Ok(())
     }
@@ -535,7 +541,8 @@ impl Ledger {
         let params = vec![Param::Text(Some(id.to_owned()))];
         let lifted = self.shared.store.change_revocations(store::DELETE_REVOCATION, params, audit).await?;
         if let Err(error) = refresh_revocations(&self.shared).await {
-            tracing::warn!(%error, "revocation lifted; this replica applies it at its next poll");
+            tracing::warn!(%error, "revocation lifted here; the ledger is read again at the next poll");
+            self.shared.revocations.rcu(|set| set.without(id));
         }
         Ok(lifted)
     }
@@ -544,6 +551,10 @@ impl Ledger {
 /// Reloads the revocations when their revision changed.
 async fn refresh_revocations(shared: &Shared) -> Result<(), StoreError> {
     let _one_at_a_time = shared.refreshing.lock().await;
+    #[cfg(test)]
+    if shared.revocations_unreadable.load(Ordering::Relaxed) {
+        return Err(StoreError::Unreachable("the test made the revocations unreadable".into()));
+    }
     let revision = shared.store.revision().await?;
     let revision = u64::try_from(revision).unwrap_or_default();
     if shared.revision.load(Ordering::Acquire) == revision {
@@ -873,6 +884,49 @@ async fn committed(shared: &Shared, count: usize, started: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A revocation committed and then not read back (the database failed in between) refuses its
+    /// caller on this replica at once, as the admin API's 201 promises; a lift likewise.
+    #[tokio::test]
+    async fn a_revocation_applies_here_even_when_it_cannot_be_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            LedgerConfig { url: LedgerUrl::Sqlite(dir.path().join("ledger.db")), ..LedgerConfig::default() };
+        let ledger = Ledger::open(&config, true).await.unwrap().unwrap();
+        let alice = crate::access::Caller {
+            subject: "alice".into(),
+            client_id: None,
+            tenant: None,
+            plan: None,
+            license: None,
+            scopes: Vec::new(),
+            claims_json: "{}".into(),
+        };
+        let now = Millis::now();
+        let revocation = Revocation {
+            id: "0192f1c4-0000-7000-8000-000000000001".into(),
+            kind: RevocationKind::Subject,
+            value: "alice".into(),
+            tenant: None,
+            reason: "left".into(),
+            created_at: now,
+            expires_at: None,
+            created_by: "test".into(),
+            created_by_tenant: None,
+        };
+        ledger.shared.revocations_unreadable.store(true, Ordering::Relaxed);
+        let audit = Event::revocation_audit(Outcome::RevocationCreated, &revocation, "test");
+        ledger.revoke(&revocation, audit).await.unwrap();
+        let refused = ledger.revoked(&alice, Presented::default(), now);
+        assert_eq!(refused.map(|r| r.id), Some(revocation.id.clone()), "applied at once");
+        let audit = Event::revocation_audit(Outcome::RevocationLifted, &revocation, "test");
+        assert!(ledger.unrevoke(&revocation.id, audit).await.unwrap());
+        assert_eq!(ledger.revoked(&alice, Presented::default(), now), None, "lifted at once");
+        // Readable again: the poll reads the ledger as it is (lifted).
+        ledger.shared.revocations_unreadable.store(false, Ordering::Relaxed);
+        refresh_revocations(&ledger.shared).await.unwrap();
+        assert_eq!(ledger.revoked(&alice, Presented::default(), now), None);
+    }
 
     /// Under a load that never pauses, the writer's checkpoints start SQLite's write-ahead log
     /// again and again (its header counts the restarts), so the file stays the size of a quarter
