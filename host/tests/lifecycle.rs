@@ -298,3 +298,30 @@ fn with_watch_a_kubernetes_volume_update_reloads_by_itself() {
     reloaded(&server, before);
     assert_eq!(client.get_bearer(&pull, &token).unwrap().status, 403);
 }
+
+/// A reload asked for while the service starts (systemd's `ExecReload` right after a start, say)
+/// does not end it. The start here waits 5 s for an Authority that accepts the connection and
+/// never answers, and a SIGHUP arrives meanwhile: the service comes up, and keeps running.
+#[test]
+fn a_sighup_during_the_start_does_not_end_the_service() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks.json", silent.local_addr().unwrap());
+    let fixture = Fixture::with(|config| {
+        config.authority.jwks_file = None;
+        config.authority.jwks_url = Some(url);
+    });
+    let mut process = test_support::Process::start(
+        "registry-token",
+        test_support::serve_command(BIN, &fixture.config_path),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(process.running(), "{}", process.stderr());
+    assert!(!process.stderr().contains("listening"), "started before the SIGHUP: {}", process.stderr());
+    process.signal("HUP");
+    process.wait_for_stdout("registry-token listening on", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(process.running(), "the SIGHUP ended the service: {}", process.stderr());
+    process.signal("TERM");
+    let status = process.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status}: {}", process.stderr());
+}

@@ -14,6 +14,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// Runs the service until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
+    // First: SIGHUP's default action ends the process, and the start (the ledger, a bundle and the
+    // Authority's keys fetched, HSM keys opened, the policy compiled) can take seconds. A reload
+    // asked for meanwhile (systemd's ExecReload right after a start) runs once the service is up.
+    let hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let config = Config::load(config_path).map_err(|e| e.to_string())?;
     if config.development.create_missing_keys {
         bootstrap_development(&config)?;
@@ -71,7 +75,7 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
     println!("registry-token listening on http://{address}");
     tracing::info!(%address, admin = %admin_address, "listening");
 
-    spawn_reloader(Arc::clone(&service), config_path)?;
+    spawn_reloader(Arc::clone(&service), config_path, hangup)?;
 
     // When the stop began: the grace period runs from there.
     let (stopping_tx, stopping) = tokio::sync::watch::channel(None::<tokio::time::Instant>);
@@ -145,8 +149,11 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
 /// SIGHUP, and with `watch: true` a change to any file the configuration names: re-read the
 /// configuration and everything it names; keep serving the old set if the new one does not load.
 /// Reloads run one at a time; triggers that arrive meanwhile are coalesced into the next one.
-fn spawn_reloader(service: Arc<App>, config_path: &Path) -> Result<(), String> {
-    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+fn spawn_reloader(
+    service: Arc<App>,
+    config_path: &Path,
+    mut hangup: tokio::signal::unix::Signal,
+) -> Result<(), String> {
     let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<()>();
     let watching = service.live().config.watch;
     let mut watcher = match watching {
