@@ -836,9 +836,14 @@ fn a_bundle_from_an_https_url_is_polled_a_new_revision_picked_up_and_an_old_one_
     sign(&rev2, &key);
     let https = HttpsBundleServer::start(&root.join("ca.pem"));
     https.serve(&rev1);
+    // Credentials in the URL (Basic, as reqwest sends them) and a pre-signed query: neither may
+    // reach `/readyz` (served on the callers' listener), the log or an error.
+    let secret_url =
+        format!("https://deploy:s3cret-pw@{}/bundle.tar.gz?X-Signature=s1gnature", https.address);
+    let shown = format!("{}?...", https.url());
     fixture.reconfigure(|config| {
         config.policy.settings_file = None;
-        config.set("policy.bundle", https.url());
+        config.set("policy.bundle", secret_url.as_str());
         config.set("policy.bundle_keys", vec![path(&cert).to_owned()]);
         config.set("policy.bundle_poll_seconds", 1);
         config.set("policy.bundle_ca_file", path(&root.join("ca.pem")));
@@ -898,6 +903,11 @@ fn a_bundle_from_an_https_url_is_polled_a_new_revision_picked_up_and_an_old_one_
         "{status}"
     );
     assert!(counter(&admin, "registry_token_bundle_refusals_total{reason=\"rollback\"}") >= 1.0);
+    assert_eq!(status["bundle"]["source"], shown.as_str(), "{status}");
+    let (probe, log) = (client.get("/readyz").unwrap().text, server.stderr());
+    for secret in ["s3cret-pw", "s1gnature"] {
+        assert!(!probe.contains(secret) && !log.contains(secret), "{secret}: {probe}\n{log}");
+    }
     assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull,push"]);
 
     // Trusting another CA, the service does not trust the server: it does not start.
@@ -908,10 +918,8 @@ fn a_bundle_from_an_https_url_is_polled_a_new_revision_picked_up_and_an_old_one_
     });
     let output = test_support::serve_command(BIN, &fixture.config_path).output().unwrap();
     let stderr = text(&output.stderr);
-    assert!(
-        stderr.contains(&format!("cannot fetch {}", https.url())) && stderr.contains("certificate"),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("cannot fetch {shown}")) && stderr.contains("certificate"), "{stderr}");
+    assert!(!stderr.contains("s3cret-pw") && !stderr.contains("s1gnature"), "{stderr}");
 }
 
 /// One request of the parity sequence: who asks, for what, how.

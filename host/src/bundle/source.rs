@@ -126,7 +126,9 @@ fn extra_roots(ca_file: Option<&Path>) -> Result<Vec<Vec<u8>>, BundleError> {
 }
 
 async fn fetch_https(url: &str, options: &FetchOptions, known: Option<&str>) -> Result<Fetch, BundleError> {
-    let failed = |reason: String| BundleError::Unavailable(format!("cannot fetch {url}: {reason}"));
+    // Errors name the URL without its credentials or query (reqwest's would repeat it whole).
+    let shown = crate::authority::shown_url(url);
+    let failed = |reason: String| BundleError::Unavailable(format!("cannot fetch {shown}: {reason}"));
     let mut builder = reqwest::Client::builder()
         .timeout(options.timeout)
         .https_only(true)
@@ -140,7 +142,7 @@ async fn fetch_https(url: &str, options: &FetchOptions, known: Option<&str>) -> 
     if let Some(etag) = known {
         request = request.header(reqwest::header::IF_NONE_MATCH, etag);
     }
-    let mut response = request.send().await.map_err(|e| failed(error_chain(&e)))?;
+    let mut response = request.send().await.map_err(|e| failed(error_chain(&e.without_url())))?;
     if response.status() == reqwest::StatusCode::NOT_MODIFIED {
         return Ok(Fetch::Unchanged);
     }
@@ -151,17 +153,17 @@ async fn fetch_https(url: &str, options: &FetchOptions, known: Option<&str>) -> 
         && length > options.max_bytes
     {
         return Err(BundleError::TooLarge(format!(
-            "{url} is {length} bytes, more than the limit of {}",
+            "{shown} is {length} bytes, more than the limit of {}",
             options.max_bytes
         )));
     }
     let version =
         response.headers().get(reqwest::header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let mut bytes = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| failed(error_chain(&e)))? {
+    while let Some(chunk) = response.chunk().await.map_err(|e| failed(error_chain(&e.without_url())))? {
         if (bytes.len() + chunk.len()) as u64 > options.max_bytes {
             return Err(BundleError::TooLarge(format!(
-                "{url} sends more than the limit of {} bytes",
+                "{shown} sends more than the limit of {} bytes",
                 options.max_bytes
             )));
         }

@@ -225,11 +225,13 @@ impl TryFrom<String> for BundleSource {
 }
 
 impl std::fmt::Display for BundleSource {
-    /// As written in the configuration.
+    /// As written in the configuration, but a URL without what may be a secret (its user and
+    /// password, its query: a pre-signed URL's signature): this is what `/readyz`, logs, errors
+    /// and the ledger's record of applied revisions show.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BundleSource::File(path) => path.display().fmt(f),
-            BundleSource::Https(url) => f.write_str(url),
+            BundleSource::Https(url) => f.write_str(&crate::authority::shown_url(url)),
             BundleSource::Oci(reference) => write!(f, "oci://{reference}"),
         }
     }
