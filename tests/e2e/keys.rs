@@ -501,6 +501,23 @@ fn keys_rotate_under_load_sign_es256_and_sign_from_softhsm2_against_registry_2_8
     std::fs::write(&pin_file, format!("{NEW_PIN}\n")).unwrap();
     suite.server.signal("HUP");
     suite.signing_again(&kid_h, "a reload with the new PIN");
+    // A wrong PIN written while the token is logged in cannot be checked by the token: the reload
+    // is refused (applied, it would fail at the next reconnect, a wrong attempt) and the key in
+    // use keeps signing.
+    std::fs::write(&pin_file, "0000-wrong-pin\n").unwrap();
+    suite.server.signal("HUP");
+    let reloaded = Instant::now();
+    while !suite.server.stderr().contains("cannot check it while this service is logged in") {
+        assert!(
+            reloaded.elapsed() < Duration::from_secs(15),
+            "the reload was not refused:\n{}",
+            suite.server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, token, _) = suite.token("repository:team/hsm:pull");
+    assert_eq!((status, header_of(&token)["kid"].as_str()), (200, Some(kid_h.as_str())));
+    std::fs::write(&pin_file, format!("{NEW_PIN}\n")).unwrap();
 
     // ES256 from the HSM too.
     let kid_hsm_ec = suite.kid(HSM_EC_KEY);

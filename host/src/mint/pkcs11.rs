@@ -14,7 +14,8 @@
 //! - **A wrong PIN is not tried again** by the signing path: every wrong attempt counts toward
 //!   the token's lockout (a real HSM locks the user PIN after a few, and only its security
 //!   officer can unlock it). A PIN a token refused is tried again only when a key is opened:
-//!   at the start and at a reload, which also reread the PIN file.
+//!   at the start and at a reload, which also reread the PIN file. A reload whose PIN differs
+//!   from the one the token accepted is refused: logged in, the token cannot check it.
 //!
 //! Everything here blocks on the module: the async side ([`super::Signer`]) runs it on the
 //! blocking pool, bounded by the number of sessions and by a deadline.
@@ -111,6 +112,9 @@ struct Module {
     state: RwLock<ModuleState>,
     /// Per token label, the digests of the PINs it refused (each until it is accepted).
     refused_pins: Mutex<HashMap<String, HashSet<[u8; 32]>>>,
+    /// Per token label, the digest of the PIN that logged this process in: while it is logged in,
+    /// the token does not check another (`C_Login` answers "already logged in").
+    accepted_pins: Mutex<HashMap<String, [u8; 32]>>,
     /// Held across `C_Login` (never the map's lock, which every signature takes): sessions opened
     /// at once after a reconnect try a PIN once between them.
     logging_in: Mutex<()>,
@@ -148,6 +152,7 @@ impl Module {
                     path: path.to_owned(),
                     state: RwLock::default(),
                     refused_pins: Mutex::default(),
+                    accepted_pins: Mutex::default(),
                     logging_in: Mutex::default(),
                 })
             })
@@ -182,10 +187,25 @@ impl Module {
         match session.login(UserType::User, Some(&pin)) {
             Ok(()) => {
                 remember(false);
+                let mut accepted = self.accepted_pins.lock().unwrap_or_else(PoisonError::into_inner);
+                accepted.insert(location.token_label.clone(), digest);
                 Ok(())
             }
-            // Another session logged the application in: this PIN was not checked.
-            Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            // Another session logged the application in, and the token did not check this PIN: a
+            // PIN file changed since (a reload) is refused rather than taken on trust, to fail at
+            // the next reconnect.
+            Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                let accepted = self.accepted_pins.lock().unwrap_or_else(PoisonError::into_inner);
+                match accepted.get(&location.token_label) {
+                    Some(accepted) if *accepted != digest => Err(HsmError::Setup(format!(
+                        "the PIN file holds another PIN than the one token {:?} accepted, and the token \
+                         cannot check it while this service is logged in: restart the service to use it \
+                         (or put the PIN back)",
+                        location.token_label
+                    ))),
+                    _ => Ok(()),
+                }
+            }
             Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange, _)) => {
                 remember(true);
                 Err(HsmError::Setup(format!(
