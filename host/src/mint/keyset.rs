@@ -134,11 +134,14 @@ impl KeySet {
         serde_json::json!({ "keys": keys }).to_string()
     }
 
-    /// `/certs.pem`: the published keys' certificates (each chain, without repeats).
+    /// `/certs.pem`: the published keys' own certificates (without repeats), for a registry's
+    /// `rootcertbundle`. Never the rest of a chain: every certificate there is a trust anchor, and
+    /// a CA among them would make any key it certified a signer of tokens. (A token's `x5c`
+    /// carries the whole chain.)
     pub fn certificates_pem(&self, now: u64) -> String {
         let mut seen: Vec<&[u8]> = Vec::new();
         let mut pem = String::new();
-        for der in self.published(now).filter_map(|k| k.chain.as_ref()).flatten() {
+        for der in self.published(now).filter_map(|k| k.chain.as_ref()?.first()) {
             if !seen.contains(&der.as_slice()) {
                 seen.push(der);
                 pem.push_str(&pem::encode(&pem::Pem::new("CERTIFICATE", der.clone())));

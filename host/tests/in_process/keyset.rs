@@ -184,6 +184,11 @@ async fn the_published_sets_are_the_configured_keys_and_tokens_verify_with_them(
     let past = registry_token::mint::rfc3339(now - 60);
     let mut gone = None;
     let fixture = fixture_with(|r| {
+        // a's certificate file holds a chain: its own certificate, then its issuer's (a CA).
+        let ca = rcgen::generate_simple_self_signed(vec!["registry-token test CA".to_owned()]).unwrap();
+        let mut chain = std::fs::read_to_string(r.join("keys/a.crt")).unwrap();
+        chain.push_str(&ca.cert.pem());
+        std::fs::write(r.join("keys/a.crt"), chain).unwrap();
         // d: retired and past its retire_after, so no longer published.
         new_key(r, "d", SigningAlgorithm::RS256);
         gone = Some(r.join("keys/d.crt"));
@@ -229,6 +234,8 @@ async fn the_published_sets_are_the_configured_keys_and_tokens_verify_with_them(
             "x5c of {name} is its certificate"
         );
         assert_eq!(raw["alg"], if *name == "b" { "ES256" } else { "RS256" });
+        let chain = raw["x5c"].as_array().unwrap().len();
+        assert_eq!(chain, if *name == "a" { 2 } else { 1 }, "x5c of {name} is its chain");
     }
 
     let certs = get(&router, "/certs.pem", None).await;
@@ -237,7 +244,9 @@ async fn the_published_sets_are_the_configured_keys_and_tokens_verify_with_them(
         pem::parse_many(certs.text.as_bytes()).unwrap().into_iter().map(|p| p.into_contents()).collect();
     let expected: Vec<Vec<u8>> =
         published.iter().map(|n| cert_der(&root.join(format!("keys/{n}.crt")))).collect();
-    assert_eq!(bundle, expected, "the bundle holds exactly the published keys' certificates");
+    // Never the rest of a chain: a CA in a registry's rootcertbundle would make every key it signed
+    // a signer of tokens.
+    assert_eq!(bundle, expected, "the bundle holds exactly the published keys' own certificates");
     assert!(!bundle.contains(&cert_der(&gone.unwrap())), "a key past retire_after is not published");
 
     // A token from the active key carries its libtrust kid and verifies with its published JWK.
