@@ -224,15 +224,31 @@ impl Live {
                 previous.validator.keys().clone()
             }
             // At start, the service comes up and refuses callers until a fetch succeeds; on a
-            // reload, a URL that does not answer fails the reload and the keys in use stay.
+            // reload, a new URL that does not answer fails the reload and the keys in use stay.
+            // The same URL with new refresh intervals is fetched anew, and during an outage keeps
+            // the keys (and intervals) it has rather than failing the reload.
             JwksSource::Url(url) => {
-                KeySource::from_url(
+                let fetched = KeySource::from_url(
                     url,
                     Duration::from_secs(authority.jwks_refresh_seconds),
                     Duration::from_secs(authority.jwks_min_refetch_seconds),
                     previous.is_some(),
                 )
-                .await?
+                .await;
+                match (fetched, previous.filter(|p| p.config.authority.jwks == authority.jwks)) {
+                    (Ok(keys), _) => keys,
+                    (Err(error), Some(previous))
+                        if matches!(previous.validator.keys(), KeySource::Remote(_)) =>
+                    {
+                        tracing::warn!(
+                            %error,
+                            "the Authority did not answer: the keys in use stay, refreshed as before, until a \
+                             reload it answers"
+                        );
+                        previous.validator.keys().clone()
+                    }
+                    (Err(error), _) => return Err(error.into()),
+                }
             }
             // An offline site: the configuration names no Authority, the bundle carries its keys.
             JwksSource::Bundle => {

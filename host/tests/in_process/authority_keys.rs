@@ -192,13 +192,14 @@ async fn a_kid_published_for_two_algorithms_verifies_with_the_tokens_own() {
 
 /// An operator revokes a licence and reloads while the Authority is down: the reload applies, and
 /// the keys fetched before the outage keep validating callers (a reload with the same `jwks_url`
-/// keeps its keys instead of starting again from none).
+/// keeps its keys instead of starting again from none) — also when it changes how often they are
+/// refreshed.
 #[tokio::test]
 async fn a_reload_during_an_authority_outage_keeps_the_keys_it_has() {
     use axum::http::StatusCode;
     let server = jwks_server(String::new()).await;
     let url = server.url.clone();
-    let fixture = common::Fixture::with(|config| {
+    let mut fixture = common::Fixture::with(|config| {
         config.authority.jwks_file = None;
         config.authority.jwks_url = Some(url);
     });
@@ -226,6 +227,16 @@ async fn a_reload_during_an_authority_outage_keeps_the_keys_it_has() {
     assert_eq!(reply.code(), "DENIED");
     assert!(service.live().is_ready(), "keys still loaded");
     assert_eq!(server.hits.load(Ordering::SeqCst), 1, "the reload did not refetch");
+
+    // New refresh intervals for the same URL are fetched with, and during the outage the reload
+    // still applies (here: the licences allowed again) and keeps the keys.
+    std::fs::write(fixture.root().join("plans.yaml"), test_support::PLANS).unwrap();
+    fixture.reconfigure(|config| config.authority.jwks_refresh_seconds = Some(120));
+    service.reload().await.unwrap();
+    let reply = common::get_basic(&router, &uri, &token).await;
+    assert_eq!(reply.status, StatusCode::OK, "the reload applied with the keys it had: {}", reply.body);
+    assert_eq!(service.live().config.authority.jwks_refresh_seconds, 120);
+    assert_eq!(server.hits.load(Ordering::SeqCst), 2, "the new intervals were fetched with, once");
 }
 
 /// An operator moves `jwks_url` to an Authority that does not answer (a typo, a host not up yet)
