@@ -820,15 +820,19 @@ fn readyz_reports_the_ledger_and_ledger_none_turns_it_off_loudly() {
     assert_eq!((reply.status.as_u16(), reply.body["error"].as_str()), (503, Some("ledger_off")));
 }
 
+/// The fixture's ledger, created and migrated by the command line (`ledger revoke --create` sets a
+/// ledger up, with one revocation of `nobody`), opened for the test to change its schema.
+fn created_ledger(fixture: &Fixture) -> rusqlite::Connection {
+    let created = ledger_cli(fixture, &["revoke", "subject", "nobody", "--reason", "set up", "--create"]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    rusqlite::Connection::open(fixture.root().join("ledger.db")).unwrap()
+}
+
 #[test]
 fn a_ledger_with_a_newer_schema_is_refused_with_a_clear_message() {
     let fixture = Fixture::new();
-    let path = fixture.root().join("ledger.db");
-    // Created and migrated by the command line (`ledger revoke --create` sets a ledger up); then a
-    // newer binary's migration is faked.
-    let created = ledger_cli(&fixture, &["revoke", "subject", "nobody", "--reason", "set up", "--create"]);
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
-    let connection = rusqlite::Connection::open(&path).unwrap();
+    // A newer binary's migration, faked.
+    let connection = created_ledger(&fixture);
     connection.execute("INSERT INTO schema_migrations (version, applied_at_ms) VALUES (99, 0)", []).unwrap();
     drop(connection);
     let output = test_support::serve_command(BIN, &fixture.config_path).output().unwrap();
@@ -845,11 +849,8 @@ fn a_ledger_with_a_newer_schema_is_refused_with_a_clear_message() {
 #[test]
 fn a_command_does_not_migrate_a_ledger_of_an_older_schema() {
     let fixture = Fixture::new();
-    let path = fixture.root().join("ledger.db");
-    let created = ledger_cli(&fixture, &["revoke", "subject", "nobody", "--reason", "set up", "--create"]);
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     // Back to schema 3, as the previous release left it.
-    let connection = rusqlite::Connection::open(&path).unwrap();
+    let connection = created_ledger(&fixture);
     connection
         .execute_batch(
             "DROP INDEX events_tenant_id; CREATE INDEX events_tenant ON events (tenant, outcome, id);

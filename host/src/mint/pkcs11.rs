@@ -60,6 +60,8 @@ pub struct HsmLocation {
     pub key_label: String,
     /// The user PIN.
     pub pin: Zeroizing<String>,
+    /// The PIN's SHA-256, computed once: what the module remembers of a PIN (refused, accepted).
+    pin_digest: [u8; 32],
 }
 
 impl std::fmt::Debug for HsmLocation {
@@ -98,6 +100,7 @@ impl HsmLocation {
             module: module.to_owned(),
             token_label: token_label.to_owned(),
             key_label: key_label.to_owned(),
+            pin_digest: Sha256::digest(pin.as_bytes()).into(),
             pin,
         })
     }
@@ -164,7 +167,7 @@ impl Module {
         let refused = self.refused_pins.lock().unwrap_or_else(PoisonError::into_inner);
         refused
             .get(&location.token_label)
-            .is_some_and(|pins| pins.contains(&pin_digest(&location.pin)))
+            .is_some_and(|pins| pins.contains(&location.pin_digest))
             .then(|| refused_error(location))
     }
 
@@ -177,7 +180,7 @@ impl Module {
         {
             return Err(refused);
         }
-        let digest = pin_digest(&location.pin);
+        let digest = location.pin_digest;
         let remember = |refused: bool| {
             let mut pins = self.refused_pins.lock().unwrap_or_else(PoisonError::into_inner);
             let token = pins.entry(location.token_label.clone()).or_default();
@@ -468,10 +471,6 @@ fn open_session(
         .map_err(|e| unavailable("C_OpenSession", e))?;
     module.login(&session, location, retry)?;
     Ok(session)
-}
-
-fn pin_digest(pin: &str) -> [u8; 32] {
-    Sha256::digest(pin.as_bytes()).into()
 }
 
 fn refused_error(location: &HsmLocation) -> HsmError {
