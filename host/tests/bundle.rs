@@ -922,6 +922,75 @@ fn a_bundle_from_an_https_url_is_polled_a_new_revision_picked_up_and_an_old_one_
     assert!(!stderr.contains("s3cret-pw") && !stderr.contains("s1gnature"), "{stderr}");
 }
 
+/// While the ledger cannot record the live bundle (another process holds its write lock), the
+/// service asks it again every few seconds; those retries must not put the next poll off. They
+/// did: each restarted the poll's timer, so no new revision was picked up until the ledger came
+/// back. Nothing is lost: once the lock is gone, the ledger records the revision serving.
+#[test]
+fn polls_go_on_on_time_while_the_ledger_cannot_record_the_live_bundle() {
+    let mut fixture = Fixture::new();
+    let root = fixture.root().to_owned();
+    let (key, cert) = signer(&root.join("bundle-signer"), "RS256");
+    let actions = ["[pull]", "[pull, push]", "[pull, push, delete]"];
+    let revisions: Vec<PathBuf> = (1..=3)
+        .zip(actions)
+        .map(|(revision, actions)| {
+            let plans = plans_with(|p| {
+                p["plans"]["readonly"][0]["actions"] = serde_norway::from_str(actions).unwrap()
+            });
+            let file = root.join(format!("rev{revision}.tar.gz"));
+            build(&root, &file, &plans, revision, &[]);
+            sign(&file, &key);
+            file
+        })
+        .collect();
+    let https = HttpsBundleServer::start(&root.join("ca.pem"));
+    https.serve(&revisions[0]);
+    // Longer than the 5 s between the ledger's retries.
+    let poll_seconds = 6;
+    fixture.reconfigure(|config| {
+        config.policy.settings_file = None;
+        config.set("policy.bundle", https.url().as_str());
+        config.set("policy.bundle_keys", vec![path(&cert).to_owned()]);
+        config.set("policy.bundle_poll_seconds", poll_seconds);
+        config.set("policy.bundle_ca_file", path(&root.join("ca.pem")));
+    });
+    let server = Server::start(BIN, &fixture.config_path);
+    let client = server.client();
+    assert_eq!(readyz(&client)["bundle"]["revision"], 1);
+
+    let ledger = rusqlite::Connection::open(root.join("ledger.db")).unwrap();
+    let recorded = |ledger: &rusqlite::Connection| -> i64 {
+        ledger.query_row("SELECT revision FROM bundle_revisions", [], |row| row.get(0)).unwrap()
+    };
+    assert_eq!(recorded(&ledger), 1);
+    ledger.execute_batch("BEGIN IMMEDIATE").unwrap();
+    https.serve(&revisions[1]);
+    wait_for("revision 2 applied by a poll", Duration::from_secs(20), || {
+        let status = readyz(&client);
+        (status["bundle"]["revision"] == 2, status)
+    });
+    wait_for("the ledger's refusal to record it logged", Duration::from_secs(20), || {
+        let log = server.stderr();
+        (log.contains("did not record the live policy bundle"), log)
+    });
+
+    // The next poll is due `poll_seconds` after the last, whatever the ledger's retries do
+    // meanwhile (each takes SQLite's 5 s busy timeout, then waits 5 s).
+    https.serve(&revisions[2]);
+    wait_for("revision 3 applied by a poll while the ledger is locked", Duration::from_secs(30), || {
+        let status = readyz(&client);
+        (status["bundle"]["revision"] == 3, status)
+    });
+
+    ledger.execute_batch("ROLLBACK").unwrap();
+    wait_for("revision 3 recorded once the ledger is writable", Duration::from_secs(30), || {
+        let revision = recorded(&ledger);
+        (revision == 3, revision)
+    });
+    assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull,push,delete"]);
+}
+
 /// One request of the parity sequence: who asks, for what, how.
 struct Ask {
     what: &'static str,

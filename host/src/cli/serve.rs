@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::Instant;
 
 /// Runs the service until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
@@ -162,6 +163,9 @@ fn spawn_reloader(
     };
     let config_path = config_path.to_owned();
     tokio::spawn(async move {
+        // When the next poll is due, and at which interval it was set: kept across the passes of
+        // the loop, so that neither reloads nor the ledger's retries put a poll off.
+        let mut next_poll: Option<(Duration, Instant)> = None;
         loop {
             if let Some(watcher) = watcher.as_mut() {
                 watcher.watch(&watched_files(&config_path, &service.live().config));
@@ -176,9 +180,14 @@ fn spawn_reloader(
                 .as_ref()
                 .filter(|bundle| bundle.source.is_remote() && bundle.poll_seconds > 0)
                 .map(|bundle| Duration::from_secs(bundle.poll_seconds));
+            next_poll = match (poll_every, next_poll) {
+                (Some(every), Some((set_at, due))) if set_at == every => Some((every, due)),
+                (Some(every), _) => Some((every, Instant::now() + every)),
+                (None, _) => None,
+            };
             let poll = async move {
-                match poll_every {
-                    Some(every) => tokio::time::sleep(every).await,
+                match next_poll {
+                    Some((_, due)) => tokio::time::sleep_until(due).await,
                     None => std::future::pending().await,
                 }
             };
@@ -204,6 +213,7 @@ fn spawn_reloader(
                         Err(crate::app::BuildError::Bundle { .. }) | Ok(_) => {}
                         Err(error) => tracing::error!(%error, "a new policy bundle could not be applied"),
                     }
+                    next_poll = poll_every.map(|every| (every, Instant::now() + every));
                     continue;
                 }
                 () = record_again => {
