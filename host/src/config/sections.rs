@@ -205,16 +205,19 @@ impl TryFrom<String> for BundleSource {
             }
             return Ok(BundleSource::Oci(reference.to_owned()));
         }
+        // A URL may carry credentials (its user and password, a signed query): errors show it
+        // without them, as everything else does.
+        let shown = crate::authority::shown_url(&value);
         if value.starts_with("https://") {
-            let url = reqwest::Url::parse(&value).map_err(|e| format!("{value:?} is not a URL: {e}"))?;
+            let url = reqwest::Url::parse(&value).map_err(|e| format!("{shown:?} is not a URL: {e}"))?;
             if url.host_str().is_none_or(str::is_empty) {
-                return Err(format!("{value:?} names no host"));
+                return Err(format!("{shown:?} names no host"));
             }
             return Ok(BundleSource::Https(value));
         }
         if value.contains("://") {
             return Err(format!(
-                "{value:?}: a bundle comes from a file, an https:// URL or an oci:// reference"
+                "{shown:?}: a bundle comes from a file, an https:// URL or an oci:// reference"
             ));
         }
         if value.is_empty() {
@@ -693,6 +696,17 @@ mod tests {
         assert!(parse("oci://team/policy:3").unwrap_err().contains("must name its registry"));
         assert!(parse("http://bundles.example/site.tar.gz").unwrap_err().contains("https:// URL"));
         assert!(parse("ftp://x/y").is_err());
+        // A URL that does not parse (a typo in its port) or names no host: the error shows it
+        // without its password and query.
+        for url in [
+            "https://reader:S3cret@bundles.example:443x/site.tar.gz?X-Amz-Signature=s1gnature",
+            "https://reader:S3cret@/site.tar.gz?X-Amz-Signature=s1gnature",
+            "ftp://reader:S3cret@bundles.example/site.tar.gz?X-Amz-Signature=s1gnature",
+        ] {
+            let error = parse(url).unwrap_err();
+            assert!(error.contains("bundles.example") || error.contains("site.tar.gz"), "{error}");
+            assert!(!error.contains("S3cret") && !error.contains("s1gnature"), "{error}");
+        }
     }
 
     #[test]
