@@ -133,6 +133,15 @@ impl TrustedKeys {
     pub fn add_pem(&mut self, bytes: &[u8], origin: &str) -> Result<(), JwsError> {
         let unusable = |reason: String| JwsError::Keys(format!("{origin}: {reason}"));
         let blocks = pem::parse_many(bytes).map_err(|e| unusable(format!("not PEM: {e}")))?;
+        // Trust is given by key, never by chain: were a certificate file a chain (as a signing
+        // key's `cert_file` may be), its CA's key would sign bundles too.
+        let certificates = blocks.iter().filter(|block| block.tag() == "CERTIFICATE").count();
+        if certificates > 1 {
+            return Err(unusable(format!(
+                "holds {certificates} certificates; give each signer's own certificate (not its chain) \
+                 in a file of its own"
+            )));
+        }
         let before = self.keys.len();
         for block in blocks {
             let public = match block.tag() {
@@ -298,6 +307,24 @@ mod tests {
         let mut trusted = TrustedKeys::default();
         trusted.push(vec![key.thumbprint_kid()], key.public().clone());
         trusted
+    }
+
+    /// A chain (leaf, then its CA) given as a signer's certificate: its CA is not trusted to sign.
+    #[test]
+    fn a_file_of_several_certificates_is_refused_not_each_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let generate = |name: &str| {
+            let (key, cert) =
+                (dir.path().join(format!("{name}-key.pem")), dir.path().join(format!("{name}.pem")));
+            crate::mint::keygen::generate_as(&key, &cert, SigningAlgorithm::ES256, 2048).unwrap()
+        };
+        let (leaf, ca) = (generate("leaf"), generate("ca"));
+        let chain = [std::fs::read(&leaf.cert_file).unwrap(), std::fs::read(&ca.cert_file).unwrap()].concat();
+        let error = TrustedKeys::default().add_pem(&chain, "chain.pem").unwrap_err().to_string();
+        assert!(error.contains("chain.pem: holds 2 certificates"), "{error}");
+        let mut one = TrustedKeys::default();
+        one.add_pem(&std::fs::read(&leaf.cert_file).unwrap(), "leaf.pem").unwrap();
+        assert_eq!(one.keys.len(), 1);
     }
 
     #[test]
