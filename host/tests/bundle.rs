@@ -910,6 +910,15 @@ fn a_bundle_from_an_https_url_is_polled_a_new_revision_picked_up_and_an_old_one_
     }
     assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull,push"]);
 
+    // The operator lifts the record naming the source as the configuration does, secrets and
+    // all: the record is found, and the secrets are not repeated.
+    let config = path(&fixture.config_path).to_owned();
+    let forgot = run(&["bundle", "forget-revision", "--config", &config, &secret_url]);
+    let said = text(&forgot.stderr);
+    assert!(forgot.status.success(), "{said}");
+    assert!(said.contains(&format!("forgot revision 2 of {shown}")), "{said}");
+    assert!(!said.contains("s3cret-pw") && !said.contains("s1gnature"), "{said}");
+
     // Trusting another CA, the service does not trust the server: it does not start.
     let stranger = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
     std::fs::write(root.join("stranger-ca.pem"), stranger.cert.pem()).unwrap();

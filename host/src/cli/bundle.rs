@@ -8,7 +8,7 @@ use super::ledger::{ConfigArg, IfMissing, open as open_ledger, open_configured};
 use super::signer::{SignerArgs, VerifierArgs};
 use crate::app::{load_module, settings_json};
 use crate::bundle::{self, BuildInputs, Bundle, BundlePolicy, FetchOptions, PolicyInput};
-use crate::config::{BundleConfig, Config, PolicyConfig};
+use crate::config::{BundleConfig, BundleSource, Config, PolicyConfig};
 use crate::policy::Builtin;
 use clap::{Args, Subcommand};
 use std::collections::BTreeMap;
@@ -175,7 +175,8 @@ async fn revisions(config: &ConfigArg, json: bool) -> Result<ExitCode, String> {
 
 async fn forget_revision(config: &ConfigArg, source: Option<String>) -> Result<ExitCode, String> {
     let source = match source {
-        Some(source) => source,
+        // Recorded as the service shows it: a URL without its credentials and query.
+        Some(source) => BundleSource::try_from(source)?.to_string(),
         None => Config::load(config.path())
             .map_err(|e| e.to_string())?
             .policy
