@@ -64,9 +64,30 @@ pub fn init(dir: &Path, issuer: &str) -> Result<PathBuf, DevAuthorityError> {
     let jwks = json!({ "keys": [jwk] });
     let info = Info { issuer: issuer.to_owned(), kid };
 
-    write_new(&dir.join(KEY_FILE), pem.as_bytes(), 0o600)?;
-    write_new(&dir.join(JWKS_FILE), pretty(&jwks)?.as_bytes(), 0o644)?;
-    write_new(&dir.join(INFO_FILE), pretty(&info)?.as_bytes(), 0o644)?;
+    let (jwks, info) = (pretty(&jwks)?, pretty(&info)?);
+    let files = [
+        (KEY_FILE, pem.as_bytes(), 0o600),
+        (JWKS_FILE, jwks.as_bytes(), 0o644),
+        (INFO_FILE, info.as_bytes(), 0o644),
+    ];
+    // All three or none: a key left beside someone else's `jwks.json` would match nothing, and
+    // make every later `init` in the directory fail.
+    if let Some(existing) =
+        files.iter().map(|(name, ..)| dir.join(name)).find(|path| path.symlink_metadata().is_ok())
+    {
+        return Err(KeygenError::Exists(existing).into());
+    }
+    let mut written = Vec::new();
+    for (name, contents, mode) in files {
+        let path = dir.join(name);
+        if let Err(error) = write_new(&path, contents, mode) {
+            for path in written {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(error.into());
+        }
+        written.push(path);
+    }
     Ok(dir.join(JWKS_FILE))
 }
 

@@ -202,6 +202,26 @@ fn the_development_authority_mints_tokens_the_service_accepts() {
     assert_eq!(validated.caller.subject, "alice");
 }
 
+/// A directory that already holds one of its files (a real Authority's `jwks.json`): `init`
+/// refuses, names it, and writes nothing, not even a key.
+#[test]
+fn dev_authority_init_beside_an_existing_jwks_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, r#"{"keys": []}"#).unwrap();
+    let init = run(&["dev-authority", "init", "--dir", dir.path().to_str().unwrap()]);
+    assert!(!init.status.success());
+    assert!(
+        text(&init.stderr).contains(&format!("{} already exists", jwks.display())),
+        "{}",
+        text(&init.stderr)
+    );
+    let mut left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    left.sort();
+    assert_eq!(left, ["jwks.json"]);
+    assert_eq!(std::fs::read_to_string(&jwks).unwrap(), r#"{"keys": []}"#);
+}
+
 fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
 }
