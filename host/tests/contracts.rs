@@ -37,6 +37,11 @@ fn cases_for_contract_0_1(dir: &Path) -> std::path::PathBuf {
     let text = std::fs::read_to_string(repo().join("policies/plan-catalogue/cases.yaml")).unwrap();
     let mut file: serde_norway::Value = serde_norway::from_str(&text).unwrap();
     file["settings"].as_mapping_mut().unwrap().remove("license_expiry").unwrap();
+    for rules in file["settings"]["plans"].as_mapping_mut().unwrap().values_mut() {
+        for rule in rules.as_sequence_mut().unwrap() {
+            rule.as_mapping_mut().unwrap().remove("lifetime_seconds");
+        }
+    }
     let cases = file["cases"].as_sequence_mut().unwrap();
     let before = cases.len();
     cases.retain(|case| {
@@ -80,19 +85,46 @@ fn the_plan_catalogue_of_each_contract_version_passes_its_cases() {
     assert_eq!(contract("builtin:plan-catalogue"), "stellaops:registry-policy@0.2.0");
     assert_eq!(contract(PLAN_CATALOGUE_V0_1_WASM), "stellaops:registry-policy@0.1.0");
 
-    // And the 0.1.0 build refuses what only 0.2.0 can decide (an expiry needs the request's time:
-    // without it no licence would ever expire), and fails the cases only 0.2.0 can express.
-    let full =
-        registry_token(&["policy", "test", "--policy", PLAN_CATALOGUE_V0_1_WASM, cases.to_str().unwrap()]);
-    assert!(!full.status.success());
+    // And the 0.1.0 build refuses what only 0.2.0 can decide, and fails the cases only 0.2.0 can
+    // express. A rule's lifetime: 0.1.0 cannot ask for one, so a rule asking for a short one
+    // would get the longer default. An expiry: it needs the request's time, without which no
+    // licence would ever expire.
+    let policy_test = |file: &Path| {
+        let output =
+            registry_token(&["policy", "test", "--policy", PLAN_CATALOGUE_V0_1_WASM, file.to_str().unwrap()]);
+        assert!(!output.status.success(), "{}", stdout(&output));
+        stderr(&output)
+    };
+    let refused = policy_test(&cases);
     assert!(
-        stderr(&full).contains("refused its settings: license_expiry needs the request's time"),
-        "{}",
-        stderr(&full)
+        refused.contains("refused its settings: plans.release[0]: lifetime_seconds needs contract 0.2.0"),
+        "{refused}"
     );
+    let old_text = std::fs::read_to_string(&old_cases).unwrap();
+    type Edit = fn(&mut serde_norway::Value);
+    let edits: [(Edit, &str); 2] = [
+        (
+            |settings| settings["plans"]["team"][0]["lifetime_seconds"] = 60.into(),
+            "plans.team[0]: lifetime_seconds needs contract 0.2.0",
+        ),
+        (
+            |settings| {
+                settings["license_expiry"] =
+                    serde_norway::from_str("{LIC-7: '2026-12-31T00:00:00Z'}").unwrap()
+            },
+            "license_expiry needs the request's time",
+        ),
+    ];
+    for (edit, expected) in edits {
+        let mut file: serde_norway::Value = serde_norway::from_str(&old_text).unwrap();
+        edit(&mut file["settings"]);
+        let edited = dir.path().join("cases-edited.yaml");
+        std::fs::write(&edited, serde_norway::to_string(&file).unwrap()).unwrap();
+        let refused = policy_test(&edited);
+        assert!(refused.contains(&format!("refused its settings: {expected}")), "{refused}");
+    }
     let without_expiry = dir.path().join("cases-without-expiry.yaml");
-    let text = std::fs::read_to_string(&old_cases).unwrap();
-    let mut file: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    let mut file: serde_norway::Value = serde_norway::from_str(&old_text).unwrap();
     let all: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(&cases).unwrap()).unwrap();
     file["cases"] = all["cases"].clone();
     file["cases"]

@@ -227,6 +227,13 @@ fn compile_rule(rule: RuleSettings, name: &str) -> Result<Rule, String> {
         .map(|p| RepoPattern::parse(p).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     let actions = ActionSet::parse(&rule.actions).map_err(|e| e.to_string())?;
+    // Contract 0.1.0 cannot ask for a lifetime: the token would get `signing.lifetime_seconds`,
+    // longer than a rule that asks for less (fail open).
+    if cfg!(feature = "contract-0-1") && rule.lifetime_seconds.is_some() {
+        return Err("lifetime_seconds needs contract 0.2.0, which 0.1.0 cannot ask the host for: \
+                    use the build for contract 0.2.0"
+            .to_owned());
+    }
     if rule.lifetime_seconds == Some(0) {
         return Err("lifetime_seconds must be at least 1".to_owned());
     }
