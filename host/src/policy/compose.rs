@@ -12,7 +12,8 @@
 //! * the outer component makes nothing of its own: no core module, core instance or canonical
 //!   function, no instance from exports, no component or module taken from an instance;
 //! * from the stub's instance it takes the module loader only; everything it exports is the
-//!   policy's (a function or instance of the policy's instance), and it does not import the
+//!   policy's (a function or instance of the policy's instance) under the policy's own name for
+//!   it, it exports every function and instance the policy does, and it does not import the
 //!   module loader itself.
 //!
 //! Anything else (a "guard" around the policy, say, however it is wired) is loaded as it is, and
@@ -35,6 +36,8 @@ struct Nested {
     range: std::ops::Range<usize>,
     imports: Vec<String>,
     exports: Vec<String>,
+    /// The names of the functions and instances it exports.
+    callable: Vec<String>,
 }
 
 impl Nested {
@@ -53,12 +56,13 @@ fn is_loader(name: &str) -> bool {
 }
 
 /// Where an instance or function of the outer component comes from.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Origin {
     /// The host (an import).
     Import,
-    /// The policy's instance, or something of it.
-    Policy,
+    /// The policy's instance (`None`), or what it exports under that name (an export of an
+    /// exported instance is `instance#name`, a name no top-level export has).
+    Policy(Option<String>),
     /// The stub's instance.
     Stub,
     /// The module loader the stub exports.
@@ -73,6 +77,7 @@ fn composed_policy(module: &[u8]) -> Option<&[u8]> {
     // The outer component's index spaces that matter: components, instances, functions.
     let (mut components, mut instances, mut funcs) = (Vec::new(), Vec::new(), Vec::new());
     let mut instantiated: Vec<usize> = Vec::new();
+    let mut exported: Vec<String> = Vec::new();
     let mut depth = 0usize;
     for payload in Parser::new(0).parse_all(module) {
         let payload = payload.ok()?;
@@ -86,12 +91,22 @@ fn composed_policy(module: &[u8]) -> Option<&[u8]> {
             }
             (2, Payload::ComponentExportSection(exports)) => {
                 for export in exports {
-                    nested.last_mut()?.exports.push(export.ok()?.name.name.to_owned());
+                    let export = export.ok()?;
+                    let nested = nested.last_mut()?;
+                    nested.exports.push(export.name.name.to_owned());
+                    if matches!(export.kind, ComponentExternalKind::Func | ComponentExternalKind::Instance) {
+                        nested.callable.push(export.name.name.to_owned());
+                    }
                 }
             }
             (1, Payload::ComponentSection { unchecked_range, .. }) => {
                 components.push(nested.len());
-                nested.push(Nested { range: unchecked_range, imports: Vec::new(), exports: Vec::new() });
+                nested.push(Nested {
+                    range: unchecked_range,
+                    imports: Vec::new(),
+                    exports: Vec::new(),
+                    callable: Vec::new(),
+                });
             }
             (1, Payload::ComponentImportSection(imports)) => {
                 for import in imports {
@@ -115,24 +130,35 @@ fn composed_policy(module: &[u8]) -> Option<&[u8]> {
                     };
                     let index = *components.get(component_index as usize)?;
                     instantiated.push(index);
-                    instances.push(if nested[index].is_policy() { Origin::Policy } else { Origin::Stub });
+                    instances.push(if nested[index].is_policy() {
+                        Origin::Policy(None)
+                    } else {
+                        Origin::Stub
+                    });
                 }
             }
             (1, Payload::ComponentAliasSection(section)) => {
                 for alias in section {
                     match alias.ok()? {
                         ComponentAlias::InstanceExport { kind, instance_index, name } => {
-                            let from = *instances.get(instance_index as usize)?;
+                            let from = instances.get(instance_index as usize)?.clone();
+                            let named = match &from {
+                                Origin::Policy(None) => Origin::Policy(Some(name.to_owned())),
+                                Origin::Policy(Some(parent)) => {
+                                    Origin::Policy(Some(format!("{parent}#{name}")))
+                                }
+                                other => other.clone(),
+                            };
                             match (kind, from) {
                                 (ComponentExternalKind::Type, _) => {}
                                 (ComponentExternalKind::Instance, Origin::Stub) if is_loader(name) => {
                                     instances.push(Origin::Loader)
                                 }
-                                (ComponentExternalKind::Instance, Origin::Import | Origin::Policy) => {
-                                    instances.push(from)
+                                (ComponentExternalKind::Instance, Origin::Import | Origin::Policy(_)) => {
+                                    instances.push(named)
                                 }
-                                (ComponentExternalKind::Func, Origin::Import | Origin::Policy) => {
-                                    funcs.push(from)
+                                (ComponentExternalKind::Func, Origin::Import | Origin::Policy(_)) => {
+                                    funcs.push(named)
                                 }
                                 _ => return None,
                             }
@@ -151,10 +177,14 @@ fn composed_policy(module: &[u8]) -> Option<&[u8]> {
                         ComponentExternalKind::Instance => &mut instances,
                         _ => return None,
                     };
-                    if space.get(export.index as usize) != Some(&Origin::Policy) {
+                    // The policy's own export, under its own name.
+                    let name = export.name.name.to_owned();
+                    let policys = Origin::Policy(Some(name.clone()));
+                    if space.get(export.index as usize) != Some(&policys) {
                         return None;
                     }
-                    space.push(Origin::Policy);
+                    space.push(policys);
+                    exported.push(name);
                 }
             }
             // Code of the outer component's own, or anything not expected there.
@@ -166,18 +196,24 @@ fn composed_policy(module: &[u8]) -> Option<&[u8]> {
     let (policy, stub) = if first.is_policy() { (first, second) } else { (second, first) };
     instantiated.sort_unstable();
     let each_once = instantiated == [0, 1];
-    if each_once && policy.is_policy() && stub.is_stub() { module.get(policy.range.clone()) } else { None }
+    let all_exported = policy.callable.iter().all(|name| exported.contains(name));
+    if each_once && all_exported && policy.is_policy() && stub.is_stub() {
+        module.get(policy.range.clone())
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::policy_component;
 
-    /// The parts of a composition a test changes: what the stub's loader instance exports
-    /// besides `load`, what the stub exports besides the loader, what the outer component holds
-    /// besides the two instances, and what it exports.
+    /// The parts of a composition a test changes: what the policy exports besides `evaluate`,
+    /// what the stub's loader instance exports besides `load`, what the stub exports besides the
+    /// loader, what the outer component holds besides the two instances, and what it exports.
     #[derive(Default)]
     struct Shape {
+        policy: &'static str,
         loader: &'static str,
         stub: &'static str,
         outer: &'static str,
@@ -187,7 +223,7 @@ mod tests {
     /// A composition as componentize-qjs makes one (policy, stub, the policy's exports
     /// re-exported), changed by `shape`.
     fn composition(shape: Shape) -> Vec<u8> {
-        let Shape { loader, stub, outer, export } = shape;
+        let Shape { policy, loader, stub, outer, export } = shape;
         let export = export.unwrap_or(r#"(export "evaluate" (func $policy "evaluate"))"#);
         let text = format!(
             r#"(component
@@ -195,7 +231,8 @@ mod tests {
                   (import "local:init/module-loader" (instance (export "load" (func (param "id" u32)))))
                   (core module $m (func (export "evaluate")))
                   (core instance $i (instantiate $m))
-                  (func (export "evaluate") (canon lift (core func $i "evaluate"))))
+                  (func (export "evaluate") (canon lift (core func $i "evaluate")))
+                  {policy})
                 (component $stub
                   (core module $m (func (export "load") (param i32)) (func (export "evaluate")))
                   (core instance $i (instantiate $m))
@@ -221,6 +258,15 @@ mod tests {
         assert!(wasmparser::Parser::is_component(loaded));
         assert_eq!(policy_component(b"not wasm"), b"not wasm");
         assert_eq!(policy_component(loaded), loaded, "a policy alone is loaded as it is");
+        let other = r#"(func (export "other") (canon lift (core func $i "evaluate")))"#;
+        let both = composition(Shape {
+            policy: other,
+            export: Some(
+                r#"(export "evaluate" (func $policy "evaluate")) (export "other" (func $policy "other"))"#,
+            ),
+            ..Shape::default()
+        });
+        assert!(policy_component(&both).len() < both.len(), "each of the policy's exports re-exported");
 
         // Anything that could run besides the policy keeps the composition whole (and so
         // refused as a policy).
@@ -255,6 +301,18 @@ mod tests {
                     ..Shape::default()
                 },
             ),
+            (
+                "the policy's functions exported under each other's names",
+                Shape {
+                    policy: other,
+                    export: Some(
+                        r#"(export "evaluate" (func $policy "other")) (export "other" (func $policy "evaluate"))"#,
+                    ),
+                    ..Shape::default()
+                },
+            ),
+            ("a function of the policy not exported", Shape { policy: other, ..Shape::default() }),
+            ("nothing exported", Shape { export: Some(""), ..Shape::default() }),
         ] {
             let bytes = composition(shape);
             assert_eq!(policy_component(&bytes).len(), bytes.len(), "{what}: loaded whole");
