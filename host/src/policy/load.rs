@@ -6,7 +6,7 @@
 use super::cache::DecisionCache;
 use super::runtime::{Runtime, within};
 use super::snapshot::Configured;
-use super::{LoadError, Loaded, Policy, sha256_hex};
+use super::{Fault, LoadError, Loaded, Policy, sha256_hex};
 use std::sync::Arc;
 
 /// Runs the whole pipeline for `module` in `runtime`. CPU-heavy (two compilations): callers run
@@ -55,7 +55,11 @@ pub(super) async fn load(
         Ok(Ok((instance, Ok(())))) => instance,
         Ok(Ok((_, Err(reason)))) => return Err(LoadError::Settings { source_name: source, reason }),
         Ok(Err(error)) => {
-            let fault = runtime.classify(&error, &store);
+            // Stopped by the epoch: at `configure`'s deadline, not a request's.
+            let fault = match runtime.classify(&error, &store) {
+                Fault::Deadline(_) => Fault::Deadline(timeout),
+                fault => fault,
+            };
             return Err(LoadError::Configure { source_name: source, fault });
         }
         Err(fault) => return Err(LoadError::Configure { source_name: source, fault }),

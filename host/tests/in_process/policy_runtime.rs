@@ -285,11 +285,14 @@ async fn hostile_configure_is_refused_at_load() {
     assert!(matches!(refused, Err(LoadError::Settings { ref reason, .. }) if reason == "bad settings here"));
 
     let limits = Limits { timeout: Duration::from_millis(10), ..Limits::default() };
+    // configure gets max(20 × 10 ms, 2 s), and the error says so (not the request's 10 ms);
+    // the guest would loop or sleep for ever.
     match Policy::load(&module, "h", r#"{"configure": "loop"}"#, limits, 0).await {
-        Err(LoadError::Configure { fault: Fault::Deadline(_), .. }) => {}
+        Err(LoadError::Configure { fault: Fault::Deadline(limit), .. }) => {
+            assert_eq!(limit, Duration::from_secs(2))
+        }
         other => panic!("expected a configure deadline, got {other:?}"),
     }
-    // configure gets max(20 × 10 ms, 2 s); the guest would sleep 60 s.
     let started = Instant::now();
     match Policy::load(&module, "h", r#"{"configure": "sleep"}"#, limits, 0).await {
         Err(LoadError::Configure { fault: Fault::Deadline(limit), .. }) => {
