@@ -769,18 +769,25 @@ mod tests {
 
     /// What the component's exports answer: `call(slot)` for slots 1–3, then `via-main`.
     fn answers(component: &[u8]) -> Vec<u32> {
+        try_answers(component).unwrap().into_iter().map(Result::unwrap).collect()
+    }
+
+    /// [`answers`], each `Err` with why (the component does not compile or start, a call traps).
+    fn try_answers(component: &[u8]) -> Result<Vec<Result<u32, String>>, String> {
         let engine = Engine::default();
-        let compiled = Compiled::new(&engine, component).unwrap();
+        let compiled = Compiled::new(&engine, component).map_err(|e| e.to_string())?;
         let mut store = Store::new(&engine, ());
-        let instance = Linker::new(&engine).instantiate(&mut store, &compiled).unwrap();
-        let call = instance.get_typed_func::<(u32,), (u32,)>(&mut store, "call").unwrap();
+        let instance = Linker::new(&engine).instantiate(&mut store, &compiled).map_err(|e| e.to_string())?;
+        let call =
+            instance.get_typed_func::<(u32,), (u32,)>(&mut store, "call").map_err(|e| e.to_string())?;
         let mut answers = Vec::new();
         for slot in 1..=3 {
-            answers.push(call.call(&mut store, (slot,)).unwrap().0);
+            answers.push(call.call(&mut store, (slot,)).map(|(answer,)| answer).map_err(|e| e.to_string()));
         }
-        let via_main = instance.get_typed_func::<(), (u32,)>(&mut store, "via-main").unwrap();
-        answers.push(via_main.call(&mut store, ()).unwrap().0);
-        answers
+        let via_main =
+            instance.get_typed_func::<(), (u32,)>(&mut store, "via-main").map_err(|e| e.to_string())?;
+        answers.push(via_main.call(&mut store, ()).map(|(answer,)| answer).map_err(|e| e.to_string()));
+        Ok(answers)
     }
 
     #[test]
@@ -826,12 +833,22 @@ mod tests {
             flipped[at] ^= 0x41;
             damaged.push(flipped);
         }
+        let mut rewritten_count = 0;
         for bytes in &damaged {
             let relinked = own_table(bytes);
             match relinked.bytes {
                 Cow::Borrowed(same) => assert_eq!(same, bytes.as_slice()),
-                Cow::Owned(rewritten) => assert!(valid(&rewritten), "a rewrite is always valid"),
+                Cow::Owned(rewritten) => {
+                    assert!(valid(&rewritten), "a rewrite is always valid");
+                    // And changes cost, never behaviour: a damaged component that still runs
+                    // answers as it did (one that no longer runs may not run either way).
+                    if let Ok(before) = try_answers(bytes) {
+                        assert_eq!(try_answers(&rewritten), Ok(before), "a rewrite answers as the original");
+                    }
+                    rewritten_count += 1;
+                }
             }
         }
+        assert!(rewritten_count > 0, "some damage leaves the shape the rewrite applies to");
     }
 }
