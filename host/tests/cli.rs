@@ -338,6 +338,16 @@ fn configuration_errors_name_the_key_and_where_it_came_from() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("ledger.sqlite_sync applies to an SQLite ledger"), "{stderr}");
 
+    // A key set twice (the later one would silently win): refused, naming the key and the line.
+    let yaml = std::fs::read_to_string(&fixture.config_path).unwrap();
+    let services = yaml.lines().find(|line| line.starts_with("services:")).unwrap();
+    std::fs::write(&fixture.config_path, format!("{yaml}\n{services}\n")).unwrap();
+    let output = run(&["serve", "--config", fixture.config_path.to_str().unwrap()]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(fixture.config_path.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains("duplicate entry with key \"services\""), "{stderr}");
+
     let output = run(&["serve", "--config", "/nonexistent/registry-token.yaml"]);
     assert!(text(&output.stderr).contains("/nonexistent/registry-token.yaml does not exist"));
 }

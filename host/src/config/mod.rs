@@ -103,6 +103,15 @@ impl Config {
         if !path.is_file() {
             return Err(ConfigError(format!("the configuration file {} does not exist", path.display())));
         }
+        // figment reads YAML into a map that keeps the last of two equal keys: a key added at the
+        // top of a file that sets it further down would be silently overruled. (Other errors of
+        // the file are figment's to report, with the key and the place.)
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Err(error) = serde_norway::from_str::<serde_norway::Value>(&text)
+            && error.to_string().contains("duplicate entry")
+        {
+            return Err(ConfigError(format!("{}: {error}", path.display())));
+        }
         let overrides: Vec<(String, String)> =
             env.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)).collect();
         let figment = Figment::new().merge(Yaml::file_exact(path)).merge(EnvOverrides(overrides));
