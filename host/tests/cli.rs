@@ -352,6 +352,24 @@ fn configuration_errors_name_the_key_and_where_it_came_from() {
     assert!(text(&output.stderr).contains("/nonexistent/registry-token.yaml does not exist"));
 }
 
+/// A container overrides what the file it ships with chose: an empty value unsets a key, so the
+/// file's `jwks_file` gives way to a `jwks_url` from the environment (both set is an error).
+#[test]
+fn an_empty_environment_value_unsets_the_files_key() {
+    use registry_token::config::{Config, JwksSource};
+    let fixture = Fixture::new();
+    let url = ("REGISTRY_TOKEN_AUTHORITY__JWKS_URL".to_owned(), "https://authority.example/jwks".to_owned());
+    let error = Config::load_with_env(&fixture.config_path, [url.clone()]).unwrap_err().to_string();
+    assert!(error.contains("not both"), "{error}");
+    let unset = ("REGISTRY_TOKEN_AUTHORITY__JWKS_FILE".to_owned(), String::new());
+    let config = Config::load_with_env(&fixture.config_path, [url, unset.clone()]).unwrap();
+    assert_eq!(config.authority.jwks, JwksSource::Url("https://authority.example/jwks".into()));
+    // A key that must have a value cannot be unset: the error names the variable.
+    let issuer = ("REGISTRY_TOKEN_AUTHORITY__ISSUER".to_owned(), String::new());
+    let error = Config::load_with_env(&fixture.config_path, [issuer]).unwrap_err().to_string();
+    assert!(error.contains("environment variable REGISTRY_TOKEN_AUTHORITY__ISSUER"), "{error}");
+}
+
 #[test]
 fn environment_overrides_reach_the_running_service() {
     let fixture = Fixture::new();

@@ -25,7 +25,14 @@ impl figment::Provider for EnvOverrides {
                 continue;
             }
             let path: Vec<&str> = key.split("__").collect();
-            let parsed: figment::value::Value = value.parse().unwrap_or_else(|_| value.clone().into());
+            // An empty value unsets the key (a file's `jwks_file`, say, for `jwks_url` to take
+            // its place): an optional key is then absent, a required one missing.
+            let parsed: figment::value::Value = match value.is_empty() {
+                true => {
+                    figment::value::Value::Empty(figment::value::Tag::Default, figment::value::Empty::None)
+                }
+                false => value.parse().unwrap_or_else(|_| value.clone().into()),
+            };
             insert(&mut dict, &path, parsed);
         }
         Ok(figment::Profile::Default.collect(dict))
