@@ -335,6 +335,11 @@ fn every_refusal_names_its_cause_and_hostile_archives_are_refused_before_anythin
         .to_owned();
     ok(&["bundle", "sign", "--key", path(&other), "--kid", &trusted_kid, path(&case)]);
     assert!(verify(&case).contains("does not verify with key"), "{}", verify(&case));
+    // A kid may begin with a hyphen (as one thumbprint in 64 does): it is the value, not a flag.
+    let hyphen = write("hyphen-kid.tar.gz", &unsigned);
+    ok(&["bundle", "sign", "--key", path(&key), "--kid", "-Vhyphen-first", path(&hyphen)]);
+    let shown = ok(&["bundle", "inspect", path(&hyphen)]);
+    assert!(shown.contains("\"-Vhyphen-first\""), "{shown}");
     // Without keys, the manifest still vouches for the content.
     let mut files = files_of(&write("unsigned-copy.tar.gz", &unsigned));
     files.insert("settings.json".into(), b"{\"plans\":{}}".to_vec());

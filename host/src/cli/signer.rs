@@ -29,7 +29,8 @@ pub(super) struct SignerArgs {
     /// The `kid` the signature names; default: the key's RFC 7638 thumbprint (a PEM key or
     /// certificate given to the verifier is known by it, and a JWKS written by `keys export` names
     /// keys so). Only with a key to sign with.
-    #[arg(long, requires = "signing_key")]
+    // A thumbprint is base64url: one in 64 begins with a hyphen.
+    #[arg(long, requires = "signing_key", allow_hyphen_values = true)]
     kid: Option<String>,
 }
 
