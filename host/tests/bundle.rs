@@ -443,6 +443,28 @@ fn every_refusal_names_its_cause_and_hostile_archives_are_refused_before_anythin
         assert_eq!(listing(&work), before, "{name}: a refused bundle changed the directory");
     }
 
+    // Nor is one built past the limit that servers and the other commands would then refuse.
+    std::fs::write(root.join("settings.yaml"), PLANS).unwrap();
+    let before = listing(&work);
+    let big = refused(&[
+        "bundle",
+        "build",
+        "--policy",
+        test_support::HOSTILE_GUEST_WASM,
+        "--settings",
+        path(&root.join("settings.yaml")),
+        "--revision",
+        "1",
+        "--created-at",
+        CREATED_AT,
+        "--max-bytes",
+        "65536",
+        "--out",
+        path(&work.join("big.tar.gz")),
+    ]);
+    assert!(big.contains("would be refused") && big.contains("limit of 65536"), "{big}");
+    assert_eq!(listing(&work), before, "a bundle too large to open was written");
+
     // Through a pipe, whose length reads 0: cut off at the limit all the same, not read whole.
     let mut inspect = Command::new(BIN)
         .args(["bundle", "inspect", "--max-bytes", "1048576", "/dev/stdin"])

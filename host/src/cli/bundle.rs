@@ -131,6 +131,8 @@ pub(super) struct BuildArgs {
     /// Where to write it.
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    limit: Limit,
 }
 
 pub(super) async fn run(command: BundleCommand) -> Result<ExitCode, String> {
@@ -284,6 +286,10 @@ async fn build(args: BuildArgs) -> Result<ExitCode, String> {
         created_at: args.created_at.clone(),
     };
     let (bundle, bytes) = bundle::build(inputs).map_err(|e| e.to_string())?;
+    // What is built must open as every server and command opens it: within the limits.
+    Bundle::open_unverified(&bytes, args.limit.max_bytes).map_err(|e| {
+        format!("the bundle built would be refused by servers and bundle commands (nothing written): {e}")
+    })?;
     // What is built must load: the policy configured with the settings, as a server would.
     let carried = bundle.policy();
     load_module(
