@@ -89,6 +89,8 @@ impl KeySource {
             last_fetch: Mutex::new(None),
             min_refetch,
             refetch: tokio::sync::Mutex::new(()),
+            started: std::sync::atomic::AtomicU64::new(0),
+            stored: Mutex::new(0),
         });
         match remote.refresh().await {
             Err(e) if must_fetch => return Err(e),
@@ -155,6 +157,11 @@ pub struct RemoteJwks {
     last_fetch: Mutex<Option<Instant>>,
     min_refetch: Duration,
     refetch: tokio::sync::Mutex<()>,
+    /// Fetches started, numbered from 1; and the number of the one whose keys are stored. The
+    /// periodic refresh and a refetch for an unknown `kid` may overlap: the keys of the earlier
+    /// one, answered later, never replace the later one's (a key just added would vanish).
+    started: std::sync::atomic::AtomicU64,
+    stored: Mutex<u64>,
 }
 
 impl std::fmt::Debug for RemoteJwks {
@@ -186,9 +193,15 @@ impl RemoteJwks {
         if let Ok(mut last) = self.last_fetch.lock() {
             *last = Some(Instant::now());
         }
+        let number = self.started.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
         let fetched = self.fetch().await;
         crate::metrics::metrics().keys_fetch(fetched.is_ok());
         let keys = fetched?;
+        let Ok(mut stored) = self.stored.lock() else { return Ok(()) };
+        if *stored > number {
+            return Ok(());
+        }
+        *stored = number;
         if keys.fingerprint() != self.keys.load().fingerprint() {
             tracing::info!(url = %self.shown, keys = keys.len(), "the Authority's JWKS changed");
             self.keys.store(Arc::new(keys));
@@ -264,6 +277,66 @@ mod tests {
         for secret in ["jwks-user", "pa55word", "t0ken"] {
             assert!(!error.contains(secret), "{secret} in {error}");
         }
+    }
+
+    /// The periodic refresh fetched the old set, answered slowly; meanwhile a token with the
+    /// Authority's new key made a refetch that got the new set. The slow answer, arriving last,
+    /// must not put the old set back: tokens signed with the new key would be refused until the
+    /// next refresh (a refetch being rate-limited).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_fetch_never_replaces_the_keys_of_a_later_one() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = |name: &str| {
+            let (key, cert) =
+                (dir.path().join(format!("{name}-key.pem")), dir.path().join(format!("{name}.pem")));
+            let algorithm = crate::mint::SigningAlgorithm::RS256;
+            let generated = crate::mint::keygen::generate_as(&key, &cert, algorithm, 2048).unwrap();
+            let key = crate::mint::SigningKey::from_file(&generated.key_file, algorithm).unwrap();
+            (key.thumbprint_kid(), serde_json::json!({ "keys": [key.public_jwk()] }).to_string())
+        };
+        let ((old_kid, old), (new_kid, new)) = (jwks("old"), jwks("new"));
+        // Serves the set of the moment a request arrives; the second request's answer is held
+        // until the test lets it go.
+        let serving = Arc::new(Mutex::new(old));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (set, count, held) = (Arc::clone(&serving), Arc::clone(&requests), Arc::clone(&release));
+        let route = move || {
+            let (set, count, held) = (Arc::clone(&set), Arc::clone(&count), Arc::clone(&held));
+            async move {
+                let body = set.lock().unwrap().clone();
+                if count.fetch_add(1, Ordering::SeqCst) + 1 == 2 {
+                    held.notified().await;
+                }
+                body
+            }
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let app = axum::Router::new().route("/jwks.json", axum::routing::get(route));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let source =
+            KeySource::from_url(&url, Duration::from_secs(3600), Duration::ZERO, true).await.unwrap();
+        let KeySource::Remote(remote) = &source else { panic!("a remote source") };
+        let slow = tokio::spawn({
+            let remote = Arc::clone(remote);
+            async move { remote.refresh().await }
+        });
+        while requests.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        *serving.lock().unwrap() = new;
+        let rs256 = jsonwebtoken::Algorithm::RS256;
+        assert!(source.find(Some(&new_kid), rs256).await.is_ok(), "the refetch found the new key");
+        release.notify_one();
+        slow.await.unwrap().unwrap();
+        assert_eq!(requests.load(Ordering::SeqCst), 3);
+        let keys = remote.keys.load();
+        assert!(keys.find(Some(&new_kid), rs256).is_some(), "the slow answer put the old set back");
+        assert!(keys.find(Some(&old_kid), rs256).is_none());
     }
 
     #[test]
