@@ -280,15 +280,30 @@ fn an_old_and_a_new_guest_serve_side_by_side_and_a_lifetime_is_clamped_and_recor
         )
         .unwrap();
     });
-    let configure = |module: Option<&str>| {
+    let configure = |module: Option<&str>, plans: &str| {
         let fixture = Fixture::with(|config| {
             config.policy.module = module.map(Into::into);
             config.signing.max_lifetime_seconds = Some(3600);
         });
-        std::fs::write(fixture.root().join("plans.yaml"), &plans).unwrap();
+        std::fs::write(fixture.root().join("plans.yaml"), plans).unwrap();
         fixture
     };
-    let (old_fixture, new_fixture) = (configure(Some(PLAN_CATALOGUE_V0_1_WASM)), configure(None));
+    // The old guest cannot ask for a lifetime: it refuses rules that would (a short one would
+    // get the longer default), and the service does not start on them.
+    let old_fixture = configure(Some(PLAN_CATALOGUE_V0_1_WASM), &plans);
+    let refused = test_support::serve_command(BIN, &old_fixture.config_path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("plans.release[0]: lifetime_seconds needs contract 0.2.0"), "{stderr}");
+    let without_lifetimes = plans_with(|plans| {
+        plans["plans"]["release"] = serde_norway::from_str(
+            r#"[{repositories: ["releases/**"], actions: [pull, push]},
+                {repositories: ["releases/big/**"], actions: [push]}]"#,
+        )
+        .unwrap();
+    });
+    let (old_fixture, new_fixture) =
+        (configure(Some(PLAN_CATALOGUE_V0_1_WASM), &without_lifetimes), configure(None, &plans));
     let old = Server::start(BIN, &old_fixture.config_path);
     let new = Server::start(BIN, &new_fixture.config_path);
     let contract =
@@ -310,7 +325,7 @@ fn an_old_and_a_new_guest_serve_side_by_side_and_a_lifetime_is_clamped_and_recor
         lifetime
     };
 
-    // The same plan and request: the old guest cannot ask for a lifetime, the new one can.
+    // The same request: the old guest's token has the default lifetime, the new one's the rule's.
     assert_eq!(lifetime_of(&old, &old_fixture, 7200, push), 300);
     assert_eq!(lifetime_of(&new, &new_fixture, 7200, push), 1800);
     // 86400 asked, signing.max_lifetime_seconds (3600) issued.
