@@ -133,6 +133,7 @@ impl World {
                 return;
             }
             assert_eq!(reply.status, 200, "{reply}");
+            assert!(revoked.elapsed() <= Duration::from_secs(1), "still refreshed after 1 s: {reply}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -242,16 +243,21 @@ fn the_docker_engine_and_ctr_keep_pulling_after_the_login_token_expired_until_re
 
     world.wait_until_expired(&caller);
     assert!(engine.run(&["rmi", &reference]).status.success());
+    // Each client's own requests: what the service logged while it ran.
+    let posted = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("method=POST") && l.contains("sub=\"alice\"") && l.contains("status=200"))
+    };
+    let before = world.token_service.stderr().len();
     let pulled = engine.run(&["pull", &reference]);
     assert!(pulled.status.success(), "docker pull on the stored identity token failed: {}", text(&pulled));
+    let log = world.token_service.stderr();
+    assert!(posted(&log[before..]), "the engine uses POST /token:\n{}", &log[before..]);
+    let before = log.len();
     let pulled = ctr_pull();
     assert!(pulled.status.success(), "ctr pull on the refresh token failed: {}", text(&pulled));
     let log = world.token_service.stderr();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("method=POST") && l.contains("sub=\"alice\"") && l.contains("status=200")),
-        "the engine and ctr use POST /token:\n{log}"
-    );
+    assert!(posted(&log[before..]), "ctr uses POST /token:\n{}", &log[before..]);
 
     world.revoke_alice(&stored, "docker");
     assert!(engine.run(&["rmi", &reference]).status.success());
