@@ -332,6 +332,21 @@ fn thumbprint_kids_with_a_certificate_work_on_2_8_through_x5c() {
     let dest = world.root().join("pulled");
     assert!(world.pull("team/app", &token, &dest).status.success());
     assert_eq!(layout_digest(&dest), built);
+
+    // What the registry accepted: tokens naming the key by its RFC 7638 thumbprint (not the
+    // libtrust form 2.8 would also take) and carrying the certificate in x5c.
+    let keys = world.root().join("keys");
+    let key = registry_token::mint::SigningKey::from_file(
+        &keys.join("signing-key.pem"),
+        registry_token::mint::SigningAlgorithm::RS256,
+    )
+    .unwrap();
+    let header =
+        jsonwebtoken::decode_header(world.registry_token("team", "repository:team/app:pull")).unwrap();
+    assert_eq!(header.kid.as_deref(), Some(key.thumbprint_kid().as_str()));
+    let certificate = pem::parse(std::fs::read(keys.join("signing-cert.pem")).unwrap()).unwrap();
+    let x5c = header.x5c.unwrap_or_default();
+    assert_eq!(x5c, [data_encoding::BASE64.encode(certificate.contents())]);
 }
 
 #[test]
