@@ -316,8 +316,14 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
             let (received, ok, unavailable, other, stop) =
                 (received.clone(), ok.clone(), unavailable.clone(), other.clone(), stop.clone());
             std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(120) {
-                    let reply = client.get_bearer(&query(SERVICE, &[PULL]), &caller).unwrap();
+                // A repository of its own per request: every 200 is a token minted for it (none
+                // is a reused one, whose record was committed before the outage).
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) || started.elapsed() >= Duration::from_secs(120) {
+                        break;
+                    }
+                    let scope = format!("repository:team/load{n}-{i}:pull");
+                    let reply = client.get_bearer(&query(SERVICE, &[scope.as_str()]), &caller).unwrap();
                     match reply.status.as_u16() {
                         200 => {
                             let (_, claims) = decode(reply.body["token"].as_str().unwrap());
@@ -434,6 +440,7 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
         missing.len()
     );
     assert!(missing.is_empty(), "tokens handed out without an issued event: {missing:?}");
+    assert_eq!(received.len(), ok.load(Ordering::Relaxed), "every 200 carried a token of its own");
     assert_eq!(other.load(Ordering::Relaxed), 0, "only 200 and 503 during an outage");
     // Both replicas are the processes started at the beginning.
     assert!(a.stderr().contains("the ledger is writable again"), "{}", a.stderr());
