@@ -899,4 +899,21 @@ fn relaxed_durability_issues_and_records_soon_after() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(admin.get("/readyz").unwrap().body["ledger"]["durability"], "relaxed");
+
+    // What relaxed means: while another process holds the ledger's write lock, tokens are still
+    // answered at once (strict waits for each commit, and refuses when it cannot happen); their
+    // events are written once the lock is gone.
+    let blocker = rusqlite::Connection::open(fixture.root().join("ledger.db")).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    for n in 0..5 {
+        let scope = format!("repository:team/held{n}:pull");
+        let reply = server.client().get_bearer(&query(SERVICE, &[scope.as_str()]), &caller).unwrap();
+        assert_eq!(reply.status, 200, "{reply}");
+    }
+    blocker.execute_batch("ROLLBACK").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while events(&admin, &token, "").len() < 25 {
+        assert!(Instant::now() < deadline, "the events answered under the lock were not written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
