@@ -79,8 +79,9 @@ async fn a_jwks_url_is_fetched_and_a_rotated_key_is_picked_up_on_its_first_use()
     assert!(keys.is_ready());
     assert_eq!(server.hits.load(Ordering::SeqCst), 1);
     let now = registry_token::app::system_clock()();
-    let validator = Validator::new(keys, requirements(), 0);
-    assert_eq!(validator.validate(&token(&first, 600, now), now).await.unwrap().caller.subject, "alice");
+    let validator = Validator::new(keys, requirements(), 16);
+    let before_rotation = token(&first, 600, now);
+    assert_eq!(validator.validate(&before_rotation, now).await.unwrap().caller.subject, "alice");
     assert_eq!(server.hits.load(Ordering::SeqCst), 1, "known keys are not refetched");
 
     // The Authority rotates to a new key: the first token signed with it triggers one refetch.
@@ -88,8 +89,9 @@ async fn a_jwks_url_is_fetched_and_a_rotated_key_is_picked_up_on_its_first_use()
     let rotated = validator.validate(&token(&second, 600, now), now).await.unwrap();
     assert_eq!(rotated.caller.subject, "alice");
     assert_eq!(server.hits.load(Ordering::SeqCst), 2, "exactly one refetch");
-    // The retired key is gone with the old document.
-    let retired = validator.validate(&token(&first, 600, now), now).await.unwrap_err();
+    // The retired key is gone with the old document, and so is the cached validation of the
+    // token it signed.
+    let retired = validator.validate(&before_rotation, now).await.unwrap_err();
     assert!(matches!(retired, AuthError::UnknownKey(_)), "{retired}");
 }
 
@@ -102,7 +104,7 @@ async fn unavailable_keys_refuse_callers_and_made_up_kids_do_not_flood_the_autho
     // The JWKS is unavailable at start (a 404 page): the service starts, refuses callers as
     // "keys unavailable", and recovers on the first fetch that works.
     let server = jwks_server("not a jwks".into()).await;
-    let keys = KeySource::from_url(&server.url, Duration::from_secs(300), Duration::from_secs(30), false)
+    let keys = KeySource::from_url(&server.url, Duration::from_secs(300), Duration::from_secs(2), false)
         .await
         .unwrap();
     assert!(!keys.is_ready());
@@ -114,12 +116,16 @@ async fn unavailable_keys_refuse_callers_and_made_up_kids_do_not_flood_the_autho
     );
 
     *server.document.lock().unwrap() = std::fs::read_to_string(second.join("jwks.json")).unwrap();
-    // Still within 30 s of the failed fetch: nothing is fetched, so a flood of made-up kids costs
+    // Still within 2 s of the failed fetch: nothing is fetched, so a flood of made-up kids costs
     // the Authority nothing.
     for _ in 0..20 {
         let _ = validator.validate(&token(&first, 600, now), now).await;
     }
     assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+    // Past that interval, the next caller's kid makes the fetch that works.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(validator.validate(&token(&second, 600, now), now).await.unwrap().caller.subject, "alice");
+    assert_eq!(server.hits.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

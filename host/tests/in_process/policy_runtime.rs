@@ -349,10 +349,13 @@ async fn the_decision_cache_answers_only_the_exact_same_request() {
         granted(&policy.evaluate(&team, "registry.local", &other, 0).await.unwrap()),
         ["repository:team/other:pull"]
     );
+    // Four distinct requests, four entries; the first one again is answered from its entry.
+    assert_eq!(policy.cached_decisions().0, 4);
     assert_eq!(
         granted(&policy.evaluate(&team, "registry.local", &asked, 0).await.unwrap()),
         ["repository:team/app:pull,push"]
     );
+    assert_eq!(policy.cached_decisions().0, 4);
 }
 
 #[tokio::test]
@@ -364,6 +367,11 @@ async fn faults_are_never_cached() {
         let fault = policy.evaluate(&caller("team"), "s", &asked, 0).await.unwrap_err();
         assert_eq!(fault.kind(), "panic");
     }
+    assert_eq!(policy.cached_decisions().0, 0, "a fault was remembered");
+    // The control: an answer is.
+    let fine = [Resource::new("repository", "team/app", &["pull"])];
+    policy.evaluate(&caller("team"), "s", &fine, 0).await.unwrap();
+    assert_eq!(policy.cached_decisions().0, 1);
 }
 
 #[tokio::test]
