@@ -316,6 +316,15 @@ mod tests {
             };
             let scope = format!("repository:{name}:{}", actions.join(","));
             let parsed = parse_one(&scope).unwrap();
+            // The actions once each, in the order first asked; and what was parsed round-trips.
+            let mut once: Vec<String> = Vec::new();
+            for action in actions {
+                if !once.contains(&action) {
+                    once.push(action);
+                }
+            }
+            prop_assert_eq!(&parsed.actions, &once);
+            prop_assert_eq!(&parse_one(&parsed.to_string()).unwrap(), &parsed);
             prop_assert_eq!(parsed.name, name);
         }
     }
