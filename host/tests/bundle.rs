@@ -192,7 +192,7 @@ fn two_builds_from_the_same_inputs_are_identical_and_a_changed_setting_is_not() 
     assert_ne!(changed_plans, PLANS);
     let changed = build(root, &root.join("changed.tar.gz"), &changed_plans, 1, &extra);
     assert_ne!(changed, first);
-    // The revision and the creation time are part of it too.
+    // The revision is part of it too.
     assert_ne!(build(root, &root.join("rev2.tar.gz"), PLANS, 2, &extra), first);
 
     // A component is carried as policy.wasm, and two builds of it are identical as well.

@@ -61,7 +61,7 @@ fn the_plan_catalogue_of_each_contract_version_passes_its_cases() {
     let cases = repo().join("policies/plan-catalogue/cases.yaml");
     let new = registry_token(&["policy", "test", cases.to_str().unwrap()]);
     assert!(new.status.success(), "{}{}", stdout(&new), stderr(&new));
-    assert_eq!(stdout(&new).lines().last(), Some("49 passed, 0 failed"));
+    assert_eq!(stdout(&new).lines().last(), Some("50 passed, 0 failed"));
 
     let dir = tempfile::tempdir().unwrap();
     let old_cases = cases_for_contract_0_1(dir.path());
@@ -73,7 +73,7 @@ fn the_plan_catalogue_of_each_contract_version_passes_its_cases() {
         old_cases.to_str().unwrap(),
     ]);
     assert!(old.status.success(), "{}{}", stdout(&old), stderr(&old));
-    assert_eq!(stdout(&old).lines().last(), Some("42 passed, 0 failed"));
+    assert_eq!(stdout(&old).lines().last(), Some("43 passed, 0 failed"));
 
     // Really two versions: inspect says so, from the components themselves.
     let contract = |module: &str| {
@@ -139,7 +139,7 @@ fn the_plan_catalogue_of_each_contract_version_passes_its_cases() {
         PLAN_CATALOGUE_V0_1_WASM,
         without_expiry.to_str().unwrap(),
     ]);
-    assert_eq!(stdout(&full).lines().last(), Some("42 passed, 6 failed"));
+    assert_eq!(stdout(&full).lines().last(), Some("43 passed, 6 failed"));
 }
 
 #[test]
@@ -401,9 +401,9 @@ fn policy_bench_prints_a_median_and_p99_per_case_as_the_server_runs_it() {
     assert!(text.contains("limits: 50 ms, 16 MiB; loaded (compile, configure, snapshot) in "), "{text}");
     // One row per case (its median and p99 in µs), then the total.
     let rows: Vec<&str> = text.lines().filter(|l| l.ends_with(" µs")).collect();
-    assert_eq!(rows.len(), 49 + 1, "{text}");
+    assert_eq!(rows.len(), 50 + 1, "{text}");
     assert!(rows[0].starts_with("team pulls and pushes a team repository"), "{text}");
-    assert!(rows[49].starts_with("all 49 cases (1960 evaluations)"), "{text}");
+    assert!(rows[50].starts_with("all 50 cases (2000 evaluations)"), "{text}");
     for row in rows {
         let figures: Vec<f64> =
             row.split("µs").filter_map(|part| part.split_whitespace().last()?.parse().ok()).collect();
