@@ -370,6 +370,37 @@ fn an_empty_environment_value_unsets_the_files_key() {
     assert!(error.contains("environment variable REGISTRY_TOKEN_AUTHORITY__ISSUER"), "{error}");
 }
 
+/// An environment value is text where the key wants text: a numeric scope name or username is
+/// not refused as "found unsigned int, expected a string"; numbers and booleans still parse where
+/// the key wants them.
+#[test]
+fn environment_values_are_text_where_the_key_wants_text() {
+    use registry_token::config::Config;
+    let fixture = Fixture::new();
+    let vars = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect()
+    };
+    let config = Config::load_with_env(
+        &fixture.config_path,
+        vars(&[
+            ("REGISTRY_TOKEN_ADMIN__REQUIRED_SCOPE", "1234"),
+            ("REGISTRY_TOKEN_REALM", "true"),
+            ("REGISTRY_TOKEN_ADMIN__METRICS", "false"),
+            ("REGISTRY_TOKEN_SIGNING__LIFETIME_SECONDS", "120"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.admin.required_scope, "1234");
+    assert_eq!(config.realm, "true");
+    assert!(!config.admin.metrics);
+    assert_eq!(config.signing.lifetime_seconds, 120);
+    let error =
+        Config::load_with_env(&fixture.config_path, vars(&[("REGISTRY_TOKEN_ADMIN__METRICS", "maybe")]))
+            .unwrap_err()
+            .to_string();
+    assert!(error.contains("environment variable REGISTRY_TOKEN_ADMIN__METRICS"), "{error}");
+}
+
 #[test]
 fn environment_overrides_reach_the_running_service() {
     let fixture = Fixture::new();

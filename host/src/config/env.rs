@@ -31,7 +31,18 @@ impl figment::Provider for EnvOverrides {
                 true => {
                     figment::value::Value::Empty(figment::value::Tag::Default, figment::value::Empty::None)
                 }
-                false => value.parse().unwrap_or_else(|_| value.clone().into()),
+                // A lone number or boolean stays the text it was: whether `1000` is a number
+                // is the key's to say (a username, say, is a string), and the lossy extraction
+                // reads text as a number or boolean where the key wants one.
+                false => match value.parse() {
+                    Ok(
+                        figment::value::Value::Bool(..)
+                        | figment::value::Value::Num(..)
+                        | figment::value::Value::Char(..),
+                    )
+                    | Err(_) => value.clone().into(),
+                    Ok(parsed) => parsed,
+                },
             };
             insert(&mut dict, &path, parsed);
         }
