@@ -425,6 +425,11 @@ async fn authenticate(
         return Err(refused(RefreshError::Unknown));
     };
     record.event.via = Some("refresh_token".to_owned());
+    // Turned off stops those already issued too: an operator who turns them off wants no
+    // login to outlive its Authority token any more.
+    if !live.config.refresh_tokens_enabled() {
+        return Err(refused(RefreshError::Disabled));
+    }
     let token = match ledger.find_refresh_token(ask.credential).await {
         Ok(Some(token)) => token,
         Ok(None) => return Err(refused(RefreshError::Unknown)),

@@ -99,6 +99,9 @@ pub enum RefreshError {
     /// It, or its caller, is revoked.
     #[error("the refresh token was revoked: {0}")]
     Revoked(String),
+    /// `refresh_tokens.enabled: false`: none is honoured, including those issued before.
+    #[error("refresh tokens are turned off on this service; log in again")]
+    Disabled,
 }
 
 impl RefreshError {
@@ -110,6 +113,7 @@ impl RefreshError {
             RefreshError::Idle(_) => "refresh_token_idle",
             RefreshError::OtherService(_) | RefreshError::OtherClient(_) => "refresh_token_binding",
             RefreshError::Revoked(_) => "revoked",
+            RefreshError::Disabled => "refresh_token_disabled",
         }
     }
 }

@@ -383,6 +383,32 @@ async fn hostile_refresh_tokens_are_401_and_mint_nothing() {
     assert!(world.refresh_pull(&refresh).await.status == StatusCode::OK, "and the real one still works");
 }
 
+/// Turning refresh tokens off (and reloading) stops those already issued, in both forms a client
+/// presents one; turning them on again lets them work until their expiries.
+#[tokio::test]
+async fn turning_refresh_tokens_off_stops_those_already_issued() {
+    let mut world = World::new(30, 7).await;
+    let (refresh, _) = world.login(|_| {}).await;
+    world.0.fixture.reconfigure(|config| config.refresh_tokens.enabled = Some(false));
+    world.app.reload().await.unwrap();
+    let turned_off = "refresh tokens are turned off on this service; log in again";
+    assert_refused(&world.refresh_pull(&refresh).await, turned_off);
+    let reply =
+        get_basic(&world.router, &format!("{}&client_id=docker", query(SERVICE, &[PULL])), &refresh).await;
+    assert_refused_get(&reply, turned_off);
+    let refused = world
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("refresh_token_disabled"))
+        .count();
+    assert_eq!(refused, 2);
+
+    world.0.fixture.reconfigure(|config| config.refresh_tokens.enabled = Some(true));
+    world.app.reload().await.unwrap();
+    assert_eq!(world.refresh_pull(&refresh).await.status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn refresh_tokens_can_be_turned_off_and_need_a_ledger() {
     let fixture = Fixture::with(|config| config.refresh_tokens.enabled = Some(false));
