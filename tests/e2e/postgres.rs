@@ -442,6 +442,17 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
     assert!(missing.is_empty(), "tokens handed out without an issued event: {missing:?}");
     assert_eq!(received.len(), ok.load(Ordering::Relaxed), "every 200 carried a token of its own");
     assert_eq!(other.load(Ordering::Relaxed), 0, "only 200 and 503 during an outage");
+    // Every 503 of the outage is on the record too: a `fault` event of reason `ledger`, kept
+    // while PostgreSQL was down and written when it came back.
+    let faults: usize = cluster
+        .psql(
+            "SELECT count(*) FROM events WHERE outcome = 'fault' AND reason = 'ledger' AND sub LIKE 'load-%'",
+        )
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(faults, unavailable.load(Ordering::Relaxed), "one fault event per 503");
+
     // Both replicas are the processes started at the beginning.
     assert!(a.stderr().contains("the ledger is writable again"), "{}", a.stderr());
     let events: Value = a.admin().get_bearer("/admin/v1/events?limit=1", &admin).unwrap().body;

@@ -262,7 +262,10 @@ async fn exchange(
                 // the repeat is queued (never dropped: refused while the ledger cannot take it),
                 // as a denial is, and does not wait for a commit of its own.
                 Durability::Strict if record.event.reused && !new_refresh_token => {
-                    ledger.keep_queued(record.event, record.change)
+                    ledger.keep_queued(record.event, record.change).map_err(|(unavailable, event)| {
+                        note_if_not_returned(ledger, &event, &Err(unavailable.clone()));
+                        unavailable
+                    })
                 }
                 // Waits for its commit: a strict token, and a new refresh token in either
                 // durability (handed out only once the ledger can recognise it).
@@ -340,12 +343,12 @@ fn count_issued(live: &Live, service: &str, ask: &Ask<'_>) {
     metrics().issued(service, live.keys.minter().signer().algorithm().name(), via);
 }
 
-/// A commit of `issued` waited for (strict, or with a new refresh token) that timed out may yet
-/// land: a `fault` event then says its token was not returned.
+/// A commit of `issued` waited for (strict, or with a new refresh token) that failed: a `fault`
+/// event says its token was not returned. It is the exchange's only record when the ledger
+/// refused `issued` (an outage: it is kept, like a denial, until the ledger can be written), and
+/// follows it when a commit that timed out lands after all.
 fn note_if_not_returned(ledger: &Ledger, issued: &Event, committed: &Result<(), Unavailable>) {
-    if let Err(unavailable) = committed
-        && unavailable.may_land
-    {
+    if let Err(unavailable) = committed {
         ledger.record(not_returned(issued, &ApiError::LedgerUnavailable, unavailable));
     }
 }

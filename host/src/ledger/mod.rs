@@ -367,15 +367,23 @@ impl Ledger {
     /// Queues the event of an answer whose token's own `issued` event is committed already (a
     /// reused token), with `change`, without waiting for its commit: it is kept like a denial's
     /// (through an outage too, up to `queue_events`). Never dropped instead: while a strict ledger
-    /// cannot be written or its queue is full, `Err` — the answer is refused like a new token's.
-    pub fn keep_queued(&self, event: Event, change: Option<Change>) -> Result<(), Unavailable> {
+    /// cannot be written or its queue is full, `Err` — the answer is refused like a new token's —
+    /// with the event back, for the caller to record what became of the exchange.
+    pub fn keep_queued(&self, event: Event, change: Option<Change>) -> Result<(), (Unavailable, Box<Event>)> {
         let Some(queue) = &self.queue else {
-            return Err(Unavailable::new("the ledger is not serving"));
+            return Err((Unavailable::new("the ledger is not serving"), Box::new(event)));
         };
         if !self.can_issue() {
-            return Err(Unavailable::new("it cannot be written"));
+            return Err((Unavailable::new("it cannot be written"), Box::new(event)));
         }
-        self.try_queue(queue, Pending { record: Some(Record { event, change }), committed: None })
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        let pending = Pending { record: Some(Record { event, change }), committed: None };
+        queue.try_send(pending).map_err(|error| {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            let event =
+                error.into_inner().record.map_or_else(|| Event::new(Outcome::Fault), |record| record.event);
+            (Unavailable::new("its queue is full"), Box::new(event))
+        })
     }
 
     /// The revocation in force that refuses `caller` (who presented `tokens`) at `now`.
