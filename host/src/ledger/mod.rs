@@ -936,6 +936,49 @@ mod tests {
         assert_eq!(ledger.revoked(&alice, Presented::default(), now), None);
     }
 
+    /// A batch the database committed but whose answer was lost (a connection broken after its
+    /// COMMIT) is written once more whole: its refresh token is not a duplicate that fails the
+    /// batch (a 503 for a login that succeeded, and an event counted as dropped), and it is
+    /// stored once.
+    #[tokio::test]
+    async fn a_batch_written_twice_stores_its_refresh_token_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            LedgerConfig { url: LedgerUrl::Sqlite(dir.path().join("ledger.db")), ..LedgerConfig::default() };
+        let ledger = Ledger::open(&config, true).await.unwrap().unwrap();
+        let caller = crate::access::Caller {
+            subject: "alice".into(),
+            client_id: None,
+            tenant: None,
+            plan: None,
+            license: None,
+            scopes: Vec::new(),
+            claims_json: "{}".into(),
+        };
+        let binding = refresh::Binding { service: "registry.test", client_id: Some("docker") };
+        let lifetime = refresh::Lifetime { absolute_seconds: 86_400, idle_seconds: None };
+        let (token, secret) =
+            RefreshToken::issue(&caller, "https://authority.test", None, binding, Millis::now(), lifetime)
+                .unwrap();
+        let mut event = Event::new(Outcome::Issued);
+        event.refresh_token_id = Some(token.id.clone());
+        let change = Change::RefreshTokenIssued {
+            token: Box::new(token.clone()),
+            token_hash: refresh::token_hash(&secret).unwrap(),
+        };
+        let batch = vec![Record { event: event.clone(), change: Some(change) }];
+        ledger.shared.store.write(batch.clone()).await.map_err(|(error, _)| error).unwrap();
+        ledger.shared.store.write(batch).await.map_err(|(error, _)| error).unwrap();
+        let found = ledger.find_refresh_token(&secret).await.unwrap().unwrap();
+        assert_eq!(found.id, token.id);
+        let listed = ledger
+            .refresh_tokens(&RefreshTokenFilter { limit: 10, ..RefreshTokenFilter::default() })
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(ledger.event(&event.id).await.unwrap().map(|e| e.id), Some(event.id));
+    }
+
     /// Under a load that never pauses, the writer's checkpoints start SQLite's write-ahead log
     /// again and again (its header counts the restarts), so the file stays the size of a quarter
     /// second of commits instead of growing for as long as the load lasts; every event committed

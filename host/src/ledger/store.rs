@@ -158,10 +158,12 @@ pub(super) const REFRESH_COLUMNS: &str = "id, sub, client_id, service, tenant, p
      claims_json, caller_iss, caller_jti, issued_at_ms, last_used_ms, expires_at_ms, idle_seconds, \
      caller_client_id";
 
+/// Idempotent like [`INSERT_EVENT`]: a batch retried whole after a commit whose answer was lost
+/// finds its token there (the same id); a clash of `token_hash` is still an error.
 pub(super) const INSERT_REFRESH_TOKEN: &str = "INSERT INTO refresh_tokens (id, sub, client_id, service, \
      tenant, plan, licence, scopes, claims_json, caller_iss, caller_jti, issued_at_ms, last_used_ms, \
      expires_at_ms, idle_seconds, caller_client_id, token_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-     $10, $11, $12, $13, $14, $15, $16, $17)";
+     $10, $11, $12, $13, $14, $15, $16, $17) ON CONFLICT (id) DO NOTHING";
 
 /// A use moves "last used" forward, never back (uses may be committed out of order).
 pub(super) const TOUCH_REFRESH_TOKEN: &str =
