@@ -205,7 +205,9 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
 
     // 3b. A dozen audit listings that cannot end (another session holds a lock on the refresh
     //     tokens, so each waits out its statement timeout) take at most two of replica A's eight
-    //     connections: its strict exchanges are still committed and answered meanwhile.
+    //     connections: its strict exchanges are still committed and answered meanwhile. A command
+    //     is not bound by the service's 5 s statement timeout: it waits the lock out (an export of
+    //     a long window takes as long as it takes).
     let mut locker = cluster.session();
     {
         use std::io::Write;
@@ -220,6 +222,14 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
         assert!(since.elapsed() < Duration::from_secs(10), "psql never took the lock");
         std::thread::sleep(Duration::from_millis(20));
     }
+    let command_started = Instant::now();
+    let command = Command::new(BIN)
+        .args(["ledger", "refresh-tokens", "--config"])
+        .arg(&fixture.config_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let listings: Vec<_> = (0..12)
         .map(|_| {
             let (admin_client, token) = (a.admin(), admin.clone());
@@ -235,6 +245,8 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
         exchanges += 1;
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Well past the service's statement timeout for the command too.
+    std::thread::sleep(Duration::from_secs(7).saturating_sub(command_started.elapsed()));
     {
         use std::io::Write;
         let stdin = locker.stdin.as_mut().unwrap();
@@ -246,6 +258,11 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
     println!("{exchanges} exchanges answered beside 12 stuck audit listings, which answered {statuses:?}");
     assert!(statuses.iter().all(|s| [200, 503].contains(s)), "{statuses:?}");
     assert!(statuses.contains(&200), "the listings run once the lock is gone: {statuses:?}");
+    let output = command.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("alice"), "the command listed the refresh tokens: {stdout}");
+    println!("`ledger refresh-tokens` waited {:?} for the lock and answered", command_started.elapsed());
 
     // 4. The highest policy bundle revision applied from a source, shared by every replica: a
     //    record only rises (replicas may apply revisions in any order) and is forgotten on request.
@@ -453,6 +470,30 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
         .unwrap();
     assert_eq!(faults, unavailable.load(Ordering::Relaxed), "one fault event per 503");
 
+    // 6. PostgreSQL stops answering without closing anything (a frozen host, a partition): no
+    //    call waits for it without end. A strict request is a 503, `/readyz` says the ledger is
+    //    not writable (the load balancer stops sending), and all recovers when it answers again.
+    let caller = fixture.token(|r| r.subject = "frozen".into());
+    cluster.freeze();
+    let frozen_at = Instant::now();
+    let reply = a_client.get_bearer(&query(SERVICE, &["repository:team/frozen:pull"]), &caller).unwrap();
+    assert_eq!(reply.status, 503, "{reply}");
+    // The writer's call, on a connection it had, is cut off and says why (without a deadline it
+    // waited for as long as the server was frozen).
+    let status = readyz_until(&a.admin(), "replica A's ledger: PostgreSQL did not answer", |s| {
+        s["ledger"]["writable"] == false
+            && s["ledger"]["error"].as_str().is_some_and(|e| e.contains("PostgreSQL did not answer within"))
+    });
+    assert_eq!(a.admin().get("/readyz").unwrap().status, 503, "{status}");
+    println!("replica A not ready, PostgreSQL not answering, {:?} after it froze", frozen_at.elapsed());
+    cluster.thaw();
+    readyz_until(&a.admin(), "replica A ready after PostgreSQL thawed", |s| {
+        s["ledger"]["writable"] == true && s["ledger"]["queued"] == 0
+    });
+    let reply = a_client.get_bearer(&query(SERVICE, &["repository:team/thawed:pull"]), &caller).unwrap();
+    assert_eq!(reply.status, 200, "{reply}");
+    let recorded = cluster.psql("SELECT outcome, reason FROM events WHERE sub = 'frozen' ORDER BY id");
+    assert_eq!(recorded.trim(), "fault|ledger\nissued|", "the 503 and the token, each on the record");
     // Both replicas are the processes started at the beginning.
     assert!(a.stderr().contains("the ledger is writable again"), "{}", a.stderr());
     let events: Value = a.admin().get_bearer("/admin/v1/events?limit=1", &admin).unwrap().body;

@@ -204,7 +204,9 @@ impl Ledger {
             LedgerUrl::Sqlite(path) => {
                 Store::Sqlite(sqlite::Store::open(path, config.sqlite_sync(), migrate).await?)
             }
-            LedgerUrl::Postgres(full) => Store::Postgres(postgres::Store::open(full, &url, migrate).await?),
+            LedgerUrl::Postgres(full) => {
+                Store::Postgres(postgres::Store::open(full, &url, migrate, serving).await?)
+            }
         };
         let shared = Arc::new(Shared {
             store,

@@ -16,12 +16,21 @@ pub(crate) struct Store {
     /// connections: however many an administrator starts, the writer, the revocation poll and
     /// refresh-token lookups keep the rest.
     audit_reads: tokio::sync::Semaphore,
+    /// A serving store's bound on each call ([`CALL_DEADLINE`]); a command's calls are unbounded.
+    deadline: Option<Duration>,
 }
 
 /// Of the pool's 8 connections, how many audit listings and exports may hold at once.
 const AUDIT_READS: usize = 2;
 /// How long an audit listing waits for its turn before it is refused.
 const AUDIT_WAIT: Duration = Duration::from_secs(10);
+/// A serving store's statements are cut off by the server after 5 s and wait at most 2 s for a
+/// connection; a call that has not ended by then is talking to a server that stopped answering
+/// without closing its connections (a partition, a frozen host), and fails as unreachable.
+const CALL_DEADLINE: Duration = Duration::from_secs(8);
+/// Data the server has not acknowledged for this long closes the connection (Linux's own limit is
+/// some 15 minutes), so that the pool replaces it.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl ToSql for Param {
     fn to_sql(
@@ -90,14 +99,23 @@ const MIGRATION_LOCK: i64 = 0x7265_6769_7374_7279; // "registry"
 
 impl Store {
     /// Connects to `url` (a `postgres://` URL; `shown` is it without a password), and migrates
-    /// the database or requires it to be of this binary's version (`migrate`).
-    pub(crate) async fn open(url: &str, shown: &str, migrate: Migrate) -> Result<Store, StoreError> {
+    /// the database or requires it to be of this binary's version (`migrate`). A `serving` store
+    /// bounds its statements and calls; a command's (an export of a long window) may take longer.
+    pub(crate) async fn open(
+        url: &str,
+        shown: &str,
+        migrate: Migrate,
+        serving: bool,
+    ) -> Result<Store, StoreError> {
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError::Database(format!("{shown} is not a PostgreSQL URL: {e}")))?;
         // No statement may hold a pooled connection for long: a slow admin query must not starve
         // the writer or the revocation poll.
-        if config.get_options().is_none() {
+        if serving && config.get_options().is_none() {
             config.options("-c statement_timeout=5000");
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
         }
         let manager =
             Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
@@ -108,8 +126,12 @@ impl Store {
             .timeouts(Timeouts { wait: timeout, create: timeout, recycle: timeout })
             .build()
             .map_err(database)?;
-        let store =
-            Store { pool, url: shown.to_owned(), audit_reads: tokio::sync::Semaphore::new(AUDIT_READS) };
+        let store = Store {
+            pool,
+            url: shown.to_owned(),
+            audit_reads: tokio::sync::Semaphore::new(AUDIT_READS),
+            deadline: serving.then_some(CALL_DEADLINE),
+        };
         match migrate {
             Migrate::Apply => store.migrate().await?,
             Migrate::Never => store.require_current().await?,
@@ -183,8 +205,23 @@ impl Store {
         }
     }
 
+    /// `call`, failing as unreachable when a serving store's deadline passes first. (A commit
+    /// cut off so may have landed: a batch is written again whole, and its inserts are
+    /// idempotent.)
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let Some(deadline) = self.deadline else {
+            return call.await;
+        };
+        tokio::time::timeout(deadline, call).await.unwrap_or_else(|_| {
+            Err(StoreError::Unreachable(format!("PostgreSQL did not answer within {deadline:?}")))
+        })
+    }
+
     pub(crate) async fn write(&self, records: Vec<Record>) -> Result<(), (StoreError, Vec<Record>)> {
-        match self.write_records(&records).await {
+        match self.bounded(self.write_records(&records)).await {
             Ok(()) => Ok(()),
             Err(error) => Err((error, records)),
         }
@@ -210,9 +247,12 @@ impl Store {
     }
 
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        client.simple_query(store::PROBE).await.map_err(|e| described(&e))?;
-        Ok(())
+        self.bounded(async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            client.simple_query(store::PROBE).await.map_err(|e| described(&e))?;
+            Ok(())
+        })
+        .await
     }
 
     /// Runs `statement`; an [`Reader::Audit`] one waits for one of the audit readers' turns.
@@ -238,17 +278,20 @@ impl Store {
                     })?,
             ),
         };
-        let client = self.pool.get().await.map_err(pool_error)?;
-        let prepared = client.prepare_cached(statement).await.map_err(|e| described(&e))?;
-        let rows = client.query_raw(&prepared, params.iter()).await.map_err(|e| described(&e))?;
-        futures_util::pin_mut!(rows);
-        let mut out = Vec::new();
-        while let Some(row) =
-            futures_util::TryStreamExt::try_next(&mut rows).await.map_err(|e| described(&e))?
-        {
-            out.push(read(&row)?);
-        }
-        Ok(out)
+        self.bounded(async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let prepared = client.prepare_cached(statement).await.map_err(|e| described(&e))?;
+            let rows = client.query_raw(&prepared, params.iter()).await.map_err(|e| described(&e))?;
+            futures_util::pin_mut!(rows);
+            let mut out = Vec::new();
+            while let Some(row) =
+                futures_util::TryStreamExt::try_next(&mut rows).await.map_err(|e| described(&e))?
+            {
+                out.push(read(&row)?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     pub(crate) async fn execute(
@@ -256,12 +299,24 @@ impl Store {
         statement: &'static str,
         params: Vec<Param>,
     ) -> Result<u64, StoreError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        let prepared = client.prepare_cached(statement).await.map_err(|e| described(&e))?;
-        client.execute_raw(&prepared, params.iter()).await.map_err(|e| described(&e))
+        self.bounded(async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let prepared = client.prepare_cached(statement).await.map_err(|e| described(&e))?;
+            client.execute_raw(&prepared, params.iter()).await.map_err(|e| described(&e))
+        })
+        .await
     }
 
     pub(crate) async fn change_revocations(
+        &self,
+        statement: &'static str,
+        params: Vec<Param>,
+        audit: Event,
+    ) -> Result<bool, StoreError> {
+        self.bounded(self.change_revocations_unbounded(statement, params, audit)).await
+    }
+
+    async fn change_revocations_unbounded(
         &self,
         statement: &'static str,
         params: Vec<Param>,

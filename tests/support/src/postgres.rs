@@ -38,6 +38,8 @@ pub struct PostgresCluster {
     /// `Some(PG_USER)` when the programs run as that user (the tests run as root).
     run_as: Option<&'static str>,
     dir: TempDir,
+    /// The server's processes while [`PostgresCluster::freeze`] holds them stopped.
+    frozen: Vec<u32>,
 }
 
 #[derive(Debug)]
@@ -76,7 +78,7 @@ impl PostgresCluster {
         }
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
 
-        let mut cluster = PostgresCluster { bin, port: free_port(), run_as, dir };
+        let mut cluster = PostgresCluster { bin, port: free_port(), run_as, dir, frozen: Vec::new() };
         let mut initdb = cluster.command(&cluster.bin.initdb);
         initdb.arg("-D").arg(cluster.data()).args(["-U", ROLE, "--auth=trust"]);
         initdb.args(["-E", "UTF8", "--locale=C", "--no-sync"]);
@@ -121,6 +123,34 @@ impl PostgresCluster {
     /// Starts the stopped server again, on the same port and data, once it accepts connections.
     pub fn start_again(&mut self) {
         self.start_server();
+    }
+
+    /// Stops the server's processes (`SIGSTOP`: the postmaster and its children) without closing
+    /// anything: its connections stay open and the kernel still acknowledges what clients send,
+    /// but nothing answers, as when its host freezes or the network drops its packets.
+    pub fn freeze(&mut self) {
+        assert!(self.frozen.is_empty(), "already frozen");
+        let postmaster = self.postmaster_pid().expect("the server is not running: no postmaster.pid");
+        let children = children_of(postmaster);
+        // The postmaster first, so it forks nothing new; then every process it had started.
+        for pid in std::iter::once(postmaster).chain(children) {
+            signal(pid, "STOP");
+            self.frozen.push(pid);
+        }
+    }
+
+    /// Lets the processes [`PostgresCluster::freeze`] stopped run again (`SIGCONT`).
+    pub fn thaw(&mut self) {
+        for pid in self.frozen.drain(..).rev() {
+            signal(pid, "CONT");
+        }
+    }
+
+    /// The postmaster's PID: the first line of `postmaster.pid`.
+    fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .ok()
+            .and_then(|pidfile| pidfile.lines().next().and_then(|line| line.trim().parse().ok()))
     }
 
     /// Runs `sql` with `psql -At` in the `registry_token` database and returns its standard output
@@ -248,6 +278,8 @@ impl PostgresCluster {
 
 impl Drop for PostgresCluster {
     fn drop(&mut self) {
+        // A test that failed while the server was frozen: it must run to stop.
+        self.thaw();
         if !self.data().join("postmaster.pid").exists() {
             return;
         }
@@ -256,15 +288,36 @@ impl Drop for PostgresCluster {
         stop.stdout(Stdio::null()).stderr(Stdio::null());
         let stopped = stop.status().is_ok_and(|status| status.success());
         if !stopped {
-            // The postmaster's PID is the first line of postmaster.pid; its children exit with it.
-            let pid = std::fs::read_to_string(self.data().join("postmaster.pid"))
-                .ok()
-                .and_then(|pidfile| pidfile.lines().next().map(str::trim).map(str::to_owned));
-            if let Some(pid) = pid.filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())) {
-                let _ = Command::new("kill").args(["-KILL", &pid]).stderr(Stdio::null()).status();
+            // Its children exit with the postmaster.
+            if let Some(pid) = self.postmaster_pid() {
+                signal(pid, "KILL");
             }
         }
     }
+}
+
+/// The processes whose parent is `parent` (from each `/proc/PID/stat`).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // `PID (COMMAND) STATE PPID ...`: the command may hold spaces and parentheses.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
+/// `kill -SIGNAL PID`, by PID (a process this suite started).
+fn signal(pid: u32, signal: &str) {
+    let _ =
+        Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).stderr(Stdio::null()).status();
 }
 
 impl Binaries {
