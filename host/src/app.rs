@@ -148,6 +148,8 @@ fn keep_restart_only(old: &Config, new: &mut Config) {
     }
     keep("listen", &old.listen, &mut new.listen);
     keep("http.max_body_bytes", &old.http.max_body_bytes, &mut new.http.max_body_bytes);
+    keep("http.read_timeout_seconds", &old.http.read_timeout_seconds, &mut new.http.read_timeout_seconds);
+    keep("http.max_connections", &old.http.max_connections, &mut new.http.max_connections);
     keep(
         "http.shutdown_grace_seconds",
         &old.http.shutdown_grace_seconds,

@@ -274,6 +274,93 @@ fn serve_answers_skopeo_style_get_and_a_chunked_post_on_a_real_socket() {
     assert_eq!(body["refresh_token"], refresh_token.as_str(), "never rotated");
 }
 
+/// Reads what `stream` receives until the server closes it; panics if it is still open after
+/// `within`.
+fn read_until_closed(stream: &mut std::net::TcpStream, within: std::time::Duration) -> String {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut received = Vec::new();
+    match stream.read_to_end(&mut received) {
+        Ok(_) => String::from_utf8_lossy(&received).into_owned(),
+        // A reset after hyper closed a connection with unread input is a close too.
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {
+            String::from_utf8_lossy(&received).into_owned()
+        }
+        Err(error) => {
+            panic!("the connection is still open after {within:?} ({error}); received {received:?}")
+        }
+    }
+}
+
+/// A client that opens a connection and trickles its request (a slow-loris) holds it no longer
+/// than `http.read_timeout_seconds`: an unfinished head is closed, an unfinished body answered
+/// 400 with why; and the service keeps answering everyone else meanwhile.
+#[test]
+fn a_request_that_does_not_arrive_in_time_is_cut_off() {
+    let fixture = Fixture::new();
+    let mut command = serve_command(BIN, &fixture.config_path);
+    command.env("REGISTRY_TOKEN_HTTP__READ_TIMEOUT_SECONDS", "1");
+    let server = Server::start_command(command);
+    let address = server.address().to_owned();
+
+    let mut head = std::net::TcpStream::connect(&address).unwrap();
+    head.write_all(format!("GET /token?service={SERVICE} HTTP/1.1\r\nHost: {address}\r\n").as_bytes())
+        .unwrap();
+    let received = read_until_closed(&mut head, std::time::Duration::from_secs(10));
+    assert!(received.is_empty() || received.starts_with("HTTP/1.1 408"), "{received}");
+
+    let mut body = std::net::TcpStream::connect(&address).unwrap();
+    body.write_all(
+        format!(
+            "POST /token HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: 100\r\nConnection: close\r\n\r\ngrant_type=password"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let received = read_until_closed(&mut body, std::time::Duration::from_secs(10));
+    assert!(received.starts_with("HTTP/1.1 400"), "{received}");
+    assert!(received.contains("the request body did not arrive within 1s"), "{received}");
+
+    let reply =
+        server.client().get_bearer(&format!("/token?service={SERVICE}"), &fixture.token(|_| {})).unwrap();
+    assert_eq!(reply.status, 200, "{reply}");
+}
+
+/// At most `http.max_connections` connections are open at once: one more waits (in the kernel's
+/// backlog) until one closes, and is then served; the log says why it waited.
+#[test]
+fn connections_beyond_max_connections_wait_for_one_to_close() {
+    let fixture = Fixture::new();
+    let mut command = serve_command(BIN, &fixture.config_path);
+    command.env("REGISTRY_TOKEN_HTTP__MAX_CONNECTIONS", "2");
+    let server = Server::start_command(command);
+    let address = server.address().to_owned();
+    let idle: Vec<std::net::TcpStream> =
+        (0..2).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
+    let mut third = std::net::TcpStream::connect(&address).unwrap();
+    third
+        .write_all(
+            format!("GET /token?service={SERVICE} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    third.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+    let mut byte = [0u8; 1];
+    let waited = std::io::Read::read(&mut third, &mut byte);
+    assert!(
+        waited.as_ref().is_err_and(|e| matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )),
+        "a third connection was served while two were open: {waited:?}"
+    );
+    drop(idle);
+    let received = read_until_closed(&mut third, std::time::Duration::from_secs(10));
+    assert!(received.starts_with("HTTP/1.1 401"), "served once one closed: {received}");
+    assert!(server.stderr().contains("http.max_connections connections are open"), "{}", server.stderr());
+}
+
 #[test]
 fn configuration_errors_name_the_key_and_where_it_came_from() {
     let fixture = Fixture::with(|config| {

@@ -4,7 +4,6 @@ use crate::app::{self, App, Live, system_clock};
 use crate::config::{BundleSource, Config, JwksSource, PolicyModule};
 use crate::ledger::Ledger;
 use crate::{dev_authority, http, mint};
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,6 +25,7 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     let listen = config.listen;
     let admin_listen = config.admin.listen;
+    let config_limits = config.http.clone();
     crate::metrics::metrics().set_enabled(config.admin.metrics);
     let ledger = Ledger::open(&config.ledger, true).await.map_err(|e| format!("the ledger: {e}"))?;
     match &ledger {
@@ -93,26 +93,30 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
     let stopped = |mut stopping: Stopping| async move {
         let _ = stopping.wait_for(Option::is_some).await;
     };
-    let server = axum::serve(
+    let limits = http::listener::Limits {
+        read_timeout: Duration::from_secs(config_limits.read_timeout_seconds),
+        max_connections: config_limits.max_connections,
+    };
+    let server = http::listener::serve(
         listener,
-        http::router(Arc::clone(&service)).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopped(stopping.clone()));
-    let admin = axum::serve(
+        http::router(Arc::clone(&service)),
+        limits,
+        stopped(stopping.clone()),
+    );
+    let admin = http::listener::serve(
         admin_listener,
-        http::admin_router(Arc::clone(&service)).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopped(stopping.clone()));
+        http::admin_router(Arc::clone(&service)),
+        limits,
+        stopped(stopping.clone()),
+    );
     let grace_over = |mut stopping: Stopping| async move {
         let began = stopping.wait_for(Option::is_some).await.ok().and_then(|began| *began);
         tokio::time::sleep_until(began.unwrap_or_else(tokio::time::Instant::now) + grace).await;
     };
     let deadline = grace_over(stopping.clone());
-    let both = async { tokio::try_join!(server.into_future(), admin.into_future()) };
+    let both = async { tokio::join!(server, admin) };
     tokio::select! {
-        served = both => {
-            served.map_err(|e| format!("the server failed: {e}"))?;
-        }
+        _ = both => {}
         () = deadline => tracing::warn!(?grace, "shutdown grace period over; exiting with requests in flight"),
     }
     // Exchanges whose clients hung up run on in tasks of their own, within the same grace period:

@@ -230,6 +230,12 @@ impl Config {
         if self.admin.listen == self.listen && self.listen.port() != 0 {
             return Err(format!("admin.listen and listen are the same address ({})", self.listen));
         }
+        if !(1..=3600).contains(&self.http.read_timeout_seconds) {
+            return Err("http.read_timeout_seconds must be between 1 and 3600".into());
+        }
+        if !(1..=1_000_000).contains(&self.http.max_connections) {
+            return Err("http.max_connections must be between 1 and 1000000".into());
+        }
         if !(1024..=16 * 1024 * 1024).contains(&self.http.max_body_bytes) {
             return Err("http.max_body_bytes must be between 1024 and 16777216".into());
         }

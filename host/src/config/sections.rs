@@ -463,6 +463,11 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// How long in-flight requests may take to finish at shutdown.
     pub shutdown_grace_seconds: u64,
+    /// A client sends its request's head, and then its body, within this long or its connection
+    /// is closed (the head) or its request answered 408 (the body).
+    pub read_timeout_seconds: u64,
+    /// Connections open at once on each listener; more wait in the kernel's backlog.
+    pub max_connections: usize,
     /// Status of a policy denial (a revoked licence): 403, or 401 for clients built on
     /// containers/image (skopeo, podman, buildah), which print the explanation only on a 401.
     pub denial_status: DenialStatus,
@@ -505,6 +510,8 @@ impl Default for HttpConfig {
         HttpConfig {
             max_body_bytes: 64 * 1024,
             shutdown_grace_seconds: 10,
+            read_timeout_seconds: 30,
+            max_connections: 1000,
             denial_status: DenialStatus::Forbidden,
             trusted_proxies: TrustedProxies::default(),
         }

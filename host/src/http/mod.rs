@@ -14,6 +14,7 @@ mod error;
 mod extract;
 mod keys;
 mod line;
+pub mod listener;
 mod token;
 
 pub(crate) use admin::identifier;
