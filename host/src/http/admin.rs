@@ -55,6 +55,11 @@ pub enum AdminError {
     /// The ledger failed (503); the cause goes to the log.
     #[error("the ledger is unavailable; try again later")]
     Ledger(#[from] StoreError),
+    /// The Authority's keys cannot be had (503): the token may be fine; retry.
+    #[error(
+        "the Authority's keys are unavailable, so no administrator's token can be checked; try again later"
+    )]
+    KeysUnavailable,
 }
 
 impl IntoResponse for AdminError {
@@ -65,7 +70,9 @@ impl IntoResponse for AdminError {
             AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             AdminError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AdminError::LedgerOff => (StatusCode::SERVICE_UNAVAILABLE, "ledger_off"),
-            AdminError::Ledger(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            AdminError::Ledger(_) | AdminError::KeysUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
         };
         let message = self.to_string();
         match &self {
@@ -129,6 +136,7 @@ impl FromRequestParts<AppState> for Admin {
                 crate::authority::AuthError::MissingScope(scope) => AdminError::Forbidden(format!(
                     "the token lacks the scope {scope}: it is not an administrator's"
                 )),
+                crate::authority::AuthError::KeysUnavailable => AdminError::KeysUnavailable,
                 error => AdminError::Unauthenticated(error.to_string()),
             })?;
         line::note(|line| line.sub = Some(validated.caller.subject.clone()));

@@ -245,6 +245,27 @@ async fn a_reload_during_an_authority_outage_keeps_the_keys_it_has() {
     assert_eq!(server.hits.load(Ordering::SeqCst), 2, "the new intervals were fetched with, once");
 }
 
+/// While the Authority's keys cannot be had, an administrator's request is a 503 to retry (as a
+/// caller's is), not a 401 that calls its token bad.
+#[tokio::test]
+async fn the_admin_api_answers_503_while_the_authority_keys_are_unavailable() {
+    use axum::http::StatusCode;
+    let server = jwks_server("upstream unavailable".into()).await;
+    let url = server.url.clone();
+    let fixture = common::Fixture::with(|config| {
+        config.authority.jwks_file = None;
+        config.authority.jwks_url = Some(url);
+    });
+    let service = fixture.service().await;
+    let admin = registry_token::http::admin_router(service.clone());
+    let token = fixture.token(|r| r.scope = "registry.admin".into());
+    let reply = common::get_bearer(&admin, "/admin/v1/events", &token).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.body);
+    assert_eq!(reply.body["error"], "unavailable", "{}", reply.body);
+    assert!(reply.body["message"].as_str().unwrap().contains("keys are unavailable"), "{}", reply.body);
+    assert!(reply.headers.get("www-authenticate").is_none(), "no challenge: the token is not at fault");
+}
+
 /// An operator moves `jwks_url` to an Authority that does not answer (a typo, a host not up yet)
 /// and reloads: the reload fails and says why, and the keys in use keep validating callers. The
 /// same reload once the new URL answers is applied, and its keys are the ones used.
