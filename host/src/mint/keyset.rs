@@ -179,7 +179,11 @@ fn load_entry(entry: &KeyEntry) -> Result<(Option<Signer>, PublishedKey), String
         (None, None) => None,
     };
     let certified = match &entry.cert_file {
-        Some(path) => Some(load_chain(path).map_err(|e| e.to_string())?),
+        Some(path) => {
+            let (chain, public) = load_chain(path).map_err(|e| e.to_string())?;
+            check_validity(path, &chain, entry.status)?;
+            Some((chain, public))
+        }
         None => None,
     };
     let public = match (&signer, &certified) {
@@ -210,3 +214,44 @@ fn load_entry(entry: &KeyEntry) -> Result<(Option<Signer>, PublishedKey), String
     };
     Ok((signer, published))
 }
+
+/// A certificate outside its validity period: registries check a token's `x5c` chain with the
+/// time of day and refuse every token whose certificate has expired (or is not yet valid), so the
+/// active key's must be valid now. Another key's is only warned about (no new token carries it),
+/// and so is an active key's that expires within [`EXPIRY_WARNING`].
+fn check_validity(path: &std::path::Path, chain: &[Vec<u8>], status: KeyStatus) -> Result<(), String> {
+    let Some((not_before, not_after)) = chain.first().and_then(|leaf| super::validity(leaf)) else {
+        return Ok(());
+    };
+    let now = i64::try_from(crate::app::system_clock()()).unwrap_or(i64::MAX);
+    let shown = |t: i64| super::rfc3339(u64::try_from(t).unwrap_or_default());
+    let problem = if now >= not_after {
+        Some(format!("its certificate {} expired at {}", path.display(), shown(not_after)))
+    } else if now < not_before {
+        Some(format!("its certificate {} is not valid until {}", path.display(), shown(not_before)))
+    } else {
+        None
+    };
+    match (problem, status) {
+        (Some(problem), KeyStatus::Active) => Err(format!(
+            "{problem}: registries refuse every token whose x5c carries it; renew the certificate or \
+             make another key active"
+        )),
+        (Some(problem), _) => {
+            tracing::warn!(path = %path.display(), "{problem}");
+            Ok(())
+        }
+        (None, KeyStatus::Active) if not_after - now < EXPIRY_WARNING => {
+            tracing::warn!(
+                path = %path.display(),
+                not_after = %shown(not_after),
+                "the active key's certificate expires soon; renew it before then"
+            );
+            Ok(())
+        }
+        (None, _) => Ok(()),
+    }
+}
+
+/// How long before its certificate expires the active key is warned about at each load.
+const EXPIRY_WARNING: i64 = 14 * 86_400;

@@ -78,6 +78,13 @@ pub fn load_chain(path: &Path) -> Result<(Vec<Vec<u8>>, PublicKey), CertError> {
     Ok((chain, public))
 }
 
+/// A DER certificate's validity period, `notBefore` and `notAfter` in Unix seconds.
+pub(crate) fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+    let validity = certificate.validity();
+    Some((validity.not_before.timestamp(), validity.not_after.timestamp()))
+}
+
 /// Verifies `signature` over `message` with a DER SubjectPublicKeyInfo.
 pub(crate) fn verify_with_spki(
     algorithm: &'static dyn aws_lc_rs::signature::VerificationAlgorithm,

@@ -24,6 +24,24 @@ fn new_key(root: &Path, name: &str, algorithm: SigningAlgorithm) -> (PathBuf, Pa
     (key, cert)
 }
 
+/// `keys/NAME-FILE.crt`: a certificate of key `NAME`, valid from `from` to `until` seconds from
+/// now (either may be negative: in the past).
+fn certify(root: &Path, name: &str, file: &str, from: i64, until: i64) -> PathBuf {
+    let pem = std::fs::read_to_string(root.join(format!("keys/{name}.pem"))).unwrap();
+    let key = rcgen::KeyPair::from_pem(&pem).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    let at = |offset: i64| {
+        let now = std::time::SystemTime::now();
+        let by = std::time::Duration::from_secs(offset.unsigned_abs());
+        if offset < 0 { now - by } else { now + by }
+    };
+    params.not_before = at(from).into();
+    params.not_after = at(until).into();
+    let path = root.join(format!("keys/{name}-{file}.crt"));
+    std::fs::write(&path, params.self_signed(&key).unwrap().pem()).unwrap();
+    path
+}
+
 fn entry(root: &Path, name: &str, status: &str) -> SigningKey {
     SigningKey::files(&root.join(format!("keys/{name}.pem")), &root.join(format!("keys/{name}.crt")), status)
 }
@@ -142,6 +160,29 @@ async fn every_invalid_key_set_is_refused_with_a_message_naming_the_entry() {
             }),
             vec!["signing.keys[0]".into(), "retire_after is for retired keys only".into()],
         ),
+        (
+            "an active key whose certificate expired",
+            Box::new(|r| {
+                let mut a = entry(r, "a", "active");
+                a.cert_file = Some(certify(r, "a", "expired", -30 * 86_400, -86_400));
+                vec![a]
+            }),
+            vec![
+                "signing.keys[0]".into(),
+                "its certificate".into(),
+                "a-expired.crt expired at".into(),
+                "registries refuse every token whose x5c carries it".into(),
+            ],
+        ),
+        (
+            "an active key whose certificate is not valid yet",
+            Box::new(|r| {
+                let mut a = entry(r, "a", "active");
+                a.cert_file = Some(certify(r, "a", "early", 86_400, 30 * 86_400));
+                vec![a]
+            }),
+            vec!["signing.keys[0]".into(), "a-early.crt is not valid until".into()],
+        ),
     ];
     for (name, keys, expected) in cases {
         let fixture = fixture_with(keys);
@@ -150,6 +191,14 @@ async fn every_invalid_key_set_is_refused_with_a_message_naming_the_entry() {
             assert!(refused.contains(part.as_str()), "{name}: {refused:?} should say {part:?}");
         }
     }
+
+    // A key that signs nothing new may keep an expired certificate (it is only warned about).
+    let fixture = fixture_with(|r| {
+        let mut c = entry(r, "c", "published");
+        c.cert_file = Some(certify(r, "c", "expired", -30 * 86_400, -86_400));
+        vec![entry(r, "a", "active"), c]
+    });
+    assert_eq!(refusal(&fixture).await, None);
 
     // signing.algorithm is the single key's: beside a key set it is not used (each entry signs
     // with what its key is), and the service says so at load instead of ignoring it silently.
