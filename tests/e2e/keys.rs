@@ -497,6 +497,23 @@ fn keys_rotate_under_load_sign_es256_and_sign_from_softhsm2_against_registry_2_8
     let log = suite.server.stderr();
     assert_eq!(log.matches(wrong).count(), 1, "the wrong PIN was tried more than once:\n{log}");
     assert!(log.contains("refused this PIN before; signing does not try it again"), "{log}");
+    // A reload with the PIN file as it was (here a SIGHUP; with `watch: true`, any watched file
+    // that changes) is refused without spending another attempt on the same wrong PIN.
+    let refusals = log.matches("reload refused").count();
+    suite.server.signal("HUP");
+    let reloaded = Instant::now();
+    while suite.server.stderr().matches("reload refused").count() == refusals {
+        assert!(
+            reloaded.elapsed() < Duration::from_secs(15),
+            "the reload was not refused:\n{}",
+            suite.server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = suite.server.stderr();
+    assert_eq!(log.matches(wrong).count(), 1, "the reload tried the refused PIN again:\n{log}");
+    assert!(log.contains("nor does a reload with the same PIN"), "{log}");
+    assert_eq!(suite.token("repository:team/hsm:pull").0, 503);
     let pin_file = suite.root().join("hsm/pin");
     std::fs::write(&pin_file, format!("{NEW_PIN}\n")).unwrap();
     suite.server.signal("HUP");

@@ -123,15 +123,6 @@ struct Module {
     logging_in: Mutex<()>,
 }
 
-/// Whether a login may try a PIN its token refused before.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Retry {
-    /// Opening a key (start, reload, a command): the operator acted, so the PIN is tried once.
-    Refused,
-    /// Signing: a refused PIN is not tried again.
-    Never,
-}
-
 #[derive(Debug, Default)]
 struct ModuleState {
     context: Option<Pkcs11>,
@@ -171,13 +162,13 @@ impl Module {
             .then(|| refused_error(location))
     }
 
-    /// Logs `session` in with `location`'s PIN, unless the token refused that PIN before and
-    /// `retry` is [`Retry::Never`]; remembers a refusal, and forgets it once the PIN is accepted.
-    fn login(&self, session: &Session, location: &HsmLocation, retry: Retry) -> Result<(), HsmError> {
+    /// Logs `session` in with `location`'s PIN, unless the token refused that PIN (the same
+    /// bytes) before in this process: not by signing, and not by a reload either, which with
+    /// `watch: true` any change to a watched file starts. Remembers a refusal, and forgets it once
+    /// the PIN is accepted.
+    fn login(&self, session: &Session, location: &HsmLocation) -> Result<(), HsmError> {
         let _one_at_a_time = self.logging_in.lock().unwrap_or_else(PoisonError::into_inner);
-        if retry == Retry::Never
-            && let Some(refused) = self.refused(location)
-        {
+        if let Some(refused) = self.refused(location) {
             return Err(refused);
         }
         let digest = location.pin_digest;
@@ -307,7 +298,7 @@ impl HsmKey {
         let state = module.state.read().unwrap_or_else(PoisonError::into_inner);
         let context =
             state.context.as_ref().ok_or_else(|| HsmError::Unavailable("the module was reset".into()))?;
-        let session = open_session(&module, context, &location, false, Retry::Refused)?;
+        let session = open_session(&module, context, &location, false)?;
         let key = find_one(&session, ObjectClass::PRIVATE_KEY, &location)?;
         let public = read_public(&session, key, &location)?;
         let protection = read_protection(&session, key)?;
@@ -365,7 +356,7 @@ impl HsmKey {
         let (pooled, found_now) = match self.take_idle(generation) {
             Some(pooled) => (pooled, false),
             None => {
-                let session = open_session(&self.module, context, &self.location, false, Retry::Never)?;
+                let session = open_session(&self.module, context, &self.location, false)?;
                 let key = find_one(&session, ObjectClass::PRIVATE_KEY, &self.location)?;
                 (Pooled { generation, session, key }, true)
             }
@@ -452,7 +443,6 @@ fn open_session(
     context: &Pkcs11,
     location: &HsmLocation,
     read_write: bool,
-    retry: Retry,
 ) -> Result<Session, HsmError> {
     let slots = context.get_slots_with_token().map_err(|e| unavailable("C_GetSlotList", e))?;
     let slot = slots
@@ -469,14 +459,15 @@ fn open_session(
         })?;
     let session = if read_write { context.open_rw_session(slot) } else { context.open_ro_session(slot) }
         .map_err(|e| unavailable("C_OpenSession", e))?;
-    module.login(&session, location, retry)?;
+    module.login(&session, location)?;
     Ok(session)
 }
 
 fn refused_error(location: &HsmLocation) -> HsmError {
     HsmError::Setup(format!(
-        "token {:?} refused this PIN before; signing does not try it again (each wrong attempt counts \
-         toward the token's lockout): correct the PIN file and reload",
+        "token {:?} refused this PIN before; signing does not try it again, nor does a reload with \
+         the same PIN (each wrong attempt counts toward the token's lockout): correct the PIN file \
+         and reload, or restart to try this one once more",
         location.token_label
     ))
 }
@@ -579,7 +570,7 @@ pub fn generate(location: &HsmLocation, algorithm: SigningAlgorithm, bits: u32) 
         let state = module.state.read().unwrap_or_else(PoisonError::into_inner);
         let context =
             state.context.as_ref().ok_or_else(|| HsmError::Unavailable("the module was reset".into()))?;
-        let session = open_session(&module, context, location, true, Retry::Refused)?;
+        let session = open_session(&module, context, location, true)?;
         for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
             if !find_all(&session, class, location)?.is_empty() {
                 return Err(HsmError::Setup(format!(
