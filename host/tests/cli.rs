@@ -274,6 +274,15 @@ fn serve_answers_skopeo_style_get_and_a_chunked_post_on_a_real_socket() {
     assert_eq!(body["refresh_token"], refresh_token.as_str(), "never rotated");
 }
 
+/// The server on `fixture`'s configuration with one environment `variable` set, and its address.
+fn serve_with(fixture: &Fixture, (name, value): (&str, &str)) -> (Server, String) {
+    let mut command = serve_command(BIN, &fixture.config_path);
+    command.env(name, value);
+    let server = Server::start_command(command);
+    let address = server.address().to_owned();
+    (server, address)
+}
+
 /// Reads what `stream` receives until the server closes it; panics if it is still open after
 /// `within`.
 fn read_until_closed(stream: &mut std::net::TcpStream, within: std::time::Duration) -> String {
@@ -293,15 +302,17 @@ fn read_until_closed(stream: &mut std::net::TcpStream, within: std::time::Durati
 }
 
 /// A client that opens a connection and trickles its request (a slow-loris) holds it no longer
-/// than `http.read_timeout_seconds`: an unfinished head is closed, an unfinished body answered
+/// than `http.read_timeout_seconds`: a connection without a whole head is closed, an unfinished body answered
 /// 400 with why; and the service keeps answering everyone else meanwhile.
 #[test]
 fn a_request_that_does_not_arrive_in_time_is_cut_off() {
     let fixture = Fixture::new();
-    let mut command = serve_command(BIN, &fixture.config_path);
-    command.env("REGISTRY_TOKEN_HTTP__READ_TIMEOUT_SECONDS", "1");
-    let server = Server::start_command(command);
-    let address = server.address().to_owned();
+    let (server, address) = serve_with(&fixture, ("REGISTRY_TOKEN_HTTP__READ_TIMEOUT_SECONDS", "1"));
+
+    // A connection that sends nothing at all is closed too (it would hold a slot for ever).
+    let mut silent = std::net::TcpStream::connect(&address).unwrap();
+    let received = read_until_closed(&mut silent, std::time::Duration::from_secs(10));
+    assert!(received.is_empty() || received.starts_with("HTTP/1.1 408"), "{received}");
 
     let mut head = std::net::TcpStream::connect(&address).unwrap();
     head.write_all(format!("GET /token?service={SERVICE} HTTP/1.1\r\nHost: {address}\r\n").as_bytes())
@@ -332,10 +343,7 @@ fn a_request_that_does_not_arrive_in_time_is_cut_off() {
 #[test]
 fn connections_beyond_max_connections_wait_for_one_to_close() {
     let fixture = Fixture::new();
-    let mut command = serve_command(BIN, &fixture.config_path);
-    command.env("REGISTRY_TOKEN_HTTP__MAX_CONNECTIONS", "2");
-    let server = Server::start_command(command);
-    let address = server.address().to_owned();
+    let (server, address) = serve_with(&fixture, ("REGISTRY_TOKEN_HTTP__MAX_CONNECTIONS", "2"));
     let idle: Vec<std::net::TcpStream> =
         (0..2).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
     let mut third = std::net::TcpStream::connect(&address).unwrap();
