@@ -895,15 +895,16 @@ async fn committed(shared: &Shared, count: usize, started: Instant) {
 mod tests {
     use super::*;
 
-    /// A revocation committed and then not read back (the database failed in between) refuses its
-    /// caller on this replica at once, as the admin API's 201 promises; a lift likewise.
-    #[tokio::test]
-    async fn a_revocation_applies_here_even_when_it_cannot_be_read_back() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A serving SQLite ledger in `dir`, of the default configuration.
+    async fn sqlite_ledger(dir: &std::path::Path) -> Ledger {
         let config =
-            LedgerConfig { url: LedgerUrl::Sqlite(dir.path().join("ledger.db")), ..LedgerConfig::default() };
-        let ledger = Ledger::open(&config, true).await.unwrap().unwrap();
-        let alice = crate::access::Caller {
+            LedgerConfig { url: LedgerUrl::Sqlite(dir.join("ledger.db")), ..LedgerConfig::default() };
+        Ledger::open(&config, true).await.unwrap().unwrap()
+    }
+
+    /// A caller with nothing but a subject.
+    fn alice() -> crate::access::Caller {
+        crate::access::Caller {
             subject: "alice".into(),
             client_id: None,
             tenant: None,
@@ -911,7 +912,16 @@ mod tests {
             license: None,
             scopes: Vec::new(),
             claims_json: "{}".into(),
-        };
+        }
+    }
+
+    /// A revocation committed and then not read back (the database failed in between) refuses its
+    /// caller on this replica at once, as the admin API's 201 promises; a lift likewise.
+    #[tokio::test]
+    async fn a_revocation_applies_here_even_when_it_cannot_be_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = sqlite_ledger(dir.path()).await;
+        let alice = alice();
         let now = Millis::now();
         let revocation = Revocation {
             id: "0192f1c4-0000-7000-8000-000000000001".into(),
@@ -945,18 +955,8 @@ mod tests {
     #[tokio::test]
     async fn a_batch_written_twice_stores_its_refresh_token_once() {
         let dir = tempfile::tempdir().unwrap();
-        let config =
-            LedgerConfig { url: LedgerUrl::Sqlite(dir.path().join("ledger.db")), ..LedgerConfig::default() };
-        let ledger = Ledger::open(&config, true).await.unwrap().unwrap();
-        let caller = crate::access::Caller {
-            subject: "alice".into(),
-            client_id: None,
-            tenant: None,
-            plan: None,
-            license: None,
-            scopes: Vec::new(),
-            claims_json: "{}".into(),
-        };
+        let ledger = sqlite_ledger(dir.path()).await;
+        let caller = alice();
         let binding = refresh::Binding { service: "registry.test", client_id: Some("docker") };
         let lifetime = refresh::Lifetime { absolute_seconds: 86_400, idle_seconds: None };
         let (token, secret) =
