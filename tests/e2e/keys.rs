@@ -416,7 +416,28 @@ fn keys_rotate_under_load_sign_es256_and_sign_from_softhsm2_against_registry_2_8
     assert!(body.to_string().contains("HSM is unavailable"), "{body}");
     let (status, _, _) = suite.token("repository:team/hsm:pull");
     assert_eq!(status, 503, "still no token while the HSM is away");
+    // A replica that cannot sign is not ready: the load balancer sends its pulls elsewhere.
+    let ready = suite.server.admin().get("/readyz").unwrap();
+    assert_eq!(ready.status, 503, "ready while it cannot sign: {}", ready.body);
+    assert_eq!(ready.body["signing"]["ready"], false, "{}", ready.body);
+    assert!(ready.body["signing"]["error"].as_str().is_some_and(|e| !e.is_empty()), "{}", ready.body);
     std::fs::rename(&away, &tokens).unwrap();
+    // Ready again by its own probe signature, before any token request: it gets no traffic while
+    // it is not ready, so it cannot wait for one to find out.
+    let since = Instant::now();
+    loop {
+        let ready = suite.server.admin().get("/readyz").unwrap();
+        if ready.status == 200 {
+            assert_eq!(ready.body["signing"]["ready"], true, "{}", ready.body);
+            break;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(15),
+            "not ready after the HSM came back: {}",
+            ready.body
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let back = suite.signing_again(&kid_h, "the HSM came back");
     eprintln!("SoftHSM2: signing again {back:?} after the token came back");
     suite.push_and_pull("team/hsm", "SoftHSM2 after recovery");
@@ -514,10 +535,20 @@ fn keys_rotate_under_load_sign_es256_and_sign_from_softhsm2_against_registry_2_8
     assert_eq!(log.matches(wrong).count(), 1, "the reload tried the refused PIN again:\n{log}");
     assert!(log.contains("nor does a reload with the same PIN"), "{log}");
     assert_eq!(suite.token("repository:team/hsm:pull").0, 503);
+    let ready = suite.server.admin().get("/readyz").unwrap();
+    assert_eq!(ready.status, 503, "ready with a refused PIN: {}", ready.body);
+    assert!(
+        ready.body["signing"]["error"].as_str().is_some_and(|e| e.contains("refused this PIN before")),
+        "{}",
+        ready.body
+    );
+    let log = suite.server.stderr();
+    assert_eq!(log.matches(wrong).count(), 1, "the readiness probe tried the refused PIN:\n{log}");
     let pin_file = suite.root().join("hsm/pin");
     std::fs::write(&pin_file, format!("{NEW_PIN}\n")).unwrap();
     suite.server.signal("HUP");
     suite.signing_again(&kid_h, "a reload with the new PIN");
+    assert_eq!(suite.server.admin().get("/readyz").unwrap().status, 200, "ready with the new PIN");
     // A wrong PIN written while the token is logged in cannot be checked by the token: the reload
     // is refused (applied, it would fail at the next reconnect, a wrong attempt) and the key in
     // use keeps signing.

@@ -171,7 +171,9 @@ async fn healthz() -> &'static str {
 async fn readyz(State(app): State<AppState>) -> Response {
     let live = app.live();
     // A strict ledger that cannot be written means no token can be issued.
-    let ready = live.is_ready() && app.ledger.as_ref().is_none_or(crate::ledger::Ledger::can_issue);
+    let signer = live.keys.minter().signer().ready().await;
+    let ready =
+        live.is_ready() && app.ledger.as_ref().is_none_or(crate::ledger::Ledger::can_issue) && signer.is_ok();
     let ledger = match &app.ledger {
         Some(ledger) => serde_json::to_value(ledger.health()).unwrap_or_default(),
         None => serde_json::json!("off"),
@@ -190,6 +192,8 @@ async fn readyz(State(app): State<AppState>) -> Response {
             "algorithm": live.keys.minter().signer().algorithm().name(),
             "kid": live.keys.minter().kid(),
             "custody": live.keys.minter().signer().custody(),
+            "ready": signer.is_ok(),
+            "error": signer.err().map(|error| error.to_string()),
             "keys": live.keys.summary((app.clock)()).into_iter().map(|(kid, status, algorithm, published)| {
                 serde_json::json!({ "kid": kid, "status": status, "algorithm": algorithm, "published": published })
             }).collect::<Vec<_>>(),

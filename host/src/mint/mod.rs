@@ -122,6 +122,8 @@ pub enum Signer {
         key: Arc<pkcs11::HsmKey>,
         /// One permit per pooled session.
         permits: Arc<tokio::sync::Semaphore>,
+        /// Whether its last signature failed (until one succeeds): `/readyz` then probes it.
+        failing: Arc<std::sync::atomic::AtomicBool>,
     },
 }
 
@@ -134,7 +136,11 @@ impl From<SigningKey> for Signer {
 impl Signer {
     /// An HSM key with `sessions` concurrent signatures at most.
     pub fn hsm(key: pkcs11::HsmKey, sessions: usize) -> Signer {
-        Signer::Hsm { key: Arc::new(key), permits: Arc::new(tokio::sync::Semaphore::new(sessions)) }
+        Signer::Hsm {
+            key: Arc::new(key),
+            permits: Arc::new(tokio::sync::Semaphore::new(sessions)),
+            failing: Arc::default(),
+        }
     }
 
     /// The public key.
@@ -175,12 +181,34 @@ impl Signer {
         }
     }
 
+    /// Whether it can sign: a key file always; an HSM key whose last signature failed (its
+    /// token gone, its PIN refused) is asked for a signature of its own, so that a replica that
+    /// cannot sign leaves the load balancer, and comes back once it can (without traffic).
+    pub async fn ready(&self) -> Result<(), SignError> {
+        match self {
+            Signer::Hsm { failing, .. } if failing.load(std::sync::atomic::Ordering::Relaxed) => {
+                self.sign("registry-token readiness probe").await.map(drop)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Signs; an HSM signature runs on the blocking pool under [`HSM_DEADLINE`].
     pub async fn sign(&self, message: &str) -> Result<Vec<u8>, SignError> {
-        let (key, permits) = match self {
+        let (key, permits, failing) = match self {
             Signer::File(key) => return key.sign(message.as_bytes()).map_err(|_| SignError::Crypto),
-            Signer::Hsm { key, permits } => (key.clone(), permits.clone()),
+            Signer::Hsm { key, permits, failing } => (key.clone(), permits.clone(), failing),
         };
+        let signed = Signer::sign_in_hsm(key, permits, message).await;
+        failing.store(signed.is_err(), std::sync::atomic::Ordering::Relaxed);
+        signed
+    }
+
+    async fn sign_in_hsm(
+        key: Arc<pkcs11::HsmKey>,
+        permits: Arc<tokio::sync::Semaphore>,
+        message: &str,
+    ) -> Result<Vec<u8>, SignError> {
         let busy = || pkcs11::HsmError::Unavailable(format!("no HSM session within {HSM_DEADLINE:?}"));
         let deadline = tokio::time::Instant::now() + HSM_DEADLINE;
         let permit = tokio::time::timeout_at(deadline, permits.acquire_owned())
