@@ -308,17 +308,24 @@ impl Ledger {
         if record.is_some() {
             return self.enqueue(record, timeout)?.wait().await;
         }
-        // A barrier waits for room: it must come after everything queued.
+        // A barrier waits for room: it must come after everything queued. Room and the commit
+        // share the one `timeout` (a shutdown promises at most that long).
+        let deadline = tokio::time::Instant::now() + timeout;
         let (committed, done) = oneshot::channel();
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
         let pending = Pending { record: None, committed: Some(committed) };
-        let sent = tokio::time::timeout(timeout, queue.send(pending)).await;
+        let sent = tokio::time::timeout_at(deadline, queue.send(pending)).await;
         if !matches!(sent, Ok(Ok(()))) {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(Unavailable::new("its queue is full"));
         }
         self.shared.awaited_queued.notify_one();
-        Committing { done, timeout }.wait().await
+        match tokio::time::timeout_at(deadline, done).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(error))) => Err(Unavailable::new(error)),
+            Ok(Err(_)) => Err(Unavailable::new("the writer stopped")),
+            Err(_) => Err(Unavailable { message: format!("no commit within {timeout:?}"), may_land: true }),
+        }
     }
 
     /// Queues `record` for the writer's next commit and returns what to wait on, at once.
@@ -946,6 +953,30 @@ mod tests {
         ledger.shared.revocations_unreadable.store(false, Ordering::Relaxed);
         refresh_revocations(&ledger.shared).await.unwrap();
         assert_eq!(ledger.revoked(&alice, Presented::default(), now), None);
+    }
+
+    /// A flush (at shutdown) waits at most its timeout in all: the wait for room in a full queue
+    /// and the wait for the commit share it. (Paused time: the writer makes room after 3 s and
+    /// then never commits; the flush gives up at 5 s, not 3 + 5.)
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_waits_at_most_its_timeout_in_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            LedgerConfig { url: LedgerUrl::Sqlite(dir.path().join("ledger.db")), ..LedgerConfig::default() };
+        let opened = Ledger::open(&config, false).await.unwrap().unwrap();
+        let (queue, mut receiver) = mpsc::channel(1);
+        queue.try_send(Pending { record: None, committed: None }).unwrap();
+        let ledger = Ledger { shared: Arc::clone(&opened.shared), queue: Some(queue) };
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let _first = receiver.recv().await;
+            let _barrier = receiver.recv().await;
+            std::future::pending::<()>().await;
+        });
+        let started = tokio::time::Instant::now();
+        let flushed = ledger.flush(Duration::from_secs(5)).await;
+        assert!(flushed.is_err(), "{flushed:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(5), "{flushed:?}");
     }
 
     /// A batch the database committed but whose answer was lost (a connection broken after its
