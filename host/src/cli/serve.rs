@@ -25,7 +25,10 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     let listen = config.listen;
     let admin_listen = config.admin.listen;
-    let config_limits = config.http.clone();
+    let limits = http::listener::Limits {
+        read_timeout: Duration::from_secs(config.http.read_timeout_seconds),
+        max_connections: config.http.max_connections,
+    };
     crate::metrics::metrics().set_enabled(config.admin.metrics);
     let ledger = Ledger::open(&config.ledger, true).await.map_err(|e| format!("the ledger: {e}"))?;
     match &ledger {
@@ -92,10 +95,6 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
     type Stopping = tokio::sync::watch::Receiver<Option<tokio::time::Instant>>;
     let stopped = |mut stopping: Stopping| async move {
         let _ = stopping.wait_for(Option::is_some).await;
-    };
-    let limits = http::listener::Limits {
-        read_timeout: Duration::from_secs(config_limits.read_timeout_seconds),
-        max_connections: config_limits.max_connections,
     };
     let server = http::listener::serve(
         listener,

@@ -464,7 +464,7 @@ pub struct HttpConfig {
     /// How long in-flight requests may take to finish at shutdown.
     pub shutdown_grace_seconds: u64,
     /// A client sends its request's head, and then its body, within this long or its connection
-    /// is closed (the head) or its request answered 408 (the body).
+    /// is closed (the head) or its request answered 400 (the body).
     pub read_timeout_seconds: u64,
     /// Connections open at once on each listener; more wait in the kernel's backlog.
     pub max_connections: usize,

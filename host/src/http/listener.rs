@@ -34,12 +34,7 @@ pub struct Limits {
 /// Serves `router` on `listener` until `stopped` completes; then accepts nothing more, lets each
 /// connection finish the request it is serving (closing it once idle), and returns when all
 /// are closed.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    limits: Limits,
-    stopped: impl std::future::Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stopped: impl Future<Output = ()>) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     // Closed (its sender dropped) when the stop begins; each connection holds a receiver of
     // `open`, so its sender's `closed()` is when the last of them has ended.

@@ -62,7 +62,13 @@ pub struct Committing {
 impl Committing {
     /// Waits until the record is committed (at most the commit timeout).
     pub async fn wait(self) -> Result<(), Unavailable> {
-        match tokio::time::timeout(self.timeout, self.done).await {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        self.wait_until(deadline).await
+    }
+
+    /// Waits until the record is committed, or `deadline` (which ends a wait of the timeout).
+    async fn wait_until(self, deadline: tokio::time::Instant) -> Result<(), Unavailable> {
+        match tokio::time::timeout_at(deadline, self.done).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(error))) => Err(Unavailable::new(error)),
             Ok(Err(_)) => Err(Unavailable::new("the writer stopped")),
@@ -320,12 +326,7 @@ impl Ledger {
             return Err(Unavailable::new("its queue is full"));
         }
         self.shared.awaited_queued.notify_one();
-        match tokio::time::timeout_at(deadline, done).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(error))) => Err(Unavailable::new(error)),
-            Ok(Err(_)) => Err(Unavailable::new("the writer stopped")),
-            Err(_) => Err(Unavailable { message: format!("no commit within {timeout:?}"), may_land: true }),
-        }
+        Committing { done, timeout }.wait_until(deadline).await
     }
 
     /// Queues `record` for the writer's next commit and returns what to wait on, at once.
@@ -334,19 +335,19 @@ impl Ledger {
             return Err(Unavailable::new("the ledger is not serving"));
         };
         let (committed, done) = oneshot::channel();
-        self.try_queue(queue, Pending { record, committed: Some(committed) })?;
+        self.try_queue(queue, Pending { record, committed: Some(committed) })
+            .map_err(|_| Unavailable::new("its queue is full"))?;
         self.shared.awaited_queued.notify_one();
         Ok(Committing { done, timeout })
     }
 
-    /// Puts `pending` on the writer's `queue`, counted, or says the queue is full.
-    fn try_queue(&self, queue: &mpsc::Sender<Pending>, pending: Pending) -> Result<(), Unavailable> {
+    /// Puts `pending` on the writer's `queue`, counted; gives it back when the queue is full.
+    fn try_queue(&self, queue: &mpsc::Sender<Pending>, pending: Pending) -> Result<(), Box<Pending>> {
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        if queue.try_send(pending).is_err() {
+        queue.try_send(pending).map_err(|full| {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(Unavailable::new("its queue is full"));
-        }
-        Ok(())
+            Box::new(full.into_inner())
+        })
     }
 
     /// Queues `event` (with `change`) to be committed, without waiting: the caller does its own
@@ -385,14 +386,12 @@ impl Ledger {
         if !self.can_issue() {
             return Err((Unavailable::new("it cannot be written"), Box::new(event)));
         }
-        self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        let pending = Pending { record: Some(Record { event, change }), committed: None };
-        queue.try_send(pending).map_err(|error| {
-            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            let event =
-                error.into_inner().record.map_or_else(|| Event::new(Outcome::Fault), |record| record.event);
-            (Unavailable::new("its queue is full"), Box::new(event))
-        })
+        self.try_queue(queue, Pending { record: Some(Record { event, change }), committed: None }).map_err(
+            |pending| {
+                let event = pending.record.map_or_else(|| Event::new(Outcome::Fault), |record| record.event);
+                (Unavailable::new("its queue is full"), Box::new(event))
+            },
+        )
     }
 
     /// The revocation in force that refuses `caller` (who presented `tokens`) at `now`.
