@@ -270,7 +270,7 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
             let (sub, tenant) = (name_filter("sub", sub)?, name_filter("tenant", tenant)?);
             at_least_one(limit)?;
             let ledger = open(&config, IfMissing::Refuse).await?;
-            let filter = RefreshTokenFilter { sub, tenant, limit };
+            let filter = RefreshTokenFilter { sub, tenant, before_id: None, limit };
             let tokens = ledger.refresh_tokens(&filter).await.map_err(|e| e.to_string())?;
             let now = Millis::now();
             let views: Vec<serde_json::Value> =

@@ -259,13 +259,18 @@ pub(super) async fn list_events(
     let limit = filter.limit;
     filter.limit = limit + 1;
     let mut events = ledger.events(&filter).await?;
-    let next_cursor = if events.len() > limit {
-        events.truncate(limit);
-        events.last().map(|event| BASE64URL_NOPAD.encode(event.id.as_bytes()))
-    } else {
-        None
-    };
+    let next_cursor = next_cursor(&mut events, limit, |event| &event.id);
     Ok(Json(json!({ "events": events, "next_cursor": next_cursor })).into_response())
+}
+
+/// Of a page read with one row more than `limit`: that row dropped, and the cursor to the page
+/// after (the id of the page's last row), or `None` when there is no row after.
+fn next_cursor<T>(rows: &mut Vec<T>, limit: usize, id: impl Fn(&T) -> &str) -> Option<String> {
+    if rows.len() <= limit {
+        return None;
+    }
+    rows.truncate(limit);
+    rows.last().map(|row| BASE64URL_NOPAD.encode(id(row).as_bytes()))
 }
 
 /// A tenant administrator reads its own tenant only: an asked-for tenant must be its own, and
@@ -294,18 +299,25 @@ fn page_limit(value: &str) -> Result<usize, AdminError> {
 /// A cursor is the id of the last event of the page before, as this API issued it: it must
 /// decode to an event this administrator may see.
 async fn resolve_cursor(ledger: &Ledger, admin: &Admin, cursor: &str) -> Result<String, AdminError> {
-    let not_issued =
-        || AdminError::BadRequest("the cursor was not issued by this API; use next_cursor as given".into());
-    let id = BASE64URL_NOPAD
+    let id = cursor_id(cursor)?;
+    match ledger.event(&id).await? {
+        Some(event) if admin.may_see(event.tenant.as_deref()) => Ok(id),
+        _ => Err(cursor_not_issued()),
+    }
+}
+
+/// The id a cursor holds (which the caller still checks names a row the administrator may see).
+fn cursor_id(cursor: &str) -> Result<String, AdminError> {
+    BASE64URL_NOPAD
         .decode(cursor.as_bytes())
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .filter(|id| uuid::Uuid::try_parse(id).is_ok())
-        .ok_or_else(not_issued)?;
-    match ledger.event(&id).await? {
-        Some(event) if admin.may_see(event.tenant.as_deref()) => Ok(id),
-        _ => Err(not_issued()),
-    }
+        .ok_or_else(cursor_not_issued)
+}
+
+fn cursor_not_issued() -> AdminError {
+    AdminError::BadRequest("the cursor was not issued by this API; use next_cursor as given".into())
 }
 
 /// `GET /admin/v1/events/{id}`: 404 also for another tenant's event (its existence is not told).
@@ -546,7 +558,8 @@ pub(super) async fn delete_revocation(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `GET /admin/v1/refresh-tokens?sub=&tenant=&limit=`: newest first, never a token's text.
+/// `GET /admin/v1/refresh-tokens?sub=&tenant=&limit=&cursor=`: newest first, a page at a time
+/// like the events, never a token's text.
 pub(super) async fn list_refresh_tokens(
     State(app): State<AppState>,
     admin: Admin,
@@ -556,24 +569,36 @@ pub(super) async fn list_refresh_tokens(
     let params = Params::parse(uri.query().unwrap_or("").as_bytes())
         .map_err(|error| AdminError::BadRequest(error.to_string()))?;
     let mut filter = RefreshTokenFilter { limit: DEFAULT_PAGE, ..RefreshTokenFilter::default() };
+    let mut cursor = None;
     for (name, value) in once_each(&params)? {
         match name {
             "sub" => filter.sub = Some(identifier(name, value)?),
             "tenant" => filter.tenant = Some(identifier(name, value)?),
             "limit" => filter.limit = page_limit(value)?,
+            "cursor" => cursor = Some(value.to_owned()),
             other => {
                 return Err(AdminError::BadRequest(format!(
-                    "unknown parameter {:?}; filters are sub, tenant, limit",
+                    "unknown parameter {:?}; filters are sub, tenant, limit, cursor",
                     crate::authority::shorten(other)
                 )));
             }
         }
     }
     own_tenant(&admin, &mut filter.tenant, "refresh tokens")?;
+    if let Some(cursor) = cursor {
+        let id = cursor_id(&cursor)?;
+        match ledger.refresh_token(&id).await? {
+            Some(token) if admin.may_see(token.tenant.as_deref()) => filter.before_id = Some(id),
+            _ => return Err(cursor_not_issued()),
+        }
+    }
+    let limit = filter.limit;
+    filter.limit = limit + 1;
+    let mut tokens = ledger.refresh_tokens(&filter).await?;
+    let next_cursor = next_cursor(&mut tokens, limit, |token| &token.id);
     let now = Millis::from_seconds((app.clock)());
-    let tokens = ledger.refresh_tokens(&filter).await?;
     let views: Vec<serde_json::Value> = tokens.iter().map(|t| ledger.refresh_token_view(t, now)).collect();
-    Ok(Json(json!({ "refresh_tokens": views })).into_response())
+    Ok(Json(json!({ "refresh_tokens": views, "next_cursor": next_cursor })).into_response())
 }
 
 /// `DELETE /admin/v1/refresh-tokens/{id}[?reason=]`: 204 once revoked (a `refresh_token`

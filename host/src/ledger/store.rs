@@ -426,6 +426,8 @@ pub struct RefreshTokenFilter {
     pub sub: Option<String>,
     /// Of this tenant's callers (how a tenant administrator is confined).
     pub tenant: Option<String>,
+    /// Only those issued before this one (the page after a cursor).
+    pub before_id: Option<String>,
     /// At most this many.
     pub limit: usize,
 }
@@ -435,10 +437,12 @@ pub(super) fn refresh_tokens_query(filter: &RefreshTokenFilter) -> (String, Vec<
     let mut sql = format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens");
     let mut params = Vec::new();
     let mut conditions = Vec::new();
-    for (column, value) in [("sub", &filter.sub), ("tenant", &filter.tenant)] {
+    for (condition, value) in
+        [("sub =", &filter.sub), ("tenant =", &filter.tenant), ("id <", &filter.before_id)]
+    {
         if value.is_some() {
             params.push(Param::Text(value.clone()));
-            conditions.push(format!("{column} = ${}", params.len()));
+            conditions.push(format!("{condition} ${}", params.len()));
         }
     }
     if !conditions.is_empty() {

@@ -614,3 +614,87 @@ async fn administrators_list_and_revoke_refresh_tokens_within_their_tenant() {
     assert_eq!(admin_get(&admin, &caller, "/admin/v1/refresh-tokens").await.status, StatusCode::FORBIDDEN);
     assert_eq!(world.ledger().revocations().await.unwrap().len(), made.len());
 }
+
+/// The ids of a refresh-token listing, and its `next_cursor`.
+async fn refresh_token_page(router: &Router, token: &str, uri: &str) -> (Vec<String>, Option<String>) {
+    let reply = admin_get(router, token, uri).await;
+    assert_eq!(reply.status, StatusCode::OK, "{uri}: {reply}");
+    let ids = reply.body["refresh_tokens"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{reply}"))
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    (ids, reply.body["next_cursor"].as_str().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn administrators_page_through_refresh_tokens() {
+    let world = World::new(30, 7).await;
+    let admin = registry_token::http::admin_router(Arc::clone(&world.app));
+    let mut logins = Vec::new();
+    for (subject, tenant) in
+        [("alice", "acme"), ("gus", "globex"), ("bob", "acme"), ("gus", "globex"), ("carol", "acme")]
+    {
+        world
+            .login(|r| {
+                r.subject = subject.into();
+                r.tenant = Some(tenant.into());
+            })
+            .await;
+        logins.push(tenant);
+    }
+    let root = admin_token(&world.fixture, None);
+    let acme = admin_token(&world.fixture, Some("acme"));
+    let (all, none) = refresh_token_page(&admin, &root, "/admin/v1/refresh-tokens").await;
+    assert_eq!((all.len(), none), (5, None), "one page holds them all");
+
+    // Pages of two: newest first, each token once, the last page without a cursor.
+    let mut paged = Vec::new();
+    let mut uri = "/admin/v1/refresh-tokens?limit=2".to_owned();
+    let mut sizes = Vec::new();
+    loop {
+        let (ids, next) = refresh_token_page(&admin, &root, &uri).await;
+        sizes.push(ids.len());
+        paged.extend(ids);
+        let Some(next) = next else { break };
+        uri = format!("/admin/v1/refresh-tokens?limit=2&cursor={next}");
+    }
+    assert_eq!(sizes, [2, 2, 1]);
+    assert_eq!(paged, all);
+
+    // A tenant administrator's pages hold its tenant's only; a filter holds across pages.
+    let (first, next) = refresh_token_page(&admin, &acme, "/admin/v1/refresh-tokens?limit=2").await;
+    let next = next.expect("a second page");
+    let (second, last) =
+        refresh_token_page(&admin, &acme, &format!("/admin/v1/refresh-tokens?limit=2&cursor={next}")).await;
+    assert_eq!(last, None);
+    let acme_ids: Vec<String> = all
+        .iter()
+        .zip(logins.iter().rev())
+        .filter(|(_, t)| **t == "acme")
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!([first, second].concat(), acme_ids);
+    let (gus, next) = refresh_token_page(&admin, &root, "/admin/v1/refresh-tokens?sub=gus&limit=1").await;
+    let uri = format!("/admin/v1/refresh-tokens?sub=gus&limit=1&cursor={}", next.unwrap());
+    let (gus_older, last) = refresh_token_page(&admin, &root, &uri).await;
+    assert_eq!((gus.len(), gus_older.len(), last), (1, 1, None));
+    assert!(gus[0] > gus_older[0], "newest first");
+
+    // A cursor the API did not issue to this administrator is a 400: garbage, an event's id, and
+    // one into another tenant's tokens (their existence is not told).
+    let cursor = |id: &str| data_encoding::BASE64URL_NOPAD.encode(id.as_bytes());
+    let filter = registry_token::ledger::EventFilter { limit: 1, ..Default::default() };
+    let event = world.ledger().events(&filter).await.unwrap();
+    let globex_newest = &all[1];
+    for bad in ["not-a-cursor".to_owned(), cursor(&event[0].id), cursor("x'; DROP TABLE refresh_tokens; --")]
+    {
+        let reply = admin_get(&admin, &root, &format!("/admin/v1/refresh-tokens?cursor={bad}")).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}: {reply}");
+        assert!(reply.text.contains("the cursor was not issued by this API"), "{reply}");
+    }
+    let into_globex = format!("/admin/v1/refresh-tokens?cursor={}", cursor(globex_newest));
+    assert_eq!(admin_get(&admin, &acme, &into_globex).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(admin_get(&admin, &root, &into_globex).await.status, StatusCode::OK);
+}
