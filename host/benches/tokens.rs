@@ -5,6 +5,7 @@
 //! cargo bench -p registry-token --bench tokens -- --quick  # shorter load phases
 //! cargo bench -p registry-token --bench tokens -- --stages # signing and stages, no load
 //! cargo bench -p registry-token --bench tokens -- --ledger # the SQLite ledger stage alone
+//! cargo bench -p registry-token --bench tokens -- --ab OTHER/registry-token  # A/B, interleaved
 //! ```
 //!
 //! 1. The raw sign rate of the project's own signer on 1 and 2 threads (RS256 and ES256): the floor.
@@ -50,7 +51,8 @@ struct Settings {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
     let settings = if quick {
         Settings { load_seconds: 3.0, cold_tokens: 45_000 }
     } else {
@@ -68,6 +70,12 @@ fn main() {
 
     println!("registry-token benchmark — {} cores, {}", cores(), cpu_model());
     println!();
+
+    if let Some(other) = args.iter().position(|a| a == "--ab").map(|at| args.get(at + 1)) {
+        let other = other.expect("--ab takes the path of another build's registry-token binary");
+        ab_section(root, Path::new(other), &settings);
+        return;
+    }
 
     if std::env::args().any(|a| a == "--ledger") {
         let runtime =
@@ -234,6 +242,66 @@ fn main() {
     }
 
     hsm_section(root, &settings, &rs);
+}
+
+/// `--ab OTHER`: the same rows with another build's server (A) and this one (B), interleaved
+/// A B B A, A B B A, … (`BENCH_AB_ROUNDS`, default 4), so that the host's drift falls on both
+/// alike; each row's B/A ratios, and their median. The configuration is this build's: the other
+/// binary must read it.
+fn ab_section(root: &Path, other: &Path, settings: &Settings) {
+    let rounds: usize = std::env::var("BENCH_AB_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(4);
+    assert!(other.is_file(), "--ab: {} is not a file", other.display());
+    let this = Path::new(BIN);
+    // Hot rows only: no cold requests to prepare.
+    let cold = root.join("hot.requests");
+    println!("## A/B, interleaved ({rounds} rounds, {:.0} s per row, 16 connections)", settings.load_seconds);
+    println!("A: {}", other.display());
+    println!("B: {} (this build)", this.display());
+    println!();
+    println!("| row | round | A tokens/s | B tokens/s | B ÷ A | A CPU/token | B CPU/token | A p99 | B p99 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let rows = [
+        ("ES256 hot, reuse on", "ES256", "hot"),
+        ("ES256 hot, reuse off", "ES256-noreuse", "hot"),
+        ("RS256 hot, reuse off", "RS256-noreuse", "hot"),
+    ];
+    let mut summary = Vec::new();
+    for (label, config, mix) in rows {
+        let mut ratios = Vec::new();
+        for round in 0..rounds {
+            let run = |binary: &Path| load_with(root, binary, config, mix, 16, settings, &cold);
+            // A B, then B A: each build goes first as often as the other.
+            let (a, b) = if round % 2 == 0 {
+                let a = run(other);
+                (a, run(this))
+            } else {
+                let b = run(this);
+                (run(other), b)
+            };
+            let ratio = b.rate / a.rate;
+            ratios.push(ratio);
+            println!(
+                "| {label} | {} | {:.0} | {:.0} | {ratio:.3} | {:.0} µs | {:.0} µs | {} | {} |",
+                round + 1,
+                a.rate,
+                b.rate,
+                a.cpu_per_token_us,
+                b.cpu_per_token_us,
+                micros(a.p99),
+                micros(b.p99)
+            );
+        }
+        ratios.sort_by(f64::total_cmp);
+        summary.push((label, ratios));
+    }
+    println!();
+    println!("| row | B ÷ A, each round (sorted) | median |");
+    println!("|---|---|---:|");
+    for (label, ratios) in summary {
+        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+        let median = (ratios[(ratios.len() - 1) / 2] + ratios[ratios.len() / 2]) / 2.0;
+        println!("| {label} | {} | **{median:.3}** |", shown.join(", "));
+    }
 }
 
 /// Section 6: signing through SoftHSM2's PKCS#11 module beside the file key, each against
@@ -870,8 +938,8 @@ struct Row {
 /// The server of configuration `ROOT/NAME.yaml`, on a free port, with the environment the shipped
 /// systemd unit gives it (logging at info, to a file here; glibc's arena count), as it would run
 /// in production; killed when dropped, at the end of its row.
-fn start_server(root: &Path, name: &str) -> Server {
-    let mut command = serve_command(BIN, &root.join(format!("{name}.yaml")));
+fn start_server(root: &Path, binary: &Path, name: &str) -> Server {
+    let mut command = serve_command(binary, &root.join(format!("{name}.yaml")));
     command.envs(unit_environment()).env("SOFTHSM2_CONF", root.join("hsm/softhsm2.conf"));
     Server::start_logging_to(command, &root.join(format!("server-{name}.log")))
 }
@@ -1029,7 +1097,20 @@ fn profile_stop(profile: Option<std::process::Child>) {
 }
 
 fn load(root: &Path, name: &str, mix: &str, connections: usize, settings: &Settings, cold: &Path) -> Row {
-    let server = start_server(root, name);
+    load_with(root, Path::new(BIN), name, mix, connections, settings, cold)
+}
+
+/// [`load`] of another build's server binary.
+fn load_with(
+    root: &Path,
+    binary: &Path,
+    name: &str,
+    mix: &str,
+    connections: usize,
+    settings: &Settings,
+    cold: &Path,
+) -> Row {
+    let server = start_server(root, binary, name);
     let (pid, address) = (server.pid(), server.address());
     let hot = root.join("hot.requests");
     let hot_path = format!(
