@@ -57,7 +57,9 @@ impl KeySource {
 
     /// A JWKS URL, refetched every `refresh_every`, and on an unknown `kid` at most once per
     /// `min_refetch` (so a flood of tokens with made-up key ids cannot become a flood of requests to
-    /// the Authority). The first fetch happens here. If it fails: with `must_fetch` (a reload, which
+    /// the Authority). After a fetch that failed the next comes `min_refetch` later (at least 1 s,
+    /// at most `refresh_every`), traffic or not: a replica that started during an outage is ready
+    /// soon after the Authority is back. The first fetch happens here. If it fails: with `must_fetch` (a reload, which
     /// keeps the keys it has rather than trading them for none) that is the error; without (the
     /// start), the error is logged and tokens are refused as `KeysUnavailable` until a later fetch
     /// succeeds.
@@ -91,13 +93,16 @@ impl KeySource {
             refetch: tokio::sync::Mutex::new(()),
             started: std::sync::atomic::AtomicU64::new(0),
             stored: Mutex::new(0),
+            answered: Mutex::new(0),
+            failing: std::sync::atomic::AtomicBool::new(false),
         });
         match remote.refresh().await {
             Err(e) if must_fetch => return Err(e),
             Err(e) => tracing::error!("{e}; caller tokens are refused until the JWKS can be fetched"),
             Ok(()) => {}
         }
-        RemoteJwks::spawn_refresher(Arc::downgrade(&remote), refresh_every);
+        let retry = min_refetch.max(Duration::from_secs(1)).min(refresh_every);
+        RemoteJwks::spawn_refresher(Arc::downgrade(&remote), refresh_every, retry);
         Ok(KeySource::Remote(remote))
     }
 
@@ -137,8 +142,10 @@ impl KeySource {
                 }
                 remote.refetch_for_unknown_kid().await;
                 let keys = remote.keys.load();
-                if keys.is_empty() {
-                    return Err(AuthError::KeysUnavailable);
+                // While the Authority does not answer, a key it may have added since cannot be
+                // told from a made-up one: a 503 to retry, not a 401 that calls the token bad.
+                if keys.is_empty() || remote.failing.load(std::sync::atomic::Ordering::Acquire) {
+                    return keys.find(kid, algorithm).ok_or(AuthError::KeysUnavailable);
                 }
                 keys.find(kid, algorithm).ok_or_else(unknown)
             }
@@ -162,6 +169,9 @@ pub struct RemoteJwks {
     /// one, answered later, never replace the later one's (a key just added would vanish).
     started: std::sync::atomic::AtomicU64,
     stored: Mutex<u64>,
+    /// The number of the latest fetch answered (or failed), and whether it failed.
+    answered: Mutex<u64>,
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RemoteJwks {
@@ -196,6 +206,12 @@ impl RemoteJwks {
         let number = self.started.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
         let fetched = self.fetch().await;
         crate::metrics::metrics().keys_fetch(fetched.is_ok());
+        if let Ok(mut answered) = self.answered.lock()
+            && *answered < number
+        {
+            *answered = number;
+            self.failing.store(fetched.is_err(), std::sync::atomic::Ordering::Release);
+        }
         let keys = fetched?;
         let Ok(mut stored) = self.stored.lock() else { return Ok(()) };
         if *stored > number {
@@ -224,10 +240,14 @@ impl RemoteJwks {
         }
     }
 
-    fn spawn_refresher(remote: Weak<RemoteJwks>, every: Duration) {
+    /// Refreshes every `every`, or `retry` after a fetch that failed.
+    fn spawn_refresher(remote: Weak<RemoteJwks>, every: Duration, retry: Duration) {
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(every).await;
+                let failing = remote
+                    .upgrade()
+                    .is_some_and(|remote| remote.failing.load(std::sync::atomic::Ordering::Acquire));
+                tokio::time::sleep(if failing { retry } else { every }).await;
                 let Some(remote) = remote.upgrade() else {
                     break;
                 };

@@ -128,6 +128,65 @@ async fn unavailable_keys_refuse_callers_and_made_up_kids_do_not_flood_the_autho
     assert_eq!(server.hits.load(Ordering::SeqCst), 2);
 }
 
+/// A replica that started while the Authority was down gets its keys soon after the Authority is
+/// back, with no traffic to trigger a fetch (a load balancer sends none to an unready replica):
+/// not at the next periodic refresh, minutes later. Retries come at most once per
+/// `jwks_min_refetch_seconds`.
+#[tokio::test]
+async fn a_replica_started_during_an_outage_is_ready_soon_after_without_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    dev_authority::init(dir.path(), ISSUER).unwrap();
+    let server = jwks_server("upstream unavailable".into()).await;
+    let keys = KeySource::from_url(&server.url, Duration::from_secs(300), Duration::from_secs(1), false)
+        .await
+        .unwrap();
+    assert!(!keys.is_ready());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let during = server.hits.load(Ordering::SeqCst);
+    assert!((2..=4).contains(&during), "{during} fetches in 2.5 s: one a second, not a flood");
+    assert!(!keys.is_ready());
+
+    *server.document.lock().unwrap() = std::fs::read_to_string(dir.path().join("jwks.json")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !keys.is_ready() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(keys.is_ready(), "still not ready 5 s after the Authority came back");
+    // Then the usual interval: nothing more within the next second and a half.
+    let after = server.hits.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(server.hits.load(Ordering::SeqCst), after);
+}
+
+/// While the Authority does not answer, a token signed with a key it may have added meanwhile is
+/// a 503 to retry (KeysUnavailable), not a 401 that tells `docker login` the credentials are bad;
+/// the keys held keep validating, and once the Authority answers an unknown key is a 401 again.
+#[tokio::test]
+async fn an_unknown_key_while_the_authority_does_not_answer_is_unavailable_not_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second, made_up) =
+        (dir.path().join("first"), dir.path().join("second"), dir.path().join("x"));
+    for authority in [&first, &second, &made_up] {
+        dev_authority::init(authority, ISSUER).unwrap();
+    }
+    let read = |d: &Path| std::fs::read_to_string(d.join("jwks.json")).unwrap();
+    let server = jwks_server(read(&first)).await;
+    let keys =
+        KeySource::from_url(&server.url, Duration::from_secs(300), Duration::ZERO, false).await.unwrap();
+    let validator = Validator::new(keys, requirements(), 16);
+    let now = registry_token::app::system_clock()();
+
+    *server.document.lock().unwrap() = "upstream unavailable".into();
+    let rotated = token(&second, 600, now);
+    assert_eq!(validator.validate(&rotated, now).await.unwrap_err(), AuthError::KeysUnavailable);
+    assert_eq!(validator.validate(&token(&first, 600, now), now).await.unwrap().caller.subject, "alice");
+
+    *server.document.lock().unwrap() = read(&second);
+    assert_eq!(validator.validate(&rotated, now).await.unwrap().caller.subject, "alice");
+    let refused = validator.validate(&token(&made_up, 600, now), now).await.unwrap_err();
+    assert!(matches!(refused, AuthError::UnknownKey(_)), "{refused}");
+}
+
 #[tokio::test]
 async fn an_oversized_or_empty_jwks_is_refused() {
     let huge = format!("{{\"keys\": [], \"padding\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
