@@ -286,6 +286,7 @@ impl Live {
     async fn with_polled_bundle(
         current: &Live,
         fetched: Fetched,
+        trusted: Arc<TrustedKeys>,
         record: BundleRecord,
     ) -> Result<Live, BuildError> {
         let (Some(bundle_config), Some(live_bundle)) = (&current.config.policy.bundle, &current.bundle)
@@ -293,7 +294,6 @@ impl Live {
             return Err(BuildError::ReloadTask("a bundle was polled without one live".into()));
         };
         let config = current.config.clone();
-        let trusted = Arc::clone(&live_bundle.trusted);
         let bundle = open_bundle(bundle_config, Some(live_bundle), Some(fetched), &record, trusted).await?;
         let (validator, admin_validator) = match config.authority.jwks {
             JwksSource::Bundle => validators(&config, bundle_authority_keys(&bundle)?),
@@ -575,8 +575,9 @@ pub fn yaml_to_json(text: &str) -> Result<String, String> {
 enum Rebuild {
     /// A configuration (a reload): everything it names is read again.
     Config(Box<Config>),
-    /// A new bundle from the live one's source (a poll): only what the bundle carries is new.
-    Bundle(Fetched),
+    /// A new bundle from the live one's source (a poll): only what the bundle carries is new,
+    /// checked against these keys.
+    Bundle(Fetched, Arc<TrustedKeys>),
 }
 
 /// A bundle that was refused, as `/readyz` shows it.
@@ -603,6 +604,11 @@ pub struct App {
     /// The source and content of the last bundle the ledger recorded as applied (see
     /// [`App::record_bundle`]).
     bundle_recorded: Mutex<Option<(String, String)>>,
+    /// `policy.bundle_keys` as a reload that failed read them: polls check new bundles against
+    /// these rather than the live bundle's, so that a key the operator removed is not trusted
+    /// again because the reload failed (as it does when the live bundle was signed by that key).
+    /// `None` once a reload applies (the live bundle's keys are then the configuration's).
+    bundle_keys_read: Mutex<Option<Arc<TrustedKeys>>>,
     /// The clock requests use.
     pub clock: Clock,
     /// The exchanges running in tasks of their own (see [`crate::http`]'s token endpoint): a
@@ -628,6 +634,7 @@ impl App {
             bundle_refusal: Mutex::new(None),
             ledger: None,
             bundle_recorded: Mutex::new(None),
+            bundle_keys_read: Mutex::new(None),
             clock,
             exchanges: tokio_util::task::TaskTracker::new(),
         }
@@ -720,7 +727,10 @@ impl App {
                 return Ok(false);
             }
             Ok(Fetch::New(fetched)) => {
-                self.build_and_swap(Rebuild::Bundle(fetched), Arc::clone(&current)).await.map(|()| true)
+                let read = self.bundle_keys_read.lock().ok().and_then(|read| read.clone());
+                let trusted = read.unwrap_or_else(|| Arc::clone(&live_bundle.trusted));
+                let rebuild = Rebuild::Bundle(fetched, trusted);
+                self.build_and_swap(rebuild, Arc::clone(&current)).await.map(|()| true)
             }
             Err(error) => Err(refused(error)),
         };
@@ -802,14 +812,27 @@ impl App {
         let mut config = Config::load(&path)?;
         let current = self.live();
         keep_restart_only(&current.config, &mut config);
-        self.build_and_swap(Rebuild::Config(Box::new(config)), current).await
+        // Read before the rest can fail: what polls trust from now on (see `bundle_keys_read`).
+        if let Some(bundle) = &config.policy.bundle
+            && let Ok(keys) = TrustedKeys::from_files(&bundle.keys)
+            && let Ok(mut read) = self.bundle_keys_read.lock()
+        {
+            *read = Some(Arc::new(keys));
+        }
+        let built = self.build_and_swap(Rebuild::Config(Box::new(config)), current).await;
+        if built.is_ok()
+            && let Ok(mut read) = self.bundle_keys_read.lock()
+        {
+            *read = None;
+        }
+        built
     }
 
     /// Builds a new `Live` after `current` and swaps it in.
     async fn build_and_swap(&self, rebuild: Rebuild, current: Arc<Live>) -> Result<(), BuildError> {
         let config = match &rebuild {
             Rebuild::Config(config) => config,
-            Rebuild::Bundle(_) => &current.config,
+            Rebuild::Bundle(..) => &current.config,
         };
         let record = bundle_record(self.ledger.as_ref(), config).await;
         // Compiling a policy takes a few hundred milliseconds of CPU: keep it off the workers.
@@ -819,7 +842,9 @@ impl App {
             handle.block_on(async {
                 match rebuild {
                     Rebuild::Config(config) => Live::build_with(*config, Some(&current), record).await,
-                    Rebuild::Bundle(fetched) => Live::with_polled_bundle(&current, fetched, record).await,
+                    Rebuild::Bundle(fetched, trusted) => {
+                        Live::with_polled_bundle(&current, fetched, trusted, record).await
+                    }
                 }
             })
         })

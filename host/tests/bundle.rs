@@ -958,6 +958,72 @@ fn a_bundle_from_an_https_url_is_polled_a_new_revision_picked_up_and_an_old_one_
     assert!(!stderr.contains("s3cret-pw") && !stderr.contains("s1gnature"), "{stderr}");
 }
 
+/// The operator stops trusting a bundle signing key (it leaked): `policy.bundle_keys` now names
+/// another, and SIGHUP. The reload fails, as the live bundle was signed by the removed key, and
+/// the live one keeps serving; but the polls that follow check new bundles against the keys the
+/// configuration names now. Before, they kept the removed key: whoever held it could publish a
+/// revision that the next poll applied.
+#[test]
+fn a_bundle_key_removed_by_a_reload_is_not_trusted_by_the_polls_after_it() {
+    let mut fixture = Fixture::new();
+    let root = fixture.root().to_owned();
+    let (leaked, leaked_cert) = signer(&root.join("leaked-signer"), "RS256");
+    let (next, next_cert) = signer(&root.join("next-signer"), "RS256");
+    let pushes = plans_with(|p| {
+        p["plans"]["readonly"][0]["actions"] = serde_norway::from_str("[pull, push]").unwrap()
+    });
+    let revisions: Vec<PathBuf> = (1..=3).map(|n| root.join(format!("rev{n}.tar.gz"))).collect();
+    build(&root, &revisions[0], PLANS, 1, &[]);
+    build(&root, &revisions[1], &pushes, 2, &[]);
+    build(&root, &revisions[2], &pushes, 3, &[]);
+    sign(&revisions[0], &leaked);
+    sign(&revisions[1], &leaked);
+    sign(&revisions[2], &next);
+    let https = HttpsBundleServer::start(&root.join("ca.pem"));
+    https.serve(&revisions[0]);
+    let url = https.url();
+    fixture.reconfigure(|config| {
+        config.policy.settings_file = None;
+        config.set("policy.bundle", url.as_str());
+        config.set("policy.bundle_keys", vec![path(&leaked_cert).to_owned()]);
+        config.set("policy.bundle_poll_seconds", 1);
+        config.set("policy.bundle_ca_file", path(&root.join("ca.pem")));
+    });
+    let server = Server::start(BIN, &fixture.config_path);
+    let (client, admin) = (server.client(), server.admin());
+    assert_eq!(readyz(&client)["bundle"]["revision"], 1);
+
+    fixture.reconfigure(|config| {
+        config.set("policy.bundle_keys", vec![path(&next_cert).to_owned()]);
+    });
+    server.signal("HUP");
+    let status = wait_for("the reload refused", Duration::from_secs(30), || {
+        let status = readyz(&client);
+        (status["bundle"]["last_refusal"]["reason"] == "unknown_key", status)
+    });
+    assert_eq!(status["bundle"]["revision"], 1, "the live bundle keeps serving: {status}");
+
+    // A revision signed with the removed key: refused by every poll.
+    https.serve(&revisions[1]);
+    let refusals = || counter(&admin, "registry_token_bundle_refusals_total{reason=\"unknown_key\"}");
+    let before = refusals();
+    wait_for("polls refusing revision 2", Duration::from_secs(30), || {
+        (refusals() >= before + 2.0, refusals())
+    });
+    let status = readyz(&client);
+    assert_eq!(status["bundle"]["revision"], 1, "{status}");
+    assert_eq!(status["bundle"]["last_refusal"]["reason"], "unknown_key", "{status}");
+    assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull"]);
+
+    // One signed with the key the configuration names now: applied by the next poll.
+    https.serve(&revisions[2]);
+    wait_for("revision 3 picked up by polling", Duration::from_secs(30), || {
+        let status = readyz(&client);
+        (status["bundle"]["revision"] == 3, status)
+    });
+    assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull,push"]);
+}
+
 /// While the ledger cannot record the live bundle (another process holds its write lock), the
 /// service asks it again every few seconds; those retries must not put the next poll off. They
 /// did: each restarted the poll's timer, so no new revision was picked up until the ledger came
