@@ -75,6 +75,26 @@ cases:
     );
 }
 
+/// The limits take what the configuration takes: a deadline of 0 failed every case as "ran past
+/// its 0ns deadline", and a policy passing at a cap the server refuses proved nothing.
+#[test]
+fn policy_limits_out_of_the_servers_range_are_refused() {
+    let cases = "policies/plan-catalogue/cases.yaml";
+    for (flag, value, range) in [
+        ("--timeout-ms", "0", "1..=10000"),
+        ("--timeout-ms", "10001", "1..=10000"),
+        ("--memory-mib", "0", "1..=1024"),
+        ("--memory-mib", "4096", "1..=1024"),
+    ] {
+        let output = run(&["policy", "test", flag, value, cases]);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag) && stderr.contains(range), "{flag} {value}: {stderr}");
+    }
+    let output = run(&["policy", "test", "--timeout-ms", "10000", "--memory-mib", "1024", cases]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
 #[test]
 fn any_component_runs_through_policy_test_and_eval() {
     let dir = tempfile::tempdir().unwrap();

@@ -141,11 +141,13 @@ struct PolicySource {
     /// Settings (YAML or JSON) handed to the policy; for `test`, instead of what a case file names.
     #[arg(long)]
     settings: Option<PathBuf>,
-    /// Deadline of one evaluation, in milliseconds (as `policy.timeout_ms`).
-    #[arg(long, default_value_t = PolicyConfig::default().timeout_ms)]
+    /// Deadline of one evaluation, in milliseconds (as `policy.timeout_ms`: 1 to 10000).
+    #[arg(long, default_value_t = PolicyConfig::default().timeout_ms,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
     timeout_ms: u64,
-    /// Memory cap of one evaluation, in MiB (as `policy.memory_mib`).
-    #[arg(long, default_value_t = PolicyConfig::default().memory_mib)]
+    /// Memory cap of one evaluation, in MiB (as `policy.memory_mib`: 1 to 1024).
+    #[arg(long, default_value_t = PolicyConfig::default().memory_mib,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
     memory_mib: u64,
     /// Keep compiled code in this directory between runs (as `policy.cache_dir`).
     #[arg(long, env = "REGISTRY_TOKEN_POLICY__CACHE_DIR")]
