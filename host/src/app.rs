@@ -209,19 +209,20 @@ impl Live {
                 "the bundle's authority-jwks.json is not used: authority.jwks_file or jwks_url is configured"
             );
         }
-        let same_url = |previous: &Live| {
-            let was = &previous.config.authority;
-            was.jwks == authority.jwks
-                && was.jwks_refresh_seconds == authority.jwks_refresh_seconds
-                && was.jwks_min_refetch_seconds == authority.jwks_min_refetch_seconds
-        };
+        let (refresh_every, min_refetch) = (
+            Duration::from_secs(authority.jwks_refresh_seconds),
+            Duration::from_secs(authority.jwks_min_refetch_seconds),
+        );
         let keys = match &authority.jwks {
             JwksSource::File(file) => KeySource::from_file(file)?,
             // A reload keeps the keys it has (and their refresher) when the URL is unchanged: a
-            // reload during an Authority outage must not trade working keys for none.
-            JwksSource::Url(_)
-                if let Some(previous) = previous.filter(|p| same_url(p))
-                    && matches!(previous.validator.keys(), KeySource::Remote(_)) =>
+            // reload during an Authority outage must not trade working keys for none. Compared
+            // with what the source in use does, not with the last configuration: a reload that
+            // changed the intervals during an outage kept the old ones, and the next must not
+            // take them for the new.
+            JwksSource::Url(url)
+                if let Some(previous) =
+                    previous.filter(|p| p.validator.keys().fetches(url, refresh_every, min_refetch)) =>
             {
                 previous.validator.keys().clone()
             }
@@ -230,13 +231,7 @@ impl Live {
             // The same URL with new refresh intervals is fetched anew, and during an outage keeps
             // the keys (and intervals) it has rather than failing the reload.
             JwksSource::Url(url) => {
-                let fetched = KeySource::from_url(
-                    url,
-                    Duration::from_secs(authority.jwks_refresh_seconds),
-                    Duration::from_secs(authority.jwks_min_refetch_seconds),
-                    previous.is_some(),
-                )
-                .await;
+                let fetched = KeySource::from_url(url, refresh_every, min_refetch, previous.is_some()).await;
                 match (fetched, previous.filter(|p| p.config.authority.jwks == authority.jwks)) {
                     (Ok(keys), _) => keys,
                     (Err(error), Some(previous))

@@ -89,6 +89,7 @@ impl KeySource {
             keys: ArcSwap::from_pointee(KeySet::default()),
             generation: std::sync::atomic::AtomicU64::new(0),
             last_fetch: Mutex::new(None),
+            refresh_every,
             min_refetch,
             refetch: tokio::sync::Mutex::new(()),
             started: std::sync::atomic::AtomicU64::new(0),
@@ -113,6 +114,13 @@ impl KeySource {
             KeySource::File(_) => 0,
             KeySource::Remote(remote) => remote.generation.load(std::sync::atomic::Ordering::Acquire),
         }
+    }
+
+    /// Whether these are the keys of `url`, refreshed every `refresh_every` and refetched at most
+    /// once per `min_refetch` (what a reload may keep rather than fetch anew).
+    pub fn fetches(&self, url: &str, refresh_every: Duration, min_refetch: Duration) -> bool {
+        matches!(self, KeySource::Remote(remote)
+            if remote.url == url && remote.refresh_every == refresh_every && remote.min_refetch == min_refetch)
     }
 
     /// Whether keys are loaded (for `/readyz`).
@@ -162,6 +170,7 @@ pub struct RemoteJwks {
     keys: ArcSwap<KeySet>,
     generation: std::sync::atomic::AtomicU64,
     last_fetch: Mutex<Option<Instant>>,
+    refresh_every: Duration,
     min_refetch: Duration,
     refetch: tokio::sync::Mutex<()>,
     /// Fetches started, numbered from 1; and the number of the one whose keys are stored. The

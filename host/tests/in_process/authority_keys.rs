@@ -302,6 +302,16 @@ async fn a_reload_during_an_authority_outage_keeps_the_keys_it_has() {
     assert_eq!(reply.status, StatusCode::OK, "the reload applied with the keys it had: {}", reply.body);
     assert_eq!(service.live().config.authority.jwks_refresh_seconds, 120);
     assert_eq!(server.hits.load(Ordering::SeqCst), 2, "the new intervals were fetched with, once");
+
+    // The keys kept are refreshed at the old intervals: the next reload, once the Authority
+    // answers, fetches with the new ones (before, it took them for the source in use, which then
+    // ran at the old intervals until a restart).
+    *server.document.lock().unwrap() =
+        std::fs::read_to_string(fixture.root().join("authority/jwks.json")).unwrap();
+    service.reload().await.unwrap();
+    assert_eq!(server.hits.load(Ordering::SeqCst), 3, "the new intervals are fetched with");
+    service.reload().await.unwrap();
+    assert_eq!(server.hits.load(Ordering::SeqCst), 3, "and then kept");
 }
 
 /// While the Authority's keys cannot be had, an administrator's request is a 503 to retry (as a
