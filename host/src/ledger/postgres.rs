@@ -89,8 +89,29 @@ fn described(error: &tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// Connections in the pool.
+const POOL_SIZE: usize = 8;
+
+/// How long the pool waits for a free connection, a new one, or a check of a pooled one.
+const POOL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A pool error in the operator's terms (deadpool's own say "Timeout occurred while creating a
+/// new object").
 fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Unreachable(format!("cannot reach PostgreSQL: {error}"))
+    use deadpool_postgres::{PoolError, TimeoutType};
+    let reason = match error {
+        PoolError::Timeout(TimeoutType::Create) => {
+            format!("PostgreSQL did not answer within {POOL_TIMEOUT:?} (connecting)")
+        }
+        PoolError::Timeout(TimeoutType::Recycle) => {
+            format!("PostgreSQL did not answer within {POOL_TIMEOUT:?} (checking a pooled connection)")
+        }
+        PoolError::Timeout(TimeoutType::Wait) => format!(
+            "no PostgreSQL connection came free within {POOL_TIMEOUT:?} (all {POOL_SIZE} are in calls that have not returned)"
+        ),
+        other => format!("cannot reach PostgreSQL: {other}"),
+    };
+    StoreError::Unreachable(reason)
 }
 
 /// Unrelated to any application lock: taken while migrating so replicas that start together
@@ -119,9 +140,9 @@ impl Store {
         }
         let manager =
             Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let timeout = Some(Duration::from_secs(2));
+        let timeout = Some(POOL_TIMEOUT);
         let pool = Pool::builder(manager)
-            .max_size(8)
+            .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
             .timeouts(Timeouts { wait: timeout, create: timeout, recycle: timeout })
             .build()
