@@ -62,7 +62,7 @@ fn main() {
     let root = dir.path().to_owned();
     let root = root.as_path();
     prepare(root);
-    if std::env::args().any(|a| a == "--prepare-only") {
+    if args.iter().any(|a| a == "--prepare-only") {
         cold_requests(root, 40_000);
         println!("prepared {} (kept)", dir.keep().display());
         return;
@@ -77,7 +77,7 @@ fn main() {
         return;
     }
 
-    if std::env::args().any(|a| a == "--ledger") {
+    if args.iter().any(|a| a == "--ledger") {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         ledger_section(&runtime, root);
@@ -100,11 +100,11 @@ fn main() {
     println!("| ES256 (P-256) | {es1:.0}/s | {es2:.0}/s |");
     println!();
 
-    if std::env::args().any(|a| a == "--hsm") {
+    if args.iter().any(|a| a == "--hsm") {
         hsm_section(root, &settings, &rs);
         return;
     }
-    let stages_only = std::env::args().any(|a| a == "--stages");
+    let stages_only = args.iter().any(|a| a == "--stages");
     // 2. Stages.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     println!("## Stages, one at a time (median and p99 of batches, per operation)");
