@@ -493,7 +493,13 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
     let reply = a_client.get_bearer(&query(SERVICE, &["repository:team/thawed:pull"]), &caller).unwrap();
     assert_eq!(reply.status, 200, "{reply}");
     let recorded = cluster.psql("SELECT outcome, reason FROM events WHERE sub = 'frozen' ORDER BY id");
-    assert_eq!(recorded.trim(), "fault|ledger\nissued|", "the 503 and the token, each on the record");
+    // The 503's commit was cut off by the deadline, not refused: the frozen server may still
+    // apply it once thawed. Its `issued` then stands on the record with the `fault` that says
+    // its token was not returned right after it; either way the 503 and the token are recorded.
+    assert!(
+        ["fault|ledger\nissued|", "issued|\nfault|ledger\nissued|"].contains(&recorded.trim()),
+        "the 503 and the token, each on the record: {recorded}"
+    );
     // Both replicas are the processes started at the beginning.
     assert!(a.stderr().contains("the ledger is writable again"), "{}", a.stderr());
     let events: Value = a.admin().get_bearer("/admin/v1/events?limit=1", &admin).unwrap().body;
