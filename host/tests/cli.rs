@@ -485,6 +485,28 @@ fn an_empty_environment_value_unsets_the_files_key() {
     assert!(error.contains("environment variable REGISTRY_TOKEN_AUTHORITY__ISSUER"), "{error}");
 }
 
+/// An offline site takes the Authority's keys from its bundle only when the bundle's signature is
+/// checked: otherwise whoever can change the bundle can add a key and sign any caller's token.
+#[test]
+fn authority_keys_from_an_unsigned_bundle_are_refused() {
+    use registry_token::config::{Config, JwksSource};
+    let mut fixture = Fixture::with(|config| {
+        config.authority.jwks_file = None;
+        config.policy.settings_file = None;
+        config.set("policy.bundle", "/srv/kit.tar.gz");
+    });
+    let error = Config::load_with_env(&fixture.config_path, Vec::new()).unwrap_err().to_string();
+    assert!(error.contains("policy.bundle_keys is empty"), "{error}");
+    let output = run(&["serve", "--config", fixture.config_path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("set policy.bundle_keys"), "{}", text(&output.stderr));
+
+    fixture.reconfigure(|config| {
+        config.set("policy.bundle_keys", vec!["/srv/kit-signer.pem"]);
+    });
+    assert_eq!(fixture.config().authority.jwks, JwksSource::Bundle);
+}
+
 /// An environment value is text where the key wants text: a numeric scope name or username is
 /// not refused as "found unsigned int, expected a string"; numbers and booleans still parse where
 /// the key wants them.

@@ -143,6 +143,15 @@ impl Config {
                         authority-jwks.json)"
                 .into());
         }
+        // Whoever signs callers' tokens with a key in an unsigned bundle is any caller they like.
+        if self.authority.jwks == JwksSource::Bundle
+            && self.policy.bundle.as_ref().is_some_and(|bundle| bundle.keys.is_empty())
+        {
+            return Err("authority: the Authority's keys would come from policy.bundle, which is not \
+                        checked (policy.bundle_keys is empty): set policy.bundle_keys, or \
+                        authority.jwks_file or jwks_url"
+                .into());
+        }
         if self.authority.jwks_refresh_seconds < 10 {
             return Err("authority.jwks_refresh_seconds must be at least 10".into());
         }
