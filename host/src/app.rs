@@ -67,6 +67,9 @@ pub struct LiveBundle {
     /// `policy.bundle_keys` as read at the last start or reload: a poll checks a new bundle
     /// against these, not against whatever the files say now.
     trusted: Arc<TrustedKeys>,
+    /// The reload that built this could not fetch the source and kept the live bundle: why, for
+    /// `/readyz` (the rest of the reload applied).
+    unfetched: Option<BundleRefusal>,
 }
 
 impl std::fmt::Debug for LiveBundle {
@@ -331,20 +334,38 @@ async fn open_bundle(
 ) -> Result<LiveBundle, BuildError> {
     let refused = |error: BundleError| BuildError::Bundle { source_name: config.source.to_string(), error };
     let same_source = live.filter(|l| l.source == config.source);
+    let mut unfetched = None;
     let (bytes, version) = match fetched {
         Some(Fetched { bytes, version }) => (Arc::new(bytes), version),
         None => {
             let known = same_source.and_then(|l| l.version.as_deref());
-            match bundle::fetch(&config.source, &fetch_options(config), known).await.map_err(refused)? {
-                Fetch::New(Fetched { bytes, version }) => (Arc::new(bytes), version),
-                Fetch::Unchanged => match same_source {
-                    Some(live) => (Arc::clone(&live.bytes), live.version.clone()),
-                    None => {
-                        return Err(refused(BundleError::Unavailable(
-                            "the source answered \"unchanged\" to a first fetch".into(),
-                        )));
-                    }
-                },
+            match (bundle::fetch(&config.source, &fetch_options(config), known).await, same_source) {
+                (Ok(Fetch::New(Fetched { bytes, version })), _) => (Arc::new(bytes), version),
+                (Ok(Fetch::Unchanged), Some(live)) => (Arc::clone(&live.bytes), live.version.clone()),
+                (Ok(Fetch::Unchanged), None) => {
+                    return Err(refused(BundleError::Unavailable(
+                        "the source answered \"unchanged\" to a first fetch".into(),
+                    )));
+                }
+                // A reload while the source is down (a signing key to rotate, a limit to change)
+                // goes on with the live bundle, checked again below like an unchanged one; the
+                // polls pick up the source's new revision once it answers.
+                (Err(error @ BundleError::Unavailable(_)), Some(live)) => {
+                    tracing::warn!(
+                        bundle = %config.source,
+                        %error,
+                        "the bundle source cannot be fetched; the reload keeps the live bundle"
+                    );
+                    crate::metrics::metrics().bundle_refused(error.reason());
+                    unfetched = Some(BundleRefusal {
+                        time: Millis::now(),
+                        source: config.source.to_string(),
+                        reason: error.reason(),
+                        message: format!("{error} (the reload kept the live bundle)"),
+                    });
+                    (Arc::clone(&live.bytes), live.version.clone())
+                }
+                (Err(error), _) => return Err(refused(error)),
             }
         }
     };
@@ -387,6 +408,7 @@ async fn open_bundle(
         version,
         revocations,
         trusted: keys,
+        unfetched,
     })
 }
 
@@ -757,6 +779,13 @@ impl App {
             Ok(_) => {
                 let live = self.live();
                 let Some(now) = &live.bundle else { return };
+                // Only as this reload built it: a later poll's refusal is newer.
+                if let Some(unfetched) = &now.unfetched
+                    && !std::ptr::eq(before, &*live)
+                    && let Ok(mut last) = self.bundle_refusal.lock()
+                {
+                    *last = Some(unfetched.clone());
+                }
                 if before.bundle.as_ref().is_none_or(|was| was.bundle.sha256() != now.bundle.sha256()) {
                     let manifest = now.bundle.manifest();
                     crate::metrics::metrics().bundle_applied();

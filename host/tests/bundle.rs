@@ -1024,6 +1024,65 @@ fn a_bundle_key_removed_by_a_reload_is_not_trusted_by_the_polls_after_it() {
     assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull,push"]);
 }
 
+/// The bundle server is down when the operator reloads to change something else (a signing key
+/// to rotate, a token lifetime): the reload goes on with the live bundle, checked again, and says
+/// in `/readyz` that the source could not be fetched. Before, the whole reload was refused until
+/// the bundle server came back.
+#[test]
+fn a_reload_while_the_bundle_source_is_down_keeps_the_live_bundle_and_applies_the_rest() {
+    let mut fixture = Fixture::new();
+    let root = fixture.root().to_owned();
+    let (key, cert) = signer(&root.join("bundle-signer"), "RS256");
+    let pushes = plans_with(|p| {
+        p["plans"]["readonly"][0]["actions"] = serde_norway::from_str("[pull, push]").unwrap()
+    });
+    let rev1 = root.join("rev1.tar.gz");
+    build(&root, &rev1, &pushes, 1, &[]);
+    sign(&rev1, &key);
+    let https = HttpsBundleServer::start(&root.join("ca.pem"));
+    https.serve(&rev1);
+    let url = https.url();
+    fixture.reconfigure(|config| {
+        config.policy.settings_file = None;
+        config.set("policy.bundle", url.as_str());
+        config.set("policy.bundle_keys", vec![path(&cert).to_owned()]);
+        config.set("policy.bundle_poll_seconds", 0);
+        config.set("policy.bundle_ca_file", path(&root.join("ca.pem")));
+    });
+    let server = Server::start(BIN, &fixture.config_path);
+    let (client, admin) = (server.client(), server.admin());
+    assert_eq!(readyz(&client)["bundle"]["revision"], 1);
+    let expires_in = |fixture: &Fixture| {
+        let reply = client
+            .get_basic(&query(SERVICE, &["repository:team/app:pull"]), "alice", &fixture.token(|_| {}))
+            .unwrap();
+        assert_eq!(reply.status, 200, "{reply}");
+        reply.body["expires_in"].clone()
+    };
+    assert_eq!(expires_in(&fixture), 300);
+
+    drop(https);
+    fixture.reconfigure(|config| {
+        config.set("signing.lifetime_seconds", 120);
+    });
+    server.signal("HUP");
+    wait_for("the reload applied", Duration::from_secs(30), || {
+        let seen = expires_in(&fixture);
+        (seen == 120, seen)
+    });
+    let status = readyz(&client);
+    assert_eq!(status["ready"], true, "{status}");
+    assert_eq!(status["bundle"]["revision"], 1, "{status}");
+    let refusal = &status["bundle"]["last_refusal"];
+    assert_eq!(refusal["reason"], "unavailable", "{status}");
+    assert!(refusal["message"].as_str().unwrap().contains("the reload kept the live bundle"), "{status}");
+    assert!(counter(&admin, "registry_token_bundle_refusals_total{reason=\"unavailable\"}") >= 1.0);
+    assert!(counter(&admin, "registry_token_reloads_total{result=\"applied\"}") >= 1.0);
+    // Still the bundle's policy deciding.
+    assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull,push"]);
+    assert!(server.stderr().contains("the reload keeps the live bundle"), "{}", server.stderr());
+}
+
 /// While the ledger cannot record the live bundle (another process holds its write lock), the
 /// service asks it again every few seconds; those retries must not put the next poll off. They
 /// did: each restarted the poll's timer, so no new revision was picked up until the ledger came
