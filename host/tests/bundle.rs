@@ -1399,6 +1399,49 @@ fn the_offline_kit_decides_exactly_as_the_online_instance_its_bundle_was_built_f
         assert_eq!(counter(&online_server.admin(), &series), expected, "online: {series}");
         assert_eq!(counter(&offline_server.admin(), &series), expected, "offline: {series}");
     }
+
+    // The offline site's administrator sees why mallory is refused: the kit's revocations are
+    // listed as the bundle's, and one cannot be lifted here (a 409 that says how; not a 204 that
+    // changes nothing, nor a 404 for what is in force).
+    let offline_admin = offline_server.admin();
+    let admin_token = |tenant: Option<&str>| {
+        online.token(|r| {
+            r.subject = "security".into();
+            r.scope = "registry.admin".into();
+            r.tenant = tenant.map(str::to_owned);
+        })
+    };
+    let listed = offline_admin.get_bearer("/admin/v1/revocations", &admin_token(None)).unwrap();
+    assert_eq!(listed.status, 200, "{listed}");
+    let revocations = listed.body["revocations"].as_array().unwrap();
+    assert_eq!(revocations.len(), 5, "{listed}");
+    assert!(revocations.iter().all(|r| r["source"] == "bundle"), "{listed}");
+    let mallory = revocations.iter().find(|r| r["value"] == "mallory").unwrap();
+    assert_eq!(mallory["reason"], "left the company");
+    let id = mallory["id"].as_str().unwrap();
+    let lifted =
+        offline_admin.delete_bearer(&format!("/admin/v1/revocations/{id}"), &admin_token(None)).unwrap();
+    assert_eq!(lifted.status, 409, "{lifted}");
+    assert_eq!(lifted.body["error"], "conflict");
+    let message = lifted.body["message"].as_str().unwrap();
+    assert!(
+        message.contains("carried by the policy bundle (revision 1 from")
+            && message.contains("a revision built without it"),
+        "{message}"
+    );
+    let ask = asks.iter().find(|a| a.what == "a revoked subject").unwrap();
+    assert_eq!(observed(&offline_client, ask), seen("a revoked subject"), "still refused");
+    // An acme administrator sees acme's only: the licence revoked in acme.
+    let acme = offline_admin.get_bearer("/admin/v1/revocations", &admin_token(Some("acme"))).unwrap();
+    let values: Vec<&Value> =
+        acme.body["revocations"].as_array().unwrap().iter().map(|r| &r["value"]).collect();
+    assert_eq!(values, ["LIC-0007"], "{acme}");
+    // The online instance, whose ledger holds them: its own, to lift.
+    let online_listed =
+        online_server.admin().get_bearer("/admin/v1/revocations", &admin_token(None)).unwrap();
+    let online_revocations = online_listed.body["revocations"].as_array().unwrap();
+    assert_eq!(online_revocations.len(), 5, "{online_listed}");
+    assert!(online_revocations.iter().all(|r| r["source"] == "ledger"), "{online_listed}");
 }
 
 #[test]

@@ -49,6 +49,9 @@ pub enum AdminError {
     /// No such event or revocation (404).
     #[error("{0}")]
     NotFound(String),
+    /// What is asked cannot be done here (409): a revocation the policy bundle carries.
+    #[error("{0}")]
+    Conflict(String),
     /// `ledger.url: none` (503).
     #[error("the ledger is off (ledger.url: none): there are no events or revocations")]
     LedgerOff,
@@ -69,6 +72,7 @@ impl IntoResponse for AdminError {
             AdminError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             AdminError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AdminError::LedgerOff => (StatusCode::SERVICE_UNAVAILABLE, "ledger_off"),
             AdminError::Ledger(_) | AdminError::KeysUnavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
@@ -336,14 +340,29 @@ pub(super) async fn get_event(
     }
 }
 
-/// `GET /admin/v1/revocations`: those this administrator may see, oldest first.
+/// `GET /admin/v1/revocations`: those this administrator may see, the ledger's oldest first, then
+/// the policy bundle's (enforced the same way); each says which (`source`: `ledger` or `bundle`).
 pub(super) async fn list_revocations(
     State(app): State<AppState>,
     admin: Admin,
 ) -> Result<Response, AdminError> {
     let ledger = ledger(&app)?;
-    let revocations: Vec<Revocation> =
-        ledger.revocations().await?.into_iter().filter(|r| admin.may_see(r.tenant.as_deref())).collect();
+    let live = app.live();
+    let carried = live.bundle.as_ref().map(|b| b.bundle.revocations()).unwrap_or_default();
+    let kept = ledger.revocations().await?;
+    let revocations: Vec<serde_json::Value> = kept
+        .iter()
+        .map(|r| (r, "ledger"))
+        .chain(carried.iter().map(|r| (r, "bundle")))
+        .filter(|(r, _)| admin.may_see(r.tenant.as_deref()))
+        .map(|(r, source)| {
+            let mut listed = serde_json::to_value(r).unwrap_or_default();
+            if let Some(fields) = listed.as_object_mut() {
+                fields.insert("source".into(), source.into());
+            }
+            listed
+        })
+        .collect();
     Ok(Json(json!({ "revocations": revocations })).into_response())
 }
 
@@ -537,6 +556,19 @@ pub(super) async fn delete_revocation(
     let ledger = ledger(&app)?;
     if uuid::Uuid::try_parse(&id).is_err() {
         return Err(AdminError::BadRequest("a revocation id is a UUID".into()));
+    }
+    // Lifting the ledger's copy of what the bundle carries would answer 204 and change nothing.
+    let live = app.live();
+    if let Some(live_bundle) = &live.bundle
+        && let Some(carried) = live_bundle.bundle.revocations().iter().find(|r| r.id == id)
+        && admin.may_see(carried.tenant.as_deref())
+    {
+        return Err(AdminError::Conflict(format!(
+            "revocation {id} is carried by the policy bundle (revision {} from {}): it is lifted by a \
+             revision built without it",
+            live_bundle.bundle.manifest().revision,
+            live_bundle.source
+        )));
     }
     let Some(revocation) = ledger.revocations().await?.into_iter().find(|r| r.id == id) else {
         return Err(AdminError::NotFound(format!("no revocation {id}")));
