@@ -6,7 +6,7 @@ use super::compiled::CodeCache;
 use super::{Contract, Fault};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
-use wasmtime::component::{Component, Instance, InstancePre, Linker, ResourceTable};
+use wasmtime::component::{Component, Instance, InstancePre, Linker, ResourceTable, ResourceTableError};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
@@ -25,6 +25,14 @@ const TABLES_PER_COMPONENT: u32 = 8;
 /// Guests that print more than this to stdout/stderr in one request trap (fail closed).
 const OUTPUT_CAPACITY: usize = 16 * 1024;
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Handles one evaluation may hold in the host's table (WASI streams, clocks' pollables): they
+/// live in the host's memory, outside `policy.memory_mib`. A guest needs a handful; wasmtime's
+/// store-wide default of 100,000 live handles (an estimated 15 MB with their table entries) let
+/// each of the pool's slots hold that much.
+const MAX_HOST_HANDLES: usize = 1024;
+/// Live component-model handles in one store: the host's above as the guest sees them, and the
+/// guest's own resources (`resource.new`).
+const MAX_COMPONENT_HANDLES: usize = 10_000;
 
 /// The module-loader interface of componentize-qjs guests.
 pub(super) const MODULE_LOADER: &str = "local:init/module-loader";
@@ -289,15 +297,12 @@ impl Runtime {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let state = GuestState {
-            wasi,
-            table: ResourceTable::new(),
-            output,
-            memory_cap: self.limits.memory_bytes,
-            memory_used: 0,
-        };
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HOST_HANDLES);
+        let state = GuestState { wasi, table, output, memory_cap: self.limits.memory_bytes, memory_used: 0 };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state);
+        store.set_max_component_handles(MAX_COMPONENT_HANDLES);
         Self::set_deadline(&mut store, timeout);
         store
     }
@@ -335,6 +340,14 @@ impl Runtime {
                 Fault::Malformed(format!(
                     "the answer is larger than the {} MiB the host copies out of a policy",
                     super::contract::MAX_ANSWER_BYTES >> 20
+                ))
+            }
+            None if error.chain().any(|cause| {
+                matches!(cause.downcast_ref::<ResourceTableError>(), Some(ResourceTableError::Full))
+            }) =>
+            {
+                Fault::Trap(format!(
+                    "the policy held more than {MAX_HOST_HANDLES} host handles (WASI streams and the like) at once"
                 ))
             }
             None => Fault::Trap(error.root_cause().to_string()),

@@ -133,6 +133,22 @@ async fn a_memory_bomb_hits_the_cap() {
     }
 }
 
+/// Handles a guest holds live in the host's memory, outside its memory cap: one that takes them
+/// without end is stopped at a thousand, with a message that says so (before, at wasmtime's
+/// store-wide 100,000, with "store handle limit exceeded").
+#[tokio::test]
+async fn a_guest_hoarding_host_handles_is_stopped_at_the_cap() {
+    for (contract, _) in HOSTILE {
+        let policy = hostile_of(contract, 0).await;
+        match fault_then_recover(&policy, "hostile/handles").await {
+            Fault::Trap(message) => {
+                assert!(message.contains("more than 1024 host handles"), "{contract}: {message}")
+            }
+            other => panic!("{contract}: expected a trap at the handle cap, got {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_panic_is_a_fault_with_its_message() {
     for (contract, _) in HOSTILE {

@@ -1,7 +1,7 @@
 //! A policy that misbehaves on demand, to test that the host fails closed and keeps serving.
 //!
 //! The first requested repository name picks the behaviour (`hostile/loop`, `hostile/bomb`,
-//! `hostile/slow`, ...);
+//! `hostile/handles`, `hostile/slow`, ...);
 //! any other request is granted in full. Settings `{"refuse": "why"}` make `configure` fail and
 //! `{"configure": "loop"}` / `"panic"` / `"sleep"` make it misbehave (`"grow"`: a memory past
 //! 128 MiB). `hostile/lifetime`, `hostile/time` and the `hostile/*-annotation*` names exercise
@@ -61,6 +61,7 @@ impl Policy for Hostile {
                 Decision::grant(request.resources.clone())
             }
             "hostile/bomb" => bomb(),
+            "hostile/handles" => handles(),
             "hostile/panic" => panic!("hostile guest panicked on purpose"),
             "hostile/huge-message" => Decision::deny("huge", "x".repeat(1 << 20)),
             "hostile/huge-grant" => {
@@ -130,6 +131,15 @@ fn spin() -> ! {
     let mut n: u64 = 0;
     loop {
         n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+/// Fills the host's handle table: a new stdout handle, never dropped, again and again (each one
+/// lives in the host's memory, not in the guest's).
+fn handles() -> ! {
+    loop {
+        #[cfg(target_arch = "wasm32")]
+        std::mem::forget(wasip2::cli::stdout::get_stdout());
     }
 }
 
