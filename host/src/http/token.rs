@@ -446,6 +446,21 @@ async fn authenticate(
     record.event.set_caller(&token.caller, issuer, token.caller_jti.as_deref());
     let binding = Binding { service: &exchange.service, client_id: exchange.client_id.as_deref() };
     token.check(binding, Millis::from_seconds(now)).map_err(refused)?;
+    // A login stands for an Authority token that today's configuration would still accept: an
+    // operator who moves to another Authority, or requires another scope, means every caller.
+    let authority = &live.config.authority;
+    if issuer != authority.issuer {
+        return Err(refused(RefreshError::Superseded(format!(
+            "its caller was validated by {issuer}, and authority.issuer is now {}",
+            authority.issuer
+        ))));
+    }
+    if !token.caller.scopes.contains(&authority.required_scope) {
+        return Err(refused(RefreshError::Superseded(format!(
+            "its caller's token lacks the scope {}",
+            authority.required_scope
+        ))));
+    }
     let validated = Validated {
         caller: token.caller.clone(),
         // A registry token minted with it never outlives it.

@@ -102,6 +102,10 @@ pub enum RefreshError {
     /// `refresh_tokens.enabled: false`: none is honoured, including those issued before.
     #[error("refresh tokens are turned off on this service; log in again")]
     Disabled,
+    /// Issued to a caller the configuration no longer accepts: another `authority.issuer`'s, or
+    /// one without today's `authority.required_scope`.
+    #[error("the refresh token was issued to a caller this service no longer accepts ({0}); log in again")]
+    Superseded(String),
 }
 
 impl RefreshError {
@@ -114,6 +118,7 @@ impl RefreshError {
             RefreshError::OtherService(_) | RefreshError::OtherClient(_) => "refresh_token_binding",
             RefreshError::Revoked(_) => "revoked",
             RefreshError::Disabled => "refresh_token_disabled",
+            RefreshError::Superseded(_) => "refresh_token_superseded",
         }
     }
 }

@@ -409,6 +409,41 @@ async fn turning_refresh_tokens_off_stops_those_already_issued() {
     assert_eq!(world.refresh_pull(&refresh).await.status, StatusCode::OK);
 }
 
+/// A login stands for an Authority token that the configuration would still accept: after a
+/// reload to another Authority, or to a required scope the caller's token lacked, its refresh
+/// token is refused like an Authority token would be (and works again once the change is undone).
+#[tokio::test]
+async fn a_refresh_token_is_refused_once_the_configuration_would_refuse_its_caller() {
+    let mut world = World::new(30, 7).await;
+    let (refresh, _) = world.login(|_| {}).await;
+    assert_eq!(world.refresh_pull(&refresh).await.status, StatusCode::OK);
+
+    world.0.fixture.reconfigure(|config| config.authority.issuer = "https://new-authority.test".into());
+    world.app.reload().await.unwrap();
+    let reply = world.refresh_pull(&refresh).await;
+    assert_refused(&reply, "no longer accepts");
+    assert!(reply.message().contains("authority.issuer is now https://new-authority.test"), "{reply}");
+
+    world.0.fixture.reconfigure(|config| {
+        config.authority.issuer = ISSUER.into();
+        config.authority.required_scope = Some("registry.token.mirror".into());
+    });
+    world.app.reload().await.unwrap();
+    let reply = world.refresh_pull(&refresh).await;
+    assert_refused(&reply, "lacks the scope registry.token.mirror");
+    let refused = world
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("refresh_token_superseded"))
+        .count();
+    assert_eq!(refused, 2);
+
+    world.0.fixture.reconfigure(|config| config.authority.required_scope = None);
+    world.app.reload().await.unwrap();
+    assert_eq!(world.refresh_pull(&refresh).await.status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn refresh_tokens_can_be_turned_off_and_need_a_ledger() {
     let fixture = Fixture::with(|config| config.refresh_tokens.enabled = Some(false));
