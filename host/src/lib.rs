@@ -12,6 +12,7 @@ pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod dev_authority;
+pub mod files;
 pub mod http;
 pub mod jws;
 pub mod ledger;

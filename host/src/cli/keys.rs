@@ -8,7 +8,6 @@ use crate::mint::keygen::{self, KeygenError};
 use crate::mint::pkcs11::HsmLocation;
 use crate::mint::{KeySet, SigningAlgorithm};
 use clap::{Args, Subcommand};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -169,17 +168,8 @@ fn default_name() -> String {
     format!("signing-{}-{}", &digits[..8], &digits[8..14])
 }
 
-/// Replaces `path` whole (a temporary file renamed over it): a registry never reads half a file.
+/// Replaces `path` whole, readable by all (public keys, bundles, exports): a registry never reads
+/// half a file.
 pub(super) fn write_replacing(path: &Path, contents: &[u8]) -> Result<(), String> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut file = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
-    file.write_all(contents)
-        .and_then(|()| file.as_file().sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    let mut permissions = file.as_file().metadata().map_err(|e| e.to_string())?.permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o644);
-    file.as_file().set_permissions(permissions).map_err(|e| e.to_string())?;
-    file.persist(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(())
+    crate::files::write_replacing(path, contents, 0o644)
 }
