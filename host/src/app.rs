@@ -198,7 +198,14 @@ impl Live {
                 let live = previous.and_then(|p| p.bundle.as_ref());
                 let trusted = TrustedKeys::from_files(&bundle_config.keys)
                     .map_err(|e| BuildError::BundleKeys(e.to_string()))?;
-                Some(open_bundle(bundle_config, live, None, &record, Arc::new(trusted)).await?)
+                let copy = config
+                    .policy
+                    .cache_dir
+                    .as_deref()
+                    .filter(|_| bundle_config.source.is_remote())
+                    .map(|dir| bundle::last_applied_copy(dir, &bundle_config.source));
+                let opened = open_bundle(bundle_config, live, None, &record, Arc::new(trusted), copy);
+                Some(opened.await?)
             }
             None => None,
         };
@@ -292,7 +299,8 @@ impl Live {
             return Err(BuildError::ReloadTask("a bundle was polled without one live".into()));
         };
         let config = current.config.clone();
-        let bundle = open_bundle(bundle_config, Some(live_bundle), Some(fetched), &record, trusted).await?;
+        let bundle =
+            open_bundle(bundle_config, Some(live_bundle), Some(fetched), &record, trusted, None).await?;
         let (validator, admin_validator) = match config.authority.jwks {
             JwksSource::Bundle => validators(&config, bundle_authority_keys(&bundle)?),
             JwksSource::File(_) | JwksSource::Url(_) => {
@@ -324,17 +332,20 @@ impl Live {
 
 /// Fetches (unless a poll already has) and opens the configured bundle: its limits, its signature
 /// with `policy.bundle_keys`, its content, and no rollback from the `live` one nor, unless it is
-/// the live one, from the highest revision the ledger `record`s.
+/// the live one, from the highest revision the ledger `record`s. Without a live bundle, a source
+/// that cannot be fetched is replaced by the `copy` of the last bundle applied from it, if any.
 async fn open_bundle(
     config: &BundleConfig,
     live: Option<&LiveBundle>,
     fetched: Option<Fetched>,
     record: &BundleRecord,
     keys: Arc<TrustedKeys>,
+    copy: Option<PathBuf>,
 ) -> Result<LiveBundle, BuildError> {
     let refused = |error: BundleError| BuildError::Bundle { source_name: config.source.to_string(), error };
     let same_source = live.filter(|l| l.source == config.source);
     let mut unfetched = None;
+    let mut from_copy = None;
     let (bytes, version) = match fetched {
         Some(Fetched { bytes, version }) => (Arc::new(bytes), version),
         None => {
@@ -365,10 +376,46 @@ async fn open_bundle(
                     });
                     (Arc::clone(&live.bytes), live.version.clone())
                 }
+                // A start while the source is down: the last bundle applied from it, kept in
+                // `policy.cache_dir`, checked below like a fetched one (its signature, the
+                // ledger's record of the highest revision applied).
+                (Err(BundleError::Unavailable(why)), None) if copy.is_some() => {
+                    let path = copy.unwrap_or_default();
+                    let bytes = std::fs::read(&path).map_err(|error| {
+                        refused(BundleError::Unavailable(format!(
+                            "{why} (and no copy of a bundle applied from it could be read from {}: {error})",
+                            path.display()
+                        )))
+                    })?;
+                    tracing::warn!(
+                        bundle = %config.source,
+                        error = why,
+                        copy = %path.display(),
+                        "the bundle source cannot be fetched; starting on the last bundle applied from it"
+                    );
+                    crate::metrics::metrics().bundle_refused("unavailable");
+                    unfetched = Some(BundleRefusal {
+                        time: Millis::now(),
+                        source: config.source.to_string(),
+                        reason: "unavailable",
+                        message: format!(
+                            "{why} (started on the last bundle applied from this source, kept in {})",
+                            path.display()
+                        ),
+                    });
+                    from_copy = Some(path);
+                    (Arc::new(bytes), None)
+                }
                 (Err(error), _) => return Err(refused(error)),
             }
         }
     };
+    // What refuses the bytes says where they came from.
+    let source_name = match &from_copy {
+        Some(path) => format!("{} (the copy of it kept in {})", config.source, path.display()),
+        None => config.source.to_string(),
+    };
+    let refused = |error: BundleError| BuildError::Bundle { source_name: source_name.clone(), error };
     let opened = match live.filter(|l| l.bytes == bytes) {
         // The same bytes as live, checked against today's keys (which a reload may have changed).
         Some(live) if keys.is_empty() => Arc::clone(&live.bundle),
@@ -626,6 +673,8 @@ pub struct App {
     /// again because the reload failed (as it does when the live bundle was signed by that key).
     /// `None` once a reload applies (the live bundle's keys are then the configuration's).
     bundle_keys_read: Mutex<Option<Arc<TrustedKeys>>>,
+    /// The copy of the live bundle last written to `policy.cache_dir` (its path and SHA-256).
+    bundle_copied: Mutex<Option<(PathBuf, String)>>,
     /// The clock requests use.
     pub clock: Clock,
     /// The exchanges running in tasks of their own (see [`crate::http`]'s token endpoint): a
@@ -645,10 +694,12 @@ impl App {
         if live.bundle.is_some() {
             crate::metrics::metrics().bundle_applied();
         }
+        let unfetched = live.bundle.as_ref().and_then(|b| b.unfetched.clone());
         App {
             live: ArcSwap::from_pointee(live),
             config_path,
-            bundle_refusal: Mutex::new(None),
+            bundle_refusal: Mutex::new(unfetched),
+            bundle_copied: Mutex::new(None),
             ledger: None,
             bundle_recorded: Mutex::new(None),
             bundle_keys_read: Mutex::new(None),
@@ -690,6 +741,44 @@ impl App {
                 "the ledger did not record the live policy bundle as applied; until it does, a restart would \
                  accept a lower revision; asking again in a few seconds"
             );
+        }
+    }
+
+    /// Keeps a copy of the live bundle from a remote source in `policy.cache_dir`, for a start
+    /// while that source cannot be fetched. A copy that cannot be written is a warning: the
+    /// service serves on.
+    pub async fn copy_bundle(&self) {
+        let live = self.live();
+        let (Some(live_bundle), Some(dir)) = (&live.bundle, &live.config.policy.cache_dir) else { return };
+        if !live_bundle.source.is_remote() {
+            return;
+        }
+        let path = bundle::last_applied_copy(dir, &live_bundle.source);
+        let copied = (path.clone(), live_bundle.bundle.sha256().to_owned());
+        if self.bundle_copied.lock().is_ok_and(|last| last.as_ref() == Some(&copied)) {
+            return;
+        }
+        let bytes = Arc::clone(&live_bundle.bytes);
+        let written = tokio::task::spawn_blocking(move || {
+            let parent = path.parent().unwrap_or(&path);
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            crate::files::write_replacing(&path, &bytes, 0o600)
+        })
+        .await
+        .unwrap_or_else(|error| Err(error.to_string()));
+        match written {
+            Ok(()) => {
+                tracing::debug!(copy = %copied.0.display(), "kept a copy of the live policy bundle");
+                if let Ok(mut last) = self.bundle_copied.lock() {
+                    *last = Some(copied);
+                }
+            }
+            Err(error) => tracing::warn!(
+                %error,
+                "cannot keep a copy of the live policy bundle in policy.cache_dir: a start while its source \
+                 cannot be fetched would fail"
+            ),
         }
     }
 
@@ -883,6 +972,7 @@ impl App {
         );
         self.live.store(Arc::new(built));
         self.record_bundle_or_warn().await;
+        self.copy_bundle().await;
         Ok(())
     }
 }

@@ -1083,6 +1083,73 @@ fn a_reload_while_the_bundle_source_is_down_keeps_the_live_bundle_and_applies_th
     assert!(server.stderr().contains("the reload keeps the live bundle"), "{}", server.stderr());
 }
 
+/// With `policy.cache_dir`, the service keeps a copy of the last bundle it applied from a remote
+/// source, and a start while the source is down starts on it (checked like a fetched one: a
+/// copy that is not a valid bundle is refused, naming where it came from). Before, the service
+/// could not start until the bundle server came back.
+#[test]
+fn a_start_while_the_bundle_source_is_down_serves_the_last_bundle_applied_from_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut fixture = Fixture::new();
+    let root = fixture.root().to_owned();
+    let (key, cert) = signer(&root.join("bundle-signer"), "RS256");
+    let pushes = plans_with(|p| {
+        p["plans"]["readonly"][0]["actions"] = serde_norway::from_str("[pull, push]").unwrap()
+    });
+    let rev1 = root.join("rev1.tar.gz");
+    build(&root, &rev1, &pushes, 1, &[]);
+    sign(&rev1, &key);
+    let https = HttpsBundleServer::start(&root.join("ca.pem"));
+    https.serve(&rev1);
+    let url = https.url();
+    let cache = root.join("cache");
+    fixture.reconfigure(|config| {
+        config.policy.settings_file = None;
+        config.set("policy.bundle", url.as_str());
+        config.set("policy.bundle_keys", vec![path(&cert).to_owned()]);
+        config.set("policy.bundle_ca_file", path(&root.join("ca.pem")));
+        config.set("policy.cache_dir", path(&cache));
+    });
+    let server = Server::start(BIN, &fixture.config_path);
+    assert_eq!(readyz(&server.client())["bundle"]["revision"], 1);
+    let copies: Vec<PathBuf> =
+        std::fs::read_dir(cache.join("bundles")).unwrap().map(|entry| entry.unwrap().path()).collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let copy = copies[0].clone();
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&rev1).unwrap());
+    assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777, 0o600);
+    drop(server);
+
+    // The bundle server is gone: the service starts on the copy, and says so.
+    drop(https);
+    let server = Server::start(BIN, &fixture.config_path);
+    let client = server.client();
+    let status = readyz(&client);
+    assert_eq!(status["ready"], true, "{status}");
+    assert_eq!(status["bundle"]["revision"], 1, "{status}");
+    let refusal = &status["bundle"]["last_refusal"];
+    assert_eq!(refusal["reason"], "unavailable", "{status}");
+    assert!(
+        refusal["message"].as_str().unwrap().contains("started on the last bundle applied from this source"),
+        "{status}"
+    );
+    assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull,push"]);
+    drop(server);
+
+    // A copy that is not a bundle (a disk that lost it, a hand that edited it) is refused.
+    std::fs::write(&copy, b"not a bundle").unwrap();
+    let output = test_support::serve_command(BIN, &fixture.config_path).output().unwrap();
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "started on a broken copy:\n{stderr}");
+    assert!(stderr.contains(&format!("the copy of it kept in {}", copy.display())), "{stderr}");
+    // And without one, the start fails as before, saying what it looked for.
+    std::fs::remove_file(&copy).unwrap();
+    let output = test_support::serve_command(BIN, &fixture.config_path).output().unwrap();
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "started with no bundle:\n{stderr}");
+    assert!(stderr.contains("no copy of a bundle applied from it could be read"), "{stderr}");
+}
+
 /// While the ledger cannot record the live bundle (another process holds its write lock), the
 /// service asks it again every few seconds; those retries must not put the next poll off. They
 /// did: each restarted the poll's timer, so no new revision was picked up until the ledger came

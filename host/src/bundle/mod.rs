@@ -361,6 +361,16 @@ fn signed_files(files: &BTreeMap<&'static str, Vec<u8>>) -> Result<Vec<u8>, Bund
     serde_json::to_vec(&SignedFiles { files }).map_err(|e| BundleError::Write(e.to_string()))
 }
 
+/// Where `policy.cache_dir` keeps a copy of the last bundle applied from a remote `source` (named
+/// as `/readyz` and the ledger's record name it): a start that cannot fetch the source starts on
+/// it, checked like any bundle.
+pub fn last_applied_copy(
+    cache_dir: &std::path::Path,
+    source: &crate::config::BundleSource,
+) -> std::path::PathBuf {
+    cache_dir.join("bundles").join(format!("{}.tar.gz", hex_sha256(source.to_string().as_bytes())))
+}
+
 fn hex_sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(bytes))

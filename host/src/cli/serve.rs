@@ -63,6 +63,7 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
         .record_bundle()
         .await
         .map_err(|e| format!("the ledger did not record the policy bundle as applied: {e}"))?;
+    service.copy_bundle().await;
 
     let bind = |address: SocketAddr, what: &'static str| async move {
         tokio::net::TcpListener::bind(address)
