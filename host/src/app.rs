@@ -828,8 +828,13 @@ impl App {
         let known = live_bundle.version.as_deref();
         let result = match bundle::fetch(&config.source, &fetch_options(config), known).await {
             Ok(Fetch::Unchanged) => return Ok(false),
-            // A source without versions sends the live bundle again: nothing to do.
-            Ok(Fetch::New(fetched)) if fetched.bytes.as_slice() == live_bundle.bytes.as_slice() => {
+            // A source without versions sends the live bundle again: nothing to do. (One that
+            // names a version the live bundle lacks — it came from the copy in `policy.cache_dir`
+            // — is applied again, with it: the next polls ask with it, and are not downloads.)
+            Ok(Fetch::New(fetched))
+                if fetched.bytes.as_slice() == live_bundle.bytes.as_slice()
+                    && (fetched.version.is_none() || live_bundle.version.is_some()) =>
+            {
                 return Ok(false);
             }
             Ok(Fetch::New(fetched)) => {
