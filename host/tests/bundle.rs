@@ -1029,12 +1029,12 @@ fn a_bundle_key_removed_by_a_reload_is_not_trusted_by_the_polls_after_it() {
     assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull,push"]);
 }
 
-/// The bundle server is down when the operator reloads to change something else (a signing key
-/// to rotate, a token lifetime): the reload goes on with the live bundle, checked again, and says
-/// in `/readyz` that the source could not be fetched. Before, the whole reload was refused until
-/// the bundle server came back.
-#[test]
-fn a_reload_while_the_bundle_source_is_down_keeps_the_live_bundle_and_applies_the_rest() {
+/// A fixture whose policy is revision 1 of a signed bundle (readonly may push, unlike the
+/// default plans) served by a loopback HTTPS server, its configuration edited by `edit` (given
+/// the fixture's root).
+fn served_over_https(
+    edit: impl FnOnce(&mut test_support::Config, &Path),
+) -> (Fixture, HttpsBundleServer, PathBuf) {
     let mut fixture = Fixture::new();
     let root = fixture.root().to_owned();
     let (key, cert) = signer(&root.join("bundle-signer"), "RS256");
@@ -1051,8 +1051,20 @@ fn a_reload_while_the_bundle_source_is_down_keeps_the_live_bundle_and_applies_th
         config.policy.settings_file = None;
         config.set("policy.bundle", url.as_str());
         config.set("policy.bundle_keys", vec![path(&cert).to_owned()]);
-        config.set("policy.bundle_poll_seconds", 0);
         config.set("policy.bundle_ca_file", path(&root.join("ca.pem")));
+        edit(config, &root);
+    });
+    (fixture, https, rev1)
+}
+
+/// The bundle server is down when the operator reloads to change something else (a signing key
+/// to rotate, a token lifetime): the reload goes on with the live bundle, checked again, and says
+/// in `/readyz` that the source could not be fetched. Before, the whole reload was refused until
+/// the bundle server came back.
+#[test]
+fn a_reload_while_the_bundle_source_is_down_keeps_the_live_bundle_and_applies_the_rest() {
+    let (mut fixture, https, _) = served_over_https(|config, _| {
+        config.set("policy.bundle_poll_seconds", 0);
     });
     let server = Server::start(BIN, &fixture.config_path);
     let (client, admin) = (server.client(), server.admin());
@@ -1095,27 +1107,12 @@ fn a_reload_while_the_bundle_source_is_down_keeps_the_live_bundle_and_applies_th
 #[test]
 fn a_start_while_the_bundle_source_is_down_serves_the_last_bundle_applied_from_it() {
     use std::os::unix::fs::PermissionsExt;
-    let mut fixture = Fixture::new();
-    let root = fixture.root().to_owned();
-    let (key, cert) = signer(&root.join("bundle-signer"), "RS256");
-    let pushes = plans_with(|p| {
-        p["plans"]["readonly"][0]["actions"] = serde_norway::from_str("[pull, push]").unwrap()
-    });
-    let rev1 = root.join("rev1.tar.gz");
-    build(&root, &rev1, &pushes, 1, &[]);
-    sign(&rev1, &key);
-    let https = HttpsBundleServer::start(&root.join("ca.pem"));
-    https.serve(&rev1);
-    let url = https.url();
-    let cache = root.join("cache");
-    fixture.reconfigure(|config| {
-        config.policy.settings_file = None;
-        config.set("policy.bundle", url.as_str());
-        config.set("policy.bundle_keys", vec![path(&cert).to_owned()]);
-        config.set("policy.bundle_ca_file", path(&root.join("ca.pem")));
-        config.set("policy.cache_dir", path(&cache));
+    let (fixture, https, rev1) = served_over_https(|config, root| {
+        config.set("policy.cache_dir", path(&root.join("cache")));
         config.set("policy.bundle_poll_seconds", 1);
     });
+    let root = fixture.root().to_owned();
+    let cache = root.join("cache");
     let server = Server::start(BIN, &fixture.config_path);
     assert_eq!(readyz(&server.client())["bundle"]["revision"], 1);
     let copies: Vec<PathBuf> =

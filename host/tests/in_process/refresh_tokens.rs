@@ -94,6 +94,11 @@ impl World {
         revocation
     }
 
+    /// How many events were refused for `reason`.
+    async fn refused_for(&self, reason: &str) -> usize {
+        self.events().await.into_iter().filter(|e| e.reason.as_deref() == Some(reason)).count()
+    }
+
     async fn unrevoke(&self, revocation: &Revocation) {
         let audit = Event::revocation_audit(Outcome::RevocationLifted, revocation, "tests");
         assert!(self.ledger().unrevoke(&revocation.id, audit).await.unwrap());
@@ -396,13 +401,7 @@ async fn turning_refresh_tokens_off_stops_those_already_issued() {
     let reply =
         get_basic(&world.router, &format!("{}&client_id=docker", query(SERVICE, &[PULL])), &refresh).await;
     assert_refused_get(&reply, turned_off);
-    let refused = world
-        .events()
-        .await
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("refresh_token_disabled"))
-        .count();
-    assert_eq!(refused, 2);
+    assert_eq!(world.refused_for("refresh_token_disabled").await, 2);
 
     world.0.fixture.reconfigure(|config| config.refresh_tokens.enabled = Some(true));
     world.app.reload().await.unwrap();
@@ -431,13 +430,7 @@ async fn a_refresh_token_is_refused_once_the_configuration_would_refuse_its_call
     world.app.reload().await.unwrap();
     let reply = world.refresh_pull(&refresh).await;
     assert_refused(&reply, "lacks the scope registry.token.mirror");
-    let refused = world
-        .events()
-        .await
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("refresh_token_superseded"))
-        .count();
-    assert_eq!(refused, 2);
+    assert_eq!(world.refused_for("refresh_token_superseded").await, 2);
 
     world.0.fixture.reconfigure(|config| config.authority.required_scope = None);
     world.app.reload().await.unwrap();
