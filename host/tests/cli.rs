@@ -485,6 +485,86 @@ fn an_empty_environment_value_unsets_the_files_key() {
     assert!(error.contains("environment variable REGISTRY_TOKEN_AUTHORITY__ISSUER"), "{error}");
 }
 
+/// `keys export` writes what the service publishes, from the certificates alone: a publishing
+/// job (a CI step that updates the registries' bundle) needs no private key and no HSM. Before, it
+/// opened every private key, and failed where they were not.
+#[test]
+fn keys_export_publishes_from_certificates_without_opening_private_keys() {
+    let mut fixture = Fixture::new();
+    let root = fixture.root().to_owned();
+    let server = Server::start(BIN, &fixture.config_path);
+    let served_jwks = server.client().get("/.well-known/jwks.json").unwrap().text;
+    let served_certs = server.client().get("/certs.pem").unwrap().text;
+    drop(server);
+
+    // The publishing host has the configuration and the certificates; the active key is in an
+    // HSM it cannot reach (a module and PIN file that are not there) and the next key's file is
+    // elsewhere.
+    registry_token::mint::keygen::generate(
+        &root.join("next"),
+        registry_token::mint::SigningAlgorithm::RS256,
+        2048,
+    )
+    .unwrap();
+    fixture.reconfigure(|config| {
+        let cert = config.signing.cert_file.take().unwrap();
+        config.signing.key_file = Default::default();
+        config.signing.keys = vec![
+            test_support::SigningKey {
+                pkcs11: Some(test_support::Pkcs11Key {
+                    module: "/nonexistent/libsofthsm2.so".into(),
+                    token_label: "registry-token".into(),
+                    key_label: "signing".into(),
+                    pin_file: "/nonexistent/pin".into(),
+                }),
+                cert_file: Some(cert),
+                status: "active".into(),
+                ..Default::default()
+            },
+            test_support::SigningKey::files(
+                &root.join("elsewhere/signing-key.pem"),
+                &root.join("next/signing-cert.pem"),
+                "published",
+            ),
+        ];
+    });
+    let (jwks, certs) = (root.join("out/jwks.json"), root.join("out/certs.pem"));
+    std::fs::create_dir_all(root.join("out")).unwrap();
+    let output = run(&[
+        "keys",
+        "export",
+        "--config",
+        fixture.config_path.to_str().unwrap(),
+        "--jwks",
+        jwks.to_str().unwrap(),
+        "--certs",
+        certs.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(
+        text(&output.stdout),
+        format!("wrote {} (2 keys)\nwrote {} (2 certificates)\n", jwks.display(), certs.display())
+    );
+    // The same documents as the service served, plus the next key.
+    let exported: serde_json::Value = serde_json::from_slice(&std::fs::read(&jwks).unwrap()).unwrap();
+    let served: serde_json::Value = serde_json::from_str(&served_jwks).unwrap();
+    assert_eq!(exported["keys"][0], served["keys"][0]);
+    assert_eq!(exported["keys"].as_array().unwrap().len(), 2);
+    let exported_certs = std::fs::read_to_string(&certs).unwrap();
+    assert!(exported_certs.starts_with(&served_certs), "{exported_certs}");
+    // (Written back in the service's own PEM layout.)
+    let bare = |pem: &str| pem.split_whitespace().collect::<String>();
+    let next = std::fs::read_to_string(root.join("next/signing-cert.pem")).unwrap();
+    assert!(bare(&exported_certs).ends_with(&bare(&next)), "{exported_certs}");
+
+    // A key without a certificate is published from its private key: that one must be reached.
+    fixture.reconfigure(|config| config.signing.keys[0].cert_file = None);
+    let config = fixture.config_path.to_str().unwrap();
+    let output = run(&["keys", "export", "--config", config, "--jwks", jwks.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("signing.keys[0]"), "{}", text(&output.stderr));
+}
+
 /// An offline site takes the Authority's keys from its bundle only when the bundle's signature is
 /// checked: otherwise whoever can change the bundle can add a key and sign any caller's token.
 #[test]

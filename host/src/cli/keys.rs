@@ -16,7 +16,8 @@ pub(super) enum KeysCommand {
     /// Make a new signing key and its certificate (to add to signing.keys as `published`).
     New(NewKey),
     /// Write the published key set as the registry reads it: a JWKS (`auth.token.jwks`,
-    /// distribution 3.x) and/or a certificate bundle (`auth.token.rootcertbundle`).
+    /// distribution 3.x) and/or a certificate bundle (`auth.token.rootcertbundle`). A key with a
+    /// certificate is read from it: no private key file or HSM is opened.
     Export {
         /// The configuration file.
         #[arg(long, env = "REGISTRY_TOKEN_CONFIG", default_value = "etc/registry-token.yaml")]
@@ -70,15 +71,20 @@ pub(super) fn run(command: KeysCommand) -> Result<ExitCode, String> {
     match command {
         KeysCommand::New(new) => new_key(new),
         KeysCommand::Export { config, jwks, certs } => {
-            let keys = load(&config)?;
+            // Public material only: no private key file or HSM is opened for a key with a
+            // certificate.
+            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            let keys =
+                crate::mint::load_published(&config.signing.key_entries()).map_err(|e| e.to_string())?;
             let now = system_clock()();
+            let published = keys.iter().filter(|k| k.is_published(now));
             if let Some(path) = jwks {
-                write_replacing(&path, keys.jwks(now).as_bytes())?;
-                println!("wrote {} ({} keys)", path.display(), keys.published(now).count());
+                write_replacing(&path, crate::mint::jwks(&keys, now).as_bytes())?;
+                println!("wrote {} ({} keys)", path.display(), published.clone().count());
             }
             if let Some(path) = certs {
-                write_replacing(&path, keys.certificates_pem(now).as_bytes())?;
-                let count = keys.published(now).filter(|k| k.chain.is_some()).count();
+                write_replacing(&path, crate::mint::certificates_pem(&keys, now).as_bytes())?;
+                let count = published.filter(|k| k.chain.is_some()).count();
                 println!("wrote {} ({count} certificates)", path.display());
             }
             Ok(ExitCode::SUCCESS)

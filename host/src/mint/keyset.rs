@@ -116,39 +116,68 @@ impl KeySet {
         self.keys.iter().filter(move |k| k.is_published(now))
     }
 
-    /// `/.well-known/jwks.json`: `{"keys": [...]}`, each with `kty`, `use`, `alg`, `kid` (RFC 7638)
-    /// and `x5c` when there is a certificate.
+    /// `/.well-known/jwks.json`: see [`jwks`].
     pub fn jwks(&self, now: u64) -> String {
-        let keys: Vec<serde_json::Value> = self
-            .published(now)
-            .map(|key| {
-                let mut jwk = key.public.jwk();
-                if let Some(chain) = &key.chain {
-                    let x5c: Vec<serde_json::Value> =
-                        chain.iter().map(|der| BASE64.encode(der).into()).collect();
-                    jwk.insert("x5c".into(), x5c.into());
-                }
-                serde_json::Value::Object(jwk)
-            })
-            .collect();
-        serde_json::json!({ "keys": keys }).to_string()
+        jwks(&self.keys, now)
     }
 
-    /// `/certs.pem`: the published keys' own certificates (without repeats), for a registry's
-    /// `rootcertbundle`. Never the rest of a chain: every certificate there is a trust anchor, and
-    /// a CA among them would make any key it certified a signer of tokens. (A token's `x5c`
-    /// carries the whole chain.)
+    /// `/certs.pem`: see [`certificates_pem`].
     pub fn certificates_pem(&self, now: u64) -> String {
-        let mut seen: Vec<&[u8]> = Vec::new();
-        let mut pem = String::new();
-        for der in self.published(now).filter_map(|k| k.chain.as_ref()?.first()) {
-            if !seen.contains(&der.as_slice()) {
-                seen.push(der);
-                pem.push_str(&pem::encode(&pem::Pem::new("CERTIFICATE", der.clone())));
-            }
-        }
-        pem
+        certificates_pem(&self.keys, now)
     }
+}
+
+/// The keys registries are told to trust, as `keys export` writes them: from an entry's
+/// certificate where it has one, so that no private key file or HSM is opened (a publishing job
+/// needs neither; the service itself checks that each certificate fits its key); from the private
+/// key otherwise.
+pub fn load_published(entries: &[KeyEntry]) -> Result<Vec<PublishedKey>, KeySetError> {
+    let mut keys: Vec<PublishedKey> = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.iter().enumerate() {
+        let failed = |reason: String| KeySetError { entry: entry.describe(index), reason };
+        let public_only = KeyEntry { key_file: None, pkcs11: None, ..entry.clone() };
+        let entry = if entry.cert_file.is_some() { &public_only } else { entry };
+        let (_, published) = load_entry(entry).map_err(failed)?;
+        if keys.iter().any(|k| k.public == published.public) {
+            return Err(failed("the same key is listed twice".into()));
+        }
+        keys.push(published);
+    }
+    Ok(keys)
+}
+
+/// `/.well-known/jwks.json` of `keys` at `now`: `{"keys": [...]}`, each published key with `kty`,
+/// `use`, `alg`, `kid` (RFC 7638) and `x5c` when there is a certificate.
+pub fn jwks(keys: &[PublishedKey], now: u64) -> String {
+    let keys: Vec<serde_json::Value> = keys
+        .iter()
+        .filter(|k| k.is_published(now))
+        .map(|key| {
+            let mut jwk = key.public.jwk();
+            if let Some(chain) = &key.chain {
+                let x5c: Vec<serde_json::Value> = chain.iter().map(|der| BASE64.encode(der).into()).collect();
+                jwk.insert("x5c".into(), x5c.into());
+            }
+            serde_json::Value::Object(jwk)
+        })
+        .collect();
+    serde_json::json!({ "keys": keys }).to_string()
+}
+
+/// `/certs.pem` of `keys` at `now`: the published keys' own certificates (without repeats), for a
+/// registry's `rootcertbundle`. Never the rest of a chain: every certificate there is a trust
+/// anchor, and a CA among them would make any key it certified a signer of tokens. (A token's
+/// `x5c` carries the whole chain.)
+pub fn certificates_pem(keys: &[PublishedKey], now: u64) -> String {
+    let mut seen: Vec<&[u8]> = Vec::new();
+    let mut pem = String::new();
+    for der in keys.iter().filter(|k| k.is_published(now)).filter_map(|k| k.chain.as_ref()?.first()) {
+        if !seen.contains(&der.as_slice()) {
+            seen.push(der);
+            pem.push_str(&pem::encode(&pem::Pem::new("CERTIFICATE", der.clone())));
+        }
+    }
+    pem
 }
 
 /// A strong ETag for a published document.
