@@ -67,8 +67,9 @@ pub struct LiveBundle {
     /// `policy.bundle_keys` as read at the last start or reload: a poll checks a new bundle
     /// against these, not against whatever the files say now.
     trusted: Arc<TrustedKeys>,
-    /// The reload that built this could not fetch the source and kept the live bundle: why, for
-    /// `/readyz` (the rest of the reload applied).
+    /// The start or reload that built this could not fetch the source: why, for `/readyz` (a
+    /// reload kept the live bundle and applied the rest; a start opened the copy in
+    /// `policy.cache_dir`).
     unfetched: Option<BundleRefusal>,
 }
 
