@@ -362,48 +362,27 @@ async fn open_bundle(
                 // A reload while the source is down (a signing key to rotate, a limit to change)
                 // goes on with the live bundle, checked again below like an unchanged one; the
                 // polls pick up the source's new revision once it answers.
-                (Err(error @ BundleError::Unavailable(_)), Some(live)) => {
-                    tracing::warn!(
-                        bundle = %config.source,
-                        %error,
-                        "the bundle source cannot be fetched; the reload keeps the live bundle"
-                    );
-                    crate::metrics::metrics().bundle_refused(error.reason());
-                    unfetched = Some(BundleRefusal {
-                        time: Millis::now(),
-                        source: config.source.to_string(),
-                        reason: error.reason(),
-                        message: format!("{error} (the reload kept the live bundle)"),
-                    });
+                (Err(BundleError::Unavailable(why)), Some(live)) => {
+                    let (doing, did) =
+                        ("the reload keeps the live bundle", "the reload kept the live bundle");
+                    unfetched = Some(stood_in(config, &why, doing, did.into()));
                     (Arc::clone(&live.bytes), live.version.clone())
                 }
                 // A start while the source is down: the last bundle applied from it, kept in
                 // `policy.cache_dir`, checked below like a fetched one (its signature, the
                 // ledger's record of the highest revision applied).
-                (Err(BundleError::Unavailable(why)), None) if copy.is_some() => {
-                    let path = copy.unwrap_or_default();
-                    let bytes = std::fs::read(&path).map_err(|error| {
+                (Err(BundleError::Unavailable(why)), None) if let Some(path) = copy => {
+                    let bytes = bundle::read_file(&path, config.max_bytes).map_err(|error| {
                         refused(BundleError::Unavailable(format!(
-                            "{why} (and no copy of a bundle applied from it could be read from {}: {error})",
-                            path.display()
+                            "{why} (and no copy of a bundle applied from it could be read: {error})"
                         )))
                     })?;
-                    tracing::warn!(
-                        bundle = %config.source,
-                        error = why,
-                        copy = %path.display(),
-                        "the bundle source cannot be fetched; starting on the last bundle applied from it"
+                    let doing = format!("starting on the last bundle applied from it ({})", path.display());
+                    let did = format!(
+                        "started on the last bundle applied from this source, kept in {}",
+                        path.display()
                     );
-                    crate::metrics::metrics().bundle_refused("unavailable");
-                    unfetched = Some(BundleRefusal {
-                        time: Millis::now(),
-                        source: config.source.to_string(),
-                        reason: "unavailable",
-                        message: format!(
-                            "{why} (started on the last bundle applied from this source, kept in {})",
-                            path.display()
-                        ),
-                    });
+                    unfetched = Some(stood_in(config, &why, &doing, did));
                     from_copy = Some(path);
                     (Arc::new(bytes), None)
                 }
@@ -458,6 +437,20 @@ async fn open_bundle(
         trusted: keys,
         unfetched,
     })
+}
+
+/// A fetch of the bundle source that failed as unavailable (`why`), and what the service is
+/// `doing` (the log's words) and `did` (`/readyz`'s) instead: logged, counted as a refusal, and
+/// kept for `/readyz`.
+fn stood_in(config: &BundleConfig, why: &str, doing: &str, did: String) -> BundleRefusal {
+    tracing::warn!(bundle = %config.source, error = why, "the bundle source cannot be fetched; {doing}");
+    crate::metrics::metrics().bundle_refused("unavailable");
+    BundleRefusal {
+        time: Millis::now(),
+        source: config.source.to_string(),
+        reason: "unavailable",
+        message: format!("{why} ({did})"),
+    }
 }
 
 /// The Authority's keys an offline site's bundle carries (`authority.jwks: bundle`).

@@ -874,11 +874,8 @@ fn a_bundle_from_an_https_url_is_polled_a_new_revision_picked_up_and_an_old_one_
         format!("https://deploy:s3cret-pw@{}/bundle.tar.gz?X-Signature=s1gnature", https.address);
     let shown = format!("{}?...", https.url());
     fixture.reconfigure(|config| {
-        config.policy.settings_file = None;
-        config.set("policy.bundle", secret_url.as_str());
-        config.set("policy.bundle_keys", vec![path(&cert).to_owned()]);
+        from_https(config, &secret_url, &cert, &root);
         config.set("policy.bundle_poll_seconds", 1);
-        config.set("policy.bundle_ca_file", path(&root.join("ca.pem")));
     });
     let server = Server::start(BIN, &fixture.config_path);
     let (client, admin) = (server.client(), server.admin());
@@ -988,11 +985,8 @@ fn a_bundle_key_removed_by_a_reload_is_not_trusted_by_the_polls_after_it() {
     https.serve(&revisions[0]);
     let url = https.url();
     fixture.reconfigure(|config| {
-        config.policy.settings_file = None;
-        config.set("policy.bundle", url.as_str());
-        config.set("policy.bundle_keys", vec![path(&leaked_cert).to_owned()]);
+        from_https(config, &url, &leaked_cert, &root);
         config.set("policy.bundle_poll_seconds", 1);
-        config.set("policy.bundle_ca_file", path(&root.join("ca.pem")));
     });
     let server = Server::start(BIN, &fixture.config_path);
     let (client, admin) = (server.client(), server.admin());
@@ -1029,6 +1023,15 @@ fn a_bundle_key_removed_by_a_reload_is_not_trusted_by_the_polls_after_it() {
     assert_eq!(grants(&fixture, &client).1, ["repository:team/app:pull,push"]);
 }
 
+/// The policy from a bundle at the HTTPS `url` (whose server's CA is `ROOT/ca.pem`), signed by
+/// `cert`'s key.
+fn from_https(config: &mut test_support::Config, url: &str, cert: &Path, root: &Path) {
+    config.policy.settings_file = None;
+    config.set("policy.bundle", url);
+    config.set("policy.bundle_keys", vec![path(cert).to_owned()]);
+    config.set("policy.bundle_ca_file", path(&root.join("ca.pem")));
+}
+
 /// A fixture whose policy is revision 1 of a signed bundle (readonly may push, unlike the
 /// default plans) served by a loopback HTTPS server, its configuration edited by `edit` (given
 /// the fixture's root).
@@ -1048,10 +1051,7 @@ fn served_over_https(
     https.serve(&rev1);
     let url = https.url();
     fixture.reconfigure(|config| {
-        config.policy.settings_file = None;
-        config.set("policy.bundle", url.as_str());
-        config.set("policy.bundle_keys", vec![path(&cert).to_owned()]);
-        config.set("policy.bundle_ca_file", path(&root.join("ca.pem")));
+        from_https(config, &url, &cert, &root);
         edit(config, &root);
     });
     (fixture, https, rev1)

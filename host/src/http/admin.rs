@@ -346,22 +346,22 @@ pub(super) async fn list_revocations(
     State(app): State<AppState>,
     admin: Admin,
 ) -> Result<Response, AdminError> {
+    /// A revocation as listed: its fields and where it is kept.
+    #[derive(serde::Serialize)]
+    struct Listed<'a> {
+        #[serde(flatten)]
+        revocation: &'a Revocation,
+        source: &'static str,
+    }
     let ledger = ledger(&app)?;
     let live = app.live();
     let carried = live.bundle.as_ref().map(|b| b.bundle.revocations()).unwrap_or_default();
     let kept = ledger.revocations().await?;
-    let revocations: Vec<serde_json::Value> = kept
+    let revocations: Vec<Listed<'_>> = kept
         .iter()
-        .map(|r| (r, "ledger"))
-        .chain(carried.iter().map(|r| (r, "bundle")))
-        .filter(|(r, _)| admin.may_see(r.tenant.as_deref()))
-        .map(|(r, source)| {
-            let mut listed = serde_json::to_value(r).unwrap_or_default();
-            if let Some(fields) = listed.as_object_mut() {
-                fields.insert("source".into(), source.into());
-            }
-            listed
-        })
+        .map(|revocation| Listed { revocation, source: "ledger" })
+        .chain(carried.iter().map(|revocation| Listed { revocation, source: "bundle" }))
+        .filter(|listed| admin.may_see(listed.revocation.tenant.as_deref()))
         .collect();
     Ok(Json(json!({ "revocations": revocations })).into_response())
 }
