@@ -100,14 +100,37 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
     let mut cluster = PostgresCluster::start();
     let url = cluster.url();
     let fixture = Fixture::with(|config| config.ledger.url = url.clone());
+    // 0. Before any replica has run: a command refuses the empty database and writes nothing;
+    //    `ledger revoke --create` gives it the schema and a revocation the replicas apply from
+    //    their first request.
+    let revoke_mallory = |create: &[&str]| {
+        Command::new(BIN)
+            .args(["ledger", "revoke", "subject", "mallory", "--reason", "laptop lost"])
+            .args(create)
+            .arg("--config")
+            .arg(&fixture.config_path)
+            .output()
+            .unwrap()
+    };
+    let refused = revoke_mallory(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "a revocation written to a database with no schema: {stderr}");
+    assert!(stderr.contains("has no schema yet") && stderr.contains("ledger revoke --create"), "{stderr}");
+    assert_eq!(cluster.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").trim(), "0");
+    let created = revoke_mallory(&["--create"]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     // Two replicas of one installation: the same configuration, each on its own free ports.
     let a = Server::start(BIN, &fixture.config_path);
     let b = Server::start(BIN, &fixture.config_path);
     let (a_client, b_client) = (a.client(), b.client());
     let admin = admin_token(&fixture);
     let alice = fixture.token(|_| {});
+    let mallory = fixture.token(|r| r.subject = "mallory".into());
     for client in [&a_client, &b_client] {
         assert_eq!(client.get_bearer(&query(SERVICE, &[PULL]), &alice).unwrap().status, 200);
+        let reply = client.get_bearer(&query(SERVICE, &[PULL]), &mallory).unwrap();
+        assert_eq!(reply.status, 403, "{reply}");
+        assert_eq!(reply.message(), "subject mallory has been revoked: laptop lost");
     }
     // PostgreSQL's text holds no NUL: a caller whose claim has one still gets its token (strict:
     // its event was committed), recorded with U+FFFD in its place.

@@ -83,8 +83,9 @@ pub(super) enum LedgerCommand {
         /// Apply it to this tenant's callers only.
         #[arg(long)]
         tenant: Option<String>,
-        /// Create the SQLite ledger if it is not there (setting revocations up before any service
-        /// uses it); without it, a missing ledger is refused.
+        /// Set the ledger up if no service has run on it yet (create the SQLite file, or the schema
+        /// in an empty PostgreSQL database), so revocations apply from the first start; without
+        /// it, a ledger that is not there is refused.
         #[arg(long)]
         create: bool,
     },
@@ -204,11 +205,12 @@ pub(super) async fn open_configured(
             ),
         }
     }
-    // Only a ledger this command creates is given a schema; one a service runs on is never
-    // migrated by a command (older replicas would then refuse it).
-    let migrate = match (&ledger.url, missing) {
-        (LedgerUrl::Sqlite(path), IfMissing::Create) if !path.exists() => Migrate::Apply,
-        _ => Migrate::Never,
+    // Only a ledger with no schema yet is given one (a SQLite file this command creates, an empty
+    // PostgreSQL database); one a service runs on is never migrated by a command (older replicas
+    // would then refuse it).
+    let migrate = match missing {
+        IfMissing::Create => Migrate::IfEmpty,
+        IfMissing::Refuse | IfMissing::RefuseUnlessCreate => Migrate::Never,
     };
     Ledger::open_for_command(ledger, migrate).await.map_err(|e| format!("the ledger: {e}"))
 }

@@ -154,7 +154,7 @@ impl Store {
             deadline: serving.then_some(CALL_DEADLINE),
         };
         match migrate {
-            Migrate::Apply => store.migrate().await?,
+            Migrate::Apply | Migrate::IfEmpty => store.migrate(migrate).await?,
             Migrate::Never => store.require_current().await?,
         }
         Ok(store)
@@ -182,7 +182,9 @@ impl Store {
         store::require_version(version, &self.url)
     }
 
-    async fn migrate(&self) -> Result<(), StoreError> {
+    /// Applies the migrations the database lacks (with [`Migrate::IfEmpty`], only to one with no
+    /// schema yet).
+    async fn migrate(&self, migrate: Migrate) -> Result<(), StoreError> {
         let mut client =
             self.pool.get().await.map_err(|e| {
                 StoreError::Database(format!("cannot connect to the ledger {}: {e}", self.url))
@@ -193,15 +195,20 @@ impl Store {
         // Held for the whole migration, the table of versions included: replicas starting together
         // apply each migration once.
         client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(|e| described(&e))?;
-        let migrated = self.migrate_locked(&mut client).await;
+        let migrated = self.migrate_locked(&mut client, migrate).await;
         let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
         client.batch_execute("RESET statement_timeout").await.map_err(|e| described(&e))?;
         unlocked.map_err(|e| described(&e))?;
         migrated
     }
 
-    async fn migrate_locked(&self, client: &mut deadpool_postgres::Client) -> Result<(), StoreError> {
+    async fn migrate_locked(
+        &self,
+        client: &mut deadpool_postgres::Client,
+        migrate: Migrate,
+    ) -> Result<(), StoreError> {
         client.batch_execute(store::MIGRATIONS_TABLE).await.map_err(|e| described(&e))?;
+        let mut first = true;
         loop {
             let transaction = client.transaction().await.map_err(|e| described(&e))?;
             let version: i64 = transaction
@@ -209,6 +216,9 @@ impl Store {
                 .await
                 .map_err(|e| described(&e))?
                 .get(0);
+            if std::mem::take(&mut first) && migrate == Migrate::IfEmpty && version != 0 {
+                return store::require_version(version, &self.url);
+            }
             store::check_version(version, &self.url)?;
             let Some(migration) = usize::try_from(version).ok().and_then(|v| store::MIGRATIONS.get(v)) else {
                 return Ok(());

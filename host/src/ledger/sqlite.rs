@@ -109,7 +109,7 @@ impl Store {
         };
         let mut writer = open()?;
         match migrate {
-            Migrate::Apply => apply_migrations(&mut writer, &path)?,
+            Migrate::Apply | Migrate::IfEmpty => apply_migrations(&mut writer, &path, migrate)?,
             Migrate::Never => require_current(&writer, &path)?,
         }
         let [reader, audit] = [open()?, open()?].map(|connection| Arc::new(Mutex::new(connection)));
@@ -352,16 +352,21 @@ fn require_current(connection: &Connection, path: &Path) -> Result<(), StoreErro
 }
 
 /// Applies the migrations this file lacks, each in its own transaction, under SQLite's write lock
-/// (so two processes starting on one file do not both apply one).
-fn apply_migrations(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
+/// (so two processes starting on one file do not both apply one); with [`Migrate::IfEmpty`], only
+/// to a file with no schema yet.
+fn apply_migrations(connection: &mut Connection, path: &Path, migrate: Migrate) -> Result<(), StoreError> {
     let url = format!("sqlite://{}", path.display());
     connection.execute(store::MIGRATIONS_TABLE, []).map_err(database)?;
+    let mut first = true;
     loop {
         let transaction =
             connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
         let version: i64 = transaction
             .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |row| row.get(0))
             .map_err(database)?;
+        if std::mem::take(&mut first) && migrate == Migrate::IfEmpty && version != 0 {
+            return store::require_version(version, &url);
+        }
         store::check_version(version, &url)?;
         let Some(migration) = usize::try_from(version).ok().and_then(|v| store::MIGRATIONS.get(v)) else {
             return Ok(());

@@ -127,8 +127,12 @@ pub(super) fn check_version(found: i64, url: &str) -> Result<(), StoreError> {
 /// Whether opening a ledger applies the migrations it lacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Migrate {
-    /// The service (and a command that creates a ledger): migrate.
+    /// The service: migrate.
     Apply,
+    /// A command that sets a ledger up (`ledger revoke --create`): a database with no schema at
+    /// all is given this binary's; one with a schema is treated as [`Migrate::Never`] (checked
+    /// under the migration lock, so a service migrating meanwhile is not overtaken).
+    IfEmpty,
     /// A command on a ledger a service runs on: never change its schema (a newer binary on an
     /// auditor's machine must not migrate a ledger older replicas still use); one of another
     /// version is refused.
@@ -138,6 +142,9 @@ pub enum Migrate {
 /// `found` (a command's view of the schema, [`Migrate::Never`]): exactly this binary's version.
 pub(super) fn require_version(found: i64, url: &str) -> Result<(), StoreError> {
     check_version(found, url)?;
+    if found == 0 {
+        return Err(StoreError::NoSchema { url: url.to_owned() });
+    }
     if found < known_version() {
         return Err(StoreError::OlderSchema { url: url.to_owned(), found, known: known_version() });
     }
@@ -675,6 +682,16 @@ pub enum StoreError {
         found: i64,
         /// This binary's.
         known: i64,
+    },
+    /// The database has no ledger schema (no service has run on it), and it was opened by a
+    /// command that does not set one up.
+    #[error(
+        "the ledger {url} has no schema yet: start the service on it once (it creates the schema at \
+         start), or set it up with `ledger revoke --create`"
+    )]
+    NoSchema {
+        /// The ledger.
+        url: String,
     },
     /// A row that this binary did not write.
     #[error("the ledger holds a row this registry-token cannot read: {0}")]
