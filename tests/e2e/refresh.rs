@@ -151,7 +151,9 @@ fn text(output: &Output) -> String {
 fn skopeo_pushes_and_pulls_on_the_identity_token_alone_until_revoked() {
     let world = World::start();
     let caller = world.login_token();
-    let identity_token = world.refresh_token_for(&caller, "containers/image");
+    // The identity token `docker login` stores (client_id docker), which containers/image reads
+    // from the Docker configuration and presents as its own client.
+    let identity_token = world.refresh_token_for(&caller, "docker");
     world.wait_until_expired(&caller);
 
     // containers/image keeps an identity token only beside an `auth` of the form `user:`.
@@ -229,13 +231,13 @@ fn the_docker_engine_and_ctr_keep_pulling_after_the_login_token_expired_until_re
     let pushed = engine.run(&["push", &reference]);
     assert!(pushed.status.success(), "docker push failed: {}\n{}", text(&pushed), engine.log());
 
-    // containerd's ctr sends the password grant as `containerd-client`: a refresh token for it.
-    let ctr_token = world.refresh_token_for(&caller, "containerd-client");
+    // containerd's ctr sends the password grant as `containerd-client`, with the refresh token
+    // `docker login` stored (as nerdctl and the engine's containerd image store do).
     let ctr_pull = || {
         engine
             .ctr("registry-token-e2e")
             .args(["images", "pull", "--plain-http", "--user"])
-            .arg(format!("alice:{ctr_token}"))
+            .arg(format!("alice:{stored}"))
             .arg(&reference)
             .output()
             .unwrap()

@@ -444,8 +444,7 @@ async fn authenticate(
     record.event.refresh_token_id = Some(token.id.clone());
     let issuer = token.caller_iss.as_deref().unwrap_or(&live.config.authority.issuer);
     record.event.set_caller(&token.caller, issuer, token.caller_jti.as_deref());
-    let binding = Binding { service: &exchange.service, client_id: exchange.client_id.as_deref() };
-    token.check(binding, Millis::from_seconds(now)).map_err(refused)?;
+    token.check(&exchange.service, Millis::from_seconds(now)).map_err(refused)?;
     // A login stands for an Authority token that today's configuration would still accept: an
     // operator who moves to another Authority, or requires another scope, means every caller.
     let authority = &live.config.authority;

@@ -60,7 +60,11 @@ fn seconds<S: serde::Serializer>(value: &Option<u64>, serializer: S) -> Result<S
     }
 }
 
-/// What a refresh token is bound to: it works only for this `service` and `client_id`.
+/// What a refresh token is issued for: it works only for this `service`. The `client_id` that
+/// asked is recorded, not checked: it is a name any client may send, and the one `docker login`
+/// stores the token under is not the one its other readers send (containerd's
+/// `containerd-client`, BuildKit's `buildkit-client`, containers/image's own), so a check would
+/// refuse them and stop no one who holds the token.
 #[derive(Clone, Copy, Debug)]
 pub struct Binding<'a> {
     /// The `service` (registry).
@@ -93,9 +97,6 @@ pub enum RefreshError {
     /// Presented for another `service`.
     #[error("the refresh token was issued for another service ({0})")]
     OtherService(String),
-    /// Presented by another client.
-    #[error("the refresh token was issued to another client ({0})")]
-    OtherClient(String),
     /// It, or its caller, is revoked.
     #[error("the refresh token was revoked: {0}")]
     Revoked(String),
@@ -115,7 +116,7 @@ impl RefreshError {
             RefreshError::Unknown => "refresh_token_unknown",
             RefreshError::Expired(_) => "refresh_token_expired",
             RefreshError::Idle(_) => "refresh_token_idle",
-            RefreshError::OtherService(_) | RefreshError::OtherClient(_) => "refresh_token_binding",
+            RefreshError::OtherService(_) => "refresh_token_binding",
             RefreshError::Revoked(_) => "revoked",
             RefreshError::Disabled => "refresh_token_disabled",
             RefreshError::Superseded(_) => "refresh_token_superseded",
@@ -183,19 +184,16 @@ impl RefreshToken {
         self.idle_expires_at().map_or(self.expires_at, |idle| idle.min(self.expires_at))
     }
 
-    /// Checks expiry and binding for a use at `now` under `binding`.
-    pub fn check(&self, binding: Binding<'_>, now: Millis) -> Result<(), RefreshError> {
+    /// Checks expiry and the `service` for a use at `now`.
+    pub fn check(&self, service: &str, now: Millis) -> Result<(), RefreshError> {
         if now >= self.expires_at {
             return Err(RefreshError::Expired(self.expires_at));
         }
         if self.idle_expires_at().is_some_and(|idle| now >= idle) {
             return Err(RefreshError::Idle(self.last_used_at));
         }
-        if binding.service != self.service {
+        if service != self.service {
             return Err(RefreshError::OtherService(self.service.clone()));
-        }
-        if binding.client_id != self.client_id.as_deref() {
-            return Err(RefreshError::OtherClient(self.client_id.clone().unwrap_or_else(|| "none".into())));
         }
         Ok(())
     }
@@ -257,22 +255,16 @@ mod tests {
     }
 
     #[test]
-    fn expiry_idle_and_binding_are_checked_in_that_order() {
+    fn expiry_idle_and_service_are_checked_in_that_order() {
         let (token, _) = issue();
-        let docker = binding("reg", Some("docker"));
-        assert_eq!(token.check(docker, Millis(9_999)), Ok(()));
-        assert_eq!(token.check(docker, Millis(10_000)), Err(RefreshError::Idle(Millis(0))));
-        assert_eq!(token.check(docker, Millis(60_000)), Err(RefreshError::Expired(Millis(60_000))));
-        let other = binding("other", Some("docker"));
-        assert_eq!(token.check(other, Millis(1)), Err(RefreshError::OtherService("reg".into())));
-        assert_eq!(
-            token.check(binding("reg", None), Millis(1)),
-            Err(RefreshError::OtherClient("docker".into()))
-        );
+        assert_eq!(token.check("reg", Millis(9_999)), Ok(()));
+        assert_eq!(token.check("reg", Millis(10_000)), Err(RefreshError::Idle(Millis(0))));
+        assert_eq!(token.check("reg", Millis(60_000)), Err(RefreshError::Expired(Millis(60_000))));
+        assert_eq!(token.check("other", Millis(1)), Err(RefreshError::OtherService("reg".into())));
         let used = RefreshToken { last_used_at: Millis(50_000), ..token.clone() };
-        assert_eq!(used.check(docker, Millis(59_000)), Ok(()), "use moves the idle limit");
+        assert_eq!(used.check("reg", Millis(59_000)), Ok(()), "use moves the idle limit");
         let unlimited = RefreshToken { idle_seconds: None, ..token };
-        assert_eq!(unlimited.check(docker, Millis(59_999)), Ok(()));
+        assert_eq!(unlimited.check("reg", Millis(59_999)), Ok(()));
         assert_eq!(unlimited.ends_at(), Millis(60_000));
     }
 }
