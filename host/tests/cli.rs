@@ -9,7 +9,8 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
-use test_support::{Server, raw_exchange, serve_command};
+use std::time::Duration;
+use test_support::{Server, output_within, raw_exchange, serve_command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
 
@@ -305,7 +306,7 @@ fn serve_with(fixture: &Fixture, (name, value): (&str, &str)) -> (Server, String
 
 /// Reads what `stream` receives until the server closes it; panics if it is still open after
 /// `within`.
-fn read_until_closed(stream: &mut std::net::TcpStream, within: std::time::Duration) -> String {
+fn read_until_closed(stream: &mut std::net::TcpStream, within: Duration) -> String {
     use std::io::Read;
     stream.set_read_timeout(Some(within)).unwrap();
     let mut received = Vec::new();
@@ -331,13 +332,13 @@ fn a_request_that_does_not_arrive_in_time_is_cut_off() {
 
     // A connection that sends nothing at all is closed too (it would hold a slot for ever).
     let mut silent = std::net::TcpStream::connect(&address).unwrap();
-    let received = read_until_closed(&mut silent, std::time::Duration::from_secs(10));
+    let received = read_until_closed(&mut silent, Duration::from_secs(10));
     assert!(received.is_empty() || received.starts_with("HTTP/1.1 408"), "{received}");
 
     let mut head = std::net::TcpStream::connect(&address).unwrap();
     head.write_all(format!("GET /token?service={SERVICE} HTTP/1.1\r\nHost: {address}\r\n").as_bytes())
         .unwrap();
-    let received = read_until_closed(&mut head, std::time::Duration::from_secs(10));
+    let received = read_until_closed(&mut head, Duration::from_secs(10));
     assert!(received.is_empty() || received.starts_with("HTTP/1.1 408"), "{received}");
 
     let mut body = std::net::TcpStream::connect(&address).unwrap();
@@ -349,7 +350,7 @@ fn a_request_that_does_not_arrive_in_time_is_cut_off() {
         .as_bytes(),
     )
     .unwrap();
-    let received = read_until_closed(&mut body, std::time::Duration::from_secs(10));
+    let received = read_until_closed(&mut body, Duration::from_secs(10));
     assert!(received.starts_with("HTTP/1.1 400"), "{received}");
     assert!(received.contains("the request body did not arrive within 1s"), "{received}");
 
@@ -373,7 +374,7 @@ fn connections_beyond_max_connections_wait_for_one_to_close() {
                 .as_bytes(),
         )
         .unwrap();
-    third.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+    third.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     let mut byte = [0u8; 1];
     let waited = std::io::Read::read(&mut third, &mut byte);
     assert!(
@@ -384,7 +385,7 @@ fn connections_beyond_max_connections_wait_for_one_to_close() {
         "a third connection was served while two were open: {waited:?}"
     );
     drop(idle);
-    let received = read_until_closed(&mut third, std::time::Duration::from_secs(10));
+    let received = read_until_closed(&mut third, Duration::from_secs(10));
     assert!(received.starts_with("HTTP/1.1 401"), "served once one closed: {received}");
     assert!(server.stderr().contains("http.max_connections connections are open"), "{}", server.stderr());
 }
@@ -429,8 +430,17 @@ fn configuration_errors_name_the_key_and_where_it_came_from() {
             "0",
             "authority.jwks_min_refetch_seconds must be at least 1",
         ),
+        // Accepted, it would overflow the shutdown's deadline at SIGTERM: a panic that skips
+        // flushing the ledger's queue.
+        (
+            "REGISTRY_TOKEN_HTTP__SHUTDOWN_GRACE_SECONDS",
+            "18446744073709551615",
+            "http.shutdown_grace_seconds must be between 0 and 3600",
+        ),
     ] {
-        let output = serve_command(BIN, &fixture.config_path).env(variable, value).output().unwrap();
+        let mut serve = serve_command(BIN, &fixture.config_path);
+        serve.env(variable, value);
+        let output = output_within(serve, Duration::from_secs(30));
         let stderr = text(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(message), "{stderr}");
@@ -483,6 +493,41 @@ fn an_empty_environment_value_unsets_the_files_key() {
     let issuer = ("REGISTRY_TOKEN_AUTHORITY__ISSUER".to_owned(), String::new());
     let error = Config::load_with_env(&fixture.config_path, [issuer]).unwrap_err().to_string();
     assert!(error.contains("environment variable REGISTRY_TOKEN_AUTHORITY__ISSUER"), "{error}");
+}
+
+/// A Kubernetes Service named `registry-token` gives every pod in its namespace service-link
+/// variables with our prefix (`REGISTRY_TOKEN_SERVICE_HOST`, `REGISTRY_TOKEN_PORT_5050_TCP`, ...):
+/// they are not configuration keys, and the service starts beside them. A misspelt key is still
+/// refused.
+#[test]
+fn kubernetes_service_link_variables_are_not_configuration_keys() {
+    let fixture = Fixture::new();
+    let links = [
+        ("REGISTRY_TOKEN_SERVICE_HOST", "10.96.0.12"),
+        ("REGISTRY_TOKEN_SERVICE_PORT", "5050"),
+        ("REGISTRY_TOKEN_SERVICE_PORT_HTTP", "5050"),
+        ("REGISTRY_TOKEN_PORT", "tcp://10.96.0.12:5050"),
+        ("REGISTRY_TOKEN_PORT_5050_TCP", "tcp://10.96.0.12:5050"),
+        ("REGISTRY_TOKEN_PORT_5050_TCP_PROTO", "tcp"),
+        ("REGISTRY_TOKEN_PORT_5050_TCP_PORT", "5050"),
+        ("REGISTRY_TOKEN_PORT_5050_TCP_ADDR", "10.96.0.12"),
+    ];
+    let mut serve = serve_command(BIN, &fixture.config_path);
+    serve.envs(links);
+    let server = Server::start_command(serve);
+    let reply = server
+        .client()
+        .get_bearer(&query(SERVICE, &["repository:team/app:pull"]), &fixture.token(|_| {}))
+        .unwrap();
+    assert_eq!(reply.status, 200, "{reply}");
+    drop(server);
+
+    let mut serve = serve_command(BIN, &fixture.config_path);
+    serve.envs(links).env("REGISTRY_TOKEN_SERVICES_", "[registry.test]");
+    let output = output_within(serve, Duration::from_secs(30));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("REGISTRY_TOKEN_SERVICES_"), "{stderr}");
 }
 
 /// `keys export` writes what the service publishes, from the certificates alone: a publishing

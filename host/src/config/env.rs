@@ -20,8 +20,9 @@ impl figment::Provider for EnvOverrides {
                 continue;
             };
             let key = key.to_ascii_lowercase();
-            // The CLI's own variables are not configuration keys.
-            if key == "config" || key == "log" {
+            // The CLI's own variables are not configuration keys, nor are those Kubernetes gives
+            // every pod in the namespace of a Service named `registry-token`.
+            if key == "config" || key == "log" || kubernetes_service_link(&key) {
                 continue;
             }
             let path: Vec<&str> = key.split("__").collect();
@@ -48,6 +49,19 @@ impl figment::Provider for EnvOverrides {
         }
         Ok(figment::Profile::Default.collect(dict))
     }
+}
+
+/// Whether `key` (lower case, the prefix stripped) is one of the service-link variables the
+/// kubelet sets for a Service named `registry-token`: `…_SERVICE_HOST`, `…_SERVICE_PORT[_NAME]`,
+/// `…_PORT` and `…_PORT_5050_TCP[_PROTO|_PORT|_ADDR]`. No configuration key has those names (a
+/// section's key has a `__`), so taking them for keys would only refuse to start.
+fn kubernetes_service_link(key: &str) -> bool {
+    !key.contains("__")
+        && (key == "service_host"
+            || key == "service_port"
+            || key.starts_with("service_port_")
+            || key == "port"
+            || key.starts_with("port_"))
 }
 
 fn insert(dict: &mut figment::value::Dict, path: &[&str], value: figment::value::Value) {

@@ -242,6 +242,10 @@ impl Config {
         if !(1..=3600).contains(&self.http.read_timeout_seconds) {
             return Err("http.read_timeout_seconds must be between 1 and 3600".into());
         }
+        // Past an hour it is no grace period; far past it, the deadline would not fit in a clock.
+        if self.http.shutdown_grace_seconds > 3600 {
+            return Err("http.shutdown_grace_seconds must be between 0 and 3600".into());
+        }
         if !(1..=1_000_000).contains(&self.http.max_connections) {
             return Err("http.max_connections must be between 1 and 1000000".into());
         }

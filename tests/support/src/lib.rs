@@ -186,6 +186,40 @@ impl Drop for Process {
     }
 }
 
+/// Runs `command` to its end like [`Command::output`], but for at most `limit`: one that should
+/// have exited (a `serve` refusing its configuration) and runs on instead is killed, and the test
+/// fails saying so rather than hanging.
+pub fn output_within(mut command: Command, limit: Duration) -> std::process::Output {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let Some(status) = status else {
+        panic!("{command:?} still ran after {limit:?}; stderr:\n{}", String::from_utf8_lossy(&stderr));
+    };
+    std::process::Output { status, stdout, stderr }
+}
+
 /// Where a command comes from, for the message when it is missing.
 pub fn require_program(program: &str, install_hint: &str) -> String {
     let found = std::env::var_os("PATH")
