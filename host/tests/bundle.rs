@@ -1571,6 +1571,21 @@ fn a_ledger_export_is_deterministic_signed_and_an_edited_line_is_named() {
     let said = refused(&["ledger", "export", "--config", &config, "--kid", "mine", "--out", path(&nowhere)]);
     assert!(said.contains("--kid") && said.contains("--key"), "{said}");
     assert!(!nowhere.exists());
+    // Bounds the wrong way round (a typo) would sign "no events" for the window: refused.
+    let said = refused(&[
+        "ledger",
+        "export",
+        "--config",
+        &config,
+        "--since",
+        until,
+        "--until",
+        "2020-01-01T00:00:00Z",
+        "--out",
+        path(&nowhere),
+    ]);
+    assert!(said.contains("--since (2100-01-01T00:00:00.000Z) is not before until"), "{said}");
+    assert!(!nowhere.exists() && !root.join("nowhere.jsonl.sig").exists());
     let exported = std::fs::read_to_string(&first).unwrap();
     let lines: Vec<&str> = exported.lines().collect();
     assert_eq!(lines.len(), 4);

@@ -254,6 +254,8 @@ fn each_kind_of_revocation_refuses_at_once_with_its_reason_and_lifts() {
         json!({"kind": "subject", "value": "alice", "reason": "cooling off", "expires_at": soon}),
     );
     assert_eq!(client.get_bearer(&query(SERVICE, &[PULL]), &caller).unwrap().status, 403);
+    let in_force = || admin.get("/readyz").unwrap().body["ledger"]["revocations"].as_u64().unwrap();
+    let before = in_force();
     if let Ok(left) = lapses_at.duration_since(std::time::SystemTime::now()) {
         std::thread::sleep(left + Duration::from_millis(100));
     }
@@ -262,6 +264,8 @@ fn each_kind_of_revocation_refuses_at_once_with_its_reason_and_lifts() {
         200,
         "expired revocation"
     );
+    // /readyz counts what is in force; the lapsed one stays in the ledger until pruned.
+    assert_eq!(in_force(), before - 1, "/readyz still counts the lapsed revocation");
     // The settings' revoked_licenses keep working beside the ledger.
     let settings_revoked = fixture.token(|r| r.license = Some("LIC-0002".into()));
     let reply = client.get_bearer(&query(SERVICE, &[PULL]), &settings_revoked).unwrap();
@@ -510,6 +514,10 @@ fn ledger_commands_refuse_a_ledger_that_is_not_there_and_only_revoke_create_make
             "not in the future",
         ),
         (&["ledger", "events", "--since", "yesterday"], "--since"),
+        (
+            &["ledger", "events", "--since", "2030-01-01T00:00:00Z", "--until", "2020-01-01T00:00:00Z"],
+            "--since (2030-01-01T00:00:00.000Z) is not before until (2020-01-01T00:00:00.000Z)",
+        ),
     ] {
         let (code, stderr) = run(args);
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
@@ -742,6 +750,8 @@ fn the_admin_api_refuses_bad_input_and_bad_credentials_and_writes_nothing() {
         "?limit=ten",
         "?outcome=stolen",
         "?since=yesterday",
+        "?since=2030-01-01T00:00:00Z&until=2020-01-01T00:00:00Z",
+        "?since=1700000000&until=1700000000",
         "?sub=%27%20OR%201%3D1--",
         "?sub=a&sub=b",
         "?colour=blue",

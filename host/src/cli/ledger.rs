@@ -8,6 +8,7 @@ use crate::config::{Config, LedgerConfig, LedgerUrl};
 use crate::http::RevocationRequest;
 use crate::ledger::{
     Event, EventFilter, Ledger, Migrate, Millis, Outcome, RefreshTokenFilter, Revocation, RevocationKind,
+    check_window,
 };
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -255,6 +256,7 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
                 value.map(|v| Millis::parse(&v).map_err(|e| format!("--{name}: {e}"))).transpose()
             };
             let (since, until) = (time(since, "since")?, time(until, "until")?);
+            check_window(since, until).map_err(|e| format!("--{e}"))?;
             let ledger = open(&config, IfMissing::Refuse).await?;
             let filter =
                 EventFilter { sub, licence, tenant, outcome, jti, since, until, before_id: None, limit };

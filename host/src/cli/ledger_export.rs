@@ -70,6 +70,7 @@ pub(super) async fn export(
         value.as_deref().map(|v| Millis::parse(v).map_err(|e| format!("--{name}: {e}"))).transpose()
     };
     let (since_at, until_at) = (time(&since, "since")?, time(&until, "until")?);
+    crate::ledger::check_window(since_at, until_at).map_err(|e| format!("--{e}"))?;
     // The key first: a missing key must not leave a half-made export behind.
     let given = signer.signer()?;
     let configured = match given {

@@ -13,7 +13,7 @@ use super::line;
 use crate::access::Caller;
 use crate::ledger::{
     Event, EventFilter, Ledger, Millis, Outcome, Presented, RefreshTokenFilter, Revocation, RevocationKind,
-    StoreError,
+    StoreError, check_window,
 };
 use axum::Json;
 use axum::body::Bytes;
@@ -256,6 +256,7 @@ pub(super) async fn list_events(
             }
         }
     }
+    check_window(filter.since, filter.until).map_err(AdminError::BadRequest)?;
     own_tenant(&admin, &mut filter.tenant, "events")?;
     if let Some(cursor) = cursor {
         filter.before_id = Some(resolve_cursor(ledger, &admin, &cursor).await?);

@@ -39,6 +39,18 @@ impl Millis {
     }
 }
 
+/// A window of time given as `since` (at or after) and `until` (before): an error naming both
+/// when it holds no instant, so that a mistyped bound is not answered with an empty page, or a
+/// signed export of no events.
+pub fn check_window(since: Option<Millis>, until: Option<Millis>) -> Result<(), String> {
+    match (since, until) {
+        (Some(since), Some(until)) if since >= until => {
+            Err(format!("since ({since}) is not before until ({until}): the window holds no time"))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl fmt::Display for Millis {
     /// Never fails: a value outside 1970–9999 (none is parsed; a row written before that was
     /// checked) shows as the nearest end.
@@ -496,6 +508,11 @@ impl RevocationSet {
     /// How many revocations it holds (expired ones included until pruned).
     pub fn len(&self) -> usize {
         self.by_value.values().map(Vec::len).sum()
+    }
+
+    /// How many are in force at `now` (the expired ones are kept until pruned).
+    pub fn active(&self, now: Millis) -> usize {
+        self.by_value.values().flatten().filter(|r| r.expires_at.is_none_or(|expires| now < expires)).count()
     }
 
     /// Whether it holds none.

@@ -18,7 +18,7 @@ mod store;
 
 pub use event::{
     AppliedBundle, Event, IssuedToken, LifetimeRecord, Millis, Outcome, Presented, Revocation,
-    RevocationKind, RevocationSet,
+    RevocationKind, RevocationSet, check_window,
 };
 pub use refresh::{RefreshError, RefreshToken};
 pub use store::{Change, EventFilter, ExportWindow, Migrate, RefreshTokenFilter, StoreError};
@@ -467,7 +467,7 @@ impl Ledger {
             writable,
             queued: shared.queued.load(Ordering::Relaxed) + shared.kept.load(Ordering::Relaxed),
             dropped: shared.dropped.load(Ordering::Relaxed),
-            revocations: shared.revocations.load().len(),
+            revocations: shared.revocations.load().active(Millis::now()),
             error: if writable { None } else { shared.last_error.lock().ok().and_then(|e| e.clone()) },
         }
     }
