@@ -8,6 +8,7 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use test_support::{Client, Server};
@@ -160,6 +161,13 @@ fn every_outcome_is_recorded_with_its_fields_and_no_secret_reaches_the_database(
     assert_eq!((malformed["reason"].as_str(), malformed["sub"].as_str()), (Some("bad_request"), None));
     let fault = &recorded[0];
     assert_eq!((fault["reason"].as_str(), fault["sub"].as_str()), (Some("panic"), Some("alice")), "{fault}");
+
+    // The audit trail is its owner's to read: the database, its write-ahead log and the log's
+    // index, whatever the umask.
+    for file in ["ledger.db", "ledger.db-wal", "ledger.db-shm"] {
+        let mode = std::fs::metadata(fixture.root().join(file)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file} has mode {mode:o}");
+    }
 
     // Tokens and keys never reach the database (or its write-ahead log).
     drop(hostile_server);

@@ -9,6 +9,7 @@ use super::store::{self, Migrate, Param, Reader, Record, Row, StoreError, databa
 use crate::config::SqliteSync;
 use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -87,6 +88,14 @@ impl Store {
         };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| fail("cannot create its directory", &e))?;
+        }
+        // The audit trail is its owner's to read, whatever the umask: a new file is made 0600, and
+        // SQLite gives its write-ahead log and the log's index the database's mode. (An existing
+        // file keeps the mode its operator gave it.)
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(fail("cannot create it", &error)),
         }
         let open = || {
             let connection = Connection::open_with_flags(
