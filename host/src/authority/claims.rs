@@ -43,9 +43,9 @@ impl<'de> Deserialize<'de> for StrictObject {
 }
 
 /// Maps a validated claim set to the caller the policy sees: `sub`, `client_id`,
-/// `stellaops:tenant`, `stellaops:plan`, `stellaops:license`, the scopes (`scope` as a space-separated
-/// string, or `scp` as an array), and every claim as JSON. A claim of the wrong type is an error,
-/// never silently ignored.
+/// `stellaops:tenant`, `stellaops:plan`, `stellaops:license`, the scopes (`scope` or `scp`, each as a
+/// space-separated string or an array of strings, as Authorities differ), and every claim as JSON.
+/// A claim of the wrong type is an error, never silently ignored.
 pub fn caller_from_claims(claims: Map<String, Value>) -> Result<Caller, String> {
     let subject = match claims.get("sub") {
         Some(Value::String(sub)) if !sub.is_empty() => sub.clone(),
@@ -53,19 +53,11 @@ pub fn caller_from_claims(claims: Map<String, Value>) -> Result<Caller, String> 
         Some(_) => return Err("sub must be a string".into()),
         None => return Err("sub is missing".into()),
     };
-    let scopes = match (claims.get("scope"), claims.get("scp")) {
-        (Some(Value::String(scope)), _) => {
-            scope.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()
-        }
-        (Some(_), _) => return Err("scope must be a space-separated string".into()),
-        (None, Some(Value::Array(list))) => list
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned).ok_or("scp must hold strings"))
-            .collect::<Result<Vec<_>, _>>()?,
-        (None, Some(Value::String(scp))) => {
-            scp.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()
-        }
-        (None, Some(_)) => return Err("scp must be an array of strings".into()),
+    // A null claim is an absent one, as for the other optional claims.
+    let present = |name: &str| claims.get(name).filter(|value| !value.is_null());
+    let scopes = match (present("scope"), present("scp")) {
+        (Some(scope), _) => scope_list("scope", scope)?,
+        (None, Some(scp)) => scope_list("scp", scp)?,
         (None, None) => Vec::new(),
     };
     Ok(Caller {
@@ -77,6 +69,19 @@ pub fn caller_from_claims(claims: Map<String, Value>) -> Result<Caller, String> 
         scopes,
         claims_json: Value::Object(claims).to_string(),
     })
+}
+
+/// The scopes of the claim `name`: a space-separated string (RFC 8693), or an array of strings
+/// (IdentityServer's `scope`, Azure's `scp`).
+fn scope_list(name: &str, value: &Value) -> Result<Vec<String>, String> {
+    match value {
+        Value::String(scopes) => Ok(scopes.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()),
+        Value::Array(list) => list
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| format!("{name} must hold strings")))
+            .collect(),
+        _ => Err(format!("{name} must be a space-separated string or an array of strings")),
+    }
 }
 
 fn optional_string(claims: &Map<String, Value>, name: &str) -> Result<Option<String>, String> {

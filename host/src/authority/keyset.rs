@@ -107,15 +107,24 @@ impl KeySet {
 
     /// The key for `kid` and the token's `algorithm` (an Authority may publish one key under one
     /// `kid` for two algorithms, RS256 and PS256 say); else the first for `kid`, whose algorithm
-    /// the caller then refuses. A token without `kid` only matches a JWKS holding exactly one key.
+    /// the caller then refuses. Where there is no telling keys apart — a token without `kid`, or a
+    /// `kid` against a JWKS of one key that names none (RFC 7517 makes `kid` optional) — the one
+    /// key is the only match.
     pub(super) fn find(&self, kid: Option<&str>, algorithm: Algorithm) -> Option<Arc<VerifyKey>> {
+        let only = || match self.keys.as_slice() {
+            [only] => Some(Arc::clone(only)),
+            _ => None,
+        };
         match kid {
             Some(kid) => {
                 let named = || self.keys.iter().filter(move |k| k.kid.as_deref() == Some(kid));
-                named().find(|k| k.algorithm == algorithm).or_else(|| named().next()).cloned()
+                named()
+                    .find(|k| k.algorithm == algorithm)
+                    .or_else(|| named().next())
+                    .cloned()
+                    .or_else(|| only().filter(|key| key.kid.is_none()))
             }
-            None if self.keys.len() == 1 => self.keys.first().cloned(),
-            None => None,
+            None => only(),
         }
     }
 

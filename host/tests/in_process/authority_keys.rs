@@ -255,6 +255,78 @@ async fn a_kid_published_for_two_algorithms_verifies_with_the_tokens_own() {
     assert_eq!(validator.validate(&forged, now).await.unwrap_err(), AuthError::BadSignature);
 }
 
+/// RFC 7517 makes `kid` optional: an Authority publishing its one key without one still has its
+/// tokens (which name a `kid`) verified with it. Two keys without `kid`s cannot be told apart:
+/// refused as an unknown key, never tried one after the other.
+#[tokio::test]
+async fn a_jwks_of_one_key_without_a_kid_verifies_tokens_that_name_one() {
+    let dir = tempfile::tempdir().unwrap();
+    dev_authority::init(dir.path(), ISSUER).unwrap();
+    let published: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("jwks.json")).unwrap()).unwrap();
+    let mut unnamed = published["keys"][0].clone();
+    unnamed.as_object_mut().unwrap().remove("kid");
+    let now = 1_900_000_000;
+    let token = token(dir.path(), 600, now);
+    let document = serde_json::json!({ "keys": [unnamed] }).to_string();
+    let validator =
+        Validator::new(KeySource::from_json(document.as_bytes(), "no kid").unwrap(), requirements(), 16);
+    assert_eq!(validator.validate(&token, now).await.unwrap().caller.subject, "alice");
+
+    let other = tempfile::tempdir().unwrap();
+    dev_authority::init(other.path(), ISSUER).unwrap();
+    let second: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(other.path().join("jwks.json")).unwrap()).unwrap();
+    let mut second = second["keys"][0].clone();
+    second.as_object_mut().unwrap().remove("kid");
+    let document = serde_json::json!({ "keys": [unnamed, second] }).to_string();
+    let validator =
+        Validator::new(KeySource::from_json(document.as_bytes(), "two").unwrap(), requirements(), 16);
+    assert!(matches!(validator.validate(&token, now).await, Err(AuthError::UnknownKey(_))));
+}
+
+/// Authorities differ in how they write a token's scopes: `scope` as RFC 8693's space-separated
+/// string, or as an array (IdentityServer); `scp` as either. The required scope is found in each.
+#[tokio::test]
+async fn scopes_as_a_string_or_an_array_are_read_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    dev_authority::init(dir.path(), ISSUER).unwrap();
+    let keys = KeySource::from_json(&std::fs::read(dir.path().join("jwks.json")).unwrap(), "dev").unwrap();
+    let validator = Validator::new(keys, requirements(), 0);
+    let now = 1_900_000_000;
+    let with = |claim: &str, scopes: serde_json::Value| {
+        let mut extra = Map::new();
+        extra.insert(claim.into(), scopes);
+        if claim == "scp" {
+            extra.insert("scope".into(), serde_json::Value::Null);
+        }
+        let request = TokenRequest {
+            subject: "alice".into(),
+            plan: None,
+            license: None,
+            tenant: None,
+            scope: String::new(),
+            audience: "registry-token".into(),
+            client_id: "tests".into(),
+            ttl_seconds: 600,
+            extra,
+        };
+        dev_authority::token(dir.path(), &request, now).unwrap()
+    };
+    for (claim, scopes) in [
+        ("scope", serde_json::json!("openid registry.token.issue")),
+        ("scope", serde_json::json!(["openid", "registry.token.issue"])),
+        ("scp", serde_json::json!(["openid", "registry.token.issue"])),
+        ("scp", serde_json::json!("openid registry.token.issue")),
+    ] {
+        let validated = validator.validate(&with(claim, scopes.clone()), now).await;
+        let caller = validated.unwrap_or_else(|e| panic!("{claim} {scopes}: {e}")).caller.clone();
+        assert_eq!(caller.scopes, ["openid", "registry.token.issue"], "{claim} {scopes}");
+    }
+    let without = validator.validate(&with("scope", serde_json::json!(["openid"])), now).await;
+    assert!(matches!(without, Err(AuthError::MissingScope(_))), "{without:?}");
+}
+
 /// An operator revokes a licence and reloads while the Authority is down: the reload applies, and
 /// the keys fetched before the outage keep validating callers (a reload with the same `jwks_url`
 /// keeps its keys instead of starting again from none) — also when it changes how often they are

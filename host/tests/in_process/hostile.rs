@@ -231,6 +231,11 @@ async fn hostile_caller_tokens_are_refused_with_the_check_that_failed() {
         ("exp as a string", with(&|c| c["exp"] = json!((now + 600).to_string())), "exp must be a number"),
         ("nbf as a string", with(&|c| c["nbf"] = json!("now")), "nbf must be a number"),
         ("scope as a number", with(&|c| c["scope"] = json!(42)), "scope must be a space-separated string"),
+        (
+            "scope array holding a number",
+            with(&|c| c["scope"] = json!(["registry.token.issue", 42])),
+            "scope must hold strings",
+        ),
         ("sub as an object", with(&|c| c["sub"] = json!({"name": "root"})), "sub must be a string"),
         (
             "plan as an array",
@@ -565,17 +570,16 @@ fn only_claims_that_follow_every_rule_validate() {
                 claims.get("nbf")
             );
             prop_assert_eq!(Some(validated.caller.subject.clone()), text("sub"));
-            let scopes: Vec<String> = match (claims.get("scope"), claims.get("scp")) {
-                (Some(scope), _) => {
-                    scope.as_str().unwrap_or_default().split(' ').map(str::to_owned).collect()
-                }
-                (None, Some(Value::Array(list))) => {
-                    list.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
-                }
-                (None, scp) => {
-                    scp.and_then(Value::as_str).unwrap_or_default().split(' ').map(str::to_owned).collect()
+            // `scope`, else `scp` (a null one is absent), as a space-separated string or an array.
+            let present = |name: &str| claims.get(name).filter(|value| !value.is_null());
+            let listed = |value: &Value| -> Vec<String> {
+                match value {
+                    Value::String(text) => text.split(' ').map(str::to_owned).collect(),
+                    Value::Array(list) => list.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+                    _ => Vec::new(),
                 }
             };
+            let scopes = present("scope").or_else(|| present("scp")).map(listed).unwrap_or_default();
             prop_assert!(scopes.iter().any(|s| s == "registry.token.issue"), "scopes {:?}", scopes);
             prop_assert_eq!(validated.caller.plan.clone(), text("stellaops:plan"));
             prop_assert_eq!(validated.caller.tenant.clone(), text("stellaops:tenant"));
