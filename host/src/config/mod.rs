@@ -310,8 +310,8 @@ fn check_keys(signing: &SigningConfig) -> Result<(), String> {
             }
             KeyStatus::Retired if key.retire_after.is_none() => {
                 return Err(format!(
-                    "{entry}: a retired key needs retire_after (when it stops being published: now + the \
-                     longest token lifetime + the leeway)"
+                    "{entry}: a retired key needs retire_after (when it stops being published: now + \
+                     signing.max_lifetime_seconds + the registry's 60 s leeway)"
                 ));
             }
             KeyStatus::Active | KeyStatus::Published if key.retire_after.is_some() => {
