@@ -40,6 +40,7 @@ pub struct Metrics {
     ledger_dropped: IntCounter,
     revocations_active: IntGaugeVec,
     signing_key_info: IntGaugeVec,
+    signing_certificate_expiry: IntGaugeVec,
     policy_info: IntGaugeVec,
     bundles_applied: IntCounter,
     bundle_refusals: IntCounterVec,
@@ -73,8 +74,8 @@ pub struct Snapshot<'a> {
     pub ledger_queue: usize,
     /// Revocations in force, by kind.
     pub revocations: Vec<(&'static str, usize)>,
-    /// `(kid, status, algorithm)` of each signing key.
-    pub signing_keys: Vec<(&'a str, &'a str, &'a str)>,
+    /// The signing keys.
+    pub signing_keys: &'a [crate::mint::KeySummary],
     /// The live policy's digest and settings version.
     pub policy: Option<(&'a str, &'a str)>,
     /// The live policy bundle's revision (`None`: no `policy.bundle`, the gauge reads 0).
@@ -222,8 +223,16 @@ impl Metrics {
             signing_key_info: gauge_vec(
                 &r,
                 "registry_token_signing_key_info",
-                "The signing keys (always 1), with their kid, status and algorithm.",
-                &["kid", "status", "algorithm"],
+                "The signing keys (always 1), with their kid, status, algorithm, and whether they are \
+                 published (a retired key past its retire_after is not).",
+                &["kid", "status", "algorithm", "published"],
+            ),
+            signing_certificate_expiry: gauge_vec(
+                &r,
+                "registry_token_signing_certificate_expiry_timestamp_seconds",
+                "When each signing key's certificate expires (Unix seconds); registries refuse a token \
+                 whose x5c carries an expired one.",
+                &["kid"],
             ),
             policy_info: gauge_vec(
                 &r,
@@ -379,8 +388,13 @@ impl Metrics {
             self.revocations_active.with_label_values(&[kind]).set(i64::try_from(*count).unwrap_or(i64::MAX));
         }
         self.signing_key_info.reset();
-        for (kid, status, algorithm) in &snapshot.signing_keys {
-            self.signing_key_info.with_label_values(&[kid, status, algorithm]).set(1);
+        self.signing_certificate_expiry.reset();
+        for key in snapshot.signing_keys {
+            let published = if key.published { "true" } else { "false" };
+            self.signing_key_info.with_label_values(&[&key.kid, key.status, key.algorithm, published]).set(1);
+            if let Some(expires) = key.certificate_expires {
+                self.signing_certificate_expiry.with_label_values(&[&key.kid]).set(expires);
+            }
         }
         // What is live at the scrape: a reload that drops `policy.bundle` drops the revision too.
         self.bundle_revision
@@ -412,7 +426,13 @@ mod tests {
         let snapshot = Snapshot {
             ledger_queue: 0,
             revocations: vec![("subject", 1)],
-            signing_keys: vec![("kid-a", "active", "RS256")],
+            signing_keys: &[crate::mint::KeySummary {
+                kid: "kid-a".into(),
+                status: "active",
+                algorithm: "RS256",
+                published: true,
+                certificate_expires: Some(1_900_000_000),
+            }],
             policy: Some(("sha256:0", "v1")),
             bundle_revision: None,
         };
@@ -423,6 +443,7 @@ mod tests {
                         let exposition = metrics().render(&snapshot);
                         for series in [
                             "registry_token_signing_key_info{",
+                            "registry_token_signing_certificate_expiry_timestamp_seconds{",
                             "registry_token_policy_info{",
                             "registry_token_revocations_active{",
                         ] {

@@ -1,7 +1,7 @@
 //! Metrics, for real: after a scripted sequence of exchanges, reloads and a policy fault, every
 //! counter of `GET /metrics` (the operator listener) equals what happened; `promtool check metrics`
-//! finds nothing wrong with the exposition and `promtool check rules` accepts the example alerts;
-//! and a real Prometheus (Debian's `prometheus`, started by the test on a free loopback port,
+//! finds nothing wrong with the exposition, `promtool check rules` accepts the example alerts and
+//! `promtool test rules` passes their unit tests; and a real Prometheus (Debian's `prometheus`, started by the test on a free loopback port,
 //! scraping every second) answers the same numbers through its HTTP API.
 //!
 //! Prometheus and promtool are required: when missing, the test fails and says what to install.
@@ -22,6 +22,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_registry-token");
 const INSTALL: &str =
     "install Debian's prometheus package (apt-get install -y prometheus; tests/run does this as root)";
 const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/prometheus/registry-token-alerts.yml");
+const RULE_TESTS: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/prometheus/registry-token-alerts.test.yml");
 
 /// The exposition's samples: `name{labels}` (labels sorted, as written) → value.
 fn samples(exposition: &str) -> BTreeMap<String, f64> {
@@ -217,7 +219,14 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
     let policy = format!("digest=\"{}\"", ready["policy"]["digest"].as_str().unwrap());
     assert_eq!(value(&s, "registry_token_policy_info", &[&policy]), 1.0, "{exposition}");
     let kid = format!("kid=\"{}\"", ready["signing"]["kid"].as_str().unwrap());
-    assert_eq!(value(&s, "registry_token_signing_key_info", &[&kid, "status=\"active\""]), 1.0);
+    assert_eq!(
+        value(&s, "registry_token_signing_key_info", &[&kid, "status=\"active\"", "published=\"true\""]),
+        1.0
+    );
+    // The active certificate's expiry, as /readyz shows it: what an alert on a renewal due watches.
+    let expires = value(&s, "registry_token_signing_certificate_expiry_timestamp_seconds", &[&kid]);
+    let shown = ready["signing"]["keys"][0]["certificate_expires"].as_str().unwrap();
+    assert_eq!(registry_token::mint::rfc3339(expires as u64), shown, "{exposition}");
     assert!(value(&s, "registry_token_ledger_commit_duration_seconds_count", &[]) >= 1.0);
     // Histograms, not summaries: buckets that aggregate across replicas.
     assert!(exposition.contains("# TYPE registry_token_request_duration_seconds histogram"));
@@ -260,7 +269,15 @@ fn every_counter_equals_what_happened_and_a_real_prometheus_reads_the_same() {
     assert!(checked.status.success() && said.trim().is_empty(), "promtool check metrics: {said}");
     let rules = Command::new(&promtool).args(["check", "rules", RULES]).output().unwrap();
     assert!(rules.status.success(), "{}", String::from_utf8_lossy(&rules.stdout));
-    assert!(String::from_utf8_lossy(&rules.stdout).contains("SUCCESS: 4 rules found"));
+    assert!(String::from_utf8_lossy(&rules.stdout).contains("SUCCESS: 5 rules found"));
+    // The rules' own unit tests: an alert fires on the series it is meant for, and only on those.
+    let tested = Command::new(&promtool).args(["test", "rules", RULE_TESTS]).output().unwrap();
+    assert!(
+        tested.status.success(),
+        "promtool test rules: {}{}",
+        String::from_utf8_lossy(&tested.stdout),
+        String::from_utf8_lossy(&tested.stderr)
+    );
 
     // A real Prometheus scraping the operator listener every second.
     let dir = tempfile::tempdir().unwrap();

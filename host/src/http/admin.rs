@@ -709,10 +709,7 @@ pub(super) async fn scrape(
     let snapshot = crate::metrics::Snapshot {
         ledger_queue: app.ledger.as_ref().map_or(0, |ledger| ledger.health().queued),
         revocations: revocations_in_force(&app, &live, Millis::now()),
-        signing_keys: keys
-            .iter()
-            .map(|(kid, status, algorithm, _)| (kid.as_str(), *status, *algorithm))
-            .collect(),
+        signing_keys: &keys,
         policy: Some((live.policy.digest(), live.policy.settings_version())),
         bundle_revision: live.bundle.as_ref().map(|bundle| bundle.bundle.manifest().revision),
     };

@@ -171,7 +171,13 @@ async fn healthz() -> &'static str {
 async fn readyz(State(app): State<AppState>) -> Response {
     let live = app.live();
     // A strict ledger that cannot be written means no token can be issued.
-    let signer = live.keys.minter().signer().ready().await;
+    let now = (app.clock)();
+    // A signer that cannot sign, or a certificate that expired while the service ran: no token
+    // minted now would be accepted.
+    let signer = match live.keys.minter().signer().ready().await {
+        Ok(()) => live.keys.active_certificate_problem(now).map_or(Ok(()), Err),
+        Err(error) => Err(error.to_string()),
+    };
     let ready =
         live.is_ready() && app.ledger.as_ref().is_none_or(crate::ledger::Ledger::can_issue) && signer.is_ok();
     let ledger = match &app.ledger {
@@ -193,9 +199,16 @@ async fn readyz(State(app): State<AppState>) -> Response {
             "kid": live.keys.minter().kid(),
             "custody": live.keys.minter().signer().custody(),
             "ready": signer.is_ok(),
-            "error": signer.err().map(|error| error.to_string()),
-            "keys": live.keys.summary((app.clock)()).into_iter().map(|(kid, status, algorithm, published)| {
-                serde_json::json!({ "kid": kid, "status": status, "algorithm": algorithm, "published": published })
+            "error": signer.err(),
+            "keys": live.keys.summary(now).into_iter().map(|key| {
+                serde_json::json!({
+                    "kid": key.kid,
+                    "status": key.status,
+                    "algorithm": key.algorithm,
+                    "published": key.published,
+                    "certificate_expires": key.certificate_expires
+                        .map(|t| crate::mint::rfc3339(u64::try_from(t).unwrap_or_default())),
+                })
             }).collect::<Vec<_>>(),
         },
     });

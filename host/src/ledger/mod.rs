@@ -1190,7 +1190,7 @@ mod tests {
             let snapshot = crate::metrics::Snapshot {
                 ledger_queue: 0,
                 revocations: Vec::new(),
-                signing_keys: Vec::new(),
+                signing_keys: &[],
                 policy: None,
                 bundle_revision: None,
             };

@@ -31,6 +31,8 @@ pub struct PublishedKey {
     pub retire_after: Option<u64>,
     /// Where its private key is: `file PATH`, `pkcs11 TOKEN/KEY (sensitive, …)`, or `none`.
     pub custody: String,
+    /// Its certificate's validity (Unix seconds, not before and not after), when it has one.
+    pub certificate_valid: Option<(i64, i64)>,
 }
 
 impl PublishedKey {
@@ -38,6 +40,21 @@ impl PublishedKey {
     pub fn is_published(&self, now: u64) -> bool {
         self.retire_after.is_none_or(|after| now <= after)
     }
+}
+
+/// One key as `/readyz` and the metrics show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySummary {
+    /// Its `kid`, as tokens carry it.
+    pub kid: String,
+    /// `active`, `published` or `retired`.
+    pub status: &'static str,
+    /// `RS256`, `ES256`, ...
+    pub algorithm: &'static str,
+    /// Whether it is published now.
+    pub published: bool,
+    /// When its certificate expires (Unix seconds), when it has one.
+    pub certificate_expires: Option<i64>,
 }
 
 /// The loaded key set.
@@ -89,15 +106,39 @@ impl KeySet {
         }
     }
 
-    /// The keys as the status page and metrics show them: `kid` (as tokens carry it), status,
-    /// algorithm, and whether it is published at `now`.
-    pub fn summary(&self, now: u64) -> Vec<(String, &'static str, &'static str, bool)> {
+    /// The keys as the status page and metrics show them, at `now`.
+    pub fn summary(&self, now: u64) -> Vec<KeySummary> {
         self.keys
             .iter()
-            .map(|key| {
-                (self.kid(key), key.status.name(), key.public.algorithm().name(), key.is_published(now))
+            .map(|key| KeySummary {
+                kid: self.kid(key),
+                status: key.status.name(),
+                algorithm: key.public.algorithm().name(),
+                published: key.is_published(now),
+                certificate_expires: key.certificate_valid.map(|(_, not_after)| not_after),
             })
             .collect()
+    }
+
+    /// What is wrong, at `now`, with the certificate every new token carries: outside its
+    /// validity period, registries refuse each of those tokens. It was valid when the keys were
+    /// loaded, so it is a certificate that expired while the service ran.
+    pub fn active_certificate_problem(&self, now: u64) -> Option<String> {
+        let active = self.keys.iter().find(|key| key.status == KeyStatus::Active)?;
+        let (not_before, not_after) = active.certificate_valid?;
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        let shown = |t: i64| super::rfc3339(u64::try_from(t).unwrap_or_default());
+        let problem = if now >= not_after {
+            format!("expired at {}", shown(not_after))
+        } else if now < not_before {
+            format!("is not valid until {}", shown(not_before))
+        } else {
+            return None;
+        };
+        Some(format!(
+            "the active key's certificate {problem}: registries refuse every token whose x5c carries it; \
+             renew the certificate or make another key active, and reload"
+        ))
     }
 
     /// Signs new tokens with the active key.
@@ -207,13 +248,14 @@ fn load_entry(entry: &KeyEntry) -> Result<(Option<Signer>, PublishedKey), String
         }
         (None, None) => None,
     };
-    let certified = match &entry.cert_file {
+    let (certified, certificate_valid) = match &entry.cert_file {
         Some(path) => {
             let (chain, public) = load_chain(path).map_err(|e| e.to_string())?;
-            check_validity(path, &chain, entry.status)?;
-            Some((chain, public))
+            let valid = chain.first().and_then(|leaf| super::validity(leaf));
+            check_validity(path, valid, entry.status)?;
+            (Some((chain, public)), valid)
         }
-        None => None,
+        None => (None, None),
     };
     let public = match (&signer, &certified) {
         (Some(signer), Some((_, certified))) if signer.public() != certified => {
@@ -240,6 +282,7 @@ fn load_entry(entry: &KeyEntry) -> Result<(Option<Signer>, PublishedKey), String
         chain: certified.map(|(chain, _)| chain),
         retire_after: entry.retire_after.map(|t| t.0),
         custody,
+        certificate_valid,
     };
     Ok((signer, published))
 }
@@ -248,8 +291,12 @@ fn load_entry(entry: &KeyEntry) -> Result<(Option<Signer>, PublishedKey), String
 /// time of day and refuse every token whose certificate has expired (or is not yet valid), so the
 /// active key's must be valid now. Another key's is only warned about (no new token carries it),
 /// and so is an active key's that expires within [`EXPIRY_WARNING`].
-fn check_validity(path: &std::path::Path, chain: &[Vec<u8>], status: KeyStatus) -> Result<(), String> {
-    let Some((not_before, not_after)) = chain.first().and_then(|leaf| super::validity(leaf)) else {
+fn check_validity(
+    path: &std::path::Path,
+    valid: Option<(i64, i64)>,
+    status: KeyStatus,
+) -> Result<(), String> {
+    let Some((not_before, not_after)) = valid else {
         return Ok(());
     };
     let now = i64::try_from(crate::app::system_clock()()).unwrap_or(i64::MAX);

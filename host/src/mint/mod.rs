@@ -15,7 +15,9 @@ pub(crate) mod secret_pem;
 
 pub use entry::{KeyEntry, KeyStatus, Pkcs11KeyConfig, Rfc3339};
 pub use key::{KeyError, SigningAlgorithm, SigningKey};
-pub use keyset::{KeySet, KeySetError, PublishedKey, certificates_pem, etag, jwks, load_published};
+pub use keyset::{
+    KeySet, KeySetError, KeySummary, PublishedKey, certificates_pem, etag, jwks, load_published,
+};
 pub use public::PublicKey;
 pub use reuse::{Decided, Lookup, Reusable, ReuseCache, ReuseKey, Slot};
 

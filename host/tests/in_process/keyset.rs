@@ -71,6 +71,45 @@ async fn refusal(fixture: &Fixture) -> Option<String> {
     Live::build(config).await.err().map(|e| e.to_string())
 }
 
+/// A certificate that expires while the service runs (it was valid at load): the replica says so
+/// in `/readyz` — 503, the reason, each key's `certificate_expires` — so that a probe or an alert
+/// notices before registries refuse its tokens for long.
+#[tokio::test]
+async fn an_active_certificate_that_expires_while_serving_makes_the_replica_unready() {
+    let fixture = fixture_with(|r| {
+        let mut a = entry(r, "a", "active");
+        a.cert_file = Some(certify(r, "a", "day", -60, 86_400));
+        vec![a, entry(r, "b", "published")]
+    });
+    let clock = crate::common::TestClock::new();
+    let live = Live::build(fixture.config()).await.unwrap();
+    let app = std::sync::Arc::new(registry_token::app::App::new(
+        live,
+        Some(fixture.config_path.clone()),
+        clock.clock(),
+    ));
+    let router = registry_token::http::router(app);
+    let ready = get(&router, "/readyz", None).await;
+    assert_eq!(ready.status, 200, "{ready}");
+    let expires = ready.body["signing"]["keys"][0]["certificate_expires"].as_str().unwrap().to_owned();
+    let in_a_day = registry_token::mint::rfc3339(clock.now() + 86_400);
+    assert_eq!(expires[..16], in_a_day[..16], "to the minute");
+    assert!(ready.body["signing"]["keys"][1]["certificate_expires"].as_str().unwrap() > in_a_day.as_str());
+
+    clock.advance(86_400 + 60);
+    let ready = get(&router, "/readyz", None).await;
+    assert_eq!(ready.status, 503, "{ready}");
+    assert_eq!(
+        (ready.body["ready"].as_bool(), ready.body["signing"]["ready"].as_bool()),
+        (Some(false), Some(false))
+    );
+    let error = ready.body["signing"]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!("the active key's certificate expired at {expires}: registries refuse")),
+        "{error}"
+    );
+}
+
 #[tokio::test]
 async fn every_invalid_key_set_is_refused_with_a_message_naming_the_entry() {
     let in_an_hour = registry_token::mint::rfc3339(registry_token::app::system_clock()() + 3600);
