@@ -269,7 +269,8 @@ impl Live {
             }
         };
 
-        let keys_set = load_keys(&config.signing)?;
+        let mut keys_set = load_keys(&config.signing)?;
+        keys_set.check_rotation(previous.map(|p| &*p.keys), system_clock()());
         if let Some(unused) = config.signing.unused_algorithm() {
             tracing::warn!("{unused}");
         }

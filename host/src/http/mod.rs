@@ -200,6 +200,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
             "custody": live.keys.minter().signer().custody(),
             "ready": signer.is_ok(),
             "error": signer.err(),
+            "warnings": live.keys.warnings(),
             "keys": live.keys.summary(now).into_iter().map(|key| {
                 serde_json::json!({
                     "kid": key.kid,

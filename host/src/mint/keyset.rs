@@ -63,6 +63,7 @@ pub struct KeySet {
     minter: Minter,
     keys: Vec<PublishedKey>,
     kid_format: KidFormat,
+    warnings: Vec<String>,
 }
 
 impl KeySet {
@@ -95,7 +96,7 @@ impl KeySet {
         })?;
         let chain = keys.iter().find(|k| k.status == KeyStatus::Active).and_then(|k| k.chain.as_deref());
         let minter = Minter::new(signer, issuer, lifetime_seconds, kid_format, chain);
-        Ok(KeySet { minter, keys, kid_format })
+        Ok(KeySet { minter, keys, kid_format, warnings: Vec::new() })
     }
 
     /// `key`'s `kid` in the format tokens carry (`signing.kid_format`).
@@ -104,6 +105,56 @@ impl KeySet {
             KidFormat::Libtrust => key.public.libtrust_kid(),
             KidFormat::Thumbprint => key.public.thumbprint_kid(),
         }
+    }
+
+    /// Checks this set, replacing `before` at a reload (`None` at start), for the steps of a
+    /// rotation that make registries refuse tokens: a new active key that was not published
+    /// before, the key active until now removed rather than retired, a retired key already past
+    /// its `retire_after`. Each is logged and kept for `/readyz` (`signing.warnings`). Warned, not
+    /// refused: an operator replacing a compromised key at once does exactly this.
+    pub fn check_rotation(&mut self, before: Option<&KeySet>, now: u64) {
+        let mut warnings = Vec::new();
+        for key in self.keys.iter().filter(|key| key.status == KeyStatus::Retired && !key.is_published(now)) {
+            warnings.push(format!(
+                "retired key {} is past its retire_after ({}): it is no longer published",
+                self.kid(key),
+                super::rfc3339(key.retire_after.unwrap_or_default())
+            ));
+        }
+        if let (Some(before), Some(active)) = (before, self.active())
+            && let Some(was_active) = before.active()
+            && was_active.public != active.public
+        {
+            if !before.published(now).any(|key| key.public == active.public) {
+                warnings.push(format!(
+                    "the new active key {} was not published before this reload: registries given only \
+                     the keys published until now refuse its tokens (publish a key and give registries \
+                     its certificate before making it active)",
+                    self.kid(active)
+                ));
+            }
+            if !self.keys.iter().any(|key| key.public == was_active.public) {
+                warnings.push(format!(
+                    "the key active until this reload, {}, was removed: tokens it signed no longer \
+                     verify against the published keys until they expire (list it as retired, with a \
+                     retire_after, instead)",
+                    before.kid(was_active)
+                ));
+            }
+        }
+        for warning in &warnings {
+            tracing::warn!("{warning}");
+        }
+        self.warnings = warnings;
+    }
+
+    /// What [`KeySet::check_rotation`] found.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    fn active(&self) -> Option<&PublishedKey> {
+        self.keys.iter().find(|key| key.status == KeyStatus::Active)
     }
 
     /// The keys as the status page and metrics show them, at `now`.
@@ -124,8 +175,7 @@ impl KeySet {
     /// validity period, registries refuse each of those tokens. It was valid when the keys were
     /// loaded, so it is a certificate that expired while the service ran.
     pub fn active_certificate_problem(&self, now: u64) -> Option<String> {
-        let active = self.keys.iter().find(|key| key.status == KeyStatus::Active)?;
-        let (not_before, not_after) = active.certificate_valid?;
+        let (not_before, not_after) = self.active()?.certificate_valid?;
         let now = i64::try_from(now).unwrap_or(i64::MAX);
         let shown = |t: i64| super::rfc3339(u64::try_from(t).unwrap_or_default());
         let problem = if now >= not_after {

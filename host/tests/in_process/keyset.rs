@@ -110,6 +110,68 @@ async fn an_active_certificate_that_expires_while_serving_makes_the_replica_unre
     );
 }
 
+/// The steps of a rotation that make registries refuse tokens are applied (an operator replacing
+/// a compromised key does them on purpose) but said, in the log and in `/readyz`'s
+/// `signing.warnings`: a new active key never published, the key active until then removed, a
+/// retired key past its `retire_after`. A rotation done in order says nothing.
+#[tokio::test]
+async fn rotation_steps_that_registries_would_refuse_are_warned_about() {
+    let mut fixture = fixture_with(|r| vec![entry(r, "a", "active")]);
+    let root = fixture.root().to_owned();
+    let app = fixture.service().await;
+    let router = registry_token::http::router(app.clone());
+    let kid = |name: &str| libtrust_kid_of(&root.join(format!("keys/{name}.crt")));
+    let warnings = || {
+        let router = router.clone();
+        async move {
+            let ready = get(&router, "/readyz", None).await;
+            let list =
+                ready.body["signing"]["warnings"].as_array().unwrap_or_else(|| panic!("{ready}")).clone();
+            list.into_iter().map(|w| w.as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(warnings().await, Vec::<String>::new());
+
+    // c made active at once, a dropped.
+    fixture.reconfigure(|c| c.signing.keys = vec![entry(&root, "c", "active")]);
+    app.reload().await.unwrap();
+    let said = warnings().await;
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(
+        said[0].starts_with(&format!("the new active key {} was not published before this reload", kid("c")))
+    );
+    assert!(said[1].starts_with(&format!("the key active until this reload, {}, was removed", kid("a"))));
+
+    // a listed as retired, but with a retire_after already past.
+    fixture.reconfigure(|c| {
+        let mut a = entry(&root, "a", "retired");
+        a.retire_after = Some("2020-01-01T00:00:00Z".into());
+        c.signing.keys = vec![entry(&root, "c", "active"), a];
+    });
+    app.reload().await.unwrap();
+    assert_eq!(
+        warnings().await,
+        [format!(
+            "retired key {} is past its retire_after (2020-01-01T00:00:00Z): it is no longer published",
+            kid("a")
+        )]
+    );
+
+    // In order: b published, then b active and c retired for an hour.
+    fixture
+        .reconfigure(|c| c.signing.keys = vec![entry(&root, "c", "active"), entry(&root, "b", "published")]);
+    app.reload().await.unwrap();
+    assert_eq!(warnings().await, Vec::<String>::new());
+    let later = registry_token::mint::rfc3339(registry_token::app::system_clock()() + 3600);
+    fixture.reconfigure(|c| {
+        let mut retired = entry(&root, "c", "retired");
+        retired.retire_after = Some(later);
+        c.signing.keys = vec![entry(&root, "b", "active"), retired];
+    });
+    app.reload().await.unwrap();
+    assert_eq!(warnings().await, Vec::<String>::new());
+}
+
 #[tokio::test]
 async fn every_invalid_key_set_is_refused_with_a_message_naming_the_entry() {
     let in_an_hour = registry_token::mint::rfc3339(registry_token::app::system_clock()() + 3600);
