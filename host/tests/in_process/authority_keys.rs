@@ -40,6 +40,16 @@ fn token(authority: &Path, ttl: i64, now: u64) -> String {
     dev_authority::token(authority, &request, now).unwrap()
 }
 
+/// A development Authority in a temporary directory, and the one key its JWKS publishes.
+fn authority_and_its_key() -> (tempfile::TempDir, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    dev_authority::init(dir.path(), ISSUER).unwrap();
+    let published: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("jwks.json")).unwrap()).unwrap();
+    let key = published["keys"][0].clone();
+    (dir, key)
+}
+
 /// A JWKS endpoint on 127.0.0.1 serving whatever `document` holds, counting its requests.
 struct JwksServer {
     url: String,
@@ -231,11 +241,7 @@ async fn a_cached_validation_ends_at_the_tokens_exp() {
 /// algorithm); a PS256 token is checked against the PS256 entry.
 #[tokio::test]
 async fn a_kid_published_for_two_algorithms_verifies_with_the_tokens_own() {
-    let dir = tempfile::tempdir().unwrap();
-    dev_authority::init(dir.path(), ISSUER).unwrap();
-    let published: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("jwks.json")).unwrap()).unwrap();
-    let mut rs256 = published["keys"][0].clone();
+    let (dir, mut rs256) = authority_and_its_key();
     rs256["alg"] = "RS256".into();
     let mut ps256 = rs256.clone();
     ps256["alg"] = "PS256".into();
@@ -260,11 +266,7 @@ async fn a_kid_published_for_two_algorithms_verifies_with_the_tokens_own() {
 /// refused as an unknown key, never tried one after the other.
 #[tokio::test]
 async fn a_jwks_of_one_key_without_a_kid_verifies_tokens_that_name_one() {
-    let dir = tempfile::tempdir().unwrap();
-    dev_authority::init(dir.path(), ISSUER).unwrap();
-    let published: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("jwks.json")).unwrap()).unwrap();
-    let mut unnamed = published["keys"][0].clone();
+    let (dir, mut unnamed) = authority_and_its_key();
     unnamed.as_object_mut().unwrap().remove("kid");
     let now = 1_900_000_000;
     let token = token(dir.path(), 600, now);
@@ -273,11 +275,7 @@ async fn a_jwks_of_one_key_without_a_kid_verifies_tokens_that_name_one() {
         Validator::new(KeySource::from_json(document.as_bytes(), "no kid").unwrap(), requirements(), 16);
     assert_eq!(validator.validate(&token, now).await.unwrap().caller.subject, "alice");
 
-    let other = tempfile::tempdir().unwrap();
-    dev_authority::init(other.path(), ISSUER).unwrap();
-    let second: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(other.path().join("jwks.json")).unwrap()).unwrap();
-    let mut second = second["keys"][0].clone();
+    let (_other, mut second) = authority_and_its_key();
     second.as_object_mut().unwrap().remove("kid");
     let document = serde_json::json!({ "keys": [unnamed, second] }).to_string();
     let validator =
