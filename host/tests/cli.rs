@@ -443,7 +443,8 @@ fn configuration_errors_name_the_key_and_where_it_came_from() {
         let output = output_within(serve, Duration::from_secs(30));
         let stderr = text(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains(message), "{stderr}");
+        // Named where it came from: the variable, not the file it overrides.
+        assert!(stderr.contains(&format!("environment variable {variable}: {message}")), "{stderr}");
     }
 
     // ledger.sqlite_sync: one of SQLite's two settings offered, and only for an SQLite ledger.
@@ -486,6 +487,11 @@ fn an_empty_environment_value_unsets_the_files_key() {
     let url = ("REGISTRY_TOKEN_AUTHORITY__JWKS_URL".to_owned(), "https://authority.example/jwks".to_owned());
     let error = Config::load_with_env(&fixture.config_path, [url.clone()]).unwrap_err().to_string();
     assert!(error.contains("not both"), "{error}");
+    // The section is checked as a whole: the file and the variable that changed it, not a
+    // variable REGISTRY_TOKEN_AUTHORITY that no one set.
+    let origin =
+        format!("{} with REGISTRY_TOKEN_AUTHORITY__JWKS_URL: authority:", fixture.config_path.display());
+    assert!(error.starts_with(&origin), "{error}");
     let unset = ("REGISTRY_TOKEN_AUTHORITY__JWKS_FILE".to_owned(), String::new());
     let config = Config::load_with_env(&fixture.config_path, [url, unset.clone()]).unwrap();
     assert_eq!(config.authority.jwks, JwksSource::Url("https://authority.example/jwks".into()));
@@ -511,6 +517,9 @@ fn kubernetes_service_link_variables_are_not_configuration_keys() {
         ("REGISTRY_TOKEN_PORT_5050_TCP_PROTO", "tcp"),
         ("REGISTRY_TOKEN_PORT_5050_TCP_PORT", "5050"),
         ("REGISTRY_TOKEN_PORT_5050_TCP_ADDR", "10.96.0.12"),
+        // A second Service, registry-token-admin, for the operator listener.
+        ("REGISTRY_TOKEN_ADMIN_SERVICE_HOST", "10.96.0.13"),
+        ("REGISTRY_TOKEN_ADMIN_PORT_5051_TCP_ADDR", "10.96.0.13"),
     ];
     let mut serve = serve_command(BIN, &fixture.config_path);
     serve.envs(links);

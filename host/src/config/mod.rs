@@ -114,9 +114,11 @@ impl Config {
         }
         let overrides: Vec<(String, String)> =
             env.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)).collect();
-        let figment = Figment::new().merge(Yaml::file_exact(path)).merge(EnvOverrides(overrides));
-        let config: Config = figment.extract_lossy().map_err(|error| describe(error, path))?;
-        config.check().map_err(|problem| ConfigError(format!("{}: {problem}", path.display())))?;
+        let figment = Figment::new().merge(Yaml::file_exact(path)).merge(EnvOverrides(overrides.clone()));
+        let config: Config = figment.extract_lossy().map_err(|error| describe(error, path, &overrides))?;
+        config.check().map_err(|problem| {
+            ConfigError(format!("{}: {problem}", env::origin(&env::leading_key(&problem), path, &overrides)))
+        })?;
         Ok(config)
     }
 
