@@ -131,6 +131,24 @@ impl KeySource {
         }
     }
 
+    /// The key for `kid` after one refetch (at most once per `min_refetch`, as for an unknown
+    /// `kid`): for a token whose signature failed against the key that stood in for its `kid`
+    /// (the Authority's one key, which names none), as it does when the Authority has rotated
+    /// that key. `None` for keys from a file, or when no key stands for `kid` then.
+    pub(super) async fn refetched(
+        &self,
+        kid: Option<&str>,
+        algorithm: jsonwebtoken::Algorithm,
+    ) -> Option<Arc<VerifyKey>> {
+        match self {
+            KeySource::File(_) => None,
+            KeySource::Remote(remote) => {
+                remote.refetch_for_unknown_kid().await;
+                remote.keys.load().find(kid, algorithm)
+            }
+        }
+    }
+
     pub(super) async fn find(
         &self,
         kid: Option<&str>,

@@ -283,6 +283,35 @@ async fn a_jwks_of_one_key_without_a_kid_verifies_tokens_that_name_one() {
     assert!(matches!(validator.validate(&token, now).await, Err(AuthError::UnknownKey(_))));
 }
 
+/// An Authority whose one key names no `kid` rotates it: the first token signed with the new key
+/// (its header names a `kid` the old key only stood in for) fails against the cached key, and one
+/// refetch picks the new key up, as an unknown `kid` would — not a 401 until the next refresh.
+#[tokio::test]
+async fn a_rotated_key_without_a_kid_is_picked_up_on_its_first_use() {
+    let (first, mut old) = authority_and_its_key();
+    let (second, mut new) = authority_and_its_key();
+    old.as_object_mut().unwrap().remove("kid");
+    new.as_object_mut().unwrap().remove("kid");
+    let server = jwks_server(serde_json::json!({ "keys": [old] }).to_string()).await;
+    let keys =
+        KeySource::from_url(&server.url, Duration::from_secs(300), Duration::ZERO, false).await.unwrap();
+    let validator = Validator::new(keys, requirements(), 0);
+    let now = registry_token::app::system_clock()();
+    assert_eq!(
+        validator.validate(&token(first.path(), 600, now), now).await.unwrap().caller.subject,
+        "alice"
+    );
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+
+    *server.document.lock().unwrap() = serde_json::json!({ "keys": [new] }).to_string();
+    let rotated = validator.validate(&token(second.path(), 600, now), now).await;
+    assert_eq!(rotated.unwrap().caller.subject, "alice");
+    assert_eq!(server.hits.load(Ordering::SeqCst), 2, "exactly one refetch");
+    // A token the new key did not sign is still refused (after at most that one refetch).
+    let forged = token(first.path(), 600, now + 1);
+    assert_eq!(validator.validate(&forged, now).await.unwrap_err(), AuthError::BadSignature);
+}
+
 /// Authorities differ in how they write a token's scopes: `scope` as RFC 8693's space-separated
 /// string, or as an array (IdentityServer); `scp` as either. The required scope is found in each.
 #[tokio::test]
