@@ -282,6 +282,9 @@ impl Live {
         };
         let (validator, admin_validator) = validators(&config, keys);
         let reuse = ReuseCache::new(config.cache.tokens, config.signing.reuse_window());
+        // Everything loaded: what the key set's rotation step will make registries refuse is
+        // said now, not for a set a later failure would have kept from serving.
+        keys_set.log_warnings();
         Ok(Live { config, validator, policy, keys: Arc::new(keys_set), admin_validator, reuse, bundle })
     }
 

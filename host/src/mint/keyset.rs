@@ -109,14 +109,23 @@ impl KeySet {
 
     /// Checks this set, replacing `before` at a reload (`None` at start), for the steps of a
     /// rotation that make registries refuse tokens: a new active key that was not published
-    /// before, the key active until now removed rather than retired, a retired key already past
-    /// its `retire_after`. Each is logged and kept for `/readyz` (`signing.warnings`). Warned, not
-    /// refused: an operator replacing a compromised key at once does exactly this.
+    /// before, the key active until now removed rather than retired, a key this reload retires
+    /// with a `retire_after` already past. Each is kept for `/readyz` (`signing.warnings`) and
+    /// for [`KeySet::log_warnings`] once the set is live. Warned, not refused: an operator
+    /// replacing a compromised key at once does exactly this.
     pub fn check_rotation(&mut self, before: Option<&KeySet>, now: u64) {
         let mut warnings = Vec::new();
-        for key in self.keys.iter().filter(|key| key.status == KeyStatus::Retired && !key.is_published(now)) {
+        // A retired key left listed past its retire_after is the rotation's last step pending,
+        // harmless; one that this reload took out of the published set at once is not.
+        let unpublished_now = |key: &&PublishedKey| {
+            key.status == KeyStatus::Retired
+                && !key.is_published(now)
+                && before.is_some_and(|before| before.published(now).any(|was| was.public == key.public))
+        };
+        for key in self.keys.iter().filter(unpublished_now) {
             warnings.push(format!(
-                "retired key {} is past its retire_after ({}): it is no longer published",
+                "retired key {} is past its retire_after ({}): this reload stopped publishing it, and \
+                 tokens it signed no longer verify against the published keys",
                 self.kid(key),
                 super::rfc3339(key.retire_after.unwrap_or_default())
             ));
@@ -142,10 +151,14 @@ impl KeySet {
                 ));
             }
         }
-        for warning in &warnings {
+        self.warnings = warnings;
+    }
+
+    /// Logs what [`KeySet::check_rotation`] found (once the set is the live one).
+    pub fn log_warnings(&self) {
+        for warning in &self.warnings {
             tracing::warn!("{warning}");
         }
-        self.warnings = warnings;
     }
 
     /// What [`KeySet::check_rotation`] found.

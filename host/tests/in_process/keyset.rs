@@ -110,6 +110,12 @@ async fn an_active_certificate_that_expires_while_serving_makes_the_replica_unre
     );
 }
 
+/// `fixture`'s key set replaced by `keys`, and `app` reloaded on it.
+async fn reload(fixture: &mut Fixture, app: &registry_token::app::App, keys: Vec<SigningKey>) {
+    fixture.reconfigure(|c| c.signing.keys = keys);
+    app.reload().await.unwrap();
+}
+
 /// The steps of a rotation that make registries refuse tokens are applied (an operator replacing
 /// a compromised key does them on purpose) but said, in the log and in `/readyz`'s
 /// `signing.warnings`: a new active key never published, the key active until then removed, a
@@ -132,44 +138,55 @@ async fn rotation_steps_that_registries_would_refuse_are_warned_about() {
     };
     assert_eq!(warnings().await, Vec::<String>::new());
 
-    // c made active at once, a dropped.
-    fixture.reconfigure(|c| c.signing.keys = vec![entry(&root, "c", "active")]);
-    app.reload().await.unwrap();
+    let none = Vec::<String>::new();
+    let retired = |name: &str, after: String| {
+        let mut key = entry(&root, name, "retired");
+        key.retire_after = Some(after);
+        key
+    };
+
+    // b published first, then made active with a retired with a retire_after already past: a
+    // stops being published at once.
+    reload(&mut fixture, &app, vec![entry(&root, "a", "active"), entry(&root, "b", "published")]).await;
+    assert_eq!(warnings().await, none);
+    reload(
+        &mut fixture,
+        &app,
+        vec![entry(&root, "b", "active"), retired("a", "2020-01-01T00:00:00Z".into())],
+    )
+    .await;
+    assert_eq!(
+        warnings().await,
+        [format!(
+            "retired key {} is past its retire_after (2020-01-01T00:00:00Z): this reload stopped publishing \
+             it, and tokens it signed no longer verify against the published keys",
+            kid("a")
+        )]
+    );
+    // Left listed past its retire_after (the rotation's last step pending), it is not news.
+    reload(
+        &mut fixture,
+        &app,
+        vec![entry(&root, "b", "active"), retired("a", "2020-01-01T00:00:00Z".into())],
+    )
+    .await;
+    assert_eq!(warnings().await, none);
+
+    // c made active at once, b dropped.
+    reload(&mut fixture, &app, vec![entry(&root, "c", "active")]).await;
     let said = warnings().await;
     assert_eq!(said.len(), 2, "{said:?}");
     assert!(
         said[0].starts_with(&format!("the new active key {} was not published before this reload", kid("c")))
     );
-    assert!(said[1].starts_with(&format!("the key active until this reload, {}, was removed", kid("a"))));
-
-    // a listed as retired, but with a retire_after already past.
-    fixture.reconfigure(|c| {
-        let mut a = entry(&root, "a", "retired");
-        a.retire_after = Some("2020-01-01T00:00:00Z".into());
-        c.signing.keys = vec![entry(&root, "c", "active"), a];
-    });
-    app.reload().await.unwrap();
-    assert_eq!(
-        warnings().await,
-        [format!(
-            "retired key {} is past its retire_after (2020-01-01T00:00:00Z): it is no longer published",
-            kid("a")
-        )]
-    );
+    assert!(said[1].starts_with(&format!("the key active until this reload, {}, was removed", kid("b"))));
 
     // In order: b published, then b active and c retired for an hour.
-    fixture
-        .reconfigure(|c| c.signing.keys = vec![entry(&root, "c", "active"), entry(&root, "b", "published")]);
-    app.reload().await.unwrap();
-    assert_eq!(warnings().await, Vec::<String>::new());
+    reload(&mut fixture, &app, vec![entry(&root, "c", "active"), entry(&root, "b", "published")]).await;
+    assert_eq!(warnings().await, none);
     let later = registry_token::mint::rfc3339(registry_token::app::system_clock()() + 3600);
-    fixture.reconfigure(|c| {
-        let mut retired = entry(&root, "c", "retired");
-        retired.retire_after = Some(later);
-        c.signing.keys = vec![entry(&root, "b", "active"), retired];
-    });
-    app.reload().await.unwrap();
-    assert_eq!(warnings().await, Vec::<String>::new());
+    reload(&mut fixture, &app, vec![entry(&root, "b", "active"), retired("c", later)]).await;
+    assert_eq!(warnings().await, none);
 }
 
 #[tokio::test]
