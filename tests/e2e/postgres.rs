@@ -119,6 +119,22 @@ fn replicas_on_one_postgres_ledger_share_revocations_and_fail_closed_when_it_is_
     assert_eq!(cluster.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").trim(), "0");
     let created = revoke_mallory(&["--create"]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    // A role that may write rows but not create tables (an auditor's) revokes with --create on
+    // the ledger now that it has its schema: nothing is created, so nothing needs that right.
+    cluster.psql(
+        "CREATE ROLE auditor LOGIN; REVOKE CREATE ON SCHEMA public FROM PUBLIC; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO auditor",
+    );
+    let auditor = fixture.root().join("auditor.yaml");
+    let yaml = std::fs::read_to_string(&fixture.config_path).unwrap();
+    assert!(yaml.contains(&url));
+    std::fs::write(&auditor, yaml.replace(&url, &url.replacen("registry_token@", "auditor@", 1))).unwrap();
+    let output = Command::new(BIN)
+        .args(["ledger", "revoke", "subject", "trudy", "--reason", "audit", "--create", "--config"])
+        .arg(&auditor)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     // Two replicas of one installation: the same configuration, each on its own free ports.
     let a = Server::start(BIN, &fixture.config_path);
     let b = Server::start(BIN, &fixture.config_path);

@@ -154,7 +154,11 @@ impl Store {
             deadline: serving.then_some(CALL_DEADLINE),
         };
         match migrate {
-            Migrate::Apply | Migrate::IfEmpty => store.migrate(migrate).await?,
+            Migrate::Apply => store.migrate(migrate).await?,
+            // Read before anything is created: a role that may write rows but not create tables
+            // can still revoke on a ledger that has its schema.
+            Migrate::IfEmpty if store.schema_version().await? != 0 => store.require_current().await?,
+            Migrate::IfEmpty => store.migrate(migrate).await?,
             Migrate::Never => store.require_current().await?,
         }
         Ok(store)
@@ -162,6 +166,11 @@ impl Store {
 
     /// The database's schema is this binary's, or an error (it is not changed).
     async fn require_current(&self) -> Result<(), StoreError> {
+        store::require_version(self.schema_version().await?, &self.url)
+    }
+
+    /// The schema's version (0: none), read without changing anything.
+    async fn schema_version(&self) -> Result<i64, StoreError> {
         let client =
             self.pool.get().await.map_err(|e| {
                 StoreError::Database(format!("cannot connect to the ledger {}: {e}", self.url))
@@ -179,7 +188,7 @@ impl Store {
                 .get(0),
             false => 0,
         };
-        store::require_version(version, &self.url)
+        Ok(version)
     }
 
     /// Applies the migrations the database lacks (with [`Migrate::IfEmpty`], only to one with no
