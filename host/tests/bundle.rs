@@ -1285,7 +1285,7 @@ fn observed(client: &Client, ask: &Ask) -> Value {
 #[test]
 fn the_offline_kit_decides_exactly_as_the_online_instance_its_bundle_was_built_from() {
     // The online instance: the Authority's JWKS file, a ledger with revocations, the plans.
-    let online = Fixture::new();
+    let mut online = Fixture::new();
     let root = online.root().to_owned();
     let config = path(&online.config_path).to_owned();
     let revoked_jti_token = online.token(|r| r.subject = "frank".into());
@@ -1523,6 +1523,24 @@ fn the_offline_kit_decides_exactly_as_the_online_instance_its_bundle_was_built_f
     let online_revocations = online_listed.body["revocations"].as_array().unwrap();
     assert_eq!(online_revocations.len(), 5, "{online_listed}");
     assert!(online_revocations.iter().all(|r| r["source"] == "ledger"), "{online_listed}");
+
+    // A site that keeps the ledger its kit was built from and serves the kit too: `ledger
+    // unrevoke` lifts the ledger's copy and says that the bundle keeps the revocation in force.
+    online.reconfigure(|c| {
+        c.policy.settings_file = None;
+        c.set("policy.bundle", path(&kit)).set("policy.bundle_keys", vec![path(&cert).to_owned()]);
+    });
+    let id = online_revocations.iter().find(|r| r["value"] == "mallory").unwrap()["id"].as_str().unwrap();
+    let lifted = Command::new(BIN).args(["ledger", "unrevoke", id, "--config", &config]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&lifted.stderr);
+    assert!(lifted.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "note: the policy bundle {} (revision 1) carries this revocation too",
+            kit.display()
+        )) && stderr.contains("until a revision built without it is applied"),
+        "{stderr}"
+    );
 }
 
 #[test]

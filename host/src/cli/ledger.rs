@@ -216,6 +216,26 @@ pub(super) async fn open_configured(
     Ledger::open_for_command(ledger, migrate).await.map_err(|e| format!("the ledger: {e}"))
 }
 
+/// The policy bundle the configuration at `path` serves, named with its revision, when it carries
+/// the revocation `id` and this command can read it: a file source, or the copy of a remote one
+/// kept in `policy.cache_dir` (what the service last applied from it).
+fn bundle_carrying(path: &std::path::Path, id: &str) -> Option<String> {
+    let config = Config::load(path).ok()?;
+    let bundle = config.policy.bundle.as_ref()?;
+    let file = match (&bundle.source, &config.policy.cache_dir) {
+        (crate::config::BundleSource::File(file), _) => file.clone(),
+        (remote, Some(cache_dir)) => crate::bundle::last_applied_copy(cache_dir, remote),
+        (_, None) => return None,
+    };
+    let bytes = std::fs::read(&file).ok()?;
+    let opened = crate::bundle::Bundle::open_unverified(&bytes, bundle.max_bytes).ok()?;
+    opened
+        .revocations()
+        .iter()
+        .any(|r| r.id == id)
+        .then(|| format!("the policy bundle {} (revision {})", bundle.source, opened.manifest().revision))
+}
+
 /// Who acts from the command line: `cli:` and the local user.
 fn actor() -> String {
     format!(
@@ -365,6 +385,12 @@ pub(super) async fn run(command: LedgerCommand) -> Result<ExitCode, String> {
                 return Err(format!("no revocation {id}: it was lifted meanwhile"));
             }
             println!("lifted {id} ({} {})", revocation.kind, revocation.value);
+            if let Some(carried) = bundle_carrying(config.path(), &id) {
+                eprintln!(
+                    "note: {carried} carries this revocation too (built with --revocations-from): its \
+                     callers stay refused until a revision built without it is applied"
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
