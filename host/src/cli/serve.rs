@@ -74,6 +74,11 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
     let listener = bind(listen, "listen").await?;
     let admin_address = admin_listener.local_addr().map_err(|e| e.to_string())?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
+    // Before the lines below: whoever waits for them (a test, a supervisor) may send SIGTERM at
+    // once, and its default action would end the process without draining or writing the
+    // ledger's queue. (Earlier, during the start, it still ends a start that hangs.)
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     // On standard output, for scripts and tests that started us on port 0; the main listener's
     // line comes last and means both accept connections.
     println!("registry-token admin listening on http://{admin_address}");
@@ -84,8 +89,6 @@ pub async fn run(config_path: &Path) -> Result<ExitCode, String> {
 
     // When the stop began: the grace period runs from there.
     let (stopping_tx, stopping) = tokio::sync::watch::channel(None::<tokio::time::Instant>);
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM: draining in-flight requests"),
