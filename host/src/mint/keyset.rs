@@ -188,16 +188,7 @@ impl KeySet {
     /// validity period, registries refuse each of those tokens. It was valid when the keys were
     /// loaded, so it is a certificate that expired while the service ran.
     pub fn active_certificate_problem(&self, now: u64) -> Option<String> {
-        let (not_before, not_after) = self.active()?.certificate_valid?;
-        let now = i64::try_from(now).unwrap_or(i64::MAX);
-        let shown = |t: i64| super::rfc3339(u64::try_from(t).unwrap_or_default());
-        let problem = if now >= not_after {
-            format!("expired at {}", shown(not_after))
-        } else if now < not_before {
-            format!("is not valid until {}", shown(not_before))
-        } else {
-            return None;
-        };
+        let problem = outside_validity(self.active()?.certificate_valid?, now)?;
         Some(format!(
             "the active key's certificate {problem}: registries refuse every token whose x5c carries it; \
              renew the certificate or make another key active, and reload"
@@ -359,18 +350,13 @@ fn check_validity(
     valid: Option<(i64, i64)>,
     status: KeyStatus,
 ) -> Result<(), String> {
-    let Some((not_before, not_after)) = valid else {
+    let Some(valid @ (_, not_after)) = valid else {
         return Ok(());
     };
-    let now = i64::try_from(crate::app::system_clock()()).unwrap_or(i64::MAX);
-    let shown = |t: i64| super::rfc3339(u64::try_from(t).unwrap_or_default());
-    let problem = if now >= not_after {
-        Some(format!("its certificate {} expired at {}", path.display(), shown(not_after)))
-    } else if now < not_before {
-        Some(format!("its certificate {} is not valid until {}", path.display(), shown(not_before)))
-    } else {
-        None
-    };
+    let now = crate::app::system_clock()();
+    let problem =
+        outside_validity(valid, now).map(|problem| format!("its certificate {} {problem}", path.display()));
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
     match (problem, status) {
         (Some(problem), KeyStatus::Active) => Err(format!(
             "{problem}: registries refuse every token whose x5c carries it; renew the certificate or \
@@ -383,12 +369,26 @@ fn check_validity(
         (None, KeyStatus::Active) if not_after - now < EXPIRY_WARNING => {
             tracing::warn!(
                 path = %path.display(),
-                not_after = %shown(not_after),
+                not_after = %super::rfc3339(u64::try_from(not_after).unwrap_or_default()),
                 "the active key's certificate expires soon; renew it before then"
             );
             Ok(())
         }
         (None, _) => Ok(()),
+    }
+}
+
+/// What is wrong with a certificate valid from `not_before` to `not_after` (Unix seconds) at
+/// `now`: `expired at T`, `is not valid until T`, or nothing.
+fn outside_validity((not_before, not_after): (i64, i64), now: u64) -> Option<String> {
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    let shown = |t: i64| super::rfc3339(u64::try_from(t).unwrap_or_default());
+    if now >= not_after {
+        Some(format!("expired at {}", shown(not_after)))
+    } else if now < not_before {
+        Some(format!("is not valid until {}", shown(not_before)))
+    } else {
+        None
     }
 }
 
